@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-gpu lint clean
+
+install: $(STAMP)
+
+# torch/torchvision first, pinned to the builds on this machine's disk (any other pin downloads
+# gigabytes); constraints.txt pins the rest to the versions the test suite passed with.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/autotune study studies/demo.toml
+	$(BIN)/autotune recommend studies/demo.toml
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+test-gpu: $(STAMP)
+	$(BIN)/pytest -m gpu
+
+lint: $(STAMP)
+	$(BIN)/ruff check autotune tests
+	$(BIN)/ruff format --check autotune tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) studies/*.db studies/demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""The ``autotune`` command: one thin function per subcommand.
+
+Exit codes: 0 done; 1 the study stopped on repeated trial failures; 2 bad input (one line on
+stderr naming the file, the key and what was expected); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from autotune.config import ConfigError, load_config
+from autotune.study import StudyAborted
+
+__all__ = ["main", "parse_duration"]
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"8h"``, ``"1h30m"``, ``"90s"``, ``"45m"`` or a plain number of seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if not text or parts is None:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 8h, 90m, 1h30m or 600, got {text!r}")
+    h, m, s = (float(x) if x else 0.0 for x in parts.groups())
+    return h * 3600 + m * 60 + s
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from autotune.report import format_table, write_outputs
+    from autotune.study import recommend, run_study
+
+    cfg = load_config(args.config)
+    try:
+        outcomes = run_study(
+            cfg,
+            storage=args.storage,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:  # keep what the night produced: write the outputs so far
+        write_outputs(cfg, recommend(cfg, storage=args.storage))
+        raise
+    paths = write_outputs(cfg, outcomes)
+    print(format_table(cfg, outcomes))
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from autotune.report import format_table, recommendations_data
+    from autotune.study import recommend
+
+    cfg = load_config(args.config)
+    outcomes = recommend(cfg, storage=args.storage)
+    if args.format == "json":
+        print(json.dumps(recommendations_data(cfg, outcomes), indent=2))
+    else:
+        print(format_table(cfg, outcomes))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autotune", description=("Find the cheapest Stable Diffusion inference settings that still look right.")
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("study", help="run or resume the study of a study file (every prompt class)")
+    p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    p.add_argument(
+        "--n-trials",
+        type=_positive_int,
+        help="completed trials per class to reach (the study's total, not this run's; default: search.n_trials)",
+    )
+    p.add_argument("--timeout", type=parse_duration, help="stop starting trials after this long: 8h, 90m, 600")
+    p.add_argument("--device", help="override model.device: cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("recommend", help="print the recommended setting per prompt class")
+    p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_recommend)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autotune: interrupted", file=sys.stderr)
+        return 130
+    except StudyAborted as e:
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Image-quality and cost metrics: one file each, registered here by one line.
+
+Each metric states ``higher_is_better``, so study directions are derived, never typed twice,
+and how a trial's per-image values are summarised (``mean`` or ``median``).
+
+Example:
+    >>> [m.direction for m in (METRICS["clip_score"], METRICS["seconds"])]
+    ['maximize', 'minimize']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["METRICS", "MetricInfo"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    higher_is_better: bool
+    aggregate: str  # "mean" or "median" over a trial's images
+    label: str
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.higher_is_better else "minimize"
+
+
+# The registry: a new metric is a file beside this one and a line here.
+METRICS = {
+    m.name: m
+    for m in (
+        MetricInfo("clip_score", True, "mean", "CLIP score (100 x cosine)"),
+        MetricInfo("lpips", False, "mean", "LPIPS to reference"),
+        MetricInfo("seconds", False, "median", "device seconds per image"),
+    )
+}

@@ -1,0 +1,115 @@
+"""Reference images, cached by content key in a table beside Optuna's in the study database.
+
+A reference is the "gold" image of one (model, prompt, seed, size, setting): rendered once,
+stored as a lossless PNG (8-bit, as served) in ``autotune_references``, and reused by every
+later run and every worker sharing the storage. Nothing is pickled.
+
+Example:
+    >>> store = ReferenceStore("sqlite:///studies/demo.db")
+    >>> refs = store.images(pipeline, Settings("dpmpp_2m_karras", 100, 7.5), prompts, seeds, 64, 64)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, Text, create_engine, select
+from sqlalchemy.exc import IntegrityError
+
+from autotune.pipeline import Pipeline, generate
+from autotune.space import Settings
+
+__all__ = ["ReferenceStore", "decode_png", "encode_png", "reference_key"]
+
+_META = MetaData()
+_REFERENCES = Table(
+    "autotune_references",
+    _META,
+    Column("key", String(64), primary_key=True),
+    Column("model", Text, nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("setting", Text, nullable=False),
+    Column("png", LargeBinary, nullable=False),
+)
+
+
+def reference_key(model: str, prompt: str, seed: int, height: int, width: int, settings: Settings, dtype: str) -> str:
+    """Content key of a reference image: sha256 of everything that determines its pixels."""
+    data = [model, prompt, seed, height, width, settings.params(), dtype]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """(3, H, W) float in [0, 1] -> PNG bytes."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> torch.Tensor:
+    """PNG bytes -> (3, H, W) float in [0, 1]."""
+    array = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+class ReferenceStore:
+    """Reference images in the study's own database (SQLite or PostgreSQL)."""
+
+    def __init__(self, url: str, engine: Any | None = None) -> None:
+        self.engine = engine or create_engine(url)
+        _META.create_all(self.engine, checkfirst=True)
+        self.rendered = 0  # references rendered by this process (0 once cached)
+
+    def _get(self, keys: Sequence[str]) -> dict[str, bytes]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_REFERENCES.c.key, _REFERENCES.c.png).where(_REFERENCES.c.key.in_(keys)))
+            return {k: bytes(png) for k, png in rows}
+
+    def _put(self, row: dict[str, Any]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_REFERENCES.insert().values(**row))
+        except IntegrityError:
+            pass  # another worker stored the same reference first: the images are the same
+
+    def images(
+        self,
+        p: Pipeline,
+        settings: Settings,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        height: int,
+        width: int,
+        batch_size: int = 8,
+    ) -> torch.Tensor:
+        """References for every (prompt, seed), prompt-major; renders only the missing ones."""
+        jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
+        dtype = str(p.dtype).removeprefix("torch.")
+        keys = [reference_key(p.model_id, q, s, height, width, settings, dtype) for q, s in jobs]
+        found = self._get(keys)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        for i in missing:  # one at a time: a reference's pixels must not depend on a batch
+            q, s = jobs[i]
+            image = generate(p, settings, [q], [s], height, width, batch_size).images[0]
+            found[keys[i]] = encode_png(image)
+            self._put(
+                {
+                    "key": keys[i],
+                    "model": p.model_id,
+                    "prompt": q,
+                    "seed": s,
+                    "setting": json.dumps(settings.params()),
+                    "png": found[keys[i]],
+                }
+            )
+            self.rendered += 1
+        return torch.stack([decode_png(found[k]) for k in keys])

@@ -1,0 +1,146 @@
+"""Outputs of a study: ``recommendations.json``, ``pareto_<class>.csv`` and the terminal table.
+
+Every file is written to a temporary name and renamed, so a kill never leaves half a file.
+
+Example:
+    >>> outcomes = recommend(cfg)
+    >>> write_outputs(cfg, outcomes)
+    [PosixPath('studies/demo/recommendations.json'), PosixPath('studies/demo/pareto_portrait.csv'), ...]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from autotune.config import StudyConfig
+from autotune.study import ClassOutcome, settings_of, trial_summary
+
+__all__ = ["format_table", "recommendations_data", "write_outputs"]
+
+
+def _class_data(cfg: StudyConfig, o: ClassOutcome) -> dict[str, Any]:
+    objectives = cfg.metrics.objectives
+    base = {
+        "trials_completed": len(o.trials),
+        "trials_failed": o.n_failed,
+        "pareto_front_size": len(o.front),
+        "seed_lpips": o.seed_lpips,
+    }
+    rec = o.recommendation
+    if rec is None:
+        return {
+            **base,
+            "recommended": None,
+            "reason": "the baseline trial has not completed yet: nothing to compare against",
+        }
+    by_number = {t.number: t for t in o.trials}
+    chosen = trial_summary(by_number[rec.chosen.number], objectives)
+    baseline = trial_summary(by_number[rec.baseline.number], objectives)
+    return {
+        **chosen,
+        "speedup": rec.speedup,
+        "met_tolerance": rec.met_tolerance,
+        "reason": rec.reason,
+        "baseline": baseline,
+        **base,
+    }
+
+
+def recommendations_data(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> dict[str, Any]:
+    """The content of ``recommendations.json``: one recommended setting per class, with evidence."""
+    return {
+        "study": cfg.name,
+        "model": {"id": cfg.model.id, "height": cfg.model.height, "width": cfg.model.width},
+        "objectives": list(cfg.metrics.objectives),
+        "rule": {
+            "name": cfg.recommend.rule,
+            "clip_tolerance": cfg.recommend.clip_tolerance,
+            "lpips_tolerance": cfg.recommend.lpips_tolerance,
+        },
+        "classes": {c: _class_data(cfg, o) for c, o in outcomes.items()},
+    }
+
+
+def _pareto_csv(cfg: StudyConfig, o: ClassOutcome) -> str:
+    objectives = list(cfg.metrics.objectives)
+    chosen = o.recommendation.chosen.number if o.recommendation else None
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["trial", "scheduler", "steps", "guidance", *objectives, "model_calls", "baseline", "recommended"])
+    rows = sorted((o.trials[i] for i in o.front), key=lambda t: t.values[-1] if t.values else 0.0)
+    for t in rows:
+        s = settings_of(t)
+        assert t.values is not None
+        w.writerow(
+            [
+                t.number,
+                s.scheduler,
+                s.steps,
+                s.guidance,
+                *(f"{v:.6g}" for v in t.values),
+                t.user_attrs.get("model_calls", ""),
+                bool(t.user_attrs.get("baseline")),
+                t.number == chosen,
+            ]
+        )
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(cfg: StudyConfig, outcomes: dict[str, ClassOutcome], out_dir: Path | None = None) -> list[Path]:
+    """Write ``recommendations.json`` and one ``pareto_<class>.csv`` per class; return their paths."""
+    out = out_dir or cfg.output_dir
+    written = [out / "recommendations.json"]
+    _atomic_write(written[0], json.dumps(recommendations_data(cfg, outcomes), indent=2) + "\n")
+    for c, o in outcomes.items():
+        written.append(out / f"pareto_{c}.csv")
+        _atomic_write(written[-1], _pareto_csv(cfg, o))
+    return written
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> str:
+    """A plain-text table: per class the recommended setting, its metrics and the baseline's."""
+    data = recommendations_data(cfg, outcomes)["classes"]
+    metrics = list(cfg.metrics.objectives)
+    head = ["class", "setting", *metrics, "speed-up", "trials", "note"]
+    rows = []
+    for c, d in data.items():
+        if "trial" not in d:  # no recommendation yet
+            rows.append([c, "-", *("-" for _ in metrics), "-", str(d["trials_completed"]), d["reason"]])
+            continue
+        for label, x in (("", d), ("  baseline", d["baseline"])):
+            setting = f"{x['a1111_name']}, {x['steps']} steps, CFG {x['guidance']:g} (#{x['trial']})"
+            rows.append(
+                [
+                    c + label if label else c,
+                    setting,
+                    *(_fmt(x["metrics"][m], ".4g") for m in metrics),
+                    f"{d['speedup']:.2f}x" if not label and d["speedup"] else "",
+                    str(d["trials_completed"]) if not label else "",
+                    ("" if d["met_tolerance"] else d["reason"]) if not label else "",
+                ]
+            )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

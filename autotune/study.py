@@ -1,0 +1,428 @@
+"""Create or resume one Optuna study per prompt class, run trials, and read results back.
+
+Storage is Optuna's RDB storage (SQLite beside the study file by default, PostgreSQL for
+shared studies); reference images live in a table of their own in the same database.
+
+Example:
+    >>> cfg = load_config("studies/demo.toml")
+    >>> outcomes = run_study(cfg, n_trials=10)
+    >>> outcomes["portrait"].recommendation.chosen.values
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune import schedulers
+from autotune.config import ConfigError, StudyConfig
+from autotune.metrics import METRICS
+from autotune.pareto import Candidate, Recommendation, match_baseline, pareto_front
+from autotune.space import Settings, suggest
+
+__all__ = ["ClassOutcome", "StudyAborted", "open_storage", "recommend", "run_study", "study_name"]
+
+_MAX_CONSECUTIVE_FAILURES = 5
+
+
+class TrialFailed(Exception):
+    """A trial that rendered nothing usable; Optuna records it as FAIL and the study goes on."""
+
+
+class StudyAborted(RuntimeError):
+    """Every recent trial failed: stop instead of burning the night on the same error."""
+
+
+@dataclass(frozen=True)
+class ClassOutcome:
+    """What a prompt class's study says: its completed trials, front and recommendation."""
+
+    name: str
+    study: optuna.Study
+    trials: list[FrozenTrial]  # completed, one per distinct setting (reused duplicates left out)
+    front: list[int]  # indices into ``trials``
+    recommendation: Recommendation | None
+    seed_lpips: float | None
+    n_failed: int
+
+
+def study_name(cfg: StudyConfig, class_name: str) -> str:
+    return f"{cfg.name}.{class_name}"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for ``url``; a bad URL or a file that is no database is a ConfigError."""
+    from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 60}
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60, grace_period=180)
+    except (ArgumentError, DatabaseError, OperationalError, ImportError, ValueError) as e:
+        msg = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise ConfigError(f"storage {url!r}: cannot open it as a study database ({msg})") from None
+
+
+def _directions(cfg: StudyConfig) -> list[optuna.study.StudyDirection]:
+    return [optuna.study.StudyDirection[METRICS[m].direction.upper()] for m in cfg.metrics.objectives]
+
+
+def _sampler(name: str) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler()
+    if name == "random":
+        return optuna.samplers.RandomSampler()
+    return optuna.samplers.TPESampler()
+
+
+def _fingerprint(cfg: StudyConfig) -> dict[str, Any]:
+    """What makes two runs' metrics comparable: model, size, metrics and reference."""
+    return {
+        "model": cfg.model.id,
+        "size": [cfg.model.height, cfg.model.width],
+        "objectives": list(cfg.metrics.objectives),
+        "clip": [cfg.metrics.clip_model, cfg.metrics.clip_pretrained],
+        "lpips": [cfg.metrics.lpips_net, cfg.metrics.lpips_backbone],
+        "reference": Settings.of(cfg.reference).params(),
+        "seeds": list(cfg.search.seeds),
+    }
+
+
+def _load_study(
+    cfg: StudyConfig, class_name: str, storage: optuna.storages.BaseStorage, create: bool
+) -> optuna.Study | None:
+    name = study_name(cfg, class_name)
+    if not create:
+        try:
+            return optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            return None
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        directions=_directions(cfg),
+        sampler=_sampler(cfg.search.sampler),
+        load_if_exists=True,
+    )
+    if "fingerprint" not in study.user_attrs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(cfg.metrics.objectives))
+        study.set_user_attr("fingerprint", _fingerprint(cfg))
+        study.set_user_attr("prompts", list(cfg.classes[class_name]))
+    return study
+
+
+def _is_baseline(t: FrozenTrial) -> bool:
+    return bool(t.user_attrs.get("baseline"))
+
+
+def _enqueue_baseline(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Make the baseline the next trial unless it has completed or waits already."""
+    states = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+    if not any(_is_baseline(t) for t in study.get_trials(deepcopy=False, states=states)):
+        study.enqueue_trial(Settings.of(cfg.baseline).params(), user_attrs={"baseline": True})
+
+
+def _completed(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class _Evaluator:
+    """Pipeline, metric models and reference store: loaded once per process, shared by classes."""
+
+    def __init__(self, cfg: StudyConfig, storage_url: str, device: str | None) -> None:
+        from autotune.metrics.clip_score import ClipScore
+        from autotune.metrics.lpips_distance import Lpips
+        from autotune.pipeline import load_pipeline
+        from autotune.references import ReferenceStore
+
+        self.cfg = cfg
+        self.pipeline = load_pipeline(cfg.model, device)
+        dev = self.pipeline.device
+        objectives = cfg.metrics.objectives
+        m = cfg.metrics
+        self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev) if "clip_score" in objectives else None
+        self.lpips = Lpips(m.lpips_net, m.lpips_backbone, dev) if "lpips" in objectives else None
+        self.store = ReferenceStore(storage_url)
+        self._refs: dict[str, Any] = {}
+
+    def prepare(self, study: optuna.Study, class_name: str) -> None:
+        """Render (or load) the class's references; store its seed-to-seed LPIPS with the study."""
+        if class_name in self._refs or self.lpips is None:
+            return
+        cfg, prompts, seeds = self.cfg, list(self.cfg.classes[class_name]), list(self.cfg.search.seeds)
+        ref_seeds = seeds if len(seeds) > 1 else [*seeds, max(seeds) + 1]
+        refs = self.store.images(
+            self.pipeline,
+            Settings.of(cfg.reference),
+            prompts,
+            ref_seeds,
+            cfg.model.height,
+            cfg.model.width,
+            cfg.search.batch_size,
+        )
+        refs = refs.view(len(prompts), len(ref_seeds), *refs.shape[1:])
+        if "seed_lpips" not in study.user_attrs:
+            seed_lpips = float(self.lpips(refs[:, 0], refs[:, 1]).mean())
+            study.set_user_attr("seed_lpips", seed_lpips)
+        self._refs[class_name] = refs[:, : len(seeds)].flatten(0, 1)
+
+    def evaluate(self, settings: Settings, class_name: str) -> tuple[dict[str, list[float]], int, Any]:
+        """Per-image values of every objective, model calls per image, and the images."""
+        from autotune.pipeline import generate
+
+        cfg, prompts = self.cfg, list(self.cfg.classes[class_name])
+        render = generate(
+            self.pipeline, settings, prompts, cfg.search.seeds, cfg.model.height, cfg.model.width, cfg.search.batch_size
+        )
+        per_image: dict[str, list[float]] = {"seconds": render.seconds}
+        if self.clip is not None:
+            image_prompts = [q for q in prompts for _ in cfg.search.seeds]
+            per_image["clip_score"] = self.clip(render.images, image_prompts).tolist()
+        if self.lpips is not None:
+            per_image["lpips"] = self.lpips(render.images, self._refs[class_name]).tolist()
+        return per_image, render.model_calls, render.images
+
+
+def _aggregate(name: str, values: list[float]) -> float:
+    return statistics.median(values) if METRICS[name].aggregate == "median" else statistics.fmean(values)
+
+
+def _same_setting(study: optuna.Study, params: dict[str, Any], number: int) -> FrozenTrial | None:
+    """An earlier finished trial of the same setting (completed, or failed with a reason)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        if t.number == number or t.params != params or "reused_from" in t.user_attrs:
+            continue
+        if t.state == TrialState.COMPLETE or "fail_reason" in t.user_attrs:
+            return t
+    return None
+
+
+def _objective(
+    cfg: StudyConfig, study: optuna.Study, class_name: str, evaluator: _Evaluator
+) -> Callable[[optuna.Trial], list[float]]:
+    def objective(trial: optuna.Trial) -> list[float]:
+        settings = suggest(trial, cfg.search)
+        spec = schedulers.get(settings.scheduler)
+        trial.set_user_attr("scheduler_class", spec.class_name)
+        trial.set_user_attr("scheduler_kwargs", spec.kwargs)
+        earlier = _same_setting(study, trial.params, trial.number)
+        if earlier is not None:  # spend nothing twice: discrete spaces repeat suggestions
+            trial.set_user_attr("reused_from", earlier.number)
+            if earlier.state == TrialState.FAIL:
+                reason = f"same setting failed in trial {earlier.number}: {earlier.user_attrs['fail_reason']}"
+                trial.set_user_attr("fail_reason", reason)
+                raise TrialFailed(reason)
+            for key, value in earlier.user_attrs.items():
+                if key.endswith(("_mean", "_std")) or key in ("model_calls", "images"):
+                    trial.set_user_attr(key, value)
+            assert earlier.values is not None
+            return list(earlier.values)
+        try:
+            per_image, calls, _ = evaluator.evaluate(settings, class_name)
+        except Exception as e:  # any render or metric failure fails this trial, not the study
+            reason = f"{type(e).__name__}: {e}".strip()[:500]
+            trial.set_user_attr("fail_reason", reason)
+            _free_device_memory()
+            raise TrialFailed(reason) from e
+        for name, values in per_image.items():
+            trial.set_user_attr(f"{name}_mean", statistics.fmean(values))
+            trial.set_user_attr(f"{name}_std", statistics.pstdev(values))
+        trial.set_user_attr("model_calls", calls)
+        trial.set_user_attr("images", len(per_image["seconds"]))
+        return [_aggregate(name, per_image[name]) for name in cfg.metrics.objectives]
+
+    return objective
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_study(
+    cfg: StudyConfig,
+    *,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, ClassOutcome]:
+    """Run (or resume) every class's study until it has ``n_trials`` completed trials or time runs out.
+
+    ``n_trials`` counts the study's completed trials, not this run's: a resumed study runs on
+    to the total. Classes take turns one trial at a time, so a timeout leaves every class
+    with a comparable number of trials.
+    """
+    url = storage or cfg.default_storage
+    if url.startswith("sqlite:///"):
+        cfg.directory.mkdir(parents=True, exist_ok=True)
+    rdb = open_storage(url)
+    target = n_trials or cfg.search.n_trials
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    studies = {c: _load_study(cfg, c, rdb, create=True) for c in cfg.classes}
+    evaluator = _Evaluator(cfg, url, device)
+    objectives = {}
+    for c, study in studies.items():
+        assert study is not None
+        _enqueue_baseline(study, cfg)
+        evaluator.prepare(study, c)
+        objectives[c] = _objective(cfg, study, c, evaluator)
+    deadline = time.monotonic() + timeout if timeout else math.inf
+    bar = _Progress(cfg, studies, target, deadline, progress)
+    failures = 0
+    try:
+        while time.monotonic() < deadline:
+            pending = [c for c, s in studies.items() if s is not None and _completed(s) < target]
+            if not pending:
+                break
+            for c in pending:
+                study = studies[c]
+                assert study is not None
+                study.optimize(objectives[c], n_trials=1, catch=(TrialFailed,))
+                last = study.trials[-1]
+                failures = failures + 1 if last.state == TrialState.FAIL else 0
+                bar.update()
+                if failures >= _MAX_CONSECUTIVE_FAILURES:
+                    raise StudyAborted(
+                        f"{failures} trials in a row failed; the last: "
+                        f"{last.user_attrs.get('fail_reason', 'unknown reason')}"
+                    )
+                if time.monotonic() >= deadline:
+                    break
+    finally:
+        bar.close()
+    return recommend(cfg, storage=url)
+
+
+class _Progress:
+    """A tqdm bar over all classes: trials done, Pareto front sizes, time left."""
+
+    def __init__(
+        self, cfg: StudyConfig, studies: dict[str, optuna.Study | None], target: int, deadline: float, enabled: bool
+    ) -> None:
+        from tqdm import tqdm
+
+        self.studies, self.deadline = studies, deadline
+        done = sum(min(_completed(s), target) for s in studies.values() if s is not None)
+        self.bar = tqdm(
+            total=target * len(studies),
+            initial=done,
+            desc=f"autotune {cfg.name}",
+            unit="trial",
+            disable=not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self.update(0)
+
+    def update(self, n: int = 1) -> None:
+        fronts = {c: len(s.best_trials) for c, s in self.studies.items() if s is not None}
+        post = {"front": " ".join(f"{c}:{n}" for c, n in fronts.items())}
+        if self.deadline < math.inf:
+            post["left"] = time.strftime("%H:%M:%S", time.gmtime(max(0.0, self.deadline - time.monotonic())))
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _candidate(t: FrozenTrial, objectives: tuple[str, ...]) -> Candidate:
+    assert t.values is not None
+    return Candidate(t.number, dict(zip(objectives, t.values, strict=True)))
+
+
+def _outcome(cfg: StudyConfig, class_name: str, study: optuna.Study) -> ClassOutcome:
+    objectives = cfg.metrics.objectives
+    all_trials = study.get_trials(deepcopy=False)
+    trials = [t for t in all_trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
+    candidates = [_candidate(t, objectives) for t in trials]
+    higher = {m: METRICS[m].higher_is_better for m in objectives}
+    front = pareto_front([c.values for c in candidates], higher)
+    seed_lpips = study.user_attrs.get("seed_lpips")
+    base = next((c for c, t in zip(candidates, trials, strict=True) if _is_baseline(t)), None)
+    rec = None
+    if base is not None:
+        r = cfg.recommend
+        rec = match_baseline(
+            candidates, base, clip_tolerance=r.clip_tolerance, lpips_tolerance=r.lpips_tolerance, seed_lpips=seed_lpips
+        )
+    n_failed = sum(t.state == TrialState.FAIL for t in all_trials)
+    return ClassOutcome(class_name, study, trials, front, rec, seed_lpips, n_failed)
+
+
+def recommend(cfg: StudyConfig, *, storage: str | None = None) -> dict[str, ClassOutcome]:
+    """Read every class's study from storage and apply the recommendation rule (renders nothing)."""
+    url = storage or cfg.default_storage
+    if url.startswith("sqlite:///") and not _sqlite_path(url).exists():
+        raise ConfigError(f"storage {url!r}: no study database yet; run `autotune study {cfg.path}` first")
+    rdb = open_storage(url)
+    out = {}
+    for c in cfg.classes:
+        study = _load_study(cfg, c, rdb, create=False)
+        if study is None:
+            raise ConfigError(
+                f"classes.{c}: no study {study_name(cfg, c)!r} in {url}; run `autotune study {cfg.path}` first"
+            )
+        out[c] = _outcome(cfg, c, study)
+    return out
+
+
+def _sqlite_path(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def settings_of(t: FrozenTrial) -> Settings:
+    return Settings(t.params["scheduler"], int(t.params["steps"]), float(t.params["guidance"]))
+
+
+def trial_summary(t: FrozenTrial, objectives: tuple[str, ...]) -> dict[str, Any]:
+    """A trial as plain JSON-able data: setting, diffusers recipe, metrics and their spread."""
+    s = settings_of(t)
+    spec = schedulers.get(s.scheduler)
+    assert t.values is not None
+    return {
+        "trial": t.number,
+        "scheduler": s.scheduler,
+        "a1111_name": spec.a1111,
+        "steps": s.steps,
+        "guidance": s.guidance,
+        "diffusers": {
+            "scheduler_class": spec.class_name,
+            "scheduler_config": dict(spec.kwargs),
+            "call_kwargs": {"num_inference_steps": s.steps, "guidance_scale": s.guidance},
+        },
+        "metrics": dict(zip(objectives, t.values, strict=True)),
+        "metrics_std": {m: t.user_attrs.get(f"{m}_std") for m in objectives},
+        "model_calls": t.user_attrs.get("model_calls"),
+    }

@@ -1,0 +1,74 @@
+"""Shared fixtures: one tiny pipeline and metric models per session, a study file factory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# Built models and any torch hub cache go to a throwaway folder, never to the user's home.
+_CACHE = tempfile.mkdtemp(prefix="autotune-test-cache-")
+os.environ.setdefault("AUTOTUNE_CACHE", _CACHE)
+os.environ.setdefault("TORCH_HOME", os.path.join(_CACHE, "torch"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SMALL_STUDY = """
+name = "{name}"
+[model]
+id = "tiny"
+device = "cpu"
+height = 32
+width = 32
+[search]
+steps = [2, 8]
+schedulers = ["euler", "dpmpp_2m_karras", "ddim"]
+guidance = [1.0, 9.0]
+n_trials = {n_trials}
+seeds = [0]
+[baseline]
+scheduler = "dpmpp_2m_karras"
+steps = 8
+guidance = 7.5
+[reference]
+scheduler = "dpmpp_2m_karras"
+steps = 20
+guidance = 7.5
+{classes}
+"""
+ONE_CLASS = '[classes.portrait]\nprompts = ["a studio portrait of an old fisherman"]\n'
+TWO_CLASSES = ONE_CLASS + '[classes.landscape]\nprompts = ["a misty mountain lake at dawn"]\n'
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny():  # type: ignore[no-untyped-def]
+    """The tiny SD pipeline, loaded once for the whole session (float32, CPU)."""
+    from autotune.config import ModelConfig
+    from autotune.pipeline import load_pipeline
+
+    return load_pipeline(ModelConfig(device="cpu"))
+
+
+@pytest.fixture
+def study_file(tmp_path: Path) -> Callable[..., Path]:
+    """Write a small study file into a fresh folder; its database and outputs land beside it."""
+
+    def write(name: str = "small", n_trials: int = 3, classes: str = ONE_CLASS, extra: str = "") -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(SMALL_STUDY.format(name=name, n_trials=n_trials, classes=classes) + extra)
+        return path
+
+    return write

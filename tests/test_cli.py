@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from autotune.cli import parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("8h", 28800), ("90m", 5400), ("1h30m", 5400), ("45s", 45), ("600", 600), ("0.5h", 1800)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autotune.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_study_then_recommend_end_to_end(study_file: Callable[..., Path]) -> None:
+    from tests.conftest import TWO_CLASSES
+
+    path = study_file(name="e2e", n_trials=3, classes=TWO_CLASSES)
+    result = run("study", str(path), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "portrait" in result.stdout and "baseline" in result.stdout
+    out = path.parent / "e2e"
+    recs = json.loads((out / "recommendations.json").read_text())
+    assert set(recs["classes"]) == {"portrait", "landscape"}
+    for c, rec in recs["classes"].items():
+        assert rec["trials_completed"] == 3
+        assert rec["metrics"]["seconds"] <= rec["baseline"]["metrics"]["seconds"]
+        assert rec["diffusers"]["call_kwargs"] == {
+            "num_inference_steps": rec["steps"],
+            "guidance_scale": rec["guidance"],
+        }
+        rows = list(csv.DictReader((out / f"pareto_{c}.csv").open()))
+        assert 1 <= len(rows) <= 3
+        assert sum(r["recommended"] == "True" for r in rows) == 1
+        assert [float(r["seconds"]) for r in rows] == sorted(float(r["seconds"]) for r in rows)
+
+    shown = run("recommend", str(path), "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == recs
+    table = run("recommend", str(path))
+    assert table.stdout.splitlines()[0].split()[:2] == ["class", "setting"]
+
+
+def test_recommend_before_any_study_exits_2(study_file: Callable[..., Path]) -> None:
+    path = study_file(name="fresh")
+    result = run("recommend", str(path))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "autotune study" in result.stderr
+    assert not (path.parent / "fresh.db").exists()
+
+
+def test_storage_that_is_not_a_database_exits_2_and_is_left_alone(study_file: Callable[..., Path]) -> None:
+    path = study_file(name="junk")
+    db = path.parent / "junk.db"
+    db.write_bytes(b"this is not sqlite" * 100)
+    result = run("study", str(path), "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert db.read_bytes() == b"this is not sqlite" * 100

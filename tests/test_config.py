@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autotune.cli import main
+from autotune.config import ConfigError, load_config
+
+MINIMAL = '[classes.a]\nprompts = ["a cat"]\n'
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "study.toml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def test_minimal_file_gets_every_default(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL, "night.toml"))
+    assert cfg.name == "night"
+    assert cfg.classes == {"a": ("a cat",)}
+    assert cfg.search.steps == (4, 40)
+    assert cfg.search.seeds == (0, 1)
+    assert cfg.metrics.objectives == ("clip_score", "lpips", "seconds")
+    assert cfg.reference.steps == 100 and cfg.baseline.steps == 30
+    assert cfg.default_storage == f"sqlite:///{tmp_path / 'night.db'}"
+    assert cfg.output_dir == tmp_path / "night"
+
+
+def test_a1111_names_become_canonical_and_baseline_joins_the_space(tmp_path: Path) -> None:
+    text = '[search]\nschedulers = ["Euler a", "UniPC", "euler_a"]\n[baseline]\nscheduler = "DPM++ 2M Karras"\n'
+    cfg = load_config(write(tmp_path, text + MINIMAL))
+    assert cfg.search.schedulers == ("euler_a", "unipc", "dpmpp_2m_karras")
+    assert cfg.baseline.scheduler == "dpmpp_2m_karras"
+
+
+def test_demo_study_file_is_valid() -> None:
+    cfg = load_config(Path(__file__).parent.parent / "studies" / "demo.toml")
+    assert set(cfg.classes) == {"portrait", "landscape"}
+    assert cfg.baseline.scheduler == "dpmpp_2m_karras"
+
+
+BAD = [
+    ("malformed toml", "[search\nsteps = 3", "not valid TOML"),
+    ("unknown top key", "colour = 1\n" + MINIMAL, "colour: unknown key"),
+    ("unknown section key", "[search]\nstep = [4, 8]\n" + MINIMAL, "search.step: unknown key"),
+    ("wrong type", '[search]\nn_trials = "ten"\n' + MINIMAL, "search.n_trials: expected integer"),
+    ("bool as int", "[search]\nn_trials = true\n" + MINIMAL, "search.n_trials: expected integer"),
+    ("steps not a pair", "[search]\nsteps = [4]\n" + MINIMAL, "search.steps: expected [integer, integer]"),
+    ("steps reversed", "[search]\nsteps = [40, 4]\n" + MINIMAL, "search.steps: expected [low, high]"),
+    ("steps over 1000", "[search]\nsteps = [4, 1001]\n" + MINIMAL, "search.steps: expected [low, high]"),
+    ("steps zero", "[search]\nsteps = [0, 10]\n" + MINIMAL, "search.steps: expected [low, high]"),
+    ("negative guidance", "[search]\nguidance = [-1.0, 5.0]\n" + MINIMAL, "search.guidance: expected [low, high]"),
+    ("negative baseline guidance", "[baseline]\nguidance = -2.0\n" + MINIMAL, "baseline.guidance: expected"),
+    (
+        "unknown scheduler",
+        '[search]\nschedulers = ["euler", "warp9"]\n' + MINIMAL,
+        "search.schedulers: unknown scheduler 'warp9'",
+    ),
+    ("unknown reference scheduler", '[reference]\nscheduler = "nope"\n' + MINIMAL, "reference.scheduler: unknown"),
+    ("no classes", "[search]\nn_trials = 3\n", "classes: expected at least one"),
+    ("empty class", "[classes.a]\nprompts = []\n", "classes.a.prompts: expected a non-empty list"),
+    ("empty prompt", '[classes.a]\nprompts = ["ok", "  "]\n', "classes.a.prompts[1]: expected a non-empty string"),
+    ("class not a table", 'classes = ["a"]\n', "classes: expected at least one"),
+    (
+        "unknown metric",
+        '[metrics]\nobjectives = ["clip_score", "fid"]\n' + MINIMAL,
+        "metrics.objectives: expected one of",
+    ),
+    (
+        "unknown sampler",
+        '[search]\nsampler = "cmaes"\n' + MINIMAL,
+        "search.sampler: expected one of tpe, nsga2, random",
+    ),
+    ("bad device", '[model]\ndevice = "tpu"\n' + MINIMAL, "model.device: expected auto, cpu, cuda or cuda:N"),
+    ("bad dtype", '[model]\ndtype = "int8"\n' + MINIMAL, "model.dtype: expected one of"),
+    ("size not multiple of 8", "[model]\nheight = 60\n" + MINIMAL, "model.height: expected a positive multiple of 8"),
+    ("duplicate seeds", "[search]\nseeds = [1, 1]\n" + MINIMAL, "search.seeds: expected distinct integers"),
+    ("baseline outside steps", "[baseline]\nsteps = 50\n" + MINIMAL, "baseline.steps: expected a value inside"),
+    ("negative tolerance", "[recommend]\nclip_tolerance = -1\n" + MINIMAL, "recommend.clip_tolerance: expected"),
+    ("unknown rule", '[recommend]\nrule = "knee"\n' + MINIMAL, "recommend.rule: expected one of match_baseline"),
+    ("non-utf8", b'[classes.a]\nprompts = ["caf\xe9"]\n', "expected UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_file_names_file_key_and_expectation(tmp_path: Path, case: str, text: str | bytes, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such study file"):
+        load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("command", ["study", "recommend"])
+def test_cli_bad_file_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    path = write(tmp_path, "[search]\nsteps = [40, 4]\n" + MINIMAL)
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "search.steps" in err and str(path) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+
+from autotune.pareto import Candidate, dominates, match_baseline, pareto_front
+
+UP = {"clip_score": True, "lpips": False, "seconds": False}
+
+
+def c(n: int, clip: float, lp: float, s: float) -> Candidate:
+    return Candidate(n, {"clip_score": clip, "lpips": lp, "seconds": s})
+
+
+def test_dominates_needs_one_strict_improvement() -> None:
+    a, b = c(0, 30, 0.1, 1.0).values, c(1, 30, 0.1, 1.0).values
+    assert not dominates(a, b, UP)
+    assert dominates(c(0, 31, 0.1, 1.0).values, b, UP)
+    assert not dominates(c(0, 31, 0.2, 1.0).values, b, UP)
+
+
+def test_pareto_front_on_hand_made_points() -> None:
+    pts = [c(0, 30, 0.10, 1.0), c(1, 29, 0.10, 0.5), c(2, 28, 0.20, 0.6), c(3, 31, 0.05, 2.0), c(4, 30, 0.10, 1.0)]
+    # 2 is dominated by 1; 0 and 4 are equal, so neither dominates the other
+    assert pareto_front([p.values for p in pts], UP) == [0, 1, 3, 4]
+
+
+def test_two_objective_front() -> None:
+    up = {"q": True, "s": False}
+    pts = [{"q": 1.0, "s": 2.0}, {"q": 2.0, "s": 3.0}, {"q": 0.5, "s": 3.0}, {"q": 2.0, "s": 2.5}]
+    assert pareto_front(pts, up) == [0, 3]
+
+
+def test_match_baseline_takes_the_cheapest_within_tolerance() -> None:
+    base = c(0, 30.0, 0.010, 1.0)
+    cands = [base, c(1, 29.6, 0.012, 0.4), c(2, 29.0, 0.011, 0.2), c(3, 30.5, 0.030, 0.1), c(4, 29.8, 0.013, 0.5)]
+    rec = match_baseline(cands, base, clip_tolerance=0.5, lpips_tolerance=0.1, seed_lpips=0.05)
+    # allowed: clip >= 29.5, lpips <= 0.010 + 0.005 = 0.015 -> 1 (0.4 s) and 4 (0.5 s); 2 fails clip, 3 lpips
+    assert rec.chosen.number == 1 and rec.met_tolerance
+    assert rec.speedup == pytest.approx(2.5)
+
+
+def test_lpips_tolerance_scales_with_seed_to_seed_lpips() -> None:
+    base = c(0, 30.0, 0.010, 1.0)
+    cands = [base, c(1, 30.0, 0.030, 0.5)]
+    tight = match_baseline(cands, base, clip_tolerance=0.5, lpips_tolerance=0.1, seed_lpips=0.1)
+    loose = match_baseline(cands, base, clip_tolerance=0.5, lpips_tolerance=0.1, seed_lpips=0.3)
+    assert tight.chosen.number == 0 and loose.chosen.number == 1
+
+
+def test_nothing_within_tolerance_falls_back_to_baseline_and_says_so() -> None:
+    base = c(0, 30.0, 0.010, 1.0)
+    rec = match_baseline([base, c(1, 20.0, 0.5, 0.1)], base, clip_tolerance=0.5, lpips_tolerance=0.1, seed_lpips=0.1)
+    assert rec.chosen == base and not rec.met_tolerance
+    assert "keeping the baseline" in rec.reason
+    assert rec.speedup == 1.0
+
+
+def test_seconds_tie_goes_to_better_quality() -> None:
+    base = c(0, 30.0, 0.010, 1.0)
+    rec = match_baseline(
+        [base, c(1, 30.0, 0.01, 0.5), c(2, 30.2, 0.01, 0.5)],
+        base,
+        clip_tolerance=0.5,
+        lpips_tolerance=0.1,
+        seed_lpips=0.1,
+    )
+    assert rec.chosen.number == 2
+
+
+def test_pareto_module_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, autotune.pareto; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from autotune.pipeline import generate
+from autotune.space import Settings
+from autotune.timing import DeviceTimer
+
+
+def test_cpu_timer_measures_the_work_inside_it() -> None:
+    with DeviceTimer("cpu") as t:
+        time.sleep(0.05)
+    assert 0.05 <= t.seconds < 1.0
+
+
+def test_timer_reports_nan_before_use() -> None:
+    assert DeviceTimer("cpu").seconds != DeviceTimer("cpu").seconds  # NaN
+
+
+@pytest.mark.gpu
+def test_cuda_timer_counts_queued_kernels() -> None:
+    x = torch.randn(4096, 4096, device="cuda")
+    x @ x  # warm-up
+    with DeviceTimer("cuda") as short:
+        x @ x
+    with DeviceTimer("cuda") as long:
+        for _ in range(10):
+            x @ x
+    assert long.seconds > 5 * short.seconds > 0
+
+
+def test_generate_renders_every_prompt_with_every_seed(tiny) -> None:  # type: ignore[no-untyped-def]
+    r = generate(tiny, Settings("euler", 3, 5.0), ["a cat", "a dog"], [0, 1, 2], 32, 32, batch_size=4)
+    assert r.images.shape == (6, 3, 32, 32)
+    assert len(r.seconds) == 6 and all(s > 0 for s in r.seconds)
+    assert r.model_calls == 3
+    assert r.images.min() >= 0 and r.images.max() <= 1
+    # 8-bit quantised, as served
+    assert torch.equal((r.images * 255).round(), r.images * 255)
+
+
+def test_image_depends_on_prompt_and_seed_not_on_batch(tiny) -> None:  # type: ignore[no-untyped-def]
+    s = Settings("euler", 3, 5.0)
+    together = generate(tiny, s, ["a cat", "a dog"], [0, 1], 32, 32, batch_size=4).images
+    alone = generate(tiny, s, ["a dog"], [1], 32, 32).images[0]
+    assert (together[3] - alone).abs().max() <= 2 / 255
+    assert (together[2] - together[3]).abs().mean() > 0.01  # another seed, another image
+    assert (together[0] - together[2]).abs().mean() > 0.001  # another prompt, another image
+
+
+def test_heun_costs_two_model_calls_per_step(tiny) -> None:  # type: ignore[no-untyped-def]
+    r = generate(tiny, Settings("heun", 5, 5.0), ["a cat"], [0], 32, 32)
+    assert r.model_calls == 2 * 5 - 1
+
+
+def test_more_steps_converge_towards_the_reference(tiny) -> None:  # type: ignore[no-untyped-def]
+    ref = generate(tiny, Settings("dpmpp_2m_karras", 60, 7.5), ["a cat"], [0], 32, 32).images
+    errors = [
+        (generate(tiny, Settings("euler", n, 7.5), ["a cat"], [0], 32, 32).images - ref).abs().mean() for n in (4, 16)
+    ]
+    assert errors[1] < errors[0] / 2

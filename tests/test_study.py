@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autotune import pipeline as pipeline_module
+from autotune.config import load_config
+from autotune.study import run_study, study_name
+
+
+def test_study_runs_baseline_first_and_records_per_trial_attributes(study_file: Callable[..., Path]) -> None:
+    cfg = load_config(study_file(n_trials=3))
+    outcomes = run_study(cfg, progress=False)
+    study = optuna.load_study(study_name=study_name(cfg, "portrait"), storage=cfg.default_storage)
+    assert study.directions == [
+        optuna.study.StudyDirection.MAXIMIZE,
+        optuna.study.StudyDirection.MINIMIZE,
+        optuna.study.StudyDirection.MINIMIZE,
+    ]
+    assert study.metric_names == ["clip_score", "lpips", "seconds"]
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3
+    first = study.trials[0]
+    assert first.params == {"scheduler": "dpmpp_2m_karras", "steps": 8, "guidance": 7.5}
+    assert first.user_attrs["baseline"] is True
+    for t in trials:
+        attrs = t.user_attrs
+        assert attrs["images"] == 1 and attrs["model_calls"] >= 1
+        assert attrs["scheduler_class"] in ("EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "DDIMScheduler")
+        for m in ("clip_score", "lpips", "seconds"):
+            assert f"{m}_mean" in attrs and attrs[f"{m}_std"] >= 0
+        assert t.values[0] == pytest.approx(attrs["clip_score_mean"])
+    assert study.user_attrs["seed_lpips"] > 0
+    out = outcomes["portrait"]
+    assert out.recommendation is not None
+    assert out.recommendation.chosen.values["seconds"] <= out.recommendation.baseline.values["seconds"]
+
+
+def test_resume_adds_trials_to_the_same_database(study_file: Callable[..., Path]) -> None:
+    cfg = load_config(study_file(n_trials=4))
+    run_study(cfg, n_trials=2, progress=False)
+    db = Path(cfg.default_storage.removeprefix("sqlite:///"))
+    assert db.exists()
+    outcomes = run_study(cfg, progress=False)  # on to the file's total of 4
+    study = outcomes["portrait"].study
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
+    run_study(cfg, progress=False)  # already at its total: adds nothing
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+
+
+def test_failing_trial_is_recorded_with_reason_and_study_goes_on(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = pipeline_module.generate
+    calls = {"n": 0}
+
+    def flaky(p, settings, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first trial after the baseline
+            raise RuntimeError("scheduler exploded")
+        return real(p, settings, *args, **kwargs)
+
+    cfg = load_config(study_file(n_trials=3))
+    from autotune import references
+
+    monkeypatch.setattr(pipeline_module, "generate", flaky)
+    monkeypatch.setattr(references, "generate", real)  # references render normally
+    outcomes = run_study(cfg, progress=False)
+    study = outcomes["portrait"].study
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1
+    assert failed[0].user_attrs["fail_reason"] == "RuntimeError: scheduler exploded"
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert outcomes["portrait"].n_failed == 1
+
+
+def test_repeated_setting_reuses_stored_metrics(study_file: Callable[..., Path]) -> None:
+    cfg = load_config(study_file(n_trials=2))
+    outcomes = run_study(cfg, progress=False)
+    study = outcomes["portrait"].study
+    study.enqueue_trial(study.trials[1].params)
+    run_study(cfg, n_trials=3, progress=False)
+    again = study.trials[-1]
+    assert again.user_attrs["reused_from"] == 1
+    assert again.values == study.trials[1].values
+    assert len(run_study(cfg, n_trials=3, progress=False)["portrait"].trials) == 2  # duplicates counted once
+
+
+def test_classes_take_turns_and_each_gets_its_own_study(study_file: Callable[..., Path]) -> None:
+    from tests.conftest import TWO_CLASSES
+
+    cfg = load_config(study_file(n_trials=2, classes=TWO_CLASSES))
+    outcomes = run_study(cfg, progress=False)
+    assert set(outcomes) == {"portrait", "landscape"}
+    names = {s.study_name for s in optuna.get_all_study_summaries(cfg.default_storage)}
+    assert names == {"small.portrait", "small.landscape"}
+    assert all(len(o.trials) == 2 for o in outcomes.values())
