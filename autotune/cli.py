@@ -50,6 +50,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             device=args.device,
             progress=not args.quiet,
+            check_reference=not args.no_reference_check,
         )
     except KeyboardInterrupt:  # keep what the night produced: write the outputs so far
         write_outputs(cfg, recommend(cfg, storage=args.storage))
@@ -73,6 +74,36 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedulers(args: argparse.Namespace) -> int:
+    from autotune import schedulers
+    from autotune.config import ModelConfig
+    from autotune.pipeline import describe_model
+    from autotune.space import variant_choices
+
+    model = load_config(args.config).model if args.config else ModelConfig(id=args.model)
+    family, usable, _ = describe_model(model)
+    print(f"{model.id}: {family.name} family; {len(usable)} schedulers it can use\n")
+    head = ["name", "aliases", "class", "deterministic", "calls/step", "variants"]
+    rows = []
+    for name in usable:
+        spec = schedulers.get(name)
+        variants = ", ".join(variant_choices(name, "all", family))
+        rows.append(
+            [
+                name,
+                ", ".join(schedulers.aliases(name)),
+                spec.class_name,
+                "yes" if spec.deterministic else "no",
+                str(spec.calls_per_step),
+                variants or "-",
+            ]
+        )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, ["-" * w for w in widths], *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autotune", description=("Find the cheapest Stable Diffusion inference settings that still look right.")
@@ -90,7 +121,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=parse_duration, help="stop starting trials after this long: 8h, 90m, 600")
     p.add_argument("--device", help="override model.device: cpu, cuda, cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-reference-check",
+        action="store_true",
+        help="skip checking that the reference setting converges (N vs 2N steps)",
+    )
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("schedulers", help="list the schedulers a model can use, with aliases, cost and variants")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("config", type=Path, nargs="?", help="study file whose [model] to describe")
+    group.add_argument("--model", help='model id: "tiny", "tiny-sdxl", "tiny-sd3", a hub id or a folder')
+    p.set_defaults(func=cmd_schedulers)
 
     p = sub.add_parser("recommend", help="print the recommended setting per prompt class")
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")

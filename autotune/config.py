@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune import schedulers
+from autotune.families import FAMILIES, Family
 from autotune.metrics import METRICS
 
 __all__ = [
@@ -33,12 +34,14 @@ __all__ = [
     "SettingConfig",
     "StudyConfig",
     "load_config",
+    "resolve",
 ]
 
 SAMPLERS = ("tpe", "nsga2", "random")
 RULES = ("match_baseline",)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+FAMILY_NAMES = tuple(FAMILIES)
 
 
 class ConfigError(ValueError):
@@ -48,6 +51,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     id: str = "tiny"
+    family: str = "auto"  # auto | sd | sdxl | sd3 | flux | distilled | distilled_flow
     device: str = "auto"
     dtype: str = "auto"
     height: int = 64
@@ -57,10 +61,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    steps: tuple[int, int] = (4, 40)
-    schedulers: tuple[str, ...] = ("euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim")
-    guidance: tuple[float, float] = (1.0, 9.0)
+    """The space; ``None`` means "the model family's default" until :func:`resolve` fills it."""
+
+    steps: tuple[int, int] | None = None
+    schedulers: tuple[str, ...] | str | None = None  # names, or "all" the model can use
+    guidance: tuple[float, float] | None = None
     guidance_step: float = 0.5
+    variants: tuple[str, ...] | str = ("sigmas", "timestep_spacing")  # conditional parameters, or "all"
     sampler: str = "tpe"
     n_trials: int = 30
     seeds: tuple[int, ...] = (0, 1)
@@ -78,9 +85,12 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class SettingConfig:
-    scheduler: str = "dpmpp_2m_karras"
-    steps: int = 30
-    guidance: float = 7.5
+    """A baseline or reference setting; unset fields come from the model family's default."""
+
+    scheduler: str | None = None
+    steps: int | None = None
+    guidance: float | str | None = None  # reference only: "trial" follows each trial's guidance
+    options: dict[str, Any] = field(default_factory=dict)  # variant values, e.g. timestep_spacing = "trailing"
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,8 @@ class StudyConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     baseline: SettingConfig = field(default_factory=SettingConfig)
-    reference: SettingConfig = field(default_factory=lambda: SettingConfig(steps=100))
+    reference: SettingConfig = field(default_factory=SettingConfig)
+    family: str | None = None  # set by resolve(): the model family the defaults came from
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
 
     @property
@@ -136,6 +147,8 @@ def _type_name(tp: Any) -> str:
         return f"a list of {inner}s" if args[-1] is Ellipsis else f"[{', '.join(map(_type_name, args))}]"
     if origin in (types.UnionType, typing.Union):
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is dict:
+        return "a table"
     return {int: "integer", float: "number", str: "string", bool: "boolean"}[tp]
 
 
@@ -143,8 +156,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it in the dataclass's type."""
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
-        options = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, options[0], where)
+        for option in (a for a in typing.get_args(tp) if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
     if origin is tuple:
         args = typing.get_args(tp)
         n = None if args[-1] is Ellipsis else len(args)
@@ -171,13 +192,13 @@ def _section(cls: type, raw: Any, where: str) -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
 
 
-def _one_of(value: str, choices: tuple[str, ...], where: str) -> None:
+def _one_of(value: Any, choices: tuple[Any, ...], where: str) -> None:
     if value not in choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
 
 
-def _check_range(pair: tuple[float, float], low: float, high: float, where: str) -> None:
-    if not (low <= pair[0] <= pair[1] <= high):
+def _check_range(pair: tuple[float, float] | None, low: float, high: float, where: str) -> None:
+    if pair is not None and not (low <= pair[0] <= pair[1] <= high):
         raise ConfigError(f"{where}: expected [low, high] with {low:g} <= low <= high <= {high:g}, got {list(pair)}")
 
 
@@ -189,20 +210,43 @@ def _canonical_scheduler(name: str, where: str) -> str:
         raise ConfigError(f"{where}: unknown scheduler {name!r} (expected one of: {known})") from None
 
 
+def _check_options(scheduler: str, options: dict[str, Any], where: str) -> None:
+    """Variant values must be known, apply to the scheduler, and be one of the variant's choices."""
+    free = {v.name: v for v in schedulers.variants_of(scheduler)}
+    for key, value in options.items():
+        if key not in free:
+            raise ConfigError(
+                f"{where}.{key}: not a parameter of {scheduler} (expected one of: {', '.join(free) or 'none'})"
+            )
+        choices = (*free[key].choices, "ays") if key == "sigmas" else free[key].choices
+        _one_of(value, choices, f"{where}.{key}")
+
+
 def _validate_setting(s: SettingConfig, where: str) -> SettingConfig:
-    if not 1 <= s.steps <= 1000:
+    if s.steps is not None and not 1 <= s.steps <= 1000:
         raise ConfigError(f"{where}.steps: expected an integer in 1..1000, got {s.steps}")
-    if s.guidance < 0:
+    if isinstance(s.guidance, str) and (where != "reference" or s.guidance != "trial"):
+        expected = 'a number >= 0 or "trial"' if where == "reference" else "a number >= 0"
+        raise ConfigError(f"{where}.guidance: expected {expected}, got {s.guidance!r}")
+    if isinstance(s.guidance, float) and s.guidance < 0:
         raise ConfigError(f"{where}.guidance: expected a number >= 0, got {s.guidance:g}")
-    return dataclasses.replace(s, scheduler=_canonical_scheduler(s.scheduler, f"{where}.scheduler"))
+    if s.scheduler is None:
+        if s.options:
+            raise ConfigError(f"{where}.options: set {where}.scheduler too: options belong to a scheduler")
+        return s
+    name = _canonical_scheduler(s.scheduler, f"{where}.scheduler")
+    _check_options(name, s.options, f"{where}.options")
+    return dataclasses.replace(s, scheduler=name)
 
 
 def _validate(cfg: StudyConfig) -> StudyConfig:
+    """Checks that need no model; :func:`resolve` does the rest once the model family is known."""
     m, s, met, rec = cfg.model, cfg.search, cfg.metrics, cfg.recommend
     device_kind = m.device.split(":")[0]
     if device_kind not in DEVICES or (":" in m.device and (device_kind != "cuda" or not m.device[5:].isdigit())):
         raise ConfigError(f"model.device: expected auto, cpu, cuda or cuda:N, got {m.device!r}")
     _one_of(m.dtype, DTYPES, "model.dtype")
+    _one_of(m.family, ("auto", *FAMILY_NAMES), "model.family")
     for key in ("height", "width"):
         value = getattr(m, key)
         if value < 8 or value % 8:
@@ -211,9 +255,18 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     _check_range(s.guidance, 0, 100, "search.guidance")
     if s.guidance_step <= 0:
         raise ConfigError(f"search.guidance_step: expected a number > 0, got {s.guidance_step:g}")
-    if not s.schedulers:
-        raise ConfigError("search.schedulers: expected at least one scheduler name, got []")
-    names = tuple(dict.fromkeys(_canonical_scheduler(n, "search.schedulers") for n in s.schedulers))
+    names = s.schedulers
+    if isinstance(names, str) and names != "all":
+        raise ConfigError(f'search.schedulers: expected a list of scheduler names or "all", got {names!r}')
+    if isinstance(names, tuple):
+        if not names:
+            raise ConfigError("search.schedulers: expected at least one scheduler name, got []")
+        names = tuple(dict.fromkeys(_canonical_scheduler(n, "search.schedulers") for n in names))
+    variants = s.variants
+    if isinstance(variants, str) and variants != "all":
+        raise ConfigError(f'search.variants: expected a list of parameter names or "all", got {variants!r}')
+    for v in variants if isinstance(variants, tuple) else ():
+        _one_of(v, tuple(schedulers.VARIANTS), "search.variants")
     _one_of(s.sampler, SAMPLERS, "search.sampler")
     if s.n_trials < 1:
         raise ConfigError(f"search.n_trials: expected an integer >= 1, got {s.n_trials}")
@@ -231,19 +284,75 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     for key in ("clip_tolerance", "lpips_tolerance"):
         if getattr(rec, key) < 0:
             raise ConfigError(f"recommend.{key}: expected a number >= 0, got {getattr(rec, key):g}")
-    baseline = _validate_setting(cfg.baseline, "baseline")
-    reference = _validate_setting(cfg.reference, "reference")
-    if not s.steps[0] <= baseline.steps <= s.steps[1]:
-        raise ConfigError(f"baseline.steps: expected a value inside search.steps {list(s.steps)}, got {baseline.steps}")
-    if not s.guidance[0] <= baseline.guidance <= s.guidance[1]:
-        raise ConfigError(
-            f"baseline.guidance: expected a value inside search.guidance {list(s.guidance)}, got {baseline.guidance:g}"
-        )
-    if baseline.scheduler not in names:  # the baseline is always a point of the space
-        names = (*names, baseline.scheduler)
     return dataclasses.replace(
-        cfg, search=dataclasses.replace(s, schedulers=names), baseline=baseline, reference=reference
+        cfg,
+        search=dataclasses.replace(s, schedulers=names),
+        baseline=_validate_setting(cfg.baseline, "baseline"),
+        reference=_validate_setting(cfg.reference, "reference"),
     )
+
+
+def _fill(setting: SettingConfig, default: tuple[str, int, float]) -> SettingConfig:
+    """Unset fields from the family's default; a changed scheduler drops nothing the user set."""
+    scheduler, steps, guidance = default
+    return SettingConfig(
+        scheduler=setting.scheduler or scheduler,
+        steps=setting.steps if setting.steps is not None else steps,
+        guidance=setting.guidance if setting.guidance is not None else guidance,
+        options=setting.options,
+    )
+
+
+def resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> StudyConfig:
+    """Fill the family's defaults and check the space against what the model can use.
+
+    Raises :class:`ConfigError` naming the study file, e.g. an incompatible scheduler with the
+    list of those the model can use.
+    """
+    try:
+        return _resolve(cfg, family, compatible)
+    except ConfigError as e:
+        raise ConfigError(f"{cfg.path}: {e}") from None
+
+
+def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> StudyConfig:
+    s = cfg.search
+    names = compatible if s.schedulers == "all" else list(s.schedulers or family.schedulers)
+    if s.schedulers is None:  # the family's defaults, less those this model cannot use
+        names = [n for n in names if n in compatible] or compatible[:1]
+    for n in names:
+        if n not in compatible:
+            raise ConfigError(
+                f"search.schedulers: {n} cannot be used with this {family.name} model "
+                f"(it can use: {', '.join(compatible)})"
+            )
+    baseline, reference = _fill(cfg.baseline, family.baseline), _fill(cfg.reference, family.reference)
+    for where, setting in (("baseline", baseline), ("reference", reference)):
+        if setting.scheduler not in compatible:
+            raise ConfigError(
+                f"{where}.scheduler: {setting.scheduler} cannot be used with this {family.name} "
+                f"model (it can use: {', '.join(compatible)})"
+            )
+    assert reference.scheduler is not None
+    if not schedulers.get(reference.scheduler).deterministic:
+        raise ConfigError(
+            f"reference.scheduler: expected a deterministic scheduler, got {reference.scheduler} "
+            "(it draws fresh noise each step and never converges to one image)"
+        )
+    steps = s.steps or family.steps
+    guidance = s.guidance or family.guidance
+    assert baseline.steps is not None and isinstance(baseline.guidance, float)
+    if not steps[0] <= baseline.steps <= steps[1]:
+        raise ConfigError(f"baseline.steps: expected a value inside search.steps {list(steps)}, got {baseline.steps}")
+    if not guidance[0] <= baseline.guidance <= guidance[1]:
+        raise ConfigError(
+            f"baseline.guidance: expected a value inside search.guidance {list(guidance)}, got {baseline.guidance:g}"
+        )
+    assert baseline.scheduler is not None
+    if baseline.scheduler not in names:  # the baseline is always a point of the space
+        names.append(baseline.scheduler)
+    search = dataclasses.replace(s, schedulers=tuple(names), steps=steps, guidance=guidance)
+    return dataclasses.replace(cfg, search=search, baseline=baseline, reference=reference, family=family.name)
 
 
 def _classes(raw: Any) -> dict[str, tuple[str, ...]]:
@@ -279,8 +388,6 @@ def parse_config(raw: dict[str, Any], path: Path) -> StudyConfig:
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"name: expected a name of letters, digits, '_' or '-', got {name!r}")
     sections = {key: _section(cls, raw[key], key) for key, cls in _SECTIONS.items() if key in raw}
-    if "reference" in raw and "steps" not in raw["reference"]:
-        sections["reference"] = dataclasses.replace(sections["reference"], steps=100)
     cfg = StudyConfig(name=name, path=path, classes=_classes(raw.get("classes")), **sections)
     return _validate(cfg)
 

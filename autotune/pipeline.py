@@ -16,12 +16,22 @@ from typing import Any
 
 import torch
 
-from autotune import schedulers
-from autotune.config import ConfigError, ModelConfig
+from autotune import families, schedulers
+from autotune.config import ConfigError, ModelConfig, StudyConfig, resolve
+from autotune.families import Family
 from autotune.space import Settings
 from autotune.timing import DeviceTimer
 
-__all__ = ["Pipeline", "Render", "RenderError", "generate", "load_pipeline", "resolve_device"]
+__all__ = [
+    "Pipeline",
+    "Render",
+    "RenderError",
+    "describe_model",
+    "generate",
+    "load_pipeline",
+    "resolve_config",
+    "resolve_device",
+]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _LOADED: dict[tuple[Any, ...], Pipeline] = {}
@@ -37,12 +47,13 @@ class Pipeline:
 
     pipe: Any
     model_id: str
+    family: Family
     device: str
     dtype: torch.dtype
     base_scheduler_config: Any
     warm: bool = False
     calls: int = 0
-    embeds: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    embeds: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def _count(self, *_: Any) -> None:
         self.calls += 1
@@ -69,6 +80,53 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def _source(model: ModelConfig) -> str | Path:
+    """Where the weights are: the built tiny model's folder, a local folder, or a hub id."""
+    if model.id.startswith("tiny"):
+        from autotune.tiny import tiny_pipeline_path
+
+        try:
+            return tiny_pipeline_path(model.id)
+        except KeyError:
+            from autotune.tiny import TINY_MODELS
+
+            known = ", ".join(TINY_MODELS)
+            raise ConfigError(f"model.id: no tiny model {model.id!r} (expected one of: {known})") from None
+    looks_local = model.id.startswith((".", "/", "~")) or model.id.count("/") > 1
+    if looks_local and not Path(model.id).expanduser().is_dir():
+        raise ConfigError(f"model.id: no model folder at {model.id!r}")
+    return model.id
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def describe_model(model: ModelConfig) -> tuple[Family, list[str], dict[str, Any]]:
+    """Family, usable scheduler names and ``model_index.json`` of a model, without loading weights."""
+    try:
+        index = families.model_index(_source(model), model.revision)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.id: cannot load {model.id!r}: {_first_line(e)}") from None
+    pipeline_class = index.get("_class_name", "")
+    scheduler_class = (index.get("scheduler") or [None, "PNDMScheduler"])[1]
+    try:
+        family = families.detect(pipeline_class, scheduler_class, model.id, model.family)
+    except ValueError as e:
+        raise ConfigError(f"model.id: {e}") from None
+    return family, families.compatible_schedulers(family, scheduler_class), index
+
+
+def resolve_config(cfg: StudyConfig) -> StudyConfig:
+    """The study file with its model family's defaults filled in and checked against the model."""
+    try:
+        family, compatible, _ = describe_model(cfg.model)
+    except ConfigError as e:
+        raise ConfigError(f"{cfg.path}: {e}") from None
+    return resolve(cfg, family, compatible)
+
+
 def load_pipeline(model: ModelConfig, device: str | None = None) -> Pipeline:
     """Load (once per process) the pipeline named by ``model.id``: ``"tiny"``, a hub id or a folder.
 
@@ -82,26 +140,20 @@ def load_pipeline(model: ModelConfig, device: str | None = None) -> Pipeline:
     transformers_logging.disable_progress_bar()
     dev = resolve_device(device or model.device)
     dtype = _resolve_dtype(model.dtype, dev)
-    key = (model.id, model.revision, dev, dtype)
+    key = (model.id, model.revision, model.family, dev, dtype)
     if key in _LOADED:
         return _LOADED[key]
-    if model.id == "tiny":
-        from autotune.tiny import tiny_pipeline_path
-
-        source: str | Path = tiny_pipeline_path()
-    else:
-        source = model.id
-        looks_local = model.id.startswith((".", "/", "~")) or model.id.count("/") > 1
-        if looks_local and not Path(model.id).expanduser().is_dir():
-            raise ConfigError(f"model.id: no model folder at {model.id!r}")
+    family, _, index = describe_model(model)
+    absent = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}  # SD3 without T5, say
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, use_safetensors=True, revision=model.revision)
+        pipe = DiffusionPipeline.from_pretrained(
+            _source(model), dtype=dtype, use_safetensors=True, revision=model.revision, **absent
+        )
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"model.id: cannot load {model.id!r}: {first}") from None
+        raise ConfigError(f"model.id: cannot load {model.id!r}: {_first_line(e)}") from None
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
-    loaded = Pipeline(pipe, model.id, dev, dtype, pipe.scheduler.config)
+    loaded = Pipeline(pipe, model.id, family, dev, dtype, pipe.scheduler.config)
     _denoiser(pipe).register_forward_pre_hook(loaded._count)
     _LOADED[key] = loaded
     return loaded
@@ -111,27 +163,23 @@ def _denoiser(pipe: Any) -> torch.nn.Module:
     return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
-def _embeddings(p: Pipeline, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt and empty-negative embeddings, computed once per prompt (not timed)."""
+def _embeddings(p: Pipeline, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The prompts' embeddings as call kwargs, computed once per prompt (not timed)."""
     for prompt in dict.fromkeys(prompts):
         if prompt not in p.embeds:
             with torch.no_grad():
-                pos, neg = p.pipe.encode_prompt(prompt, p.device, 1, True, negative_prompt="")
-            p.embeds[prompt] = (pos, neg)
-    return (torch.cat([p.embeds[q][0] for q in prompts]), torch.cat([p.embeds[q][1] for q in prompts]))
+                p.embeds[prompt] = families.encode_prompt(p.pipe, prompt, p.device)
+    return {k: torch.cat([p.embeds[q][k] for q in prompts]) for k in p.embeds[prompts[0]]}
 
 
 def _call(
     p: Pipeline, settings: Settings, prompts: Sequence[str], seeds: Sequence[int], height: int, width: int
 ) -> torch.Tensor:
-    pos, neg = _embeddings(p, prompts)
     gen_device = "cpu" if p.device == "mps" else p.device
     generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
     out = p.pipe(
-        prompt_embeds=pos,
-        negative_prompt_embeds=neg,
-        num_inference_steps=settings.steps,
-        guidance_scale=settings.guidance,
+        **_embeddings(p, prompts),
+        **settings.call_kwargs(p.family),
         generator=generators,
         height=height,
         width=width,
@@ -153,10 +201,17 @@ def generate(
 
     Each image has its own seeded generator, so an image does not depend on its batch.
     """
-    p.pipe.scheduler = schedulers.build(settings.scheduler, p.base_scheduler_config)
+    p.pipe.scheduler = schedulers.build(settings.scheduler, p.base_scheduler_config, dict(settings.options))
     jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
     if not p.warm:  # first call in the process: compile/allocate outside the timed region
-        _call(p, Settings(settings.scheduler, 2, settings.guidance), [jobs[0][0]], [jobs[0][1]], height, width)
+        _call(
+            p,
+            Settings(settings.scheduler, 2, settings.guidance, settings.options),
+            [jobs[0][0]],
+            [jobs[0][1]],
+            height,
+            width,
+        )
         p.warm = True
     images, seconds, calls = [], [], 0
     for i in range(0, len(jobs), batch_size):

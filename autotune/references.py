@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from autotune.pipeline import Pipeline, generate
 from autotune.space import Settings
 
-__all__ = ["ReferenceStore", "decode_png", "encode_png", "reference_key"]
+__all__ = ["ReferenceStore", "check_reference", "convergence", "decode_png", "encode_png", "reference_key"]
 
 _META = MetaData()
 _REFERENCES = Table(
@@ -81,6 +81,10 @@ class ReferenceStore:
         except IntegrityError:
             pass  # another worker stored the same reference first: the images are the same
 
+    def contains(self, p: Pipeline, settings: Settings, prompt: str, seed: int, height: int, width: int) -> bool:
+        dtype = str(p.dtype).removeprefix("torch.")
+        return bool(self._get([reference_key(p.model_id, prompt, seed, height, width, settings, dtype)]))
+
     def images(
         self,
         p: Pipeline,
@@ -113,3 +117,51 @@ class ReferenceStore:
             )
             self.rendered += 1
         return torch.stack([decode_png(found[k]) for k in keys])
+
+
+CONVERGENCE_LIMIT = 0.01  # LPIPS(N steps, 2N steps) as a share of the seed-to-seed LPIPS
+
+
+def convergence(p: Pipeline, lpips: Any, settings: Settings, prompt: str, seed: int, height: int, width: int) -> float:
+    """How far a setting still moves when its steps double: LPIPS(N, 2N) / LPIPS(seed, seed + 1) at N."""
+    import dataclasses
+
+    at_n = generate(p, settings, [prompt], [seed, seed + 1], height, width).images
+    at_2n = generate(p, dataclasses.replace(settings, steps=2 * settings.steps), [prompt], [seed], height, width).images
+    return float(lpips(at_n[:1], at_2n)[0] / lpips(at_n[:1], at_n[1:2])[0].clamp_min(1e-12))
+
+
+def _toml(settings: Settings) -> str:
+    opts = ", ".join(f"{k} = {json.dumps(v)}" for k, v in settings.options)
+    extra = f", options = {{ {opts} }}" if opts else ""
+    return f'scheduler = "{settings.scheduler}", steps = {settings.steps}{extra}'
+
+
+def check_reference(
+    p: Pipeline, lpips: Any, reference: Settings, prompt: str, seed: int, height: int, width: int
+) -> str | None:
+    """``None`` when the reference converges; otherwise why not, and a setting that does."""
+    from autotune import schedulers
+
+    ratio = convergence(p, lpips, reference, prompt, seed, height, width)
+    if ratio <= CONVERGENCE_LIMIT:
+        return None
+    n = reference.steps
+    why = (
+        f"{reference.label()} does not converge: its {n}- and {2 * n}-step images differ by "
+        f"{ratio:.1%} of the seed-to-seed LPIPS (limit {CONVERGENCE_LIMIT:.0%})"
+    )
+    free = {v.name for v in schedulers.variants_of(reference.scheduler)}
+    tries = [
+        dict(reference.options, **change)
+        for key, change in (("timestep_spacing", {"timestep_spacing": "trailing"}), ("sigmas", {"sigmas": "karras"}))
+        if key in free
+    ]
+    candidates = [Settings.make(reference.scheduler, n, reference.guidance, o) for o in tries]
+    fallback = p.family.reference[0]
+    candidates.append(Settings.make(fallback, n, reference.guidance))
+    for c in candidates:
+        r = convergence(p, lpips, c, prompt, seed, height, width)
+        if r <= CONVERGENCE_LIMIT:
+            return f"{why}; this one converges ({r:.2%}): [reference] {_toml(c)}"
+    return f"{why}; try more steps or Karras sigmas"

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from autotune import schedulers
 from autotune.config import StudyConfig
 from autotune.study import ClassOutcome, settings_of, trial_summary
 
@@ -40,8 +41,8 @@ def _class_data(cfg: StudyConfig, o: ClassOutcome) -> dict[str, Any]:
             "reason": "the baseline trial has not completed yet: nothing to compare against",
         }
     by_number = {t.number: t for t in o.trials}
-    chosen = trial_summary(by_number[rec.chosen.number], objectives)
-    baseline = trial_summary(by_number[rec.baseline.number], objectives)
+    chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family)
+    baseline = trial_summary(by_number[rec.baseline.number], objectives, o.family)
     return {
         **chosen,
         "speedup": rec.speedup,
@@ -72,19 +73,35 @@ def _pareto_csv(cfg: StudyConfig, o: ClassOutcome) -> str:
     chosen = o.recommendation.chosen.number if o.recommendation else None
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["trial", "scheduler", "steps", "guidance", *objectives, "model_calls", "baseline", "recommended"])
-    rows = sorted((o.trials[i] for i in o.front), key=lambda t: t.values[-1] if t.values else 0.0)
-    for t in rows:
+    w.writerow(
+        [
+            "trial",
+            "scheduler",
+            "options",
+            "steps",
+            "guidance",
+            *objectives,
+            "model_calls",
+            "deterministic",
+            "baseline",
+            "recommended",
+        ]
+    )
+    cost = objectives.index("seconds") if "seconds" in objectives else 0
+    for t in sorted((o.trials[i] for i in o.front), key=lambda t: t.values[cost] if t.values else 0.0):
         s = settings_of(t)
         assert t.values is not None
+        options = ";".join(f"{k}={v}" for k, v in s.options)
         w.writerow(
             [
                 t.number,
                 s.scheduler,
+                options,
                 s.steps,
                 s.guidance,
                 *(f"{v:.6g}" for v in t.values),
                 t.user_attrs.get("model_calls", ""),
+                schedulers.get(s.scheduler).deterministic,
                 bool(t.user_attrs.get("baseline")),
                 t.number == chosen,
             ]
@@ -130,7 +147,7 @@ def format_table(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> str:
             rows.append([c, "-", *("-" for _ in metrics), "-", str(d["trials_completed"]), d["reason"]])
             continue
         for label, x in (("", d), ("  baseline", d["baseline"])):
-            setting = f"{x['a1111_name']}, {x['steps']} steps, CFG {x['guidance']:g} (#{x['trial']})"
+            setting = f"{x['setting']} (#{x['trial']})"
             rows.append(
                 [
                     c + label if label else c,

@@ -1,42 +1,142 @@
 """The search space: a :class:`Settings` point and how an Optuna trial suggests one.
 
+A sampler's conditional parameters ("variants": sigma schedule, timestep spacing, solver
+order, ...) are suggested only when that sampler is chosen, under names prefixed by it
+(``dpmpp_2m.sigmas``), so each keeps one distribution for the whole study.
+
 Example:
-    >>> settings = suggest(trial, cfg.search)
+    >>> settings = suggest(trial, cfg.search, FAMILIES["sd"])
     >>> settings
-    Settings(scheduler='dpmpp_2m_karras', steps=12, guidance=6.5)
+    Settings(scheduler='dpmpp_2m', steps=12, guidance=6.5, options=(('sigmas', 'karras'),))
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import functools
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
+from autotune import schedulers
 from autotune.config import SearchConfig, SettingConfig
+from autotune.families import Family
 
-__all__ = ["Settings", "suggest"]
+__all__ = ["Settings", "suggest", "variant_choices"]
 
 
 @dataclass(frozen=True)
 class Settings:
-    """One inference setting: sampler name (canonical), denoising steps, guidance scale."""
+    """One inference setting: sampler name (canonical), steps, guidance, and the sampler's variant values."""
 
     scheduler: str
     steps: int
     guidance: float
+    options: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
-    def of(cls, setting: SettingConfig) -> Settings:
-        return cls(setting.scheduler, setting.steps, setting.guidance)
+    def make(cls, scheduler: str, steps: int, guidance: float, options: Mapping[str, Any] | None = None) -> Settings:
+        """A setting; variant values of "default" (the model's own config) are left out."""
+        chosen = sorted((k, v) for k, v in (options or {}).items() if v != "default")
+        return cls(scheduler, int(steps), float(guidance), tuple(chosen))
 
-    def params(self) -> dict[str, Any]:
-        """The trial parameters that produce this setting (for ``study.enqueue_trial``)."""
-        return asdict(self)
+    @classmethod
+    def of(cls, setting: SettingConfig, guidance: float | None = None) -> Settings:
+        assert setting.scheduler is not None and setting.steps is not None
+        g = guidance if guidance is not None else setting.guidance
+        assert isinstance(g, float)
+        return cls.make(setting.scheduler, setting.steps, g, setting.options)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Settings:
+        """Inverse of :meth:`params`."""
+        name = params["scheduler"]
+        prefix = f"{name}."
+        options = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
+        return cls.make(name, params["steps"], params["guidance"], options)
+
+    def params(self, searched: Mapping[str, Any] = MappingProxyType({})) -> dict[str, Any]:
+        """The trial parameters that produce this setting (for ``study.enqueue_trial``).
+
+        ``searched`` names the variants the study searches for this scheduler: those this
+        setting leaves at the model's config are pinned to "default".
+        """
+        variants = {k: "default" for k in searched} | dict(self.options)
+        return {
+            "scheduler": self.scheduler,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            **{f"{self.scheduler}.{k}": v for k, v in variants.items()},
+        }
+
+    @property
+    def ays(self) -> bool:
+        return dict(self.options).get("sigmas") == "ays"
+
+    def scheduler_overrides(self) -> dict[str, Any]:
+        """The diffusers config overrides of this setting (Align-Your-Steps keeps the default sigmas
+        and passes its timesteps in the call)."""
+        return schedulers.overrides(self.scheduler, dict(self.options))
+
+    def call_kwargs(self, family: Family) -> dict[str, Any]:
+        """The pipeline call arguments: steps, guidance under the family's name, AYS timesteps."""
+        from autotune.families import ays_timesteps
+
+        kwargs: dict[str, Any] = {"num_inference_steps": self.steps, family.guidance_param: self.guidance}
+        if self.ays:
+            kwargs["timesteps"] = ays_timesteps(family, self.steps)
+        return kwargs
+
+    def key(self) -> str:
+        """What makes two settings render the same images: class, resolved config, steps, guidance."""
+        spec = schedulers.get(self.scheduler)
+        conf = sorted(self.scheduler_overrides().items())
+        return repr((spec.class_name, conf, self.ays, self.steps, round(self.guidance, 6)))
+
+    def label(self) -> str:
+        """A short human name: ``DPM++ 2M [sigmas=karras], 12 steps, CFG 6.5``."""
+        opts = ", ".join(f"{k}={v}" for k, v in self.options)
+        name = schedulers.get(self.scheduler).a1111 + (f" [{opts}]" if opts else "")
+        return f"{name}, {self.steps} steps, CFG {self.guidance:g}"
 
 
-def suggest(trial: Any, space: SearchConfig) -> Settings:
-    """Ask an Optuna trial for a setting inside ``space``."""
-    return Settings(
-        scheduler=trial.suggest_categorical("scheduler", list(space.schedulers)),
-        steps=trial.suggest_int("steps", *space.steps),
-        guidance=trial.suggest_float("guidance", *space.guidance, step=space.guidance_step),
+@functools.cache
+def _takes_timesteps(class_name: str) -> bool:
+    import diffusers
+
+    return "timesteps" in inspect.signature(getattr(diffusers, class_name).set_timesteps).parameters
+
+
+def variant_choices(scheduler: str, wanted: tuple[str, ...] | str, family: Family | None) -> dict[str, tuple[Any, ...]]:
+    """The variant parameters searched for ``scheduler`` and their values ("ays" where the family has it)."""
+    out = {}
+    for v in schedulers.variants_of(scheduler):
+        if wanted != "all" and v.name not in wanted:
+            continue
+        choices = v.choices
+        if (
+            v.name == "sigmas"
+            and family is not None
+            and family.ays
+            and _takes_timesteps(schedulers.get(scheduler).class_name)
+        ):
+            choices = (*choices, "ays")
+        out[v.name] = choices
+    return out
+
+
+def suggest(trial: Any, space: SearchConfig, family: Family | None = None) -> Settings:
+    """Ask an Optuna trial for a setting inside ``space`` (variants only where the sampler takes them)."""
+    assert isinstance(space.schedulers, tuple) and space.steps and space.guidance
+    name = trial.suggest_categorical("scheduler", list(space.schedulers))
+    options = {
+        k: trial.suggest_categorical(f"{name}.{k}", list(choices))
+        for k, choices in variant_choices(name, space.variants, family).items()
+    }
+    return Settings.make(
+        name,
+        trial.suggest_int("steps", *space.steps),
+        trial.suggest_float("guidance", *space.guidance, step=space.guidance_step),
+        options,
     )

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import sys
@@ -26,9 +27,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune import schedulers
 from autotune.config import ConfigError, StudyConfig
+from autotune.families import FAMILIES, Family
 from autotune.metrics import METRICS
 from autotune.pareto import Candidate, Recommendation, match_baseline, pareto_front
-from autotune.space import Settings, suggest
+from autotune.space import Settings, suggest, variant_choices
 
 __all__ = ["ClassOutcome", "StudyAborted", "open_storage", "recommend", "run_study", "study_name"]
 
@@ -54,6 +56,7 @@ class ClassOutcome:
     recommendation: Recommendation | None
     seed_lpips: float | None
     n_failed: int
+    family: Family
 
 
 def study_name(cfg: StudyConfig, class_name: str) -> str:
@@ -96,7 +99,8 @@ def _fingerprint(cfg: StudyConfig) -> dict[str, Any]:
         "objectives": list(cfg.metrics.objectives),
         "clip": [cfg.metrics.clip_model, cfg.metrics.clip_pretrained],
         "lpips": [cfg.metrics.lpips_net, cfg.metrics.lpips_backbone],
-        "reference": Settings.of(cfg.reference).params(),
+        "family": cfg.family,
+        "reference": dataclasses.asdict(cfg.reference),
         "seeds": list(cfg.search.seeds),
     }
 
@@ -130,11 +134,13 @@ def _is_baseline(t: FrozenTrial) -> bool:
     return bool(t.user_attrs.get("baseline"))
 
 
-def _enqueue_baseline(study: optuna.Study, cfg: StudyConfig) -> None:
+def _enqueue_baseline(study: optuna.Study, cfg: StudyConfig, family: Family) -> None:
     """Make the baseline the next trial unless it has completed or waits already."""
     states = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
     if not any(_is_baseline(t) for t in study.get_trials(deepcopy=False, states=states)):
-        study.enqueue_trial(Settings.of(cfg.baseline).params(), user_attrs={"baseline": True})
+        base = Settings.of(cfg.baseline)
+        searched = variant_choices(base.scheduler, cfg.search.variants, family)
+        study.enqueue_trial(base.params(searched), user_attrs={"baseline": True})
 
 
 def _completed(study: optuna.Study) -> int:
@@ -161,28 +167,30 @@ class _Evaluator:
         self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev) if "clip_score" in objectives else None
         self.lpips = Lpips(m.lpips_net, m.lpips_backbone, dev) if "lpips" in objectives else None
         self.store = ReferenceStore(storage_url)
-        self._refs: dict[str, Any] = {}
 
-    def prepare(self, study: optuna.Study, class_name: str) -> None:
-        """Render (or load) the class's references; store its seed-to-seed LPIPS with the study."""
-        if class_name in self._refs or self.lpips is None:
-            return
-        cfg, prompts, seeds = self.cfg, list(self.cfg.classes[class_name]), list(self.cfg.search.seeds)
-        ref_seeds = seeds if len(seeds) > 1 else [*seeds, max(seeds) + 1]
-        refs = self.store.images(
+    def references(self, class_name: str, seeds: list[int], guidance: float | None = None) -> Any:
+        """The class's reference images (prompt-major), at the trial's guidance when it follows the trial."""
+        cfg = self.cfg
+        g = guidance if cfg.reference.guidance == "trial" else None
+        setting = Settings.of(cfg.reference, g if g is not None else _baseline_guidance(cfg))
+        return self.store.images(
             self.pipeline,
-            Settings.of(cfg.reference),
-            prompts,
-            ref_seeds,
+            setting,
+            list(cfg.classes[class_name]),
+            seeds,
             cfg.model.height,
             cfg.model.width,
             cfg.search.batch_size,
         )
-        refs = refs.view(len(prompts), len(ref_seeds), *refs.shape[1:])
-        if "seed_lpips" not in study.user_attrs:
-            seed_lpips = float(self.lpips(refs[:, 0], refs[:, 1]).mean())
-            study.set_user_attr("seed_lpips", seed_lpips)
-        self._refs[class_name] = refs[:, : len(seeds)].flatten(0, 1)
+
+    def prepare(self, study: optuna.Study, class_name: str) -> None:
+        """Render (or load) the class's references; store its seed-to-seed LPIPS with the study."""
+        if self.lpips is None or "seed_lpips" in study.user_attrs:
+            return
+        seeds = list(self.cfg.search.seeds)
+        ref_seeds = seeds[:2] if len(seeds) > 1 else [*seeds, max(seeds) + 1]
+        refs = self.references(class_name, ref_seeds)
+        study.set_user_attr("seed_lpips", float(self.lpips(refs[0::2], refs[1::2]).mean()))
 
     def evaluate(self, settings: Settings, class_name: str) -> tuple[dict[str, list[float]], int, Any]:
         """Per-image values of every objective, model calls per image, and the images."""
@@ -197,18 +205,25 @@ class _Evaluator:
             image_prompts = [q for q in prompts for _ in cfg.search.seeds]
             per_image["clip_score"] = self.clip(render.images, image_prompts).tolist()
         if self.lpips is not None:
-            per_image["lpips"] = self.lpips(render.images, self._refs[class_name]).tolist()
+            refs = self.references(class_name, list(cfg.search.seeds), settings.guidance)
+            per_image["lpips"] = self.lpips(render.images, refs).tolist()
         return per_image, render.model_calls, render.images
+
+
+def _baseline_guidance(cfg: StudyConfig) -> float:
+    g = cfg.baseline.guidance
+    assert isinstance(g, float)
+    return g
 
 
 def _aggregate(name: str, values: list[float]) -> float:
     return statistics.median(values) if METRICS[name].aggregate == "median" else statistics.fmean(values)
 
 
-def _same_setting(study: optuna.Study, params: dict[str, Any], number: int) -> FrozenTrial | None:
+def _same_setting(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
     """An earlier finished trial of the same setting (completed, or failed with a reason)."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        if t.number == number or t.params != params or "reused_from" in t.user_attrs:
+        if t.number == number or t.user_attrs.get("setting_key") != key or "reused_from" in t.user_attrs:
             continue
         if t.state == TrialState.COMPLETE or "fail_reason" in t.user_attrs:
             return t
@@ -218,12 +233,17 @@ def _same_setting(study: optuna.Study, params: dict[str, Any], number: int) -> F
 def _objective(
     cfg: StudyConfig, study: optuna.Study, class_name: str, evaluator: _Evaluator
 ) -> Callable[[optuna.Trial], list[float]]:
+    family = evaluator.pipeline.family
+
     def objective(trial: optuna.Trial) -> list[float]:
-        settings = suggest(trial, cfg.search)
+        settings = suggest(trial, cfg.search, family)
         spec = schedulers.get(settings.scheduler)
+        trial.set_user_attr("setting", settings.label())
+        trial.set_user_attr("setting_key", settings.key())
         trial.set_user_attr("scheduler_class", spec.class_name)
-        trial.set_user_attr("scheduler_kwargs", spec.kwargs)
-        earlier = _same_setting(study, trial.params, trial.number)
+        trial.set_user_attr("scheduler_config", settings.scheduler_overrides())
+        trial.set_user_attr("deterministic", spec.deterministic)
+        earlier = _same_setting(study, settings.key(), trial.number)
         if earlier is not None:  # spend nothing twice: discrete spaces repeat suggestions
             trial.set_user_attr("reused_from", earlier.number)
             if earlier.state == TrialState.FAIL:
@@ -238,7 +258,7 @@ def _objective(
         try:
             per_image, calls, _ = evaluator.evaluate(settings, class_name)
         except Exception as e:  # any render or metric failure fails this trial, not the study
-            reason = f"{type(e).__name__}: {e}".strip()[:500]
+            reason = _reason(e)
             trial.set_user_attr("fail_reason", reason)
             _free_device_memory()
             raise TrialFailed(reason) from e
@@ -250,6 +270,17 @@ def _objective(
         return [_aggregate(name, per_image[name]) for name in cfg.metrics.objectives]
 
     return objective
+
+
+def _reason(e: BaseException) -> str:
+    """One line for ``fail_reason``: the exception, and where it was raised when it says nothing."""
+    import traceback
+
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if not text:
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        text = f"raised at {'/'.join(Path(frame.filename).parts[-3:])}:{frame.lineno}"
+    return f"{type(e).__name__}: {text}"[:500]
 
 
 def _free_device_memory() -> None:
@@ -273,25 +304,33 @@ def run_study(
     timeout: float | None = None,
     device: str | None = None,
     progress: bool = True,
+    check_reference: bool = True,
 ) -> dict[str, ClassOutcome]:
     """Run (or resume) every class's study until it has ``n_trials`` completed trials or time runs out.
 
     ``n_trials`` counts the study's completed trials, not this run's: a resumed study runs on
     to the total. Classes take turns one trial at a time, so a timeout leaves every class
-    with a comparable number of trials.
+    with a comparable number of trials. Before the first trial, the reference setting must
+    converge (see :func:`autotune.references.convergence`) unless ``check_reference`` is False.
     """
+    from autotune.pipeline import resolve_config
+
+    if cfg.family is None:
+        cfg = resolve_config(cfg)
     url = storage or cfg.default_storage
     if url.startswith("sqlite:///"):
         cfg.directory.mkdir(parents=True, exist_ok=True)
     rdb = open_storage(url)
     target = n_trials or cfg.search.n_trials
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    studies = {c: _load_study(cfg, c, rdb, create=True) for c in cfg.classes}
     evaluator = _Evaluator(cfg, url, device)
+    if check_reference and "lpips" in cfg.metrics.objectives:
+        _check_reference(cfg, evaluator)
+    studies = {c: _load_study(cfg, c, rdb, create=True) for c in cfg.classes}
     objectives = {}
     for c, study in studies.items():
         assert study is not None
-        _enqueue_baseline(study, cfg)
+        _enqueue_baseline(study, cfg, evaluator.pipeline.family)
         evaluator.prepare(study, c)
         objectives[c] = _objective(cfg, study, c, evaluator)
     deadline = time.monotonic() + timeout if timeout else math.inf
@@ -319,6 +358,19 @@ def run_study(
     finally:
         bar.close()
     return recommend(cfg, storage=url)
+
+
+def _check_reference(cfg: StudyConfig, evaluator: _Evaluator) -> None:
+    """Refuse a reference setting that does not converge, naming one that does."""
+    from autotune.references import check_reference
+
+    ref = Settings.of(cfg.reference, _baseline_guidance(cfg) if cfg.reference.guidance == "trial" else None)
+    prompt, seed, h, w = next(iter(cfg.classes.values()))[0], cfg.search.seeds[0], cfg.model.height, cfg.model.width
+    if evaluator.lpips is None or evaluator.store.contains(evaluator.pipeline, ref, prompt, seed, h, w):
+        return  # checked before this reference was first rendered
+    verdict = check_reference(evaluator.pipeline, evaluator.lpips, ref, prompt, seed, h, w)
+    if verdict is not None:
+        raise ConfigError(f"{cfg.path}: reference: {verdict} (or pass --no-reference-check)")
 
 
 class _Progress:
@@ -359,7 +411,8 @@ class _Progress:
 
 def _candidate(t: FrozenTrial, objectives: tuple[str, ...]) -> Candidate:
     assert t.values is not None
-    return Candidate(t.number, dict(zip(objectives, t.values, strict=True)))
+    deterministic = schedulers.get(t.params["scheduler"]).deterministic
+    return Candidate(t.number, dict(zip(objectives, t.values, strict=True)), deterministic)
 
 
 def _outcome(cfg: StudyConfig, class_name: str, study: optuna.Study) -> ClassOutcome:
@@ -378,7 +431,8 @@ def _outcome(cfg: StudyConfig, class_name: str, study: optuna.Study) -> ClassOut
             candidates, base, clip_tolerance=r.clip_tolerance, lpips_tolerance=r.lpips_tolerance, seed_lpips=seed_lpips
         )
     n_failed = sum(t.state == TrialState.FAIL for t in all_trials)
-    return ClassOutcome(class_name, study, trials, front, rec, seed_lpips, n_failed)
+    family = FAMILIES[study.user_attrs.get("fingerprint", {}).get("family") or "sd"]
+    return ClassOutcome(class_name, study, trials, front, rec, seed_lpips, n_failed, family)
 
 
 def recommend(cfg: StudyConfig, *, storage: str | None = None) -> dict[str, ClassOutcome]:
@@ -403,24 +457,27 @@ def _sqlite_path(url: str) -> Path:
 
 
 def settings_of(t: FrozenTrial) -> Settings:
-    return Settings(t.params["scheduler"], int(t.params["steps"]), float(t.params["guidance"]))
+    return Settings.from_params(t.params)
 
 
-def trial_summary(t: FrozenTrial, objectives: tuple[str, ...]) -> dict[str, Any]:
+def trial_summary(t: FrozenTrial, objectives: tuple[str, ...], family: Family) -> dict[str, Any]:
     """A trial as plain JSON-able data: setting, diffusers recipe, metrics and their spread."""
     s = settings_of(t)
     spec = schedulers.get(s.scheduler)
     assert t.values is not None
     return {
         "trial": t.number,
+        "setting": s.label(),
         "scheduler": s.scheduler,
         "a1111_name": spec.a1111,
+        "options": dict(s.options),
         "steps": s.steps,
         "guidance": s.guidance,
+        "deterministic": spec.deterministic,
         "diffusers": {
             "scheduler_class": spec.class_name,
-            "scheduler_config": dict(spec.kwargs),
-            "call_kwargs": {"num_inference_steps": s.steps, "guidance_scale": s.guidance},
+            "scheduler_config": s.scheduler_overrides(),
+            "call_kwargs": s.call_kwargs(family),
         },
         "metrics": dict(zip(objectives, t.values, strict=True)),
         "metrics_std": {m: t.user_attrs.get(f"{m}_std") for m in objectives},

@@ -64,8 +64,7 @@ def _tokenizer_files(folder: Path) -> tuple[Path, Path]:
 def build_tiny_pipeline() -> Any:
     """Build the seeded random-weight StableDiffusionPipeline (about 2M parameters)."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -80,34 +79,7 @@ def build_tiny_pipeline() -> Any:
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(  # four blocks: an 8x latent, as in SD, so attention runs on small maps
-        block_out_channels=(16, 16, 32, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab, merges = _tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer(vocab=str(vocab), merges=str(merges), model_max_length=77)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.eos_token_id,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-        )
-    )
+    tokenizer = _byte_tokenizer()
     scheduler = PNDMScheduler(  # Stable Diffusion 1.5's shipped scheduler config
         beta_start=0.00085,
         beta_end=0.012,
@@ -119,8 +91,8 @@ def build_tiny_pipeline() -> Any:
     )
     return StableDiffusionPipeline(
         unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
+        vae=_vae(),
+        text_encoder=_clip_text(tokenizer),
         tokenizer=tokenizer,
         scheduler=scheduler,
         safety_checker=None,
@@ -129,16 +101,141 @@ def build_tiny_pipeline() -> Any:
     )
 
 
-def tiny_pipeline_path() -> Path:
-    """Build the tiny pipeline once and return its ``save_pretrained`` folder."""
-    folder = cache_dir() / f"tiny-{_VERSION}"
+def _clip_text(tokenizer: Any, projection: bool = False, hidden: int = 32) -> Any:
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        projection_dim=hidden,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _byte_tokenizer() -> Any:
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab, merges = _tokenizer_files(Path(tmp))
+        return CLIPTokenizer(vocab=str(vocab), merges=str(merges), model_max_length=77)
+
+
+def _vae(shift: float | None = None) -> Any:
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    extra = (
+        {}
+        if shift is None
+        else {"shift_factor": shift, "scaling_factor": 1.5, "use_quant_conv": False, "use_post_quant_conv": False}
+    )
+    return AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        **extra,
+    )
+
+
+def build_tiny_sdxl() -> Any:
+    """SDXL's architecture in small: two text encoders (the second with projection), micro-conditioning."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer = _byte_tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=16,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    return StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=_clip_text(tokenizer),
+        tokenizer=tokenizer,
+        text_encoder_2=_clip_text(tokenizer, projection=True),
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+def build_tiny_sd3() -> Any:
+    """SD3's MMDiT transformer in small, flow matching, two CLIP encoders (no T5, as SD3 allows)."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizer = _byte_tokenizer()
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=64,
+        pooled_projection_dim=64,
+        out_channels=4,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(shift=0.06),
+        text_encoder=_clip_text(tokenizer, projection=True),
+        tokenizer=tokenizer,
+        text_encoder_2=_clip_text(tokenizer, projection=True),
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+
+
+TINY_MODELS = {"tiny": build_tiny_pipeline, "tiny-sdxl": build_tiny_sdxl, "tiny-sd3": build_tiny_sd3}
+
+
+def tiny_pipeline_path(name: str = "tiny") -> Path:
+    """Build a tiny pipeline once (``tiny``, ``tiny-sdxl``, ``tiny-sd3``) and return its folder."""
+    builder = TINY_MODELS[name]
+    folder = cache_dir() / f"{name}-{_VERSION}"
     if not (folder / "model_index.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-            build_tiny_pipeline().save_pretrained(tmp, safe_serialization=True)
+            builder().save_pretrained(tmp, safe_serialization=True)
             with contextlib.suppress(OSError):  # atomic: a concurrent builder's folder wins
                 os.replace(tmp, folder)
-            Path(tmp).mkdir(exist_ok=True)  # so TemporaryDirectory's cleanup finds it
+            Path(tmp).mkdir(exist_ok=True)
     return folder
 
 

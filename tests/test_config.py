@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 
 from autotune.cli import main
-from autotune.config import ConfigError, load_config
+from autotune.config import ConfigError, load_config, resolve
+from autotune.families import FAMILIES
 
 MINIMAL = '[classes.a]\nprompts = ["a cat"]\n'
+SD_USABLE = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"]
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "study.toml") -> Path:
@@ -16,23 +18,58 @@ def write(tmp_path: Path, text: str | bytes, name: str = "study.toml") -> Path:
     return path
 
 
-def test_minimal_file_gets_every_default(tmp_path: Path) -> None:
+def test_minimal_file_gets_the_model_familys_defaults(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, MINIMAL, "night.toml"))
     assert cfg.name == "night"
     assert cfg.classes == {"a": ("a cat",)}
-    assert cfg.search.steps == (4, 40)
+    assert cfg.search.steps is None and cfg.family is None  # filled once the model is known
+    cfg = resolve(cfg, FAMILIES["sd"], ["euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"])
+    assert cfg.family == "sd"
+    assert cfg.search.steps == (4, 40) and cfg.search.guidance == (1.0, 9.0)
     assert cfg.search.seeds == (0, 1)
     assert cfg.metrics.objectives == ("clip_score", "lpips", "seconds")
     assert cfg.reference.steps == 100 and cfg.baseline.steps == 30
+    assert cfg.baseline.scheduler == "dpmpp_2m_karras" and cfg.baseline.guidance == 7.5
     assert cfg.default_storage == f"sqlite:///{tmp_path / 'night.db'}"
     assert cfg.output_dir == tmp_path / "night"
 
 
 def test_a1111_names_become_canonical_and_baseline_joins_the_space(tmp_path: Path) -> None:
     text = '[search]\nschedulers = ["Euler a", "UniPC", "euler_a"]\n[baseline]\nscheduler = "DPM++ 2M Karras"\n'
-    cfg = load_config(write(tmp_path, text + MINIMAL))
+    cfg = resolve(load_config(write(tmp_path, text + MINIMAL)), FAMILIES["sd"], SD_USABLE)
     assert cfg.search.schedulers == ("euler_a", "unipc", "dpmpp_2m_karras")
     assert cfg.baseline.scheduler == "dpmpp_2m_karras"
+
+
+def test_distilled_family_defaults_to_few_steps_and_low_guidance(tmp_path: Path) -> None:
+    cfg = resolve(load_config(write(tmp_path, MINIMAL)), FAMILIES["distilled"], [*SD_USABLE, "lcm"])
+    assert cfg.search.steps == (1, 8) and cfg.search.guidance == (0.0, 1.0)
+    assert cfg.baseline.steps == 4 and cfg.reference.steps == 8
+
+
+def test_schedulers_all_means_every_usable_one(tmp_path: Path) -> None:
+    cfg = resolve(load_config(write(tmp_path, '[search]\nschedulers = "all"\n' + MINIMAL)), FAMILIES["sd"], SD_USABLE)
+    assert cfg.search.schedulers == tuple(SD_USABLE)
+
+
+RESOLVE_BAD = [
+    (
+        "incompatible scheduler",
+        '[search]\nschedulers = ["euler", "flow_euler"]\n',
+        "search.schedulers: flow_euler cannot be used with this sd model (it can use: euler, euler_a, dpmpp_2m",
+    ),
+    ("baseline outside steps", "[baseline]\nsteps = 50\n", "baseline.steps: expected a value inside"),
+    ("baseline outside guidance", "[baseline]\nguidance = 12.0\n", "baseline.guidance: expected a value inside"),
+    ("ancestral reference", '[reference]\nscheduler = "euler_a"\n', "reference.scheduler: expected a deterministic"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "message"), RESOLVE_BAD, ids=[b[0] for b in RESOLVE_BAD])
+def test_space_checked_against_the_model_names_file_and_key(tmp_path: Path, case: str, text: str, message: str) -> None:
+    path = write(tmp_path, text + MINIMAL)
+    with pytest.raises(ConfigError) as err:
+        resolve(load_config(path), FAMILIES["sd"], SD_USABLE)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
 
 
 def test_demo_study_file_is_valid() -> None:
@@ -77,7 +114,23 @@ BAD = [
     ("bad dtype", '[model]\ndtype = "int8"\n' + MINIMAL, "model.dtype: expected one of"),
     ("size not multiple of 8", "[model]\nheight = 60\n" + MINIMAL, "model.height: expected a positive multiple of 8"),
     ("duplicate seeds", "[search]\nseeds = [1, 1]\n" + MINIMAL, "search.seeds: expected distinct integers"),
-    ("baseline outside steps", "[baseline]\nsteps = 50\n" + MINIMAL, "baseline.steps: expected a value inside"),
+    ("bad variant", '[search]\nvariants = ["sigmas", "eta"]\n' + MINIMAL, "search.variants: expected one of"),
+    (
+        "option of another scheduler",
+        '[reference]\nscheduler = "ddim"\noptions = { sigmas = "karras" }\n' + MINIMAL,
+        "reference.options.sigmas: not a parameter of ddim",
+    ),
+    (
+        "bad option value",
+        '[reference]\nscheduler = "dpmpp_2m"\noptions = { timestep_spacing = "x" }\n' + MINIMAL,
+        "reference.options.timestep_spacing: expected one of default, leading, linspace, trailing",
+    ),
+    (
+        "guidance trial on baseline",
+        '[baseline]\nguidance = "trial"\n' + MINIMAL,
+        "baseline.guidance: expected a number",
+    ),
+    ("bad family", '[model]\nfamily = "sd9"\n' + MINIMAL, "model.family: expected one of auto, sd, sdxl"),
     ("negative tolerance", "[recommend]\nclip_tolerance = -1\n" + MINIMAL, "recommend.clip_tolerance: expected"),
     ("unknown rule", '[recommend]\nrule = "knee"\n' + MINIMAL, "recommend.rule: expected one of match_baseline"),
     ("non-utf8", b'[classes.a]\nprompts = ["caf\xe9"]\n', "expected UTF-8 text"),

@@ -74,3 +74,14 @@ def test_pareto_module_imports_no_torch() -> None:
     code = "import sys, autotune.pareto; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_ancestral_candidates_are_not_judged_on_lpips_against_deterministic_ones() -> None:
+    base = c(0, 30.0, 0.001, 1.0)
+    ancestral_ok = Candidate(1, {"clip_score": 30.0, "lpips": 0.09, "seconds": 0.3}, deterministic=False)
+    ancestral_far = Candidate(2, {"clip_score": 30.0, "lpips": 0.2, "seconds": 0.2}, deterministic=False)
+    rec = match_baseline(
+        [base, ancestral_ok, ancestral_far], base, clip_tolerance=0.5, lpips_tolerance=0.1, seed_lpips=0.1
+    )
+    # 0.09 would fail the deterministic limit (0.001 + 0.01) but is within a seed's distance (0.11); 0.2 is not
+    assert rec.chosen.number == 1

@@ -29,24 +29,93 @@ def test_unknown_name_raises_key_error() -> None:
 
 
 def test_table_has_the_names_users_expect() -> None:
-    required = {"euler", "euler_a", "heun", "lms", "deis", "pndm", "ddim", "unipc", "dpmpp_2m", "dpmpp_2m_karras"}
+    required = {
+        "euler",
+        "euler_a",
+        "heun",
+        "lms",
+        "lms_karras",
+        "deis",
+        "pndm",
+        "ddim",
+        "unipc",
+        "dpmpp_2m",
+        "dpmpp_2m_karras",
+        "dpmpp_2m_sde_karras",
+        "dpmpp_sde",
+        "dpm2",
+        "dpm2_a",
+        "flow_euler",
+    }
     assert required <= set(schedulers.names())
 
 
+@pytest.fixture(scope="module")
+def tiny_sd3():  # type: ignore[no-untyped-def]
+    from autotune.config import ModelConfig
+    from autotune.pipeline import load_pipeline
+
+    return load_pipeline(ModelConfig(id="tiny-sd3", device="cpu"))
+
+
+@pytest.mark.parametrize("steps", [4, 20])
 @pytest.mark.parametrize("name", schedulers.names())
-def test_every_scheduler_builds_on_tiny_pipeline_and_renders_finite_image(tiny, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_scheduler_builds_and_renders_a_finite_image(tiny, tiny_sd3, name: str, steps: int) -> None:  # type: ignore[no-untyped-def]
     spec = schedulers.get(name)
-    sched = schedulers.build(name, tiny.base_scheduler_config)
-    assert type(sched).__name__ == spec.class_name
+    p = tiny_sd3 if spec.flow else tiny
+    render = generate(p, Settings(name, steps, 7.5), ["a red apple"], [0], 32, 32)
+    assert type(p.pipe.scheduler).__name__ == spec.class_name
     for key, value in spec.kwargs.items():
-        assert sched.config[key] == value
-    render = generate(tiny, Settings(name, 4, 7.5), ["a red apple"], [0], 32, 32)
+        assert p.pipe.scheduler.config[key] == value
     assert render.images.shape == (1, 3, 32, 32)
     assert torch.isfinite(render.images).all()
     assert render.images.std() > 0.01  # a picture, not a flat field
     # the table's calls per step is the rule; the measured count may differ by one call
     # (second-order samplers skip their last correction, PLMS repeats its first step)
-    assert abs(render.model_calls - spec.calls_per_step * 4) <= 1
+    assert abs(render.model_calls - spec.calls_per_step * steps) <= 1
+
+
+VARIANT_CASES = [
+    (name, v.name, value)
+    for name in schedulers.names()
+    for v in schedulers.variants_of(name)
+    for value in v.choices[1:]
+]
+
+
+@pytest.mark.parametrize(("name", "variant", "value"), VARIANT_CASES, ids=[f"{n}-{v}-{x}" for n, v, x in VARIANT_CASES])
+def test_every_variant_value_reaches_the_scheduler_config(
+    tiny,
+    tiny_sd3,
+    name: str,
+    variant: str,  # type: ignore[no-untyped-def]
+    value: object,
+) -> None:
+    p = tiny_sd3 if schedulers.get(name).flow else tiny
+    p.pipe.scheduler = schedulers.build(name, p.base_scheduler_config, {variant: value})
+    expected = schedulers.VARIANTS[variant].to_kwargs(value)
+    assert expected and all(p.pipe.scheduler.config[k] == v for k, v in expected.items())
+
+
+def test_default_variant_keeps_the_models_own_config(tiny) -> None:  # type: ignore[no-untyped-def]
+    sched = schedulers.build("dpmpp_2m", tiny.base_scheduler_config, {"timestep_spacing": "default"})
+    assert sched.config.timestep_spacing == tiny.base_scheduler_config["timestep_spacing"] == "leading"
+
+
+def test_entry_fixed_parameters_are_not_searched() -> None:
+    assert "sigmas" not in {v.name for v in schedulers.variants_of("dpmpp_2m_karras")}
+    assert "sigmas" in {v.name for v in schedulers.variants_of("dpmpp_2m")}
+    assert "algorithm_type" not in {v.name for v in schedulers.variants_of("unipc")}
+
+
+def test_ays_renders_with_the_familys_timesteps(tiny) -> None:  # type: ignore[no-untyped-def]
+    from autotune.families import FAMILIES, ays_timesteps
+
+    assert ays_timesteps(FAMILIES["sd"], 10) == [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]
+    ts = ays_timesteps(FAMILIES["sd"], 6)
+    assert len(ts) == 6 and ts[0] == 999 and ts[-1] == 24 and ts == sorted(ts, reverse=True)
+    r = generate(tiny, Settings.make("dpmpp_2m", 6, 7.5, {"sigmas": "ays"}), ["a cat"], [0], 32, 32)
+    assert r.model_calls == 6 and torch.isfinite(r.images).all()
 
 
 def test_overrides_of_one_scheduler_do_not_leak_into_the_next(tiny) -> None:  # type: ignore[no-untyped-def]

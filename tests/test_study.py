@@ -25,12 +25,20 @@ def test_study_runs_baseline_first_and_records_per_trial_attributes(study_file: 
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 3
     first = study.trials[0]
-    assert first.params == {"scheduler": "dpmpp_2m_karras", "steps": 8, "guidance": 7.5}
+    # the baseline exactly as configured: variants pinned to the model's own config
+    assert first.params == {
+        "scheduler": "dpmpp_2m_karras",
+        "steps": 8,
+        "guidance": 7.5,
+        "dpmpp_2m_karras.timestep_spacing": "default",
+    }
+    assert first.user_attrs["setting"] == "DPM++ 2M Karras, 8 steps, CFG 7.5"
     assert first.user_attrs["baseline"] is True
     for t in trials:
         attrs = t.user_attrs
         assert attrs["images"] == 1 and attrs["model_calls"] >= 1
         assert attrs["scheduler_class"] in ("EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "DDIMScheduler")
+        assert attrs["deterministic"] is True and isinstance(attrs["scheduler_config"], dict)
         for m in ("clip_score", "lpips", "seconds"):
             assert f"{m}_mean" in attrs and attrs[f"{m}_std"] >= 0
         assert t.values[0] == pytest.approx(attrs["clip_score_mean"])

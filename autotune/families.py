@@ -1,0 +1,162 @@
+"""Model families: how to detect one, its default search space and reference, how it encodes prompts.
+
+The family is read from the model's ``model_index.json`` (pipeline class, scheduler class) before
+any weights load, so a study file that names a scheduler the model cannot use is refused at once.
+
+Example:
+    >>> fam = FAMILIES["sdxl"]
+    >>> fam.baseline
+    ('dpmpp_2m_karras', 30, 7.0)
+    >>> compatible_schedulers(fam, "EulerDiscreteScheduler")[:3]
+    ['euler', 'euler_a', 'heun']
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from autotune import schedulers
+
+__all__ = ["FAMILIES", "Family", "ays_timesteps", "compatible_schedulers", "detect", "encode_prompt", "model_index"]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    flow: bool  # flow matching (SD3, Flux): FlowMatch schedulers, ``shift``
+    steps: tuple[int, int]
+    guidance: tuple[float, float]
+    schedulers: tuple[str, ...]
+    baseline: tuple[str, int, float]
+    reference: tuple[str, int, float]
+    ays: str | None = None  # key prefix in diffusers' AysSchedules, where the family has one
+    guidance_param: str = "guidance_scale"  # the pipeline's name for it (Flux: embedded guidance)
+
+
+_SD_SCHEDULERS = ("euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim")
+FAMILIES = {
+    f.name: f
+    for f in (
+        Family(
+            "sd",
+            False,
+            (4, 40),
+            (1.0, 9.0),
+            _SD_SCHEDULERS,
+            ("dpmpp_2m_karras", 30, 7.5),
+            ("dpmpp_2m_karras", 100, 7.5),
+            ays="StableDiffusion",
+        ),
+        Family(
+            "sdxl",
+            False,
+            (4, 40),
+            (1.0, 9.0),
+            _SD_SCHEDULERS,
+            ("dpmpp_2m_karras", 30, 7.0),
+            ("dpmpp_2m_karras", 100, 7.0),
+            ays="StableDiffusionXL",
+        ),
+        Family(
+            "sd3",
+            True,
+            (4, 40),
+            (1.0, 9.0),
+            ("flow_euler", "flow_heun"),
+            ("flow_euler", 28, 7.0),
+            ("flow_euler", 100, 7.0),
+        ),
+        Family("flux", True, (4, 40), (1.0, 6.0), ("flow_euler",), ("flow_euler", 28, 3.5), ("flow_euler", 100, 3.5)),
+        # distilled few-step models (SD/SDXL Turbo, LCM, Lightning, Hyper-SD): 1-8 steps, little or no guidance;
+        # their "reference" is their own best few-step render, not a 100-step one
+        Family(
+            "distilled",
+            False,
+            (1, 8),
+            (0.0, 1.0),
+            ("euler", "euler_a", "lcm", "ddim"),
+            ("euler", 4, 0.0),
+            ("euler", 8, 0.0),
+        ),
+        Family(
+            "distilled_flow", True, (1, 8), (0.0, 1.0), ("flow_euler",), ("flow_euler", 4, 0.0), ("flow_euler", 8, 0.0)
+        ),
+    )
+}
+_PIPELINES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+}
+_DISTILLED = re.compile(r"turbo|lcm|lightning|hyper|schnell", re.IGNORECASE)
+
+
+def model_index(source: Any, revision: str | None = None) -> dict[str, Any]:
+    """The model's ``model_index.json`` (a hub id or a folder): pipeline and component classes."""
+    from diffusers import DiffusionPipeline
+
+    config = DiffusionPipeline.load_config(source, revision=revision)
+    return dict(config)
+
+
+def detect(pipeline_class: str, scheduler_class: str, model_id: str = "", hint: str = "auto") -> Family:
+    """The family of a model from its pipeline and scheduler class (or ``hint`` when not "auto")."""
+    if hint != "auto":
+        return FAMILIES[hint]
+    if pipeline_class not in _PIPELINES:
+        known = ", ".join(_PIPELINES)
+        raise ValueError(f"pipeline {pipeline_class} is not supported (expected one of: {known})")
+    base = FAMILIES[_PIPELINES[pipeline_class]]
+    if scheduler_class in ("LCMScheduler", "TCDScheduler") or _DISTILLED.search(model_id):
+        return FAMILIES["distilled_flow" if base.flow else "distilled"]
+    return base
+
+
+def compatible_schedulers(family: Family, scheduler_class: str) -> list[str]:
+    """Table names this model can use: its scheduler's ``compatibles`` (or the flow samplers for flow models)."""
+    import diffusers
+
+    if family.flow:
+        return [n for n in schedulers.names() if schedulers.get(n).flow and schedulers.get(n).available]
+    compat = {c.__name__ for c in getattr(diffusers, scheduler_class)._get_compatibles()} | {scheduler_class}
+    return [
+        n
+        for n in schedulers.names()
+        if schedulers.get(n).class_name in compat and not schedulers.get(n).flow and schedulers.get(n).available
+    ]
+
+
+def ays_timesteps(family: Family, steps: int) -> list[int]:
+    """Align-Your-Steps timesteps (Sabour et al. 2024) for the family, log-linearly resampled to ``steps``."""
+    import numpy as np
+    from diffusers.schedulers import AysSchedules
+
+    base = np.array(AysSchedules[f"{family.ays}Timesteps"], dtype=float)
+    if steps == len(base):
+        return [int(t) for t in base]
+    xs = np.linspace(0, 1, len(base))
+    out = np.exp(np.interp(np.linspace(0, 1, steps), xs, np.log(base + 1))) - 1
+    ts = np.round(out).astype(int)
+    for i in range(1, len(ts)):  # strictly decreasing
+        ts[i] = min(ts[i], ts[i - 1] - 1)
+    return [int(t) for t in np.maximum(ts, 0)]
+
+
+def encode_prompt(pipe: Any, prompt: str, device: str) -> dict[str, Any]:
+    """One prompt's embeddings as the call kwargs the pipeline takes (negative: its empty-prompt default)."""
+    kind = _PIPELINES.get(type(pipe).__name__, "sd")
+    if kind == "sd":
+        pos, neg = pipe.encode_prompt(prompt, device, 1, True)
+        return {"prompt_embeds": pos, "negative_prompt_embeds": neg}
+    if kind == "flux":
+        pos, pooled, _ = pipe.encode_prompt(prompt, None, device=device)
+        return {"prompt_embeds": pos, "pooled_prompt_embeds": pooled}
+    if kind == "sdxl":
+        out = pipe.encode_prompt(prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+    else:  # sd3
+        out = pipe.encode_prompt(prompt, None, None, device=device, do_classifier_free_guidance=True)
+    keys = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+    return dict(zip(keys, out, strict=True))

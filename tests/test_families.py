@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
+
+from autotune.config import ConfigError, load_config
+from autotune.study import run_study
+
+CLASSES = '[classes.portrait]\nprompts = ["a studio portrait of an old fisherman"]\n'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "family", "schedulers"),
+    [
+        ("tiny", "sd", {"euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"}),
+        ("tiny-sdxl", "sdxl", {"euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"}),
+        ("tiny-sd3", "sd3", {"flow_euler", "flow_heun"}),
+    ],
+)
+def test_two_trial_study_runs_on_each_family_from_id_and_classes_alone(
+    tmp_path: Path, model: str, family: str, schedulers: set[str]
+) -> None:
+    path = tmp_path / "fam.toml"
+    path.write_text(f'[model]\nid = "{model}"\ndevice = "cpu"\n[search]\nn_trials = 2\n' + CLASSES)
+    out = run_study(load_config(path), progress=False)["portrait"]
+    assert out.family.name == family
+    assert len(out.trials) == 2 and out.recommendation is not None
+    assert {t.params["scheduler"] for t in out.study.trials} <= schedulers
+    assert out.study.user_attrs["fingerprint"]["family"] == family
+    assert out.trials[0].user_attrs["baseline"] is True
+
+
+def test_reference_check_refuses_leading_dpmpp_2m_and_names_one_that_converges(tmp_path: Path) -> None:
+    path = tmp_path / "ref.toml"
+    path.write_text(
+        '[model]\ndevice = "cpu"\n[search]\nn_trials = 1\nseeds = [0]\n'
+        '[reference]\nscheduler = "dpmpp_2m"\nsteps = 100\n' + CLASSES
+    )
+    with pytest.raises(ConfigError) as err:
+        run_study(load_config(path), progress=False)
+    message = str(err.value)
+    assert "DPM++ 2M, 100 steps, CFG 7.5 does not converge" in message
+    assert '[reference] scheduler = "dpmpp_2m", steps = 100, options = { timestep_spacing = "trailing" }' in message
+    assert not (tmp_path / "ref").exists()  # no outputs; no trial was run
+    engine = create_engine(f"sqlite:///{tmp_path / 'ref.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from trials")).scalar() == 0
+
+
+def test_reference_check_accepts_karras_and_measures_it(tiny) -> None:  # type: ignore[no-untyped-def]
+    from autotune.metrics.lpips_distance import Lpips
+    from autotune.references import CONVERGENCE_LIMIT, check_reference, convergence
+    from autotune.space import Settings
+
+    karras = Settings.make("dpmpp_2m_karras", 100, 7.5)
+    leading = Settings.make("dpmpp_2m", 100, 7.5)
+    lp = Lpips()
+    assert check_reference(tiny, lp, karras, "a cat", 0, 64, 64) is None
+    good, bad = (convergence(tiny, lp, s, "a cat", 0, 64, 64) for s in (karras, leading))
+    print(f"LPIPS(100, 200 steps) / seed-to-seed: karras {good:.2e}, leading dpmpp_2m {bad:.2e}")
+    assert good < CONVERGENCE_LIMIT < bad
+
+
+def test_reference_following_trial_guidance_caches_one_reference_per_guidance(tmp_path: Path) -> None:
+    path = tmp_path / "trial.toml"
+    path.write_text(
+        '[model]\ndevice = "cpu"\nheight = 32\nwidth = 32\n[search]\nn_trials = 4\nseeds = [0]\n'
+        'steps = [2, 8]\n[baseline]\nsteps = 8\n[reference]\nguidance = "trial"\nsteps = 30\n' + CLASSES
+    )
+    out = run_study(load_config(path), progress=False, check_reference=False)["portrait"]
+    guidances = {t.params["guidance"] for t in out.study.get_trials(states=(TrialState.COMPLETE,))}
+    engine = create_engine(f"sqlite:///{tmp_path / 'trial.db'}")
+    with engine.connect() as conn:
+        stored = {row[0] for row in conn.execute(text("select setting from autotune_references"))}
+    stored_guidance = {json.loads(s)["guidance"] for s in stored}
+    assert guidances <= stored_guidance and len(guidances) > 1
+
+
+def test_schedulers_command_prints_the_models_table() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "autotune.cli", "schedulers", "--model", "tiny-sd3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "tiny-sd3: sd3 family; 2 schedulers it can use"
+    rows = {line.split()[0]: line for line in lines[4:]}
+    assert set(rows) == {"flow_euler", "flow_heun"}
+    assert "FlowMatchHeunDiscreteScheduler" in rows["flow_heun"] and rows["flow_heun"].split()[-2:] == ["2", "shift"]
+
+
+def test_study_naming_an_incompatible_scheduler_exits_2_with_the_usable_list(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[model]\nid = "tiny-sd3"\n[search]\nschedulers = ["flow_euler", "DPM++ 2M Karras"]\n' + CLASSES)
+    result = subprocess.run(
+        [sys.executable, "-m", "autotune.cli", "study", str(path), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"autotune: error: {path}: search.schedulers: dpmpp_2m_karras cannot be used "
+        "with this sd3 model (it can use: flow_euler, flow_heun)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
+
+
+def test_sdxl_and_sd3_embeddings_feed_their_pipelines() -> None:
+    from autotune.config import ModelConfig
+    from autotune.pipeline import generate, load_pipeline
+    from autotune.space import Settings
+
+    for model, sched in (("tiny-sdxl", "euler"), ("tiny-sd3", "flow_euler")):
+        p = load_pipeline(ModelConfig(id=model, device="cpu"))
+        r = generate(p, Settings.make(sched, 3, 5.0), ["a cat", "a dog"], [0], 32, 32)
+        assert r.images.shape == (2, 3, 32, 32) and torch.isfinite(r.images).all()
+        assert (r.images[0] - r.images[1]).abs().mean() > 1e-3  # the prompt reaches the denoiser
