@@ -28,7 +28,8 @@ __all__ = ["format_table", "recommendations_data", "write_outputs"]
 def _class_data(cfg: StudyConfig, o: ClassOutcome) -> dict[str, Any]:
     objectives = cfg.metrics.objectives
     base = {
-        "trials_completed": len(o.trials),
+        "trials_completed": o.n_completed,
+        "settings_rendered": len(o.trials),
         "trials_failed": o.n_failed,
         "pareto_front_size": len(o.front),
         "seed_lpips": o.seed_lpips,

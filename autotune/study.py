@@ -34,7 +34,7 @@ from autotune.space import Settings, suggest, variant_choices
 
 __all__ = ["ClassOutcome", "StudyAborted", "open_storage", "recommend", "run_study", "study_name"]
 
-_MAX_CONSECUTIVE_FAILURES = 5
+_MAX_CONSECUTIVE_FAILURES = 10  # fresh failures in a row (not repeats of a known-bad setting)
 
 
 class TrialFailed(Exception):
@@ -55,6 +55,7 @@ class ClassOutcome:
     front: list[int]  # indices into ``trials``
     recommendation: Recommendation | None
     seed_lpips: float | None
+    n_completed: int  # completed trials, repeats of a setting included (what n_trials counts)
     n_failed: int
     family: Family
 
@@ -346,7 +347,10 @@ def run_study(
                 assert study is not None
                 study.optimize(objectives[c], n_trials=1, catch=(TrialFailed,))
                 last = study.trials[-1]
-                failures = failures + 1 if last.state == TrialState.FAIL else 0
+                if last.state != TrialState.FAIL:
+                    failures = 0
+                elif "reused_from" not in last.user_attrs:
+                    failures += 1
                 bar.update()
                 if failures >= _MAX_CONSECUTIVE_FAILURES:
                     raise StudyAborted(
@@ -431,8 +435,9 @@ def _outcome(cfg: StudyConfig, class_name: str, study: optuna.Study) -> ClassOut
             candidates, base, clip_tolerance=r.clip_tolerance, lpips_tolerance=r.lpips_tolerance, seed_lpips=seed_lpips
         )
     n_failed = sum(t.state == TrialState.FAIL for t in all_trials)
+    n_completed = sum(t.state == TrialState.COMPLETE for t in all_trials)
     family = FAMILIES[study.user_attrs.get("fingerprint", {}).get("family") or "sd"]
-    return ClassOutcome(class_name, study, trials, front, rec, seed_lpips, n_failed, family)
+    return ClassOutcome(class_name, study, trials, front, rec, seed_lpips, n_completed, n_failed, family)
 
 
 def recommend(cfg: StudyConfig, *, storage: str | None = None) -> dict[str, ClassOutcome]:

@@ -62,3 +62,21 @@ def test_more_steps_converge_towards_the_reference(tiny) -> None:  # type: ignor
         (generate(tiny, Settings("euler", n, 7.5), ["a cat"], [0], 32, 32).images - ref).abs().mean() for n in (4, 16)
     ]
     assert errors[1] < errors[0] / 2
+
+
+@pytest.mark.gpu
+def test_fp16_study_on_cuda_records_finite_metrics(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from autotune.config import load_config
+    from autotune.study import run_study
+
+    path = tmp_path / "gpu.toml"
+    path.write_text(
+        '[model]\ndevice = "cuda"\ndtype = "float16"\nheight = 64\nwidth = 64\n[search]\nn_trials = 3\n'
+        'schedulers = ["dpmpp_2m_karras", "euler"]\nvariants = []\n'
+        '[classes.a]\nprompts = ["a cat", "a dog"]\n'
+    )
+    out = run_study(load_config(path), progress=False)["a"]
+    assert len(out.trials) == 3 and out.n_failed == 0
+    for t in out.trials:
+        assert all(v == v for v in t.values)  # no NaN
+        assert 0 < t.values[2] < 5  # CUDA-event seconds per image
