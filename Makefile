@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-gpu lint clean
+.PHONY: install demo test test-gpu lint clean browser
 
 install: $(STAMP)
 
@@ -18,10 +18,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/autotune study studies/demo.toml
-	$(BIN)/autotune recommend studies/demo.toml
+	@echo "open studies/demo/report.html, or: $(BIN)/autotune dashboard studies/demo.toml"
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest
+
+# The report's browser test renders report.html in Debian's headless Chromium.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the browser test will be skipped"
 
 test-gpu: $(STAMP)
 	$(BIN)/pytest -m gpu

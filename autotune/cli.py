@@ -38,7 +38,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from autotune.report import format_table, write_outputs
+    from autotune.report import format_table, write_all
     from autotune.study import recommend, run_study
 
     cfg = load_config(args.config)
@@ -53,9 +53,9 @@ def cmd_study(args: argparse.Namespace) -> int:
             check_reference=not args.no_reference_check,
         )
     except KeyboardInterrupt:  # keep what the night produced: write the outputs so far
-        write_outputs(cfg, recommend(cfg, storage=args.storage))
+        write_all(cfg, recommend(cfg, storage=args.storage), args.storage)
         raise
-    paths = write_outputs(cfg, outcomes)
+    paths = write_all(cfg, outcomes, args.storage)
     print(format_table(cfg, outcomes))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     return 0
@@ -71,6 +71,34 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print(json.dumps(recommendations_data(cfg, outcomes), indent=2))
     else:
         print(format_table(cfg, outcomes))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from autotune.pipeline import resolve_config
+    from autotune.report import publish
+    from autotune.report_html import render_grid, write_report
+    from autotune.study import recommend
+
+    cfg = load_config(args.config)
+    outcomes = recommend(cfg, storage=args.storage)
+    grid = render_grid(resolve_config(cfg), outcomes, args.device) if args.render_grid else None
+    print(f"wrote {write_report(cfg, outcomes, args.storage, grid=grid)}")
+    publish(cfg, outcomes)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from optuna_dashboard import run_server
+
+    from autotune.study import artifact_store, recommend
+
+    cfg = load_config(args.config)
+    url = args.storage or cfg.default_storage
+    recommend(cfg, storage=url)  # refuses a storage with no study yet, naming the command to run
+    print(f"optuna-dashboard for {cfg.name} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    store = artifact_store(cfg) if cfg.artifact_dir.is_dir() else None
+    run_server(url, host=args.host, port=args.port, artifact_store=store)
     return 0
 
 
@@ -127,6 +155,26 @@ def _parser() -> argparse.ArgumentParser:
         help="skip checking that the reference setting converges (N vs 2N steps)",
     )
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("report", help="write studies/NAME/report.html: Pareto plots, image comparisons, grids")
+    p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    p.add_argument(
+        "--render-grid",
+        action="store_true",
+        help="render a full steps x scheduler grid per class (loads the model); default: use stored trial images",
+    )
+    p.add_argument("--device", help="override model.device for --render-grid: cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dashboard", help="open the study in optuna-dashboard, with trial images")
+    p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    p.add_argument("--port", type=int, default=8080, help="port to serve on (default: 8080)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 exposes it to the network)"
+    )
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("schedulers", help="list the schedulers a model can use, with aliases, cost and variants")
     group = p.add_mutually_exclusive_group(required=True)

@@ -30,6 +30,7 @@ __all__ = [
     "MetricsConfig",
     "ModelConfig",
     "RecommendConfig",
+    "ReportConfig",
     "SearchConfig",
     "SettingConfig",
     "StudyConfig",
@@ -101,6 +102,13 @@ class RecommendConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """``[report]``: what the study keeps for looking at in the morning."""
+
+    images: bool = True  # upload every trial's images as Optuna artifacts (dashboard, report)
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """Everything a study file says, resolved: defaults filled, names canonical."""
 
@@ -114,6 +122,7 @@ class StudyConfig:
     reference: SettingConfig = field(default_factory=SettingConfig)
     family: str | None = None  # set by resolve(): the model family the defaults came from
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     @property
     def directory(self) -> Path:
@@ -123,6 +132,11 @@ class StudyConfig:
     @property
     def output_dir(self) -> Path:
         return self.directory / self.name
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Trial images (Optuna artifacts), beside the outputs; shared by workers on one file system."""
+        return self.output_dir / "artifacts"
 
     @property
     def default_storage(self) -> str:
@@ -136,6 +150,7 @@ _SECTIONS = {
     "baseline": SettingConfig,
     "reference": SettingConfig,
     "recommend": RecommendConfig,
+    "report": ReportConfig,
 }
 
 

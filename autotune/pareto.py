@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Candidate", "Recommendation", "dominates", "match_baseline", "pareto_front"]
+__all__ = [
+    "Candidate",
+    "Recommendation",
+    "dominates",
+    "failed_tolerance",
+    "hypervolume",
+    "hypervolume_history",
+    "match_baseline",
+    "pareto_front",
+]
 
 Values = Mapping[str, float]
 
@@ -39,6 +48,51 @@ def pareto_front(points: Sequence[Values], higher_is_better: Mapping[str, bool])
     ]
 
 
+def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
+    """Volume dominated by ``points`` (every objective minimised) and bounded by ``reference``.
+
+    Hypervolume by slicing objectives (While et al., HSO): exact, fine for fronts of a few hundred points.
+    """
+    pts = sorted(tuple(p) for p in points if all(x < r for x, r in zip(p, reference, strict=True)))
+    if not pts:
+        return 0.0
+    if len(reference) == 1:
+        return reference[0] - pts[0][0]
+    total = 0.0
+    for i, p in enumerate(pts):
+        width = (pts[i + 1][0] if i + 1 < len(pts) else reference[0]) - p[0]
+        if width > 0:
+            total += width * hypervolume([q[1:] for q in pts[: i + 1]], reference[1:])
+    return total
+
+
+def hypervolume_history(points: Sequence[Values], higher_is_better: Mapping[str, bool]) -> list[float]:
+    """Hypervolume of the front after each point, every metric scaled to [0, 1] over all points.
+
+    Higher-is-better metrics are flipped; the reference point is 1.1 on every axis, so the
+    range's worst point still adds volume. 1.1**d would be a front of one ideal point.
+    """
+    names = list(higher_is_better)
+    lo = {m: min(p[m] for p in points) for m in names} if points else {}
+    hi = {m: max(p[m] for p in points) for m in names} if points else {}
+
+    def scaled(p: Values) -> tuple[float, ...]:
+        out = []
+        for m in names:
+            x = (p[m] - lo[m]) / (hi[m] - lo[m]) if hi[m] > lo[m] else 0.0
+            out.append(1.0 - x if higher_is_better[m] else x)
+        return tuple(out)
+
+    history: list[float] = []
+    front: list[tuple[float, ...]] = []  # scaled non-dominated points so far
+    for p in points:
+        q = scaled(p)
+        if not any(all(a <= b for a, b in zip(f, q, strict=True)) for f in front):
+            front = [f for f in front if not all(a <= b for a, b in zip(q, f, strict=True))] + [q]
+        history.append(hypervolume(front, [1.1] * len(names)))
+    return history
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A completed trial as the rule sees it."""
@@ -59,6 +113,24 @@ class Recommendation:
     def speedup(self) -> float | None:
         ours, theirs = self.chosen.values.get("seconds"), self.baseline.values.get("seconds")
         return theirs / ours if ours and theirs else None
+
+
+def failed_tolerance(
+    c: Candidate, baseline: Candidate, *, clip_tolerance: float, lpips_tolerance: float, seed_lpips: float | None
+) -> list[str]:
+    """Why ``c`` is not within tolerance of the baseline (empty: it is); see :func:`match_baseline`."""
+    base, v, seed = baseline.values, c.values, seed_lpips or 0.0
+    why = []
+    if "clip_score" in base and v["clip_score"] < base["clip_score"] - clip_tolerance:
+        why.append(f"CLIP score {v['clip_score']:.4g} < baseline {base['clip_score']:.4g} - {clip_tolerance:g}")
+    if "lpips" in base:
+        if c.deterministic or not baseline.deterministic:
+            limit, rule = base["lpips"] + lpips_tolerance * seed, f"baseline + {lpips_tolerance:g} x seed-to-seed"
+        else:
+            limit, rule = (1 + lpips_tolerance) * seed, f"{1 + lpips_tolerance:g} x seed-to-seed"
+        if v["lpips"] > limit:
+            why.append(f"LPIPS {v['lpips']:.4g} > {limit:.4g} ({rule})")
+    return why
 
 
 def match_baseline(
@@ -82,19 +154,13 @@ def match_baseline(
     instead stay within ``(1 + lpips_tolerance) x seed_lpips`` of the reference, i.e. be no
     further from it than another seed's image is, and meet the CLIP tolerance.
     """
-    base = baseline.values
-    seed = seed_lpips or 0.0
-    ok = []
-    for c in candidates:
-        v = c.values
-        if "clip_score" in base and v["clip_score"] < base["clip_score"] - clip_tolerance:
-            continue
-        if "lpips" in base:
-            same_kind = c.deterministic or not baseline.deterministic
-            limit = base["lpips"] + lpips_tolerance * seed if same_kind else (1 + lpips_tolerance) * seed
-            if v["lpips"] > limit:
-                continue
-        ok.append(c)
+    ok = [
+        c
+        for c in candidates
+        if not failed_tolerance(
+            c, baseline, clip_tolerance=clip_tolerance, lpips_tolerance=lpips_tolerance, seed_lpips=seed_lpips
+        )
+    ]
     if not any(c.number == baseline.number for c in ok):
         ok.append(baseline)
 

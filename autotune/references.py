@@ -81,6 +81,14 @@ class ReferenceStore:
         except IntegrityError:
             pass  # another worker stored the same reference first: the images are the same
 
+    def find(self, prompt: str, seed: int, settings: Settings) -> bytes | None:
+        """The stored PNG of a reference, without a pipeline (for reports); None when never rendered."""
+        c = _REFERENCES.c
+        query = select(c.png).where(c.prompt == prompt, c.seed == seed, c.setting == json.dumps(settings.params()))
+        with self.engine.connect() as conn:
+            row = conn.execute(query.limit(1)).first()
+        return bytes(row[0]) if row else None
+
     def contains(self, p: Pipeline, settings: Settings, prompt: str, seed: int, height: int, width: int) -> bool:
         dtype = str(p.dtype).removeprefix("torch.")
         return bool(self._get([reference_key(p.model_id, prompt, seed, height, width, settings, dtype)]))

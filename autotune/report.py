@@ -22,7 +22,7 @@ from autotune import schedulers
 from autotune.config import StudyConfig
 from autotune.study import ClassOutcome, settings_of, trial_summary
 
-__all__ = ["format_table", "recommendations_data", "write_outputs"]
+__all__ = ["atomic_write", "format_table", "publish", "recommendations_data", "write_all", "write_outputs"]
 
 
 def _class_data(cfg: StudyConfig, o: ClassOutcome) -> dict[str, Any]:
@@ -110,9 +110,12 @@ def _pareto_csv(cfg: StudyConfig, o: ClassOutcome) -> str:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; outputs are as readable as any new file
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -126,11 +129,55 @@ def write_outputs(cfg: StudyConfig, outcomes: dict[str, ClassOutcome], out_dir: 
     """Write ``recommendations.json`` and one ``pareto_<class>.csv`` per class; return their paths."""
     out = out_dir or cfg.output_dir
     written = [out / "recommendations.json"]
-    _atomic_write(written[0], json.dumps(recommendations_data(cfg, outcomes), indent=2) + "\n")
+    atomic_write(written[0], json.dumps(recommendations_data(cfg, outcomes), indent=2) + "\n")
     for c, o in outcomes.items():
         written.append(out / f"pareto_{c}.csv")
-        _atomic_write(written[-1], _pareto_csv(cfg, o))
+        atomic_write(written[-1], _pareto_csv(cfg, o))
     return written
+
+
+def _note(d: dict[str, Any]) -> str:
+    """The recommendation of one class as markdown, for the study's note in optuna-dashboard."""
+    if "trial" not in d:
+        return f"**No recommendation yet.** {d['reason']}"
+    x, base = d["diffusers"], d["baseline"]
+    overrides = "".join(f", {k}={v!r}" for k, v in x["scheduler_config"].items())
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in x["call_kwargs"].items())
+    speedup = f"**{d['speedup']:.2f}x** the speed of" if d["speedup"] else "compared with"
+    rows = "\n".join(f"| {m} | {v:.4g} | {base['metrics'][m]:.4g} |" for m, v in d["metrics"].items())
+    return (
+        f"## Recommended: {d['setting']} (trial {d['trial']})\n\n"
+        f"{speedup} the baseline, {base['setting']} (trial {base['trial']}). {d['reason']}.\n\n"
+        f"| metric | recommended | baseline |\n|---|---|---|\n{rows}\n\n"
+        f"```python\nfrom diffusers import {x['scheduler_class']}\n"
+        f"pipe.scheduler = {x['scheduler_class']}.from_config(pipe.scheduler.config{overrides})\n"
+        f"image = pipe(prompt, {kwargs}).images[0]\n```\n\n"
+        f"{d['trials_completed']} completed trials, {d['trials_failed']} failed, "
+        f"{d['pareto_front_size']} on the Pareto front (see the plot below and `report.html`)."
+    )
+
+
+def publish(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> None:
+    """Per class, the recommendation as the study's note and its Pareto figure, for optuna-dashboard."""
+    from optuna_dashboard import save_note, save_plotly_graph_object
+
+    from autotune.figures import pareto_figure
+
+    data = recommendations_data(cfg, outcomes)["classes"]
+    for c, o in outcomes.items():
+        save_note(o.study, _note(data[c]))
+        if o.trials:
+            save_plotly_graph_object(o.study, pareto_figure(cfg, o), graph_object_id="pareto-front")
+
+
+def write_all(cfg: StudyConfig, outcomes: dict[str, ClassOutcome], storage: str | None = None) -> list[Path]:
+    """Everything a run leaves: JSON, CSVs, ``report.html``, and the dashboard's notes and figures."""
+    from autotune.report_html import write_report
+
+    paths = write_outputs(cfg, outcomes)
+    paths.append(write_report(cfg, outcomes, storage))
+    publish(cfg, outcomes)
+    return paths
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:

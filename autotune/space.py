@@ -94,11 +94,14 @@ class Settings:
         conf = sorted(self.scheduler_overrides().items())
         return repr((spec.class_name, conf, self.ays, self.steps, round(self.guidance, 6)))
 
+    def scheduler_label(self) -> str:
+        """The scheduler and its variant values: ``DPM++ 2M [sigmas=karras]``."""
+        opts = ", ".join(f"{k}={v}" for k, v in self.options)
+        return schedulers.get(self.scheduler).a1111 + (f" [{opts}]" if opts else "")
+
     def label(self) -> str:
         """A short human name: ``DPM++ 2M [sigmas=karras], 12 steps, CFG 6.5``."""
-        opts = ", ".join(f"{k}={v}" for k, v in self.options)
-        name = schedulers.get(self.scheduler).a1111 + (f" [{opts}]" if opts else "")
-        return f"{name}, {self.steps} steps, CFG {self.guidance:g}"
+        return f"{self.scheduler_label()}, {self.steps} steps, CFG {self.guidance:g}"
 
 
 @functools.cache

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune import schedulers
@@ -32,7 +33,16 @@ from autotune.metrics import METRICS
 from autotune.pareto import Candidate, Recommendation, match_baseline, pareto_front
 from autotune.space import Settings, suggest, variant_choices
 
-__all__ = ["ClassOutcome", "StudyAborted", "open_storage", "recommend", "run_study", "study_name"]
+__all__ = [
+    "ClassOutcome",
+    "StudyAborted",
+    "artifact_store",
+    "image_name",
+    "open_storage",
+    "recommend",
+    "run_study",
+    "study_name",
+]
 
 _MAX_CONSECUTIVE_FAILURES = 10  # fresh failures in a row (not repeats of a known-bad setting)
 
@@ -168,6 +178,7 @@ class _Evaluator:
         self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev) if "clip_score" in objectives else None
         self.lpips = Lpips(m.lpips_net, m.lpips_backbone, dev) if "lpips" in objectives else None
         self.store = ReferenceStore(storage_url)
+        self.artifacts = artifact_store(cfg, create=True) if cfg.report.images else None
 
     def references(self, class_name: str, seeds: list[int], guidance: float | None = None) -> Any:
         """The class's reference images (prompt-major), at the trial's guidance when it follows the trial."""
@@ -252,12 +263,12 @@ def _objective(
                 trial.set_user_attr("fail_reason", reason)
                 raise TrialFailed(reason)
             for key, value in earlier.user_attrs.items():
-                if key.endswith(("_mean", "_std")) or key in ("model_calls", "images"):
+                if key.endswith(("_mean", "_std", "_values")) or key in ("model_calls", "images"):
                     trial.set_user_attr(key, value)
             assert earlier.values is not None
             return list(earlier.values)
         try:
-            per_image, calls, _ = evaluator.evaluate(settings, class_name)
+            per_image, calls, images = evaluator.evaluate(settings, class_name)
         except Exception as e:  # any render or metric failure fails this trial, not the study
             reason = _reason(e)
             trial.set_user_attr("fail_reason", reason)
@@ -266,11 +277,40 @@ def _objective(
         for name, values in per_image.items():
             trial.set_user_attr(f"{name}_mean", statistics.fmean(values))
             trial.set_user_attr(f"{name}_std", statistics.pstdev(values))
+            trial.set_user_attr(f"{name}_values", [round(v, 6) for v in values])  # prompt-major, per seed
         trial.set_user_attr("model_calls", calls)
         trial.set_user_attr("images", len(per_image["seconds"]))
+        if evaluator.artifacts is not None:
+            _upload_images(trial, images, cfg.search.seeds, evaluator.artifacts)
         return [_aggregate(name, per_image[name]) for name in cfg.metrics.objectives]
 
     return objective
+
+
+def artifact_store(cfg: StudyConfig, create: bool = False) -> FileSystemArtifactStore:
+    """The study's image store: ``studies/NAME/artifacts`` (what ``optuna-dashboard --artifact-dir`` serves)."""
+    if create:
+        cfg.artifact_dir.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(cfg.artifact_dir))
+
+
+def image_name(prompt_index: int, seed: int) -> str:
+    """Artifact file name of one trial image; the prompt's text is in the study's ``prompts`` attribute."""
+    return f"prompt{prompt_index}_seed{seed}.png"
+
+
+def _upload_images(trial: optuna.Trial, images: Any, seeds: tuple[int, ...], store: FileSystemArtifactStore) -> None:
+    """Every image of the trial as a PNG artifact, prompt-major like the render."""
+    import tempfile
+
+    from autotune.references import encode_png
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for i, image in enumerate(images):
+            path = Path(tmp) / image_name(i // len(seeds), seeds[i % len(seeds)])
+            path.write_bytes(encode_png(image))
+            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="image/png")
 
 
 def _reason(e: BaseException) -> str:

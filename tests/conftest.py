@@ -72,3 +72,21 @@ def study_file(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A finished two-class tiny study with every output written, shared read-only by the session.
+
+    Returns ``(cfg, outcomes)``; the study file, database and ``finished/`` outputs lie in one folder.
+    """
+    from autotune.config import load_config
+    from autotune.report import write_all
+    from autotune.study import run_study
+
+    path = tmp_path_factory.mktemp("finished") / "finished.toml"
+    path.write_text(SMALL_STUDY.format(name="finished", n_trials=6, classes=TWO_CLASSES))
+    cfg = load_config(path)
+    outcomes = run_study(cfg, progress=False)
+    write_all(cfg, outcomes)
+    return cfg, outcomes

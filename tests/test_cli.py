@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from autotune.cli import parse_duration
+from autotune.families import FAMILIES, ays_timesteps
 
 
 @pytest.mark.parametrize(
@@ -38,10 +39,10 @@ def test_study_then_recommend_end_to_end(study_file: Callable[..., Path]) -> Non
     for c, rec in recs["classes"].items():
         assert rec["trials_completed"] == 3
         assert rec["metrics"]["seconds"] <= rec["baseline"]["metrics"]["seconds"]
-        assert rec["diffusers"]["call_kwargs"] == {
-            "num_inference_steps": rec["steps"],
-            "guidance_scale": rec["guidance"],
-        }
+        expected = {"num_inference_steps": rec["steps"], "guidance_scale": rec["guidance"]}
+        if rec["options"].get("sigmas") == "ays":  # Align Your Steps passes its own timesteps
+            expected["timesteps"] = ays_timesteps(FAMILIES["sd"], rec["steps"])
+        assert rec["diffusers"]["call_kwargs"] == expected
         rows = list(csv.DictReader((out / f"pareto_{c}.csv").open()))
         assert 1 <= len(rows) <= 3
         assert sum(r["recommended"] == "True" for r in rows) == 1

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.pareto import Candidate, dominates, match_baseline, pareto_front
+from autotune.pareto import Candidate, dominates, hypervolume, hypervolume_history, match_baseline, pareto_front
 
 UP = {"clip_score": True, "lpips": False, "seconds": False}
 
@@ -85,3 +85,30 @@ def test_ancestral_candidates_are_not_judged_on_lpips_against_deterministic_ones
     )
     # 0.09 would fail the deterministic limit (0.001 + 0.01) but is within a seed's distance (0.11); 0.2 is not
     assert rec.chosen.number == 1
+
+
+def test_hypervolume_of_hand_made_fronts() -> None:
+    assert hypervolume([[0.5]], [1.0]) == pytest.approx(0.5)
+    # two points of an L-shape: 1x0.5 + 0.5x0.5 - overlap counted once
+    assert hypervolume([[0.0, 0.5], [0.5, 0.0]], [1.0, 1.0]) == pytest.approx(0.75)
+    assert hypervolume([[0.0, 0.0, 0.0]], [1.0, 2.0, 3.0]) == pytest.approx(6.0)
+    # a dominated point and one outside the reference add nothing
+    assert hypervolume([[0.0, 0.5], [0.5, 0.0], [0.6, 0.6], [2.0, 0.0]], [1.0, 1.0]) == pytest.approx(0.75)
+    # 3-D, by inclusion-exclusion: 0.5 + 0.5 - the 0.5 x 0.5 x 1 overlap
+    a, b = [0.0, 0.5, 0.0], [0.5, 0.0, 0.0]
+    assert hypervolume([a, b], [1.0, 1.0, 1.0]) == pytest.approx(0.5 + 0.5 - 0.25)
+
+
+def test_hypervolume_history_never_falls_and_reaches_the_ideal_point() -> None:
+    up = {"clip_score": True, "seconds": False}
+    pts = [
+        {"clip_score": 20.0, "seconds": 2.0},  # scaled to (1, 0.5): clip ranges 20..30, seconds 1..3
+        {"clip_score": 25.0, "seconds": 1.5},  # (0.5, 0.25) dominates it
+        {"clip_score": 22.0, "seconds": 3.0},  # dominated, adds nothing
+        {"clip_score": 30.0, "seconds": 1.0},  # best on both: scaled (0, 0)
+    ]
+    h = hypervolume_history(pts, up)
+    assert h[0] == pytest.approx(0.1 * 0.6)
+    assert h[1] == pytest.approx(0.6 * 0.85)
+    assert h[2] == h[1]
+    assert h[3] == pytest.approx(1.1 * 1.1)

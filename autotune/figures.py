@@ -1,0 +1,190 @@
+"""Plotly figures of one prompt class's study, for the HTML report and the dashboard.
+
+Every figure is built from a :class:`~autotune.study.ClassOutcome` alone: nothing is rendered.
+
+Example:
+    >>> outcome = recommend(cfg)["portrait"]
+    >>> pareto_figure(cfg, outcome).write_html("front.html")
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial
+from plotly.subplots import make_subplots
+
+from autotune.config import StudyConfig
+from autotune.metrics import METRICS
+from autotune.pareto import hypervolume_history
+from autotune.study import ClassOutcome, settings_of
+
+__all__ = ["hypervolume_figure", "importance_figure", "pareto_figure", "steps_figure"]
+
+TITLES = {"clip_score": "CLIP score ↑", "lpips": "LPIPS to reference ↓", "seconds": "seconds per image ↓"}
+
+
+def _values(cfg: StudyConfig, t: FrozenTrial) -> dict[str, float]:
+    assert t.values is not None
+    return dict(zip(cfg.metrics.objectives, t.values, strict=True))
+
+
+def _axes(cfg: StudyConfig) -> tuple[str, list[str]]:
+    """The cost on x (seconds when measured) and each quality metric on its own y."""
+    objectives = list(cfg.metrics.objectives)
+    x = "seconds" if "seconds" in objectives else objectives[0]
+    return x, [m for m in objectives if m != x] or [x]
+
+
+def pareto_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
+    """Cost against each quality metric: dominated trials faded, the front, baseline and recommendation."""
+    x, ys = _axes(cfg)
+    fig = make_subplots(rows=1, cols=len(ys), subplot_titles=[f"{TITLES.get(y, y)} vs {x}" for y in ys])
+    on_front = set(o.front)
+    rec = o.recommendation
+    marked = {"baseline": rec.baseline.number, "recommended": rec.chosen.number} if rec else {}
+    groups = [
+        ("dominated", [t for i, t in enumerate(o.trials) if i not in on_front], dict(color="#9aa0a6", size=7), 0.35),
+        ("Pareto front", [o.trials[i] for i in o.front], dict(color="#1f77b4", size=9), 1.0),
+    ]
+    for name in ("baseline", "recommended"):
+        style = (
+            dict(color="#d62728", size=16, symbol="star")
+            if name == "baseline"
+            else dict(color="#2ca02c", size=15, symbol="diamond")
+        )
+        groups.append((name, [t for t in o.trials if marked.get(name) == t.number], style, 1.0))
+    for col, y in enumerate(ys, 1):
+        for name, trials, style, opacity in groups:
+            values = [_values(cfg, t) for t in trials]
+            labelled = name in ("baseline", "recommended")
+            fig.add_trace(
+                go.Scatter(
+                    x=[v[x] for v in values],
+                    y=[v[y] for v in values],
+                    mode="markers+text" if labelled else "markers",
+                    text=[name] * len(trials) if labelled else None,
+                    textposition="top center",
+                    customdata=[[t.number, settings_of(t).label()] for t in trials],
+                    hovertemplate=f"#%{{customdata[0]}} %{{customdata[1]}}<br>{x} %{{x:.4g}}<br>{y} %{{y:.4g}}"
+                    f"<extra>{name}</extra>",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    marker=style,
+                    opacity=opacity,
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text=TITLES.get(x, x), type="log" if x == "seconds" else None, row=1, col=col)
+        fig.update_yaxes(title_text=TITLES.get(y, y), row=1, col=col)
+    fig.update_layout(
+        title=f"{o.name}: {o.n_completed} completed trials, {len(o.trials)} distinct settings, "
+        f"{len(o.front)} on the Pareto front",
+        height=460,
+        margin=dict(t=90),
+    )
+    return fig
+
+
+def steps_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
+    """Best quality reached at each step count, one line per scheduler (and variant)."""
+    quality = [m for m in cfg.metrics.objectives if m != "seconds"] or list(cfg.metrics.objectives)
+    fig = make_subplots(rows=1, cols=len(quality), subplot_titles=[f"{TITLES.get(m, m)} vs steps" for m in quality])
+    best: dict[str, dict[str, dict[int, float]]] = {m: defaultdict(dict) for m in quality}
+    for t in o.trials:
+        v, steps, label = _values(cfg, t), settings_of(t).steps, settings_of(t).scheduler_label()
+        for m in quality:
+            pick = max if METRICS[m].higher_is_better else min
+            seen = best[m][label].get(steps)
+            best[m][label][steps] = v[m] if seen is None else pick(seen, v[m])
+    labels = sorted(best[quality[0]])
+    colors = _palette(len(labels))
+    for col, m in enumerate(quality, 1):
+        for label, color in zip(labels, colors, strict=True):
+            points = sorted(best[m][label].items())
+            fig.add_trace(
+                go.Scatter(
+                    x=[p[0] for p in points],
+                    y=[p[1] for p in points],
+                    mode="lines+markers",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=col == 1,
+                    line=dict(color=color),
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text="steps", row=1, col=col)
+        fig.update_yaxes(title_text=TITLES.get(m, m), row=1, col=col)
+    fig.update_layout(title=f"{o.name}: best quality per step count and scheduler (any guidance)", height=440)
+    return fig
+
+
+def _palette(n: int) -> list[str]:
+    import plotly.colors
+
+    base = plotly.colors.qualitative.Dark24
+    return [base[i % len(base)] for i in range(n)]
+
+
+def hypervolume_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
+    """Hypervolume of the front after each trial, metrics scaled to the class's own range."""
+    trials = sorted(o.trials, key=lambda t: t.number)
+    up = {m: METRICS[m].higher_is_better for m in cfg.metrics.objectives}
+    history = hypervolume_history([_values(cfg, t) for t in trials], up)
+    fig = go.Figure(
+        go.Scatter(x=[t.number for t in trials], y=history, mode="lines+markers", name="hypervolume", line_shape="hv")
+    )
+    fig.update_layout(
+        title=f"{o.name}: hypervolume of the front (metrics scaled to their range; the ideal is {1.1 ** len(up):.3g})",
+        xaxis_title="trial",
+        yaxis_title="hypervolume",
+        height=360,
+    )
+    return fig
+
+
+def importances(cfg: StudyConfig, o: ClassOutcome) -> dict[str, dict[str, float]] | None:
+    """Optuna's fANOVA parameter importances per objective; None with too few distinct trials."""
+    if len(o.trials) < 3:
+        return None
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, m in enumerate(cfg.metrics.objectives):
+
+            def target(t: FrozenTrial, i: int = i) -> float:
+                assert t.values is not None
+                return t.values[i]
+
+            try:
+                out[m] = optuna.importance.get_param_importances(
+                    o.study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=target
+                )
+            except (ValueError, RuntimeError):  # e.g. every trial has the same parameters
+                return None
+    return out
+
+
+def importance_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure | None:
+    """One group of bars per parameter: how much of each objective's variance it explains."""
+    found = importances(cfg, o)
+    if found is None:
+        return None
+    params = sorted({p for per in found.values() for p in per})
+    fig = go.Figure(
+        [go.Bar(name=TITLES.get(m, m), x=params, y=[per.get(p, 0.0) for p in params]) for m, per in found.items()]
+    )
+    fig.update_layout(
+        title=f"{o.name}: parameter importances (Optuna fANOVA)",
+        barmode="group",
+        yaxis_title="importance",
+        height=360,
+    )
+    return fig

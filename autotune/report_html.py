@@ -1,0 +1,348 @@
+"""``studies/NAME/report.html``: one self-contained page to look at a study in the morning.
+
+Plotly's JavaScript and every image are embedded, so the page opens offline and can be mailed.
+Per class: the Pareto front, quality against steps per scheduler, hypervolume history,
+parameter importances, the front as a table, baseline vs recommended vs reference images,
+and a steps x scheduler grid built from trials already rendered (``render_grid`` renders a
+full one on request).
+
+Example:
+    >>> outcomes = recommend(cfg)
+    >>> write_report(cfg, outcomes, cfg.default_storage)
+    PosixPath('studies/demo/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import statistics
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial
+
+from autotune.config import StudyConfig
+from autotune.figures import TITLES, hypervolume_figure, importance_figure, pareto_figure, steps_figure
+from autotune.space import Settings
+from autotune.study import ClassOutcome, artifact_store, image_name, open_storage, settings_of
+
+__all__ = ["GridImages", "render_grid", "write_report"]
+
+GridImages = dict[str, dict[tuple[str, int], bytes]]  # class -> (scheduler label, steps) -> PNG
+_MAX_GRID = 8  # rows and columns of the steps x scheduler grid
+_THUMB = 256  # longest side of an embedded image, pixels
+
+
+def _img(png: bytes | None, title: str = "") -> str:
+    if png is None:
+        return '<div class="missing">not stored</div>'
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png))
+    if max(image.size) > _THUMB:
+        image.thumbnail((_THUMB, _THUMB))
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        png = buf.getvalue()
+    data = base64.b64encode(png).decode()
+    return f'<img src="data:image/png;base64,{data}" title="{html.escape(title)}" alt="{html.escape(title)}">'
+
+
+class _Images:
+    """Trial images from the study's artifacts, and references from the reference table."""
+
+    def __init__(self, cfg: StudyConfig, url: str) -> None:
+        from autotune.references import ReferenceStore
+
+        self.cfg = cfg
+        self.storage = open_storage(url)
+        self.store = artifact_store(cfg) if cfg.artifact_dir.is_dir() else None
+        self.refs = ReferenceStore(url)
+
+    def trial(self, o: ClassOutcome, t: FrozenTrial, prompt_index: int, seed: int) -> bytes | None:
+        if self.store is None:
+            return None
+        source = t.user_attrs.get("reused_from", t.number)
+        if source != t.number:  # a reused trial rendered nothing: its images are the earlier trial's
+            t = o.study.get_trials(deepcopy=False)[source]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            metas = optuna.artifacts.get_all_artifact_meta(t, storage=self.storage)
+        for meta in metas:
+            if meta.filename == image_name(prompt_index, seed):
+                with self.store.open_reader(meta.artifact_id) as f:
+                    return bytes(f.read())
+        return None
+
+    def reference(self, prompt: str, seed: int, guidance: float) -> bytes | None:
+        cfg = self.cfg
+        baseline_guidance = cfg.baseline.guidance
+        assert isinstance(baseline_guidance, float)
+        g = guidance if cfg.reference.guidance == "trial" else baseline_guidance
+        return self.refs.find(prompt, seed, Settings.of(cfg.reference, g))
+
+
+def _paired(rec: FrozenTrial, base: FrozenTrial, metric: str) -> str:
+    """Recommended minus baseline, per image, as mean ± std (the spread over prompts and seeds)."""
+    a, b = rec.user_attrs.get(f"{metric}_values"), base.user_attrs.get(f"{metric}_values")
+    if a and b and len(a) == len(b):
+        d = [x - y for x, y in zip(a, b, strict=True)]
+        return f"{statistics.fmean(d):+.4g} ± {statistics.pstdev(d):.2g}"
+    ma, mb = rec.user_attrs.get(f"{metric}_mean"), base.user_attrs.get(f"{metric}_mean")
+    return f"{ma - mb:+.4g}" if ma is not None and mb is not None else "-"
+
+
+def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _summary(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> str:
+    quality = [m for m in cfg.metrics.objectives if m != "seconds"]
+    rows = []
+    for c, o in outcomes.items():
+        rec = o.recommendation
+        if rec is None:
+            rows.append([c, "no recommendation yet: the baseline has not completed", "-", *("-" for _ in quality)])
+            continue
+        by_number = {t.number: t for t in o.trials}
+        chosen, base = by_number[rec.chosen.number], by_number[rec.baseline.number]
+        setting = html.escape(settings_of(chosen).label())
+        if not rec.met_tolerance:
+            setting += f'<div class="note">{html.escape(rec.reason)}</div>'
+        speedup = f"{rec.speedup:.2f}x" if rec.speedup else "-"
+        rows.append([f'<a href="#class-{c}">{c}</a>', setting, speedup, *(_paired(chosen, base, m) for m in quality)])
+    head = ["class", "recommended setting", "speed-up vs baseline", *(f"Δ {TITLES.get(m, m)}" for m in quality)]
+    return _table(head, rows, "summary")
+
+
+def _figure(fig: go.Figure | None, fig_id: str, empty: str) -> str:
+    if fig is None:
+        return f'<p class="note">{html.escape(empty)}</p>'
+    data = fig.to_json().replace("</", "<\\/")
+    script = f'<script type="application/json" data-figure="{fig_id}">{data}</script>'
+    return f'<div class="figure" id="{fig_id}"></div>{script}'
+
+
+def _front_table(cfg: StudyConfig, o: ClassOutcome) -> str:
+    objectives = list(cfg.metrics.objectives)
+    rec = o.recommendation
+    cost = objectives.index("seconds") if "seconds" in objectives else 0
+    front = sorted((o.trials[i] for i in o.front), key=lambda t: (t.values or [0.0])[cost])
+    rows = []
+    for t in front:
+        assert t.values is not None
+        mark = []
+        if t.user_attrs.get("baseline"):
+            mark.append("baseline")
+        if rec and t.number == rec.chosen.number:
+            mark.append("recommended")
+        s = settings_of(t)
+        rows.append(
+            [
+                t.number,
+                html.escape(s.scheduler_label()),
+                s.steps,
+                f"{s.guidance:g}",
+                *(f"{v:.4g}" for v in t.values),
+                t.user_attrs.get("model_calls", "-"),
+                ", ".join(mark),
+            ]
+        )
+    head = ["trial", "scheduler", "steps", "guidance", *objectives, "model calls", ""]
+    return _table(head, rows, "front")
+
+
+def _comparison(cfg: StudyConfig, o: ClassOutcome, images: _Images) -> str:
+    rec = o.recommendation
+    if rec is None:
+        return '<p class="note">No comparison yet: the baseline trial has not completed.</p>'
+    by_number = {t.number: t for t in o.trials}
+    chosen, base = by_number[rec.chosen.number], by_number[rec.baseline.number]
+    seed = cfg.search.seeds[0]
+    rows = []
+    for i, prompt in enumerate(cfg.classes[o.name]):
+        rows.append(
+            [
+                html.escape(prompt),
+                _img(images.trial(o, base, i, seed), f"baseline: {settings_of(base).label()}"),
+                _img(images.trial(o, chosen, i, seed), f"recommended: {settings_of(chosen).label()}"),
+                _img(images.reference(prompt, seed, settings_of(chosen).guidance), "reference"),
+            ]
+        )
+    head = [
+        f"prompt (seed {seed})",
+        f"baseline: {settings_of(base).label()}",
+        f"recommended: {settings_of(chosen).label()}",
+        f"reference: {Settings.of(cfg.reference, settings_of(chosen).guidance).label()}",
+    ]
+    return _table(head, rows, "images")
+
+
+def _recommended_guidance(cfg: StudyConfig, o: ClassOutcome) -> float:
+    """The recommended trial's guidance; the baseline's before there is a recommendation."""
+    if o.recommendation is not None:
+        return next(settings_of(t).guidance for t in o.trials if t.number == o.recommendation.chosen.number)
+    g = cfg.baseline.guidance
+    assert isinstance(g, float)
+    return g
+
+
+def _spread(values: list[int], n: int) -> list[int]:
+    """At most ``n`` of the sorted ``values``, evenly spaced, first and last kept."""
+    values = sorted(set(values))
+    if len(values) <= n:
+        return values
+    return sorted({values[round(i * (len(values) - 1) / (n - 1))] for i in range(n)})
+
+
+def _grid(cfg: StudyConfig, o: ClassOutcome, images: _Images, rendered: dict[tuple[str, int], bytes] | None) -> str:
+    prompt, seed = cfg.classes[o.name][0], cfg.search.seeds[0]
+    best: dict[tuple[str, int], FrozenTrial] = {}
+    if rendered is not None:
+        how = "rendered for this report at the recommended guidance"
+        keys = list(rendered)
+    else:
+        guidance = _recommended_guidance(cfg, o)
+        for t in o.trials:  # per cell, the trial whose guidance is nearest the recommended one
+            s = settings_of(t)
+            key = (s.scheduler_label(), s.steps)
+            if key not in best or abs(s.guidance - guidance) < abs(settings_of(best[key]).guidance - guidance):
+                best[key] = t
+        how = (
+            "from the trials already rendered, nearest guidance to the recommended one "
+            "(autotune report --render-grid renders a full grid)"
+        )
+        keys = list(best)
+    if not keys:
+        return '<p class="note">No trial images yet.</p>'
+    labels = sorted(label for label, _ in Counter(label for label, _ in keys).most_common(_MAX_GRID))
+    steps = _spread([n for label, n in keys if label in labels], _MAX_GRID)
+
+    def cell(label: str, n: int) -> str:
+        if rendered is not None:
+            png = rendered.get((label, n))
+        else:
+            png = images.trial(o, best[(label, n)], 0, seed) if (label, n) in best else None
+        return _img(png, f"{label}, {n} steps") if png is not None or (label, n) in best else ""
+
+    body = [[html.escape(label), *(cell(label, n) for n in steps)] for label in labels]
+    caption = f'<p class="note">"{html.escape(prompt)}", seed {seed}; {html.escape(how)}.</p>'
+    return caption + _table(["scheduler \\ steps", *map(str, steps)], body, "grid")
+
+
+def render_grid(cfg: StudyConfig, outcomes: dict[str, ClassOutcome], device: str | None = None) -> GridImages:
+    """Render a full steps x scheduler grid per class: first prompt and seed, recommended guidance."""
+    from autotune.pipeline import generate, load_pipeline
+    from autotune.references import encode_png
+
+    p = load_pipeline(cfg.model, device)
+    assert cfg.search.steps is not None and cfg.search.schedulers is not None
+    lo, hi = cfg.search.steps
+    ladder = _spread([round(lo * (hi / lo) ** (i / 5)) for i in range(6)], 6)
+    out: GridImages = {}
+    for c, o in outcomes.items():
+        guidance = _recommended_guidance(cfg, o)
+        prompt, seed = cfg.classes[c][0], cfg.search.seeds[0]
+        out[c] = {}
+        for name in cfg.search.schedulers:
+            for n in ladder:
+                s = Settings.make(name, n, guidance)
+                image = generate(p, s, [prompt], [seed], cfg.model.height, cfg.model.width).images[0]
+                out[c][(s.scheduler_label(), n)] = encode_png(image)
+    return out
+
+
+def _section(cfg: StudyConfig, o: ClassOutcome, images: _Images, grid: dict[tuple[str, int], bytes] | None) -> str:
+    c = o.name
+    parts = [
+        f'<section id="class-{c}"><h2>{html.escape(c)}</h2>',
+        f'<p class="note">{o.n_completed} completed trials ({len(o.trials)} distinct settings), '
+        f"{o.n_failed} failed; {len(o.front)} on the Pareto front.</p>",
+        _figure(pareto_figure(cfg, o) if o.trials else None, f"{c}-pareto", "No completed trial yet."),
+        "<h3>Images: baseline, recommended, reference</h3>",
+        _comparison(cfg, o, images),
+        "<h3>Quality against steps</h3>",
+        _figure(steps_figure(cfg, o) if o.trials else None, f"{c}-steps", "No completed trial yet."),
+        "<h3>Steps x scheduler</h3>",
+        _grid(cfg, o, images, grid),
+        "<h3>Hypervolume history</h3>",
+        _figure(hypervolume_figure(cfg, o) if o.trials else None, f"{c}-hypervolume", "No completed trial yet."),
+        "<h3>Parameter importances</h3>",
+        _figure(importance_figure(cfg, o), f"{c}-importances", "Needs at least 3 distinct completed trials."),
+        "<h3>Pareto front</h3>",
+        _front_table(cfg, o),
+        "</section>",
+    ]
+    return "\n".join(parts)
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;
+vertical-align:top;font-size:14px}th{background:#f4f4f4}.note{color:#555;font-size:14px}
+img{display:block;image-rendering:pixelated;width:128px;height:auto}table.images img{width:192px}
+.missing{color:#999;font-size:12px}#errors{color:#b00;white-space:pre-wrap}
+section{border-top:2px solid #ccc;margin-top:2em}
+"""
+
+_SCRIPT = """
+(function(){
+  var drawn = 0, errors = [];
+  document.querySelectorAll('script[data-figure]').forEach(function(s){
+    try {
+      var fig = JSON.parse(s.textContent);
+      Plotly.newPlot(document.getElementById(s.dataset.figure), fig.data, fig.layout, {responsive: true});
+      drawn += 1;
+    } catch (e) { errors.push(s.dataset.figure + ': ' + e); }
+  });
+  document.body.dataset.figuresDrawn = drawn;
+  if (errors.length) { var el = document.getElementById('errors'); el.hidden = false;
+    el.textContent = 'Some figures failed to draw:\\n' + errors.join('\\n'); }
+})();
+"""
+
+
+def write_report(
+    cfg: StudyConfig,
+    outcomes: dict[str, ClassOutcome],
+    storage: str | None = None,
+    *,
+    grid: GridImages | None = None,
+    out_dir: Path | None = None,
+) -> Path:
+    """Write ``report.html`` (atomically) and return its path."""
+    from plotly.offline import get_plotlyjs
+
+    from autotune.report import atomic_write
+
+    images = _Images(cfg, storage or cfg.default_storage)
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    m = cfg.model
+    intro = (
+        f'<p class="note">Model <code>{html.escape(m.id)}</code> at {m.height}x{m.width}; objectives '
+        f"{', '.join(cfg.metrics.objectives)}; rule {cfg.recommend.rule} (CLIP tolerance "
+        f"{cfg.recommend.clip_tolerance:g}, LPIPS tolerance {cfg.recommend.lpips_tolerance:g} x seed-to-seed LPIPS). "
+        f"Δ is recommended minus baseline per image, mean ± std over prompts and seeds. Written {now}.</p>"
+    )
+    sections = [_section(cfg, o, images, (grid or {}).get(c)) for c, o in outcomes.items()]
+    page = (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>autotune: {html.escape(cfg.name)}</title>'
+        f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head>\n<body>"
+        f'<h1>autotune study: {html.escape(cfg.name)}</h1>{intro}<div id="errors" hidden></div>'
+        f"<h2>Summary</h2>{_summary(cfg, outcomes)}\n"
+        + "\n".join(sections)
+        + f"<script>{_SCRIPT}</script></body></html>\n"
+    )
+    path = (out_dir or cfg.output_dir) / "report.html"
+    atomic_write(path, page)
+    return path

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autotune.config import load_config
+from autotune.report import write_all
+from autotune.study import recommend, run_study
+
+FIGURE = re.compile(r'<script type="application/json" data-figure="([^"]+)">(.*?)</script>', re.S)
+
+
+def figures(page: str) -> dict[str, dict[str, Any]]:
+    return {name: json.loads(data.replace("<\\/", "</")) for name, data in FIGURE.findall(page)}
+
+
+def test_report_has_a_pareto_figure_per_class_with_markers_and_images(finished_study) -> None:  # type: ignore[no-untyped-def]
+    cfg, outcomes = finished_study
+    page = (cfg.output_dir / "report.html").read_text()
+    figs = figures(page)
+    assert "<script src=" not in page and '<img src="http' not in page  # self-contained: opens offline
+    for c, o in outcomes.items():
+        fig = figs[f"{c}-pareto"]
+        assert f"{o.n_completed} completed trials" in fig["layout"]["title"]["text"]
+        traces = {t["name"]: t for t in fig["data"] if t.get("xaxis", "x") == "x"}
+        assert len(traces["dominated"]["x"]) + len(traces["Pareto front"]["x"]) == len(o.trials)  # distinct settings
+        assert o.n_completed == 6
+        rec = o.recommendation
+        base = {t.number: t for t in o.trials}[rec.baseline.number]
+        chosen = {t.number: t for t in o.trials}[rec.chosen.number]
+        # x is seconds, y the CLIP score in the first panel
+        assert traces["baseline"]["x"] == [base.values[2]] and traces["baseline"]["y"] == [base.values[0]]
+        assert traces["recommended"]["x"] == [chosen.values[2]] and traces["recommended"]["text"] == ["recommended"]
+        for kind in ("steps", "hypervolume", "importances"):
+            assert f"{c}-{kind}" in figs
+        section = page.split(f'<section id="class-{c}">')[1].split("</section>")[0]
+        comparison = section.split('<table class="images">')[1].split("</table>")[0]
+        assert comparison.count("data:image/png;base64,") == 3  # baseline, recommended, reference
+        assert "not stored" not in comparison
+    summary = page.split('<table class="summary">')[1].split("</table>")[0]
+    assert f"{outcomes['portrait'].recommendation.speedup:.2f}x" in summary
+
+
+def test_report_renders_for_one_completed_and_one_failed_trial(study_file: Callable[..., Path]) -> None:
+    cfg = load_config(study_file(name="sparse", n_trials=1))
+    study = run_study(cfg, progress=False)["portrait"].study
+    trial = study.ask()
+    trial.set_user_attr("fail_reason", "OutOfMemoryError: CUDA out of memory")
+    study.tell(trial, state=TrialState.FAIL)
+    outcomes = recommend(cfg)
+    write_all(cfg, outcomes)
+    page = (cfg.output_dir / "report.html").read_text()
+    figs = figures(page)
+    assert "1 completed trials (1 distinct settings), 1 failed" in page
+    assert "1 completed trials" in figs["portrait-pareto"]["layout"]["title"]["text"]
+    assert "portrait-importances" not in figs and "Needs at least 3 distinct completed trials" in page
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> bytes:
+    # optuna-dashboard answers 500 to requests without Accept-Encoding, as browsers always send one
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "identity"}), timeout=10) as r:
+        return bytes(r.read())
+
+
+@pytest.mark.slow
+def test_dashboard_serves_study_metric_names_images_and_note(finished_study) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = finished_study
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "autotune.cli", "dashboard", str(cfg.path), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                studies = json.loads(_get(f"{base}/api/studies"))["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
+                time.sleep(0.5)
+        else:
+            pytest.fail("optuna-dashboard did not answer within 60 s")
+        by_name = {s["study_name"]: s["study_id"] for s in studies}
+        assert set(by_name) == {"finished.portrait", "finished.landscape"}
+        detail = json.loads(_get(f"{base}/api/studies/{by_name['finished.portrait']}"))
+        assert detail["objective_names"] == ["clip_score", "lpips", "seconds"]
+        assert detail["note"]["body"].startswith("## Recommended: ")
+        assert [g["id"] for g in detail["plotly_graph_objects"]] == ["pareto-front"]
+        trial = detail["trials"][0]
+        (artifact,) = trial["artifacts"]
+        assert artifact["filename"] == "prompt0_seed0.png" and artifact["mimetype"] == "image/png"
+        png = _get(f"{base}/artifacts/{trial['study_id']}/{trial['trial_id']}/{artifact['artifact_id']}")
+        assert png.startswith(b"\x89PNG")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert server.returncode is not None
+
+
+def test_dashboard_before_any_study_exits_2(study_file: Callable[..., Path]) -> None:
+    path = study_file(name="nothing")
+    result = subprocess.run(
+        [sys.executable, "-m", "autotune.cli", "dashboard", str(path), "--port", str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "autotune study" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_study_writes_artifacts_only_when_asked(study_file: Callable[..., Path]) -> None:
+    cfg = load_config(study_file(name="noimages", n_trials=2, extra="[report]\nimages = false\n"))
+    study = run_study(cfg, progress=False)["portrait"].study
+    assert not cfg.artifact_dir.exists()
+    assert not any(k.startswith("artifacts:") for t in study.trials for k in t.system_attrs)
+    assert optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=study._storage) == []
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
+def test_report_draws_every_figure_in_headless_chromium(finished_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, outcomes = finished_study
+    report = cfg.output_dir / "report.html"
+    n = len(figures(report.read_text()))
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=15000",
+    ]
+    assert CHROMIUM is not None
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert f'data-figures-drawn="{n}"' in dom and n == 4 * len(outcomes)
+    assert dom.count('class="main-svg"') >= n  # plotly drew an SVG for every figure
+    assert '<div id="errors" hidden="">' in dom  # the error box stayed hidden: no script errors
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    from PIL import Image
+
+    colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 1000  # figures and images, not a blank page
