@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-gpu lint clean browser
+.PHONY: install demo test test-gpu lint clean browser bench
 
 install: $(STAMP)
 
@@ -30,12 +30,16 @@ browser:
 	  || ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null) \
 	  || echo "warning: could not install chromium; the browser test will be skipped"
 
+# Benchmarks print their figures and write them to benchmarks/results/*.json (not part of make test).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/routing.py
+
 test-gpu: $(STAMP)
 	$(BIN)/pytest -m gpu
 
 lint: $(STAMP)
-	$(BIN)/ruff check autotune tests
-	$(BIN)/ruff format --check autotune tests
+	$(BIN)/ruff check autotune tests benchmarks examples
+	$(BIN)/ruff format --check autotune tests benchmarks examples
 	$(BIN)/mypy
 
 clean:

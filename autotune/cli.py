@@ -102,6 +102,48 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str) -> list[int]:
+    seeds = [s.strip() for s in text.split(",")]
+    if not all(s.isdigit() for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct integers >= 0 separated by commas, got {text!r}")
+    return [int(s) for s in seeds]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from autotune.validate import format_validation, read_prompts, validate
+
+    cfg = load_config(args.config)
+    prompts = read_prompts(args.prompts)
+    result = validate(
+        cfg,
+        prompts,
+        args.seeds,
+        storage=args.storage,
+        device=args.device,
+        clip_tolerance=args.clip_tolerance,
+        lpips_tolerance=args.lpips_tolerance,
+    )
+    print(format_validation(result))
+    print(f"\nwrote {cfg.output_dir / 'validation.json'}")
+    return 0 if result["passed"] else 1
+
+
+def cmd_classes_suggest(args: argparse.Namespace) -> int:
+    from autotune.router import load_text_encoder, suggest_classes
+    from autotune.validate import read_prompts
+
+    prompts = read_prompts(args.prompts)
+    clip = (args.clip_model, args.clip_pretrained)
+    if args.study:
+        m = load_config(args.study).metrics
+        clip = (m.clip_model, m.clip_pretrained)
+    try:
+        print(suggest_classes(prompts, args.k, load_text_encoder(*clip), args.per_class), end="")
+    except ValueError as e:
+        raise ConfigError(f"{args.prompts}: {e}") from None
+    return 0
+
+
 def cmd_schedulers(args: argparse.Namespace) -> int:
     from autotune import schedulers
     from autotune.config import ModelConfig
@@ -175,6 +217,31 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 exposes it to the network)"
     )
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("validate", help="check the recommendations on held-out prompts; exit 1 when one fails")
+    p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
+    p.add_argument("--prompts", type=Path, required=True, help="held-out prompts, one per line")
+    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default: search.seeds)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    p.add_argument("--device", help="override model.device: cpu, cuda, cuda:N")
+    p.add_argument(
+        "--clip-tolerance", type=float, help="override recommend.clip_tolerance (negative: must beat the baseline)"
+    )
+    p.add_argument(
+        "--lpips-tolerance", type=float, help="override recommend.lpips_tolerance (negative: must beat the baseline)"
+    )
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("classes", help="prompt classes: suggest them from a prompt log")
+    classes = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = classes.add_parser("suggest", help="cluster a prompt log into N classes; prints [classes.*] TOML")
+    p.add_argument("prompts", type=Path, help="prompt log, one prompt per line")
+    p.add_argument("--k", type=_positive_int, required=True, help="number of classes")
+    p.add_argument("--per-class", type=_positive_int, default=8, help="prompts listed per class (default: 8)")
+    p.add_argument("--clip-model", default="tiny", help='open_clip model (default: "tiny", offline and random)')
+    p.add_argument("--clip-pretrained", help="open_clip weights, e.g. laion2b_s34b_b79k")
+    p.add_argument("--study", type=Path, help="take the CLIP model from this study file's [metrics]")
+    p.set_defaults(func=cmd_classes_suggest)
 
     p = sub.add_parser("schedulers", help="list the schedulers a model can use, with aliases, cost and variants")
     group = p.add_mutually_exclusive_group(required=True)

@@ -55,18 +55,33 @@ def _class_data(cfg: StudyConfig, o: ClassOutcome) -> dict[str, Any]:
 
 
 def recommendations_data(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> dict[str, Any]:
-    """The content of ``recommendations.json``: one recommended setting per class, with evidence."""
-    return {
+    """The content of ``recommendations.json``: one recommended setting per class, with evidence.
+
+    Besides the classes: ``default``, the baseline, for prompts that fit no class, and ``router``,
+    the class centroids of the study's CLIP text embeddings (see :mod:`autotune.router`).
+    """
+    from autotune.router import router_data
+
+    classes = {c: _class_data(cfg, o) for c, o in outcomes.items()}
+    family = next(iter(outcomes.values())).family.name if outcomes else cfg.family
+    data: dict[str, Any] = {
         "study": cfg.name,
-        "model": {"id": cfg.model.id, "height": cfg.model.height, "width": cfg.model.width},
+        "model": {"id": cfg.model.id, "family": family, "height": cfg.model.height, "width": cfg.model.width},
         "objectives": list(cfg.metrics.objectives),
         "rule": {
             "name": cfg.recommend.rule,
             "clip_tolerance": cfg.recommend.clip_tolerance,
             "lpips_tolerance": cfg.recommend.lpips_tolerance,
         },
-        "classes": {c: _class_data(cfg, o) for c, o in outcomes.items()},
+        "classes": classes,
     }
+    baseline = next((d["baseline"] for d in classes.values() if "baseline" in d), None)
+    if baseline is not None:
+        data["default"] = baseline
+    embedded = {c: o.study.user_attrs["router"] for c, o in outcomes.items() if "router" in o.study.user_attrs}
+    if embedded:
+        data["router"] = router_data(embedded, (cfg.metrics.clip_model, cfg.metrics.clip_pretrained))
+    return data
 
 
 def _pareto_csv(cfg: StudyConfig, o: ClassOutcome) -> str:

@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from autotune.space import Settings, suggest, variant_choices
 
 __all__ = [
     "ClassOutcome",
+    "Evaluator",
     "StudyAborted",
     "artifact_store",
     "image_name",
@@ -161,7 +162,7 @@ def _completed(study: optuna.Study) -> int:
 # --------------------------------------------------------------------------- evaluation
 
 
-class _Evaluator:
+class Evaluator:
     """Pipeline, metric models and reference store: loaded once per process, shared by classes."""
 
     def __init__(self, cfg: StudyConfig, storage_url: str, device: str | None) -> None:
@@ -175,50 +176,47 @@ class _Evaluator:
         dev = self.pipeline.device
         objectives = cfg.metrics.objectives
         m = cfg.metrics
-        self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev) if "clip_score" in objectives else None
+        self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev)  # scores, and embeds prompts for the router
         self.lpips = Lpips(m.lpips_net, m.lpips_backbone, dev) if "lpips" in objectives else None
         self.store = ReferenceStore(storage_url)
-        self.artifacts = artifact_store(cfg, create=True) if cfg.report.images else None
+        self.artifacts = artifact_store(cfg) if cfg.report.images else None
 
-    def references(self, class_name: str, seeds: list[int], guidance: float | None = None) -> Any:
-        """The class's reference images (prompt-major), at the trial's guidance when it follows the trial."""
+    def references(self, prompts: Sequence[str], seeds: Sequence[int], guidance: float | None = None) -> Any:
+        """Reference images (prompt-major), at the trial's guidance when the reference follows it."""
         cfg = self.cfg
         g = guidance if cfg.reference.guidance == "trial" else None
         setting = Settings.of(cfg.reference, g if g is not None else _baseline_guidance(cfg))
-        return self.store.images(
-            self.pipeline,
-            setting,
-            list(cfg.classes[class_name]),
-            seeds,
-            cfg.model.height,
-            cfg.model.width,
-            cfg.search.batch_size,
-        )
+        m = cfg.model
+        return self.store.images(self.pipeline, setting, prompts, seeds, m.height, m.width, cfg.search.batch_size)
 
     def prepare(self, study: optuna.Study, class_name: str) -> None:
-        """Render (or load) the class's references; store its seed-to-seed LPIPS with the study."""
+        """Store the class's router embedding and (rendering its references) its seed-to-seed LPIPS."""
+        from autotune.router import class_embedding, text_encoder
+
+        prompts = list(self.cfg.classes[class_name])
+        encode = text_encoder(self.clip.model, self.clip.tokenizer, self.clip.device)
+        study.set_user_attr("router", class_embedding(encode, prompts))
         if self.lpips is None or "seed_lpips" in study.user_attrs:
             return
         seeds = list(self.cfg.search.seeds)
         ref_seeds = seeds[:2] if len(seeds) > 1 else [*seeds, max(seeds) + 1]
-        refs = self.references(class_name, ref_seeds)
+        refs = self.references(prompts, ref_seeds)
         study.set_user_attr("seed_lpips", float(self.lpips(refs[0::2], refs[1::2]).mean()))
 
-    def evaluate(self, settings: Settings, class_name: str) -> tuple[dict[str, list[float]], int, Any]:
-        """Per-image values of every objective, model calls per image, and the images."""
+    def evaluate(
+        self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]
+    ) -> tuple[dict[str, list[float]], int, Any]:
+        """Per-image values of every objective (prompt-major), model calls per image, and the images."""
         from autotune.pipeline import generate
 
-        cfg, prompts = self.cfg, list(self.cfg.classes[class_name])
-        render = generate(
-            self.pipeline, settings, prompts, cfg.search.seeds, cfg.model.height, cfg.model.width, cfg.search.batch_size
-        )
+        cfg = self.cfg
+        m = cfg.model
+        render = generate(self.pipeline, settings, prompts, seeds, m.height, m.width, cfg.search.batch_size)
         per_image: dict[str, list[float]] = {"seconds": render.seconds}
-        if self.clip is not None:
-            image_prompts = [q for q in prompts for _ in cfg.search.seeds]
-            per_image["clip_score"] = self.clip(render.images, image_prompts).tolist()
+        if "clip_score" in cfg.metrics.objectives:
+            per_image["clip_score"] = self.clip(render.images, [q for q in prompts for _ in seeds]).tolist()
         if self.lpips is not None:
-            refs = self.references(class_name, list(cfg.search.seeds), settings.guidance)
-            per_image["lpips"] = self.lpips(render.images, refs).tolist()
+            per_image["lpips"] = self.lpips(render.images, self.references(prompts, seeds, settings.guidance)).tolist()
         return per_image, render.model_calls, render.images
 
 
@@ -243,7 +241,7 @@ def _same_setting(study: optuna.Study, key: str, number: int) -> FrozenTrial | N
 
 
 def _objective(
-    cfg: StudyConfig, study: optuna.Study, class_name: str, evaluator: _Evaluator
+    cfg: StudyConfig, study: optuna.Study, class_name: str, evaluator: Evaluator
 ) -> Callable[[optuna.Trial], list[float]]:
     family = evaluator.pipeline.family
 
@@ -268,7 +266,7 @@ def _objective(
             assert earlier.values is not None
             return list(earlier.values)
         try:
-            per_image, calls, images = evaluator.evaluate(settings, class_name)
+            per_image, calls, images = evaluator.evaluate(settings, cfg.classes[class_name], cfg.search.seeds)
         except Exception as e:  # any render or metric failure fails this trial, not the study
             reason = _reason(e)
             trial.set_user_attr("fail_reason", reason)
@@ -281,16 +279,15 @@ def _objective(
         trial.set_user_attr("model_calls", calls)
         trial.set_user_attr("images", len(per_image["seconds"]))
         if evaluator.artifacts is not None:
+            cfg.artifact_dir.mkdir(parents=True, exist_ok=True)
             _upload_images(trial, images, cfg.search.seeds, evaluator.artifacts)
         return [_aggregate(name, per_image[name]) for name in cfg.metrics.objectives]
 
     return objective
 
 
-def artifact_store(cfg: StudyConfig, create: bool = False) -> FileSystemArtifactStore:
+def artifact_store(cfg: StudyConfig) -> FileSystemArtifactStore:
     """The study's image store: ``studies/NAME/artifacts`` (what ``optuna-dashboard --artifact-dir`` serves)."""
-    if create:
-        cfg.artifact_dir.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(cfg.artifact_dir))
 
 
@@ -364,7 +361,7 @@ def run_study(
     rdb = open_storage(url)
     target = n_trials or cfg.search.n_trials
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    evaluator = _Evaluator(cfg, url, device)
+    evaluator = Evaluator(cfg, url, device)
     if check_reference and "lpips" in cfg.metrics.objectives:
         _check_reference(cfg, evaluator)
     studies = {c: _load_study(cfg, c, rdb, create=True) for c in cfg.classes}
@@ -404,7 +401,7 @@ def run_study(
     return recommend(cfg, storage=url)
 
 
-def _check_reference(cfg: StudyConfig, evaluator: _Evaluator) -> None:
+def _check_reference(cfg: StudyConfig, evaluator: Evaluator) -> None:
     """Refuse a reference setting that does not converge, naming one that does."""
     from autotune.references import check_reference
 

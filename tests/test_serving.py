@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from PIL import Image
+
+import autotune
+from autotune.references import decode_png
+from autotune.router import Router, class_embedding, load_text_encoder, router_data
+from autotune.study import artifact_store, image_name, open_storage
+from autotune.tiny import tiny_pipeline_path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def fresh_pipe():  # type: ignore[no-untyped-def]
+    """The tiny model loaded the way a user loads theirs: plain diffusers, its own scheduler."""
+    import diffusers
+
+    return diffusers.StableDiffusionPipeline.from_pretrained(tiny_pipeline_path(), safety_checker=None)
+
+
+def trial_image(cfg, outcome, number: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The study's stored image of trial ``number`` (first prompt, first seed)."""
+    trial = outcome.study.trials[number]
+    metas = optuna.artifacts.get_all_artifact_meta(trial, storage=open_storage(cfg.default_storage))
+    (meta,) = [m for m in metas if m.filename == image_name(0, cfg.search.seeds[0])]
+    with artifact_store(cfg).open_reader(meta.artifact_id) as f:
+        return decode_png(f.read())
+
+
+def render(pipe, cfg, prompt: str, kwargs: dict) -> torch.Tensor:  # type: ignore[no-untyped-def, type-arg]
+    out = pipe(
+        prompt,
+        **kwargs,
+        height=cfg.model.height,
+        width=cfg.model.width,
+        generator=torch.Generator().manual_seed(cfg.search.seeds[0]),
+        output_type="pt",
+    )
+    return (out.images[0] * 255).round() / 255
+
+
+def test_apply_sets_the_scheduler_and_renders_the_trials_image(finished_study) -> None:  # type: ignore[no-untyped-def]
+    cfg, outcomes = finished_study
+    recs = autotune.load_recommendations(cfg.path)
+    rec = recs["portrait"]
+    pipe = fresh_pipe()
+    kwargs = autotune.apply(pipe, rec)
+    assert type(pipe.scheduler).__name__ == rec.scheduler_class
+    for key, value in rec.scheduler_config.items():
+        assert pipe.scheduler.config[key] == value
+    assert kwargs == rec.call_kwargs and kwargs["num_inference_steps"] == rec.steps
+    expected = trial_image(cfg, outcomes["portrait"], outcomes["portrait"].recommendation.chosen.number)
+    image = render(pipe, cfg, cfg.classes["portrait"][0], kwargs)
+    assert (image - expected).abs().max() <= 1 / 255 + 1e-6  # at most one 8-bit level, from float rounding
+
+    # the diffusers block alone, without autotune, reproduces it as well
+    import diffusers
+
+    block = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]["portrait"]["diffusers"]
+    plain = fresh_pipe()
+    cls = getattr(diffusers, block["scheduler_class"])
+    plain.scheduler = cls.from_config(plain.scheduler.config, **block["scheduler_config"])
+    assert torch.equal(render(plain, cfg, cfg.classes["portrait"][0], block["call_kwargs"]), image)
+
+
+def test_apply_twice_does_not_carry_the_first_overrides(finished_study) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = finished_study
+    base = autotune.load_recommendations(cfg.path)["default"]  # the baseline: DPM++ 2M Karras
+    karras = dataclasses.replace(
+        base, scheduler="euler", scheduler_class="EulerDiscreteScheduler", scheduler_config={"use_karras_sigmas": True}
+    )
+    plain = dataclasses.replace(karras, scheduler_config={})
+    pipe = fresh_pipe()
+    autotune.apply(pipe, karras)
+    assert pipe.scheduler.config.use_karras_sigmas is True
+    autotune.apply(pipe, plain)
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert pipe.scheduler.config.use_karras_sigmas is False
+
+
+def test_apply_refuses_another_family_and_an_unusable_scheduler(finished_study) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = finished_study
+    rec = autotune.load_recommendations(cfg.path)["portrait"]
+    pipe = fresh_pipe()
+    before = pipe.scheduler
+    with pytest.raises(ValueError, match=r"made for a sdxl model, this pipeline .* is a sd model"):
+        autotune.apply(pipe, dataclasses.replace(rec, family="sdxl"))
+    flow = dataclasses.replace(rec, scheduler="flow_euler", scheduler_class="FlowMatchEulerDiscreteScheduler")
+    with pytest.raises(ValueError, match="cannot be swapped for FlowMatchEulerDiscreteScheduler"):
+        autotune.apply(pipe, flow)
+    assert pipe.scheduler is before  # a refusal leaves the pipeline as it was
+
+
+def test_load_recommendations_names_the_file_on_bad_input(tmp_path: Path) -> None:
+    bad = tmp_path / "recommendations.json"
+    bad.write_text("{not json")
+    with pytest.raises(autotune.ConfigError, match=r"recommendations.json: cannot read it"):
+        autotune.load_recommendations(bad)
+    bad.write_text('{"study": "x"}')
+    with pytest.raises(autotune.ConfigError, match="not an autotune recommendations file"):
+        autotune.load_recommendations(bad)
+    with pytest.raises(autotune.ConfigError, match="no such file"):
+        autotune.load_recommendations(tmp_path / "missing.json")
+
+
+CATS = ["a cat on a sofa", "a cat in the garden", "a sleeping cat", "a cat with a hat"]
+NUMBERS = ["1999 2001 2024 1987", "404 500 301 200", "3.14159 2.71828", "42 17 99 1024"]
+
+
+@pytest.fixture(scope="module")
+def router() -> Router:
+    """Two classes far apart in the tiny CLIP's text space: words about cats, and digits."""
+    encode = load_text_encoder("tiny")
+    data = router_data(
+        {"cats": class_embedding(encode, CATS), "numbers": class_embedding(encode, NUMBERS)}, ("tiny", None)
+    )
+    return Router(data["centroids"], encode, data["threshold"])
+
+
+def test_router_sends_each_class_back_to_itself(router: Router) -> None:
+    held_out = {"a cat on a chair": "cats", "a black cat": "cats", "1234 5678": "numbers"}
+    prompts = [*CATS, *NUMBERS, *held_out]
+    expected = ["cats"] * 4 + ["numbers"] * 4 + list(held_out.values())
+    assert [name for name, _ in router.route_many(prompts)] == expected
+    assert router.threshold < min(s for _, s in router.route_many([*CATS, *NUMBERS]))
+
+
+def test_router_falls_back_to_default_below_the_threshold(router: Router) -> None:
+    name, similarity = router.route("a black cat")
+    assert name == "cats"
+    strict = Router(dict(zip(router.classes, router.matrix, strict=True)), router.encode, similarity + 1e-3)
+    assert strict.route("a black cat") == ("default", pytest.approx(similarity, abs=1e-6))
+    assert router.route_many([]) == []
+
+
+def test_router_from_study_uses_the_stored_centroids(finished_study) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = finished_study
+    r = Router.from_study(cfg.path)
+    assert r.classes == ["portrait", "landscape"]
+    for c, prompts in cfg.classes.items():
+        assert r.route(prompts[0]) == (c, pytest.approx(1.0, abs=1e-4))  # one prompt: it is the centroid
+
+
+def autotune_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the command in this process (the tiny pipeline stays loaded): exit code, stdout, stderr."""
+    from autotune.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_exit_code_follows_the_tolerance(finished_study, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = finished_study
+    holdout = tmp_path / "holdout.txt"
+    holdout.write_text("\n".join(p for ps in cfg.classes.values() for p in ps) + "\n")
+    args = ["validate", str(cfg.path), "--prompts", str(holdout)]
+    code, out, err = autotune_cli(capsys, *args, "--seeds", "3,4", "--clip-tolerance", "-100")
+    assert code == 1, err
+    result = json.loads((cfg.output_dir / "validation.json").read_text())
+    assert result["passed"] is False and result["seeds"] == [3, 4]
+    assert set(result["classes"]) == {"portrait", "landscape"}
+    for v in result["classes"].values():
+        assert v["images"] == 2 and not v["within_tolerance"] and "CLIP score" in v["why_not"][0]
+        d = v["delta"]["clip_score"]
+        assert d["low"] <= d["mean"] <= d["high"] and d["n"] == 2
+    assert "FAIL portrait" in out
+    code, out, err = autotune_cli(
+        capsys, *args, "--seeds", "3", "--clip-tolerance", "1000", "--lpips-tolerance", "1000"
+    )
+    assert code == 0, out + err
+    assert json.loads((cfg.output_dir / "validation.json").read_text())["passed"] is True
+
+
+def test_validate_rejects_a_prompt_file_that_is_not_utf8(finished_study, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = finished_study
+    bad = tmp_path / "holdout.txt"
+    bad.write_bytes(b"a portrait\n\xff\xfe broken\n")
+    code, _, err = autotune_cli(capsys, "validate", str(cfg.path), "--prompts", str(bad))
+    assert code == 2 and err.count("\n") == 1 and "expected UTF-8" in err
+
+
+def test_classes_suggest_finds_the_two_groups_of_a_prompt_log(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "prompts.txt"
+    log.write_text("\n".join([*CATS, *NUMBERS, CATS[0]]) + "\n")
+    code, out, err = autotune_cli(capsys, "classes", "suggest", str(log), "--k", "2")
+    assert code == 0, err
+    classes = tomllib.loads(out)["classes"]
+    assert sorted(sorted(c["prompts"]) for c in classes.values()) == sorted([sorted(CATS), sorted(NUMBERS)])
+    assert set(classes) == {"cat", "class"}  # named after the most frequent word, if any
+    code, _, err = autotune_cli(capsys, "classes", "suggest", str(log), "--k", "9")
+    assert code == 2 and "expected 1..8" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["apply_recommendation.py", "route_prompts.py", "validate.sh"])
+def test_examples_run_against_a_finished_study(finished_study, script: str) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = finished_study
+    path = EXAMPLES / script
+    cmd = ["bash", str(path)] if script.endswith(".sh") else [sys.executable, str(path)]
+    env = {**os.environ, "AUTOTUNE": str(Path(sys.executable).parent / "autotune")}
+    result = subprocess.run([*cmd, str(cfg.path)], capture_output=True, text=True, timeout=600, env=env)
+    if script == "validate.sh":  # 0 or 1 by the held-out verdict, and the file says which
+        passed = json.loads((cfg.output_dir / "validation.json").read_text())["passed"]
+        assert result.returncode == (0 if passed else 1), result.stderr
+        assert "held-out images" in result.stdout
+    else:
+        assert result.returncode == 0, result.stderr
+    if script == "apply_recommendation.py":
+        assert "renders the same image: True" in result.stdout
+        assert np.asarray(Image.open(cfg.output_dir / "apply_example.png")).shape == (32, 32, 3)
+    if script == "route_prompts.py":
+        lines = [line for line in result.stdout.splitlines() if "->" in line]
+        assert len(lines) == 4 and "-> portrait" in lines[0]
