@@ -10,10 +10,12 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from autotune.config import ConfigError, load_config
+from autotune.config import ConfigError, ConfigWarning, load_config
 from autotune.study import StudyAborted
 
 __all__ = ["main", "parse_duration"]
@@ -49,12 +51,17 @@ def cmd_study(args: argparse.Namespace) -> int:
             n_trials=args.n_trials,
             timeout=args.timeout,
             device=args.device,
-            progress=not args.quiet,
+            progress=not (args.quiet or args.worker),
             check_reference=not args.no_reference_check,
+            new_version=args.new_version,
+            workers=args.workers,
         )
     except KeyboardInterrupt:  # keep what the night produced: write the outputs so far
-        write_all(cfg, recommend(cfg, storage=args.storage), args.storage)
+        if not args.worker:
+            write_all(cfg, recommend(cfg, storage=args.storage), args.storage)
         raise
+    if args.worker:  # a helper of `--workers N` or one of many machines' workers: the others report
+        return 0
     paths = write_all(cfg, outcomes, args.storage)
     print(format_table(cfg, outcomes))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
@@ -174,8 +181,15 @@ def cmd_schedulers(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"autotune: error: {message} (see: {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autotune", description=("Find the cheapest Stable Diffusion inference settings that still look right.")
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -191,6 +205,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=parse_duration, help="stop starting trials after this long: 8h, 90m, 600")
     p.add_argument("--device", help="override model.device: cpu, cuda, cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes on this machine sharing the study (one per GPU with device cuda); default 1",
+    )
+    p.add_argument(
+        "--new-version",
+        action="store_true",
+        help="the model, size, metrics, seeds or reference changed: start NAME.vN.CLASS beside the old study",
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # run trials only, write nothing
     p.add_argument(
         "--no-reference-check",
         action="store_true",
@@ -257,8 +283,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    if issubclass(category, ConfigWarning):
+        print(f"autotune: warning: {message}", file=sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
+        return int(e.code or 0)
     try:
         return int(args.func(args))
     except ConfigError as e:

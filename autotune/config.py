@@ -17,6 +17,7 @@ import math
 import tomllib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from autotune.metrics import METRICS
 
 __all__ = [
     "ConfigError",
+    "ConfigWarning",
     "MetricsConfig",
     "ModelConfig",
     "RecommendConfig",
@@ -39,10 +41,15 @@ __all__ = [
 ]
 
 SAMPLERS = ("tpe", "nsga2", "random")
+MANY_PROMPTS = 1000  # more prompts than this in one class: accepted, with a warning
 RULES = ("match_baseline",)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 FAMILY_NAMES = tuple(FAMILIES)
+
+
+class ConfigWarning(UserWarning):
+    """Accepted, but probably not what was meant (the command line prints it as one line)."""
 
 
 class ConfigError(ValueError):
@@ -389,6 +396,14 @@ def _classes(raw: Any) -> dict[str, tuple[str, ...]]:
                 raise ConfigError(f"{where}.prompts[{i}]: expected a non-empty string, got {p!r}")
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"{where}: expected a class name of letters, digits, '_' or '-', got {name!r}")
+        if len(prompts) > MANY_PROMPTS:
+            warnings.warn(
+                f"{where}.prompts: {len(prompts)} prompts; every trial renders each of them with every seed, "
+                f"so a trial will take long (a few representative ones, say {MANY_PROMPTS // 100}, are usually enough; "
+                "`autotune classes suggest` picks them)",
+                ConfigWarning,
+                stacklevel=2,
+            )
         out[name] = tuple(prompts)
     return out
 

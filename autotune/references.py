@@ -25,8 +25,16 @@ from sqlalchemy.exc import IntegrityError
 
 from autotune.pipeline import Pipeline, generate
 from autotune.space import Settings
+from autotune.study import retry_schema_race
 
-__all__ = ["ReferenceStore", "check_reference", "convergence", "decode_png", "encode_png", "reference_key"]
+__all__ = [
+    "ReferenceStore",
+    "check_reference",
+    "convergence",
+    "decode_png",
+    "encode_png",
+    "reference_key",
+]
 
 _META = MetaData()
 _REFERENCES = Table(
@@ -66,7 +74,7 @@ class ReferenceStore:
 
     def __init__(self, url: str, engine: Any | None = None) -> None:
         self.engine = engine or create_engine(url)
-        _META.create_all(self.engine, checkfirst=True)
+        retry_schema_race(lambda: _META.create_all(self.engine, checkfirst=True))
         self.rendered = 0  # references rendered by this process (0 once cached)
 
     def _get(self, keys: Sequence[str]) -> dict[str, bytes]:

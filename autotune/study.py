@@ -12,19 +12,25 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import os
+import socket
 import statistics
+import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from autotune import schedulers
 from autotune.config import ConfigError, StudyConfig
@@ -41,11 +47,16 @@ __all__ = [
     "image_name",
     "open_storage",
     "recommend",
+    "retry_schema_race",
     "run_study",
     "study_name",
+    "study_version",
+    "worker_id",
 ]
 
+T = TypeVar("T")
 _MAX_CONSECUTIVE_FAILURES = 10  # fresh failures in a row (not repeats of a known-bad setting)
+_MAX_INTERRUPTIONS = 2  # a setting whose trial was killed this often is not retried again
 
 
 class TrialFailed(Exception):
@@ -71,8 +82,63 @@ class ClassOutcome:
     family: Family
 
 
-def study_name(cfg: StudyConfig, class_name: str) -> str:
-    return f"{cfg.name}.{class_name}"
+def study_name(cfg: StudyConfig, class_name: str, version: int = 1) -> str:
+    """``NAME.CLASS``; a study started afresh with ``--new-version`` is ``NAME.vN.CLASS``."""
+    return f"{cfg.name}.{class_name}" if version == 1 else f"{cfg.name}.v{version}.{class_name}"
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two fingerprints; a value ``new`` leaves unset (None: a family default
+    not yet resolved, as in ``autotune recommend``) matches anything."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{k}.")
+        elif b is not None and a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
+
+
+def study_version(cfg: StudyConfig, storage: optuna.storages.BaseStorage, *, new_version: bool = False) -> int:
+    """The version of the study whose fingerprint matches ``cfg``, or the next free one with ``new_version``.
+
+    A changed search space is fine (Optuna handles it); a changed model, size, metric, seeds or
+    reference makes earlier trials incomparable, so it is refused unless ``new_version``.
+    """
+    names = set(optuna.get_all_study_names(storage))
+    current = _fingerprint(cfg)
+    changed = ""
+    for version in itertools.count(1):
+        existing = [study_name(cfg, c, version) for c in cfg.classes if study_name(cfg, c, version) in names]
+        if not existing:
+            if version == 1 or new_version:
+                return version
+            fresh = study_name(cfg, next(iter(cfg.classes)), version)
+            raise ConfigError(
+                f"{cfg.path}: changed since the study ran ({changed}), so its trials are not comparable; "
+                f"pass --new-version to start {fresh} beside it, or undo the change"
+            )
+        study_id = storage.get_study_id_from_name(existing[0])
+        changes = _changes(storage.get_study_user_attrs(study_id).get("fingerprint", current), current)
+        if not changes:
+            return version
+        changed = ", ".join(changes)
+    raise AssertionError("unreachable")
+
+
+def retry_schema_race(create: Callable[[], T], attempts: int = 6) -> T:
+    """Run ``create`` (which may create tables), again when a worker starting at the same moment
+    created them first: PostgreSQL then reports a duplicate key or an existing relation."""
+    for attempt in range(attempts):
+        try:
+            return create()
+        except SQLAlchemyError as e:
+            text = str(getattr(e, "orig", e))
+            if attempt == attempts - 1 or not ("duplicate key" in text or "already exists" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -82,10 +148,14 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}
-    try:
+
+    def create() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60, grace_period=180)
+
+    try:
+        return retry_schema_race(create)
     except (ArgumentError, DatabaseError, OperationalError, ImportError, ValueError) as e:
         msg = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise ConfigError(f"storage {url!r}: cannot open it as a study database ({msg})") from None
@@ -118,27 +188,35 @@ def _fingerprint(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def _load_study(
-    cfg: StudyConfig, class_name: str, storage: optuna.storages.BaseStorage, create: bool
+    cfg: StudyConfig,
+    class_name: str,
+    storage: optuna.storages.BaseStorage,
+    family: Family | None = None,
+    version: int = 1,
 ) -> optuna.Study | None:
-    name = study_name(cfg, class_name)
-    if not create:
+    """Load the class's study; with ``family``, create it first when it does not exist.
+
+    Creation is atomic (the study name is unique in the storage): only the process that
+    created the study sets its attributes and enqueues the baseline, so workers starting
+    together never enqueue it twice.
+    """
+    name = study_name(cfg, class_name, version)
+    sampler = _sampler(cfg.search.sampler)
+    if family is None:
         try:
-            return optuna.load_study(study_name=name, storage=storage)
+            return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         except KeyError:
             return None
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        directions=_directions(cfg),
-        sampler=_sampler(cfg.search.sampler),
-        load_if_exists=True,
-    )
-    if "fingerprint" not in study.user_attrs:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(cfg.metrics.objectives))
-        study.set_user_attr("fingerprint", _fingerprint(cfg))
-        study.set_user_attr("prompts", list(cfg.classes[class_name]))
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, directions=_directions(cfg), sampler=sampler)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(cfg.metrics.objectives))
+    study.set_user_attr("fingerprint", _fingerprint(cfg))
+    study.set_user_attr("prompts", list(cfg.classes[class_name]))
+    _enqueue_baseline(study, cfg, family)
     return study
 
 
@@ -147,16 +225,68 @@ def _is_baseline(t: FrozenTrial) -> bool:
 
 
 def _enqueue_baseline(study: optuna.Study, cfg: StudyConfig, family: Family) -> None:
-    """Make the baseline the next trial unless it has completed or waits already."""
-    states = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
-    if not any(_is_baseline(t) for t in study.get_trials(deepcopy=False, states=states)):
-        base = Settings.of(cfg.baseline)
-        searched = variant_choices(base.scheduler, cfg.search.variants, family)
-        study.enqueue_trial(base.params(searched), user_attrs={"baseline": True})
+    """Make the baseline the next trial of a new study."""
+    base = Settings.of(cfg.baseline)
+    searched = variant_choices(base.scheduler, cfg.search.variants, family)
+    study.enqueue_trial(base.params(searched), user_attrs={"baseline": True})
 
 
-def _completed(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+def _claimed(study: optuna.Study) -> int:
+    """Completed trials plus those running now (on any worker): what counts towards ``n_trials``."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(worker: str) -> bool:
+    """False only for a worker of this machine whose process is gone; Optuna's heartbeat judges others."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _interrupted(t: FrozenTrial) -> bool:
+    """Failed without a verdict on its setting: killed, stopped by Ctrl-C, or found stale by the heartbeat."""
+    return t.state == TrialState.FAIL and (bool(t.user_attrs.get("interrupted")) or "fail_reason" not in t.user_attrs)
+
+
+def _recover(study: optuna.Study) -> int:
+    """Fail the trials whose worker died on this machine; enqueue each interrupted trial once more.
+
+    A setting interrupted ``_MAX_INTERRUPTIONS`` times (one that kills its worker, say) is not retried
+    again. Returns the number of trials enqueued.
+    """
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if worker and not _alive(worker):
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: its worker {worker} is gone")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    times = Counter(repr(sorted(t.params.items())) for t in trials if _interrupted(t))
+    enqueued = 0
+    for t in trials:
+        if (
+            _interrupted(t)
+            and t.params
+            and t.number not in retried
+            and times[repr(sorted(t.params.items()))] < _MAX_INTERRUPTIONS
+        ):
+            attrs: dict[str, Any] = {"retry_of": t.number, **({"baseline": True} if _is_baseline(t) else {})}
+            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+            enqueued += 1
+    return enqueued
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -235,6 +365,8 @@ def _same_setting(study: optuna.Study, key: str, number: int) -> FrozenTrial | N
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         if t.number == number or t.user_attrs.get("setting_key") != key or "reused_from" in t.user_attrs:
             continue
+        if t.user_attrs.get("interrupted"):
+            continue
         if t.state == TrialState.COMPLETE or "fail_reason" in t.user_attrs:
             return t
     return None
@@ -246,6 +378,15 @@ def _objective(
     family = evaluator.pipeline.family
 
     def objective(trial: optuna.Trial) -> list[float]:
+        trial.set_user_attr("worker", worker_id())
+        try:
+            return _evaluate_trial(trial)
+        except KeyboardInterrupt:  # Ctrl-C: not the setting's fault; the next run retries it
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
+
+    def _evaluate_trial(trial: optuna.Trial) -> list[float]:
         settings = suggest(trial, cfg.search, family)
         spec = schedulers.get(settings.scheduler)
         trial.set_user_attr("setting", settings.label())
@@ -343,6 +484,8 @@ def run_study(
     device: str | None = None,
     progress: bool = True,
     check_reference: bool = True,
+    new_version: bool = False,
+    workers: int = 1,
 ) -> dict[str, ClassOutcome]:
     """Run (or resume) every class's study until it has ``n_trials`` completed trials or time runs out.
 
@@ -350,6 +493,15 @@ def run_study(
     to the total. Classes take turns one trial at a time, so a timeout leaves every class
     with a comparable number of trials. Before the first trial, the reference setting must
     converge (see :func:`autotune.references.convergence`) unless ``check_reference`` is False.
+
+    ``workers`` > 1 starts that many processes in all on this machine (one per GPU when
+    ``device`` is CUDA and there are several), sharing the storage; they return when done.
+
+    Safe to run in several processes against one storage (``--workers``, PostgreSQL): a trial
+    counts towards ``n_trials`` from the moment it starts, and each process first fails the
+    trials of dead workers on its machine and enqueues them again (see :func:`_recover`).
+    Raises :class:`ConfigError` when the study file changed in a way that makes the stored
+    trials incomparable, unless ``new_version`` starts ``NAME.vN.CLASS`` beside them.
     """
     from autotune.pipeline import resolve_config
 
@@ -359,31 +511,36 @@ def run_study(
     if url.startswith("sqlite:///"):
         cfg.directory.mkdir(parents=True, exist_ok=True)
     rdb = open_storage(url)
+    version = study_version(cfg, rdb, new_version=new_version)
+    _check_writable(cfg.output_dir)
     target = n_trials or cfg.search.n_trials
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     evaluator = Evaluator(cfg, url, device)
     if check_reference and "lpips" in cfg.metrics.objectives:
         _check_reference(cfg, evaluator)
-    studies = {c: _load_study(cfg, c, rdb, create=True) for c in cfg.classes}
+    family = evaluator.pipeline.family
+    studies = {c: _load_study(cfg, c, rdb, family, version) for c in cfg.classes}
     objectives = {}
     for c, study in studies.items():
         assert study is not None
-        _enqueue_baseline(study, cfg, evaluator.pipeline.family)
+        _recover(study)
         evaluator.prepare(study, c)
         objectives[c] = _objective(cfg, study, c, evaluator)
     deadline = time.monotonic() + timeout if timeout else math.inf
+    helpers = _spawn_workers(cfg, url, target, timeout, evaluator.pipeline.device, workers - 1)
     bar = _Progress(cfg, studies, target, deadline, progress)
     failures = 0
     try:
         while time.monotonic() < deadline:
-            pending = [c for c, s in studies.items() if s is not None and _completed(s) < target]
+            pending = [c for c, s in studies.items() if s is not None and _claimed(s) < target]
             if not pending:
                 break
             for c in pending:
                 study = studies[c]
                 assert study is not None
-                study.optimize(objectives[c], n_trials=1, catch=(TrialFailed,))
-                last = study.trials[-1]
+                ran: list[FrozenTrial] = []  # the trial this process ran (others' trials interleave)
+                study.optimize(objectives[c], n_trials=1, catch=(TrialFailed,), callbacks=[_append_to(ran)])
+                last = ran[-1]
                 if last.state != TrialState.FAIL:
                     failures = 0
                 elif "reused_from" not in last.user_attrs:
@@ -398,7 +555,61 @@ def run_study(
                     break
     finally:
         bar.close()
+        _join(helpers)
     return recommend(cfg, storage=url)
+
+
+def _spawn_workers(
+    cfg: StudyConfig, url: str, target: int, timeout: float | None, device: str, n: int
+) -> list[subprocess.Popen[bytes]]:
+    """``n`` more ``autotune study --worker`` processes on this storage; GPUs dealt out round robin."""
+    import torch
+
+    gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
+    env = dict(os.environ)
+    if n and device == "cpu":  # share the cores: N processes x all-core thread pools thrash (4 on 2 cores: 3x slower)
+        threads = max(1, (os.cpu_count() or 1) // (n + 1))
+        env["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+    procs = []
+    for i in range(1, n + 1):
+        dev = f"cuda:{i % gpus}" if gpus > 1 else device
+        cmd = [sys.executable, "-m", "autotune.cli", "study", str(cfg.path), "--worker", "--storage", url]
+        cmd += ["--n-trials", str(target), "--device", dev, "--no-reference-check"]
+        if timeout:
+            cmd += ["--timeout", str(timeout)]
+        procs.append(subprocess.Popen(cmd, env=env))
+    return procs
+
+
+def _join(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Wait for the helper workers; on Ctrl-C they got the signal too (same process group)."""
+    for p in procs:
+        try:
+            code = p.wait()
+        except KeyboardInterrupt:
+            p.terminate()
+            p.wait()
+            raise
+        if code not in (0, 130):
+            print(f"autotune: warning: worker process {p.pid} exited with code {code}", file=sys.stderr)
+
+
+def _append_to(ran: list[FrozenTrial]) -> Callable[[optuna.Study, FrozenTrial], None]:
+    return lambda _, t: ran.append(t)
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before the night starts, not after it, when the outputs cannot be written."""
+    import tempfile
+
+    probe_in = folder if folder.exists() else folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder}: cannot write the study's outputs there (it is a file, not a folder)")
+    try:
+        tempfile.TemporaryFile(dir=probe_in).close()
+    except OSError as e:
+        raise ConfigError(f"{probe_in}: cannot write the study's outputs there ({e.strerror})") from None
 
 
 def _check_reference(cfg: StudyConfig, evaluator: Evaluator) -> None:
@@ -423,7 +634,7 @@ class _Progress:
         from tqdm import tqdm
 
         self.studies, self.deadline = studies, deadline
-        done = sum(min(_completed(s), target) for s in studies.values() if s is not None)
+        done = sum(min(_claimed(s), target) for s in studies.values() if s is not None)
         self.bar = tqdm(
             total=target * len(studies),
             initial=done,
@@ -483,12 +694,13 @@ def recommend(cfg: StudyConfig, *, storage: str | None = None) -> dict[str, Clas
     if url.startswith("sqlite:///") and not _sqlite_path(url).exists():
         raise ConfigError(f"storage {url!r}: no study database yet; run `autotune study {cfg.path}` first")
     rdb = open_storage(url)
+    version = study_version(cfg, rdb)
     out = {}
     for c in cfg.classes:
-        study = _load_study(cfg, c, rdb, create=False)
+        study = _load_study(cfg, c, rdb, version=version)
         if study is None:
             raise ConfigError(
-                f"classes.{c}: no study {study_name(cfg, c)!r} in {url}; run `autotune study {cfg.path}` first"
+                f"classes.{c}: no study {study_name(cfg, c, version)!r} in {url}; run `autotune study {cfg.path}` first"
             )
         out[c] = _outcome(cfg, c, study)
     return out

@@ -1,0 +1,109 @@
+"""Bad input, nothing lost: every case exits 2 with one line on stderr, no traceback, and leaves
+an existing study database byte for byte as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autotune.cli import main
+from tests.conftest import ONE_CLASS, SMALL_STUDY
+from tests.test_config import BAD, MINIMAL, RESOLVE_BAD
+
+GOOD = SMALL_STUDY.format(name="bad", n_trials=1, classes=ONE_CLASS)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study database with one completed trial, copied into every case's folder."""
+    folder = tmp_path_factory.mktemp("template")
+    (folder / "bad.toml").write_text(GOOD)
+    assert main(["study", str(folder / "bad.toml"), "--quiet"]) == 0
+    return folder / "bad.db"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# (case, study file text or bytes, extra arguments, what stderr must say); "{dir}" is the case's folder
+CASES: list[tuple[str, str | bytes, list[str], str]] = [
+    *((case, text, [], message) for case, text, message in BAD),
+    *((case, text + MINIMAL, [], message.split(" (it can use")[0]) for case, text, message in RESOLVE_BAD),
+    ("storage url scheme", GOOD, ["--storage", "nosuchdb://x/y"], "cannot open it as a study database"),
+    ("storage url garbage", GOOD, ["--storage", "not a url"], "cannot open it as a study database"),
+    ("model path missing", GOOD.replace('id = "tiny"', 'id = "/nonexistent/model"'), [], "model.id: cannot load"),
+    ("unknown tiny model", GOOD.replace('id = "tiny"', 'id = "tiny-xl9"'), [], "model.id: no tiny model"),
+    ("prompts not utf-8", GOOD.encode().replace(b"old fisherman", b"old fisherman \xff"), [], "expected UTF-8"),
+    ("timeout not a duration", GOOD, ["--timeout", "8 hours"], "--timeout: expected a duration"),
+    ("n-trials zero", GOOD, ["--n-trials", "0"], "--n-trials: expected an integer >= 1"),
+    ("changed model", GOOD.replace("height = 32", "height = 48"), [], "pass --new-version"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "args", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_line_and_leaves_the_database_alone(
+    template: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    text: str | bytes,
+    args: list[str],
+    message: str,
+) -> None:
+    study = tmp_path / "bad.toml"
+    study.write_bytes(text if isinstance(text, bytes) else text.encode())
+    db = tmp_path / "bad.db"
+    shutil.copy(template, db)
+    before = _digest(db)
+    code = main(["study", str(study), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+    assert _digest(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.db", "bad.toml"]  # nothing written
+
+
+def test_the_suite_holds_at_least_25_cases() -> None:
+    assert len(CASES) >= 25
+
+
+def test_study_database_that_is_not_sqlite_is_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.toml").write_text(GOOD)
+    junk = b"this is not sqlite\n" * 100
+    (tmp_path / "bad.db").write_bytes(junk)
+    assert main(["study", str(tmp_path / "bad.toml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot open it as a study database" in err
+    assert (tmp_path / "bad.db").read_bytes() == junk
+
+
+def test_output_folder_that_cannot_be_written_exits_2_before_any_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bad.toml").write_text(GOOD)
+    (tmp_path / "bad").write_text("a file where the outputs folder should be")
+    assert main(["study", str(tmp_path / "bad.toml"), "--quiet"]) == 2
+    assert "cannot write the study's outputs there (it is a file, not a folder)" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes into read-only folders
+        (tmp_path / "bad").unlink()
+        tmp_path.chmod(0o555)
+        try:
+            assert main(["study", str(tmp_path / "bad.toml"), "--quiet"]) == 2
+        finally:
+            tmp_path.chmod(0o755)
+        assert "cannot write the study's outputs there (Permission denied)" in capsys.readouterr().err
+
+
+def test_ten_thousand_prompts_are_accepted_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = ", ".join(f'"prompt {i}"' for i in range(10_000))
+    study = tmp_path / "many.toml"
+    study.write_text(SMALL_STUDY.format(name="many", n_trials=1, classes=f"[classes.big]\nprompts = [{prompts}]\n"))
+    assert main(["schedulers", str(study)]) == 0  # loads and validates the study file, renders nothing
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("autotune: warning: classes.big.prompts: 10000 prompts")

@@ -1,0 +1,244 @@
+"""Overnight-proof: kills, trial failures, changed study files, several workers on one study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from autotune import pipeline as pipeline_module
+from autotune import references, schedulers
+from autotune.cli import main
+from autotune.config import ConfigError, load_config
+from autotune.study import recommend, run_study, study_name
+
+
+def _trials(cfg, url: str | None = None) -> list[optuna.trial.FrozenTrial]:  # type: ignore[no-untyped-def]
+    try:
+        study = optuna.load_study(study_name=study_name(cfg, "portrait"), storage=url or cfg.default_storage)
+    except KeyError:
+        return []
+    return study.get_trials(deepcopy=False)
+
+
+def _count(trials: list[optuna.trial.FrozenTrial], state: TrialState) -> int:
+    return sum(t.state == state for t in trials)
+
+
+def _start(path: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autotune.cli", "study", str(path), "--quiet", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < end, "the study never reached the point to kill it at"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()  # reaped: its pid is gone, as after a real kill -9
+
+
+@pytest.mark.slow
+def test_kill_9_at_several_points_then_resume_keeps_every_completed_trial(study_file: Callable[..., Path]) -> None:
+    path = study_file(name="killed", n_trials=6)
+    cfg = load_config(path)
+
+    def running_after(n: int) -> Callable[[], bool]:
+        def ready() -> bool:
+            trials = _trials(cfg)
+            return _count(trials, TrialState.COMPLETE) >= n and _count(trials, TrialState.RUNNING) > 0
+
+        return ready
+
+    _kill_when(_start(path), running_after(0))  # during the first trial (the baseline)
+    first = _count(_trials(cfg), TrialState.COMPLETE)
+    _kill_when(_start(path), running_after(first + 2))  # during a later trial
+    second = _count(_trials(cfg), TrialState.COMPLETE)
+    assert second >= first + 2
+    _kill_when(_start(path), lambda: _count(_trials(cfg), TrialState.COMPLETE) >= 6)  # while writing outputs
+    out = cfg.output_dir / "recommendations.json"
+    if out.exists():  # written whole or not at all
+        json.loads(out.read_text())
+    finish = subprocess.run([sys.executable, "-m", "autotune.cli", "study", str(path), "--quiet"], capture_output=True)
+    assert finish.returncode == 0, finish.stderr.decode()
+
+    trials = _trials(cfg)
+    assert _count(trials, TrialState.COMPLETE) == 6 and _count(trials, TrialState.RUNNING) == 0
+    killed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(killed) >= 2 and all(t.user_attrs["interrupted"] for t in killed)
+    assert all("is gone" in t.user_attrs["fail_reason"] for t in killed)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    assert all(t.number in retried for t in killed)  # each killed trial was run again
+    assert sum(bool(t.user_attrs.get("baseline")) and t.state == TrialState.COMPLETE for t in trials) == 1
+    rendered = [
+        t.user_attrs["setting_key"]
+        for t in trials
+        if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs
+    ]
+    assert len(rendered) == len(set(rendered))  # no setting rendered and counted twice
+    assert json.loads(out.read_text())["classes"]["portrait"]["trials_completed"] == 6
+
+
+def _oom(real, *args, **kwargs):  # type: ignore[no-untyped-def]
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def _nan(real, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """The real render, with the pipeline putting out NaN (as fp16 overflow does)."""
+    nan = lambda p, s, prompts, seeds, h, w: torch.full((len(prompts), 3, h, w), float("nan"))  # noqa: E731
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pipeline_module, "_call", nan)
+        return real(*args, **kwargs)
+
+
+def _scheduler_error(real, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """The real render, with the scheduler refusing its config."""
+
+    def build(name, base_config, options=None):  # type: ignore[no-untyped-def]
+        raise ValueError(f"{name}: unsupported timestep spacing")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(schedulers, "build", build)
+        return real(*args, **kwargs)
+
+
+FAULTS = {
+    "out of memory": (_oom, "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"),
+    "nan image": (_nan, "RenderError: NaN in the rendered image (fp16 overflow?"),
+    "scheduler error": (_scheduler_error, "ValueError: "),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_injected_fault_fails_the_trial_with_its_reason_and_the_study_completes(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    from autotune import study as study_module
+
+    broken, reason = FAULTS[fault]
+    real, free = pipeline_module.generate, study_module._free_device_memory
+    calls = {"n": 0, "freed": 0}
+
+    def second_trial_breaks(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return broken(real, *args, **kwargs) if calls["n"] == 2 else real(*args, **kwargs)
+
+    def counted_free() -> None:
+        calls["freed"] += 1
+        free()
+
+    cfg = load_config(study_file(name="faulty", n_trials=3))
+    monkeypatch.setattr(references, "generate", real)  # references render normally
+    monkeypatch.setattr(pipeline_module, "generate", second_trial_breaks)  # trials render through this
+    monkeypatch.setattr(study_module, "_free_device_memory", counted_free)
+    outcome = run_study(cfg, progress=False)["portrait"]
+    failed = outcome.study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith(reason)
+    assert outcome.n_completed == 3 and calls["freed"] == 1
+
+
+def test_changed_model_size_is_refused_unless_new_version(study_file: Callable[..., Path]) -> None:
+    path = study_file(name="versions", n_trials=1)
+    run_study(load_config(path), progress=False)
+    path.write_text(path.read_text().replace("height = 32", "height = 48"))
+    changed = load_config(path)
+    with pytest.raises(ConfigError, match=r"size \[32, 32\] -> \[48, 32\].*pass --new-version to start versions.v2"):
+        run_study(changed, progress=False)
+    with pytest.raises(ConfigError, match="pass --new-version"):
+        recommend(changed)
+    outcome = run_study(changed, progress=False, new_version=True)["portrait"]
+    assert outcome.study.study_name == "versions.v2.portrait" and outcome.n_completed == 1
+    assert recommend(changed)["portrait"].study.study_name == "versions.v2.portrait"  # found without the flag
+    path.write_text(path.read_text().replace("n_trials = 1", "n_trials = 2"))  # the space may change: resumes
+    assert run_study(load_config(path), progress=False)["portrait"].n_completed == 2
+
+
+@pytest.mark.slow
+def test_workers_option_runs_helpers_and_writes_the_outputs_once(
+    study_file: Callable[..., Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = study_file(name="helped", n_trials=4)
+    assert main(["study", str(path), "--quiet", "--workers", "2"]) == 0
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "exited with code" not in err, err
+    trials = _trials(load_config(path))
+    assert _count(trials, TrialState.COMPLETE) == 4 and _count(trials, TrialState.RUNNING) == 0
+    assert json.loads((path.parent / "helped" / "recommendations.json").read_text())["classes"]["portrait"]
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"autotune_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True, connect_timeout=5
+        )
+    except psycopg.OperationalError as e:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {e}")
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def _four_workers(path: Path, storage: str) -> list[str]:
+    """Four `autotune study --worker` processes started at once, as on four machines; their stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # four CPU processes on a small machine: a thread each
+    cmd = [sys.executable, "-m", "autotune.cli", "study", str(path), "--quiet", "--storage", storage, "--worker"]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env) for _ in range(4)]
+    errors = [p.communicate(timeout=600)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    return errors
+
+
+@pytest.mark.slow
+def test_four_workers_share_one_sqlite_study(study_file: Callable[..., Path]) -> None:
+    path = study_file(name="shared", n_trials=12)
+    cfg = load_config(path)
+    errors = _four_workers(path, cfg.default_storage)
+    assert not any("database is locked" in e or "Traceback" in e for e in errors), errors
+    trials = _trials(cfg)
+    assert _count(trials, TrialState.COMPLETE) == 12
+    assert _count(trials, TrialState.FAIL) == 0 and _count(trials, TrialState.RUNNING) == 0
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the trials were shared out
+    assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
+
+
+@pytest.mark.slow
+def test_four_workers_share_one_postgresql_study(study_file: Callable[..., Path], postgres_url: str) -> None:
+    path = study_file(name="pg", n_trials=12)
+    _four_workers(path, postgres_url)
+    cfg = load_config(path)
+    trials = _trials(cfg, postgres_url)
+    assert _count(trials, TrialState.COMPLETE) == 12 and _count(trials, TrialState.FAIL) == 0
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2
+    assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
+    keys = Counter(t.user_attrs["setting_key"] for t in trials if "reused_from" not in t.user_attrs)
+    assert max(keys.values()) == 1  # none rendered twice
+    shown = subprocess.run(
+        [sys.executable, "-m", "autotune.cli", "recommend", str(path), "--storage", postgres_url, "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(shown.stdout)["classes"]["portrait"]["trials_completed"] == 12
