@@ -129,13 +129,15 @@ def study_version(cfg: StudyConfig, storage: optuna.storages.BaseStorage, *, new
 
 def retry_schema_race(create: Callable[[], T], attempts: int = 6) -> T:
     """Run ``create`` (which may create tables), again when a worker starting at the same moment
-    created them first: PostgreSQL then reports a duplicate key or an existing relation."""
+    created them first (PostgreSQL: a duplicate key or an existing relation; SQLite: a UNIQUE constraint)."""
     for attempt in range(attempts):
         try:
             return create()
         except SQLAlchemyError as e:
             text = str(getattr(e, "orig", e))
-            if attempt == attempts - 1 or not ("duplicate key" in text or "already exists" in text):
+            if attempt == attempts - 1 or not any(
+                s in text for s in ("duplicate key", "UNIQUE constraint", "already exists")
+            ):
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
