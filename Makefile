@@ -32,6 +32,9 @@ browser:
 
 # Benchmarks print their figures and write them to benchmarks/results/*.json (not part of make test).
 bench: $(STAMP)
+	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/routing.py
 
 test-gpu: $(STAMP)

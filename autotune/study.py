@@ -375,12 +375,17 @@ def _same_setting(study: optuna.Study, key: str, number: int) -> FrozenTrial | N
 
 
 def _objective(
-    cfg: StudyConfig, study: optuna.Study, class_name: str, evaluator: Evaluator
+    cfg: StudyConfig, study: optuna.Study, class_name: str, evaluator: Evaluator, target: int
 ) -> Callable[[optuna.Trial], list[float]]:
     family = evaluator.pipeline.family
 
     def objective(trial: optuna.Trial) -> list[float]:
         trial.set_user_attr("worker", worker_id())
+        states = (TrialState.COMPLETE, TrialState.RUNNING)
+        if sum(t.number < trial.number for t in study.get_trials(deepcopy=False, states=states)) >= target:
+            # workers that checked the count at the same moment: the later trial steps back
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned(f"other workers already claimed the study's {target} trials")
         try:
             return _evaluate_trial(trial)
         except KeyboardInterrupt:  # Ctrl-C: not the setting's fault; the next run retries it
@@ -527,7 +532,7 @@ def run_study(
         assert study is not None
         _recover(study)
         evaluator.prepare(study, c)
-        objectives[c] = _objective(cfg, study, c, evaluator)
+        objectives[c] = _objective(cfg, study, c, evaluator, target)
     deadline = time.monotonic() + timeout if timeout else math.inf
     helpers = _spawn_workers(cfg, url, target, timeout, evaluator.pipeline.device, workers - 1)
     bar = _Progress(cfg, studies, target, deadline, progress)
