@@ -1,0 +1,266 @@
+"""Search efficiency: how much of an exhaustive grid's compute each sampler needs to find its front.
+
+    .venv/bin/python benchmarks/search.py [--seeds 5] [--samplers tpe,tpe_multivariate,gp,nsga2,random,coarse_grid]
+
+On the tiny model (64 px, 2 classes, 2 seeds per setting), a fixed discrete space of 420 settings
+(7 schedulers x 10 step counts 4..40 x 6 guidance values) is rendered once and cached in
+benchmarks/cache/ (reruns render nothing). Its Pareto front per class (CLIP score up, LPIPS
+down, seconds down) is the ground truth. Each sampler then runs as autotune runs it - baseline
+first, a repeated setting costs nothing - against the cached grid, until it has spent 50% of
+the grid's render seconds; at 5, 10, 25 and 50% we record, per class:
+
+- hypervolume ratio to the true front, both normalised by the true front's own best-to-worst
+  range (normalising by the whole grid saturates near 1.0 for every sampler and tells nothing),
+- the share of the true front's settings found, the unique settings rendered,
+- whether match_baseline recommends what it recommends on the whole grid,
+- the sampler's own time per suggestion.
+
+Prints mean and worst over seeds and writes benchmarks/results/search.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+HERE = Path(__file__).parent
+SCHEDULERS = ["euler", "dpmpp_2m_karras", "dpmpp_2m", "unipc", "ddim", "heun", "lms"]
+STEPS = list(range(4, 41, 4))
+GUIDANCE = [1.0, 2.5, 4.0, 5.5, 7.0, 8.5]
+BASELINE = ("dpmpp_2m_karras", 28, 7.0)
+BUDGETS = [0.05, 0.10, 0.25, 0.50]
+STALL = 100  # suggestions in a row that repeat a rendered setting: the sampler has stopped exploring
+OBJECTIVES = ("clip_score", "lpips", "seconds")
+UP = {"clip_score": True, "lpips": False, "seconds": False}
+STUDY = """
+name = "grid"
+[model]
+id = "tiny"
+device = "cpu"
+height = 64
+width = 64
+[search]
+steps = [4, 40]
+schedulers = {schedulers}
+guidance = [1.0, 8.5]
+seeds = [0, 1]
+[baseline]
+scheduler = "dpmpp_2m_karras"
+steps = 28
+guidance = 7.0
+[reference]
+scheduler = "dpmpp_2m_karras"
+steps = 100
+guidance = 7.0
+[classes.portrait]
+prompts = ["a studio portrait of an old fisherman"]
+[classes.landscape]
+prompts = ["a misty mountain lake at dawn"]
+"""
+
+Key = tuple[str, int, float]
+Grid = dict[str, dict[Key, dict[str, float]]]  # class -> setting -> metrics (+ "cost": render seconds)
+
+
+def render_grid() -> Grid:
+    """Every setting of the space, every class: metrics from autotune's own evaluator (cached)."""
+    text = STUDY.format(schedulers=json.dumps(SCHEDULERS))
+    digest = hashlib.sha256((text + repr((STEPS, GUIDANCE))).encode()).hexdigest()[:12]
+    cache = HERE / "cache" / f"grid-{digest}.json"
+    if cache.exists():
+        raw = json.loads(cache.read_text())
+        return {c: {tuple(json.loads(k)): v for k, v in rows.items()} for c, rows in raw.items()}  # type: ignore[misc]
+    from autotune.config import load_config
+    from autotune.pipeline import resolve_config
+    from autotune.space import Settings
+    from autotune.study import Evaluator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "grid.toml"
+        path.write_text(text)
+        cfg = resolve_config(load_config(path))
+        evaluator = Evaluator(cfg, cfg.default_storage, None)
+        grid: Grid = {}
+        t0 = time.perf_counter()
+        for c, prompts in cfg.classes.items():
+            grid[c] = {}
+            for name in SCHEDULERS:
+                for steps in STEPS:
+                    for g in GUIDANCE:
+                        per_image, _, _ = evaluator.evaluate(Settings.make(name, steps, g), prompts, cfg.search.seeds)
+                        row = {m: statistics.fmean(per_image[m]) for m in ("clip_score", "lpips")}
+                        row["seconds"] = statistics.median(per_image["seconds"])
+                        row["cost"] = sum(per_image["seconds"])
+                        grid[c][(name, steps, g)] = row
+            print(f"rendered the {c} grid ({len(grid[c])} settings) after {time.perf_counter() - t0:.0f} s")
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(json.dumps({c: {json.dumps(list(k)): v for k, v in rows.items()} for c, rows in grid.items()}))
+    return grid
+
+
+def _front(rows: dict[Key, dict[str, float]]) -> list[Key]:
+    from autotune.pareto import pareto_front
+
+    keys = list(rows)
+    return [keys[i] for i in pareto_front([{m: rows[k][m] for m in OBJECTIVES} for k in keys], UP)]
+
+
+def _normalised_hv(points: list[dict[str, float]], true_front: list[dict[str, float]]) -> float:
+    """Hypervolume with every metric scaled to the true front's own range (flipped where higher is better)."""
+    from autotune.pareto import hypervolume
+
+    lo = {m: min(p[m] for p in true_front) for m in OBJECTIVES}
+    hi = {m: max(p[m] for p in true_front) for m in OBJECTIVES}
+
+    def scale(p: dict[str, float]) -> list[float]:
+        out = []
+        for m in OBJECTIVES:
+            x = (p[m] - lo[m]) / (hi[m] - lo[m]) if hi[m] > lo[m] else 0.0
+            out.append(1.0 - x if UP[m] else x)
+        return out
+
+    return hypervolume([scale(p) for p in points], [1.1] * len(OBJECTIVES))
+
+
+def _recommend(rows: dict[Key, dict[str, float]], keys: list[Key], seed_lpips: float) -> Key:
+    from autotune.pareto import Candidate, match_baseline
+
+    index = {k: i for i, k in enumerate(keys)}
+    cands = [Candidate(index[k], {m: rows[k][m] for m in OBJECTIVES}) for k in keys]
+    base = cands[index[BASELINE]]
+    rec = match_baseline(cands, base, clip_tolerance=0.5, lpips_tolerance=0.1, seed_lpips=seed_lpips)
+    return keys[rec.chosen.number]
+
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler | None]] = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    "tpe_multivariate": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=20),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "coarse_grid": lambda seed: None,  # every other step count and guidance value, in a seeded random order
+}
+
+
+def run_sampler(name: str, seed: int, rows: dict[Key, dict[str, float]], seed_lpips: float) -> list[dict[str, Any]]:
+    """One study against the cached grid; the measures at each budget checkpoint."""
+    total = sum(r["cost"] for r in rows.values())
+    true_keys = _front(rows)
+    true_points = [rows[k] for k in true_keys]
+    true_hv = _normalised_hv(true_points, true_points)
+    grid_rec = _recommend(rows, list(rows), seed_lpips)
+    seen: list[Key] = [BASELINE]
+    spent = rows[BASELINE]["cost"]
+    sampler_seconds: list[float] = []
+    if name == "coarse_grid":
+        import random
+
+        coarse = [k for k in rows if k[1] in STEPS[::2] and k[2] in GUIDANCE[::2] and k != BASELINE]
+        random.Random(seed).shuffle(coarse)
+        suggestions = iter(coarse)
+
+        def suggest() -> Key | None:
+            return next(suggestions, None)
+    else:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=SAMPLERS[name](seed))
+        study.enqueue_trial({"scheduler": BASELINE[0], "steps": BASELINE[1], "guidance": BASELINE[2]})
+
+        def suggest() -> Key | None:
+            t0 = time.perf_counter()
+            trial = study.ask()
+            key = (
+                trial.suggest_categorical("scheduler", SCHEDULERS),
+                trial.suggest_int("steps", 4, 40, step=4),
+                trial.suggest_float("guidance", 1.0, 8.5, step=1.5),
+            )
+            sampler_seconds.append(time.perf_counter() - t0)
+            study.tell(trial, [rows[key][m] for m in OBJECTIVES])
+            return key
+
+        suggest()  # the baseline, already counted
+    results = []
+    stalled = False  # the sampler only repeats settings it has seen: it will not spend the budget
+    for budget in BUDGETS:
+        repeats = 0
+        while spent < budget * total and repeats < STALL and not stalled:
+            key = suggest()
+            if key is None:
+                break
+            if key in seen:  # a repeat reuses the stored metrics: costs nothing
+                repeats += 1
+                continue
+            repeats = 0
+            seen.append(key)
+            spent += rows[key]["cost"]
+        stalled = stalled or repeats >= STALL
+        found = _front({k: rows[k] for k in seen})
+        results.append(
+            {
+                "budget": budget,
+                "hv_ratio": _normalised_hv([rows[k] for k in found], true_points) / true_hv,
+                "front_found": len(set(found) & set(true_keys)) / len(true_keys),
+                "unique_settings": len(seen),
+                "suggestions": len(sampler_seconds),
+                "spent": spent / total,
+                "stalled": stalled,
+                "same_recommendation": _recommend(rows, seen, seed_lpips) == grid_rec,
+                "sampler_seconds_per_suggestion": statistics.fmean(sampler_seconds) if sampler_seconds else 0.0,
+            }
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--classes", default="portrait,landscape", help="which classes' grids to search")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    args = parser.parse_args()
+    grid = render_grid()
+    seed_lpips = 0.05  # the tolerance scale; the tiny model's seed-to-seed LPIPS is about this size
+    out: dict[str, Any] = {"settings": len(next(iter(grid.values()))), "classes": list(grid), "results": {}}
+    for c, rows in grid.items():
+        if c not in args.classes.split(","):
+            continue
+        print(
+            f"\n{c}: {len(rows)} settings, true front {len(_front(rows))} settings, "
+            f"grid render seconds {sum(r['cost'] for r in rows.values()):.1f}"
+        )
+        print(
+            f"{'sampler':17} {'budget':>6} {'HV ratio mean/worst':>20} {'front found':>13} {'unique':>7} "
+            f"{'same rec':>8} {'s/suggest':>9}"
+        )
+        for name in args.samplers.split(","):
+            runs = [run_sampler(name, seed, rows, seed_lpips) for seed in range(args.seeds)]
+            out["results"].setdefault(c, {})[name] = runs
+            for i, budget in enumerate(BUDGETS):
+                at = [r[i] for r in runs]
+                hv = [a["hv_ratio"] for a in at]
+                ff = [a["front_found"] for a in at]
+                unique = statistics.fmean(a["unique_settings"] for a in at)
+                same = sum(a["same_recommendation"] for a in at)
+                per_suggestion = statistics.fmean(a["sampler_seconds_per_suggestion"] for a in at)
+                print(
+                    f"{name:17} {budget:>6.0%} {statistics.fmean(hv):>11.3f}/{min(hv):.3f} "
+                    f"{statistics.fmean(ff):>7.0%}/{min(ff):>4.0%} {unique:>7.0f} {same:>4}/{len(at)} "
+                    f"{per_suggestion:>9.3f}",
+                    flush=True,
+                )
+    path = HERE / "results" / "search.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
