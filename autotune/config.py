@@ -40,7 +40,7 @@ __all__ = [
     "resolve",
 ]
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "tpe_independent", "gp", "nsga2", "random")
 MANY_PROMPTS = 1000  # more prompts than this in one class: accepted, with a warning
 RULES = ("match_baseline",)
 DEVICES = ("auto", "cpu", "cuda")
@@ -80,6 +80,7 @@ class SearchConfig:
     n_trials: int = 30
     seeds: tuple[int, ...] = (0, 1)
     batch_size: int = 8
+    rough_first: bool = False  # render the first seed, the others only when it is not clearly dominated
 
 
 @dataclass(frozen=True)

@@ -150,10 +150,19 @@ def hypervolume_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
     return fig
 
 
+IMPORTANCE_SAMPLE = 2000  # trials fANOVA sees at most (a random sample of the distinct settings)
+
+
 def importances(cfg: StudyConfig, o: ClassOutcome) -> dict[str, dict[str, float]] | None:
     """Optuna's fANOVA parameter importances per objective; None with too few distinct trials."""
     if len(o.trials) < 3:
         return None
+    study = o.study
+    if len(o.trials) > IMPORTANCE_SAMPLE:  # fANOVA's forests grow with the trials: a sample says the same
+        import random
+
+        study = optuna.create_study(directions=o.study.directions)
+        study.add_trials(random.Random(0).sample(o.trials, IMPORTANCE_SAMPLE))
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -165,7 +174,7 @@ def importances(cfg: StudyConfig, o: ClassOutcome) -> dict[str, dict[str, float]
 
             try:
                 out[m] = optuna.importance.get_param_importances(
-                    o.study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=target
+                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=target
                 )
             except (ValueError, RuntimeError):  # e.g. every trial has the same parameters
                 return None

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 __all__ = [
     "Candidate",
     "Recommendation",
+    "SecondsFit",
+    "clearly_dominated",
     "dominates",
     "failed_tolerance",
+    "fit_seconds",
     "hypervolume",
     "hypervolume_history",
     "match_baseline",
@@ -40,12 +43,84 @@ def dominates(a: Values, b: Values, higher_is_better: Mapping[str, bool]) -> boo
 
 
 def pareto_front(points: Sequence[Values], higher_is_better: Mapping[str, bool]) -> list[int]:
-    """Indices of the non-dominated points, in input order."""
-    return [
-        i
-        for i, p in enumerate(points)
-        if not any(dominates(q, p, higher_is_better) for j, q in enumerate(points) if j != i)
-    ]
+    """Indices of the non-dominated points, in input order.
+
+    Points are visited best first in lexicographic order, so a point can only be dominated by
+    one visited before it, and by then by a member of the front: O(points x front size).
+    """
+    names = list(higher_is_better)
+
+    def key(i: int) -> tuple[float, ...]:
+        return tuple(-points[i][m] if higher_is_better[m] else points[i][m] for m in names)
+
+    front: list[int] = []
+    for i in sorted(range(len(points)), key=key):
+        if not any(dominates(points[j], points[i], higher_is_better) for j in front):
+            front.append(i)
+    return sorted(front)
+
+
+def clearly_dominated(
+    rough: Values, rendered: Sequence[Values], higher_is_better: Mapping[str, bool], margin: float = 0.05
+) -> int | None:
+    """Index of a point of ``rendered`` better than ``rough`` on every metric by at least ``margin``
+    of that metric's spread over ``rendered``; None when there is none or fewer than 3 points.
+
+    The rough-first cut: a setting whose first-seed images lose this clearly to a setting already
+    rendered (compared on the same first seed) is not worth rendering for the other seeds.
+    """
+    if len(rendered) < 3:
+        return None
+    spread = {m: max(p[m] for p in rendered) - min(p[m] for p in rendered) for m in higher_is_better}
+    for i, p in enumerate(rendered):
+        gains = {m: (p[m] - rough[m]) if up else (rough[m] - p[m]) for m, up in higher_is_better.items()}
+        if all(g > 0 and g >= margin * spread[m] for m, g in gains.items()):
+            return i
+    return None
+
+
+@dataclass(frozen=True)
+class SecondsFit:
+    """Seconds per image as a line in the denoiser calls: ``a + b * calls + c * calls * guided``.
+
+    One noisy timing per setting makes a front of seconds unstable (the same render timed twice
+    differs by ~10 %, up to 40 %, on a shared machine); the line, fitted to every trial of the
+    model, averages that noise away. ``guided`` (classifier-free guidance on) doubles the batch.
+    """
+
+    a: float
+    b: float
+    c: float
+    mad: float  # median absolute deviation of the residuals of the points kept
+
+    def __call__(self, calls: float, guided: bool) -> float:
+        return self.a + self.b * calls + self.c * calls * guided
+
+    def outlier(self, calls: float, guided: bool, seconds: float) -> bool:
+        """Further from the line than 3 robust standard deviations and 10 % of the fitted value."""
+        fitted = self(calls, guided)
+        return abs(seconds - fitted) > max(3 * 1.4826 * self.mad, 0.1 * abs(fitted))
+
+
+def fit_seconds(
+    calls: Sequence[float], guided: Sequence[bool], seconds: Sequence[float], min_points: int = 5
+) -> SecondsFit | None:
+    """Least squares, then again without the points further than 3 robust deviations (None: too few points)."""
+    import numpy as np
+
+    if len(seconds) < min_points:
+        return None
+    x = np.array([[1.0, c, c * g] for c, g in zip(calls, guided, strict=True)])
+    y = np.asarray(seconds, dtype=float)
+    keep = np.ones(len(y), dtype=bool)
+    for _ in range(2):
+        coef = np.linalg.lstsq(x[keep], y[keep], rcond=None)[0]
+        resid = y - x @ coef
+        mad = float(np.median(np.abs(resid[keep] - np.median(resid[keep]))))
+        keep = np.abs(resid) <= max(3 * 1.4826 * mad, 1e-12)
+        if keep.sum() < min_points:
+            break
+    return SecondsFit(float(coef[0]), float(coef[1]), float(coef[2]), mad)
 
 
 def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
@@ -89,7 +164,9 @@ def hypervolume_history(points: Sequence[Values], higher_is_better: Mapping[str,
         q = scaled(p)
         if not any(all(a <= b for a, b in zip(f, q, strict=True)) for f in front):
             front = [f for f in front if not all(a <= b for a, b in zip(q, f, strict=True))] + [q]
-        history.append(hypervolume(front, [1.1] * len(names)))
+            history.append(hypervolume(front, [1.1] * len(names)))
+        else:  # dominated (or a repeat): the front and its volume are unchanged
+            history.append(history[-1])
     return history
 
 

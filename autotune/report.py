@@ -33,6 +33,17 @@ def _class_data(cfg: StudyConfig, o: ClassOutcome) -> dict[str, Any]:
         "trials_failed": o.n_failed,
         "pareto_front_size": len(o.front),
         "seed_lpips": o.seed_lpips,
+        "seconds_fit": (
+            None
+            if o.seconds_fit is None
+            else {
+                "formula": "seconds per image = a + b * calls + c * calls * (guidance > 1)",
+                "a": o.seconds_fit.a,
+                "b": o.seconds_fit.b,
+                "c": o.seconds_fit.c,
+                "outlier_trials": list(o.seconds_outliers),
+            }
+        ),
     }
     rec = o.recommendation
     if rec is None:
@@ -44,6 +55,8 @@ def _class_data(cfg: StudyConfig, o: ClassOutcome) -> dict[str, Any]:
     by_number = {t.number: t for t in o.trials}
     chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family)
     baseline = trial_summary(by_number[rec.baseline.number], objectives, o.family)
+    chosen["seconds_fitted"] = rec.chosen.values.get("seconds")
+    baseline["seconds_fitted"] = rec.baseline.values.get("seconds")
     return {
         **chosen,
         "speedup": rec.speedup,

@@ -66,21 +66,21 @@ class _Images:
         self.storage = open_storage(url)
         self.store = artifact_store(cfg) if cfg.artifact_dir.is_dir() else None
         self.refs = ReferenceStore(url)
+        self._artifacts: dict[int, dict[str, str]] = {}  # trial id -> file name -> artifact id
 
     def trial(self, o: ClassOutcome, t: FrozenTrial, prompt_index: int, seed: int) -> bytes | None:
         if self.store is None:
             return None
-        source = t.user_attrs.get("reused_from", t.number)
-        if source != t.number:  # a reused trial rendered nothing: its images are the earlier trial's
-            t = o.study.get_trials(deepcopy=False)[source]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            metas = optuna.artifacts.get_all_artifact_meta(t, storage=self.storage)
-        for meta in metas:
-            if meta.filename == image_name(prompt_index, seed):
-                with self.store.open_reader(meta.artifact_id) as f:
-                    return bytes(f.read())
-        return None
+        if t._trial_id not in self._artifacts:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                metas = optuna.artifacts.get_all_artifact_meta(t, storage=self.storage)
+            self._artifacts[t._trial_id] = {m.filename: m.artifact_id for m in metas}
+        artifact = self._artifacts[t._trial_id].get(image_name(prompt_index, seed))
+        if artifact is None:
+            return None
+        with self.store.open_reader(artifact) as f:
+            return bytes(f.read())
 
     def reference(self, prompt: str, seed: int, guidance: float) -> bytes | None:
         cfg = self.cfg

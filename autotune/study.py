@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import math
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -36,7 +37,15 @@ from autotune import schedulers
 from autotune.config import ConfigError, StudyConfig
 from autotune.families import FAMILIES, Family
 from autotune.metrics import METRICS
-from autotune.pareto import Candidate, Recommendation, match_baseline, pareto_front
+from autotune.pareto import (
+    Candidate,
+    Recommendation,
+    SecondsFit,
+    clearly_dominated,
+    fit_seconds,
+    match_baseline,
+    pareto_front,
+)
 from autotune.space import Settings, suggest, variant_choices
 
 __all__ = [
@@ -77,9 +86,24 @@ class ClassOutcome:
     front: list[int]  # indices into ``trials``
     recommendation: Recommendation | None
     seed_lpips: float | None
-    n_completed: int  # completed trials, repeats of a setting included (what n_trials counts)
+    n_completed: int  # completed trials, repeats of a setting included
     n_failed: int
     family: Family
+    seconds_fit: SecondsFit | None = None  # seconds per image against denoiser calls (what the rule compares)
+    seconds_outliers: tuple[int, ...] = ()  # trial numbers whose timing is far off that line
+
+
+def _calls_guided(t: FrozenTrial) -> tuple[float, bool]:
+    return float(t.user_attrs["model_calls"]), float(t.params["guidance"]) > 1.0
+
+
+def _seconds_fit(trials: Sequence[FrozenTrial], objectives: tuple[str, ...]) -> SecondsFit | None:
+    if "seconds" not in objectives:
+        return None
+    timed = [t for t in trials if t.user_attrs.get("model_calls") and t.values is not None]
+    i = objectives.index("seconds")
+    calls, guided = zip(*(_calls_guided(t) for t in timed), strict=True) if timed else ((), ())
+    return fit_seconds(calls, guided, [t.values[i] for t in timed])
 
 
 def study_name(cfg: StudyConfig, class_name: str, version: int = 1) -> str:
@@ -168,11 +192,19 @@ def _directions(cfg: StudyConfig) -> list[optuna.study.StudyDirection]:
 
 
 def _sampler(name: str) -> optuna.samplers.BaseSampler:
+    """The study's sampler; ``tpe`` (the default) is multivariate TPE, the best measured by
+    ``benchmarks/search.py`` (README, Performance); constant liar keeps parallel workers apart."""
+    with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental" in Optuna 4
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True)
+        if name == "tpe_independent":
+            return optuna.samplers.TPESampler(constant_liar=True)
+    if name == "gp":
+        return optuna.samplers.GPSampler()
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler()
-    if name == "random":
-        return optuna.samplers.RandomSampler()
-    return optuna.samplers.TPESampler()
+    return optuna.samplers.RandomSampler()
 
 
 def _fingerprint(cfg: StudyConfig) -> dict[str, Any]:
@@ -233,9 +265,46 @@ def _enqueue_baseline(study: optuna.Study, cfg: StudyConfig, family: Family) -> 
     study.enqueue_trial(base.params(searched), user_attrs={"baseline": True})
 
 
+def _rendering(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials that render their setting: completed, running, or cut by rough-first after the first seed
+    (those that reused a stored setting's metrics render nothing)."""
+    states = (TrialState.COMPLETE, TrialState.RUNNING)
+    return [t for t in trials if (t.state in states or _rough_cut(t)) and "reused_from" not in t.user_attrs]
+
+
 def _claimed(study: optuna.Study) -> int:
-    """Completed trials plus those running now (on any worker): what counts towards ``n_trials``."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
+    """Settings rendered or being rendered (on any worker): what counts towards ``n_trials``."""
+    return len(_rendering(study.get_trials(deepcopy=False)))
+
+
+class _RandomDraw:
+    """Stands in for a trial in :func:`suggest`: every parameter uniformly at random on its grid."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self.rng.choice(list(choices))
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        return self.rng.randint(low, high)
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float) -> float:
+        return round(low + step * self.rng.randint(0, int((high - low) / step + 1e-9)), 9)
+
+
+def _fresh_params(study: optuna.Study, space: Any, family: Family, draws: int = 1000) -> dict[str, Any] | None:
+    """Parameters of a setting the study has not tried or queued yet, drawn at random (None: found none)."""
+    trials = study.get_trials(deepcopy=False)
+    tried = {t.user_attrs.get("setting_key") for t in trials}
+    queued = (t.system_attrs.get("fixed_params") for t in trials if t.state == TrialState.WAITING)
+    tried |= {Settings.from_params(q).key() for q in queued if q and "scheduler" in q}
+    rng = random.Random()
+    for _ in range(draws):
+        settings = suggest(_RandomDraw(rng), space, family)
+        if settings.key() not in tried:
+            return settings.params(variant_choices(settings.scheduler, space.variants, family))
+    return None
 
 
 def worker_id() -> str:
@@ -363,15 +432,32 @@ def _aggregate(name: str, values: list[float]) -> float:
 
 
 def _same_setting(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
-    """An earlier finished trial of the same setting (completed, or failed with a reason)."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+    """An earlier finished trial of the same setting (completed, cut by rough-first, or failed with a reason)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
         if t.number == number or t.user_attrs.get("setting_key") != key or "reused_from" in t.user_attrs:
             continue
         if t.user_attrs.get("interrupted"):
             continue
-        if t.state == TrialState.COMPLETE or "fail_reason" in t.user_attrs:
+        if t.state == TrialState.COMPLETE or "fail_reason" in t.user_attrs or _rough_cut(t):
             return t
     return None
+
+
+def _rough_cut(t: FrozenTrial) -> bool:
+    return t.state == TrialState.PRUNED and "rough_dominated_by" in t.user_attrs
+
+
+def _first_seed(values: Sequence[float], n_seeds: int) -> list[float]:
+    """The first seed's values of a prompt-major list."""
+    return list(values[::n_seeds])
+
+
+def _merge_seeds(first: Sequence[T], rest: Sequence[T], n_seeds: int) -> list[T]:
+    """Prompt-major order again from the first seed's items and the other seeds' (both prompt-major)."""
+    out: list[T] = []
+    for i, item in enumerate(first):
+        out += [item, *rest[i * (n_seeds - 1) : (i + 1) * (n_seeds - 1)]]
+    return out
 
 
 def _objective(
@@ -381,8 +467,7 @@ def _objective(
 
     def objective(trial: optuna.Trial) -> list[float]:
         trial.set_user_attr("worker", worker_id())
-        states = (TrialState.COMPLETE, TrialState.RUNNING)
-        if sum(t.number < trial.number for t in study.get_trials(deepcopy=False, states=states)) >= target:
+        if sum(t.number < trial.number for t in _rendering(study.get_trials(deepcopy=False))) >= target:
             # workers that checked the count at the same moment: the later trial steps back
             trial.set_user_attr("surplus", True)
             raise optuna.TrialPruned(f"other workers already claimed the study's {target} trials")
@@ -404,6 +489,15 @@ def _objective(
         earlier = _same_setting(study, settings.key(), trial.number)
         if earlier is not None:  # spend nothing twice: discrete spaces repeat suggestions
             trial.set_user_attr("reused_from", earlier.number)
+            # a sampler that repeats itself has stopped exploring: the next trial tries a new setting
+            fresh = _fresh_params(study, cfg.search, family)
+            if fresh is None:
+                study.set_user_attr("exhausted", True)
+            else:
+                study.enqueue_trial(fresh, user_attrs={"fresh_after": trial.number}, skip_if_exists=False)
+            if _rough_cut(earlier):
+                trial.set_user_attr("rough_dominated_by", earlier.user_attrs["rough_dominated_by"])
+                raise optuna.TrialPruned(f"rough-first cut the same setting in trial {earlier.number}")
             if earlier.state == TrialState.FAIL:
                 reason = f"same setting failed in trial {earlier.number}: {earlier.user_attrs['fail_reason']}"
                 trial.set_user_attr("fail_reason", reason)
@@ -414,7 +508,9 @@ def _objective(
             assert earlier.values is not None
             return list(earlier.values)
         try:
-            per_image, calls, images = evaluator.evaluate(settings, cfg.classes[class_name], cfg.search.seeds)
+            per_image, calls, images = _render(trial, settings)
+        except optuna.TrialPruned:
+            raise
         except Exception as e:  # any render or metric failure fails this trial, not the study
             reason = _reason(e)
             trial.set_user_attr("fail_reason", reason)
@@ -430,6 +526,38 @@ def _objective(
             cfg.artifact_dir.mkdir(parents=True, exist_ok=True)
             _upload_images(trial, images, cfg.search.seeds, evaluator.artifacts)
         return [_aggregate(name, per_image[name]) for name in cfg.metrics.objectives]
+
+    def _render(trial: optuna.Trial, settings: Settings) -> tuple[dict[str, list[float]], int, Any]:
+        """Every image of the setting; with ``rough_first``, the other seeds only when the first seed's
+        images are not clearly dominated by a setting already rendered (compared on that seed)."""
+        prompts, seeds = cfg.classes[class_name], cfg.search.seeds
+        if not cfg.search.rough_first or len(seeds) == 1:
+            return evaluator.evaluate(settings, prompts, seeds)
+        first, calls, images = evaluator.evaluate(settings, prompts, seeds[:1])
+        objectives = cfg.metrics.objectives
+        if not trial.user_attrs.get("baseline"):
+            done = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if "reused_from" not in t.user_attrs and all(f"{m}_values" in t.user_attrs for m in objectives)
+            ]
+            rendered = [
+                {m: _aggregate(m, _first_seed(t.user_attrs[f"{m}_values"], len(seeds))) for m in objectives}
+                for t in done
+            ]
+            rough = {m: _aggregate(m, first[m]) for m in objectives}
+            better = clearly_dominated(rough, rendered, {m: METRICS[m].higher_is_better for m in objectives})
+            if better is not None:
+                trial.set_user_attr("rough_values", rough)
+                trial.set_user_attr("rough_dominated_by", done[better].number)
+                raise optuna.TrialPruned(
+                    f"rough-first: its first seed is clearly dominated by trial {done[better].number}"
+                )
+        rest, _, more = evaluator.evaluate(settings, prompts, seeds[1:])
+        per_image = {m: _merge_seeds(first[m], rest[m], len(seeds)) for m in first}
+        import torch
+
+        return per_image, calls, torch.stack(_merge_seeds(list(images), list(more), len(seeds)))
 
     return objective
 
@@ -539,7 +667,11 @@ def run_study(
     failures = 0
     try:
         while time.monotonic() < deadline:
-            pending = [c for c, s in studies.items() if s is not None and _claimed(s) < target]
+            pending = [
+                c
+                for c, s in studies.items()
+                if s is not None and _claimed(s) < target and not s.user_attrs.get("exhausted")
+            ]
             if not pending:
                 break
             for c in pending:
@@ -668,19 +800,24 @@ class _Progress:
 # --------------------------------------------------------------------------- results
 
 
-def _candidate(t: FrozenTrial, objectives: tuple[str, ...]) -> Candidate:
+def _candidate(t: FrozenTrial, objectives: tuple[str, ...], fit: SecondsFit | None = None) -> Candidate:
+    """The trial as the rule sees it; with ``fit``, its seconds are the fitted ones (stable between runs)."""
     assert t.values is not None
     deterministic = schedulers.get(t.params["scheduler"]).deterministic
-    return Candidate(t.number, dict(zip(objectives, t.values, strict=True)), deterministic)
+    values = dict(zip(objectives, t.values, strict=True))
+    if fit is not None and t.user_attrs.get("model_calls"):
+        values["seconds"] = fit(*_calls_guided(t))
+    return Candidate(t.number, values, deterministic)
 
 
 def _outcome(cfg: StudyConfig, class_name: str, study: optuna.Study) -> ClassOutcome:
     objectives = cfg.metrics.objectives
     all_trials = study.get_trials(deepcopy=False)
     trials = [t for t in all_trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
-    candidates = [_candidate(t, objectives) for t in trials]
+    fit = _seconds_fit(trials, objectives)
+    candidates = [_candidate(t, objectives, fit) for t in trials]
     higher = {m: METRICS[m].higher_is_better for m in objectives}
-    front = pareto_front([c.values for c in candidates], higher)
+    front = pareto_front([dict(zip(objectives, t.values, strict=True)) for t in trials], higher)
     seed_lpips = study.user_attrs.get("seed_lpips")
     base = next((c for c, t in zip(candidates, trials, strict=True) if _is_baseline(t)), None)
     rec = None
@@ -692,7 +829,13 @@ def _outcome(cfg: StudyConfig, class_name: str, study: optuna.Study) -> ClassOut
     n_failed = sum(t.state == TrialState.FAIL for t in all_trials)
     n_completed = sum(t.state == TrialState.COMPLETE for t in all_trials)
     family = FAMILIES[study.user_attrs.get("fingerprint", {}).get("family") or "sd"]
-    return ClassOutcome(class_name, study, trials, front, rec, seed_lpips, n_completed, n_failed, family)
+    outliers: tuple[int, ...] = ()
+    if fit is not None:
+        i = objectives.index("seconds")
+        outliers = tuple(
+            t.number for t in trials if t.user_attrs.get("model_calls") and fit.outlier(*_calls_guided(t), t.values[i])
+        )
+    return ClassOutcome(class_name, study, trials, front, rec, seed_lpips, n_completed, n_failed, family, fit, outliers)
 
 
 def recommend(cfg: StudyConfig, *, storage: str | None = None) -> dict[str, ClassOutcome]:

@@ -38,7 +38,7 @@ STEPS = list(range(4, 41, 4))
 GUIDANCE = [1.0, 2.5, 4.0, 5.5, 7.0, 8.5]
 BASELINE = ("dpmpp_2m_karras", 28, 7.0)
 BUDGETS = [0.05, 0.10, 0.25, 0.50]
-STALL = 100  # suggestions in a row that repeat a rendered setting: the sampler has stopped exploring
+CACHE_FORMAT = 2  # rows carry model calls and per-seed metrics
 OBJECTIVES = ("clip_score", "lpips", "seconds")
 UP = {"clip_score": True, "lpips": False, "seconds": False}
 STUDY = """
@@ -68,13 +68,13 @@ prompts = ["a misty mountain lake at dawn"]
 """
 
 Key = tuple[str, int, float]
-Grid = dict[str, dict[Key, dict[str, float]]]  # class -> setting -> metrics (+ "cost": render seconds)
+Grid = dict[str, dict[Key, dict[str, Any]]]  # class -> setting -> metrics (+ "cost": render seconds)
 
 
 def render_grid() -> Grid:
     """Every setting of the space, every class: metrics from autotune's own evaluator (cached)."""
     text = STUDY.format(schedulers=json.dumps(SCHEDULERS))
-    digest = hashlib.sha256((text + repr((STEPS, GUIDANCE))).encode()).hexdigest()[:12]
+    digest = hashlib.sha256((text + repr((STEPS, GUIDANCE, CACHE_FORMAT))).encode()).hexdigest()[:12]
     cache = HERE / "cache" / f"grid-{digest}.json"
     if cache.exists():
         raw = json.loads(cache.read_text())
@@ -96,10 +96,16 @@ def render_grid() -> Grid:
             for name in SCHEDULERS:
                 for steps in STEPS:
                     for g in GUIDANCE:
-                        per_image, _, _ = evaluator.evaluate(Settings.make(name, steps, g), prompts, cfg.search.seeds)
-                        row = {m: statistics.fmean(per_image[m]) for m in ("clip_score", "lpips")}
+                        per_image, calls, _ = evaluator.evaluate(
+                            Settings.make(name, steps, g), prompts, cfg.search.seeds
+                        )
+                        row: dict[str, Any] = {m: statistics.fmean(per_image[m]) for m in ("clip_score", "lpips")}
                         row["seconds"] = statistics.median(per_image["seconds"])
                         row["cost"] = sum(per_image["seconds"])
+                        row["model_calls"] = calls
+                        n = len(cfg.search.seeds)  # per seed (prompt-major values): what rough-first sees
+                        for m in ("clip_score", "lpips"):
+                            row[f"{m}_seeds"] = [statistics.fmean(per_image[m][i::n]) for i in range(n)]
                         grid[c][(name, steps, g)] = row
             print(f"rendered the {c} grid ({len(grid[c])} settings) after {time.perf_counter() - t0:.0f} s")
     cache.parent.mkdir(exist_ok=True)
@@ -131,11 +137,26 @@ def _normalised_hv(points: list[dict[str, float]], true_front: list[dict[str, fl
     return hypervolume([scale(p) for p in points], [1.1] * len(OBJECTIVES))
 
 
-def _recommend(rows: dict[Key, dict[str, float]], keys: list[Key], seed_lpips: float) -> Key:
+def _fit(rows: dict[Key, dict[str, Any]], keys: list[Key]) -> Any:
+    from autotune.pareto import fit_seconds
+
+    return fit_seconds(
+        [rows[k]["model_calls"] for k in keys], [k[2] > 1 for k in keys], [rows[k]["seconds"] for k in keys]
+    )
+
+
+def _recommend(
+    rows: dict[Key, dict[str, Any]], keys: list[Key], seed_lpips: float, seconds: dict[Key, float] | None = None
+) -> Key:
+    """match_baseline as autotune runs it: seconds from the fit of seconds against model calls
+    over ``keys`` (``seconds`` given: those instead, e.g. raw timings)."""
     from autotune.pareto import Candidate, match_baseline
 
+    if seconds is None:
+        fit = _fit(rows, keys)
+        seconds = {k: fit(rows[k]["model_calls"], k[2] > 1) if fit else rows[k]["seconds"] for k in keys}
     index = {k: i for i, k in enumerate(keys)}
-    cands = [Candidate(index[k], {m: rows[k][m] for m in OBJECTIVES}) for k in keys]
+    cands = [Candidate(index[k], {**{m: rows[k][m] for m in OBJECTIVES}, "seconds": seconds[k]}) for k in keys]
     base = cands[index[BASELINE]]
     rec = match_baseline(cands, base, clip_tolerance=0.5, lpips_tolerance=0.1, seed_lpips=seed_lpips)
     return keys[rec.chosen.number]
@@ -144,6 +165,12 @@ def _recommend(rows: dict[Key, dict[str, float]], keys: list[Key], seed_lpips: f
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler | None]] = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
     "tpe_multivariate": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
+    "tpe_multivariate_startup5": lambda seed: optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, n_startup_trials=5
+    ),
+    "tpe_multivariate_startup20": lambda seed: optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, n_startup_trials=20
+    ),
     "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
     "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=20),
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
@@ -151,31 +178,74 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler | None]] = {
 }
 
 
-def run_sampler(name: str, seed: int, rows: dict[Key, dict[str, float]], seed_lpips: float) -> list[dict[str, Any]]:
-    """One study against the cached grid; the measures at each budget checkpoint."""
+def run_sampler(
+    name: str, seed: int, rows: dict[Key, dict[str, Any]], seed_lpips: float, rough: bool = False
+) -> list[dict[str, Any]]:
+    """One study against the cached grid, as autotune runs it; the measures at each budget checkpoint.
+
+    A repeated setting reuses the stored metrics (costs nothing) and the next trial is a random
+    setting not tried yet. With ``rough``, a setting costs its first seed's share of the render
+    and the rest only when that seed is not clearly dominated by a setting rendered in full.
+    """
+    import random
+
+    from autotune.pareto import clearly_dominated
+
     total = sum(r["cost"] for r in rows.values())
     true_keys = _front(rows)
     true_points = [rows[k] for k in true_keys]
     true_hv = _normalised_hv(true_points, true_points)
     grid_rec = _recommend(rows, list(rows), seed_lpips)
-    seen: list[Key] = [BASELINE]
-    spent = rows[BASELINE]["cost"]
+    rng = random.Random(seed)
+    seen: list[Key] = []  # rendered in full
+    cut: set[Key] = set()  # rough-first stopped after the first seed
+    spent = 0.0
     sampler_seconds: list[float] = []
+
+    def first_seed(k: Key) -> dict[str, float]:
+        return {
+            "clip_score": rows[k]["clip_score_seeds"][0],
+            "lpips": rows[k]["lpips_seeds"][0],
+            "seconds": rows[k]["seconds"],
+        }
+
+    def render(key: Key) -> None:
+        nonlocal spent
+        share = 1 / len(rows[key]["clip_score_seeds"])
+        if rough and key != BASELINE:
+            spent += share * rows[key]["cost"]
+            if clearly_dominated(first_seed(key), [first_seed(k) for k in seen], UP) is not None:
+                cut.add(key)
+                return
+            spent += (1 - share) * rows[key]["cost"]
+        else:
+            spent += rows[key]["cost"]
+        seen.append(key)
+
+    def untried() -> list[Key]:
+        done = set(seen) | cut
+        return [k for k in rows if k not in done]
+
     if name == "coarse_grid":
-        import random
-
         coarse = [k for k in rows if k[1] in STEPS[::2] and k[2] in GUIDANCE[::2] and k != BASELINE]
-        random.Random(seed).shuffle(coarse)
-        suggestions = iter(coarse)
+        rng.shuffle(coarse)
+        queue = iter([BASELINE, *coarse])
 
-        def suggest() -> Key | None:
-            return next(suggestions, None)
+        def step() -> bool:
+            key = next(queue, None)
+            if key is not None:
+                render(key)
+            return key is not None
     else:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=SAMPLERS[name](seed))
-        study.enqueue_trial({"scheduler": BASELINE[0], "steps": BASELINE[1], "guidance": BASELINE[2]})
 
-        def suggest() -> Key | None:
+        def enqueue(key: Key) -> None:
+            study.enqueue_trial({"scheduler": key[0], "steps": key[1], "guidance": key[2]})
+
+        enqueue(BASELINE)
+
+        def step() -> bool:
             t0 = time.perf_counter()
             trial = study.ask()
             key = (
@@ -184,25 +254,25 @@ def run_sampler(name: str, seed: int, rows: dict[Key, dict[str, float]], seed_lp
                 trial.suggest_float("guidance", 1.0, 8.5, step=1.5),
             )
             sampler_seconds.append(time.perf_counter() - t0)
-            study.tell(trial, [rows[key][m] for m in OBJECTIVES])
-            return key
+            repeat = key in seen or key in cut
+            if not repeat:
+                render(key)
+            if key in cut:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, [rows[key][m] for m in OBJECTIVES])
+            if repeat:  # autotune tries a new setting next
+                fresh = untried()
+                if not fresh:
+                    return False
+                enqueue(rng.choice(fresh))
+            return True
 
-        suggest()  # the baseline, already counted
     results = []
-    stalled = False  # the sampler only repeats settings it has seen: it will not spend the budget
+    exhausted = False
     for budget in BUDGETS:
-        repeats = 0
-        while spent < budget * total and repeats < STALL and not stalled:
-            key = suggest()
-            if key is None:
-                break
-            if key in seen:  # a repeat reuses the stored metrics: costs nothing
-                repeats += 1
-                continue
-            repeats = 0
-            seen.append(key)
-            spent += rows[key]["cost"]
-        stalled = stalled or repeats >= STALL
+        while not exhausted and spent < budget * total and untried():
+            exhausted = not step()
         found = _front({k: rows[k] for k in seen})
         results.append(
             {
@@ -210,9 +280,9 @@ def run_sampler(name: str, seed: int, rows: dict[Key, dict[str, float]], seed_lp
                 "hv_ratio": _normalised_hv([rows[k] for k in found], true_points) / true_hv,
                 "front_found": len(set(found) & set(true_keys)) / len(true_keys),
                 "unique_settings": len(seen),
+                "rough_cut": len(cut),
                 "suggestions": len(sampler_seconds),
                 "spent": spent / total,
-                "stalled": stalled,
                 "same_recommendation": _recommend(rows, seen, seed_lpips) == grid_rec,
                 "sampler_seconds_per_suggestion": statistics.fmean(sampler_seconds) if sampler_seconds else 0.0,
             }
@@ -220,11 +290,52 @@ def run_sampler(name: str, seed: int, rows: dict[Key, dict[str, float]], seed_lp
     return results
 
 
+def stability(rows: dict[Key, dict[str, Any]], seed_lpips: float, pairs: int = 50) -> dict[str, Any]:
+    """Two runs of the same study differ only in their timings: does the recommendation change?
+
+    The second run's timings are the fit's seconds times relative residuals drawn from this
+    grid's own (its timing noise around the fit). Compared: the rule on raw seconds and on the
+    fitted seconds autotune uses.
+    """
+    import random
+
+    keys = list(rows)
+    fit = _fit(rows, keys)
+    fitted = {k: fit(rows[k]["model_calls"], k[2] > 1) for k in keys}
+    ratios = [rows[k]["seconds"] / fitted[k] for k in keys]
+    rng = random.Random(0)
+    same_raw = same_fit = 0
+    for _ in range(pairs):
+        runs = [{k: fitted[k] * rng.choice(ratios) for k in keys} for _ in range(2)]
+        same_raw += _recommend(rows, keys, seed_lpips, runs[0]) == _recommend(rows, keys, seed_lpips, runs[1])
+        refits = []
+        for run in runs:
+            timed = {k: {**rows[k], "seconds": run[k]} for k in keys}
+            refit = _fit(timed, keys)
+            refits.append(
+                _recommend(rows, keys, seed_lpips, {k: refit(rows[k]["model_calls"], k[2] > 1) for k in keys})
+            )
+        same_fit += refits[0] == refits[1]
+    noise = sorted(abs(r - 1) for r in ratios)
+    return {
+        "pairs": pairs,
+        "timing_noise_median": noise[len(noise) // 2],
+        "timing_noise_p95": noise[int(0.95 * len(noise))],
+        "same_recommendation_raw_seconds": same_raw / pairs,
+        "same_recommendation_fitted_seconds": same_fit / pairs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--classes", default="portrait,landscape", help="which classes' grids to search")
-    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument(
+        "--samplers",
+        default=",".join([*SAMPLERS, "tpe+rough", "random+rough"]),
+        help="comma-separated; NAME+rough runs it with rough-first",
+    )
+    parser.add_argument("--out", default=str(HERE / "results" / "search.json"))
     args = parser.parse_args()
     grid = render_grid()
     seed_lpips = 0.05  # the tolerance scale; the tiny model's seed-to-seed LPIPS is about this size
@@ -232,31 +343,41 @@ def main() -> None:
     for c, rows in grid.items():
         if c not in args.classes.split(","):
             continue
+        st = stability(rows, seed_lpips)
+        out.setdefault("stability", {})[c] = st
         print(
             f"\n{c}: {len(rows)} settings, true front {len(_front(rows))} settings, "
-            f"grid render seconds {sum(r['cost'] for r in rows.values()):.1f}"
+            f"grid render seconds {sum(r['cost'] for r in rows.values()):.1f}\n"
+            f"timing noise around the seconds fit: median {st['timing_noise_median']:.0%}, "
+            f"95th percentile {st['timing_noise_p95']:.0%}; two runs recommend the same setting "
+            f"{st['same_recommendation_fitted_seconds']:.0%} of {st['pairs']} times on fitted seconds "
+            f"({st['same_recommendation_raw_seconds']:.0%} on raw timings)"
         )
         print(
             f"{'sampler':17} {'budget':>6} {'HV ratio mean/worst':>20} {'front found':>13} {'unique':>7} "
-            f"{'same rec':>8} {'s/suggest':>9}"
+            f"{'cut':>4} {'same rec':>8} {'s/suggest':>9}"
         )
-        for name in args.samplers.split(","):
-            runs = [run_sampler(name, seed, rows, seed_lpips) for seed in range(args.seeds)]
-            out["results"].setdefault(c, {})[name] = runs
+        for label in args.samplers.split(","):
+            name, _, rough = label.partition("+")
+            t0 = time.perf_counter()
+            runs = [run_sampler(name, seed, rows, seed_lpips, rough=bool(rough)) for seed in range(args.seeds)]
+            out["results"].setdefault(c, {})[label] = runs
             for i, budget in enumerate(BUDGETS):
                 at = [r[i] for r in runs]
                 hv = [a["hv_ratio"] for a in at]
                 ff = [a["front_found"] for a in at]
                 unique = statistics.fmean(a["unique_settings"] for a in at)
+                cut = statistics.fmean(a["rough_cut"] for a in at)
                 same = sum(a["same_recommendation"] for a in at)
                 per_suggestion = statistics.fmean(a["sampler_seconds_per_suggestion"] for a in at)
                 print(
-                    f"{name:17} {budget:>6.0%} {statistics.fmean(hv):>11.3f}/{min(hv):.3f} "
-                    f"{statistics.fmean(ff):>7.0%}/{min(ff):>4.0%} {unique:>7.0f} {same:>4}/{len(at)} "
+                    f"{label:17} {budget:>6.0%} {statistics.fmean(hv):>11.3f}/{min(hv):.3f} "
+                    f"{statistics.fmean(ff):>7.0%}/{min(ff):>4.0%} {unique:>7.0f} {cut:>4.0f} {same:>4}/{len(at)} "
                     f"{per_suggestion:>9.3f}",
                     flush=True,
                 )
-    path = HERE / "results" / "search.json"
+            print(f"{'':17} ({time.perf_counter() - t0:.0f} s for {args.seeds} seeds)", flush=True)
+    path = Path(args.out)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"\nwrote {path}")

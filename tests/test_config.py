@@ -108,7 +108,7 @@ BAD = [
     (
         "unknown sampler",
         '[search]\nsampler = "cmaes"\n' + MINIMAL,
-        "search.sampler: expected one of tpe, nsga2, random",
+        "search.sampler: expected one of tpe, tpe_independent, gp, nsga2, random",
     ),
     ("bad device", '[model]\ndevice = "tpu"\n' + MINIMAL, "model.device: expected auto, cpu, cuda or cuda:N"),
     ("bad dtype", '[model]\ndtype = "int8"\n' + MINIMAL, "model.dtype: expected one of"),

@@ -2,7 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.pareto import Candidate, dominates, hypervolume, hypervolume_history, match_baseline, pareto_front
+from autotune.pareto import (
+    Candidate,
+    clearly_dominated,
+    dominates,
+    fit_seconds,
+    hypervolume,
+    hypervolume_history,
+    match_baseline,
+    pareto_front,
+)
 
 UP = {"clip_score": True, "lpips": False, "seconds": False}
 
@@ -112,3 +121,29 @@ def test_hypervolume_history_never_falls_and_reaches_the_ideal_point() -> None:
     assert h[1] == pytest.approx(0.6 * 0.85)
     assert h[2] == h[1]
     assert h[3] == pytest.approx(1.1 * 1.1)
+
+
+def test_clearly_dominated_needs_a_margin_on_every_metric() -> None:
+    def v(clip: float, lp: float, s: float) -> dict[str, float]:
+        return {"clip_score": clip, "lpips": lp, "seconds": s}
+
+    rendered = [v(30.0, 0.10, 1.0), v(20.0, 0.50, 0.2), v(25.0, 0.30, 2.0)]  # spreads 10, 0.4, 1.8
+    assert clearly_dominated(v(29.0, 0.20, 1.5), rendered, UP) == 0  # worse by 1, 0.1, 0.5: all above 5 %
+    assert clearly_dominated(v(29.8, 0.20, 1.5), rendered, UP) is None  # CLIP within 5 % of its spread
+    assert clearly_dominated(v(19.0, 0.60, 0.3), rendered, UP) == 1
+    assert clearly_dominated(v(31.0, 0.60, 3.0), rendered, UP) is None  # best CLIP: not dominated
+    assert clearly_dominated(v(0.0, 1.0, 9.0), rendered[:2], UP) is None  # too few points to judge
+
+
+def test_seconds_fit_recovers_the_line_and_flags_an_outlier() -> None:
+    calls = [4, 8, 12, 16, 20, 24, 8, 16, 24, 12]
+    guided = [True] * 6 + [False] * 4
+    seconds = [0.1 + 0.02 * n + 0.02 * n * g for n, g in zip(calls, guided, strict=True)]
+    seconds[3] *= 1.4  # one timing disturbed by another job on the machine
+    fit = fit_seconds(calls, guided, seconds)
+    assert fit is not None
+    assert (fit.a, fit.b, fit.c) == pytest.approx((0.1, 0.02, 0.02), abs=1e-9)
+    flagged = [i for i in range(len(calls)) if fit.outlier(calls[i], guided[i], seconds[i])]
+    assert flagged == [3]
+    assert fit(16, True) == pytest.approx(0.74)
+    assert fit_seconds(calls[:4], guided[:4], seconds[:4]) is None  # too few trials to fit

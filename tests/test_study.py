@@ -93,11 +93,64 @@ def test_repeated_setting_reuses_stored_metrics(study_file: Callable[..., Path])
     study = outcomes["portrait"].study
     study.enqueue_trial(study.trials[1].params)
     run_study(cfg, n_trials=3, progress=False)
-    again = study.trials[-1]
+    again, fresh = study.trials[2], study.trials[3]
     assert again.user_attrs["reused_from"] == 1
     assert again.values == study.trials[1].values
+    # the repeat rendered nothing and does not count; the trial after it tries a setting not tried yet
+    assert fresh.user_attrs["fresh_after"] == 2 and "reused_from" not in fresh.user_attrs
+    assert fresh.user_attrs["setting_key"] not in {t.user_attrs["setting_key"] for t in study.trials[:3]}
     out = run_study(cfg, n_trials=3, progress=False)["portrait"]
-    assert len(out.trials) == 2 and out.n_completed == 3  # the repeat counts as a trial, not as a setting
+    assert len(out.trials) == 3 and out.n_completed == 4  # n_trials counts rendered settings
+
+
+def test_rough_first_renders_the_other_seeds_only_for_settings_not_clearly_dominated(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autotune import study as study_module
+
+    two = '[classes.portrait]\nprompts = ["a studio portrait of an old fisherman", "a red apple"]\n'
+    plain = study_file(name="plain", n_trials=2, classes=two)
+    plain.write_text(plain.read_text().replace("seeds = [0]", "seeds = [0, 1]"))
+    rough = study_file(name="rough", n_trials=4, classes=two)
+    rough.write_text(rough.read_text().replace("seeds = [0]", "seeds = [0, 1]\nrough_first = true"))
+    renders = []
+    real_generate = pipeline_module.generate
+
+    def counting(p, settings, prompts, seeds, *args, **kwargs):  # type: ignore[no-untyped-def]
+        renders.append((settings.key(), tuple(seeds)))
+        return real_generate(p, settings, prompts, seeds, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "generate", counting)
+    real_cut = study_module.clearly_dominated
+    cut_key: list[str] = []
+
+    def cut_fourth(rough_values, rendered, higher, margin=0.05):  # type: ignore[no-untyped-def]
+        if len(rendered) == 3:  # the fourth setting is judged dominated by the first rendered one
+            cut_key.append(renders[-1][0])
+            return 0
+        return real_cut(rough_values, rendered, higher, margin)
+
+    monkeypatch.setattr(study_module, "clearly_dominated", cut_fourth)
+    plain_study = run_study(load_config(plain), progress=False)["portrait"].study
+    out = run_study(load_config(rough), progress=False)["portrait"]
+    trials = out.study.trials
+    # merged back in prompt-major order: the same per-image values as rendering all seeds at once
+    for a, b in zip(plain_study.trials[:1], trials[:1], strict=True):
+        assert a.user_attrs["setting_key"] == b.user_attrs["setting_key"]
+        for m in ("clip_score", "lpips"):
+            assert b.user_attrs[f"{m}_values"] == pytest.approx(a.user_attrs[f"{m}_values"], abs=1e-4)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(pruned) == 1 and pruned[0].user_attrs["rough_dominated_by"] == 0
+    assert pruned[0].user_attrs["setting_key"] == cut_key[0]
+    assert set(pruned[0].user_attrs["rough_values"]) == {"clip_score", "lpips", "seconds"}
+    assert [s for k, s in renders if k == cut_key[0]] == [(0,)]  # its second seed was never rendered
+    assert out.n_completed == 3 and len(out.trials) == 3  # the cut trial counts towards n_trials=4
+    # a repeat of the cut setting is cut again without rendering
+    out.study.enqueue_trial(pruned[0].params)
+    run_study(load_config(rough), n_trials=5, progress=False)
+    again = out.study.trials[-2] if "fresh_after" in out.study.trials[-1].user_attrs else out.study.trials[-1]
+    assert again.state == TrialState.PRUNED and again.user_attrs["reused_from"] == pruned[0].number
+    assert sum(k == cut_key[0] for k, _ in renders) == 1
 
 
 def test_classes_take_turns_and_each_gets_its_own_study(study_file: Callable[..., Path]) -> None:

@@ -1,0 +1,171 @@
+"""Scale: `autotune recommend` and `autotune report` on a 10,000-trial study database.
+
+    .venv/bin/python benchmarks/scale.py [--trials 10000]
+
+Runs a real 2-trial study on the tiny model (references, images, attributes as autotune writes
+them), then adds ``--trials`` completed trials drawn at random from the same search space with
+every user attribute a real trial has and metrics from a plausible cost/quality model. Times
+both commands as a user runs them (a fresh process each) and reads their peak memory; reports
+the database size per added trial. Writes benchmarks/results/scale.json.
+Targets: recommend under 5 s, report under 30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+STUDY = """
+name = "scale"
+[model]
+id = "tiny"
+device = "cpu"
+[search]
+steps = [4, 50]
+schedulers = "all"
+n_trials = 2
+[classes.portrait]
+prompts = ["a studio portrait of an old fisherman", "a close-up photo of a smiling child"]
+"""
+
+
+class Draw:
+    """A random setting of the space, recording Optuna distributions as a trial would."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng, self.params, self.distributions = rng, {}, {}  # type: ignore[var-annotated]
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        from optuna.distributions import CategoricalDistribution
+
+        self.distributions[name] = CategoricalDistribution(list(choices))
+        self.params[name] = self.rng.choice(list(choices))
+        return self.params[name]
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        from optuna.distributions import IntDistribution
+
+        self.distributions[name] = IntDistribution(low, high)
+        self.params[name] = self.rng.randint(low, high)
+        return self.params[name]
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float) -> float:
+        from optuna.distributions import FloatDistribution
+
+        self.distributions[name] = FloatDistribution(low, high, step=step)
+        self.params[name] = round(low + step * self.rng.randint(0, int((high - low) / step + 1e-9)), 9)
+        return self.params[name]
+
+
+def synthetic_trials(cfg: Any, family: Any, n: int, images: int) -> list[Any]:
+    """``n`` completed trials with the attributes autotune's objective writes."""
+    import optuna
+
+    from autotune import schedulers
+    from autotune.space import suggest
+
+    rng = random.Random(0)
+    out = []
+    for _ in range(n):
+        draw = Draw(rng)
+        s = suggest(draw, cfg.search, family)
+        spec = schedulers.get(s.scheduler)
+        calls = s.steps * spec.calls_per_step
+        seconds = 0.004 * calls * (2 if s.guidance > 1 else 1) * rng.lognormvariate(0, 0.1)
+        clip = 22 + 4 * (1 - math.exp(-s.steps / 8)) - 0.05 * abs(s.guidance - 7) + rng.gauss(0, 0.3)
+        lpips = 0.6 * math.exp(-s.steps / 10) + 0.01 * abs(s.guidance - 7) + abs(rng.gauss(0, 0.02))
+        values = {"clip_score": clip, "lpips": lpips, "seconds": seconds}
+        attrs: dict[str, Any] = {
+            "worker": "bench:1",
+            "setting": s.label(),
+            "setting_key": s.key(),
+            "scheduler_class": spec.class_name,
+            "scheduler_config": s.scheduler_overrides(),
+            "deterministic": spec.deterministic,
+            "model_calls": calls,
+            "images": images,
+        }
+        for m, v in values.items():
+            per_image = [round(v + rng.gauss(0, 0.01 * abs(v)), 6) for _ in range(images)]
+            attrs |= {f"{m}_mean": v, f"{m}_std": 0.01 * abs(v), f"{m}_values": per_image}
+        out.append(
+            optuna.trial.create_trial(
+                params=draw.params,
+                distributions=draw.distributions,
+                values=[values[m] for m in cfg.metrics.objectives],
+                user_attrs=attrs,
+            )
+        )
+    return out
+
+
+def timed(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak resident memory (MiB) of one command in a fresh process."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(args)} failed")
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10_000)
+    args = parser.parse_args()
+    import optuna
+
+    from autotune.config import load_config
+    from autotune.pipeline import resolve_config
+    from autotune.study import run_study, study_name
+
+    autotune = str(Path(sys.executable).with_name("autotune"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scale.toml"
+        path.write_text(STUDY)
+        cfg = resolve_config(load_config(path))
+        outcome = run_study(cfg, progress=False)["portrait"]
+        db = Path(cfg.default_storage.removeprefix("sqlite:///"))
+        before = db.stat().st_size
+        images = len(cfg.classes["portrait"]) * len(cfg.search.seeds)
+        t0 = time.perf_counter()
+        trials = synthetic_trials(cfg, outcome.family, args.trials, images)
+        study = optuna.load_study(study_name=study_name(cfg, "portrait"), storage=cfg.default_storage)
+        study.add_trials(trials)
+        added = time.perf_counter() - t0
+        per_trial = (db.stat().st_size - before) / args.trials
+        recommend_s, recommend_mb = timed([autotune, "recommend", str(path)])
+        report_s, report_mb = timed([autotune, "report", str(path)])
+        report_kb = (cfg.output_dir / "report.html").stat().st_size / 1024
+    result = {
+        "trials": args.trials + 2,
+        "database_bytes_per_trial": round(per_trial),
+        "seconds_to_add_trials": round(added, 1),
+        "recommend_seconds": round(recommend_s, 2),
+        "recommend_peak_mib": round(recommend_mb),
+        "report_seconds": round(report_s, 2),
+        "report_peak_mib": round(report_mb),
+        "report_kib": round(report_kb),
+    }
+    print(
+        f"{result['trials']} trials ({per_trial / 1024:.1f} KiB of database each): "
+        f"autotune recommend {recommend_s:.1f} s, peak {recommend_mb:.0f} MiB; "
+        f"autotune report {report_s:.1f} s, peak {report_mb:.0f} MiB, report.html {report_kb:.0f} KiB"
+    )
+    out = HERE / "results" / "scale.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
