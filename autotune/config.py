@@ -79,7 +79,7 @@ class SearchConfig:
     sampler: str = "tpe"
     n_trials: int = 30
     seeds: tuple[int, ...] = (0, 1)
-    batch_size: int = 8
+    batch_size: int | str = "auto"  # images per pipeline call; "auto": 16, halved on out-of-memory
     rough_first: bool = False  # render the first seed, the others only when it is not clearly dominated
 
 
@@ -295,8 +295,8 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"search.n_trials: expected an integer >= 1, got {s.n_trials}")
     if not s.seeds or len(set(s.seeds)) != len(s.seeds) or min(s.seeds) < 0:
         raise ConfigError(f"search.seeds: expected distinct integers >= 0, at least one, got {list(s.seeds)}")
-    if s.batch_size < 1:
-        raise ConfigError(f"search.batch_size: expected an integer >= 1, got {s.batch_size}")
+    if s.batch_size != "auto" and (isinstance(s.batch_size, str) or s.batch_size < 1):
+        raise ConfigError(f'search.batch_size: expected "auto" or an integer >= 1, got {s.batch_size!r}')
     if not met.objectives or len(set(met.objectives)) != len(met.objectives):
         raise ConfigError(f"metrics.objectives: expected distinct metric names, got {list(met.objectives)}")
     for name in met.objectives:

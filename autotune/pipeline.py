@@ -53,6 +53,7 @@ class Pipeline:
     base_scheduler_config: Any
     warm: bool = False
     calls: int = 0
+    auto_batch: int = 16  # batch_size = "auto": the largest batch tried that fitted (halved on out-of-memory)
     embeds: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def _count(self, *_: Any) -> None:
@@ -188,6 +189,20 @@ def _call(
     return out.images
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "not enough memory" in text
+
+
+def free_memory() -> None:
+    """Give the allocator's cached blocks back after an out-of-memory error or a failed trial."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def generate(
     p: Pipeline,
     settings: Settings,
@@ -195,11 +210,13 @@ def generate(
     seeds: Sequence[int],
     height: int = 64,
     width: int = 64,
-    batch_size: int = 8,
+    batch_size: int | str = "auto",
 ) -> Render:
     """Render every prompt with every seed (prompt-major order) and time each batch on the device.
 
     Each image has its own seeded generator, so an image does not depend on its batch.
+    ``batch_size = "auto"`` starts at 16 images and halves on out-of-memory, for the rest of
+    the process; a fixed size that does not fit raises.
     """
     p.pipe.scheduler = schedulers.build(settings.scheduler, p.base_scheduler_config, dict(settings.options))
     jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
@@ -214,11 +231,21 @@ def generate(
         )
         p.warm = True
     images, seconds, calls = [], [], 0
-    for i in range(0, len(jobs), batch_size):
-        batch = jobs[i : i + batch_size]
+    i = 0
+    while i < len(jobs):
+        size = p.auto_batch if batch_size == "auto" else int(batch_size)
+        batch = jobs[i : i + size]
         p.calls = 0
-        with DeviceTimer(p.device) as timer:
-            out = _call(p, settings, [j[0] for j in batch], [j[1] for j in batch], height, width)
+        try:
+            with DeviceTimer(p.device) as timer:
+                out = _call(p, settings, [j[0] for j in batch], [j[1] for j in batch], height, width)
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if batch_size != "auto" or len(batch) == 1 or not _out_of_memory(e):
+                raise
+            p.auto_batch = (len(batch) + 1) // 2
+            free_memory()
+            continue
+        i += len(batch)
         calls = p.calls
         images.append(out.float().cpu())
         seconds += [timer.seconds / len(batch)] * len(batch)

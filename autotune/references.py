@@ -109,7 +109,7 @@ class ReferenceStore:
         seeds: Sequence[int],
         height: int,
         width: int,
-        batch_size: int = 8,
+        batch_size: int | str = "auto",
     ) -> torch.Tensor:
         """References for every (prompt, seed), prompt-major; renders only the missing ones."""
         jobs = [(prompt, seed) for prompt in prompts for seed in seeds]

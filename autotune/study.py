@@ -586,6 +586,12 @@ def _upload_images(trial: optuna.Trial, images: Any, seeds: tuple[int, ...], sto
             upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="image/png")
 
 
+def _free_device_memory() -> None:
+    from autotune.pipeline import free_memory
+
+    free_memory()
+
+
 def _reason(e: BaseException) -> str:
     """One line for ``fail_reason``: the exception, and where it was raised when it says nothing."""
     import traceback
@@ -597,14 +603,6 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"[:500]
 
 
-def _free_device_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------- running

@@ -179,7 +179,12 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler | None]] = {
 
 
 def run_sampler(
-    name: str, seed: int, rows: dict[Key, dict[str, Any]], seed_lpips: float, rough: bool = False
+    name: str,
+    seed: int,
+    rows: dict[Key, dict[str, Any]],
+    seed_lpips: float,
+    rough: bool = False,
+    budgets: list[float] = BUDGETS,
 ) -> list[dict[str, Any]]:
     """One study against the cached grid, as autotune runs it; the measures at each budget checkpoint.
 
@@ -270,7 +275,7 @@ def run_sampler(
 
     results = []
     exhausted = False
-    for budget in BUDGETS:
+    for budget in budgets:
         while not exhausted and spent < budget * total and untried():
             exhausted = not step()
         found = _front({k: rows[k] for k in seen})
@@ -335,8 +340,10 @@ def main() -> None:
         default=",".join([*SAMPLERS, "tpe+rough", "random+rough"]),
         help="comma-separated; NAME+rough runs it with rough-first",
     )
+    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="shares of the grid's render seconds")
     parser.add_argument("--out", default=str(HERE / "results" / "search.json"))
     args = parser.parse_args()
+    budgets = [float(b) for b in args.budgets.split(",")]
     grid = render_grid()
     seed_lpips = 0.05  # the tolerance scale; the tiny model's seed-to-seed LPIPS is about this size
     out: dict[str, Any] = {"settings": len(next(iter(grid.values()))), "classes": list(grid), "results": {}}
@@ -360,9 +367,9 @@ def main() -> None:
         for label in args.samplers.split(","):
             name, _, rough = label.partition("+")
             t0 = time.perf_counter()
-            runs = [run_sampler(name, seed, rows, seed_lpips, rough=bool(rough)) for seed in range(args.seeds)]
+            runs = [run_sampler(name, seed, rows, seed_lpips, bool(rough), budgets) for seed in range(args.seeds)]
             out["results"].setdefault(c, {})[label] = runs
-            for i, budget in enumerate(BUDGETS):
+            for i, budget in enumerate(budgets):
                 at = [r[i] for r in runs]
                 hv = [a["hv_ratio"] for a in at]
                 ff = [a["front_found"] for a in at]

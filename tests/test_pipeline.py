@@ -51,6 +51,32 @@ def test_image_depends_on_prompt_and_seed_not_on_batch(tiny) -> None:  # type: i
     assert (together[0] - together[2]).abs().mean() > 0.001  # another prompt, another image
 
 
+def test_auto_batch_halves_on_out_of_memory_and_keeps_the_size_that_fits(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from autotune import pipeline as pipeline_module
+
+    s = Settings("euler", 3, 5.0)
+    prompts, seeds = ["a cat", "a dog"], [0, 1, 2]
+    one_by_one = generate(tiny, s, prompts, seeds, 32, 32, batch_size=1).images
+    real_call, sizes = pipeline_module._call, []
+
+    def small_device(p, settings, batch_prompts, *args):  # type: ignore[no-untyped-def]
+        sizes.append(len(batch_prompts))
+        if len(batch_prompts) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_call(p, settings, batch_prompts, *args)
+
+    monkeypatch.setattr(pipeline_module, "_call", small_device)
+    monkeypatch.setattr(tiny, "auto_batch", 16)
+    r = generate(tiny, s, prompts, seeds, 32, 32)
+    assert sizes == [6, 3, 2, 2, 2] and tiny.auto_batch == 2  # 16 -> all 6 images, 3, then 2 that fit
+    assert (r.images - one_by_one).abs().max() <= 2 / 255 and len(r.seconds) == 6
+    sizes.clear()
+    generate(tiny, s, prompts, seeds, 32, 32)
+    assert sizes == [2, 2, 2]  # remembered for the rest of the process
+    with pytest.raises(torch.OutOfMemoryError):  # a fixed batch size that does not fit is the user's call
+        generate(tiny, s, prompts, seeds, 32, 32, batch_size=4)
+
+
 def test_heun_costs_two_model_calls_per_step(tiny) -> None:  # type: ignore[no-untyped-def]
     r = generate(tiny, Settings("heun", 5, 5.0), ["a cat"], [0], 32, 32)
     assert r.model_calls == 2 * 5 - 1
