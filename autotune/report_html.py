@@ -324,6 +324,9 @@ def write_report(
     from plotly.offline import get_plotlyjs
 
     from autotune.report import atomic_write
+    from autotune.study import with_family_defaults
+
+    cfg = with_family_defaults(cfg, outcomes)
 
     images = _Images(cfg, storage or cfg.default_storage)
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

@@ -60,6 +60,7 @@ __all__ = [
     "run_study",
     "study_name",
     "study_version",
+    "with_family_defaults",
     "worker_id",
 ]
 
@@ -856,6 +857,16 @@ def recommend(cfg: StudyConfig, *, storage: str | None = None) -> dict[str, Clas
 
 def _sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
+
+
+def with_family_defaults(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> StudyConfig:
+    """The study file with the defaults of the model family its study stored (baseline, reference
+    left unset in the file), without loading the model: what reading a finished study needs."""
+    from autotune.config import resolve
+
+    if cfg.family is not None or not outcomes:
+        return cfg
+    return resolve(cfg, next(iter(outcomes.values())).family, schedulers.names())
 
 
 def settings_of(t: FrozenTrial) -> Settings:

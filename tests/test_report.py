@@ -69,6 +69,19 @@ def test_report_renders_for_one_completed_and_one_failed_trial(study_file: Calla
     assert "portrait-importances" not in figs and "Needs at least 3 distinct completed trials" in page
 
 
+def test_report_of_a_study_file_leaving_baseline_and_reference_to_the_family(study_file: Callable[..., Path]) -> None:
+    path = study_file(name="defaults", n_trials=1)
+    text = re.sub(r"\[baseline\].*?(?=\[classes)", "", path.read_text(), flags=re.S)
+    path.write_text(text.replace("steps = [2, 8]\n", "").replace("guidance = [1.0, 9.0]\n", ""))
+    cfg = load_config(path)
+    assert cfg.baseline.guidance is None and cfg.reference.steps is None
+    run_study(cfg, progress=False)
+    write_all(cfg, recommend(cfg))  # what `autotune study` and `autotune report` do, model not loaded
+    page = (cfg.output_dir / "report.html").read_text()
+    comparison = page.split('<table class="images">')[1].split("</table>")[0]
+    assert comparison.count("data:image/png;base64,") == 3  # the family's reference found and shown
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
