@@ -604,8 +604,6 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"[:500]
 
 
-
-
 # --------------------------------------------------------------------------- running
 
 
