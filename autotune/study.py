@@ -192,20 +192,20 @@ def _directions(cfg: StudyConfig) -> list[optuna.study.StudyDirection]:
     return [optuna.study.StudyDirection[METRICS[m].direction.upper()] for m in cfg.metrics.objectives]
 
 
-def _sampler(name: str) -> optuna.samplers.BaseSampler:
+def _sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSampler:
     """The study's sampler; ``tpe`` (the default) is multivariate TPE, the best measured by
     ``benchmarks/search.py`` (README, Performance); constant liar keeps parallel workers apart."""
     with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental" in Optuna 4
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
-            return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True)
+            return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
         if name == "tpe_independent":
-            return optuna.samplers.TPESampler(constant_liar=True)
+            return optuna.samplers.TPESampler(constant_liar=True, seed=seed)
     if name == "gp":
-        return optuna.samplers.GPSampler()
+        return optuna.samplers.GPSampler(seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler()
-    return optuna.samplers.RandomSampler()
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def _fingerprint(cfg: StudyConfig) -> dict[str, Any]:
