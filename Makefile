@@ -34,6 +34,7 @@ browser:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/search.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/routing.py
 
 test-gpu: $(STAMP)
