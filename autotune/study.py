@@ -554,10 +554,10 @@ def _objective(
                 raise optuna.TrialPruned(
                     f"rough-first: its first seed is clearly dominated by trial {done[better].number}"
                 )
-        rest, _, more = evaluator.evaluate(settings, prompts, seeds[1:])
-        per_image = {m: _merge_seeds(first[m], rest[m], len(seeds)) for m in first}
         import torch
 
+        rest, _, more = evaluator.evaluate(settings, prompts, seeds[1:])
+        per_image = {m: _merge_seeds(first[m], rest[m], len(seeds)) for m in first}
         return per_image, calls, torch.stack(_merge_seeds(list(images), list(more), len(seeds)))
 
     return objective
@@ -655,6 +655,8 @@ def run_study(
     objectives = {}
     for c, study in studies.items():
         assert study is not None
+        if study.user_attrs.get("exhausted"):  # the space may have grown since: look again
+            study.set_user_attr("exhausted", False)
         _recover(study)
         evaluator.prepare(study, c)
         objectives[c] = _objective(cfg, study, c, evaluator, target)

@@ -162,3 +162,18 @@ def test_classes_take_turns_and_each_gets_its_own_study(study_file: Callable[...
     names = {s.study_name for s in optuna.get_all_study_summaries(cfg.default_storage)}
     assert names == {"small.portrait", "small.landscape"}
     assert all(len(o.trials) == 2 for o in outcomes.values())
+
+
+def test_study_stops_when_every_setting_of_a_small_space_is_rendered(study_file: Callable[..., Path]) -> None:
+    path = study_file(name="tiny_space", n_trials=20)
+    text = (
+        path.read_text()
+        .replace("steps = [2, 8]", "steps = [7, 8]")
+        .replace("guidance = [1.0, 9.0]", "guidance = [7.0, 7.5]")
+    )
+    text = text.replace('schedulers = ["euler", "dpmpp_2m_karras", "ddim"]', 'schedulers = ["euler"]\nvariants = []')
+    path.write_text(text)
+    out = run_study(load_config(path), progress=False)["portrait"]  # euler and the baseline's: 2 x 2 x 2 settings
+    keys = [t.user_attrs["setting_key"] for t in out.trials]
+    assert len(keys) == len(set(keys)) == 8
+    assert out.study.user_attrs["exhausted"] is True
