@@ -646,7 +646,7 @@ def run_study(
     version = study_version(cfg, rdb, new_version=new_version)
     _check_writable(cfg.output_dir)
     target = n_trials or cfg.search.n_trials
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials get one line each, not a traceback
     evaluator = Evaluator(cfg, url, device)
     if check_reference and "lpips" in cfg.metrics.objectives:
         _check_reference(cfg, evaluator)
@@ -683,7 +683,7 @@ def run_study(
                     failures = 0
                 elif "reused_from" not in last.user_attrs:
                     failures += 1
-                bar.update()
+                bar.update(_failure_line(c, last))
                 if failures >= _MAX_CONSECUTIVE_FAILURES:
                     raise StudyAborted(
                         f"{failures} trials in a row failed; the last: "
@@ -695,6 +695,14 @@ def run_study(
         bar.close()
         _join(helpers)
     return recommend(cfg, storage=url)
+
+
+def _failure_line(class_name: str, t: FrozenTrial) -> str | None:
+    """One line for a trial that failed on its own (not a repeat of a failed setting), else None."""
+    if t.state != TrialState.FAIL or "reused_from" in t.user_attrs:
+        return None
+    setting = t.user_attrs.get("setting", "setting not drawn")
+    return f"autotune: {class_name} trial {t.number} ({setting}) failed: {t.user_attrs.get('fail_reason', 'unknown')}"
 
 
 def _spawn_workers(
@@ -771,26 +779,31 @@ class _Progress:
     ) -> None:
         from tqdm import tqdm
 
-        self.studies, self.deadline = studies, deadline
-        done = sum(min(_claimed(s), target) for s in studies.values() if s is not None)
+        self.studies, self.deadline, self.target = studies, deadline, target
         self.bar = tqdm(
             total=target * len(studies),
-            initial=done,
+            initial=self._done(),
             desc=f"autotune {cfg.name}",
             unit="trial",
             disable=not enabled,
             file=sys.stderr,
             dynamic_ncols=True,
         )
-        self.update(0)
+        self.update()
 
-    def update(self, n: int = 1) -> None:
+    def _done(self) -> int:
+        """Settings rendered (or rendering) per class, up to the target: reused repeats do not move the bar."""
+        return sum(min(_claimed(s), self.target) for s in self.studies.values() if s is not None)
+
+    def update(self, line: str | None = None) -> None:
+        if line:
+            self.bar.write(line, file=sys.stderr)
         fronts = {c: len(s.best_trials) for c, s in self.studies.items() if s is not None}
         post = {"front": " ".join(f"{c}:{n}" for c, n in fronts.items())}
         if self.deadline < math.inf:
             post["left"] = time.strftime("%H:%M:%S", time.gmtime(max(0.0, self.deadline - time.monotonic())))
         self.bar.set_postfix(post, refresh=False)
-        self.bar.update(n)
+        self.bar.update(self._done() - self.bar.n)
 
     def close(self) -> None:
         self.bar.close()

@@ -140,7 +140,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_injected_fault_fails_the_trial_with_its_reason_and_the_study_completes(
-    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, fault: str
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: str
 ) -> None:
     from autotune import study as study_module
 
@@ -164,6 +164,10 @@ def test_injected_fault_fails_the_trial_with_its_reason_and_the_study_completes(
     failed = outcome.study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith(reason)
     assert outcome.n_completed == 3 and calls["freed"] == 1
+    err = capsys.readouterr().err
+    line = f"autotune: portrait trial {failed[0].number} ({failed[0].user_attrs['setting']}) failed: {reason}"
+    failing = [x for x in err.splitlines() if " failed: " in x]
+    assert len(failing) == 1 and failing[0].startswith(line) and "Traceback" not in err  # one line, no traceback
 
 
 def test_changed_model_size_is_refused_unless_new_version(study_file: Callable[..., Path]) -> None:
