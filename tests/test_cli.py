@@ -37,7 +37,7 @@ def test_study_then_recommend_end_to_end(study_file: Callable[..., Path]) -> Non
     recs = json.loads((out / "recommendations.json").read_text())
     assert set(recs["classes"]) == {"portrait", "landscape"}
     for c, rec in recs["classes"].items():
-        assert rec["trials_completed"] == 3
+        assert rec["settings_rendered"] == 3
         assert rec["metrics"]["seconds"] <= rec["baseline"]["metrics"]["seconds"]
         expected = {"num_inference_steps": rec["steps"], "guidance_scale": rec["guidance"]}
         if rec["options"].get("sigmas") == "ays":  # Align Your Steps passes its own timesteps

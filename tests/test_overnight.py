@@ -34,7 +34,8 @@ def _trials(cfg, url: str | None = None) -> list[optuna.trial.FrozenTrial]:  # t
 
 
 def _count(trials: list[optuna.trial.FrozenTrial], state: TrialState) -> int:
-    return sum(t.state == state for t in trials)
+    """Trials in ``state``, leaving out repeats that reused a stored setting (they do not count towards n_trials)."""
+    return sum(t.state == state and "reused_from" not in t.user_attrs for t in trials)
 
 
 def _start(path: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -105,7 +106,7 @@ def test_kill_9_at_several_points_then_resume_keeps_every_completed_trial(study_
         if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs
     ]
     assert len(rendered) == len(set(rendered))  # no setting rendered and counted twice
-    assert json.loads(out.read_text())["classes"]["portrait"]["trials_completed"] == 6
+    assert json.loads(out.read_text())["classes"]["portrait"]["settings_rendered"] == 6
 
 
 def _oom(real, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -163,7 +164,7 @@ def test_injected_fault_fails_the_trial_with_its_reason_and_the_study_completes(
     outcome = run_study(cfg, progress=False)["portrait"]
     failed = outcome.study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith(reason)
-    assert outcome.n_completed == 3 and calls["freed"] == 1
+    assert len(outcome.trials) == 3 and calls["freed"] == 1
     err = capsys.readouterr().err
     line = f"autotune: portrait trial {failed[0].number} ({failed[0].user_attrs['setting']}) failed: {reason}"
     failing = [x for x in err.splitlines() if " failed: " in x]
@@ -180,10 +181,10 @@ def test_changed_model_size_is_refused_unless_new_version(study_file: Callable[.
     with pytest.raises(ConfigError, match="pass --new-version"):
         recommend(changed)
     outcome = run_study(changed, progress=False, new_version=True)["portrait"]
-    assert outcome.study.study_name == "versions.v2.portrait" and outcome.n_completed == 1
+    assert outcome.study.study_name == "versions.v2.portrait" and len(outcome.trials) == 1
     assert recommend(changed)["portrait"].study.study_name == "versions.v2.portrait"  # found without the flag
     path.write_text(path.read_text().replace("n_trials = 1", "n_trials = 2"))  # the space may change: resumes
-    assert run_study(load_config(path), progress=False)["portrait"].n_completed == 2
+    assert len(run_study(load_config(path), progress=False)["portrait"].trials) == 2
 
 
 @pytest.mark.slow
@@ -257,4 +258,4 @@ def test_four_workers_share_one_postgresql_study(study_file: Callable[..., Path]
         capture_output=True,
         text=True,
     )
-    assert json.loads(shown.stdout)["classes"]["portrait"]["trials_completed"] == 12
+    assert json.loads(shown.stdout)["classes"]["portrait"]["settings_rendered"] == 12
