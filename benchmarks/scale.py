@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from autotune.study import _RandomDraw
+
 HERE = Path(__file__).parent
 STUDY = """
 name = "scale"
@@ -39,31 +43,27 @@ prompts = ["a studio portrait of an old fisherman", "a close-up photo of a smili
 """
 
 
-class Draw:
-    """A random setting of the space, recording Optuna distributions as a trial would."""
+class Draw(_RandomDraw):
+    """autotune's random draw of a setting, recording the Optuna distributions as a trial would."""
 
     def __init__(self, rng: random.Random) -> None:
-        self.rng, self.params, self.distributions = rng, {}, {}  # type: ignore[var-annotated]
+        super().__init__(rng)
+        self.params: dict[str, Any] = {}
+        self.distributions: dict[str, Any] = {}
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
-        from optuna.distributions import CategoricalDistribution
-
         self.distributions[name] = CategoricalDistribution(list(choices))
-        self.params[name] = self.rng.choice(list(choices))
+        self.params[name] = super().suggest_categorical(name, choices)
         return self.params[name]
 
     def suggest_int(self, name: str, low: int, high: int) -> int:
-        from optuna.distributions import IntDistribution
-
         self.distributions[name] = IntDistribution(low, high)
-        self.params[name] = self.rng.randint(low, high)
+        self.params[name] = super().suggest_int(name, low, high)
         return self.params[name]
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float) -> float:
-        from optuna.distributions import FloatDistribution
-
         self.distributions[name] = FloatDistribution(low, high, step=step)
-        self.params[name] = round(low + step * self.rng.randint(0, int((high - low) / step + 1e-9)), 9)
+        self.params[name] = super().suggest_float(name, low, high, step=step)
         return self.params[name]
 
 
