@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from autotune.config import ConfigError, ConfigWarning, load_config
-from autotune.study import StudyAborted
+from autotune.study.run import StudyAborted
 
 __all__ = ["main", "parse_duration"]
 
@@ -58,12 +58,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:  # keep what the night produced: write the outputs so far
         if not args.worker:
-            write_all(cfg, recommend(cfg, storage=args.storage), args.storage)
+            write_all(recommend(cfg, storage=args.storage), args.storage)
         raise
     if args.worker:  # a helper of `--workers N` or one of many machines' workers: the others report
         return 0
-    paths = write_all(cfg, outcomes, args.storage)
-    print(format_table(cfg, outcomes))
+    paths = write_all(outcomes, args.storage)
+    print(format_table(outcomes.cfg, outcomes))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -75,30 +75,29 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     outcomes = recommend(cfg, storage=args.storage)
     if args.format == "json":
-        print(json.dumps(recommendations_data(cfg, outcomes), indent=2))
+        print(json.dumps(recommendations_data(outcomes.cfg, outcomes), indent=2))
     else:
-        print(format_table(cfg, outcomes))
+        print(format_table(outcomes.cfg, outcomes))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from autotune.pipeline import resolve_config
     from autotune.report import publish
     from autotune.report_html import render_grid, write_report
     from autotune.study import recommend
 
-    cfg = load_config(args.config)
-    outcomes = recommend(cfg, storage=args.storage)
-    grid = render_grid(resolve_config(cfg), outcomes, args.device) if args.render_grid else None
-    print(f"wrote {write_report(cfg, outcomes, args.storage, grid=grid)}")
-    publish(cfg, outcomes)
+    outcomes = recommend(load_config(args.config), storage=args.storage)
+    grid = render_grid(outcomes.cfg, outcomes, args.device) if args.render_grid else None
+    print(f"wrote {write_report(outcomes.cfg, outcomes, args.storage, grid=grid)}")
+    publish(outcomes.cfg, outcomes)
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from autotune.study import artifact_store, recommend
+    from autotune.storage import artifact_store
+    from autotune.study import recommend
 
     cfg = load_config(args.config)
     url = args.storage or cfg.default_storage
@@ -200,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-trials",
         type=_positive_int,
-        help="completed trials per class to reach (the study's total, not this run's; default: search.n_trials)",
+        help="settings rendered per class to reach (the study's total, not this run's; default: search.n_trials)",
     )
     p.add_argument("--timeout", type=parse_duration, help="stop starting trials after this long: 8h, 90m, 600")
     p.add_argument("--device", help="override model.device: cpu, cuda, cuda:N")

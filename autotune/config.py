@@ -13,17 +13,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
-import types
-import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autotune import schedulers
-from autotune.families import FAMILIES, Family
+from autotune._schema import ConfigError, check_range, one_of, section
 from autotune.metrics import METRICS
 
 __all__ = [
@@ -37,7 +34,6 @@ __all__ = [
     "SettingConfig",
     "StudyConfig",
     "load_config",
-    "resolve",
 ]
 
 SAMPLERS = ("tpe", "tpe_independent", "gp", "nsga2", "random")
@@ -45,15 +41,11 @@ MANY_PROMPTS = 1000  # more prompts than this in one class: accepted, with a war
 RULES = ("match_baseline",)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-FAMILY_NAMES = tuple(FAMILIES)
+FAMILY_NAMES = ("sd", "sdxl", "sd3", "flux", "distilled", "distilled_flow")  # autotune.families.FAMILIES
 
 
 class ConfigWarning(UserWarning):
     """Accepted, but probably not what was meant (the command line prints it as one line)."""
-
-
-class ConfigError(ValueError):
-    """A study file (or a command-line value) that cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +67,7 @@ class SearchConfig:
     schedulers: tuple[str, ...] | str | None = None  # names, or "all" the model can use
     guidance: tuple[float, float] | None = None
     guidance_step: float = 0.5
+    steps_step: int = 1  # steps searched from low in increments of this
     variants: tuple[str, ...] | str = ("sigmas", "timestep_spacing")  # conditional parameters, or "all"
     sampler: str = "tpe"
     n_trials: int = 30
@@ -118,7 +111,8 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Everything a study file says, resolved: defaults filled, names canonical."""
+    """Everything a study file says, checked, names canonical; model-family defaults still unset
+    (``None``) until :func:`resolve` turns it into a :class:`ResolvedStudy`."""
 
     name: str
     path: Path
@@ -128,7 +122,6 @@ class StudyConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     baseline: SettingConfig = field(default_factory=SettingConfig)
     reference: SettingConfig = field(default_factory=SettingConfig)
-    family: str | None = None  # set by resolve(): the model family the defaults came from
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -162,69 +155,6 @@ _SECTIONS = {
 }
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        inner = _type_name(args[0])
-        return f"a list of {inner}s" if args[-1] is Ellipsis else f"[{', '.join(map(_type_name, args))}]"
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
-    if origin is dict:
-        return "a table"
-    return {int: "integer", float: "number", str: "string", bool: "boolean"}[tp]
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it in the dataclass's type."""
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        for option in (a for a in typing.get_args(tp) if a is not type(None)):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return dict(value)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        n = None if args[-1] is Ellipsis else len(args)
-        if not isinstance(value, list) or (n is not None and len(value) != n):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        return tuple(_coerce(v, args[0] if n is None else args[i], where) for i, v in enumerate(value))
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def _section(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a table, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            raise ConfigError(f"{where}.{key}: unknown key (expected one of: {', '.join(sorted(names))})")
-    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
-
-
-def _one_of(value: Any, choices: tuple[Any, ...], where: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
-
-
-def _check_range(pair: tuple[float, float] | None, low: float, high: float, where: str) -> None:
-    if pair is not None and not (low <= pair[0] <= pair[1] <= high):
-        raise ConfigError(f"{where}: expected [low, high] with {low:g} <= low <= high <= {high:g}, got {list(pair)}")
-
-
 def _canonical_scheduler(name: str, where: str) -> str:
     try:
         return schedulers.canonical(name)
@@ -242,7 +172,7 @@ def _check_options(scheduler: str, options: dict[str, Any], where: str) -> None:
                 f"{where}.{key}: not a parameter of {scheduler} (expected one of: {', '.join(free) or 'none'})"
             )
         choices = (*free[key].choices, "ays") if key == "sigmas" else free[key].choices
-        _one_of(value, choices, f"{where}.{key}")
+        one_of(value, choices, f"{where}.{key}")
 
 
 def _validate_setting(s: SettingConfig, where: str) -> SettingConfig:
@@ -268,16 +198,18 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     device_kind = m.device.split(":")[0]
     if device_kind not in DEVICES or (":" in m.device and (device_kind != "cuda" or not m.device[5:].isdigit())):
         raise ConfigError(f"model.device: expected auto, cpu, cuda or cuda:N, got {m.device!r}")
-    _one_of(m.dtype, DTYPES, "model.dtype")
-    _one_of(m.family, ("auto", *FAMILY_NAMES), "model.family")
+    one_of(m.dtype, DTYPES, "model.dtype")
+    one_of(m.family, ("auto", *FAMILY_NAMES), "model.family")
     for key in ("height", "width"):
         value = getattr(m, key)
         if value < 8 or value % 8:
             raise ConfigError(f"model.{key}: expected a positive multiple of 8, got {value}")
-    _check_range(s.steps, 1, 1000, "search.steps")
-    _check_range(s.guidance, 0, 100, "search.guidance")
+    check_range(s.steps, 1, 1000, "search.steps")
+    check_range(s.guidance, 0, 100, "search.guidance")
     if s.guidance_step <= 0:
         raise ConfigError(f"search.guidance_step: expected a number > 0, got {s.guidance_step:g}")
+    if s.steps_step < 1:
+        raise ConfigError(f"search.steps_step: expected an integer >= 1, got {s.steps_step}")
     names = s.schedulers
     if isinstance(names, str) and names != "all":
         raise ConfigError(f'search.schedulers: expected a list of scheduler names or "all", got {names!r}')
@@ -289,8 +221,8 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     if isinstance(variants, str) and variants != "all":
         raise ConfigError(f'search.variants: expected a list of parameter names or "all", got {variants!r}')
     for v in variants if isinstance(variants, tuple) else ():
-        _one_of(v, tuple(schedulers.VARIANTS), "search.variants")
-    _one_of(s.sampler, SAMPLERS, "search.sampler")
+        one_of(v, tuple(schedulers.VARIANTS), "search.variants")
+    one_of(s.sampler, SAMPLERS, "search.sampler")
     if s.n_trials < 1:
         raise ConfigError(f"search.n_trials: expected an integer >= 1, got {s.n_trials}")
     if not s.seeds or len(set(s.seeds)) != len(s.seeds) or min(s.seeds) < 0:
@@ -300,10 +232,10 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     if not met.objectives or len(set(met.objectives)) != len(met.objectives):
         raise ConfigError(f"metrics.objectives: expected distinct metric names, got {list(met.objectives)}")
     for name in met.objectives:
-        _one_of(name, tuple(METRICS), "metrics.objectives")
-    _one_of(met.lpips_net, ("alex", "vgg", "squeeze"), "metrics.lpips_net")
-    _one_of(met.lpips_backbone, ("random", "pretrained"), "metrics.lpips_backbone")
-    _one_of(rec.rule, RULES, "recommend.rule")
+        one_of(name, tuple(METRICS), "metrics.objectives")
+    one_of(met.lpips_net, ("alex", "vgg", "squeeze"), "metrics.lpips_net")
+    one_of(met.lpips_backbone, ("random", "pretrained"), "metrics.lpips_backbone")
+    one_of(rec.rule, RULES, "recommend.rule")
     for key in ("clip_tolerance", "lpips_tolerance"):
         if getattr(rec, key) < 0:
             raise ConfigError(f"recommend.{key}: expected a number >= 0, got {getattr(rec, key):g}")
@@ -313,69 +245,6 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
         baseline=_validate_setting(cfg.baseline, "baseline"),
         reference=_validate_setting(cfg.reference, "reference"),
     )
-
-
-def _fill(setting: SettingConfig, default: tuple[str, int, float]) -> SettingConfig:
-    """Unset fields from the family's default; a changed scheduler drops nothing the user set."""
-    scheduler, steps, guidance = default
-    return SettingConfig(
-        scheduler=setting.scheduler or scheduler,
-        steps=setting.steps if setting.steps is not None else steps,
-        guidance=setting.guidance if setting.guidance is not None else guidance,
-        options=setting.options,
-    )
-
-
-def resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> StudyConfig:
-    """Fill the family's defaults and check the space against what the model can use.
-
-    Raises :class:`ConfigError` naming the study file, e.g. an incompatible scheduler with the
-    list of those the model can use.
-    """
-    try:
-        return _resolve(cfg, family, compatible)
-    except ConfigError as e:
-        raise ConfigError(f"{cfg.path}: {e}") from None
-
-
-def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> StudyConfig:
-    s = cfg.search
-    names = compatible if s.schedulers == "all" else list(s.schedulers or family.schedulers)
-    if s.schedulers is None:  # the family's defaults, less those this model cannot use
-        names = [n for n in names if n in compatible] or compatible[:1]
-    for n in names:
-        if n not in compatible:
-            raise ConfigError(
-                f"search.schedulers: {n} cannot be used with this {family.name} model "
-                f"(it can use: {', '.join(compatible)})"
-            )
-    baseline, reference = _fill(cfg.baseline, family.baseline), _fill(cfg.reference, family.reference)
-    for where, setting in (("baseline", baseline), ("reference", reference)):
-        if setting.scheduler not in compatible:
-            raise ConfigError(
-                f"{where}.scheduler: {setting.scheduler} cannot be used with this {family.name} "
-                f"model (it can use: {', '.join(compatible)})"
-            )
-    assert reference.scheduler is not None
-    if not schedulers.get(reference.scheduler).deterministic:
-        raise ConfigError(
-            f"reference.scheduler: expected a deterministic scheduler, got {reference.scheduler} "
-            "(it draws fresh noise each step and never converges to one image)"
-        )
-    steps = s.steps or family.steps
-    guidance = s.guidance or family.guidance
-    assert baseline.steps is not None and isinstance(baseline.guidance, float)
-    if not steps[0] <= baseline.steps <= steps[1]:
-        raise ConfigError(f"baseline.steps: expected a value inside search.steps {list(steps)}, got {baseline.steps}")
-    if not guidance[0] <= baseline.guidance <= guidance[1]:
-        raise ConfigError(
-            f"baseline.guidance: expected a value inside search.guidance {list(guidance)}, got {baseline.guidance:g}"
-        )
-    assert baseline.scheduler is not None
-    if baseline.scheduler not in names:  # the baseline is always a point of the space
-        names.append(baseline.scheduler)
-    search = dataclasses.replace(s, schedulers=tuple(names), steps=steps, guidance=guidance)
-    return dataclasses.replace(cfg, search=search, baseline=baseline, reference=reference, family=family.name)
 
 
 def _classes(raw: Any) -> dict[str, tuple[str, ...]]:
@@ -418,7 +287,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> StudyConfig:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"name: expected a name of letters, digits, '_' or '-', got {name!r}")
-    sections = {key: _section(cls, raw[key], key) for key, cls in _SECTIONS.items() if key in raw}
+    sections = {key: section(cls, raw[key], key) for key, cls in _SECTIONS.items() if key in raw}
     cfg = StudyConfig(name=name, path=path, classes=_classes(raw.get("classes")), **sections)
     return _validate(cfg)
 

@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 from autotune.config import StudyConfig
 from autotune.metrics import METRICS
 from autotune.pareto import hypervolume_history
-from autotune.study import ClassOutcome, settings_of
+from autotune.study.results import ClassOutcome, settings_of
 
 __all__ = ["hypervolume_figure", "importance_figure", "pareto_figure", "steps_figure"]
 

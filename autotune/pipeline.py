@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from autotune import families, schedulers
-from autotune.config import ConfigError, ModelConfig, StudyConfig, resolve
-from autotune.families import Family
+from autotune.config import ConfigError, ModelConfig, StudyConfig
+from autotune.families import Family, ResolvedStudy, resolve
 from autotune.space import Settings
 from autotune.timing import DeviceTimer
 
@@ -119,8 +119,8 @@ def describe_model(model: ModelConfig) -> tuple[Family, list[str], dict[str, Any
     return family, families.compatible_schedulers(family, scheduler_class), index
 
 
-def resolve_config(cfg: StudyConfig) -> StudyConfig:
-    """The study file with its model family's defaults filled in and checked against the model."""
+def resolve_config(cfg: StudyConfig) -> ResolvedStudy:
+    """The study file resolved against its model (read from ``model_index.json``; no weights load)."""
     try:
         family, compatible, _ = describe_model(cfg.model)
     except ConfigError as e:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from autotune.pipeline import Pipeline, generate
 from autotune.space import Settings
-from autotune.study import retry_schema_race
+from autotune.storage import retry_schema_race
 
 __all__ = [
     "ReferenceStore",

@@ -13,19 +13,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from autotune import schedulers
-from autotune.config import StudyConfig
-from autotune.study import ClassOutcome, settings_of, trial_summary
+from autotune.families import ResolvedStudy
+from autotune.outputs import atomic_write
+from autotune.study.results import ClassOutcome, Outcomes, settings_of, trial_summary
 
-__all__ = ["atomic_write", "format_table", "publish", "recommendations_data", "write_all", "write_outputs"]
+__all__ = ["format_table", "publish", "recommendations_data", "write_all", "write_outputs"]
 
 
-def _class_data(cfg: StudyConfig, o: ClassOutcome) -> dict[str, Any]:
+def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     objectives = cfg.metrics.objectives
     base = {
         "trials_completed": o.n_completed,
@@ -67,7 +66,7 @@ def _class_data(cfg: StudyConfig, o: ClassOutcome) -> dict[str, Any]:
     }
 
 
-def recommendations_data(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> dict[str, Any]:
+def recommendations_data(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> dict[str, Any]:
     """The content of ``recommendations.json``: one recommended setting per class, with evidence.
 
     Besides the classes: ``default``, the baseline, for prompts that fit no class, and ``router``,
@@ -76,10 +75,9 @@ def recommendations_data(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) ->
     from autotune.router import router_data
 
     classes = {c: _class_data(cfg, o) for c, o in outcomes.items()}
-    family = next(iter(outcomes.values())).family.name if outcomes else cfg.family
     data: dict[str, Any] = {
         "study": cfg.name,
-        "model": {"id": cfg.model.id, "family": family, "height": cfg.model.height, "width": cfg.model.width},
+        "model": {"id": cfg.model.id, "family": cfg.family.name, "height": cfg.model.height, "width": cfg.model.width},
         "objectives": list(cfg.metrics.objectives),
         "rule": {
             "name": cfg.recommend.rule,
@@ -97,7 +95,7 @@ def recommendations_data(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) ->
     return data
 
 
-def _pareto_csv(cfg: StudyConfig, o: ClassOutcome) -> str:
+def _pareto_csv(cfg: ResolvedStudy, o: ClassOutcome) -> str:
     objectives = list(cfg.metrics.objectives)
     chosen = o.recommendation.chosen.number if o.recommendation else None
     buf = io.StringIO()
@@ -138,22 +136,7 @@ def _pareto_csv(cfg: StudyConfig, o: ClassOutcome) -> str:
     return buf.getvalue()
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; outputs are as readable as any new file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_outputs(cfg: StudyConfig, outcomes: dict[str, ClassOutcome], out_dir: Path | None = None) -> list[Path]:
+def write_outputs(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome], out_dir: Path | None = None) -> list[Path]:
     """Write ``recommendations.json`` and one ``pareto_<class>.csv`` per class; return their paths."""
     out = out_dir or cfg.output_dir
     written = [out / "recommendations.json"]
@@ -185,7 +168,7 @@ def _note(d: dict[str, Any]) -> str:
     )
 
 
-def publish(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> None:
+def publish(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> None:
     """Per class, the recommendation as the study's note and its Pareto figure, for optuna-dashboard."""
     from optuna_dashboard import save_note, save_plotly_graph_object
 
@@ -198,10 +181,11 @@ def publish(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> None:
             save_plotly_graph_object(o.study, pareto_figure(cfg, o), graph_object_id="pareto-front")
 
 
-def write_all(cfg: StudyConfig, outcomes: dict[str, ClassOutcome], storage: str | None = None) -> list[Path]:
+def write_all(outcomes: Outcomes, storage: str | None = None) -> list[Path]:
     """Everything a run leaves: JSON, CSVs, ``report.html``, and the dashboard's notes and figures."""
     from autotune.report_html import write_report
 
+    cfg = outcomes.cfg
     paths = write_outputs(cfg, outcomes)
     paths.append(write_report(cfg, outcomes, storage))
     publish(cfg, outcomes)
@@ -212,7 +196,7 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_table(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> str:
+def format_table(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> str:
     """A plain-text table: per class the recommended setting, its metrics and the baseline's."""
     data = recommendations_data(cfg, outcomes)["classes"]
     metrics = list(cfg.metrics.objectives)

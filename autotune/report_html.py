@@ -29,10 +29,12 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 
-from autotune.config import StudyConfig
+from autotune.families import ResolvedStudy
 from autotune.figures import TITLES, hypervolume_figure, importance_figure, pareto_figure, steps_figure
-from autotune.space import Settings
-from autotune.study import ClassOutcome, artifact_store, image_name, open_storage, settings_of
+from autotune.outputs import atomic_write
+from autotune.space import Settings, reference_setting
+from autotune.storage import artifact_store, image_name, open_storage
+from autotune.study.results import ClassOutcome, settings_of
 
 __all__ = ["GridImages", "render_grid", "write_report"]
 
@@ -59,7 +61,7 @@ def _img(png: bytes | None, title: str = "") -> str:
 class _Images:
     """Trial images from the study's artifacts, and references from the reference table."""
 
-    def __init__(self, cfg: StudyConfig, url: str) -> None:
+    def __init__(self, cfg: ResolvedStudy, url: str) -> None:
         from autotune.references import ReferenceStore
 
         self.cfg = cfg
@@ -83,11 +85,8 @@ class _Images:
             return bytes(f.read())
 
     def reference(self, prompt: str, seed: int, guidance: float) -> bytes | None:
-        cfg = self.cfg
-        baseline_guidance = cfg.baseline.guidance
-        assert isinstance(baseline_guidance, float)
-        g = guidance if cfg.reference.guidance == "trial" else baseline_guidance
-        return self.refs.find(prompt, seed, Settings.of(cfg.reference, g))
+        """The stored reference that images rendered at ``guidance`` were compared with."""
+        return self.refs.find(prompt, seed, reference_setting(self.cfg, guidance))
 
 
 def _paired(rec: FrozenTrial, base: FrozenTrial, metric: str) -> str:
@@ -96,8 +95,7 @@ def _paired(rec: FrozenTrial, base: FrozenTrial, metric: str) -> str:
     if a and b and len(a) == len(b):
         d = [x - y for x, y in zip(a, b, strict=True)]
         return f"{statistics.fmean(d):+.4g} ± {statistics.pstdev(d):.2g}"
-    ma, mb = rec.user_attrs.get(f"{metric}_mean"), base.user_attrs.get(f"{metric}_mean")
-    return f"{ma - mb:+.4g}" if ma is not None and mb is not None else "-"
+    return "-"
 
 
 def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") -> str:
@@ -106,7 +104,7 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") ->
     return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _summary(cfg: StudyConfig, outcomes: dict[str, ClassOutcome]) -> str:
+def _summary(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> str:
     quality = [m for m in cfg.metrics.objectives if m != "seconds"]
     rows = []
     for c, o in outcomes.items():
@@ -133,7 +131,7 @@ def _figure(fig: go.Figure | None, fig_id: str, empty: str) -> str:
     return f'<div class="figure" id="{fig_id}"></div>{script}'
 
 
-def _front_table(cfg: StudyConfig, o: ClassOutcome) -> str:
+def _front_table(cfg: ResolvedStudy, o: ClassOutcome) -> str:
     objectives = list(cfg.metrics.objectives)
     rec = o.recommendation
     cost = objectives.index("seconds") if "seconds" in objectives else 0
@@ -162,7 +160,7 @@ def _front_table(cfg: StudyConfig, o: ClassOutcome) -> str:
     return _table(head, rows, "front")
 
 
-def _comparison(cfg: StudyConfig, o: ClassOutcome, images: _Images) -> str:
+def _comparison(cfg: ResolvedStudy, o: ClassOutcome, images: _Images) -> str:
     rec = o.recommendation
     if rec is None:
         return '<p class="note">No comparison yet: the baseline trial has not completed.</p>'
@@ -183,18 +181,16 @@ def _comparison(cfg: StudyConfig, o: ClassOutcome, images: _Images) -> str:
         f"prompt (seed {seed})",
         f"baseline: {settings_of(base).label()}",
         f"recommended: {settings_of(chosen).label()}",
-        f"reference: {Settings.of(cfg.reference, settings_of(chosen).guidance).label()}",
+        f"reference: {reference_setting(cfg, settings_of(chosen).guidance).label()}",
     ]
     return _table(head, rows, "images")
 
 
-def _recommended_guidance(cfg: StudyConfig, o: ClassOutcome) -> float:
+def _recommended_guidance(cfg: ResolvedStudy, o: ClassOutcome) -> float:
     """The recommended trial's guidance; the baseline's before there is a recommendation."""
     if o.recommendation is not None:
         return next(settings_of(t).guidance for t in o.trials if t.number == o.recommendation.chosen.number)
-    g = cfg.baseline.guidance
-    assert isinstance(g, float)
-    return g
+    return cfg.baseline.guidance
 
 
 def _spread(values: list[int], n: int) -> list[int]:
@@ -205,7 +201,7 @@ def _spread(values: list[int], n: int) -> list[int]:
     return sorted({values[round(i * (len(values) - 1) / (n - 1))] for i in range(n)})
 
 
-def _grid(cfg: StudyConfig, o: ClassOutcome, images: _Images, rendered: dict[tuple[str, int], bytes] | None) -> str:
+def _grid(cfg: ResolvedStudy, o: ClassOutcome, images: _Images, rendered: dict[tuple[str, int], bytes] | None) -> str:
     prompt, seed = cfg.classes[o.name][0], cfg.search.seeds[0]
     best: dict[tuple[str, int], FrozenTrial] = {}
     if rendered is not None:
@@ -240,13 +236,12 @@ def _grid(cfg: StudyConfig, o: ClassOutcome, images: _Images, rendered: dict[tup
     return caption + _table(["scheduler \\ steps", *map(str, steps)], body, "grid")
 
 
-def render_grid(cfg: StudyConfig, outcomes: dict[str, ClassOutcome], device: str | None = None) -> GridImages:
+def render_grid(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome], device: str | None = None) -> GridImages:
     """Render a full steps x scheduler grid per class: first prompt and seed, recommended guidance."""
     from autotune.pipeline import generate, load_pipeline
     from autotune.references import encode_png
 
     p = load_pipeline(cfg.model, device)
-    assert cfg.search.steps is not None and cfg.search.schedulers is not None
     lo, hi = cfg.search.steps
     ladder = _spread([round(lo * (hi / lo) ** (i / 5)) for i in range(6)], 6)
     out: GridImages = {}
@@ -262,7 +257,7 @@ def render_grid(cfg: StudyConfig, outcomes: dict[str, ClassOutcome], device: str
     return out
 
 
-def _section(cfg: StudyConfig, o: ClassOutcome, images: _Images, grid: dict[tuple[str, int], bytes] | None) -> str:
+def _section(cfg: ResolvedStudy, o: ClassOutcome, images: _Images, grid: dict[tuple[str, int], bytes] | None) -> str:
     c = o.name
     parts = [
         f'<section id="class-{c}"><h2>{html.escape(c)}</h2>',
@@ -313,7 +308,7 @@ _SCRIPT = """
 
 
 def write_report(
-    cfg: StudyConfig,
+    cfg: ResolvedStudy,
     outcomes: dict[str, ClassOutcome],
     storage: str | None = None,
     *,
@@ -322,11 +317,6 @@ def write_report(
 ) -> Path:
     """Write ``report.html`` (atomically) and return its path."""
     from plotly.offline import get_plotlyjs
-
-    from autotune.report import atomic_write
-    from autotune.study import with_family_defaults
-
-    cfg = with_family_defaults(cfg, outcomes)
 
     images = _Images(cfg, storage or cfg.default_storage)
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

@@ -20,10 +20,9 @@ from types import MappingProxyType
 from typing import Any
 
 from autotune import schedulers
-from autotune.config import SearchConfig, SettingConfig
-from autotune.families import Family
+from autotune.families import Family, ResolvedSearch, ResolvedSetting, ResolvedStudy
 
-__all__ = ["Settings", "suggest", "variant_choices"]
+__all__ = ["Settings", "reference_setting", "suggest", "variant_choices"]
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,8 @@ class Settings:
         return cls(scheduler, int(steps), float(guidance), tuple(chosen))
 
     @classmethod
-    def of(cls, setting: SettingConfig, guidance: float | None = None) -> Settings:
-        assert setting.scheduler is not None and setting.steps is not None
-        g = guidance if guidance is not None else setting.guidance
-        assert isinstance(g, float)
-        return cls.make(setting.scheduler, setting.steps, g, setting.options)
+    def of(cls, setting: ResolvedSetting) -> Settings:
+        return cls.make(setting.scheduler, setting.steps, setting.guidance, setting.options)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Settings:
@@ -129,9 +125,8 @@ def variant_choices(scheduler: str, wanted: tuple[str, ...] | str, family: Famil
     return out
 
 
-def suggest(trial: Any, space: SearchConfig, family: Family | None = None) -> Settings:
+def suggest(trial: Any, space: ResolvedSearch, family: Family | None = None) -> Settings:
     """Ask an Optuna trial for a setting inside ``space`` (variants only where the sampler takes them)."""
-    assert isinstance(space.schedulers, tuple) and space.steps and space.guidance
     name = trial.suggest_categorical("scheduler", list(space.schedulers))
     options = {
         k: trial.suggest_categorical(f"{name}.{k}", list(choices))
@@ -139,7 +134,20 @@ def suggest(trial: Any, space: SearchConfig, family: Family | None = None) -> Se
     }
     return Settings.make(
         name,
-        trial.suggest_int("steps", *space.steps),
+        trial.suggest_int("steps", *space.steps, step=space.steps_step),
         trial.suggest_float("guidance", *space.guidance, step=space.guidance_step),
         options,
     )
+
+
+def reference_setting(cfg: ResolvedStudy, guidance: float | None = None) -> Settings:
+    """The reference an image rendered at ``guidance`` is compared with: the one rule that the
+    evaluator, the convergence check and the report all follow.
+
+    ``[reference]`` as resolved, at its own guidance; when it follows the trial (``guidance =
+    "trial"``), at ``guidance``. ``None`` asks for the class-wide reference (seed-to-seed LPIPS,
+    convergence check), which a trial-following reference renders at the baseline's guidance.
+    """
+    ref = cfg.reference
+    g = guidance if ref.follows_trial and guidance is not None else ref.guidance
+    return Settings.make(ref.scheduler, ref.steps, g, ref.options)

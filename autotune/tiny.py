@@ -5,8 +5,12 @@ a CLIP text encoder and a byte-level CLIP tokenizer) with random weights drawn f
 seed. Its sampling ODE is real: error against a many-step reference shrinks as steps grow,
 so LPIPS-to-reference curves behave as they do on a trained model.
 
+Every builder seeds torch inside ``torch.random.fork_rng``, so building one leaves the caller's
+random state as it was.
+
 Example:
-    >>> pipe = load_tiny_pipeline()          # built once, then loaded from the disk cache
+    >>> folder = tiny_pipeline_path("tiny")  # built once into the cache folder, then reused
+    >>> pipe = StableDiffusionPipeline.from_pretrained(folder)
     >>> model = tiny_clip()                  # open_clip model with a registered tiny config
 """
 
@@ -225,13 +229,20 @@ def build_tiny_sd3() -> Any:
 TINY_MODELS = {"tiny": build_tiny_pipeline, "tiny-sdxl": build_tiny_sdxl, "tiny-sd3": build_tiny_sd3}
 
 
+def _own_rng() -> Any:
+    """Seeding inside leaves the caller's torch random state as it was."""
+    import torch
+
+    return torch.random.fork_rng(devices=[])
+
+
 def tiny_pipeline_path(name: str = "tiny") -> Path:
     """Build a tiny pipeline once (``tiny``, ``tiny-sdxl``, ``tiny-sd3``) and return its folder."""
     builder = TINY_MODELS[name]
     folder = cache_dir() / f"{name}-{_VERSION}"
     if not (folder / "model_index.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp, _own_rng():
             builder().save_pretrained(tmp, safe_serialization=True)
             with contextlib.suppress(OSError):  # atomic: a concurrent builder's folder wins
                 os.replace(tmp, folder)
@@ -251,9 +262,10 @@ def tiny_clip() -> Any:
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
     open_clip.add_model_config(path)
-    torch.manual_seed(0)
     logging.disable(logging.WARNING)  # open_clip warns on the root logger that no weights loaded
     try:
-        return open_clip.create_model(TINY_CLIP, pretrained=None)
+        with _own_rng():
+            torch.manual_seed(0)
+            return open_clip.create_model(TINY_CLIP, pretrained=None)
     finally:
         logging.disable(logging.NOTSET)

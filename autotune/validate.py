@@ -66,20 +66,20 @@ def validate(
 ) -> dict[str, Any]:
     """Render baseline and recommendation per class on ``prompts``; return (and write) ``validation.json``."""
     from autotune import schedulers
+    from autotune.evaluate import Evaluator
+    from autotune.outputs import atomic_write
     from autotune.pareto import Candidate, failed_tolerance
     from autotune.pipeline import resolve_config
-    from autotune.report import atomic_write
     from autotune.router import Router
     from autotune.serving import DEFAULT_CLASS, load_recommendations
     from autotune.space import Settings
-    from autotune.study import Evaluator
 
     recs = load_recommendations(cfg.output_dir / "recommendations.json")
     router = Router.from_study(recs)
     routed = router.route_many(list(prompts))
     seeds = list(seeds or cfg.search.seeds)
-    cfg = resolve_config(cfg)
-    evaluator = Evaluator(cfg, storage or cfg.default_storage, device)
+    resolved = resolve_config(cfg)
+    evaluator = Evaluator(resolved, storage or cfg.default_storage, device)
     clip_tol = cfg.recommend.clip_tolerance if clip_tolerance is None else clip_tolerance
     lpips_tol = cfg.recommend.lpips_tolerance if lpips_tolerance is None else lpips_tolerance
     by_class: dict[str, list[str]] = {}
@@ -91,8 +91,9 @@ def validate(
             continue
         rec = recs[c]
         chosen = Settings.make(rec.scheduler, rec.steps, rec.guidance, rec.options)
-        baseline = Settings.of(cfg.baseline)
-        ours, theirs = evaluator.evaluate(chosen, ps, seeds)[0], evaluator.evaluate(baseline, ps, seeds)[0]
+        baseline = Settings.of(resolved.baseline)
+        ours = evaluator.evaluate(chosen, ps, seeds).per_image
+        theirs = evaluator.evaluate(baseline, ps, seeds).per_image
         quality: list[str] = [m for m in ("clip_score", "lpips") if m in ours]
         deltas = {m: paired_interval([a - b for a, b in zip(ours[m], theirs[m], strict=True)]) for m in quality}
         mean = {m: statistics.fmean(ours[m]) for m in quality}

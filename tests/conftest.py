@@ -88,5 +88,5 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
     path.write_text(SMALL_STUDY.format(name="finished", n_trials=6, classes=TWO_CLASSES))
     cfg = load_config(path)
     outcomes = run_study(cfg, progress=False)
-    write_all(cfg, outcomes)
+    write_all(outcomes)
     return cfg, outcomes

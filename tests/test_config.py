@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from autotune.cli import main
-from autotune.config import ConfigError, load_config, resolve
-from autotune.families import FAMILIES
+from autotune.config import ConfigError, load_config
+from autotune.families import FAMILIES, resolve
 
 MINIMAL = '[classes.a]\nprompts = ["a cat"]\n'
 SD_USABLE = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"]
@@ -22,9 +22,9 @@ def test_minimal_file_gets_the_model_familys_defaults(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, MINIMAL, "night.toml"))
     assert cfg.name == "night"
     assert cfg.classes == {"a": ("a cat",)}
-    assert cfg.search.steps is None and cfg.family is None  # filled once the model is known
+    assert cfg.search.steps is None and cfg.baseline.steps is None  # filled once the model is known
     cfg = resolve(cfg, FAMILIES["sd"], ["euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"])
-    assert cfg.family == "sd"
+    assert cfg.family is FAMILIES["sd"]
     assert cfg.search.steps == (4, 40) and cfg.search.guidance == (1.0, 9.0)
     assert cfg.search.seeds == (0, 1)
     assert cfg.metrics.objectives == ("clip_score", "lpips", "seconds")
@@ -61,6 +61,13 @@ RESOLVE_BAD = [
     ("baseline outside steps", "[baseline]\nsteps = 50\n", "baseline.steps: expected a value inside"),
     ("baseline outside guidance", "[baseline]\nguidance = 12.0\n", "baseline.guidance: expected a value inside"),
     ("ancestral reference", '[reference]\nscheduler = "euler_a"\n', "reference.scheduler: expected a deterministic"),
+    (
+        "steps_step not dividing the range",
+        "[search]\nsteps_step = 5\n",
+        "search.steps_step: expected a divisor of 40 - 4",
+    ),
+    ("baseline off the steps grid", "[search]\nsteps_step = 4\n[baseline]\nsteps = 30\n", "in steps of 4, got 30"),
+    ("baseline off the guidance grid", "[baseline]\nguidance = 7.25\n", "in steps of 0.5, got 7.25"),
 ]
 
 

@@ -84,6 +84,51 @@ def test_reference_following_trial_guidance_caches_one_reference_per_guidance(tm
     assert guidances <= stored_guidance and len(guidances) > 1
 
 
+def test_reference_with_its_own_guidance_is_the_one_rendered_checked_and_shown(
+    study_file,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    from autotune import references
+    from autotune.report import write_all
+    from autotune.space import Settings
+    from autotune.study import recommend
+
+    path = study_file(name="ownref", n_trials=4)
+    path.write_text(path.read_text().replace("steps = 20\nguidance = 7.5", "steps = 20\nguidance = 5.0"))
+    checked: list[Settings] = []
+    real = references.check_reference
+
+    def counted(p, lpips, reference, *args):  # type: ignore[no-untyped-def]
+        checked.append(reference)
+        return real(p, lpips, reference, *args)
+
+    monkeypatch.setattr(references, "check_reference", counted)
+    cfg = load_config(path)
+    run_study(cfg, progress=False)
+    run_study(cfg, n_trials=5, progress=False)  # a resumed study does not check the same reference again
+    reference = Settings.make("dpmpp_2m_karras", 20, 5.0)
+    assert checked == [reference]
+    engine = create_engine(f"sqlite:///{path.parent / 'ownref.db'}")
+    with engine.connect() as conn:
+        stored = {
+            json.loads(row[0])["guidance"] for row in conn.execute(text("select setting from autotune_references"))
+        }
+    assert stored == {5.0}  # every trial, whatever its guidance (the baseline's is 7.5), compared with CFG 5
+    outcomes = recommend(cfg)
+    assert outcomes.cfg.reference.guidance == 5.0
+    write_all(outcomes)
+    page = (path.parent / "ownref" / "report.html").read_text()
+    row = page.split(f"reference: {reference.label()}</th>")[1].split("</tr>")[1]  # the first prompt's images
+    assert row.count("data:image/png;base64,") == 3  # baseline, recommended and the stored reference
+
+
+def test_study_files_may_name_every_family_and_no_other() -> None:
+    from autotune.config import FAMILY_NAMES
+    from autotune.families import FAMILIES
+
+    assert tuple(FAMILIES) == FAMILY_NAMES  # config checks model.family without importing the families
+
+
 def test_schedulers_command_prints_the_models_table() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "autotune.cli", "schedulers", "--model", "tiny-sd3"],

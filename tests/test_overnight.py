@@ -143,10 +143,8 @@ FAULTS = {
 def test_injected_fault_fails_the_trial_with_its_reason_and_the_study_completes(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: str
 ) -> None:
-    from autotune import study as study_module
-
     broken, reason = FAULTS[fault]
-    real, free = pipeline_module.generate, study_module._free_device_memory
+    real, free = pipeline_module.generate, pipeline_module.free_memory
     calls = {"n": 0, "freed": 0}
 
     def second_trial_breaks(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -160,10 +158,12 @@ def test_injected_fault_fails_the_trial_with_its_reason_and_the_study_completes(
     cfg = load_config(study_file(name="faulty", n_trials=3))
     monkeypatch.setattr(references, "generate", real)  # references render normally
     monkeypatch.setattr(pipeline_module, "generate", second_trial_breaks)  # trials render through this
-    monkeypatch.setattr(study_module, "_free_device_memory", counted_free)
+    monkeypatch.setattr(pipeline_module, "free_memory", counted_free)
     outcome = run_study(cfg, progress=False)["portrait"]
     failed = outcome.study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith(reason)
+    tb = failed[0].user_attrs["fail_traceback"]  # the whole story stays in the study, not on the console
+    assert tb.startswith("Traceback") and "second_trial_breaks" in tb and reason.split(":")[0] in tb
     assert len(outcome.trials) == 3 and calls["freed"] == 1
     err = capsys.readouterr().err
     line = f"autotune: portrait trial {failed[0].number} ({failed[0].user_attrs['setting']}) failed: {reason}"
@@ -178,8 +178,8 @@ def test_changed_model_size_is_refused_unless_new_version(study_file: Callable[.
     changed = load_config(path)
     with pytest.raises(ConfigError, match=r"size \[32, 32\] -> \[48, 32\].*pass --new-version to start versions.v2"):
         run_study(changed, progress=False)
-    with pytest.raises(ConfigError, match="pass --new-version"):
-        recommend(changed)
+    with pytest.raises(ConfigError, match=r"`autotune study --new-version` starts versions\.v2"):
+        recommend(changed)  # reading has no --new-version of its own: it names the command that has
     outcome = run_study(changed, progress=False, new_version=True)["portrait"]
     assert outcome.study.study_name == "versions.v2.portrait" and len(outcome.trials) == 1
     assert recommend(changed)["portrait"].study.study_name == "versions.v2.portrait"  # found without the flag
@@ -192,7 +192,9 @@ def test_workers_option_runs_helpers_and_writes_the_outputs_once(
     study_file: Callable[..., Path], capfd: pytest.CaptureFixture[str]
 ) -> None:
     path = study_file(name="helped", n_trials=4)
+    threads = torch.get_num_threads()
     assert main(["study", str(path), "--quiet", "--workers", "2"]) == 0
+    assert torch.get_num_threads() == threads  # the cores were shared for the run, then given back
     err = capfd.readouterr().err
     assert "Traceback" not in err and "exited with code" not in err, err
     trials = _trials(load_config(path))
@@ -251,7 +253,8 @@ def test_four_workers_share_one_postgresql_study(study_file: Callable[..., Path]
     assert _count(trials, TrialState.COMPLETE) == 12 and _count(trials, TrialState.FAIL) == 0
     assert len({t.user_attrs["worker"] for t in trials}) >= 2
     assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
-    keys = Counter(t.user_attrs["setting_key"] for t in trials if "reused_from" not in t.user_attrs)
+    rendered = [t for t in trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
+    keys = Counter(t.user_attrs["setting_key"] for t in rendered)
     assert max(keys.values()) == 1  # none rendered twice
     shown = subprocess.run(
         [sys.executable, "-m", "autotune.cli", "recommend", str(path), "--storage", postgres_url, "--format", "json"],

@@ -61,7 +61,7 @@ def test_report_renders_for_one_completed_and_one_failed_trial(study_file: Calla
     trial.set_user_attr("fail_reason", "OutOfMemoryError: CUDA out of memory")
     study.tell(trial, state=TrialState.FAIL)
     outcomes = recommend(cfg)
-    write_all(cfg, outcomes)
+    write_all(outcomes)
     page = (cfg.output_dir / "report.html").read_text()
     figs = figures(page)
     assert "1 completed trials (1 distinct settings), 1 failed" in page
@@ -76,7 +76,7 @@ def test_report_of_a_study_file_leaving_baseline_and_reference_to_the_family(stu
     cfg = load_config(path)
     assert cfg.baseline.guidance is None and cfg.reference.steps is None
     run_study(cfg, progress=False)
-    write_all(cfg, recommend(cfg))  # what `autotune study` and `autotune report` do, model not loaded
+    write_all(recommend(cfg))  # what `autotune study` and `autotune report` do, model not loaded
     page = (cfg.output_dir / "report.html").read_text()
     comparison = page.split('<table class="images">')[1].split("</table>")[0]
     assert comparison.count("data:image/png;base64,") == 3  # the family's reference found and shown

@@ -17,7 +17,7 @@ from PIL import Image
 import autotune
 from autotune.references import decode_png
 from autotune.router import Router, class_embedding, load_text_encoder, router_data
-from autotune.study import artifact_store, image_name, open_storage
+from autotune.storage import artifact_store, image_name, open_storage
 from autotune.tiny import tiny_pipeline_path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

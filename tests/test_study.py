@@ -40,8 +40,8 @@ def test_study_runs_baseline_first_and_records_per_trial_attributes(study_file: 
         assert attrs["scheduler_class"] in ("EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "DDIMScheduler")
         assert attrs["deterministic"] is True and isinstance(attrs["scheduler_config"], dict)
         for m in ("clip_score", "lpips", "seconds"):
-            assert f"{m}_mean" in attrs and attrs[f"{m}_std"] >= 0
-        assert t.values[0] == pytest.approx(attrs["clip_score_mean"])
+            assert len(attrs[f"{m}_values"]) == 1  # one prompt, one seed
+        assert t.values[0] == pytest.approx(attrs["clip_score_values"][0], abs=1e-6)
     assert study.user_attrs["seed_lpips"] > 0
     out = outcomes["portrait"]
     assert out.recommendation is not None
@@ -107,7 +107,7 @@ def test_repeated_setting_reuses_stored_metrics(study_file: Callable[..., Path])
 def test_rough_first_renders_the_other_seeds_only_for_settings_not_clearly_dominated(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autotune import study as study_module
+    from autotune.study import objective as study_module
 
     two = '[classes.portrait]\nprompts = ["a studio portrait of an old fisherman", "a red apple"]\n'
     plain = study_file(name="plain", n_trials=2, classes=two)
@@ -178,3 +178,43 @@ def test_study_stops_when_every_setting_of_a_small_space_is_rendered(study_file:
     keys = [t.user_attrs["setting_key"] for t in out.trials]
     assert len(keys) == len(set(keys)) == 8
     assert out.study.user_attrs["exhausted"] is True
+
+
+def test_a_study_leaves_the_callers_logging_and_random_state_alone(study_file: Callable[..., Path]) -> None:
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    run_study(load_config(study_file(name="polite", n_trials=2)), progress=False)  # loads LPIPS: seeds its trunk
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_results_read_every_trial_as_optuna_reads_it(finished_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from autotune.storage import open_storage
+    from autotune.study.results import _read_trials
+
+    cfg, _ = finished_study
+    url = f"sqlite:///{shutil.copy(cfg.default_storage.removeprefix('sqlite:///'), tmp_path / 'copy.db')}"
+    study = optuna.load_study(study_name=study_name(cfg, "portrait"), storage=url)
+    study.enqueue_trial({"scheduler": "euler", "steps": 3, "guidance": 2.0})  # a waiting trial, fixed params
+    ours = _read_trials(open_storage(url), study._study_id)
+    theirs = study.get_trials(deepcopy=False)
+    assert len(ours) == len(theirs) >= 7
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a.number, a.state, a.values, a.params, a.distributions) == (
+            b.number,
+            b.state,
+            b.values,
+            b.params,
+            b.distributions,
+        )
+        assert (a.user_attrs, a.system_attrs, a.datetime_start, a.datetime_complete) == (
+            b.user_attrs,
+            b.system_attrs,
+            b.datetime_start,
+            b.datetime_complete,
+        )

@@ -10,9 +10,11 @@ Example:
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["METRICS", "MetricInfo"]
+__all__ = ["METRICS", "MetricInfo", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +38,8 @@ METRICS = {
         MetricInfo("seconds", False, "median", "device seconds per image"),
     )
 }
+
+
+def summarise(name: str, values: Sequence[float]) -> float:
+    """A trial's value of metric ``name`` from its per-image values (mean or median, as registered)."""
+    return statistics.median(values) if METRICS[name].aggregate == "median" else statistics.fmean(values)

@@ -22,9 +22,9 @@ __all__ = ["Lpips", "lpips_distance"]
 def load_lpips(net: str = "alex", backbone: str = "random") -> Any:
     import lpips
 
-    torch.manual_seed(0)  # the random trunk depends on it
-    with warnings.catch_warnings():  # lpips 0.1.4 still passes torchvision's old `pretrained=`
-        warnings.simplefilter("ignore", UserWarning)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # the caller's RNG state is left alone
+        torch.manual_seed(0)  # the random trunk depends on it
+        warnings.simplefilter("ignore", UserWarning)  # lpips 0.1.4 still passes torchvision's old `pretrained=`
         return lpips.LPIPS(net=net, pnet_rand=backbone == "random", verbose=False)
 
 

@@ -1,0 +1,83 @@
+"""TOML tables checked against dataclass annotations: the type machinery behind :mod:`autotune.config`.
+
+Example:
+    >>> _section(SearchConfig, {"steps": [4, 40]}, "search").steps
+    (4, 40)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+__all__ = ["ConfigError", "check_range", "one_of", "section"]
+
+
+class ConfigError(ValueError):
+    """A study file (or a command-line value) that cannot be used; the message says why."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        inner = _type_name(args[0])
+        return f"a list of {inner}s" if args[-1] is Ellipsis else f"[{', '.join(map(_type_name, args))}]"
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is dict:
+        return "a table"
+    return {int: "integer", float: "number", str: "string", bool: "boolean"}[tp]
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in the dataclass's type."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        for option in (a for a in typing.get_args(tp) if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        n = None if args[-1] is Ellipsis else len(args)
+        if not isinstance(value, list) or (n is not None and len(value) != n):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return tuple(_coerce(v, args[0] if n is None else args[i], where) for i, v in enumerate(value))
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def section(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{where}.{key}: unknown key (expected one of: {', '.join(sorted(names))})")
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+
+
+def one_of(value: Any, choices: tuple[Any, ...], where: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_range(pair: tuple[float, float] | None, low: float, high: float, where: str) -> None:
+    if pair is not None and not (low <= pair[0] <= pair[1] <= high):
+        raise ConfigError(f"{where}: expected [low, high] with {low:g} <= low <= high <= {high:g}, got {list(pair)}")

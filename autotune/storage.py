@@ -1,0 +1,91 @@
+"""Where a study lives: Optuna's RDB storage, the schema-race retry, the trial-image artifact store.
+
+Storage is Optuna's RDB storage (SQLite beside the study file by default, PostgreSQL for
+shared studies); reference images live in a table of their own in the same database
+(:mod:`autotune.references`); trial images are Optuna artifacts in ``studies/NAME/artifacts``.
+
+Example:
+    >>> rdb = open_storage("sqlite:///studies/demo.db")
+    >>> store = artifact_store(cfg)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from sqlalchemy.exc import SQLAlchemyError
+
+from autotune.config import ConfigError, StudyConfig
+
+__all__ = ["artifact_store", "image_name", "open_storage", "quiet_optuna", "retry_schema_race", "sqlite_path"]
+
+T = TypeVar("T")
+
+
+def retry_schema_race(create: Callable[[], T], attempts: int = 6) -> T:
+    """Run ``create`` (which may create tables), again when a worker starting at the same moment
+    created them first (PostgreSQL: a duplicate key or an existing relation; SQLite: a UNIQUE constraint)."""
+    for attempt in range(attempts):
+        try:
+            return create()
+        except SQLAlchemyError as e:
+            text = str(getattr(e, "orig", e))
+            if attempt == attempts - 1 or not any(
+                s in text for s in ("duplicate key", "UNIQUE constraint", "already exists")
+            ):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for ``url``; a bad URL or a file that is no database is a ConfigError."""
+    from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 60}
+
+    def create() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60, grace_period=180)
+
+    try:
+        return retry_schema_race(create)
+    except (ArgumentError, DatabaseError, OperationalError, ImportError, ValueError) as e:
+        msg = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise ConfigError(f"storage {url!r}: cannot open it as a study database ({msg})") from None
+
+
+def sqlite_path(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///"))
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines (study created, trial finished) off inside, the caller's level restored after:
+    a failed trial gets autotune's one line instead."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def artifact_store(cfg: StudyConfig) -> FileSystemArtifactStore:
+    """The study's image store: ``studies/NAME/artifacts`` (what ``optuna-dashboard --artifact-dir`` serves)."""
+    return FileSystemArtifactStore(str(cfg.artifact_dir))
+
+
+def image_name(prompt_index: int, seed: int) -> str:
+    """Artifact file name of one trial image; the prompt's text is in the study's ``prompts`` attribute."""
+    return f"prompt{prompt_index}_seed{seed}.png"

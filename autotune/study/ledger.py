@@ -1,0 +1,160 @@
+"""The trial ledger: which trials render, which step back, which were interrupted and are retried.
+
+Any number of workers share one study. A trial counts towards ``n_trials`` from the moment it
+starts rendering. Workers agree on one claim order, the trials' start time and then their
+storage id (every worker reads the same values), so when several start at once exactly the
+first ``n_trials`` render; a trial numbered early (enqueued long ago) but started late is late.
+
+Example:
+    >>> claimed(study.get_trials(deepcopy=False))
+    12
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = [
+    "MAX_INTERRUPTIONS",
+    "claimed",
+    "interrupted",
+    "is_baseline",
+    "recover",
+    "rendering",
+    "rendering_now",
+    "rough_cut",
+    "same_setting",
+    "surplus",
+    "worker_id",
+]
+
+MAX_INTERRUPTIONS = 2  # a setting whose trial was killed this often is not retried again
+_LATEST = datetime.datetime.max
+
+
+def is_baseline(t: FrozenTrial) -> bool:
+    return bool(t.user_attrs.get("baseline"))
+
+
+def rough_cut(t: FrozenTrial) -> bool:
+    """Pruned by rough-first after rendering its first seed."""
+    return t.state == TrialState.PRUNED and "rough_dominated_by" in t.user_attrs
+
+
+def rendering(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials that render their setting: completed, running, or cut by rough-first after the first seed
+    (those that reused a stored setting's metrics render nothing)."""
+    states = (TrialState.COMPLETE, TrialState.RUNNING)
+    return [t for t in trials if (t.state in states or rough_cut(t)) and "reused_from" not in t.user_attrs]
+
+
+def claimed(trials: Sequence[FrozenTrial]) -> int:
+    """Settings rendered or being rendered (on any worker): what counts towards ``n_trials``."""
+    return len(rendering(trials))
+
+
+def _claim_order(t: FrozenTrial) -> tuple[datetime.datetime, int]:
+    return (t.datetime_start or _LATEST, t._trial_id)
+
+
+def surplus(trials: Sequence[FrozenTrial], me: FrozenTrial, target: int) -> bool:
+    """Whether ``me`` (running) comes after the study's ``target`` trials: the trials that finished
+    rendering, and those rendering now that claimed before it, are already ``target``."""
+    before = [
+        t
+        for t in rendering(trials)
+        if t._trial_id != me._trial_id and (t.state != TrialState.RUNNING or _claim_order(t) < _claim_order(me))
+    ]
+    return len(before) >= target
+
+
+def same_setting(trials: Sequence[FrozenTrial], key: str, number: int) -> FrozenTrial | None:
+    """An earlier finished trial of the same setting (completed, cut by rough-first, or failed with a reason)."""
+    for t in trials:
+        if t.number == number or t.user_attrs.get("setting_key") != key or "reused_from" in t.user_attrs:
+            continue
+        if t.user_attrs.get("interrupted"):
+            continue
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs):
+            return t
+        if rough_cut(t):
+            return t
+    return None
+
+
+def rendering_now(trials: Sequence[FrozenTrial], key: str, number: int) -> FrozenTrial | None:
+    """Another running trial that drew the same setting (on any worker), if any.
+
+    Each trial writes its setting before it reads the others', so of two that drew one setting at
+    the same moment at least one sees the other; the one that sees it steps back. Both may step
+    back (neither renders the setting now; a later trial may draw it again), but never both render.
+    """
+    for t in trials:
+        if (
+            t.number != number
+            and t.state == TrialState.RUNNING
+            and t.user_attrs.get("setting_key") == key
+            and "reused_from" not in t.user_attrs
+        ):
+            return t
+    return None
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(worker: str) -> bool:
+    """False only for a worker of this machine whose process is gone; Optuna's heartbeat judges others."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def interrupted(t: FrozenTrial) -> bool:
+    """Failed without a verdict on its setting: killed, stopped by Ctrl-C, or found stale by the heartbeat."""
+    return t.state == TrialState.FAIL and (bool(t.user_attrs.get("interrupted")) or "fail_reason" not in t.user_attrs)
+
+
+def _params_key(t: FrozenTrial) -> str:
+    return repr(sorted(t.params.items()))
+
+
+def recover(study: optuna.Study) -> int:
+    """Fail the trials whose worker died on this machine; enqueue each interrupted trial once more.
+
+    A setting interrupted ``MAX_INTERRUPTIONS`` times (one that kills its worker, say) is not retried
+    again. Returns the number of trials enqueued.
+    """
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if worker and not _alive(worker):
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: its worker {worker} is gone")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    times = Counter(_params_key(t) for t in trials if interrupted(t))
+    enqueued = 0
+    for t in trials:
+        if interrupted(t) and t.params and t.number not in retried and times[_params_key(t)] < MAX_INTERRUPTIONS:
+            attrs: dict[str, Any] = {"retry_of": t.number, **({"baseline": True} if is_baseline(t) else {})}
+            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+            enqueued += 1
+    return enqueued

@@ -1,0 +1,237 @@
+"""One prompt class's objective, driven by ask/tell: draw a setting, render it once, tell Optuna.
+
+Spend nothing twice: a setting rendered before reuses its stored metrics (the next trial then
+tries a setting not tried yet), a setting another worker is rendering right now is left to it.
+Rough first: with two or more seeds, the other seeds render only when the first seed's images
+are not clearly dominated by a setting already rendered.
+
+Example:
+    >>> objective = Objective(cfg, study, "portrait", Evaluator(cfg, url, None), target=30)
+    >>> objective.run_one().state
+    TrialState.COMPLETE
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune import schedulers
+from autotune.evaluate import Evaluation, Scorer
+from autotune.families import ResolvedStudy
+from autotune.metrics import METRICS, summarise
+from autotune.pareto import clearly_dominated
+from autotune.space import Settings, suggest
+from autotune.storage import image_name
+from autotune.study import ledger
+from autotune.study.sampling import fresh_params
+
+__all__ = ["Objective", "TrialFailed"]
+
+T = TypeVar("T")
+_TRACEBACK_CHARS = 8000  # the end of a failed trial's traceback kept in its ``fail_traceback`` attribute
+_KEPT_FROM_EARLIER = ("model_calls", "images")  # besides the per-metric values: what a reused trial copies
+
+
+class TrialFailed(Exception):
+    """A trial that rendered nothing usable; Optuna records it as FAIL and the study goes on."""
+
+
+def _reason(e: BaseException) -> str:
+    """One line for ``fail_reason``: the exception, and where it was raised when it says nothing."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if not text:
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        text = f"raised at {'/'.join(Path(frame.filename).parts[-3:])}:{frame.lineno}"
+    return f"{type(e).__name__}: {text}"[:500]
+
+
+def _merge_seeds(first: Sequence[T], rest: Sequence[T], n_seeds: int) -> list[T]:
+    """Prompt-major order again from the first seed's items and the other seeds' (both prompt-major)."""
+    out: list[T] = []
+    for i, item in enumerate(first):
+        out += [item, *rest[i * (n_seeds - 1) : (i + 1) * (n_seeds - 1)]]
+    return out
+
+
+class Objective:
+    """A class's study, one trial at a time; ``scorer`` renders and scores (or a cache stands in)."""
+
+    def __init__(
+        self,
+        cfg: ResolvedStudy,
+        study: optuna.Study,
+        class_name: str,
+        scorer: Scorer,
+        target: int,
+        artifacts: FileSystemArtifactStore | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg, self.study, self.class_name, self.scorer = cfg, study, class_name, scorer
+        self.target, self.artifacts, self.rng = target, artifacts, rng or random.Random()
+        self.prompts, self.seeds = cfg.classes[class_name], cfg.search.seeds
+
+    def run_one(self) -> FrozenTrial:
+        """Ask for a trial, run it under Optuna's heartbeat, tell the outcome; the trial as stored.
+
+        Ctrl-C marks the trial interrupted (it is retried on the next run) and is raised again.
+        """
+        storage = self.study._storage
+        with warnings.catch_warnings():  # the heartbeat runs below, as in Optuna's own optimize loop
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if is_heartbeat_enabled(storage):  # fail other hosts' stale trials first, as optimize does
+                optuna.storages.fail_stale_trials(self.study)
+            trial = self.study.ask()
+        values: list[float] | None = None
+        with get_heartbeat_thread(trial._trial_id, storage):
+            try:
+                values = self._run(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except TrialFailed:
+                state = TrialState.FAIL
+            except KeyboardInterrupt:  # not the setting's fault: the next run retries it
+                trial.set_user_attr("interrupted", True)
+                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+                self.study.tell(trial, state=TrialState.FAIL)
+                raise
+        self.study.tell(trial, values, state=state)
+        return storage.get_trial(trial._trial_id)
+
+    def _trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def _run(self, trial: optuna.Trial) -> list[float]:
+        trial.set_user_attr("worker", ledger.worker_id())
+        trials = self._trials()
+        me = next(t for t in trials if t._trial_id == trial._trial_id)
+        if ledger.surplus(trials, me, self.target):
+            trial.set_user_attr("surplus", True)  # workers claimed the last trials at the same moment
+            raise optuna.TrialPruned(f"other workers already claimed the study's {self.target} trials")
+        settings = suggest(trial, self.cfg.search, self.scorer.family)
+        spec = schedulers.get(settings.scheduler)
+        key = settings.key()
+        trial.set_user_attr("setting", settings.label())
+        trial.set_user_attr("setting_key", key)
+        trial.set_user_attr("scheduler_class", spec.class_name)
+        trial.set_user_attr("scheduler_config", settings.scheduler_overrides())
+        trial.set_user_attr("deterministic", spec.deterministic)
+        trials = self._trials()  # read after writing the key: see ledger.rendering_now
+        earlier = ledger.same_setting(trials, key, trial.number)
+        if earlier is not None:
+            return self._reuse(trial, earlier, trials)
+        busy = ledger.rendering_now(trials, key, trial.number)
+        if busy is not None:
+            trial.set_user_attr("same_setting_running", busy.number)
+            self._enqueue_fresh(trial, trials)
+            raise optuna.TrialPruned(f"trial {busy.number} is rendering the same setting")
+        try:
+            evaluation = self._render(trial, settings)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:  # any render or metric failure fails this trial, not the study
+            trial.set_user_attr("fail_reason", _reason(e))
+            trial.set_user_attr("fail_traceback", traceback.format_exc()[-_TRACEBACK_CHARS:])
+            from autotune.pipeline import free_memory
+
+            free_memory()
+            raise TrialFailed(_reason(e)) from e
+        return self._record(trial, evaluation)
+
+    def _enqueue_fresh(self, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> None:
+        """A sampler that repeats itself has stopped exploring: the next trial tries a new setting."""
+        fresh = fresh_params(trials, self.cfg.search, self.scorer.family, self.rng)
+        if fresh is None:
+            self.study.set_user_attr("exhausted", True)
+        else:
+            self.study.enqueue_trial(fresh, user_attrs={"fresh_after": trial.number}, skip_if_exists=False)
+
+    def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial, trials: Sequence[FrozenTrial]) -> list[float]:
+        """Spend nothing twice: a repeated setting takes the earlier trial's verdict."""
+        trial.set_user_attr("reused_from", earlier.number)
+        self._enqueue_fresh(trial, trials)
+        if ledger.rough_cut(earlier):
+            trial.set_user_attr("rough_dominated_by", earlier.user_attrs["rough_dominated_by"])
+            raise optuna.TrialPruned(f"rough-first cut the same setting in trial {earlier.number}")
+        if earlier.state == TrialState.FAIL:
+            reason = f"same setting failed in trial {earlier.number}: {earlier.user_attrs['fail_reason']}"
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason)
+        for key, value in earlier.user_attrs.items():
+            if key.endswith("_values") or key in _KEPT_FROM_EARLIER:
+                trial.set_user_attr(key, value)
+        assert earlier.values is not None
+        return list(earlier.values)
+
+    def _record(self, trial: optuna.Trial, evaluation: Evaluation) -> list[float]:
+        """Per-image values as user attributes, images as artifacts; the objectives' values for Optuna."""
+        per_image = evaluation.per_image
+        for name, values in per_image.items():
+            trial.set_user_attr(f"{name}_values", [round(v, 6) for v in values])  # prompt-major, per seed
+        trial.set_user_attr("model_calls", evaluation.model_calls)
+        trial.set_user_attr("images", len(per_image["seconds"]))
+        if self.artifacts is not None and evaluation.images is not None:
+            self.cfg.artifact_dir.mkdir(parents=True, exist_ok=True)
+            self._upload(trial, evaluation.images)
+        return [summarise(name, per_image[name]) for name in self.cfg.metrics.objectives]
+
+    def _upload(self, trial: optuna.Trial, images: Any) -> None:
+        """Every image of the trial as a PNG artifact, prompt-major like the render."""
+        import tempfile
+
+        from autotune.references import encode_png
+
+        assert self.artifacts is not None
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            for i, image in enumerate(images):
+                path = Path(tmp) / image_name(i // len(self.seeds), self.seeds[i % len(self.seeds)])
+                path.write_bytes(encode_png(image))
+                upload_artifact(
+                    artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial, mimetype="image/png"
+                )
+
+    def _render(self, trial: optuna.Trial, settings: Settings) -> Evaluation:
+        """Every image of the setting; with ``rough_first``, the other seeds only when the first seed's
+        images are not clearly dominated by a setting already rendered (compared on that seed)."""
+        prompts, seeds, scorer = self.prompts, self.seeds, self.scorer
+        if not self.cfg.search.rough_first or len(seeds) == 1:
+            return scorer.evaluate(settings, prompts, seeds)
+        first = scorer.evaluate(settings, prompts, seeds[:1])
+        if not trial.user_attrs.get("baseline"):
+            self._cut_if_dominated(trial, first.per_image)
+        rest = scorer.evaluate(settings, prompts, seeds[1:])
+        n = len(seeds)
+        per_image = {m: _merge_seeds(first.per_image[m], rest.per_image[m], n) for m in first.per_image}
+        images = None
+        if first.images is not None and rest.images is not None:
+            import torch
+
+            images = torch.stack(_merge_seeds(list(first.images), list(rest.images), n))
+        return Evaluation(per_image, first.model_calls, images)
+
+    def _cut_if_dominated(self, trial: optuna.Trial, first: dict[str, list[float]]) -> None:
+        objectives, n = self.cfg.metrics.objectives, len(self.seeds)
+        done = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "reused_from" not in t.user_attrs and all(f"{m}_values" in t.user_attrs for m in objectives)
+        ]
+        rendered = [{m: summarise(m, t.user_attrs[f"{m}_values"][::n]) for m in objectives} for t in done]
+        rough = {m: summarise(m, first[m]) for m in objectives}
+        better = clearly_dominated(rough, rendered, {m: METRICS[m].higher_is_better for m in objectives})
+        if better is not None:
+            trial.set_user_attr("rough_values", rough)
+            trial.set_user_attr("rough_dominated_by", done[better].number)
+            raise optuna.TrialPruned(f"rough-first: its first seed is clearly dominated by trial {done[better].number}")

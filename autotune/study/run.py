@@ -1,0 +1,262 @@
+"""The run loop: open every class's study, recover what dead workers left, run trials in turn.
+
+Example:
+    >>> outcomes = run_study(load_config("studies/demo.toml"), n_trials=10)
+    >>> outcomes["portrait"].recommendation.speedup
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.config import StudyConfig
+from autotune.evaluate import Evaluator
+from autotune.families import ResolvedStudy
+from autotune.metrics import METRICS
+from autotune.outputs import check_writable
+from autotune.space import Settings, variant_choices
+from autotune.storage import artifact_store, open_storage, quiet_optuna
+from autotune.study import ledger
+from autotune.study.objective import Objective
+from autotune.study.results import Outcomes, recommend
+from autotune.study.sampling import make_sampler
+from autotune.study.versions import find_version, fingerprint, study_name
+
+__all__ = ["StudyAborted", "open_class_study", "run_study"]
+
+_MAX_CONSECUTIVE_FAILURES = 10  # fresh failures in a row (not repeats of a known-bad setting)
+
+
+class StudyAborted(RuntimeError):
+    """Every recent trial failed: stop instead of burning the night on the same error."""
+
+
+def open_class_study(
+    cfg: ResolvedStudy, class_name: str, storage: optuna.storages.BaseStorage, version: int = 1
+) -> optuna.Study:
+    """Load the class's study, creating it first when it does not exist.
+
+    Creation is atomic (the study name is unique in the storage): only the process that
+    created the study sets its attributes and enqueues the baseline, so workers starting
+    together never enqueue it twice.
+    """
+    name = study_name(cfg, class_name, version)
+    sampler = make_sampler(cfg.search.sampler)
+    directions = [optuna.study.StudyDirection[METRICS[m].direction.upper()] for m in cfg.metrics.objectives]
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(cfg.metrics.objectives))
+    study.set_user_attr("fingerprint", fingerprint(cfg))
+    study.set_user_attr("prompts", list(cfg.classes[class_name]))
+    base = Settings.of(cfg.baseline)  # the baseline is the first trial of every class
+    searched = variant_choices(base.scheduler, cfg.search.variants, cfg.family)
+    study.enqueue_trial(base.params(searched), user_attrs={"baseline": True})
+    return study
+
+
+def _prepare(study: optuna.Study, class_name: str, evaluator: Evaluator) -> None:
+    """Recover dead workers' trials; store the class's router embedding and seed-to-seed LPIPS."""
+    if study.user_attrs.get("exhausted"):  # the space may have grown since: look again
+        study.set_user_attr("exhausted", False)
+    ledger.recover(study)
+    prompts = evaluator.cfg.classes[class_name]
+    study.set_user_attr("router", evaluator.router_embedding(prompts))
+    if evaluator.lpips is not None and "seed_lpips" not in study.user_attrs:
+        study.set_user_attr("seed_lpips", evaluator.seed_lpips(prompts))
+
+
+def run_study(
+    cfg: StudyConfig,
+    *,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    check_reference: bool = True,
+    new_version: bool = False,
+    workers: int = 1,
+) -> Outcomes:
+    """Run (or resume) every class's study until ``n_trials`` settings are rendered or time runs out.
+
+    ``n_trials`` counts the study's rendered settings, not this run's: a resumed study runs on
+    to the total. Classes take turns one trial at a time, so a timeout leaves every class
+    with a comparable number of trials. Before the first trial, the reference setting must
+    converge (see :func:`autotune.references.convergence`) unless ``check_reference`` is False.
+
+    ``workers`` > 1 starts that many processes in all on this machine (one per GPU when
+    ``device`` is CUDA and there are several), sharing the storage; they return when done.
+    Safe to run in several processes against one storage (see :mod:`autotune.study.ledger`).
+    Raises :class:`ConfigError` when the study file changed in a way that makes the stored
+    trials incomparable, unless ``new_version`` starts ``NAME.vN.CLASS`` beside them.
+    """
+    from autotune.pipeline import resolve_config
+
+    resolved = cfg if isinstance(cfg, ResolvedStudy) else resolve_config(cfg)
+    url = storage or cfg.default_storage
+    if url.startswith("sqlite:///"):
+        cfg.directory.mkdir(parents=True, exist_ok=True)
+    with quiet_optuna():
+        rdb = open_storage(url)
+        version, _ = find_version(cfg, rdb, resolved, new_version=new_version)
+        check_writable(cfg.output_dir)
+        target = n_trials or cfg.search.n_trials
+        evaluator = Evaluator(resolved, url, device)
+        if check_reference and "lpips" in cfg.metrics.objectives:
+            evaluator.check_reference()
+        artifacts = artifact_store(cfg) if cfg.report.images else None
+        objectives = {}
+        for c in cfg.classes:
+            study = open_class_study(resolved, c, rdb, version)
+            _prepare(study, c, evaluator)
+            objectives[c] = Objective(resolved, study, c, evaluator, target, artifacts)
+        _loop(cfg, objectives, target, timeout, evaluator.pipeline.device, url, workers, progress)
+        return recommend(resolved, storage=url)
+
+
+def _pending(objectives: dict[str, Objective], target: int) -> list[str]:
+    return [
+        c
+        for c, o in objectives.items()
+        if ledger.claimed(o.study.get_trials(deepcopy=False)) < target and not o.study.user_attrs.get("exhausted")
+    ]
+
+
+def _loop(
+    cfg: StudyConfig,
+    objectives: dict[str, Objective],
+    target: int,
+    timeout: float | None,
+    device: str,
+    url: str,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Classes take turns one trial at a time until each has ``target`` rendered settings or time is up."""
+    import torch
+
+    deadline = time.monotonic() + timeout if timeout else math.inf
+    threads = torch.get_num_threads()
+    helpers = _spawn_workers(cfg, url, target, timeout, device, workers - 1)
+    bar = _Progress(cfg, {c: o.study for c, o in objectives.items()}, target, deadline, progress)
+    failures = 0
+    try:
+        while time.monotonic() < deadline and (pending := _pending(objectives, target)):
+            for c in pending:
+                last = objectives[c].run_one()
+                if last.state != TrialState.FAIL:
+                    failures = 0
+                elif "reused_from" not in last.user_attrs:
+                    failures += 1
+                bar.update(_failure_line(c, last))
+                if failures >= _MAX_CONSECUTIVE_FAILURES:
+                    raise StudyAborted(
+                        f"{failures} trials in a row failed; the last: "
+                        f"{last.user_attrs.get('fail_reason', 'unknown reason')}"
+                    )
+                if time.monotonic() >= deadline:
+                    break
+    finally:
+        bar.close()
+        _join(helpers)
+        torch.set_num_threads(threads)
+
+
+def _failure_line(class_name: str, t: FrozenTrial) -> str | None:
+    """One line for a trial that failed on its own (not a repeat of a failed setting), else None."""
+    if t.state != TrialState.FAIL or "reused_from" in t.user_attrs:
+        return None
+    setting = t.user_attrs.get("setting", "setting not drawn")
+    return f"autotune: {class_name} trial {t.number} ({setting}) failed: {t.user_attrs.get('fail_reason', 'unknown')}"
+
+
+def _spawn_workers(
+    cfg: StudyConfig, url: str, target: int, timeout: float | None, device: str, n: int
+) -> list[subprocess.Popen[bytes]]:
+    """``n`` more ``autotune study --worker`` processes on this storage; GPUs dealt out round robin.
+
+    On the CPU every process, this one included until the run ends, gets its share of the cores:
+    N processes with all-core thread pools thrash (4 on 2 cores ran 3x slower).
+    """
+    import torch
+
+    gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
+    env = dict(os.environ)
+    if n and device == "cpu":
+        threads = max(1, (os.cpu_count() or 1) // (n + 1))
+        env["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+    procs = []
+    for i in range(1, n + 1):
+        dev = f"cuda:{i % gpus}" if gpus > 1 else device
+        cmd = [sys.executable, "-m", "autotune.cli", "study", str(cfg.path), "--worker", "--storage", url]
+        cmd += ["--n-trials", str(target), "--device", dev, "--no-reference-check"]
+        if timeout:
+            cmd += ["--timeout", str(timeout)]
+        procs.append(subprocess.Popen(cmd, env=env))
+    return procs
+
+
+def _join(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Wait for the helper workers; on Ctrl-C they got the signal too (same process group)."""
+    for p in procs:
+        try:
+            code = p.wait()
+        except KeyboardInterrupt:
+            p.terminate()
+            p.wait()
+            raise
+        if code not in (0, 130):
+            print(f"autotune: warning: worker process {p.pid} exited with code {code}", file=sys.stderr)
+
+
+class _Progress:
+    """A tqdm bar over all classes: settings rendered, Pareto front sizes, time left."""
+
+    def __init__(
+        self, cfg: StudyConfig, studies: dict[str, optuna.Study], target: int, deadline: float, enabled: bool
+    ) -> None:
+        from tqdm import tqdm
+
+        self.studies, self.deadline, self.target = studies, deadline, target
+        self.bar = tqdm(
+            total=target * len(studies),
+            initial=self._done(),
+            desc=f"autotune {cfg.name}",
+            unit="trial",
+            disable=not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self.update()
+
+    def _done(self) -> int:
+        """Settings rendered (or rendering) per class, up to the target: reused repeats do not move the bar."""
+        return sum(min(ledger.claimed(s.get_trials(deepcopy=False)), self.target) for s in self.studies.values())
+
+    def update(self, line: str | None = None) -> None:
+        if line:
+            self.bar.write(line, file=sys.stderr)
+        if self.bar.disable:
+            return
+        fronts = {c: len(s.best_trials) for c, s in self.studies.items()}
+        post = {"front": " ".join(f"{c}:{n}" for c, n in fronts.items())}
+        if self.deadline < math.inf:
+            post["left"] = time.strftime("%H:%M:%S", time.gmtime(max(0.0, self.deadline - time.monotonic())))
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(self._done() - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,73 @@
+"""The study's sampler, and random draws of settings not tried yet.
+
+Example:
+    >>> sampler = make_sampler("tpe", seed=0)
+    >>> fresh_params(study.get_trials(), cfg.search, FAMILIES["sd"])
+    {'scheduler': 'euler', 'steps': 17, 'guidance': 4.5}
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.families import Family, ResolvedSearch
+from autotune.space import Settings, suggest, variant_choices
+
+__all__ = ["RandomDraw", "fresh_params", "make_sampler"]
+
+
+def make_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The study's sampler; ``tpe`` (the default) is multivariate TPE, the best measured by
+    ``benchmarks/search.py`` (README, Performance); constant liar keeps parallel workers apart."""
+    with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental" in Optuna 4
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
+        if name == "tpe_independent":
+            return optuna.samplers.TPESampler(constant_liar=True, seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+class RandomDraw:
+    """Stands in for a trial in :func:`~autotune.space.suggest`: every parameter uniformly at random on its grid."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self.rng.choice(list(choices))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1) -> int:
+        return low + step * self.rng.randint(0, (high - low) // step)
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float) -> float:
+        return round(low + step * self.rng.randint(0, int((high - low) / step + 1e-9)), 9)
+
+
+def fresh_params(
+    trials: Sequence[FrozenTrial],
+    space: ResolvedSearch,
+    family: Family,
+    rng: random.Random | None = None,
+    draws: int = 1000,
+) -> dict[str, Any] | None:
+    """Parameters of a setting none of ``trials`` has tried or queued, drawn at random (None: found none)."""
+    tried = {t.user_attrs.get("setting_key") for t in trials}
+    queued = (t.system_attrs.get("fixed_params") for t in trials if t.state == TrialState.WAITING)
+    tried |= {Settings.from_params(q).key() for q in queued if q and "scheduler" in q}
+    rng = rng or random.Random()
+    for _ in range(draws):
+        settings = suggest(RandomDraw(rng), space, family)
+        if settings.key() not in tried:
+            return settings.params(variant_choices(settings.scheduler, space.variants, family))
+    return None

@@ -1,0 +1,95 @@
+"""Study names, fingerprints and versions: which stored trials a study file may be compared with.
+
+Example:
+    >>> version, resolved = find_version(cfg, open_storage(url))
+    >>> study_name(cfg, "portrait", version)
+    'demo.portrait'
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import optuna
+
+from autotune import schedulers
+from autotune.config import ConfigError, StudyConfig
+from autotune.families import FAMILIES, ResolvedStudy, resolve
+
+__all__ = ["find_version", "fingerprint", "study_name"]
+
+
+def study_name(cfg: StudyConfig, class_name: str, version: int = 1) -> str:
+    """``NAME.CLASS``; a study started afresh with ``--new-version`` is ``NAME.vN.CLASS``."""
+    return f"{cfg.name}.{class_name}" if version == 1 else f"{cfg.name}.v{version}.{class_name}"
+
+
+def fingerprint(cfg: ResolvedStudy) -> dict[str, Any]:
+    """What makes two runs' metrics comparable: model, size, metrics, family, reference and seeds."""
+    ref = cfg.reference
+    return {
+        "model": cfg.model.id,
+        "size": [cfg.model.height, cfg.model.width],
+        "objectives": list(cfg.metrics.objectives),
+        "clip": [cfg.metrics.clip_model, cfg.metrics.clip_pretrained],
+        "lpips": [cfg.metrics.lpips_net, cfg.metrics.lpips_backbone],
+        "family": cfg.family.name,
+        "reference": {
+            "scheduler": ref.scheduler,
+            "steps": ref.steps,
+            "guidance": "trial" if ref.follows_trial else ref.guidance,
+            "options": dict(ref.options),
+        },
+        "seeds": list(cfg.search.seeds),
+    }
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two fingerprints, as ``key old -> new``."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
+
+
+def find_version(
+    cfg: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    resolved: ResolvedStudy | None = None,
+    *,
+    new_version: bool = False,
+) -> tuple[int, ResolvedStudy]:
+    """The version of the study whose fingerprint matches the file, and the file resolved as it ran.
+
+    ``resolved`` is the file resolved against its model (running a study); without it (reading a
+    study: no model is loaded) each stored version's family resolves the file. With ``new_version``
+    a changed file gets the next free version. A changed search space is fine (Optuna handles it); a
+    changed model, size, metric, seeds or reference makes earlier trials incomparable, so it is refused.
+    """
+    names = set(optuna.get_all_study_names(storage))
+    changed = ""
+    for version in itertools.count(1):
+        existing = [study_name(cfg, c, version) for c in cfg.classes if study_name(cfg, c, version) in names]
+        if not existing:
+            first = study_name(cfg, next(iter(cfg.classes)), version)
+            if resolved is None and version == 1:
+                raise ConfigError(f"classes: no study {first!r} in the storage; run `autotune study {cfg.path}` first")
+            if resolved is not None and (version == 1 or new_version):
+                return version, resolved
+            hint = "pass --new-version to start" if resolved is not None else "`autotune study --new-version` starts"
+            raise ConfigError(
+                f"{cfg.path}: changed since the study ran ({changed}), so its trials are not comparable; "
+                f"{hint} {first} beside it, or undo the change"
+            )
+        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(existing[0])).get("fingerprint")
+        here = resolved or resolve(cfg, FAMILIES[(stored or {}).get("family") or "sd"], schedulers.names())
+        changes = _changes(stored, fingerprint(here)) if stored else []
+        if not changes:
+            return version, here
+        changed = ", ".join(changes)
+    raise AssertionError("unreachable")
