@@ -11,15 +11,23 @@ In serving code:
     >>> router = autotune.Router.from_study(recs)
     >>> name, similarity = router.route(prompt)
     >>> image = pipe(prompt, **autotune.apply(pipe, recs[name])).images[0]
+
+``import autotune`` is light: the study machinery (Optuna, SQLAlchemy) and the router load on
+first use of ``run_study``, ``recommend`` or ``Router``.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from autotune.config import ConfigError, StudyConfig, load_config
-from autotune.router import Router
 from autotune.serving import ClassRecommendation, Recommendations, apply, load_recommendations
 from autotune.space import Settings
-from autotune.study import recommend, run_study
+
+if TYPE_CHECKING:
+    from autotune.router import Router
+    from autotune.study import recommend, run_study
 
 __all__ = [
     "ClassRecommendation",
@@ -35,3 +43,10 @@ __all__ = [
     "run_study",
 ]
 __version__ = "0.1.0"
+_LAZY = {"Router": "autotune.router", "recommend": "autotune.study", "run_study": "autotune.study"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autotune' has no attribute {name!r}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from autotune.study import _RandomDraw
+from autotune.study.sampling import RandomDraw
 
 HERE = Path(__file__).parent
 STUDY = """
@@ -43,7 +42,7 @@ prompts = ["a studio portrait of an old fisherman", "a close-up photo of a smili
 """
 
 
-class Draw(_RandomDraw):
+class Draw(RandomDraw):
     """autotune's random draw of a setting, recording the Optuna distributions as a trial would."""
 
     def __init__(self, rng: random.Random) -> None:
@@ -56,9 +55,9 @@ class Draw(_RandomDraw):
         self.params[name] = super().suggest_categorical(name, choices)
         return self.params[name]
 
-    def suggest_int(self, name: str, low: int, high: int) -> int:
-        self.distributions[name] = IntDistribution(low, high)
-        self.params[name] = super().suggest_int(name, low, high)
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1) -> int:
+        self.distributions[name] = IntDistribution(low, high, step=step)
+        self.params[name] = super().suggest_int(name, low, high, step=step)
         return self.params[name]
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float) -> float:
@@ -97,7 +96,7 @@ def synthetic_trials(cfg: Any, family: Any, n: int, images: int) -> list[Any]:
         }
         for m, v in values.items():
             per_image = [round(v + rng.gauss(0, 0.01 * abs(v)), 6) for _ in range(images)]
-            attrs |= {f"{m}_mean": v, f"{m}_std": 0.01 * abs(v), f"{m}_values": per_image}
+            attrs[f"{m}_values"] = per_image
         out.append(
             optuna.trial.create_trial(
                 params=draw.params,
@@ -109,14 +108,25 @@ def synthetic_trials(cfg: Any, family: Any, n: int, images: int) -> list[Any]:
     return out
 
 
+_PEAK = (
+    "import resource, sys; from autotune.cli import main; code = main(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
+)
+
+
 def timed(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak resident memory (MiB) of one command in a fresh process."""
+    """Wall seconds and peak resident memory (MiB) of one ``autotune`` command in a fresh process.
+
+    The process reports its own peak: a child's rusage would include the pages of this benchmark
+    process (torch and all) that it was forked from.
+    """
     t0 = time.perf_counter()
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(args)} failed")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024
+    p = subprocess.run(
+        [sys.executable, "-c", _PEAK, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    if p.returncode != 0:
+        raise SystemExit(f"autotune {' '.join(args)} failed: {p.stderr}")
+    return time.perf_counter() - t0, int(p.stderr.strip().splitlines()[-1]) / 1024
 
 
 def main() -> None:
@@ -129,7 +139,6 @@ def main() -> None:
     from autotune.pipeline import resolve_config
     from autotune.study import run_study, study_name
 
-    autotune = str(Path(sys.executable).with_name("autotune"))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scale.toml"
         path.write_text(STUDY)
@@ -144,8 +153,8 @@ def main() -> None:
         study.add_trials(trials)
         added = time.perf_counter() - t0
         per_trial = (db.stat().st_size - before) / args.trials
-        recommend_s, recommend_mb = timed([autotune, "recommend", str(path)])
-        report_s, report_mb = timed([autotune, "report", str(path)])
+        recommend_s, recommend_mb = timed(["recommend", str(path)])
+        report_s, report_mb = timed(["report", str(path)])
         report_kb = (cfg.output_dir / "report.html").stat().st_size / 1024
     result = {
         "trials": args.trials + 2,

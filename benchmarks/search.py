@@ -7,17 +7,18 @@ On the tiny model (64 px, 2 classes, 2 seeds per setting), a fixed discrete spac
 benchmarks/cache/ (reruns render nothing). Its Pareto front per class (CLIP score up, LPIPS
 down, seconds down) is the ground truth. Each of autotune's samplers (``[search] sampler``,
 the same Optuna configuration), and a coarse grid (every other step count and guidance value),
-then runs as autotune runs it - baseline first; a repeated setting costs nothing and the next
-trial is a random untried one; ``NAME+rough`` pays the first seed's share of a setting and the
-rest only when it is not clearly dominated - against the cached grid, until it has spent 50% of
-the grid's render seconds; at 5, 10, 25 and 50% we record, per class:
+then runs through autotune's own objective (``autotune.study.objective.Objective``: baseline first;
+a repeated setting costs nothing and the next trial is a random untried one; ``NAME+rough`` pays
+the first seed's share of a setting and the rest only when it is not clearly dominated), with the
+cached grid standing in for the renderer, until it has spent 50% of the grid's render seconds;
+at 5, 10, 25 and 50% we record, per class:
 
 - hypervolume ratio to the true front, both normalised by the true front's own best-to-worst
   range (normalising by the whole grid saturates near 1.0 for every sampler and tells nothing),
 - the share of the true front's settings found, the unique settings rendered, those cut,
 - whether match_baseline (on seconds fitted against model calls, as autotune does) recommends
   what it recommends on the whole grid,
-- the sampler's own time per suggestion.
+- autotune's own time per trial (sampler and trial ledger; the grid renders in no time).
 
 Also, per class, whether two runs of the same study recommend the same setting when only their
 timings differ (drawn from this grid's own timing noise around the fit), on raw and on fitted
@@ -36,12 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
+
+from autotune.study import ledger
 
 HERE = Path(__file__).parent
 SCHEDULERS = ["euler", "dpmpp_2m_karras", "dpmpp_2m", "unipc", "ddim", "heun", "lms"]
 STEPS = list(range(4, 41, 4))
 GUIDANCE = [1.0, 2.5, 4.0, 5.5, 7.0, 8.5]
 BASELINE = ("dpmpp_2m_karras", 28, 7.0)
+GRID_SEEDS = [0, 1]
 BUDGETS = [0.05, 0.10, 0.25, 0.50]
 CACHE_FORMAT = 2  # rows carry model calls and per-seed metrics
 OBJECTIVES = ("clip_score", "lpips", "seconds")
@@ -85,9 +90,9 @@ def render_grid() -> Grid:
         raw = json.loads(cache.read_text())
         return {c: {tuple(json.loads(k)): v for k, v in rows.items()} for c, rows in raw.items()}  # type: ignore[misc]
     from autotune.config import load_config
+    from autotune.evaluate import Evaluator
     from autotune.pipeline import resolve_config
     from autotune.space import Settings
-    from autotune.study import Evaluator
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "grid.toml"
@@ -101,9 +106,8 @@ def render_grid() -> Grid:
             for name in SCHEDULERS:
                 for steps in STEPS:
                     for g in GUIDANCE:
-                        per_image, calls, _ = evaluator.evaluate(
-                            Settings.make(name, steps, g), prompts, cfg.search.seeds
-                        )
+                        e = evaluator.evaluate(Settings.make(name, steps, g), prompts, cfg.search.seeds)
+                        per_image, calls = e.per_image, e.model_calls
                         row: dict[str, Any] = {m: statistics.fmean(per_image[m]) for m in ("clip_score", "lpips")}
                         row["seconds"] = statistics.median(per_image["seconds"])
                         row["cost"] = sum(per_image["seconds"])
@@ -171,6 +175,47 @@ SAMPLERS = ["tpe", "tpe_independent", "gp", "nsga2", "random", "coarse_grid"]  #
 DEFAULT = ["tpe", "tpe_independent", "nsga2", "random", "coarse_grid", "tpe+rough", "random+rough"]
 
 
+class GridScorer:
+    """Stands in for autotune's evaluator: a setting's per-seed scores from the cached grid, and the
+    render seconds it would have cost (a rough-first first seed costs that seed's share)."""
+
+    def __init__(self, rows: dict[Key, dict[str, Any]]) -> None:
+        self.rows, self.spent = rows, 0.0
+
+    @property
+    def family(self) -> Any:
+        from autotune.families import FAMILIES
+
+        return FAMILIES["sd"]
+
+    def evaluate(self, settings: Any, prompts: Any, seeds: Any) -> Any:
+        from autotune.evaluate import Evaluation
+
+        row = self.rows[(settings.scheduler, settings.steps, settings.guidance)]
+        n = len(row["clip_score_seeds"])
+        picked = [GRID_SEEDS.index(s) for s in seeds]
+        self.spent += row["cost"] * len(picked) / n
+        per_image = {m: [row[f"{m}_seeds"][i] for i in picked] for m in ("clip_score", "lpips")}
+        per_image["seconds"] = [row["seconds"]] * len(picked)
+        return Evaluation(per_image, row["model_calls"])
+
+
+def _study_config(rough: bool) -> Any:
+    """The benchmark's study file resolved as autotune resolves it, its space exactly the grid's."""
+    import dataclasses
+
+    from autotune import schedulers
+    from autotune.config import load_config
+    from autotune.families import FAMILIES, resolve
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "grid.toml"
+        path.write_text(STUDY.format(schedulers=json.dumps(SCHEDULERS)))
+        cfg = resolve(load_config(path), FAMILIES["sd"], schedulers.names())
+    space = dataclasses.replace(cfg.search, steps_step=STEPS[1] - STEPS[0], guidance_step=GUIDANCE[1] - GUIDANCE[0])
+    return dataclasses.replace(cfg, search=dataclasses.replace(space, rough_first=rough, variants=()))
+
+
 def run_sampler(
     name: str,
     seed: int,
@@ -178,101 +223,47 @@ def run_sampler(
     seed_lpips: float,
     rough: bool = False,
     budgets: list[float] = BUDGETS,
+    class_name: str = "portrait",
 ) -> list[dict[str, Any]]:
-    """One study against the cached grid, as autotune runs it; the measures at each budget checkpoint.
-
-    A repeated setting reuses the stored metrics (costs nothing) and the next trial is a random
-    setting not tried yet. With ``rough``, a setting costs its first seed's share of the render
-    and the rest only when that seed is not clearly dominated by a setting rendered in full.
-    """
+    """One study against the cached grid, run by autotune's own objective (repeats reused, a fresh
+    setting after a repeat, rough first) with the grid standing in for the renderer; the measures
+    at each budget checkpoint. ``coarse_grid`` enqueues every other step count and guidance value."""
     import random
 
-    from autotune.pareto import clearly_dominated
+    from autotune.study.objective import Objective
+    from autotune.study.run import open_class_study
+    from autotune.study.sampling import make_sampler
 
     total = sum(r["cost"] for r in rows.values())
     true_keys = _front(rows)
     true_points = [rows[k] for k in true_keys]
     true_hv = _normalised_hv(true_points, true_points)
     grid_rec = _recommend(rows, list(rows), seed_lpips)
-    rng = random.Random(seed)
-    seen: list[Key] = []  # rendered in full
-    cut: set[Key] = set()  # rough-first stopped after the first seed
-    spent = 0.0
-    sampler_seconds: list[float] = []
-
-    def first_seed(k: Key) -> dict[str, float]:
-        return {
-            "clip_score": rows[k]["clip_score_seeds"][0],
-            "lpips": rows[k]["lpips_seeds"][0],
-            "seconds": rows[k]["seconds"],
-        }
-
-    def render(key: Key) -> None:
-        nonlocal spent
-        share = 1 / len(rows[key]["clip_score_seeds"])
-        if rough and key != BASELINE:
-            spent += share * rows[key]["cost"]
-            if clearly_dominated(first_seed(key), [first_seed(k) for k in seen], UP) is not None:
-                cut.add(key)
-                return
-            spent += (1 - share) * rows[key]["cost"]
-        else:
-            spent += rows[key]["cost"]
-        seen.append(key)
-
-    def untried() -> list[Key]:
-        done = set(seen) | cut
-        return [k for k in rows if k not in done]
-
+    cfg = _study_config(rough)
+    study = open_class_study(cfg, class_name, optuna.storages.InMemoryStorage())
+    study.sampler = make_sampler("random" if name == "coarse_grid" else name, seed)
     if name == "coarse_grid":
         coarse = [k for k in rows if k[1] in STEPS[::2] and k[2] in GUIDANCE[::2] and k != BASELINE]
-        rng.shuffle(coarse)
-        queue = iter([BASELINE, *coarse])
+        random.Random(seed).shuffle(coarse)
+        for k in coarse:
+            study.enqueue_trial({"scheduler": k[0], "steps": k[1], "guidance": k[2]})
+    scorer = GridScorer(rows)
+    objective = Objective(cfg, study, class_name, scorer, target=len(rows), rng=random.Random(seed))
+    overhead: list[float] = []
 
-        def step() -> bool:
-            key = next(queue, None)
-            if key is not None:
-                render(key)
-            return key is not None
-    else:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        from autotune.study import _sampler
-
-        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=_sampler(name, seed))
-
-        def enqueue(key: Key) -> None:
-            study.enqueue_trial({"scheduler": key[0], "steps": key[1], "guidance": key[2]})
-
-        enqueue(BASELINE)
-
-        def step() -> bool:
-            t0 = time.perf_counter()
-            trial = study.ask()
-            key = (
-                trial.suggest_categorical("scheduler", SCHEDULERS),
-                trial.suggest_int("steps", 4, 40, step=4),
-                trial.suggest_float("guidance", 1.0, 8.5, step=1.5),
-            )
-            sampler_seconds.append(time.perf_counter() - t0)
-            repeat = key in seen or key in cut
-            if not repeat:
-                render(key)
-            if key in cut:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                study.tell(trial, [rows[key][m] for m in OBJECTIVES])
-            if repeat:  # autotune tries a new setting next
-                fresh = untried()
-                if not fresh:
-                    return False
-                enqueue(rng.choice(fresh))
-            return True
+    def key(t: Any) -> Key:
+        return (t.params["scheduler"], t.params["steps"], t.params["guidance"])
 
     results = []
-    exhausted = False
     for budget in budgets:
-        while not exhausted and spent < budget * total and untried():
-            exhausted = not step()
+        while scorer.spent < budget * total and not study.user_attrs.get("exhausted"):
+            if name == "coarse_grid" and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                break
+            t0 = time.perf_counter()
+            objective.run_one()
+            overhead.append(time.perf_counter() - t0)
+        trials = study.get_trials(deepcopy=False)
+        seen = [key(t) for t in trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
         found = _front({k: rows[k] for k in seen})
         results.append(
             {
@@ -280,11 +271,11 @@ def run_sampler(
                 "hv_ratio": _normalised_hv([rows[k] for k in found], true_points) / true_hv,
                 "front_found": len(set(found) & set(true_keys)) / len(true_keys),
                 "unique_settings": len(seen),
-                "rough_cut": len(cut),
-                "suggestions": len(sampler_seconds),
-                "spent": spent / total,
+                "rough_cut": sum(ledger.rough_cut(t) and "reused_from" not in t.user_attrs for t in trials),
+                "suggestions": sum(t.state != TrialState.WAITING for t in trials),
+                "spent": scorer.spent / total,
                 "same_recommendation": _recommend(rows, seen, seed_lpips) == grid_rec,
-                "sampler_seconds_per_suggestion": statistics.fmean(sampler_seconds) if sampler_seconds else 0.0,
+                "sampler_seconds_per_suggestion": statistics.fmean(overhead) if overhead else 0.0,
             }
         )
     return results
@@ -339,6 +330,7 @@ def main() -> None:
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="shares of the grid's render seconds")
     parser.add_argument("--out", default=str(HERE / "results" / "search.json"))
     args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this script's own process: no "study created" lines
     budgets = [float(b) for b in args.budgets.split(",")]
     grid = render_grid()
     seed_lpips = 0.05  # the tolerance scale; the tiny model's seed-to-seed LPIPS is about this size
@@ -358,12 +350,12 @@ def main() -> None:
         )
         print(
             f"{'sampler':17} {'budget':>6} {'HV ratio mean/worst':>20} {'front found':>13} {'unique':>7} "
-            f"{'cut':>4} {'same rec':>8} {'s/suggest':>9}"
+            f"{'cut':>4} {'same rec':>8} {'s/trial':>9}"
         )
         for label in args.samplers.split(","):
             name, _, rough = label.partition("+")
             t0 = time.perf_counter()
-            runs = [run_sampler(name, seed, rows, seed_lpips, bool(rough), budgets) for seed in range(args.seeds)]
+            runs = [run_sampler(name, seed, rows, seed_lpips, bool(rough), budgets, c) for seed in range(args.seeds)]
             out["results"].setdefault(c, {})[label] = runs
             for i, budget in enumerate(budgets):
                 at = [r[i] for r in runs]

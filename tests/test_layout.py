@@ -55,3 +55,12 @@ def test_reading_a_study_imports_no_torch() -> None:
     code = "import sys, autotune.study.results, autotune.report; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_import_autotune_loads_no_study_machinery_until_used() -> None:
+    code = (
+        "import sys, autotune; heavy = ('optuna', 'torch', 'sqlalchemy', 'plotly', 'open_clip', 'diffusers'); "
+        "print([m for m in heavy if m in sys.modules]); autotune.run_study; print('optuna' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "True"]
