@@ -109,16 +109,16 @@ def synthetic_trials(cfg: Any, family: Any, n: int, images: int) -> list[Any]:
 
 
 _PEAK = (
-    "import resource, sys; from autotune.cli import main; code = main(sys.argv[1:]); "
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
+    "import re, sys; from autotune.cli import main; code = main(sys.argv[1:]); "
+    "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1], file=sys.stderr); sys.exit(code)"
 )
 
 
 def timed(args: list[str]) -> tuple[float, float]:
     """Wall seconds and peak resident memory (MiB) of one ``autotune`` command in a fresh process.
 
-    The process reports its own peak: a child's rusage would include the pages of this benchmark
-    process (torch and all) that it was forked from.
+    The process reports its own high-water mark (Linux ``VmHWM``): its rusage would also count the
+    pages of this benchmark process (torch and all) that it was forked from before its exec.
     """
     t0 = time.perf_counter()
     p = subprocess.run(
