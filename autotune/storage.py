@@ -1,5 +1,7 @@
 """Where a study lives: Optuna's RDB storage, the schema-race retry, the trial-image artifact store.
 
+Optuna loads on first use: the reference store and validation need only the schema-race retry.
+
 Storage is Optuna's RDB storage (SQLite beside the study file by default, PostgreSQL for
 shared studies); reference images live in a table of their own in the same database
 (:mod:`autotune.references`); trial images are Optuna artifacts in ``studies/NAME/artifacts``.
@@ -16,13 +18,15 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import optuna
-from optuna.artifacts import FileSystemArtifactStore
 from sqlalchemy.exc import SQLAlchemyError
 
 from autotune.config import ConfigError, StudyConfig
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore
 
 __all__ = ["artifact_store", "image_name", "open_storage", "quiet_optuna", "retry_schema_race", "sqlite_path"]
 
@@ -47,6 +51,7 @@ def retry_schema_race(create: Callable[[], T], attempts: int = 6) -> T:
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage for ``url``; a bad URL or a file that is no database is a ConfigError."""
+    import optuna
     from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 
     kwargs: dict[str, Any] = {}
@@ -73,6 +78,8 @@ def sqlite_path(url: str) -> Path:
 def quiet_optuna() -> Iterator[None]:
     """Optuna's INFO lines (study created, trial finished) off inside, the caller's level restored after:
     a failed trial gets autotune's one line instead."""
+    import optuna
+
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -83,6 +90,8 @@ def quiet_optuna() -> Iterator[None]:
 
 def artifact_store(cfg: StudyConfig) -> FileSystemArtifactStore:
     """The study's image store: ``studies/NAME/artifacts`` (what ``optuna-dashboard --artifact-dir`` serves)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
     return FileSystemArtifactStore(str(cfg.artifact_dir))
 
 

@@ -51,6 +51,12 @@ def test_no_import_cycle_between_autotune_modules() -> None:
     assert not cycles, cycles
 
 
+def test_rendering_and_validating_import_no_optuna() -> None:
+    code = "import sys, autotune.evaluate, autotune.validate, autotune.references; print('optuna' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_reading_a_study_imports_no_torch() -> None:
     code = "import sys, autotune.study.results, autotune.report; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
