@@ -1,4 +1,5 @@
-"""Files a study leaves for people: written whole (temporary name, then rename), checked writable first.
+"""Files a study leaves for people: written whole (temporary name, then rename), checked writable first,
+and saying so when their numbers come from random weights.
 
 Example:
     >>> check_writable(cfg.output_dir)       # before the night starts
@@ -12,8 +13,9 @@ import tempfile
 from pathlib import Path
 
 from autotune.config import ConfigError
+from autotune.families import ResolvedStudy
 
-__all__ = ["atomic_write", "check_writable"]
+__all__ = ["atomic_write", "check_writable", "random_weights_warning"]
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -41,3 +43,21 @@ def check_writable(folder: Path) -> None:
         tempfile.TemporaryFile(dir=probe_in).close()
     except OSError as e:
         raise ConfigError(f"{probe_in}: cannot write the study's outputs there ({e.strerror})") from None
+
+
+def random_weights_warning(cfg: ResolvedStudy) -> str | None:
+    """One sentence naming what in the study has random weights (the offline tiny models), or None.
+
+    Their figures measure a real sampling ODE and real metric code paths, not image quality:
+    every place a user reads numbers (table, JSON, report, dashboard note) says so.
+    """
+    parts = []
+    if cfg.model.id.startswith("tiny"):
+        parts.append(f"the model ({cfg.model.id})")
+    if cfg.metrics.clip_model == "tiny" and "clip_score" in cfg.metrics.objectives:
+        parts.append("the CLIP model (tiny)")
+    if cfg.metrics.lpips_backbone == "random" and "lpips" in cfg.metrics.objectives:
+        parts.append(f"the LPIPS backbone ({cfg.metrics.lpips_net})")
+    if not parts:
+        return None
+    return f"Random weights: {', '.join(parts)}. These numbers show how autotune works, not how good any image is."

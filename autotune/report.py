@@ -18,7 +18,7 @@ from typing import Any
 
 from autotune import schedulers
 from autotune.families import ResolvedStudy
-from autotune.outputs import atomic_write
+from autotune.outputs import atomic_write, random_weights_warning
 from autotune.study.results import ClassOutcome, Outcomes, settings_of, trial_summary
 
 __all__ = ["format_table", "publish", "recommendations_data", "write_all", "write_outputs"]
@@ -86,6 +86,8 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) 
         },
         "classes": classes,
     }
+    if warning := random_weights_warning(cfg):
+        data["random_weights"] = warning
     baseline = next((d["baseline"] for d in classes.values() if "baseline" in d), None)
     if baseline is not None:
         data["default"] = baseline
@@ -174,9 +176,10 @@ def publish(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> None:
 
     from autotune.figures import pareto_figure
 
-    data = recommendations_data(cfg, outcomes)["classes"]
+    data = recommendations_data(cfg, outcomes)
+    warning = f"\n\n**{data['random_weights']}**" if "random_weights" in data else ""
     for c, o in outcomes.items():
-        save_note(o.study, _note(data[c]))
+        save_note(o.study, _note(data["classes"][c]) + warning)
         if o.trials:
             save_plotly_graph_object(o.study, pareto_figure(cfg, o), graph_object_id="pareto-front")
 
@@ -220,4 +223,5 @@ def format_table(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> str:
             )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    warning = random_weights_warning(cfg)
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *([f"\n{warning}"] if warning else [])])

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial
 
 from autotune.families import ResolvedStudy
 from autotune.figures import TITLES, hypervolume_figure, importance_figure, pareto_figure, steps_figure
-from autotune.outputs import atomic_write
+from autotune.outputs import atomic_write, random_weights_warning
 from autotune.space import Settings, reference_setting
 from autotune.storage import artifact_store, image_name, open_storage
 from autotune.study.results import ClassOutcome, settings_of
@@ -288,6 +288,7 @@ vertical-align:top;font-size:14px}th{background:#f4f4f4}.note{color:#555;font-si
 img{display:block;image-rendering:pixelated;width:128px;height:auto}table.images img{width:192px}
 .missing{color:#999;font-size:12px}#errors{color:#b00;white-space:pre-wrap}
 section{border-top:2px solid #ccc;margin-top:2em}
+.warning{background:#fff3cd;border:1px solid #e0c36c;padding:6px 10px;font-size:14px}
 """
 
 _SCRIPT = """
@@ -327,6 +328,8 @@ def write_report(
         f"{cfg.recommend.clip_tolerance:g}, LPIPS tolerance {cfg.recommend.lpips_tolerance:g} x seed-to-seed LPIPS). "
         f"Δ is recommended minus baseline per image, mean ± std over prompts and seeds. Written {now}.</p>"
     )
+    if warning := random_weights_warning(cfg):
+        intro += f'<p class="warning">{html.escape(warning)}</p>'
     sections = [_section(cfg, o, images, (grid or {}).get(c)) for c, o in outcomes.items()]
     page = (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>autotune: {html.escape(cfg.name)}</title>'

@@ -188,3 +188,28 @@ def test_report_draws_every_figure_in_headless_chromium(finished_study, tmp_path
 
     colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 1000  # figures and images, not a blank page
+
+
+def test_numbers_from_random_weights_say_so_wherever_a_user_reads_them(finished_study) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from autotune.config import MetricsConfig, ModelConfig
+    from autotune.outputs import random_weights_warning
+    from autotune.report import format_table, recommendations_data
+
+    cfg, outcomes = finished_study
+    warning = random_weights_warning(outcomes.cfg)
+    assert warning is not None and "the model (tiny)" in warning and "CLIP" in warning and "LPIPS" in warning
+    assert recommendations_data(outcomes.cfg, outcomes)["random_weights"] == warning
+    assert format_table(outcomes.cfg, outcomes).endswith(warning)
+    assert warning in (cfg.output_dir / "report.html").read_text()
+    study = outcomes["portrait"].study
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    note = "".join(v for k, v in sorted(attrs.items()) if k.startswith("dashboard:note_str:"))  # the dashboard's
+    assert note.endswith(f"**{warning}**")
+    real = dataclasses.replace(
+        outcomes.cfg,
+        model=ModelConfig(id="stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        metrics=MetricsConfig(clip_model="ViT-B-32", clip_pretrained="laion2b_s34b_b79k", lpips_backbone="pretrained"),
+    )
+    assert random_weights_warning(real) is None
