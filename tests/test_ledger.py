@@ -115,3 +115,32 @@ def test_a_setting_another_worker_is_rendering_is_left_to_it(study_file: Callabl
     fresh = study.get_trials(states=(TrialState.WAITING,))  # the next trial tries a setting not tried yet
     assert len(fresh) == 1 and fresh[0].user_attrs["fresh_after"] == stepped_back.number
     assert ledger.claimed(study.get_trials()) == 2  # the baseline and the other worker's
+
+
+def _pop(url: str, barrier: Any, queue: Any) -> None:
+    from autotune.storage import open_storage
+
+    study = optuna.load_study(study_name="race", storage=open_storage(url, workers=True))
+    barrier.wait()
+    queue.put(study.ask()._trial_id)
+
+
+def test_workers_starting_together_never_take_the_same_waiting_trial(tmp_path: Path) -> None:
+    """Optuna pops an enqueued trial with a read, then a write; on SQLite, without autotune's
+    immediate transactions, two workers both took it in 3 of 15 four-worker starts."""
+    import multiprocessing
+
+    from autotune.storage import open_storage
+
+    ctx = multiprocessing.get_context("fork")  # each child opens its own storage, as a worker does
+    for i in range(20):
+        url = f"sqlite:///{tmp_path / f'race{i}.db'}"
+        optuna.create_study(study_name="race", storage=open_storage(url)).enqueue_trial({"x": 1})
+        barrier, queue = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_pop, args=(url, barrier, queue)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        taken = [queue.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join()
+        assert len(set(taken)) == 4, taken

@@ -109,7 +109,7 @@ def run_study(
     if url.startswith("sqlite:///"):
         cfg.directory.mkdir(parents=True, exist_ok=True)
     with quiet_optuna():
-        rdb = open_storage(url)
+        rdb = open_storage(url, workers=True)
         version, _ = find_version(cfg, rdb, resolved, new_version=new_version)
         check_writable(cfg.output_dir)
         target = n_trials or cfg.search.n_trials
