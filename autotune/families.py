@@ -270,10 +270,8 @@ def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> Resolve
             f"baseline.steps: expected a value inside search.steps {list(steps)} in steps of {s.steps_step}, "
             f"got {baseline.steps}"
         )
-    off_grid = abs(
-        (baseline.guidance - guidance[0]) / s.guidance_step - round((baseline.guidance - guidance[0]) / s.guidance_step)
-    )
-    if not guidance[0] <= baseline.guidance <= guidance[1] or off_grid > 1e-6:
+    on_grid = (baseline.guidance - guidance[0]) / s.guidance_step
+    if not guidance[0] <= baseline.guidance <= guidance[1] or abs(on_grid - round(on_grid)) > 1e-6:
         raise ConfigError(
             f"baseline.guidance: expected a value inside search.guidance {list(guidance)} in steps of "
             f"{s.guidance_step:g}, got {baseline.guidance:g}"

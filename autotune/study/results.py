@@ -113,8 +113,10 @@ def _read_trials(storage: RDBStorage, study_id: int) -> list[FrozenTrial]:
         for tid, name, value, dist in conn.execute(
             select(p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json).where(p.c.trial_id.in_(ids))
         ):
-            d = dists.get(dist) or dists.setdefault(dist, json_to_distribution(dist))
-            rows[tid]["params"][name], rows[tid]["distributions"][name] = d.to_external_repr(value), d
+            if dist not in dists:  # a few distinct distributions, parsed once each
+                dists[dist] = json_to_distribution(dist)
+            rows[tid]["params"][name] = dists[dist].to_external_repr(value)
+            rows[tid]["distributions"][name] = dists[dist]
         for tid, objective, value, kind in conn.execute(
             select(v.c.trial_id, v.c.objective, v.c.value, v.c.value_type).where(v.c.trial_id.in_(ids))
         ):
