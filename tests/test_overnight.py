@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,12 +92,14 @@ def test_kill_9_at_several_points_then_resume_keeps_every_completed_trial(study_
     assert len(killed) >= 2 and all(t.user_attrs["interrupted"] for t in killed)
     assert all("is gone" in t.user_attrs["fail_reason"] for t in killed)
     retried = {t.user_attrs.get("retry_of") for t in trials}
-    times = Counter(repr(sorted(t.params.items())) for t in killed)
+    intended = {t.number: repr(sorted((t.params or t.system_attrs.get("fixed_params") or {}).items())) for t in killed}
+    times = Counter(intended.values())
     not_retried = [
         (t.number, t.params, t.user_attrs.get("retry_of"))
         for t in killed
-        # killed before it drew its setting: nothing to retry, the study draws a new one
-        if t.params and t.number not in retried and times[repr(sorted(t.params.items()))] < 2
+        # killed before the sampler drew its setting: nothing to retry, the study draws a new one;
+        # an enqueued trial (the baseline, a retry) killed before it drew is retried with its setting
+        if intended[t.number] != "[]" and t.number not in retried and times[intended[t.number]] < 2
     ]
     assert not not_retried, (not_retried, [(t.number, t.state.name, t.user_attrs.get("retry_of")) for t in trials])
     assert sum(bool(t.user_attrs.get("baseline")) and t.state == TrialState.COMPLETE for t in trials) == 1
@@ -107,6 +110,29 @@ def test_kill_9_at_several_points_then_resume_keeps_every_completed_trial(study_
     ]
     assert len(rendered) == len(set(rendered))  # no setting rendered and counted twice
     assert json.loads(out.read_text())["classes"]["portrait"]["settings_rendered"] == 6
+
+
+def test_a_queued_trial_killed_before_it_drew_its_setting_is_enqueued_again(tmp_path: Path) -> None:
+    from autotune.study.ledger import recover
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that is gone
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", directions=["maximize"])
+    study.enqueue_trial({"steps": 30}, user_attrs={"baseline": True})
+    study.enqueue_trial({"steps": 8})
+    for _ in range(2):  # popped, its worker recorded, killed before ``suggest``: no params yet
+        trial = study.ask()
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    drawn = study.ask()  # a sampler's trial killed before drawing: nothing to retry
+    drawn.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+
+    assert recover(study) == 2
+    assert recover(study) == 0  # each once
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert [(t.system_attrs["fixed_params"], t.user_attrs) for t in queued] == [
+        ({"steps": 30}, {"retry_of": 0, "baseline": True}),
+        ({"steps": 8}, {"retry_of": 1}),
+    ]
 
 
 def _oom(real, *args, **kwargs):  # type: ignore[no-untyped-def]

@@ -131,8 +131,13 @@ def interrupted(t: FrozenTrial) -> bool:
     return t.state == TrialState.FAIL and (bool(t.user_attrs.get("interrupted")) or "fail_reason" not in t.user_attrs)
 
 
+def _intended(t: FrozenTrial) -> dict[str, Any]:
+    """The setting a trial drew, or was enqueued with when it died before drawing it (the baseline, say)."""
+    return t.params or dict(t.system_attrs.get("fixed_params") or {})
+
+
 def _params_key(t: FrozenTrial) -> str:
-    return repr(sorted(t.params.items()))
+    return repr(sorted(_intended(t).items()))
 
 
 def recover(study: optuna.Study) -> int:
@@ -153,8 +158,9 @@ def recover(study: optuna.Study) -> int:
     times = Counter(_params_key(t) for t in trials if interrupted(t))
     enqueued = 0
     for t in trials:
-        if interrupted(t) and t.params and t.number not in retried and times[_params_key(t)] < MAX_INTERRUPTIONS:
+        params = _intended(t)
+        if interrupted(t) and params and t.number not in retried and times[_params_key(t)] < MAX_INTERRUPTIONS:
             attrs: dict[str, Any] = {"retry_of": t.number, **({"baseline": True} if is_baseline(t) else {})}
-            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
             enqueued += 1
     return enqueued
