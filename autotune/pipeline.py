@@ -82,7 +82,12 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def _source(model: ModelConfig) -> str | Path:
-    """Where the weights are: the built tiny model's folder, a local folder, or a hub id."""
+    """Where the weights are: the shipped micro model's folder, the built tiny model's, a local
+    folder, or a hub id."""
+    if model.id == "micro":
+        from autotune.micro import pipeline_dir
+
+        return pipeline_dir()
     if model.id.startswith("tiny"):
         from autotune.tiny import tiny_pipeline_path
 
@@ -129,7 +134,7 @@ def resolve_config(cfg: StudyConfig) -> ResolvedStudy:
 
 
 def load_pipeline(model: ModelConfig, device: str | None = None) -> Pipeline:
-    """Load (once per process) the pipeline named by ``model.id``: ``"tiny"``, a hub id or a folder.
+    """Load (once per process) the pipeline named by ``model.id``: ``"micro"``, ``"tiny"``, a hub id or a folder.
 
     Weights load as safetensors only, with no remote code.
     """

@@ -26,7 +26,7 @@ from typing import Any
 
 TINY_ID = "tiny"
 TINY_CLIP = "autotune-tiny-clip"
-_VERSION = "sd-v1"  # bump when the architecture below changes: it names the cache folder
+_VERSION = "sd-v2"  # bump when the architecture below changes: it names the cache folder
 
 _TINY_CLIP_CONFIG = {
     "embed_dim": 32,
@@ -93,6 +93,7 @@ def build_tiny_pipeline() -> Any:
         skip_prk_steps=True,
         steps_offset=1,
     )
+    scheduler.register_to_config(clip_sample=False)  # as SD's config says: DDIM/DDPM built from it must not clip
     return StableDiffusionPipeline(
         unet=unet,
         vae=_vae(),

@@ -102,6 +102,12 @@ def test_default_variant_keeps_the_models_own_config(tiny) -> None:  # type: ign
     assert sched.config.timestep_spacing == tiny.base_scheduler_config["timestep_spacing"] == "leading"
 
 
+def test_ddim_and_ddpm_built_from_the_tiny_models_config_do_not_clip_latents(tiny) -> None:  # type: ignore[no-untyped-def]
+    # SD records clip_sample = false; a PNDMScheduler built in code does not, and DDIM/DDPM would clip
+    for name in ("ddim", "ddpm"):
+        assert schedulers.build(name, tiny.base_scheduler_config).config.clip_sample is False
+
+
 def test_entry_fixed_parameters_are_not_searched() -> None:
     assert "sigmas" not in {v.name for v in schedulers.variants_of("dpmpp_2m_karras")}
     assert "sigmas" in {v.name for v in schedulers.variants_of("dpmpp_2m")}

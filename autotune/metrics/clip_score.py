@@ -20,13 +20,18 @@ __all__ = ["ClipScore", "clip_score", "load_open_clip"]
 
 
 def load_open_clip(name: str, pretrained: str | None = None) -> tuple[Any, Callable[[list[str]], torch.Tensor]]:
-    """An open_clip model and its tokenizer; ``"tiny"`` builds the random offline one."""
+    """An open_clip model and its tokenizer: ``"micro"`` the shipped one trained on digits, ``"tiny"``
+    the random offline one, otherwise any name open_clip takes (``"local-dir:/path"`` included)."""
     import open_clip
 
     if name == "tiny":
         from autotune.tiny import TINY_CLIP, tiny_clip
 
         return tiny_clip(), open_clip.get_tokenizer(TINY_CLIP)
+    if name == "micro":
+        from autotune.micro import clip_dir
+
+        name = f"local-dir:{clip_dir()}"
     model = open_clip.create_model(name, pretrained=pretrained)
     return model, open_clip.get_tokenizer(name)
 

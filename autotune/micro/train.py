@@ -1,0 +1,313 @@
+"""Train the micro model autotune ships: a digits text-to-image pipeline and a CLIP to score it.
+
+    python -m autotune.micro.train                 # rebuilds autotune/micro/{pipeline,clip}
+    python -m autotune.micro.train --out /tmp/m --scale 0.05   # a quick smoke run
+
+Data: scikit-learn's bundled ``load_digits()`` (1,797 8x8 digits, no download), upsampled to
+32x32, dark ink on white, captioned "a handwritten digit seven". Real diffusers and open_clip
+classes throughout, so ``StableDiffusionPipeline`` and ``open_clip.create_model("local-dir:...")``
+load the result unchanged:
+
+1. ``AutoencoderKL`` 32x32x3 -> 8x8x4 latents (4x down), trained on reconstruction.
+2. A word-level ``CLIPTokenizer``, a 2-layer ``CLIPTextModel`` and a ``UNet2DConditionModel``
+   with cross-attention, trained together on epsilon prediction, 10 % empty captions so that
+   classifier-free guidance works.
+3. An open_clip ViT (32 px) and text tower trained to tell the ten captions apart.
+
+Weights are saved in float16 (the pipeline loads them in float32 on the CPU). Seeded: the same
+seed, torch build and thread count give identical safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+WORDS = ("a", "handwritten", "digit", *DIGITS)
+HERE = Path(__file__).resolve().parent
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+
+
+def caption(digit: int) -> str:
+    return f"a handwritten digit {DIGITS[digit]}"
+
+
+def load_digits_32() -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) in [0, 1], dark ink on white, and their labels."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16
+    x = F.interpolate(x, size=32, mode="bilinear", align_corners=False).clamp(0, 1)
+    return (1 - x).repeat(1, 3, 1, 1), torch.tensor(data.target)
+
+
+def build_tokenizer(folder: Path) -> Any:
+    """A CLIP BPE vocabulary of byte symbols plus the caption words, each one token."""
+    from transformers import CLIPTokenizer
+
+    from autotune.tiny import _bytes_to_unicode
+
+    symbols = list(_bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in WORDS:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:  # left to right: each prefix a token
+            merges.append(f"{parts[0]} {parts[1]}")
+            parts = [parts[0] + parts[1], *parts[2:]]
+            if parts[0] not in tokens:
+                tokens.append(parts[0])
+    tokens += ["<|startoftext|>", "<|endoftext|>"]  # end of text last: open_clip pools at the largest id
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n", encoding="utf-8")
+    tok = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
+    for word in WORDS:
+        assert len(tok(word, add_special_tokens=False).input_ids) == 1, word
+    return tok
+
+
+def _schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warm = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
+    )
+
+
+def train_vae(x: torch.Tensor, steps: int, log: Any) -> Any:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    sched = _schedule(opt, steps)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        batch = x[torch.randint(len(x), (64,), generator=gen)] * 2 - 1
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss = F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 200 == 0 or step == steps - 1:
+            log(f"vae {step}/{steps} loss {loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        std = vae.encode(x * 2 - 1).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=round(1 / std, 5))
+    return vae
+
+
+def train_denoiser(x: torch.Tensor, labels: torch.Tensor, vae: Any, tok: Any, steps: int, log: Any) -> tuple[Any, Any]:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(2)
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.eos_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    noise_schedule = DDPMScheduler(**SD_BETAS)
+    with torch.no_grad():
+        dist = vae.encode(x * 2 - 1).latent_dist
+        mean, std = dist.mean, dist.std
+    sf = vae.config.scaling_factor
+    ids = tok([caption(int(d)) for d in range(10)] + [""], padding="max_length", max_length=77, return_tensors="pt")
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    sched = _schedule(opt, steps)
+    gen = torch.Generator().manual_seed(2)
+    for step in range(steps):
+        idx = torch.randint(len(x), (64,), generator=gen)
+        latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
+        which = torch.where(torch.rand(64, generator=gen) < 0.1, 10, labels[idx])  # 10 %: the empty caption
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, 1000, (64,), generator=gen)
+        cond = text(ids.input_ids[which]).last_hidden_state
+        pred = unet(noise_schedule.add_noise(latents, noise, t), t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 250 == 0 or step == steps - 1:
+            log(f"unet {step}/{steps} loss {loss.item():.4f}")
+    return unet.eval(), text.eval()
+
+
+CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 96, "head_width": 32, "patch_size": 4},
+    "text_cfg": {"context_length": 77, "width": 64, "heads": 4, "layers": 2, "hf_tokenizer_name": "autotune-micro"},
+}
+CLIP_PREPROCESS = {
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Shifts, contrast and noise, so the score holds on generated digits as on the data."""
+    n = len(x)
+    dx, dy = torch.randint(-3, 4, (2,), generator=gen).tolist()
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    contrast = 0.6 + 0.4 * torch.rand(n, 1, 1, 1, generator=gen)
+    x = 1 - (1 - x) * contrast
+    return (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+
+
+def train_clip(x: torch.Tensor, labels: torch.Tensor, tok: Any, steps: int, log: Any) -> Any:
+    import open_clip
+
+    torch.manual_seed(3)
+    cfg = json.loads(json.dumps(CLIP_CONFIG))
+    cfg["text_cfg"]["vocab_size"] = len(tok)
+    cfg["text_cfg"].pop("hf_tokenizer_name")
+    model = open_clip.CLIP(**cfg)
+    held = torch.arange(len(x)) % 10 == 0  # every tenth digit held out for the accuracy printed below
+    train_x, train_y = x[~held], labels[~held]
+    ids = tok([caption(d) for d in range(10)], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    sched = _schedule(opt, steps)
+    gen = torch.Generator().manual_seed(3)
+
+    def norm(images: torch.Tensor) -> torch.Tensor:
+        return (images - 0.5) / 0.5
+
+    for step in range(steps):
+        idx = torch.randint(len(train_x), (128,), generator=gen)
+        img = F.normalize(model.encode_image(norm(_augment(train_x[idx], gen))), dim=-1)
+        txt = F.normalize(model.encode_text(ids), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T
+        loss = F.cross_entropy(logits, train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 200 == 0 or step == steps - 1:
+            log(f"clip {step}/{steps} loss {loss.item():.4f}")
+    model.eval()
+    with torch.no_grad():
+        img = F.normalize(model.encode_image(norm(x[held])), dim=-1)
+        txt = F.normalize(model.encode_text(ids), dim=-1)
+        acc = ((img @ txt.T).argmax(-1) == labels[held]).float().mean().item()
+    log(f"clip held-out zero-shot accuracy {acc:.1%} on {int(held.sum())} digits")
+    return model
+
+
+def save(out: Path, vae: Any, unet: Any, text: Any, tok: Any, clip: Any) -> None:
+    """The pipeline (diffusers folder) and the CLIP (open_clip local dir), float16, replacing ``out``'s."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from safetensors.torch import save_file
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()  # its notes on casting to float16 and its shard progress bars
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    scheduler = PNDMScheduler(**SD_BETAS, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+    scheduler.register_to_config(clip_sample=False)  # as SD records it: DDIM/DDPM built from it must not clip
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).to(dtype=torch.float16)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        pipe.save_pretrained(Path(tmp) / "pipeline", safe_serialization=True)
+        clip_dir = Path(tmp) / "clip"
+        clip_dir.mkdir()
+        cfg = json.loads(json.dumps(CLIP_CONFIG))
+        cfg["text_cfg"]["vocab_size"] = len(tok)
+        config = {"model_cfg": cfg, "preprocess_cfg": CLIP_PREPROCESS}
+        (clip_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        state = {k: v.detach().to(torch.float16).contiguous() for k, v in clip.state_dict().items()}
+        save_file(state, clip_dir / "open_clip_model.safetensors")
+        tok.save_pretrained(clip_dir)
+        for name in ("pipeline", "clip"):
+            shutil.rmtree(out / name, ignore_errors=True)
+            (Path(tmp) / name).rename(out / name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="folder for pipeline/ and clip/ (default: the package's)"
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the training steps (smoke runs)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (results are identical per count)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - start:6.0f} s] {message}", flush=True)
+
+    x, labels = load_digits_32()
+    steps = {name: max(2, round(n * args.scale)) for name, n in {"vae": 800, "unet": 2500, "clip": 600}.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_tokenizer(Path(tmp))
+    vae = train_vae(x, steps["vae"], log).eval()
+    unet, text = train_denoiser(x, labels, vae, tok, steps["unet"], log)
+    clip = train_clip(x, labels, tok, steps["clip"], log)
+    save(args.out, vae, unet, text, tok, clip)
+    size = sum(f.stat().st_size for d in ("pipeline", "clip") for f in (args.out / d).rglob("*") if f.is_file())
+    log(f"saved to {args.out}/pipeline and clip ({size / 2**20:.1f} MiB of weights and configs)")
+
+
+if __name__ == "__main__":
+    main()
