@@ -46,10 +46,12 @@ def check_writable(folder: Path) -> None:
 
 
 def random_weights_warning(cfg: ResolvedStudy) -> str | None:
-    """One sentence naming what in the study has random weights (the offline tiny models), or None.
+    """One sentence naming what in the study has random weights (the offline tiny models, a random
+    LPIPS backbone), or None.
 
     Their figures measure a real sampling ODE and real metric code paths, not image quality:
-    every place a user reads numbers (table, JSON, report, dashboard note) says so.
+    every place a user reads numbers (table, JSON, report, dashboard note) says so. The shipped
+    micro model and its CLIP are trained, so they are not named.
     """
     parts = []
     if cfg.model.id.startswith("tiny"):
@@ -60,4 +62,5 @@ def random_weights_warning(cfg: ResolvedStudy) -> str | None:
         parts.append(f"the LPIPS backbone ({cfg.metrics.lpips_net})")
     if not parts:
         return None
-    return f"Random weights: {', '.join(parts)}. These numbers show how autotune works, not how good any image is."
+    what = "any image is" if len(parts) > 1 or "LPIPS" not in parts[0] else "two images look alike to a person"
+    return f"Random weights: {', '.join(parts)}. Their figures show how autotune works, not how {what}."

@@ -84,7 +84,7 @@ def build_tiny_pipeline() -> Any:
         norm_num_groups=16,
     )
     tokenizer = _byte_tokenizer()
-    scheduler = PNDMScheduler(  # Stable Diffusion 1.5's shipped scheduler config
+    scheduler: Any = PNDMScheduler(  # Stable Diffusion 1.5's shipped scheduler config
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",

@@ -8,9 +8,8 @@ autotune="${AUTOTUNE:-.venv/bin/autotune}"
 holdout="$(mktemp --suffix=.txt)"
 trap 'rm -f "$holdout"' EXIT
 cat > "$holdout" <<'PROMPTS'
-a portrait of an old sailor with a grey beard
-a close-up photo of a laughing child
-a misty mountain lake at dusk
-a desert canyon under a full moon
+a handwritten digit two
+a handwritten digit three
+a handwritten digit five
 PROMPTS
 "$autotune" validate "$study" --prompts "$holdout" --seeds 0,1

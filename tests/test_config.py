@@ -81,8 +81,9 @@ def test_space_checked_against_the_model_names_file_and_key(tmp_path: Path, case
 
 def test_demo_study_file_is_valid() -> None:
     cfg = load_config(Path(__file__).parent.parent / "studies" / "demo.toml")
-    assert set(cfg.classes) == {"portrait", "landscape"}
-    assert cfg.baseline.scheduler == "dpmpp_2m_karras"
+    assert cfg.model.id == "micro" and (cfg.model.height, cfg.model.width) == (32, 32)
+    assert set(cfg.classes) == {"round", "straight"}
+    assert cfg.baseline.scheduler == "dpmpp_2m_karras" and cfg.search.steps[0] <= 3  # shows the low-step failure
 
 
 BAD = [

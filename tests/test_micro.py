@@ -4,7 +4,6 @@ and converges as a real model does. Its images and CLIP are trained; the LPIPS b
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

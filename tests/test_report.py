@@ -213,3 +213,8 @@ def test_numbers_from_random_weights_say_so_wherever_a_user_reads_them(finished_
         metrics=MetricsConfig(clip_model="ViT-B-32", clip_pretrained="laion2b_s34b_b79k", lpips_backbone="pretrained"),
     )
     assert random_weights_warning(real) is None
+    micro = dataclasses.replace(real, model=ModelConfig(id="micro"), metrics=MetricsConfig(clip_model="micro"))
+    assert random_weights_warning(micro) == (  # the micro model and its CLIP are trained
+        "Random weights: the LPIPS backbone (alex). "
+        "Their figures show how autotune works, not how two images look alike to a person."
+    )

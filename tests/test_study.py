@@ -135,11 +135,12 @@ def test_rough_first_renders_the_other_seeds_only_for_settings_not_clearly_domin
     plain_study = run_study(load_config(plain), progress=False)["portrait"].study
     out = run_study(load_config(rough), progress=False)["portrait"]
     trials = out.study.trials
-    # merged back in prompt-major order: the same per-image values as rendering all seeds at once
+    # merged back in prompt-major order: the same per-image values as rendering all seeds at once (up to
+    # the float noise of another batch size, which can flip a pixel's 8-bit rounding)
     for a, b in zip(plain_study.trials[:1], trials[:1], strict=True):
         assert a.user_attrs["setting_key"] == b.user_attrs["setting_key"]
         for m in ("clip_score", "lpips"):
-            assert b.user_attrs[f"{m}_values"] == pytest.approx(a.user_attrs[f"{m}_values"], abs=1e-4)
+            assert b.user_attrs[f"{m}_values"] == pytest.approx(a.user_attrs[f"{m}_values"], rel=1e-3, abs=1e-4)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert len(pruned) == 1 and pruned[0].user_attrs["rough_dominated_by"] == 0
     assert pruned[0].user_attrs["setting_key"] == cut_key[0]

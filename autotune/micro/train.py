@@ -88,7 +88,7 @@ def train_vae(x: torch.Tensor, steps: int, log: Any) -> Any:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(1)
-    vae = AutoencoderKL(
+    vae: Any = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
@@ -138,7 +138,7 @@ def train_denoiser(x: torch.Tensor, labels: torch.Tensor, vae: Any, tok: Any, st
             pad_token_id=tok.eos_token_id,
         )
     )
-    unet = UNet2DConditionModel(
+    unet: Any = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -150,7 +150,7 @@ def train_denoiser(x: torch.Tensor, labels: torch.Tensor, vae: Any, tok: Any, st
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    noise_schedule = DDPMScheduler(**SD_BETAS)
+    noise_schedule: Any = DDPMScheduler(**SD_BETAS)
     with torch.no_grad():
         dist = vae.encode(x * 2 - 1).latent_dist
         mean, std = dist.mean, dist.std
@@ -254,9 +254,9 @@ def save(out: Path, vae: Any, unet: Any, text: Any, tok: Any, clip: Any) -> None
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
-    scheduler = PNDMScheduler(**SD_BETAS, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+    scheduler: Any = PNDMScheduler(**SD_BETAS, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
     scheduler.register_to_config(clip_sample=False)  # as SD records it: DDIM/DDPM built from it must not clip
-    pipe = StableDiffusionPipeline(
+    pipe: Any = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text,
         tokenizer=tok,
@@ -265,7 +265,8 @@ def save(out: Path, vae: Any, unet: Any, text: Any, tok: Any, clip: Any) -> None
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-    ).to(dtype=torch.float16)
+    )
+    pipe.to(dtype=torch.float16)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         pipe.save_pretrained(Path(tmp) / "pipeline", safe_serialization=True)
