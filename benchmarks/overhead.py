@@ -31,7 +31,8 @@ STUDY = """
 name = "overhead"
 [model]
 id = "{model}"
-device = "cpu"
+device = "{device}"
+dtype = "{dtype}"
 height = {size}
 width = {size}
 [search]
@@ -72,7 +73,7 @@ def sd_standin() -> Path:
     return folder
 
 
-def measure(model: str, size: int, trials: int) -> dict[str, Any]:
+def measure(model: str, size: int, trials: int, device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
     from optuna.trial import TrialState
 
     from autotune.config import load_config
@@ -80,7 +81,7 @@ def measure(model: str, size: int, trials: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "overhead.toml"
-        path.write_text(STUDY.format(model=model, size=size))
+        path.write_text(STUDY.format(model=model, size=size, device=device, dtype=dtype))
         cfg = load_config(path)
         run_study(cfg, n_trials=1, progress=False)  # references and the warm-up, not timed
         t0 = time.perf_counter()

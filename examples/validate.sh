@@ -8,8 +8,11 @@ autotune="${AUTOTUNE:-.venv/bin/autotune}"
 holdout="$(mktemp --suffix=.txt)"
 trap 'rm -f "$holdout"' EXIT
 cat > "$holdout" <<'PROMPTS'
+handwritten digit zero
+a digit six
+a handwritten nine
+a digit seven
+handwritten four
 a handwritten digit two
-a handwritten digit three
-a handwritten digit five
 PROMPTS
-"$autotune" validate "$study" --prompts "$holdout" --seeds 0,1
+"$autotune" validate "$study" --prompts "$holdout" --seeds 10,11
