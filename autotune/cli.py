@@ -263,7 +263,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", type=Path, help="prompt log, one prompt per line")
     p.add_argument("--k", type=_positive_int, required=True, help="number of classes")
     p.add_argument("--per-class", type=_positive_int, default=8, help="prompts listed per class (default: 8)")
-    p.add_argument("--clip-model", default="tiny", help='open_clip model (default: "tiny", offline and random)')
+    p.add_argument(
+        "--clip-model", default="tiny", help='open_clip model (default: "tiny", random; "micro": the digits CLIP)'
+    )
     p.add_argument("--clip-pretrained", help="open_clip weights, e.g. laion2b_s34b_b79k")
     p.add_argument("--study", type=Path, help="take the CLIP model from this study file's [metrics]")
     p.set_defaults(func=cmd_classes_suggest)
@@ -271,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schedulers", help="list the schedulers a model can use, with aliases, cost and variants")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("config", type=Path, nargs="?", help="study file whose [model] to describe")
-    group.add_argument("--model", help='model id: "tiny", "tiny-sdxl", "tiny-sd3", a hub id or a folder')
+    group.add_argument("--model", help='model id: "micro", "tiny", "tiny-sdxl", "tiny-sd3", a hub id or a folder')
     p.set_defaults(func=cmd_schedulers)
 
     p = sub.add_parser("recommend", help="print the recommended setting per prompt class")

@@ -41,7 +41,7 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte -> printable character table (as in openai/CLIP)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
@@ -57,7 +57,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _tokenizer_files(folder: Path) -> tuple[Path, Path]:
     """Write a byte-level CLIP vocabulary (no merges): every text tokenizes offline."""
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
     vocab.write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")

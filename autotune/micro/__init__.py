@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MICRO_ID", "clip_dir", "pipeline_dir"]
+__all__ = ["clip_dir", "pipeline_dir"]
 
-MICRO_ID = "micro"
 _HERE = Path(__file__).resolve().parent
 
 
