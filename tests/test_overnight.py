@@ -213,6 +213,24 @@ def test_changed_model_size_is_refused_unless_new_version(study_file: Callable[.
     assert len(run_study(load_config(path), progress=False)["portrait"].trials) == 2
 
 
+def test_an_edited_prompt_list_is_refused_naming_its_class_and_a_new_class_is_not(
+    study_file: Callable[..., Path],
+) -> None:
+    path = study_file(name="prompts", n_trials=1)
+    run_study(load_config(path), progress=False)
+    text = path.read_text()
+    path.write_text(text + '[classes.landscape]\nprompts = ["a misty mountain lake at dawn"]\n')
+    assert set(run_study(load_config(path), progress=False)) == {"portrait", "landscape"}  # a new study beside
+    path.write_text(path.read_text().replace('fisherman"]', 'fisherman", "a red apple"]'))
+    with pytest.raises(
+        ConfigError, match=r"\(classes\.portrait\.prompts \['a studio portrait of an old fisherman'\] ->"
+    ):
+        run_study(load_config(path), progress=False)
+    assert run_study(load_config(path), progress=False, new_version=True)["portrait"].study.study_name == (
+        "prompts.v2.portrait"
+    )
+
+
 @pytest.mark.slow
 def test_workers_option_runs_helpers_and_writes_the_outputs_once(
     study_file: Callable[..., Path], capfd: pytest.CaptureFixture[str]

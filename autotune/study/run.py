@@ -58,7 +58,7 @@ def open_class_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(cfg.metrics.objectives))
-    study.set_user_attr("fingerprint", fingerprint(cfg))
+    study.set_user_attr("fingerprint", fingerprint(cfg, class_name))
     study.set_user_attr("prompts", list(cfg.classes[class_name]))
     base = Settings.of(cfg.baseline)  # the baseline is the first trial of every class
     searched = variant_choices(base.scheduler, cfg.search.variants, cfg.family)

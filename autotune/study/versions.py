@@ -25,8 +25,9 @@ def study_name(cfg: StudyConfig, class_name: str, version: int = 1) -> str:
     return f"{cfg.name}.{class_name}" if version == 1 else f"{cfg.name}.v{version}.{class_name}"
 
 
-def fingerprint(cfg: ResolvedStudy) -> dict[str, Any]:
-    """What makes two runs' metrics comparable: model, size, metrics, family, reference and seeds."""
+def fingerprint(cfg: ResolvedStudy, class_name: str) -> dict[str, Any]:
+    """What makes two runs' metrics comparable: model, size, metrics, family, reference, seeds and
+    the class's prompts (a trial's metrics are means over them)."""
     ref = cfg.reference
     return {
         "model": cfg.model.id,
@@ -42,6 +43,7 @@ def fingerprint(cfg: ResolvedStudy) -> dict[str, Any]:
             "options": dict(ref.options),
         },
         "seeds": list(cfg.search.seeds),
+        "prompts": list(cfg.classes[class_name]),
     }
 
 
@@ -69,7 +71,8 @@ def find_version(
     ``resolved`` is the file resolved against its model (running a study); without it (reading a
     study: no model is loaded) each stored version's family resolves the file. With ``new_version``
     a changed file gets the next free version. A changed search space is fine (Optuna handles it); a
-    changed model, size, metric, seeds or reference makes earlier trials incomparable, so it is refused.
+    changed model, size, metric, seeds, reference or class's prompts makes earlier trials
+    incomparable, so it is refused; a class added to the file is a new study and changes nothing.
     """
     names = set(optuna.get_all_study_names(storage))
     changed = ""
@@ -86,10 +89,19 @@ def find_version(
                 f"{cfg.path}: changed since the study ran ({changed}), so its trials are not comparable; "
                 f"{hint} {first} beside it, or undo the change"
             )
-        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(existing[0])).get("fingerprint")
-        here = resolved or resolve(cfg, FAMILIES[(stored or {}).get("family") or "sd"], schedulers.names())
-        changes = _changes(stored, fingerprint(here)) if stored else []
+        here: ResolvedStudy | None = resolved
+        changes: list[str] = []
+        for c in (c for c in cfg.classes if study_name(cfg, c, version) in names):
+            study_id = storage.get_study_id_from_name(study_name(cfg, c, version))
+            stored = storage.get_study_user_attrs(study_id).get("fingerprint") or {}
+            here = here or resolve(cfg, FAMILIES[stored.get("family") or "sd"], schedulers.names())
+            new = fingerprint(here, c)
+            if "prompts" not in stored:  # stored before prompts were fingerprinted: not known, not compared
+                new.pop("prompts")
+            if stored:
+                changes += [f"classes.{c}.{x}" if x.startswith("prompts ") else x for x in _changes(stored, new)]
         if not changes:
+            assert here is not None
             return version, here
-        changed = ", ".join(changes)
+        changed = ", ".join(dict.fromkeys(changes))
     raise AssertionError("unreachable")
