@@ -128,6 +128,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         device=args.device,
         clip_tolerance=args.clip_tolerance,
         lpips_tolerance=args.lpips_tolerance,
+        allow_untested=args.allow_untested,
     )
     print(format_validation(result))
     print(f"\nwrote {cfg.output_dir / 'validation.json'}")
@@ -243,7 +244,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_dashboard)
 
-    p = sub.add_parser("validate", help="check the recommendations on held-out prompts; exit 1 when one fails")
+    p = sub.add_parser(
+        "validate", help="check recommendations on held-out prompts; exit 1 when one fails or is untested"
+    )
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
     p.add_argument("--prompts", type=Path, required=True, help="held-out prompts, one per line")
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default: search.seeds)")
@@ -254,6 +257,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--lpips-tolerance", type=float, help="override recommend.lpips_tolerance (negative: must beat the baseline)"
+    )
+    p.add_argument(
+        "--allow-untested", action="store_true", help="pass even if a class got no held-out prompt (default: exit 1)"
     )
     p.set_defaults(func=cmd_validate)
 

@@ -63,8 +63,13 @@ def validate(
     device: str | None = None,
     clip_tolerance: float | None = None,
     lpips_tolerance: float | None = None,
+    allow_untested: bool = False,
 ) -> dict[str, Any]:
-    """Render baseline and recommendation per class on ``prompts``; return (and write) ``validation.json``."""
+    """Render baseline and recommendation per class on ``prompts``; return (and write) ``validation.json``.
+
+    It passes when every class that held-out prompts were routed to held its tolerance, and every
+    studied class got at least one (``allow_untested`` accepts classes that got none).
+    """
     from autotune import schedulers
     from autotune.evaluate import Evaluator
     from autotune.outputs import atomic_write
@@ -118,13 +123,15 @@ def validate(
             "within_tolerance": not why,
             "why_not": why,
         }
+    untested = [c for c in recs.classes if c != DEFAULT_CLASS and c not in classes]
     result = {
         "study": cfg.name,
         "seeds": seeds,
         "tolerance": {"clip": clip_tol, "lpips": lpips_tol},
         "routed_to_default": by_class.get(DEFAULT_CLASS, []),
         "classes": classes,
-        "passed": all(v["within_tolerance"] for v in classes.values()),
+        "untested": untested,
+        "passed": all(v["within_tolerance"] for v in classes.values()) and (allow_untested or not untested),
     }
     atomic_write(cfg.output_dir / "validation.json", json.dumps(result, indent=2) + "\n")
     return result
@@ -144,8 +151,8 @@ def format_validation(result: dict[str, Any]) -> str:
             f"{verdict} {c}: {v['recommended']} on {v['images']} held-out images: "
             f"{v['speedup']:.2f}x faster, {', '.join(parts)}{why}"
         )
+    for c in result["untested"]:
+        lines.append(f"untested {c}: no held-out prompt was routed to it (--allow-untested accepts that)")
     if result["routed_to_default"]:
         lines.append(f"     {len(result['routed_to_default'])} prompts fit no class (default: the baseline)")
-    if not result["classes"]:
-        lines.append("no held-out prompt was routed to a studied class")
     return "\n".join(lines)

@@ -184,6 +184,19 @@ def test_validate_exit_code_follows_the_tolerance(finished_study, tmp_path: Path
     assert json.loads((cfg.output_dir / "validation.json").read_text())["passed"] is True
 
 
+def test_validate_exits_non_zero_for_a_class_no_held_out_prompt_reached(finished_study, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = finished_study
+    holdout = tmp_path / "holdout.txt"
+    holdout.write_text(cfg.classes["portrait"][0] + "\n")  # routed to portrait only
+    args = ["validate", str(cfg.path), "--prompts", str(holdout), "--seeds", "3", "--clip-tolerance", "1000"]
+    code, out, err = autotune_cli(capsys, *args, "--lpips-tolerance", "1000")
+    result = json.loads((cfg.output_dir / "validation.json").read_text())
+    assert code == 1 and result["untested"] == ["landscape"] and result["passed"] is False, out + err
+    assert set(result["classes"]) == {"portrait"} and "untested landscape: no held-out prompt" in out
+    code, out, err = autotune_cli(capsys, *args, "--lpips-tolerance", "1000", "--allow-untested")
+    assert code == 0 and json.loads((cfg.output_dir / "validation.json").read_text())["passed"] is True, out + err
+
+
 def test_validate_rejects_a_prompt_file_that_is_not_utf8(finished_study, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     cfg, _ = finished_study
     bad = tmp_path / "holdout.txt"
@@ -206,12 +219,17 @@ def test_classes_suggest_finds_the_two_groups_of_a_prompt_log(tmp_path: Path, ca
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["apply_recommendation.py", "route_prompts.py", "validate.sh"])
-def test_examples_run_against_a_finished_study(finished_study, script: str) -> None:  # type: ignore[no-untyped-def]
+def test_examples_run_against_a_finished_study(finished_study, script: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg, _ = finished_study
     path = EXAMPLES / script
     cmd = ["bash", str(path)] if script.endswith(".sh") else [sys.executable, str(path)]
     env = {**os.environ, "AUTOTUNE": str(Path(sys.executable).parent / "autotune")}
-    result = subprocess.run([*cmd, str(cfg.path)], capture_output=True, text=True, timeout=600, env=env)
+    extra = []
+    if script == "validate.sh":  # the tiny study's own prompts stand in for held-out ones (the default is digits)
+        holdout = tmp_path / "holdout.txt"
+        holdout.write_text("\n".join(p for ps in cfg.classes.values() for p in ps) + "\n")
+        extra = [str(holdout)]
+    result = subprocess.run([*cmd, str(cfg.path), *extra], capture_output=True, text=True, timeout=600, env=env)
     if script == "validate.sh":  # 0 or 1 by the held-out verdict, and the file says which
         passed = json.loads((cfg.output_dir / "validation.json").read_text())["passed"]
         assert result.returncode == (0 if passed else 1), result.stderr
