@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +38,9 @@ class Scorer(Protocol):
     @property
     def family(self) -> Family: ...
 
+    @property
+    def scheduler_config(self) -> Mapping[str, Any]: ...  # the model's own: what a variant's "default" keeps
+
     def evaluate(self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]) -> Evaluation: ...
 
 
@@ -61,6 +64,10 @@ class Evaluator:
     @property
     def family(self) -> Family:
         return self.pipeline.family
+
+    @property
+    def scheduler_config(self) -> Mapping[str, Any]:
+        return self.pipeline.base_scheduler_config
 
     def references(self, prompts: Sequence[str], seeds: Sequence[int], guidance: float | None = None) -> Any:
         """Reference images (prompt-major) for images rendered at ``guidance`` (see :func:`reference_setting`)."""

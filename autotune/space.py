@@ -84,10 +84,14 @@ class Settings:
             kwargs["timesteps"] = ays_timesteps(family, self.steps)
         return kwargs
 
-    def key(self) -> str:
-        """What makes two settings render the same images: class, resolved config, steps, guidance."""
+    def key(self, base: Mapping[str, Any] = MappingProxyType({})) -> str:
+        """What makes two settings render the same images: class, resolved config, steps, guidance.
+
+        ``base`` is the model's own scheduler config: an override equal to its value (``timestep_spacing
+        = "leading"`` on a leading model) is the model's default, the same setting as ``"default"``.
+        """
         spec = schedulers.get(self.scheduler)
-        conf = sorted(self.scheduler_overrides().items())
+        conf = sorted((k, v) for k, v in self.scheduler_overrides().items() if k not in base or base[k] != v)
         return repr((spec.class_name, conf, self.ays, self.steps, round(self.guidance, 6)))
 
     def scheduler_label(self) -> str:

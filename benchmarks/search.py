@@ -206,6 +206,10 @@ class GridScorer:
 
         return FAMILIES["sd"]
 
+    @property
+    def scheduler_config(self) -> dict[str, Any]:
+        return {}  # the grid searches no variants: no override can equal the model's own value
+
     def evaluate(self, settings: Any, prompts: Any, seeds: Any) -> Any:
         from autotune.evaluate import Evaluation
 

@@ -92,6 +92,10 @@ class _CountingScorer:
     def family(self) -> Family:
         return FAMILIES["sd"]
 
+    @property
+    def scheduler_config(self) -> dict[str, str]:
+        return {"timestep_spacing": "leading"}  # as SD 1.5's (and the tiny model's) config says
+
     def evaluate(self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]) -> Evaluation:
         self.rendered.append(settings)
         n = len(prompts) * len(seeds)
@@ -115,6 +119,26 @@ def test_a_setting_another_worker_is_rendering_is_left_to_it(study_file: Callabl
     fresh = study.get_trials(states=(TrialState.WAITING,))  # the next trial tries a setting not tried yet
     assert len(fresh) == 1 and fresh[0].user_attrs["fresh_after"] == stepped_back.number
     assert ledger.claimed(study.get_trials()) == 2  # the baseline and the other worker's
+
+
+def test_a_variant_equal_to_the_models_default_is_the_default_setting_reused_not_rendered(
+    study_file: Callable[..., Path],
+) -> None:
+    cfg = resolve(load_config(study_file(n_trials=5)), FAMILIES["sd"], names())
+    study = open_class_study(cfg, "portrait", optuna.storages.InMemoryStorage())
+    scorer = _CountingScorer()
+    objective = Objective(cfg, study, "portrait", scorer, target=5)
+    objective.run_one()  # the baseline
+    searched = variant_choices("dpmpp_2m_karras", cfg.search.variants, cfg.family)
+    for spacing in ("default", "leading", "trailing"):
+        study.enqueue_trial(Settings.make("dpmpp_2m_karras", 6, 3.0, {"timestep_spacing": spacing}).params(searched))
+    default, leading, trailing = (objective.run_one() for _ in range(3))
+    assert default.state == TrialState.COMPLETE and "reused_from" not in default.user_attrs
+    assert leading.user_attrs["reused_from"] == default.number  # "leading" is this model's default
+    assert leading.user_attrs["setting_key"] == default.user_attrs["setting_key"]
+    assert "reused_from" not in trailing.user_attrs  # a different setting, rendered
+    spacings = [dict(s.options).get("timestep_spacing", "default") for s in scorer.rendered[1:]]
+    assert spacings == ["default", "trailing"]
 
 
 def _pop(url: str, barrier: Any, queue: Any) -> None:

@@ -121,7 +121,7 @@ class Objective:
             raise optuna.TrialPruned(f"other workers already claimed the study's {self.target} trials")
         settings = suggest(trial, self.cfg.search, self.scorer.family)
         spec = schedulers.get(settings.scheduler)
-        key = settings.key()
+        key = settings.key(self.scorer.scheduler_config)
         trial.set_user_attr("setting", settings.label())
         trial.set_user_attr("setting_key", key)
         trial.set_user_attr("scheduler_class", spec.class_name)
@@ -151,7 +151,7 @@ class Objective:
 
     def _enqueue_fresh(self, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> None:
         """A sampler that repeats itself has stopped exploring: the next trial tries a new setting."""
-        fresh = fresh_params(trials, self.cfg.search, self.scorer.family, self.rng)
+        fresh = fresh_params(trials, self.cfg.search, self.scorer.family, self.rng, self.scorer.scheduler_config)
         if fresh is None:
             self.study.set_user_attr("exhausted", True)
         else:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import optuna
@@ -59,15 +60,17 @@ def fresh_params(
     space: ResolvedSearch,
     family: Family,
     rng: random.Random | None = None,
+    base: Mapping[str, Any] = MappingProxyType({}),
     draws: int = 1000,
 ) -> dict[str, Any] | None:
-    """Parameters of a setting none of ``trials`` has tried or queued, drawn at random (None: found none)."""
+    """Parameters of a setting none of ``trials`` has tried or queued, drawn at random (None: found none);
+    ``base``: the model's scheduler config, as for :meth:`Settings.key`."""
     tried = {t.user_attrs.get("setting_key") for t in trials}
     queued = (t.system_attrs.get("fixed_params") for t in trials if t.state == TrialState.WAITING)
-    tried |= {Settings.from_params(q).key() for q in queued if q and "scheduler" in q}
+    tried |= {Settings.from_params(q).key(base) for q in queued if q and "scheduler" in q}
     rng = rng or random.Random()
     for _ in range(draws):
         settings = suggest(RandomDraw(rng), space, family)
-        if settings.key() not in tried:
+        if settings.key(base) not in tried:
             return settings.params(variant_choices(settings.scheduler, space.variants, family))
     return None
