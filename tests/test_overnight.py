@@ -217,7 +217,9 @@ def test_an_edited_prompt_list_is_refused_naming_its_class_and_a_new_class_is_no
     study_file: Callable[..., Path],
 ) -> None:
     path = study_file(name="prompts", n_trials=1)
-    run_study(load_config(path), progress=False)
+    study = run_study(load_config(path), progress=False)["portrait"].study
+    old = {k: v for k, v in study.user_attrs["fingerprint"].items() if k != "prompts"}
+    study.set_user_attr("fingerprint", old)  # a study fingerprinted before prompts were: its "prompts" attr counts
     text = path.read_text()
     path.write_text(text + '[classes.landscape]\nprompts = ["a misty mountain lake at dawn"]\n')
     assert set(run_study(load_config(path), progress=False)) == {"portrait", "landscape"}  # a new study beside

@@ -92,12 +92,12 @@ def find_version(
         here: ResolvedStudy | None = resolved
         changes: list[str] = []
         for c in (c for c in cfg.classes if study_name(cfg, c, version) in names):
-            study_id = storage.get_study_id_from_name(study_name(cfg, c, version))
-            stored = storage.get_study_user_attrs(study_id).get("fingerprint") or {}
+            attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name(cfg, c, version)))
+            stored = dict(attrs.get("fingerprint") or {})
             here = here or resolve(cfg, FAMILIES[stored.get("family") or "sd"], schedulers.names())
             new = fingerprint(here, c)
-            if "prompts" not in stored:  # stored before prompts were fingerprinted: not known, not compared
-                new.pop("prompts")
+            if stored and "prompts" not in stored:  # fingerprinted before prompts were: the study's record
+                stored["prompts"] = attrs.get("prompts", new["prompts"])
             if stored:
                 changes += [f"classes.{c}.{x}" if x.startswith("prompts ") else x for x in _changes(stored, new)]
         if not changes:
