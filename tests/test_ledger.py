@@ -111,7 +111,7 @@ def test_a_setting_another_worker_is_rendering_is_left_to_it(study_file: Callabl
     other = study.ask()  # another worker, mid-render of the setting enqueued next
     setting = Settings.make("euler", 6, 3.0)
     study.enqueue_trial(setting.params(variant_choices("euler", cfg.search.variants, cfg.family)))  # variants pinned
-    other.set_user_attr("setting_key", setting.key())
+    other.set_user_attr("setting_key", setting.key(scorer.scheduler_config))
     stepped_back = objective.run_one()
     assert stepped_back.state == TrialState.PRUNED
     assert stepped_back.user_attrs["same_setting_running"] == other.number

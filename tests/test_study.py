@@ -118,7 +118,7 @@ def test_rough_first_renders_the_other_seeds_only_for_settings_not_clearly_domin
     real_generate = pipeline_module.generate
 
     def counting(p, settings, prompts, seeds, *args, **kwargs):  # type: ignore[no-untyped-def]
-        renders.append((settings.key(), tuple(seeds)))
+        renders.append((settings.key(p.base_scheduler_config), tuple(seeds)))  # as the study keys it
         return real_generate(p, settings, prompts, seeds, *args, **kwargs)
 
     monkeypatch.setattr(pipeline_module, "generate", counting)
