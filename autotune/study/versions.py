@@ -77,7 +77,7 @@ def find_version(
     names = set(optuna.get_all_study_names(storage))
     changed = ""
     for version in itertools.count(1):
-        existing = [study_name(cfg, c, version) for c in cfg.classes if study_name(cfg, c, version) in names]
+        existing = {c: study_name(cfg, c, version) for c in cfg.classes if study_name(cfg, c, version) in names}
         if not existing:
             first = study_name(cfg, next(iter(cfg.classes)), version)
             if resolved is None and version == 1:
@@ -91,8 +91,8 @@ def find_version(
             )
         here: ResolvedStudy | None = resolved
         changes: list[str] = []
-        for c in (c for c in cfg.classes if study_name(cfg, c, version) in names):
-            attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name(cfg, c, version)))
+        for c, name in existing.items():
+            attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
             stored = dict(attrs.get("fingerprint") or {})
             here = here or resolve(cfg, FAMILIES[stored.get("family") or "sd"], schedulers.names())
             new = fingerprint(here, c)
