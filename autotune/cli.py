@@ -55,6 +55,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             check_reference=not args.no_reference_check,
             new_version=args.new_version,
             workers=args.workers,
+            decide=not args.worker,
         )
     except KeyboardInterrupt:  # keep what the night produced: write the outputs so far
         if not args.worker:

@@ -31,6 +31,7 @@ __all__ = [
     "RecommendConfig",
     "ReportConfig",
     "SearchConfig",
+    "ServingConfig",
     "SettingConfig",
     "StudyConfig",
     "load_config",
@@ -97,9 +98,26 @@ class SettingConfig:
 
 @dataclass(frozen=True)
 class RecommendConfig:
+    """``[recommend]``: the non-inferiority rule (see :mod:`autotune.decision`) and its render budget."""
+
     rule: str = "match_baseline"
-    clip_tolerance: float = 0.5
-    lpips_tolerance: float = 0.1
+    clip_tolerance_sd: float = 0.5  # x the baseline's seed-to-seed standard deviation of CLIP score
+    clip_tolerance: float | None = None  # CLIP points instead (overrides clip_tolerance_sd)
+    lpips_tolerance: float = 0.1  # x the seed-to-seed LPIPS (two seeds of one prompt)
+    stochastic: bool = False  # ancestral/SDE samplers may be recommended (judged against seed-to-seed LPIPS)
+    finalists: int = 3  # the cheapest that pass, confirmed on fresh seeds
+    confirm_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)
+    race_seeds: int = 8  # at most this many seeds more for a candidate whose bound is undecided
+    race_budget: int = 256  # images rendered for racing in all, per class (baseline's included)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """``[serving]``: how production calls the pipeline, which is what the cost objective times."""
+
+    batch_size: int = 1  # images per production call
+    repeats: int = 3  # timed calls per setting (after an untimed warm-up of the shape); the median counts
+    safety_checker: bool = False  # load the model's safety checker (a cost per image that blanks some)
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,7 @@ class StudyConfig:
     baseline: SettingConfig = field(default_factory=SettingConfig)
     reference: SettingConfig = field(default_factory=SettingConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     @property
@@ -151,6 +170,7 @@ _SECTIONS = {
     "baseline": SettingConfig,
     "reference": SettingConfig,
     "recommend": RecommendConfig,
+    "serving": ServingConfig,
     "report": ReportConfig,
 }
 
@@ -236,9 +256,20 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     one_of(met.lpips_net, ("alex", "vgg", "squeeze"), "metrics.lpips_net")
     one_of(met.lpips_backbone, ("random", "pretrained"), "metrics.lpips_backbone")
     one_of(rec.rule, RULES, "recommend.rule")
-    for key in ("clip_tolerance", "lpips_tolerance"):
-        if getattr(rec, key) < 0:
+    for key in ("clip_tolerance", "clip_tolerance_sd", "lpips_tolerance"):
+        if (getattr(rec, key) or 0) < 0:
             raise ConfigError(f"recommend.{key}: expected a number >= 0, got {getattr(rec, key):g}")
+    for key, low in (("finalists", 1), ("race_seeds", 0), ("race_budget", 0)):
+        if getattr(rec, key) < low:
+            raise ConfigError(f"recommend.{key}: expected an integer >= {low}, got {getattr(rec, key)}")
+    if len(set(rec.confirm_seeds)) < 2 or set(rec.confirm_seeds) & set(s.seeds) or min(rec.confirm_seeds) < 0:
+        raise ConfigError(
+            f"recommend.confirm_seeds: expected at least two distinct integers >= 0 that search.seeds does not "
+            f"use, got {list(rec.confirm_seeds)}"
+        )
+    for key in ("batch_size", "repeats"):
+        if getattr(cfg.serving, key) < 1:
+            raise ConfigError(f"serving.{key}: expected an integer >= 1, got {getattr(cfg.serving, key)}")
     return dataclasses.replace(
         cfg,
         search=dataclasses.replace(s, schedulers=names),

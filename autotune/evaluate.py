@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from autotune.config import ConfigError
@@ -23,12 +23,14 @@ __all__ = ["Evaluation", "Evaluator", "Scorer"]
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A setting's renders scored: per-image values of every measured metric (prompt-major, seeds
-    inner), denoiser calls per image, and the images themselves (None where a cache stands in)."""
+    """A setting's renders scored: per-image values of every quality metric (prompt-major, seeds
+    inner), denoiser calls per image, the images themselves (None where a cache stands in) and the
+    seconds per image of each timed serving call (empty: not timed)."""
 
     per_image: dict[str, list[float]]
     model_calls: int
     images: Any = None
+    seconds: list[float] = field(default_factory=list)
 
 
 class Scorer(Protocol):
@@ -41,7 +43,9 @@ class Scorer(Protocol):
     @property
     def scheduler_config(self) -> Mapping[str, Any]: ...  # the model's own: what a variant's "default" keeps
 
-    def evaluate(self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]) -> Evaluation: ...
+    def evaluate(
+        self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int], timed: bool = True
+    ) -> Evaluation: ...
 
 
 class Evaluator:
@@ -54,7 +58,7 @@ class Evaluator:
         from autotune.references import ReferenceStore
 
         self.cfg = cfg
-        self.pipeline = load_pipeline(cfg.model, device)
+        self.pipeline = load_pipeline(cfg.model, device, cfg.serving.safety_checker)
         dev = self.pipeline.device
         m = cfg.metrics
         self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev)  # scores, and embeds prompts for the router
@@ -103,16 +107,24 @@ class Evaluator:
         if verdict is not None:
             raise ConfigError(f"{cfg.path}: reference: {verdict} (or pass --no-reference-check)")
 
-    def evaluate(self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]) -> Evaluation:
-        """Render every prompt with every seed and score each image with every objective."""
-        from autotune.pipeline import generate
+    def evaluate(
+        self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int], timed: bool = True
+    ) -> Evaluation:
+        """Render every prompt with every seed and score each image with every quality objective;
+        ``timed``: and time the setting as production calls it (``[serving]``), on the first prompt and seed."""
+        from autotune.pipeline import generate, time_serving
 
-        cfg, m = self.cfg, self.cfg.model
+        cfg, m, serving = self.cfg, self.cfg.model, self.cfg.serving
         render = generate(self.pipeline, settings, prompts, seeds, m.height, m.width, cfg.search.batch_size)
-        per_image: dict[str, list[float]] = {"seconds": render.seconds}
+        seconds = []
+        if timed and "seconds" in cfg.metrics.objectives:
+            seconds = time_serving(
+                self.pipeline, settings, prompts[0], seeds[0], m.height, m.width, serving.batch_size, serving.repeats
+            )
+        per_image: dict[str, list[float]] = {}
         if "clip_score" in cfg.metrics.objectives:
             per_image["clip_score"] = self.clip(render.images, [q for q in prompts for _ in seeds]).tolist()
         if self.lpips is not None:
             refs = self.references(prompts, seeds, settings.guidance)
             per_image["lpips"] = self.lpips(render.images, refs).tolist()
-        return Evaluation(per_image, render.model_calls, render.images)
+        return Evaluation(per_image, render.model_calls, render.images, seconds)

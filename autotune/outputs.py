@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from autotune.config import ConfigError
 from autotune.families import ResolvedStudy
 
-__all__ = ["atomic_write", "check_writable", "random_weights_warning"]
+__all__ = ["RULE_TEXT", "atomic_write", "check_writable", "random_weights_warning", "tolerance_text"]
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -64,3 +65,22 @@ def random_weights_warning(cfg: ResolvedStudy) -> str | None:
         return None
     what = "any image is" if len(parts) > 1 or "LPIPS" not in parts[0] else "two images look alike to a person"
     return f"Random weights: {', '.join(parts)}. Their figures show how autotune works, not how {what}."
+
+
+RULE_TEXT = (
+    "A cheaper setting replaces the baseline when, on every quality metric, the one-sided 95 % bound of its "
+    "per-image difference to the baseline (same prompt, same seed; Student's t over the per-prompt means) is "
+    "within the tolerance, first on the search (and racing) seeds, then again on the confirmation seeds alone; "
+    "cheaper means faster on every timed serving call; of those, the cheapest by fitted cost."
+)
+
+
+def tolerance_text(cfg: Any) -> str:
+    """The study file's tolerances in the units it states them in."""
+    r = cfg.recommend
+    clip = (
+        f"{r.clip_tolerance:g} CLIP points"
+        if r.clip_tolerance is not None
+        else (f"CLIP {r.clip_tolerance_sd:g} x the baseline's seed-to-seed standard deviation")
+    )
+    return f"{clip}, LPIPS {r.lpips_tolerance:g} x seed-to-seed LPIPS"

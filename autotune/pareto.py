@@ -1,4 +1,4 @@
-"""Pure math on trial results: Pareto front and the recommendation rule. No torch, no I/O.
+"""Pure math on trial results: Pareto front, hypervolume, the cost line. No torch, no I/O.
 
 Values are plain dicts ``{"clip_score": 31.2, "lpips": 0.01, "seconds": 0.4}``; directions
 come from each metric's ``higher_is_better``.
@@ -13,18 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
-    "Candidate",
-    "Recommendation",
     "SecondsFit",
     "clearly_dominated",
     "dominates",
-    "failed_tolerance",
     "fit_seconds",
     "hypervolume",
     "hypervolume_history",
-    "match_baseline",
     "pareto_front",
 ]
 
@@ -102,10 +99,32 @@ class SecondsFit:
         return abs(seconds - fitted) > max(3 * 1.4826 * self.mad, 0.1 * abs(fitted))
 
 
+def _nonnegative_lstsq(x: Any, y: Any) -> Any:
+    """Least squares with every coefficient >= 0: the best of the fits on each subset of the columns
+    whose coefficients come out non-negative (three columns: seven small solves)."""
+    import itertools
+
+    import numpy as np
+
+    best, best_sse = np.zeros(x.shape[1]), float(np.sum(y**2))
+    for k in range(1, x.shape[1] + 1):
+        for cols in itertools.combinations(range(x.shape[1]), k):
+            coef = np.linalg.lstsq(x[:, cols], y, rcond=None)[0]
+            if (coef < 0).any():
+                continue
+            sse = float(np.sum((y - x[:, cols] @ coef) ** 2))
+            if sse < best_sse:
+                best, best_sse = np.zeros(x.shape[1]), sse
+                best[list(cols)] = coef
+    return best
+
+
 def fit_seconds(
     calls: Sequence[float], guided: Sequence[bool], seconds: Sequence[float], min_points: int = 5
 ) -> SecondsFit | None:
-    """Least squares, then again without the points further than 3 robust deviations (None: too few points)."""
+    """Non-negative least squares, then again without the points further than 3 robust deviations
+    (None: too few points). Non-negative: no setting costs negative seconds, more calls never cost
+    less, guidance never costs less than none, however noisy the timings."""
     import numpy as np
 
     if len(seconds) < min_points:
@@ -114,7 +133,7 @@ def fit_seconds(
     y = np.asarray(seconds, dtype=float)
     keep = np.ones(len(y), dtype=bool)
     for _ in range(2):
-        coef = np.linalg.lstsq(x[keep], y[keep], rcond=None)[0]
+        coef = _nonnegative_lstsq(x[keep], y[keep])
         resid = y - x @ coef
         mad = float(np.median(np.abs(resid[keep] - np.median(resid[keep]))))
         keep = np.abs(resid) <= max(3 * 1.4826 * mad, 1e-12)
@@ -175,86 +194,3 @@ def hypervolume_history(
         else:
             history.append(history[-1] if history else 0.0)
     return history
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A completed trial as the rule sees it."""
-
-    number: int
-    values: Values
-    deterministic: bool = True  # ancestral/SDE samplers never converge to the reference image
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    chosen: Candidate
-    baseline: Candidate
-    met_tolerance: bool  # False: nothing cheaper met the tolerance, the baseline is kept
-    reason: str
-
-    @property
-    def speedup(self) -> float | None:
-        ours, theirs = self.chosen.values.get("seconds"), self.baseline.values.get("seconds")
-        return theirs / ours if ours and theirs else None
-
-
-def failed_tolerance(
-    c: Candidate, baseline: Candidate, *, clip_tolerance: float, lpips_tolerance: float, seed_lpips: float | None
-) -> list[str]:
-    """Why ``c`` is not within tolerance of the baseline (empty: it is); see :func:`match_baseline`."""
-    base, v, seed = baseline.values, c.values, seed_lpips or 0.0
-    why = []
-    if "clip_score" in base and v["clip_score"] < base["clip_score"] - clip_tolerance:
-        why.append(f"CLIP score {v['clip_score']:.4g} < baseline {base['clip_score']:.4g} - {clip_tolerance:g}")
-    if "lpips" in base:
-        if c.deterministic or not baseline.deterministic:
-            limit, rule = base["lpips"] + lpips_tolerance * seed, f"baseline + {lpips_tolerance:g} x seed-to-seed"
-        else:
-            limit, rule = (1 + lpips_tolerance) * seed, f"{1 + lpips_tolerance:g} x seed-to-seed"
-        if v["lpips"] > limit:
-            why.append(f"LPIPS {v['lpips']:.4g} > {limit:.4g} ({rule})")
-    return why
-
-
-def match_baseline(
-    candidates: Sequence[Candidate],
-    baseline: Candidate,
-    *,
-    clip_tolerance: float,
-    lpips_tolerance: float,
-    seed_lpips: float | None,
-) -> Recommendation:
-    """The cheapest setting whose quality is within tolerance of the baseline's.
-
-    Accepted: CLIP score >= baseline - ``clip_tolerance`` and LPIPS <= baseline +
-    ``lpips_tolerance`` x ``seed_lpips`` (the LPIPS between two seeds of one prompt, so the
-    tolerance means the same on any LPIPS backbone). Metrics absent from the study are not
-    checked. Ties on seconds go to the better quality. Without a ``seconds`` objective the
-    best-quality accepted setting wins.
-
-    A non-deterministic sampler (ancestral, SDE) draws fresh noise each step and never
-    converges to the reference, so its LPIPS is not compared with the baseline's: it must
-    instead stay within ``(1 + lpips_tolerance) x seed_lpips`` of the reference, i.e. be no
-    further from it than another seed's image is, and meet the CLIP tolerance.
-    """
-    ok = [
-        c
-        for c in candidates
-        if not failed_tolerance(
-            c, baseline, clip_tolerance=clip_tolerance, lpips_tolerance=lpips_tolerance, seed_lpips=seed_lpips
-        )
-    ]
-    if not any(c.number == baseline.number for c in ok):
-        ok.append(baseline)
-
-    def cost(c: Candidate) -> tuple[float, float, float]:
-        v = c.values
-        return (v.get("seconds", 0.0), -v.get("clip_score", 0.0), v.get("lpips", 0.0))
-
-    chosen = min(ok, key=cost)
-    if chosen.number == baseline.number:
-        return Recommendation(
-            chosen, baseline, False, "no setting cheaper than the baseline met the tolerance; keeping the baseline"
-        )
-    return Recommendation(chosen, baseline, True, f"cheapest of {len(ok)} settings within tolerance of the baseline")

@@ -31,6 +31,8 @@ __all__ = [
     "load_pipeline",
     "resolve_config",
     "resolve_device",
+    "runtime",
+    "time_serving",
 ]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -52,6 +54,7 @@ class Pipeline:
     dtype: torch.dtype
     base_scheduler_config: Any
     warm: bool = False
+    warmed: set[tuple[Any, ...]] = field(default_factory=set)  # serving call shapes already warmed up
     calls: int = 0
     auto_batch: int = 16  # batch_size = "auto": the largest batch tried that fitted (halved on out-of-memory)
     embeds: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -73,6 +76,12 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"model.device: {device!r} asked for, but torch sees no CUDA device")
     return device
+
+
+def runtime(cfg: StudyConfig, device: str | None = None) -> dict[str, str]:
+    """The device kind and dtype a study renders with: trials on another are not comparable."""
+    dev = resolve_device(device or cfg.model.device)
+    return {"device": dev.split(":")[0], "dtype": str(_resolve_dtype(cfg.model.dtype, dev)).removeprefix("torch.")}
 
 
 def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -133,10 +142,11 @@ def resolve_config(cfg: StudyConfig) -> ResolvedStudy:
     return resolve(cfg, family, compatible)
 
 
-def load_pipeline(model: ModelConfig, device: str | None = None) -> Pipeline:
+def load_pipeline(model: ModelConfig, device: str | None = None, safety_checker: bool = False) -> Pipeline:
     """Load (once per process) the pipeline named by ``model.id``: ``"micro"``, ``"tiny"``, a hub id or a folder.
 
-    Weights load as safetensors only, with no remote code.
+    Weights load as safetensors only, with no remote code. A model's safety checker is left out
+    unless ``safety_checker``: it costs time per image and blanks some, whatever the setting.
     """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -146,11 +156,13 @@ def load_pipeline(model: ModelConfig, device: str | None = None) -> Pipeline:
     transformers_logging.disable_progress_bar()
     dev = resolve_device(device or model.device)
     dtype = _resolve_dtype(model.dtype, dev)
-    key = (model.id, model.revision, model.family, dev, dtype)
+    key = (model.id, model.revision, model.family, dev, dtype, safety_checker)
     if key in _LOADED:
         return _LOADED[key]
     family, _, index = describe_model(model)
-    absent = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}  # SD3 without T5, say
+    absent: dict[str, Any] = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}  # SD3, no T5
+    if "safety_checker" in index and not safety_checker:
+        absent.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
         pipe = DiffusionPipeline.from_pretrained(
             _source(model), dtype=dtype, use_safetensors=True, revision=model.revision, **absent
@@ -179,12 +191,24 @@ def _embeddings(p: Pipeline, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
 
 
 def _call(
-    p: Pipeline, settings: Settings, prompts: Sequence[str], seeds: Sequence[int], height: int, width: int
+    p: Pipeline,
+    settings: Settings,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    height: int,
+    width: int,
+    encode: bool = False,
 ) -> torch.Tensor:
+    """One pipeline call; the prompts' embeddings are cached unless ``encode`` (the call encodes them, as
+    production's does). Every image has its own generator and, for DPM++ SDE, its own Brownian tree
+    seeded from its seed: an image depends on its seed alone, not on its batch or the process's RNG."""
     gen_device = "cpu" if p.device == "mps" else p.device
     generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
+    if hasattr(p.pipe.scheduler, "noise_sampler_seed"):
+        p.pipe.scheduler.noise_sampler_seed = list(seeds)
+        p.pipe.scheduler.noise_sampler = None
     out = p.pipe(
-        **_embeddings(p, prompts),
+        **({"prompt": list(prompts)} if encode else _embeddings(p, prompts)),
         **settings.call_kwargs(p.family),
         generator=generators,
         height=height,
@@ -260,3 +284,31 @@ def generate(
     if (result.flatten(1).amax(1) == 0).any():
         raise RenderError("black image (all zeros)")
     return Render((result * 255).round() / 255, seconds, calls)
+
+
+def time_serving(
+    p: Pipeline,
+    settings: Settings,
+    prompt: str,
+    seed: int,
+    height: int,
+    width: int,
+    batch_size: int = 1,
+    repeats: int = 3,
+) -> list[float]:
+    """Seconds per image of ``repeats`` production calls: ``batch_size`` images of ``prompt``, the
+    prompt encoded inside the call. The first call of a shape (batch, size, guidance on or off) in
+    the process is an untimed 2-step warm-up, so allocations and kernel choice are not billed."""
+    p.pipe.scheduler = schedulers.build(settings.scheduler, p.base_scheduler_config, dict(settings.options))
+    prompts, seeds = [prompt] * batch_size, [seed + i for i in range(batch_size)]
+    shape = (batch_size, height, width, settings.guidance > 1)
+    if shape not in p.warmed:
+        warm = Settings(settings.scheduler, 2, settings.guidance, settings.options)
+        _call(p, warm, prompts, seeds, height, width, encode=True)
+        p.warmed.add(shape)
+    out = []
+    for _ in range(repeats):
+        with DeviceTimer(p.device) as timer:
+            _call(p, settings, prompts, seeds, height, width, encode=True)
+        out.append(timer.seconds / batch_size)
+    return out

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from autotune import schedulers
 from autotune.families import ResolvedStudy
-from autotune.outputs import atomic_write, random_weights_warning
+from autotune.outputs import RULE_TEXT, atomic_write, random_weights_warning
 from autotune.study.results import ClassOutcome, Outcomes, settings_of, trial_summary
 
 __all__ = ["format_table", "publish", "recommendations_data", "write_all", "write_outputs"]
@@ -54,14 +55,31 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     by_number = {t.number: t for t in o.trials}
     chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family)
     baseline = trial_summary(by_number[rec.baseline.number], objectives, o.family)
-    chosen["seconds_fitted"] = rec.chosen.values.get("seconds")
-    baseline["seconds_fitted"] = rec.baseline.values.get("seconds")
+    chosen["seconds_fitted"], baseline["seconds_fitted"] = rec.chosen.cost, rec.baseline.cost
+    tol = o.tolerance
+    assert tol is not None
+    r = cfg.recommend
     return {
         **chosen,
         "speedup": rec.speedup,
+        "speedup_range": rec.speedup_range,
         "met_tolerance": rec.met_tolerance,
+        "confirmed": rec.confirmed,
         "reason": rec.reason,
         "baseline": baseline,
+        "tolerance": {
+            "clip_score": tol.clip,
+            "clip_score_in_sd": (tol.clip / o.clip_noise) if tol.clip is not None and o.clip_noise else None,
+            "clip_score_seed_sd": o.clip_noise,
+            "lpips": tol.lpips,
+            "lpips_in_seed_lpips": r.lpips_tolerance if tol.lpips is not None else None,
+        },
+        "decision": {
+            "confirm_seeds": list(r.confirm_seeds),
+            "race_images": o.study.user_attrs.get("race_images", 0),
+            "race_budget": r.race_budget,
+            "candidates": list(rec.stages),
+        },
         **base,
     }
 
@@ -82,8 +100,12 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) 
         "rule": {
             "name": cfg.recommend.rule,
             "clip_tolerance": cfg.recommend.clip_tolerance,
+            "clip_tolerance_sd": cfg.recommend.clip_tolerance_sd,
             "lpips_tolerance": cfg.recommend.lpips_tolerance,
+            "stochastic": cfg.recommend.stochastic,
+            "text": RULE_TEXT,
         },
+        "serving": dataclasses.asdict(cfg.serving),
         "classes": classes,
     }
     if warning := random_weights_warning(cfg):
@@ -117,7 +139,9 @@ def _pareto_csv(cfg: ResolvedStudy, o: ClassOutcome) -> str:
         ]
     )
     cost = objectives.index("seconds") if "seconds" in objectives else 0
-    for t in sorted((o.trials[i] for i in o.front), key=lambda t: t.values[cost] if t.values else 0.0):
+    shown = {o.trials[i].number: o.trials[i] for i in o.front}
+    shown.update({t.number: t for t in o.trials if t.number == chosen})  # on the front or not, it is listed
+    for t in sorted(shown.values(), key=lambda t: t.values[cost] if t.values else 0.0):
         s = settings_of(t)
         assert t.values is not None
         options = ";".join(f"{k}={v}" for k, v in s.options)
@@ -156,7 +180,12 @@ def _note(d: dict[str, Any]) -> str:
     x, base = d["diffusers"], d["baseline"]
     overrides = "".join(f", {k}={v!r}" for k, v in x["scheduler_config"].items())
     kwargs = ", ".join(f"{k}={v!r}" for k, v in x["call_kwargs"].items())
-    speedup = f"**{d['speedup']:.2f}x** the speed of" if d["speedup"] else "compared with"
+    lo_hi = (
+        f" ({d['speedup_range'][0]:.2f}-{d['speedup_range'][1]:.2f}x over the timed calls)"
+        if d.get("speedup_range")
+        else ""
+    )
+    speedup = f"**{d['speedup']:.2f}x**{lo_hi} the speed of" if d["speedup"] else "compared with"
     rows = "\n".join(f"| {m} | {v:.4g} | {base['metrics'][m]:.4g} |" for m, v in d["metrics"].items())
     return (
         f"## Recommended: {d['setting']} (trial {d['trial']})\n\n"
@@ -199,11 +228,19 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _speedup(d: dict[str, Any]) -> str:
+    if not d["speedup"]:
+        return ""
+    lo, hi = d["speedup_range"]
+    return f"{d['speedup']:.2f}x ({lo:.2f}-{hi:.2f})"
+
+
 def format_table(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> str:
     """A plain-text table: per class the recommended setting, its metrics and the baseline's."""
     data = recommendations_data(cfg, outcomes)["classes"]
     metrics = list(cfg.metrics.objectives)
-    head = ["class", "setting", *metrics, "speed-up", "trials", "note"]
+    head = ["class", "setting", *(("median seconds" if m == "seconds" else m) for m in metrics), "speed-up"]
+    head += ["trials", "note"]
     rows = []
     for c, d in data.items():
         if "trial" not in d:  # no recommendation yet
@@ -216,9 +253,9 @@ def format_table(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> str:
                     c + label if label else c,
                     setting,
                     *(_fmt(x["metrics"][m], ".4g") for m in metrics),
-                    f"{d['speedup']:.2f}x" if not label and d["speedup"] else "",
+                    _speedup(d) if not label else "",
                     str(d["trials_completed"]) if not label else "",
-                    ("" if d["met_tolerance"] else d["reason"]) if not label else "",
+                    ("" if d["met_tolerance"] and d["confirmed"] else d["reason"]) if not label else "",
                 ]
             )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]

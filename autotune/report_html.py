@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial
 
 from autotune.families import ResolvedStudy
 from autotune.figures import TITLES, hypervolume_figure, importance_figure, pareto_figure, steps_figure
-from autotune.outputs import atomic_write, random_weights_warning
+from autotune.outputs import RULE_TEXT, atomic_write, random_weights_warning, tolerance_text
 from autotune.space import Settings, reference_setting
 from autotune.storage import artifact_store, image_name, open_storage
 from autotune.study.results import ClassOutcome, settings_of
@@ -115,11 +115,13 @@ def _summary(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> str:
         by_number = {t.number: t for t in o.trials}
         chosen, base = by_number[rec.chosen.number], by_number[rec.baseline.number]
         setting = html.escape(settings_of(chosen).label())
-        if not rec.met_tolerance:
+        if not rec.met_tolerance or not rec.confirmed:
             setting += f'<div class="note">{html.escape(rec.reason)}</div>'
-        speedup = f"{rec.speedup:.2f}x" if rec.speedup else "-"
+        lo_hi = rec.speedup_range
+        speedup = f"{rec.speedup:.2f}x ({lo_hi[0]:.2f}-{lo_hi[1]:.2f}x)" if rec.speedup and lo_hi else "-"
         rows.append([f'<a href="#class-{c}">{c}</a>', setting, speedup, *(_paired(chosen, base, m) for m in quality)])
-    head = ["class", "recommended setting", "speed-up vs baseline", *(f"Δ {TITLES.get(m, m)}" for m in quality)]
+    head = ["class", "recommended setting", "speed-up vs baseline (range over timed calls)"]
+    head += [f"Δ {TITLES.get(m, m)}" for m in quality]
     return _table(head, rows, "summary")
 
 
@@ -158,6 +160,26 @@ def _front_table(cfg: ResolvedStudy, o: ClassOutcome) -> str:
         )
     head = ["trial", "scheduler", "steps", "guidance", *objectives, "model calls", ""]
     return _table(head, rows, "front")
+
+
+def _decision(o: ClassOutcome) -> str:
+    """Every candidate the rule looked at, cheapest first: its bounds on the search and confirmation images."""
+    rec = o.recommendation
+    if rec is None:
+        return '<p class="note">No decision yet: the baseline trial has not completed.</p>'
+    rows = [
+        [
+            str(st["trial"]),
+            html.escape(str(st["setting"])),
+            str(st["search"]),
+            "<br>".join(html.escape(b) for b in st["search_bounds"]),  # type: ignore[attr-defined]
+            str(st.get("confirmation", "-")),
+            "<br>".join(html.escape(b) for b in st.get("confirmation_bounds", [])),  # type: ignore[attr-defined]
+        ]
+        for st in rec.stages
+    ]
+    head = ["trial", "setting", "search", "search bounds", "confirmation", "confirmation bounds"]
+    return f'<p class="note">{html.escape(rec.reason)}.</p>' + _table(head, rows, "decision")
 
 
 def _comparison(cfg: ResolvedStudy, o: ClassOutcome, images: _Images) -> str:
@@ -264,6 +286,8 @@ def _section(cfg: ResolvedStudy, o: ClassOutcome, images: _Images, grid: dict[tu
         f'<p class="note">{o.n_completed} completed trials ({len(o.trials)} distinct settings), '
         f"{o.n_failed} failed; {len(o.front)} on the Pareto front.</p>",
         _figure(pareto_figure(cfg, o) if o.trials else None, f"{c}-pareto", "No completed trial yet."),
+        "<h3>How it was decided</h3>",
+        _decision(o),
         "<h3>Images: baseline, recommended, reference</h3>",
         _comparison(cfg, o, images),
         "<h3>Quality against steps</h3>",
@@ -324,9 +348,10 @@ def write_report(
     m = cfg.model
     intro = (
         f'<p class="note">Model <code>{html.escape(m.id)}</code> at {m.height}x{m.width}; objectives '
-        f"{', '.join(cfg.metrics.objectives)}; rule {cfg.recommend.rule} (CLIP tolerance "
-        f"{cfg.recommend.clip_tolerance:g}, LPIPS tolerance {cfg.recommend.lpips_tolerance:g} x seed-to-seed LPIPS). "
-        f"Δ is recommended minus baseline per image, mean ± std over prompts and seeds. Written {now}.</p>"
+        f"{', '.join(cfg.metrics.objectives)}; tolerances: {html.escape(tolerance_text(cfg))}. "
+        f"{html.escape(RULE_TEXT)} Seconds: one serving call ({cfg.serving.batch_size} image(s)), median of "
+        f"{cfg.serving.repeats} after a warm-up. Δ is recommended minus baseline per image, mean ± std over "
+        f"prompts and seeds. Written {now}.</p>"
     )
     if warning := random_weights_warning(cfg):
         intro += f'<p class="warning">{html.escape(warning)}</p>'

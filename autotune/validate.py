@@ -2,8 +2,9 @@
 
 Held-out prompts are routed to their classes; each class's baseline and recommended setting
 render every routed prompt with every seed; the per-image differences (recommended minus
-baseline) get a mean and a 95% confidence interval, and the mean must stay within the study's
-tolerance (the rule of :func:`autotune.pareto.match_baseline`).
+baseline) must stay within the study's tolerance on their one-sided 95 % bound, over prompts
+(the rule of :mod:`autotune.decision`). The speed-up is timed as the study times cost: the
+``[serving]`` call, repeated, after a warm-up.
 
 Example:
     >>> report = validate(cfg, read_prompts("holdout.txt"), seeds=[0, 1, 2])
@@ -13,16 +14,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from autotune.config import ConfigError, StudyConfig
 
-__all__ = ["paired_interval", "read_prompts", "validate"]
+__all__ = ["read_prompts", "validate"]
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -42,18 +42,6 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def paired_interval(deltas: Sequence[float], level: float = 0.95) -> dict[str, float | int | None]:
-    """Mean of paired differences with its Student-t confidence interval (none for one pair)."""
-    from scipy import stats
-
-    n = len(deltas)
-    mean = statistics.fmean(deltas)
-    if n < 2:
-        return {"mean": mean, "low": None, "high": None, "n": n}
-    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * statistics.stdev(deltas) / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
-
-
 def validate(
     cfg: StudyConfig,
     prompts: Sequence[str],
@@ -71,9 +59,9 @@ def validate(
     studied class got at least one (``allow_untested`` accepts classes that got none).
     """
     from autotune import schedulers
+    from autotune.decision import Candidate, Tolerance, images_of, overall, speedup, verdicts
     from autotune.evaluate import Evaluator
     from autotune.outputs import atomic_write
-    from autotune.pareto import Candidate, failed_tolerance
     from autotune.pipeline import resolve_config
     from autotune.router import Router
     from autotune.serving import DEFAULT_CLASS, load_recommendations
@@ -85,8 +73,7 @@ def validate(
     seeds = list(seeds or cfg.search.seeds)
     resolved = resolve_config(cfg)
     evaluator = Evaluator(resolved, storage or cfg.default_storage, device)
-    clip_tol = cfg.recommend.clip_tolerance if clip_tolerance is None else clip_tolerance
-    lpips_tol = cfg.recommend.lpips_tolerance if lpips_tolerance is None else lpips_tolerance
+    stored = json.loads((cfg.output_dir / "recommendations.json").read_text(encoding="utf-8"))["classes"]
     by_class: dict[str, list[str]] = {}
     for prompt, (c, _) in zip(prompts, routed, strict=True):
         by_class.setdefault(c, []).append(prompt)
@@ -97,37 +84,33 @@ def validate(
         rec = recs[c]
         chosen = Settings.make(rec.scheduler, rec.steps, rec.guidance, rec.options)
         baseline = Settings.of(resolved.baseline)
-        ours = evaluator.evaluate(chosen, ps, seeds).per_image
-        theirs = evaluator.evaluate(baseline, ps, seeds).per_image
-        quality: list[str] = [m for m in ("clip_score", "lpips") if m in ours]
-        deltas = {m: paired_interval([a - b for a, b in zip(ours[m], theirs[m], strict=True)]) for m in quality}
-        mean = {m: statistics.fmean(ours[m]) for m in quality}
-        base_mean = {m: statistics.fmean(theirs[m]) for m in quality}
-        why = failed_tolerance(
-            Candidate(1, mean, schedulers.get(rec.scheduler).deterministic),
-            Candidate(0, base_mean, schedulers.get(baseline.scheduler).deterministic),
-            clip_tolerance=clip_tol,
-            lpips_tolerance=lpips_tol,
-            seed_lpips=recs.seed_lpips.get(c),
-        )
+        ours, theirs = evaluator.evaluate(chosen, ps, seeds), evaluator.evaluate(baseline, ps, seeds)
+        seed_lpips = recs.seed_lpips.get(c)
+        tol = stored[c].get("tolerance", {})
+        clip_tol = tol.get("clip_score") if clip_tolerance is None else clip_tolerance
+        lpips_tol = tol.get("lpips") if lpips_tolerance is None or seed_lpips is None else lpips_tolerance * seed_lpips
+        a, b = (images_of(e.per_image, len(ps), seeds) for e in (ours, theirs))
+        mine = Candidate(1, a, seconds=tuple(ours.seconds), deterministic=schedulers.get(rec.scheduler).deterministic)
+        base = Candidate(0, b, seconds=tuple(theirs.seconds))
+        bounds = verdicts(mine, base, Tolerance(clip_tol, lpips_tol, seed_lpips))
+        faster = speedup(mine, base)
         classes[c] = {
             "prompts": ps,
             "recommended": rec.setting,
             "baseline": baseline.label(),
             "images": len(ps) * len(seeds),
-            "delta": deltas,
-            "recommended_mean": mean,
-            "baseline_mean": base_mean,
-            "speedup": statistics.median(theirs["seconds"]) / max(statistics.median(ours["seconds"]), 1e-12),
+            "bounds": {x.metric: dataclasses.asdict(x) | {"verdict": x.verdict} for x in bounds},
+            "speedup": faster[0] if faster else None,
+            "speedup_range": list(faster[1:]) if faster else None,
             "study_speedup": rec.speedup,
-            "within_tolerance": not why,
-            "why_not": why,
+            "within_tolerance": overall(bounds) == "pass",
+            "why_not": [x.describe() for x in bounds if x.verdict != "pass"],
         }
     untested = [c for c in recs.classes if c != DEFAULT_CLASS and c not in classes]
     result = {
         "study": cfg.name,
         "seeds": seeds,
-        "tolerance": {"clip": clip_tol, "lpips": lpips_tol},
+        "tolerance_override": {"clip_points": clip_tolerance, "lpips_x_seed_lpips": lpips_tolerance},
         "routed_to_default": by_class.get(DEFAULT_CLASS, []),
         "classes": classes,
         "untested": untested,
@@ -141,16 +124,17 @@ def format_validation(result: dict[str, Any]) -> str:
     """One line per class: verdict, speed-up, quality deltas with their 95% intervals."""
     lines = []
     for c, v in result["classes"].items():
-        parts = []
-        for m, d in v["delta"].items():
-            ci = f" [{d['low']:+.3g}, {d['high']:+.3g}]" if d["low"] is not None else ""
-            parts.append(f"Δ{m} {d['mean']:+.3g}{ci}")
+        parts = [
+            f"Δ{m} {b['mean']:+.3g} (bound {b['worst']:+.3g}, tolerance {b['tolerance']:.3g})"
+            for m, b in v["bounds"].items()
+        ]
         verdict = "ok  " if v["within_tolerance"] else "FAIL"
-        why = f"  ({'; '.join(v['why_not'])})" if v["why_not"] else ""
-        lines.append(
-            f"{verdict} {c}: {v['recommended']} on {v['images']} held-out images: "
-            f"{v['speedup']:.2f}x faster, {', '.join(parts)}{why}"
+        speed = (
+            f"{v['speedup']:.2f}x ({v['speedup_range'][0]:.2f}-{v['speedup_range'][1]:.2f}) faster"
+            if v["speedup"]
+            else "not timed"
         )
+        lines.append(f"{verdict} {c}: {v['recommended']} on {v['images']} held-out images: {speed}, {', '.join(parts)}")
     for c in result["untested"]:
         lines.append(f"untested {c}: no held-out prompt was routed to it (--allow-untested accepts that)")
     if result["routed_to_default"]:

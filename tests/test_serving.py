@@ -173,12 +173,13 @@ def test_validate_exit_code_follows_the_tolerance(finished_study, tmp_path: Path
     assert result["passed"] is False and result["seeds"] == [3, 4]
     assert set(result["classes"]) == {"portrait", "landscape"}
     for v in result["classes"].values():
-        assert v["images"] == 2 and not v["within_tolerance"] and "CLIP score" in v["why_not"][0]
-        d = v["delta"]["clip_score"]
-        assert d["low"] <= d["mean"] <= d["high"] and d["n"] == 2
+        assert v["images"] == 2 and not v["within_tolerance"] and "Δclip_score" in v["why_not"][0]
+        b = v["bounds"]["clip_score"]  # 1 prompt: over its 2 images, t on 1 degree of freedom
+        assert b["worst"] <= b["mean"] <= b["best"] and (b["images"], b["prompts"]) == (2, 1)
+        assert b["verdict"] == "fail" and v["speedup"] > 0 and v["speedup_range"][0] <= v["speedup"]
     assert "FAIL portrait" in out
     code, out, err = autotune_cli(
-        capsys, *args, "--seeds", "3", "--clip-tolerance", "1000", "--lpips-tolerance", "1000"
+        capsys, *args, "--seeds", "3,4,5", "--clip-tolerance", "1000", "--lpips-tolerance", "1000"
     )
     assert code == 0, out + err
     assert json.loads((cfg.output_dir / "validation.json").read_text())["passed"] is True
@@ -188,7 +189,7 @@ def test_validate_exits_non_zero_for_a_class_no_held_out_prompt_reached(finished
     cfg, _ = finished_study
     holdout = tmp_path / "holdout.txt"
     holdout.write_text(cfg.classes["portrait"][0] + "\n")  # routed to portrait only
-    args = ["validate", str(cfg.path), "--prompts", str(holdout), "--seeds", "3", "--clip-tolerance", "1000"]
+    args = ["validate", str(cfg.path), "--prompts", str(holdout), "--seeds", "3,4,5", "--clip-tolerance", "1000"]
     code, out, err = autotune_cli(capsys, *args, "--lpips-tolerance", "1000")
     result = json.loads((cfg.output_dir / "validation.json").read_text())
     assert code == 1 and result["untested"] == ["landscape"] and result["passed"] is False, out + err

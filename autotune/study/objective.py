@@ -63,6 +63,11 @@ def _merge_seeds(first: Sequence[T], rest: Sequence[T], n_seeds: int) -> list[T]
     return out
 
 
+def _values(e: Evaluation) -> dict[str, list[float]]:
+    """Per-image quality values and, when timed, the seconds of each serving call."""
+    return {**e.per_image, **({"seconds": e.seconds} if e.seconds else {})}
+
+
 class Objective:
     """A class's study, one trial at a time; ``scorer`` renders and scores (or a cache stands in)."""
 
@@ -176,15 +181,15 @@ class Objective:
 
     def _record(self, trial: optuna.Trial, evaluation: Evaluation) -> list[float]:
         """Per-image values as user attributes, images as artifacts; the objectives' values for Optuna."""
-        per_image = evaluation.per_image
-        for name, values in per_image.items():
-            trial.set_user_attr(f"{name}_values", [round(v, 6) for v in values])  # prompt-major, per seed
+        values = _values(evaluation)
+        for name, v in values.items():  # quality: prompt-major, seeds inner; seconds: per timed call
+            trial.set_user_attr(f"{name}_values", [round(x, 6) for x in v])
         trial.set_user_attr("model_calls", evaluation.model_calls)
-        trial.set_user_attr("images", len(per_image["seconds"]))
+        trial.set_user_attr("images", len(self.prompts) * len(self.seeds))
         if self.artifacts is not None and evaluation.images is not None:
             self.cfg.artifact_dir.mkdir(parents=True, exist_ok=True)
             self._upload(trial, evaluation.images)
-        return [summarise(name, per_image[name]) for name in self.cfg.metrics.objectives]
+        return [summarise(name, values[name]) for name in self.cfg.metrics.objectives]
 
     def _upload(self, trial: optuna.Trial, images: Any) -> None:
         """Every image of the trial as a PNG artifact, prompt-major like the render."""
@@ -210,8 +215,8 @@ class Objective:
             return scorer.evaluate(settings, prompts, seeds)
         first = scorer.evaluate(settings, prompts, seeds[:1])
         if not trial.user_attrs.get("baseline"):
-            self._cut_if_dominated(trial, first.per_image)
-        rest = scorer.evaluate(settings, prompts, seeds[1:])
+            self._cut_if_dominated(trial, _values(first))
+        rest = scorer.evaluate(settings, prompts, seeds[1:], timed=False)
         n = len(seeds)
         per_image = {m: _merge_seeds(first.per_image[m], rest.per_image[m], n) for m in first.per_image}
         images = None
@@ -219,7 +224,7 @@ class Objective:
             import torch
 
             images = torch.stack(_merge_seeds(list(first.images), list(rest.images), n))
-        return Evaluation(per_image, first.model_calls, images)
+        return Evaluation(per_image, first.model_calls, images, first.seconds)
 
     def _cut_if_dominated(self, trial: optuna.Trial, first: dict[str, list[float]]) -> None:
         objectives, n = self.cfg.metrics.objectives, len(self.seeds)
@@ -228,7 +233,10 @@ class Objective:
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if "reused_from" not in t.user_attrs and all(f"{m}_values" in t.user_attrs for m in objectives)
         ]
-        rendered = [{m: summarise(m, t.user_attrs[f"{m}_values"][::n]) for m in objectives} for t in done]
+        rendered = [
+            {m: summarise(m, t.user_attrs[f"{m}_values"][:: 1 if m == "seconds" else n]) for m in objectives}
+            for t in done
+        ]
         rough = {m: summarise(m, first[m]) for m in objectives}
         better = clearly_dominated(rough, rendered, {m: METRICS[m].higher_is_better for m in objectives})
         if better is not None:

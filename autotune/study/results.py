@@ -22,15 +22,25 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune import schedulers
 from autotune.config import ConfigError, StudyConfig
+from autotune.decision import Candidate, Recommendation, Tolerance, decide, images_of
 from autotune.families import Family, ResolvedStudy
 from autotune.metrics import METRICS
-from autotune.pareto import Candidate, Recommendation, SecondsFit, fit_seconds, match_baseline, pareto_front
+from autotune.pareto import SecondsFit, fit_seconds, pareto_front
 from autotune.space import Settings
 from autotune.storage import open_storage, quiet_optuna, sqlite_path
 from autotune.study.ledger import is_baseline
 from autotune.study.versions import find_version, study_name
 
-__all__ = ["ClassOutcome", "Outcomes", "recommend", "settings_of", "trial_summary"]
+__all__ = [
+    "ClassOutcome",
+    "Outcomes",
+    "candidates",
+    "cost_fit",
+    "recommend",
+    "settings_of",
+    "tolerance",
+    "trial_summary",
+]
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,10 @@ class ClassOutcome:
     n_completed: int  # completed trials, repeats of a setting included
     n_failed: int
     family: Family
-    seconds_fit: SecondsFit | None = None  # seconds per image against denoiser calls (what the rule compares)
+    seconds_fit: SecondsFit | None = None  # seconds per image against denoiser calls (what ranks candidates)
     seconds_outliers: tuple[int, ...] = ()  # trial numbers whose timing is far off that line
+    tolerance: Tolerance | None = None  # in metric units, from the study file's noise units
+    clip_noise: float | None = None  # the baseline's seed-to-seed standard deviation of CLIP score
 
 
 class Outcomes(dict[str, ClassOutcome]):
@@ -66,7 +78,7 @@ def _calls_guided(t: FrozenTrial) -> tuple[float, bool]:
     return float(t.user_attrs["model_calls"]), float(t.params["guidance"]) > 1.0
 
 
-def _seconds_fit(trials: Sequence[FrozenTrial], objectives: tuple[str, ...]) -> SecondsFit | None:
+def cost_fit(trials: Sequence[FrozenTrial], objectives: tuple[str, ...]) -> SecondsFit | None:
     if "seconds" not in objectives:
         return None
     timed = [t for t in trials if t.user_attrs.get("model_calls") and t.values is not None]
@@ -75,14 +87,60 @@ def _seconds_fit(trials: Sequence[FrozenTrial], objectives: tuple[str, ...]) -> 
     return fit_seconds(calls, guided, [t.values[i] for t in timed])
 
 
-def _candidate(t: FrozenTrial, objectives: tuple[str, ...], fit: SecondsFit | None = None) -> Candidate:
-    """The trial as the rule sees it; with ``fit``, its seconds are the fitted ones (stable between runs)."""
-    assert t.values is not None
-    deterministic = schedulers.get(t.params["scheduler"]).deterministic
-    values = dict(zip(objectives, t.values, strict=True))
-    if fit is not None and t.user_attrs.get("model_calls"):
-        values["seconds"] = fit(*_calls_guided(t))
-    return Candidate(t.number, values, deterministic)
+def extra_images(study: optuna.Study, number: int) -> dict[tuple[int, int], dict[str, float]]:
+    """Images the decision stage rendered for trial ``number`` (racing and confirmation seeds)."""
+    out: dict[tuple[int, int], dict[str, float]] = {}
+    for seed, per_metric in study.user_attrs.get(f"renders.{number}", {}).items():
+        for m, per_prompt in per_metric.items():
+            for p, x in enumerate(per_prompt):
+                out.setdefault((p, int(seed)), {})[m] = x
+    return out
+
+
+def candidates(
+    cfg: ResolvedStudy, class_name: str, study: optuna.Study, trials: Sequence[FrozenTrial], fit: SecondsFit | None
+) -> list[Candidate]:
+    """The trials as the rule sees them: images on the search, racing and confirmation seeds, timings, cost."""
+    quality = [m for m in cfg.metrics.objectives if m != "seconds"]
+    n_prompts, confirm = len(cfg.classes[class_name]), set(cfg.recommend.confirm_seeds)
+    out = []
+    for t in trials:
+        images = images_of({m: t.user_attrs.get(f"{m}_values", []) for m in quality}, n_prompts, cfg.search.seeds)
+        extra = extra_images(study, t.number)
+        images.update({k: v for k, v in extra.items() if k[1] not in confirm})
+        cost = fit(*_calls_guided(t)) if fit is not None and t.user_attrs.get("model_calls") else None
+        out.append(
+            Candidate(
+                t.number,
+                images,
+                {k: v for k, v in extra.items() if k[1] in confirm},
+                tuple(t.user_attrs.get("seconds_values", ())),
+                cost,
+                schedulers.get(t.params["scheduler"]).deterministic,
+                t.user_attrs.get("setting", settings_of(t).label()),
+            )
+        )
+    return out
+
+
+def tolerance(cfg: ResolvedStudy, baseline: Candidate, seed_lpips: float | None) -> tuple[Tolerance, float | None]:
+    """The study file's tolerances in metric units, and the CLIP noise they were scaled by: the
+    baseline's within-prompt standard deviation of CLIP score over seeds (pooled over prompts)."""
+    r, objectives = cfg.recommend, cfg.metrics.objectives
+    noise = None
+    by_prompt: dict[int, list[float]] = {}
+    for (p, _), v in {**baseline.images, **baseline.confirm}.items():
+        if "clip_score" in v:
+            by_prompt.setdefault(p, []).append(v["clip_score"])
+    groups = [g for g in by_prompt.values() if len(g) > 1]
+    if groups:
+        dof = sum(len(g) - 1 for g in groups)
+        noise = (sum(statistics.variance(g) * (len(g) - 1) for g in groups) / dof) ** 0.5
+    clip = None
+    if "clip_score" in objectives:
+        clip = r.clip_tolerance if r.clip_tolerance is not None else r.clip_tolerance_sd * (noise or 0.0)
+    lpips = r.lpips_tolerance * seed_lpips if "lpips" in objectives and seed_lpips is not None else None
+    return Tolerance(clip, lpips, seed_lpips), noise
 
 
 def _read_trials(storage: RDBStorage, study_id: int) -> list[FrozenTrial]:
@@ -149,18 +207,17 @@ def _outcome(cfg: ResolvedStudy, class_name: str, study: optuna.Study, storage: 
     objectives = cfg.metrics.objectives
     all_trials = _read_trials(storage, study._study_id)
     trials = [t for t in all_trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
-    fit = _seconds_fit(trials, objectives)
-    candidates = [_candidate(t, objectives, fit) for t in trials]
+    fit = cost_fit(trials, objectives)
+    cands = candidates(cfg, class_name, study, trials, fit)
     higher = {m: METRICS[m].higher_is_better for m in objectives}
     front = pareto_front([dict(zip(objectives, t.values, strict=True)) for t in trials], higher)
     seed_lpips = study.user_attrs.get("seed_lpips")
-    base = next((c for c, t in zip(candidates, trials, strict=True) if is_baseline(t)), None)
-    rec = None
+    base = next((c for c, t in zip(cands, trials, strict=True) if is_baseline(t)), None)
+    rec, tol, noise = None, None, None
     if base is not None:
+        tol, noise = tolerance(cfg, base, seed_lpips)
         r = cfg.recommend
-        rec = match_baseline(
-            candidates, base, clip_tolerance=r.clip_tolerance, lpips_tolerance=r.lpips_tolerance, seed_lpips=seed_lpips
-        )
+        rec = decide(cands, base, tol, top=r.finalists, stochastic=r.stochastic)
     n_failed = sum(t.state == TrialState.FAIL for t in all_trials)
     n_completed = sum(t.state == TrialState.COMPLETE for t in all_trials)
     outliers: tuple[int, ...] = ()
@@ -170,7 +227,7 @@ def _outcome(cfg: ResolvedStudy, class_name: str, study: optuna.Study, storage: 
             t.number for t in trials if t.user_attrs.get("model_calls") and fit.outlier(*_calls_guided(t), t.values[i])
         )
     return ClassOutcome(
-        class_name, study, trials, front, rec, seed_lpips, n_completed, n_failed, cfg.family, fit, outliers
+        class_name, study, trials, front, rec, seed_lpips, n_completed, n_failed, cfg.family, fit, outliers, tol, noise
     )
 
 

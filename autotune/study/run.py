@@ -25,6 +25,7 @@ from autotune.outputs import check_writable
 from autotune.space import Settings, variant_choices
 from autotune.storage import artifact_store, open_storage, quiet_optuna
 from autotune.study import ledger
+from autotune.study.decide import settle
 from autotune.study.objective import Objective
 from autotune.study.results import Outcomes, recommend
 from autotune.study.sampling import make_sampler
@@ -40,7 +41,11 @@ class StudyAborted(RuntimeError):
 
 
 def open_class_study(
-    cfg: ResolvedStudy, class_name: str, storage: optuna.storages.BaseStorage, version: int = 1
+    cfg: ResolvedStudy,
+    class_name: str,
+    storage: optuna.storages.BaseStorage,
+    version: int = 1,
+    runtime: dict[str, str] | None = None,
 ) -> optuna.Study:
     """Load the class's study, creating it first when it does not exist.
 
@@ -58,7 +63,7 @@ def open_class_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(cfg.metrics.objectives))
-    study.set_user_attr("fingerprint", fingerprint(cfg, class_name))
+    study.set_user_attr("fingerprint", fingerprint(cfg, class_name, runtime))
     study.set_user_attr("prompts", list(cfg.classes[class_name]))
     base = Settings.of(cfg.baseline)  # the baseline is the first trial of every class
     searched = variant_choices(base.scheduler, cfg.search.variants, cfg.family)
@@ -88,6 +93,7 @@ def run_study(
     check_reference: bool = True,
     new_version: bool = False,
     workers: int = 1,
+    decide: bool = True,
 ) -> Outcomes:
     """Run (or resume) every class's study until ``n_trials`` settings are rendered or time runs out.
 
@@ -101,8 +107,10 @@ def run_study(
     Safe to run in several processes against one storage (see :mod:`autotune.study.ledger`).
     Raises :class:`ConfigError` when the study file changed in a way that makes the stored
     trials incomparable, unless ``new_version`` starts ``NAME.vN.CLASS`` beside them.
+    With ``decide`` (not for helper workers), the search is followed by the decision stage
+    (:func:`autotune.study.decide.settle`): racing and confirmation on fresh seeds.
     """
-    from autotune.pipeline import resolve_config
+    from autotune.pipeline import resolve_config, runtime
 
     resolved = cfg if isinstance(cfg, ResolvedStudy) else resolve_config(cfg)
     url = storage or cfg.default_storage
@@ -110,7 +118,8 @@ def run_study(
         cfg.directory.mkdir(parents=True, exist_ok=True)
     with quiet_optuna():
         rdb = open_storage(url, workers=True)
-        version, _ = find_version(cfg, rdb, resolved, new_version=new_version)
+        rt = runtime(cfg, device)
+        version, _ = find_version(cfg, rdb, resolved, new_version=new_version, runtime=rt)
         check_writable(cfg.output_dir)
         target = n_trials or cfg.search.n_trials
         evaluator = Evaluator(resolved, url, device)
@@ -119,10 +128,13 @@ def run_study(
         artifacts = artifact_store(cfg) if cfg.report.images else None
         objectives = {}
         for c in cfg.classes:
-            study = open_class_study(resolved, c, rdb, version)
+            study = open_class_study(resolved, c, rdb, version, rt)
             _prepare(study, c, evaluator)
             objectives[c] = Objective(resolved, study, c, evaluator, target, artifacts)
         _loop(cfg, objectives, target, timeout, evaluator.pipeline.device, url, workers, progress)
+        if decide:
+            for c, o in objectives.items():
+                settle(resolved, o.study, c, evaluator, log=lambda line: print(line, file=sys.stderr))
         return recommend(resolved, storage=url)
 
 

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -25,11 +26,14 @@ def study_name(cfg: StudyConfig, class_name: str, version: int = 1) -> str:
     return f"{cfg.name}.{class_name}" if version == 1 else f"{cfg.name}.v{version}.{class_name}"
 
 
-def fingerprint(cfg: ResolvedStudy, class_name: str) -> dict[str, Any]:
-    """What makes two runs' metrics comparable: model, size, metrics, family, reference, seeds and
-    the class's prompts (a trial's metrics are means over them)."""
+def fingerprint(cfg: ResolvedStudy, class_name: str, runtime: dict[str, str] | None = None) -> dict[str, Any]:
+    """What makes two runs' metrics comparable: model, size, metrics, family, reference, seeds, the
+    class's prompts (a trial's metrics are means over them), how production calls the pipeline (the
+    cost objective times that call) and ``runtime``: the device kind and dtype it renders with."""
     ref = cfg.reference
     return {
+        **(runtime or {}),
+        "serving": dataclasses.asdict(cfg.serving),
         "model": cfg.model.id,
         "size": [cfg.model.height, cfg.model.width],
         "objectives": list(cfg.metrics.objectives),
@@ -65,6 +69,7 @@ def find_version(
     resolved: ResolvedStudy | None = None,
     *,
     new_version: bool = False,
+    runtime: dict[str, str] | None = None,
 ) -> tuple[int, ResolvedStudy]:
     """The version of the study whose fingerprint matches the file, and the file resolved as it ran.
 
@@ -73,6 +78,8 @@ def find_version(
     a changed file gets the next free version. A changed search space is fine (Optuna handles it); a
     changed model, size, metric, seeds, reference or class's prompts makes earlier trials
     incomparable, so it is refused; a class added to the file is a new study and changes nothing.
+    ``runtime`` (device kind and dtype) is compared when given (running); a key a study stored
+    before it was fingerprinted is not compared (except prompts: the study's own record).
     """
     names = set(optuna.get_all_study_names(storage))
     changed = ""
@@ -95,9 +102,12 @@ def find_version(
             attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
             stored = dict(attrs.get("fingerprint") or {})
             here = here or resolve(cfg, FAMILIES[stored.get("family") or "sd"], schedulers.names())
-            new = fingerprint(here, c)
+            new = fingerprint(here, c, runtime)
             if stored and "prompts" not in stored:  # fingerprinted before prompts were: the study's record
                 stored["prompts"] = attrs.get("prompts", new["prompts"])
+            if stored:  # keys fingerprinted since the study ran, or not known here (runtime when reading)
+                new = {k: v for k, v in new.items() if k in stored}
+                stored = {k: v for k, v in stored.items() if k in new or k not in ("device", "dtype")}
             if stored:
                 changes += [f"classes.{c}.{x}" if x.startswith("prompts ") else x for x in _changes(stored, new)]
         if not changes:

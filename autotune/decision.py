@@ -1,0 +1,290 @@
+"""The recommendation rule: a cheaper setting replaces the baseline only when, image by image, it is
+not worse by more than the tolerance on a one-sided 95 % bound, and still is on seeds the search
+never saw. Pure math on stored numbers: no torch, no I/O.
+
+A setting's images are ``{(prompt index, seed): {metric: value}}``; candidate and baseline are
+compared on the images they share (same prompt, same seed). The images of one prompt are related,
+so the bound is over prompts: the mean of the per-prompt mean differences, with Student's t on
+``prompts - 1`` degrees of freedom (one prompt: over its images).
+
+Example:
+    >>> base = Candidate(0, {(0, 0): {"clip_score": 30.0}, (1, 0): {"clip_score": 31.0}}, seconds=(1.0,))
+    >>> fast = Candidate(1, {(0, 0): {"clip_score": 29.9}, (1, 0): {"clip_score": 30.8}}, seconds=(0.2,))
+    >>> decide([base, fast], base, Tolerance(clip=1.0)).chosen.number
+    1
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Bound",
+    "Candidate",
+    "Recommendation",
+    "Tolerance",
+    "decide",
+    "finalists",
+    "images_of",
+    "next_to_race",
+    "overall",
+    "paired_bound",
+    "t95",
+    "verdicts",
+]
+
+Images = Mapping[tuple[int, int], Mapping[str, float]]
+QUALITY = {"clip_score": True, "lpips": False}  # metric -> higher is better
+_T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)  # one-sided, df 1..10
+
+
+def images_of(
+    values: Mapping[str, Sequence[float]], n_prompts: int, seeds: Sequence[int]
+) -> dict[tuple[int, int], dict[str, float]]:
+    """Prompt-major per-image lists over ``seeds`` as ``{(prompt index, seed): {metric: value}}``."""
+    out: dict[tuple[int, int], dict[str, float]] = {}
+    for m, v in values.items():
+        for i, x in enumerate(v[: n_prompts * len(seeds)]):
+            out.setdefault((i // len(seeds), seeds[i % len(seeds)]), {})[m] = x
+    return out
+
+
+def t95(df: int) -> float:
+    """One-sided 95 % quantile of Student's t (exact to 3 decimals for df <= 10, then Cornish-Fisher)."""
+    if df <= len(_T95):
+        return _T95[max(df, 1) - 1]
+    z = 1.6448536
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How much worse than the baseline a setting may be, in the metric's own units (None: not judged)."""
+
+    clip: float | None = None  # CLIP points
+    lpips: float | None = None  # LPIPS to the reference
+    seed_lpips: float | None = None  # stochastic samplers: LPIPS to the reference within (1 + tol) x this
+
+    def of(self, metric: str) -> float | None:
+        return self.clip if metric == "clip_score" else self.lpips
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Candidate minus baseline on one metric, over shared images: the mean, and the one-sided 95 %
+    bounds on the worse side (``worst``: what must lie within tolerance) and on the better side."""
+
+    metric: str
+    mean: float
+    worst: float
+    best: float
+    tolerance: float
+    images: int
+    prompts: int
+
+    @property
+    def verdict(self) -> str:
+        """``pass``: worse by less than the tolerance (95 %); ``fail``: worse by more (95 %); else ``undecided``."""
+        sign = 1 if QUALITY[self.metric] else -1
+        if sign * self.worst >= -self.tolerance:
+            return "pass"
+        return "fail" if sign * self.best < -self.tolerance else "undecided"
+
+    def describe(self) -> str:
+        need = f">= {-self.tolerance:+.3g}" if QUALITY[self.metric] else f"<= {self.tolerance:+.3g}"
+        return (
+            f"Δ{self.metric} {self.mean:+.3g}, 95 % bound {self.worst:+.3g} (needs {need}; "
+            f"{self.images} images, {self.prompts} prompts)"
+        )
+
+
+def paired_bound(
+    cand: Images, base: Images | float, metric: str, tolerance: float, *, keys: Sequence[tuple[int, int]] | None = None
+) -> Bound | None:
+    """The bound of ``cand - base`` on ``metric`` over the images both have (None: none shared).
+
+    ``base`` may be a constant (a stochastic sampler's LPIPS against (1 + tol) x seed-to-seed).
+    """
+    shared = [k for k in (keys if keys is not None else cand) if k in cand and (isinstance(base, float) or k in base)]
+    shared = [k for k in shared if metric in cand[k] and (isinstance(base, float) or metric in base[k])]
+    if not shared:
+        return None
+    by_prompt: dict[int, list[float]] = {}
+    for p, s in shared:
+        b = base if isinstance(base, float) else base[(p, s)][metric]
+        by_prompt.setdefault(p, []).append(cand[(p, s)][metric] - b)
+    units = [statistics.fmean(d) for d in by_prompt.values()] if len(by_prompt) > 1 else by_prompt[shared[0][0]]
+    mean = statistics.fmean(units)
+    half = t95(len(units) - 1) * statistics.stdev(units) / math.sqrt(len(units)) if len(units) > 1 else math.inf
+    lo, hi = mean - half, mean + half
+    worst, best = (lo, hi) if QUALITY[metric] else (hi, lo)
+    return Bound(metric, mean, worst, best, tolerance, len(shared), len(by_prompt))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A rendered setting as the rule sees it: its images on the search (and racing) seeds, on the
+    confirmation seeds, and the seconds per image of each timed serving call."""
+
+    number: int
+    images: Images
+    confirm: Images = field(default_factory=dict)
+    seconds: tuple[float, ...] = ()
+    cost: float | None = None  # what cheaper means (a fitted cost; default: the median of ``seconds``)
+    deterministic: bool = True
+    label: str = ""
+
+    @property
+    def rank_cost(self) -> float:
+        return self.cost if self.cost is not None else statistics.median(self.seconds) if self.seconds else math.inf
+
+
+def speedup(cand: Candidate, base: Candidate) -> tuple[float, float, float] | None:
+    """Median speed-up over the baseline and its range over the timed calls: (median, low, high)."""
+    if not cand.seconds or not base.seconds:
+        return None
+    ours, theirs = cand.seconds, base.seconds
+    return statistics.median(theirs) / statistics.median(ours), min(theirs) / max(ours), max(theirs) / min(ours)
+
+
+def verdicts(cand: Candidate, base: Candidate, tol: Tolerance, *, confirm: bool = False) -> list[Bound]:
+    """The candidate's bound on every judged metric, on its search images or its confirmation images."""
+    mine, theirs = (cand.confirm, base.confirm) if confirm else (cand.images, base.images)
+    out = []
+    for metric in QUALITY:
+        t = tol.of(metric)
+        if t is None:
+            continue
+        if metric == "lpips" and not cand.deterministic and base.deterministic:
+            seed = tol.seed_lpips or 0.0  # never converges to the reference: no further from it than another seed
+            b = paired_bound(mine, float(seed), metric, t)
+        else:
+            b = paired_bound(mine, theirs, metric, t)
+        if b is not None:
+            out.append(b)
+    return out
+
+
+def overall(bounds: Sequence[Bound]) -> str:
+    """``fail`` if any metric fails, ``pass`` if every one passes, else ``undecided`` (no bound: undecided)."""
+    v = {b.verdict for b in bounds}
+    return "fail" if "fail" in v else "pass" if v == {"pass"} else "undecided"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    chosen: Candidate
+    baseline: Candidate
+    met_tolerance: bool  # False: no cheaper setting qualified, the baseline is kept
+    reason: str
+    confirmed: bool  # the chosen setting passed on the confirmation seeds (the baseline: trivially)
+    stages: tuple[dict[str, object], ...] = ()  # every candidate considered, cheapest first
+
+    @property
+    def speedup(self) -> float | None:
+        s = speedup(self.chosen, self.baseline)
+        return s[0] if s else None
+
+    @property
+    def speedup_range(self) -> tuple[float, float] | None:
+        s = speedup(self.chosen, self.baseline)
+        return (s[1], s[2]) if s else None
+
+
+def eligible(c: Candidate, base: Candidate, stochastic: bool) -> str | None:
+    """Why ``c`` cannot replace the baseline whatever its images (None: it can)."""
+    if c.number == base.number:
+        return "the baseline"
+    if not c.deterministic and not stochastic:
+        return "stochastic sampler (recommend.stochastic = false)"
+    s = speedup(c, base)
+    if s is None:
+        return "not timed"
+    if s[1] <= 1.0:
+        return f"not cheaper on every timed call (speed-up {s[1]:.2f}x-{s[2]:.2f}x)"
+    return None
+
+
+def decide(
+    candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, *, top: int = 3, stochastic: bool = False
+) -> Recommendation:
+    """The cheapest candidate that passes on its search images and again on its confirmation images.
+
+    Candidates are visited cheapest first; the first ``top`` that pass on the search images are the
+    finalists; a finalist without confirmation images yet is recommended as *unconfirmed* only when
+    no finalist has them. A finalist that fails confirmation is dropped (the winner's curse).
+    """
+    stages: list[dict[str, object]] = []
+    chosen: list[Candidate] = []
+    for c in _ranked(candidates, baseline, stochastic):
+        bounds = verdicts(c, baseline, tol)
+        stage: dict[str, object] = {"trial": c.number, "setting": c.label, "search": overall(bounds)}
+        stage["search_bounds"] = [b.describe() for b in bounds]
+        if stage["search"] == "pass":
+            chosen.append(c)
+            if c.confirm:
+                cb = verdicts(c, baseline, tol, confirm=True)
+                stage["confirmation"] = overall(cb) if cb else "not rendered"
+                stage["confirmation_bounds"] = [b.describe() for b in cb]
+        stages.append(stage)
+        if len(chosen) >= top:
+            break
+    by_trial = {s["trial"]: s for s in stages}
+    confirmed = [c for c in chosen if by_trial[c.number].get("confirmation") == "pass"]
+    if confirmed:
+        c = confirmed[0]
+        dropped = [f for f in chosen if f.rank_cost < c.rank_cost]
+        why = f"; {len(dropped)} cheaper passed the search but failed confirmation" if dropped else ""
+        reason = f"cheapest setting within tolerance on the search and on {len(c.confirm)} fresh images{why}"
+        return Recommendation(c, baseline, True, reason, True, tuple(stages))
+    if chosen and not any(f.confirm for f in chosen):
+        reason = "within tolerance on the search images; not yet confirmed on fresh seeds"
+        return Recommendation(chosen[0], baseline, True, reason, False, tuple(stages))
+    why = "every finalist failed confirmation on fresh seeds" if chosen else "no cheaper setting passed"
+    return Recommendation(baseline, baseline, False, f"{why}; keeping the baseline", True, tuple(stages))
+
+
+def _ranked(candidates: Sequence[Candidate], baseline: Candidate, stochastic: bool) -> list[Candidate]:
+    ok = [c for c in candidates if eligible(c, baseline, stochastic) is None]
+    return sorted(ok, key=lambda c: (c.rank_cost, c.number))
+
+
+def next_to_race(
+    candidates: Sequence[Candidate],
+    baseline: Candidate,
+    tol: Tolerance,
+    race_seeds: Sequence[int],
+    *,
+    top: int = 3,
+    stochastic: bool = False,
+) -> tuple[int, int] | None:
+    """The cheapest candidate whose bound is still undecided, and the next seed to render it on;
+    None when the cheapest ``top`` already pass or every undecided one has all ``race_seeds``.
+
+    Racing (irace's and SMAC's intensification, here against a fixed baseline): images go to the
+    settings whose verdict is close, cheapest first, not to every setting alike.
+    """
+    passed = 0
+    for c in _ranked(candidates, baseline, stochastic):
+        v = overall(verdicts(c, baseline, tol))
+        if v == "pass":
+            passed += 1
+            if passed >= top:
+                return None
+        elif v == "undecided":
+            have = {s for _, s in c.images}
+            missing = [s for s in race_seeds if s not in have]
+            if missing:
+                return c.number, missing[0]
+    return None
+
+
+def finalists(
+    candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, *, top: int = 3, stochastic: bool = False
+) -> list[Candidate]:
+    """The cheapest ``top`` candidates that pass on their search (and racing) images."""
+    out = [c for c in _ranked(candidates, baseline, stochastic) if overall(verdicts(c, baseline, tol)) == "pass"]
+    return out[:top]

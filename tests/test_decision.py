@@ -1,0 +1,129 @@
+"""The recommendation rule on constructed numbers: bounds, not means; confirmation; measured cost."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from autotune.decision import Candidate, Tolerance, decide, next_to_race, paired_bound, t95
+
+TOL = Tolerance(clip=1.0)
+
+
+def imgs(diffs: dict[int, list[float]], base: float = 30.0, seeds: list[int] | None = None) -> dict:
+    """CLIP score images: ``diffs[prompt]`` per seed, added to ``base``."""
+    return {
+        (p, (seeds or list(range(len(d))))[j]): {"clip_score": base + x}
+        for p, d in diffs.items()
+        for j, x in enumerate(d)
+    }
+
+
+BASE_IMAGES = imgs({0: [0.0] * 4, 1: [0.0] * 4, 2: [0.0] * 4})
+BASE = Candidate(0, BASE_IMAGES, seconds=(1.00, 1.02, 0.98), label="baseline")
+
+
+def test_t95_matches_student_t() -> None:
+    from scipy import stats
+
+    for df in (1, 2, 3, 5, 10, 11, 20, 50, 200):
+        assert t95(df) == pytest.approx(float(stats.t.ppf(0.95, df)), abs=2e-3)
+
+
+def test_a_candidate_whose_mean_passes_but_whose_bound_does_not_is_refused() -> None:
+    # mean difference -0.5 (within the 1-point tolerance) but prompts disagree: -2.5, +1.5, -0.5
+    shaky = Candidate(1, imgs({0: [-2.5] * 4, 1: [1.5] * 4, 2: [-0.5] * 4}), seconds=(0.2, 0.2, 0.21), label="shaky")
+    steady = Candidate(2, imgs({0: [-0.4] * 4, 1: [-0.5] * 4, 2: [-0.6] * 4}), seconds=(0.5, 0.5, 0.5), label="steady")
+    b = paired_bound(shaky.images, BASE.images, "clip_score", 1.0)
+    assert b is not None and b.mean == pytest.approx(-0.5) and b.mean > -1.0
+    assert b.worst < -1.0 and b.verdict == "undecided" and b.prompts == 3 and b.images == 12
+    rec = decide([BASE, shaky, steady], BASE, TOL)
+    assert rec.chosen.number == 2  # the cheaper one's mean passed; its bound did not
+    assert [s["search"] for s in rec.stages] == ["undecided", "pass"]
+
+
+def test_images_of_one_prompt_count_as_related() -> None:
+    """Four seeds that agree within a prompt do not make the bound tight when the prompts disagree."""
+    related = paired_bound(imgs({0: [-2.0] * 8, 1: [1.0] * 8}), imgs({0: [0.0] * 8, 1: [0.0] * 8}), "clip_score", 1.0)
+    assert related is not None and related.prompts == 2
+    assert related.worst < -5  # t on 1 degree of freedom over the two prompt means: -0.5 - 6.31 * 1.5
+    assert related.verdict == "undecided"
+
+
+def test_the_confirmation_stage_overturns_a_pick_that_passed_by_luck() -> None:
+    confirm_seeds = [1000, 1001, 1002, 1003]
+    base = Candidate(0, BASE_IMAGES, imgs({0: [0.0] * 4, 1: [0.0] * 4, 2: [0.0] * 4}, seeds=confirm_seeds), (1.0,) * 3)
+    lucky = Candidate(  # looked as good as the baseline on the search seeds; on fresh seeds it is 3 points worse
+        1,
+        imgs({0: [0.1, 0.0, 0.2, 0.1], 1: [0.0, 0.1, 0.0, 0.1], 2: [0.1, 0.1, 0.0, 0.0]}),
+        imgs(
+            {0: [-3.0, -2.8, -3.1, -3.2], 1: [-2.9, -3.0, -3.3, -2.7], 2: [-3.1, -3.0, -2.9, -3.0]}, seeds=confirm_seeds
+        ),
+        (0.1, 0.1, 0.1),
+        label="lucky",
+    )
+    honest = Candidate(
+        2,
+        imgs({0: [0.0, -0.1, 0.0, 0.1], 1: [0.1, 0.0, -0.1, 0.0], 2: [0.0, 0.0, 0.1, -0.1]}),
+        imgs({0: [0.0, -0.1, 0.1, 0.0], 1: [0.1, 0.0, 0.0, -0.1], 2: [0.0, 0.1, -0.1, 0.0]}, seeds=confirm_seeds),
+        (0.3, 0.3, 0.3),
+        label="honest",
+    )
+    search_only = [Candidate(c.number, c.images, seconds=c.seconds) for c in (base, lucky, honest)]
+    unconfirmed = decide(search_only, search_only[0], TOL, top=2)
+    assert unconfirmed.chosen.number == 1 and not unconfirmed.confirmed  # on the search seeds, luck wins
+    confirmed = decide([base, lucky, honest], base, TOL, top=2)
+    assert confirmed.chosen.number == 2 and confirmed.confirmed and confirmed.met_tolerance
+    assert "1 cheaper passed the search but failed confirmation" in confirmed.reason
+    stages = {s["trial"]: s for s in confirmed.stages}
+    assert stages[1]["search"] == "pass" and stages[1]["confirmation"] == "fail"
+    assert stages[2]["confirmation"] == "pass"
+    assert confirmed.speedup == pytest.approx(1.0 / 0.3)
+
+
+def test_without_confirmation_images_the_pick_is_marked_unconfirmed() -> None:
+    good = Candidate(1, imgs({0: [0.0] * 4, 1: [0.1] * 4, 2: [-0.1] * 4}), seconds=(0.1,) * 3)
+    rec = decide([BASE, good], BASE, TOL)
+    assert rec.chosen.number == 1 and not rec.confirmed and "not yet confirmed" in rec.reason
+
+
+def test_noisy_timings_never_recommend_a_setting_costlier_than_the_baseline_on_its_repeats() -> None:
+    """Injected noise: every candidate's quality passes; whatever the timings and the fitted cost say,
+    the pick is faster than the baseline on every timed call, or it is the baseline."""
+    rng = random.Random(0)
+    for _ in range(300):
+        base = Candidate(0, BASE_IMAGES, seconds=tuple(rng.uniform(0.5, 1.5) for _ in range(3)))
+        cands = [
+            Candidate(
+                i,
+                imgs({0: [0.0] * 4, 1: [0.1] * 4, 2: [-0.1] * 4}),
+                seconds=tuple(rng.uniform(0.3, 1.7) for _ in range(3)),
+                cost=rng.uniform(0.0, 2.0),  # a fitted cost that may say "cheap" whatever was measured
+            )
+            for i in range(1, 8)
+        ]
+        rec = decide([base, *cands], base, TOL)
+        if rec.chosen.number != 0:
+            assert max(rec.chosen.seconds) < min(base.seconds)
+            assert rec.speedup_range is not None and rec.speedup_range[0] > 1.0
+
+
+def test_stochastic_samplers_are_not_recommended_unless_asked() -> None:
+    ancestral = Candidate(1, imgs({0: [0.0] * 4, 1: [0.0] * 4, 2: [0.0] * 4}), seconds=(0.1,) * 3, deterministic=False)
+    assert decide([BASE, ancestral], BASE, TOL).chosen.number == 0
+    assert decide([BASE, ancestral], BASE, TOL, stochastic=True).chosen.number == 1
+
+
+def test_racing_goes_to_the_cheapest_undecided_candidate_and_stops_when_enough_pass() -> None:
+    clear = Candidate(1, imgs({0: [0.0] * 4, 1: [0.1] * 4, 2: [-0.1] * 4}), seconds=(0.5,) * 3)
+    close = Candidate(2, imgs({0: [-1.5, 0.0, -1.0, 0.5], 1: [0.0] * 4, 2: [-0.9] * 4}), seconds=(0.2,) * 3)
+    bad = Candidate(3, imgs({0: [-9.0] * 4, 1: [-8.0] * 4, 2: [-9.5] * 4}), seconds=(0.1,) * 3)
+    race = [4, 5, 6]
+    assert next_to_race([BASE, clear, close, bad], BASE, TOL, race, top=2) == (2, 4)  # bad is decided: it fails
+    dearer = Candidate(2, close.images, seconds=(0.6,) * 3)  # undecided, but dearer than one that passes
+    assert next_to_race([BASE, clear, dearer, bad], BASE, TOL, race, top=1) is None
+    assert next_to_race([BASE, clear, dearer, bad], BASE, TOL, race, top=2) == (2, 4)
+    # once the close one has every racing seed and stays undecided, nothing is left to race
+    close_done = Candidate(2, {**close.images, **imgs({0: [-1.5] * 3}, seeds=race)}, seconds=(0.2,) * 3)
+    assert next_to_race([BASE, clear, close_done, bad], BASE, TOL, race, top=2) is None
