@@ -101,15 +101,13 @@ class Bound:
         )
 
 
-def paired_bound(
-    cand: Images, base: Images | float, metric: str, tolerance: float, *, keys: Sequence[tuple[int, int]] | None = None
-) -> Bound | None:
+def paired_bound(cand: Images, base: Images | float, metric: str, tolerance: float) -> Bound | None:
     """The bound of ``cand - base`` on ``metric`` over the images both have (None: none shared).
 
     ``base`` may be a constant (a stochastic sampler's LPIPS against (1 + tol) x seed-to-seed).
+    One image has no spread: its bounds are infinite (undecided).
     """
-    shared = [k for k in (keys if keys is not None else cand) if k in cand and (isinstance(base, float) or k in base)]
-    shared = [k for k in shared if metric in cand[k] and (isinstance(base, float) or metric in base[k])]
+    shared = [k for k in cand if metric in cand[k] and (isinstance(base, float) or metric in base.get(k, {}))]
     if not shared:
         return None
     by_prompt: dict[int, list[float]] = {}
@@ -237,7 +235,7 @@ def decide(
     if confirmed:
         c = confirmed[0]
         dropped = [f for f in chosen if f.rank_cost < c.rank_cost]
-        why = f"; {len(dropped)} cheaper passed the search but failed confirmation" if dropped else ""
+        why = f"; {len(dropped)} cheaper passed the search but not the confirmation" if dropped else ""
         reason = f"cheapest setting within tolerance on the search and on {len(c.confirm)} fresh images{why}"
         return Recommendation(c, baseline, True, reason, True, tuple(stages))
     if chosen and not any(f.confirm for f in chosen):

@@ -31,6 +31,7 @@ class Evaluation:
     model_calls: int
     images: Any = None
     seconds: list[float] = field(default_factory=list)
+    render_seconds: float = 0.0  # device seconds of the quality renders (batched; not the cost objective)
 
 
 class Scorer(Protocol):
@@ -127,4 +128,4 @@ class Evaluator:
         if self.lpips is not None:
             refs = self.references(prompts, seeds, settings.guidance)
             per_image["lpips"] = self.lpips(render.images, refs).tolist()
-        return Evaluation(per_image, render.model_calls, render.images, seconds)
+        return Evaluation(per_image, render.model_calls, render.images, seconds, sum(render.seconds))

@@ -49,10 +49,21 @@ _REFERENCES = Table(
 )
 
 
-def reference_key(model: str, prompt: str, seed: int, height: int, width: int, settings: Settings, dtype: str) -> str:
-    """Content key of a reference image: sha256 of everything that determines its pixels."""
+def reference_key(
+    model: str, prompt: str, seed: int, height: int, width: int, settings: Settings, dtype: str, generator: str = "cpu"
+) -> str:
+    """Content key of a reference image: sha256 of everything that determines its pixels, the
+    device kind its noise was drawn on included (a seed draws other noise on CUDA than on the CPU)."""
     data = [model, prompt, seed, height, width, settings.params(), dtype]
+    if generator != "cpu":  # keys of CPU references stay as they were before the generator was keyed
+        data.append(generator)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _key(p: Pipeline, prompt: str, seed: int, height: int, width: int, settings: Settings) -> str:
+    generator = "cpu" if p.device == "mps" else p.device.split(":")[0]
+    dtype = str(p.dtype).removeprefix("torch.")
+    return reference_key(p.model_id, prompt, seed, height, width, settings, dtype, generator)
 
 
 def encode_png(image: torch.Tensor) -> bytes:
@@ -98,8 +109,7 @@ class ReferenceStore:
         return bytes(row[0]) if row else None
 
     def contains(self, p: Pipeline, settings: Settings, prompt: str, seed: int, height: int, width: int) -> bool:
-        dtype = str(p.dtype).removeprefix("torch.")
-        return bool(self._get([reference_key(p.model_id, prompt, seed, height, width, settings, dtype)]))
+        return bool(self._get([_key(p, prompt, seed, height, width, settings)]))
 
     def images(
         self,
@@ -113,8 +123,7 @@ class ReferenceStore:
     ) -> torch.Tensor:
         """References for every (prompt, seed), prompt-major; renders only the missing ones."""
         jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
-        dtype = str(p.dtype).removeprefix("torch.")
-        keys = [reference_key(p.model_id, q, s, height, width, settings, dtype) for q, s in jobs]
+        keys = [_key(p, q, s, height, width, settings) for q, s in jobs]
         found = self._get(keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
         for i in missing:  # one at a time: a reference's pixels must not depend on a batch

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,11 @@ def read_prompts(path: str | Path) -> list[str]:
     if not prompts:
         raise ConfigError(f"{path}: expected one prompt per line, found none")
     return prompts
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no infinity: a bound of one image (no spread) is written as null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
 def validate(
@@ -99,7 +105,7 @@ def validate(
             "recommended": rec.setting,
             "baseline": baseline.label(),
             "images": len(ps) * len(seeds),
-            "bounds": {x.metric: dataclasses.asdict(x) | {"verdict": x.verdict} for x in bounds},
+            "bounds": {x.metric: _finite(dataclasses.asdict(x)) | {"verdict": x.verdict} for x in bounds},
             "speedup": faster[0] if faster else None,
             "speedup_range": list(faster[1:]) if faster else None,
             "study_speedup": rec.speedup,
@@ -125,7 +131,9 @@ def format_validation(result: dict[str, Any]) -> str:
     lines = []
     for c, v in result["classes"].items():
         parts = [
-            f"Δ{m} {b['mean']:+.3g} (bound {b['worst']:+.3g}, tolerance {b['tolerance']:.3g})"
+            f"Δ{m} {b['mean']:+.3g} (95 % bound "
+            f"{'none: one image' if b['worst'] is None else format(b['worst'], '+.3g')}, "
+            f"tolerance {b['tolerance']:.3g})"
             for m, b in v["bounds"].items()
         ]
         verdict = "ok  " if v["within_tolerance"] else "FAIL"

@@ -92,7 +92,7 @@ def measure(model: str, size: int, trials: int, device: str = "cpu", dtype: str 
             for t in outcome.study.get_trials(states=(TrialState.COMPLETE,))
             if t.number > 0 and "reused_from" not in t.user_attrs
         ]
-        inside = sum(sum(t.user_attrs["seconds_values"]) for t in new)
+        inside = sum(sum(t.user_attrs["seconds_values"]) + t.user_attrs.get("render_seconds", 0.0) for t in new)
         in_trials = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in new)  # type: ignore[operator]
     return {
         "size": size,

@@ -36,6 +36,10 @@ guidance = 7.5
 scheduler = "dpmpp_2m_karras"
 steps = 20
 guidance = 7.5
+[recommend]                # a small decision stage: tests run many studies
+confirm_seeds = [1000, 1001]
+race_seeds = 2
+race_budget = 8
 {classes}
 """
 ONE_CLASS = '[classes.portrait]\nprompts = ["a studio portrait of an old fisherman"]\n'

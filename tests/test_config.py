@@ -141,6 +141,14 @@ BAD = [
     ("bad family", '[model]\nfamily = "sd9"\n' + MINIMAL, "model.family: expected one of auto, sd, sdxl"),
     ("negative tolerance", "[recommend]\nclip_tolerance = -1\n" + MINIMAL, "recommend.clip_tolerance: expected"),
     ("unknown rule", '[recommend]\nrule = "knee"\n' + MINIMAL, "recommend.rule: expected one of match_baseline"),
+    (
+        "confirmation seed the search uses",
+        "[recommend]\nconfirm_seeds = [0, 1000]\n" + MINIMAL,
+        "recommend.confirm_seeds: expected at least two distinct integers >= 0 that search.seeds does not use",
+    ),
+    ("no finalist", "[recommend]\nfinalists = 0\n" + MINIMAL, "recommend.finalists: expected an integer >= 1, got 0"),
+    ("serving batch 0", "[serving]\nbatch_size = 0\n" + MINIMAL, "serving.batch_size: expected an integer >= 1, got 0"),
+    ("serving key typo", "[serving]\nrepeat = 3\n" + MINIMAL, "serving.repeat: unknown key"),
     ("non-utf8", b'[classes.a]\nprompts = ["caf\xe9"]\n', "expected UTF-8 text"),
 ]
 

@@ -75,7 +75,7 @@ def test_the_confirmation_stage_overturns_a_pick_that_passed_by_luck() -> None:
     assert unconfirmed.chosen.number == 1 and not unconfirmed.confirmed  # on the search seeds, luck wins
     confirmed = decide([base, lucky, honest], base, TOL, top=2)
     assert confirmed.chosen.number == 2 and confirmed.confirmed and confirmed.met_tolerance
-    assert "1 cheaper passed the search but failed confirmation" in confirmed.reason
+    assert "1 cheaper passed the search but not the confirmation" in confirmed.reason
     stages = {s["trial"]: s for s in confirmed.stages}
     assert stages[1]["search"] == "pass" and stages[1]["confirmation"] == "fail"
     assert stages[2]["confirmation"] == "pass"

@@ -211,6 +211,11 @@ def test_changed_model_size_is_refused_unless_new_version(study_file: Callable[.
     assert recommend(changed)["portrait"].study.study_name == "versions.v2.portrait"  # found without the flag
     path.write_text(path.read_text().replace("n_trials = 1", "n_trials = 2"))  # the space may change: resumes
     assert len(run_study(load_config(path), progress=False)["portrait"].trials) == 2
+    fp = recommend(load_config(path))["portrait"].study.user_attrs["fingerprint"]
+    assert (fp["device"], fp["dtype"], fp["serving"]["batch_size"]) == ("cpu", "float32", 1)
+    path.write_text(path.read_text() + "[serving]\nbatch_size = 4\n")  # production's call changes the cost
+    with pytest.raises(ConfigError, match=r"serving\.batch_size 1 -> 4"):
+        run_study(load_config(path), progress=False)
 
 
 def test_an_edited_prompt_list_is_refused_naming_its_class_and_a_new_class_is_not(

@@ -51,6 +51,18 @@ def test_image_depends_on_prompt_and_seed_not_on_batch(tiny) -> None:  # type: i
     assert (together[0] - together[2]).abs().mean() > 0.001  # another prompt, another image
 
 
+def test_dpmpp_sde_images_reproduce_from_their_seed_whatever_the_batch_and_the_global_rng(tiny) -> None:  # type: ignore[no-untyped-def]
+    """diffusers seeds DPM++ SDE's Brownian tree from the global RNG unless told; autotune seeds it per image."""
+    pytest.importorskip("torchsde")
+    s = Settings("dpmpp_sde", 4, 5.0)
+    torch.manual_seed(0)
+    together = generate(tiny, s, ["a cat"], [0, 1], 32, 32, batch_size=2).images
+    torch.manual_seed(123)  # what loading another model or a metric does to the global RNG
+    alone = generate(tiny, s, ["a cat"], [1], 32, 32).images[0]
+    assert (together[1] - alone).abs().max() <= 2 / 255
+    assert (together[0] - together[1]).abs().mean() > 0.01
+
+
 def test_auto_batch_halves_on_out_of_memory_and_keeps_the_size_that_fits(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from autotune import pipeline as pipeline_module
 

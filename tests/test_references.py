@@ -25,8 +25,9 @@ def test_key_changes_with_everything_that_changes_pixels() -> None:
         reference_key("tiny", "a cat", 0, 64, 32, REF, "float32"),
         reference_key("tiny", "a cat", 0, 32, 32, Settings("dpmpp_2m_karras", 13, 7.5), "float32"),
         reference_key("tiny", "a cat", 0, 32, 32, REF, "float16"),
+        reference_key("tiny", "a cat", 0, 32, 32, REF, "float32", "cuda"),  # other noise for the same seed
     ]
-    assert len({base, *others}) == 7
+    assert len({base, *others}) == 8
 
 
 def test_second_store_renders_zero_references(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -45,15 +45,15 @@ def test_study_runs_baseline_first_and_records_per_trial_attributes(study_file: 
         assert t.values[0] == pytest.approx(attrs["clip_score_values"][0], abs=1e-6)
         assert t.values[2] == pytest.approx(sorted(attrs["seconds_values"])[1], abs=1e-6)
     assert study.user_attrs["seed_lpips"] > 0
-    # the decision stage: the baseline on the 4 confirmation seeds (its seed-to-seed CLIP spread scales
+    # the decision stage: the baseline on the confirmation seeds (its seed-to-seed CLIP spread scales
     # the tolerance), every finalist too; a pick is faster on every timed call and confirmed
     renders = {k: v for k, v in study.user_attrs.items() if k.startswith("renders.")}
-    assert set(renders["renders.0"]) >= {"1000", "1001", "1002", "1003"}
+    assert set(renders["renders.0"]) >= {"1000", "1001"}
     rec = outcomes["portrait"].recommendation
     assert rec is not None and rec.confirmed and outcomes["portrait"].clip_noise > 0
     if rec.chosen.number != 0:
         assert max(rec.chosen.seconds) < min(rec.baseline.seconds)
-        assert {"1000", "1001", "1002", "1003"} <= set(renders[f"renders.{rec.chosen.number}"])
+        assert {"1000", "1001"} <= set(renders[f"renders.{rec.chosen.number}"])
 
 
 def test_resume_adds_trials_to_the_same_database(study_file: Callable[..., Path]) -> None:

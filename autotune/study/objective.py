@@ -185,6 +185,7 @@ class Objective:
         for name, v in values.items():  # quality: prompt-major, seeds inner; seconds: per timed call
             trial.set_user_attr(f"{name}_values", [round(x, 6) for x in v])
         trial.set_user_attr("model_calls", evaluation.model_calls)
+        trial.set_user_attr("render_seconds", round(evaluation.render_seconds, 6))
         trial.set_user_attr("images", len(self.prompts) * len(self.seeds))
         if self.artifacts is not None and evaluation.images is not None:
             self.cfg.artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +225,9 @@ class Objective:
             import torch
 
             images = torch.stack(_merge_seeds(list(first.images), list(rest.images), n))
-        return Evaluation(per_image, first.model_calls, images, first.seconds)
+        return Evaluation(
+            per_image, first.model_calls, images, first.seconds, first.render_seconds + rest.render_seconds
+        )
 
     def _cut_if_dominated(self, trial: optuna.Trial, first: dict[str, list[float]]) -> None:
         objectives, n = self.cfg.metrics.objectives, len(self.seeds)

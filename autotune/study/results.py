@@ -87,10 +87,10 @@ def cost_fit(trials: Sequence[FrozenTrial], objectives: tuple[str, ...]) -> Seco
     return fit_seconds(calls, guided, [t.values[i] for t in timed])
 
 
-def extra_images(study: optuna.Study, number: int) -> dict[tuple[int, int], dict[str, float]]:
+def _extra_images(attrs: dict[str, Any], number: int) -> dict[tuple[int, int], dict[str, float]]:
     """Images the decision stage rendered for trial ``number`` (racing and confirmation seeds)."""
     out: dict[tuple[int, int], dict[str, float]] = {}
-    for seed, per_metric in study.user_attrs.get(f"renders.{number}", {}).items():
+    for seed, per_metric in attrs.get(f"renders.{number}", {}).items():
         for m, per_prompt in per_metric.items():
             for p, x in enumerate(per_prompt):
                 out.setdefault((p, int(seed)), {})[m] = x
@@ -103,10 +103,11 @@ def candidates(
     """The trials as the rule sees them: images on the search, racing and confirmation seeds, timings, cost."""
     quality = [m for m in cfg.metrics.objectives if m != "seconds"]
     n_prompts, confirm = len(cfg.classes[class_name]), set(cfg.recommend.confirm_seeds)
+    attrs = study.user_attrs  # one read: each access is a storage query
     out = []
     for t in trials:
         images = images_of({m: t.user_attrs.get(f"{m}_values", []) for m in quality}, n_prompts, cfg.search.seeds)
-        extra = extra_images(study, t.number)
+        extra = _extra_images(attrs, t.number)
         images.update({k: v for k, v in extra.items() if k[1] not in confirm})
         cost = fit(*_calls_guided(t)) if fit is not None and t.user_attrs.get("model_calls") else None
         out.append(

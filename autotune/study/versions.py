@@ -78,8 +78,8 @@ def find_version(
     a changed file gets the next free version. A changed search space is fine (Optuna handles it); a
     changed model, size, metric, seeds, reference or class's prompts makes earlier trials
     incomparable, so it is refused; a class added to the file is a new study and changes nothing.
-    ``runtime`` (device kind and dtype) is compared when given (running); a key a study stored
-    before it was fingerprinted is not compared (except prompts: the study's own record).
+    ``runtime`` (device kind and dtype) is compared when given (running) and the study recorded it.
+    A study from before ``[serving]`` timed batches, not serving calls: refused like any change.
     """
     names = set(optuna.get_all_study_names(storage))
     changed = ""
@@ -105,9 +105,9 @@ def find_version(
             new = fingerprint(here, c, runtime)
             if stored and "prompts" not in stored:  # fingerprinted before prompts were: the study's record
                 stored["prompts"] = attrs.get("prompts", new["prompts"])
-            if stored:  # keys fingerprinted since the study ran, or not known here (runtime when reading)
-                new = {k: v for k, v in new.items() if k in stored}
-                stored = {k: v for k, v in stored.items() if k in new or k not in ("device", "dtype")}
+            if stored:  # device and dtype: not compared when reading (no model) or for a study from before
+                new = {k: v for k, v in new.items() if k in stored or k not in ("device", "dtype")}
+                stored = {k: v for k, v in stored.items() if k in new}
             if stored:
                 changes += [f"classes.{c}.{x}" if x.startswith("prompts ") else x for x in _changes(stored, new)]
         if not changes:
