@@ -187,10 +187,16 @@ def _note(d: dict[str, Any]) -> str:
     )
     speedup = f"**{d['speedup']:.2f}x**{lo_hi} the speed of" if d["speedup"] else "compared with"
     rows = "\n".join(f"| {m} | {v:.4g} | {base['metrics'][m]:.4g} |" for m, v in d["metrics"].items())
+    stages = "\n".join(
+        f"| {st['trial']} | {st['setting']} | {st['search']} | {st.get('confirmation', '-')} |"
+        for st in d["decision"]["candidates"]
+    )
     return (
         f"## Recommended: {d['setting']} (trial {d['trial']})\n\n"
         f"{speedup} the baseline, {base['setting']} (trial {base['trial']}). {d['reason']}.\n\n"
         f"| metric | recommended | baseline |\n|---|---|---|\n{rows}\n\n"
+        f"Candidates looked at, cheapest first (bounds in `recommendations.json` and `report.html`):\n\n"
+        f"| trial | setting | search | confirmation |\n|---|---|---|---|\n{stages}\n\n"
         f"```python\nfrom diffusers import {x['scheduler_class']}\n"
         f"pipe.scheduler = {x['scheduler_class']}.from_config(pipe.scheduler.config{overrides})\n"
         f"image = pipe(prompt, {kwargs}).images[0]\n```\n\n"
