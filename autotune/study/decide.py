@@ -73,6 +73,10 @@ def settle(
     if base is None:
         return
     confirm = list(r.confirm_seeds)
+    log(
+        f"autotune: {class_name}: deciding: racing undecided candidates (at most {r.race_budget} images), "
+        f"then the cheapest {r.finalists} that pass on {len(confirm)} fresh seeds"
+    )
     # the baseline on the confirmation seeds first: its seed-to-seed CLIP spread scales the tolerance
     n = _render(study, scorer, prompts, trials[base.number], confirm)
     cands, base, trials = state()
