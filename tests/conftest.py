@@ -36,10 +36,11 @@ guidance = 7.5
 scheduler = "dpmpp_2m_karras"
 steps = 20
 guidance = 7.5
-[recommend]                # a small decision stage: tests run many studies
+[recommend]                # a small decision stage: tests run many studies (test_study races)
 confirm_seeds = [1000, 1001]
+finalists = 1
 race_seeds = 2
-race_budget = 8
+race_budget = 0
 {classes}
 """
 ONE_CLASS = '[classes.portrait]\nprompts = ["a studio portrait of an old fisherman"]\n'

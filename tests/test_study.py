@@ -13,7 +13,9 @@ from autotune.study import run_study, study_name
 
 
 def test_study_runs_baseline_first_and_records_per_trial_attributes(study_file: Callable[..., Path]) -> None:
-    cfg = load_config(study_file(n_trials=3))
+    path = study_file(n_trials=3)
+    path.write_text(path.read_text().replace("race_budget = 0", "race_budget = 8"))
+    cfg = load_config(path)
     outcomes = run_study(cfg, progress=False)
     study = optuna.load_study(study_name=study_name(cfg, "portrait"), storage=cfg.default_storage)
     assert study.directions == [
@@ -49,6 +51,8 @@ def test_study_runs_baseline_first_and_records_per_trial_attributes(study_file: 
     # the tolerance), every finalist too; a pick is faster on every timed call and confirmed
     renders = {k: v for k, v in study.user_attrs.items() if k.startswith("renders.")}
     assert set(renders["renders.0"]) >= {"1000", "1001"}
+    # one prompt, one search seed: no spread, every candidate undecided until racing adds seeds 1 and 2
+    assert 0 < study.user_attrs["race_images"] <= 8 and set(renders["renders.0"]) & {"1", "2"}
     rec = outcomes["portrait"].recommendation
     assert rec is not None and rec.confirmed and outcomes["portrait"].clip_noise > 0
     if rec.chosen.number != 0:
