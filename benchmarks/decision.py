@@ -53,7 +53,7 @@ RACE_POOL = list(range(6, 14))
 CONFIRM_POOL = list(range(20, 28))
 TRUTH = {"round": list(range(100, 116)), "straight": list(range(100, 122))}
 PROMPTS = {"round": 4, "straight": 3}
-CLIP_SD, LPIPS_X = 0.5, 0.1
+LPIPS_X = 0.1  # as the study file's default lpips_tolerance (the CLIP tolerance is its clip_tolerance_sd = 0.5)
 NOISE = 0.15  # lognormal sigma of one timed call around the setting's measured cost
 STUDY = """
 name = "decision"
@@ -165,7 +165,10 @@ def _mean(images: dict[tuple[int, int], dict[str, float]], m: str) -> float:
 
 
 def one_study(r: Renders, c: str, rng: random.Random, n_settings: int, space: list[Key]) -> dict[str, Any]:
-    from autotune.decision import Candidate, Tolerance, decide, next_to_race
+    from autotune.decision import Candidate, decide, next_to_race
+    from autotune.study.results import tolerance
+
+    r._load()  # the study file as autotune resolves it
 
     search = rng.sample(SEARCH_POOL, 2)
     race = rng.sample(RACE_POOL, len(RACE_POOL))
@@ -174,14 +177,10 @@ def one_study(r: Renders, c: str, rng: random.Random, n_settings: int, space: li
     secs = {k: tuple(r.seconds(c, k) * math.exp(rng.gauss(0, NOISE)) for _ in range(3)) for k in keys}
     imgs = {k: r.images(c, k, search) for k in keys}
     base_conf = r.images(c, BASELINE, confirm)
-    # the tolerance as autotune computes it: 0.5 x the baseline's within-prompt CLIP sd (search + confirmation seeds)
-    by_prompt: dict[int, list[float]] = {}
-    for (p, _), v in {**imgs[BASELINE], **base_conf}.items():
-        by_prompt.setdefault(p, []).append(v["clip_score"])
-    dof = sum(len(g) - 1 for g in by_prompt.values())
-    noise = (sum(statistics.variance(g) * (len(g) - 1) for g in by_prompt.values()) / dof) ** 0.5
+    # the tolerance as autotune computes it (the study file's defaults), from the
+    # baseline's images on the search and confirmation seeds
     seed_lpips = r.seed_lpips(c)
-    tol = Tolerance(CLIP_SD * noise, LPIPS_X * seed_lpips, seed_lpips)
+    tol, _ = tolerance(r.cfg, Candidate(0, {**imgs[BASELINE], **base_conf}), seed_lpips)
 
     # the mean rule, on the search images
     base_mean = {m: _mean(imgs[BASELINE], m) for m in ("clip_score", "lpips")}
