@@ -179,8 +179,7 @@ def _canonical_scheduler(name: str, where: str) -> str:
     try:
         return schedulers.canonical(name)
     except KeyError:
-        known = ", ".join(schedulers.names())
-        raise ConfigError(f"{where}: unknown scheduler {name!r} (expected one of: {known})") from None
+        raise ConfigError(f"{where}: {schedulers.unknown(name)}") from None
 
 
 def _check_options(scheduler: str, options: dict[str, Any], where: str) -> None:
@@ -297,6 +296,11 @@ def _classes(raw: Any) -> dict[str, tuple[str, ...]]:
                 raise ConfigError(f"{where}.prompts[{i}]: expected a non-empty string, got {p!r}")
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"{where}: expected a class name of letters, digits, '_' or '-', got {name!r}")
+        if name == "default":
+            raise ConfigError(
+                f"{where}: 'default' is reserved (serving gives it the baseline, for prompts that fit no class); "
+                "expected another class name"
+            )
         if len(prompts) > MANY_PROMPTS:
             warnings.warn(
                 f"{where}.prompts: {len(prompts)} prompts; every trial renders each of them with every seed, "

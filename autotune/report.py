@@ -53,8 +53,9 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
             "reason": "the baseline trial has not completed yet: nothing to compare against",
         }
     by_number = {t.number: t for t in o.trials}
-    chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family)
-    baseline = trial_summary(by_number[rec.baseline.number], objectives, o.family)
+    base_config = o.study.user_attrs.get("scheduler_base")
+    chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family, base_config)
+    baseline = trial_summary(by_number[rec.baseline.number], objectives, o.family, base_config)
     chosen["seconds_fitted"], baseline["seconds_fitted"] = rec.chosen.cost, rec.baseline.cost
     tol = o.tolerance
     assert tol is not None

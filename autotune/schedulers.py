@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 import inspect
@@ -24,7 +25,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["VARIANTS", "SchedulerSpec", "Variant", "build", "canonical", "get", "names", "overrides", "variants_of"]
+__all__ = [
+    "VARIANTS",
+    "SchedulerSpec",
+    "Variant",
+    "build",
+    "canonical",
+    "complete",
+    "get",
+    "names",
+    "overrides",
+    "unknown",
+    "variants_of",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,7 @@ class SchedulerSpec:
 
 _KARRAS = {"use_karras_sigmas": True}
 _SDE = {"algorithm_type": "sde-dpmsolver++"}
+_SDE3 = {**_SDE, "solver_order": 3}
 _TABLE = [
     SchedulerSpec("euler", "Euler", "EulerDiscreteScheduler"),
     SchedulerSpec("euler_a", "Euler a", "EulerAncestralDiscreteScheduler", deterministic=False),
@@ -67,6 +81,21 @@ _TABLE = [
         deterministic=False,
     ),
     SchedulerSpec("dpmpp_2s", "DPM++ 2S", "DPMSolverSinglestepScheduler"),
+    SchedulerSpec("dpmpp_2s_a", "DPM++ 2S a", "DPMSolverSinglestepScheduler", _SDE, deterministic=False),
+    SchedulerSpec(
+        "dpmpp_2s_a_karras", "DPM++ 2S a Karras", "DPMSolverSinglestepScheduler", {**_SDE, **_KARRAS}, deterministic=False
+    ),
+    SchedulerSpec("dpmpp_3m_sde", "DPM++ 3M SDE", "DPMSolverMultistepScheduler", _SDE3, deterministic=False),
+    SchedulerSpec(
+        "dpmpp_3m_sde_karras", "DPM++ 3M SDE Karras", "DPMSolverMultistepScheduler", {**_SDE3, **_KARRAS}, deterministic=False
+    ),
+    SchedulerSpec(
+        "dpmpp_3m_sde_exponential",
+        "DPM++ 3M SDE Exponential",
+        "DPMSolverMultistepScheduler",
+        {**_SDE3, "use_exponential_sigmas": True},
+        deterministic=False,
+    ),
     SchedulerSpec(
         "dpmpp_sde", "DPM++ SDE", "DPMSolverSDEScheduler", deterministic=False, calls_per_step=2, requires="torchsde"
     ),
@@ -82,6 +111,9 @@ _TABLE = [
     SchedulerSpec("dpm2", "DPM2", "KDPM2DiscreteScheduler", calls_per_step=2),
     SchedulerSpec("dpm2_karras", "DPM2 Karras", "KDPM2DiscreteScheduler", _KARRAS, calls_per_step=2),
     SchedulerSpec("dpm2_a", "DPM2 a", "KDPM2AncestralDiscreteScheduler", deterministic=False, calls_per_step=2),
+    SchedulerSpec(
+        "dpm2_a_karras", "DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", _KARRAS, deterministic=False, calls_per_step=2
+    ),
     SchedulerSpec("unipc", "UniPC", "UniPCMultistepScheduler"),
     SchedulerSpec("deis", "DEIS", "DEISMultistepScheduler"),
     SchedulerSpec("lcm", "LCM", "LCMScheduler", deterministic=False),
@@ -91,6 +123,9 @@ _TABLE = [
 ]
 _BY_NAME = {s.name: s for s in _TABLE}
 _ALIASES = {s.class_name.lower(): s.name for s in reversed(_TABLE)}  # class name -> its plain entry
+_ALIASES["plms"] = "pndm"  # A1111's PLMS is diffusers' PNDM without its Runge-Kutta warm-up steps
+# A1111 samplers diffusers has no scheduler for: named in the error instead of "unknown"
+NO_EQUIVALENT = ("DPM fast", "DPM adaptive", "Restart", "DDIM CFG++", "Euler CFG++", "UniPC BH2")
 
 
 @dataclass(frozen=True)
@@ -163,6 +198,23 @@ def canonical(name: str) -> str:
     raise KeyError(name)
 
 
+def unknown(name: str) -> str:
+    """Why ``name`` is refused, for an error message: no diffusers equivalent, a near miss, or the list.
+
+    >>> unknown("DPM++ 2M Karas")
+    "unknown scheduler 'DPM++ 2M Karas' (did you mean 'DPM++ 2M Karras'?)"
+    """
+    key = _normalise(name)
+    if key in {_normalise(n) for n in NO_EQUIVALENT}:
+        return f"{name!r} is an AUTOMATIC1111 sampler diffusers has no scheduler for"
+    a1111_style = name != name.lower() or " " in name.strip() or "+" in name  # answer in the user's spelling
+    spellings = {_normalise(s.a1111): s.a1111 if a1111_style else s.name for s in reversed(_TABLE)}
+    near = difflib.get_close_matches(key, list(spellings), n=1, cutoff=0.75)
+    if near:
+        return f"unknown scheduler {name!r} (did you mean {spellings[near[0]]!r}?)"
+    return f"unknown scheduler {name!r} (expected one of: {', '.join(names())})"
+
+
 def get(name: str) -> SchedulerSpec:
     """The table entry for any accepted spelling of a name."""
     return _BY_NAME[canonical(name)]
@@ -205,6 +257,28 @@ def overrides(name: str, options: Mapping[str, Any] | None = None) -> dict[str, 
         if value != "default":
             out.update(VARIANTS[key].to_kwargs(value))
     return out
+
+
+def _touched() -> frozenset[str]:
+    """Every config key an entry or a variant value can set."""
+    keys = {k for spec in _TABLE for k in spec.kwargs}
+    keys |= {k for v in VARIANTS.values() for c in v.choices[1:] for k in v.to_kwargs(c)}
+    return frozenset(keys)
+
+
+def complete(name: str, base_config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The config a recommendation hands over: every key autotune can set that the class takes, with
+    the value it has in this setting (the model's own where the setting keeps its default).
+
+    ``Cls.from_config(<any earlier scheduler's config>, **complete(...))`` then builds the same
+    scheduler whatever was applied before: no flag of an earlier setting (exponential sigmas, a
+    spacing) is kept, and mutually exclusive ones are spelled out.
+    """
+    import diffusers
+
+    cls = getattr(diffusers, get(name).class_name)
+    built = cls.from_config(base_config, **overrides)
+    return {k: built.config[k] for k in sorted(_touched() & _init_params(cls.__name__))}
 
 
 def build(name: str, base_config: Any, options: Mapping[str, Any] | None = None) -> Any:

@@ -103,6 +103,17 @@ BAD = [
         '[search]\nschedulers = ["euler", "warp9"]\n' + MINIMAL,
         "search.schedulers: unknown scheduler 'warp9'",
     ),
+    (
+        "scheduler near miss",
+        '[search]\nschedulers = ["DPM++ 2M Karas"]\n' + MINIMAL,
+        "search.schedulers: unknown scheduler 'DPM++ 2M Karas' (did you mean 'DPM++ 2M Karras'?)",
+    ),
+    (
+        "A1111 sampler without a diffusers scheduler",
+        '[baseline]\nscheduler = "DPM adaptive"\n' + MINIMAL,
+        "baseline.scheduler: 'DPM adaptive' is an AUTOMATIC1111 sampler diffusers has no scheduler for",
+    ),
+    ("class named default", '[classes.default]\nprompts = ["a cat"]\n', "classes.default: 'default' is reserved"),
     ("unknown reference scheduler", '[reference]\nscheduler = "nope"\n' + MINIMAL, "reference.scheduler: unknown"),
     ("no classes", "[search]\nn_trials = 3\n", "classes: expected at least one"),
     ("empty class", "[classes.a]\nprompts = []\n", "classes.a.prompts: expected a non-empty list"),

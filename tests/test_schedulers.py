@@ -17,6 +17,11 @@ from autotune.space import Settings
         ("EulerDiscreteScheduler", "euler"),
         ("DPMSolverMultistepScheduler", "dpmpp_2m"),
         ("UniPC", "unipc"),
+        ("DPM2 a Karras", "dpm2_a_karras"),
+        ("PLMS", "pndm"),
+        ("DPM++ 2S a", "dpmpp_2s_a"),
+        ("DPM++ 3M SDE", "dpmpp_3m_sde"),
+        ("DPM++ 3M SDE Karras", "dpmpp_3m_sde_karras"),
     ],
 )
 def test_aliases_resolve_to_canonical_names(alias: str, name: str) -> None:
@@ -26,6 +31,35 @@ def test_aliases_resolve_to_canonical_names(alias: str, name: str) -> None:
 def test_unknown_name_raises_key_error() -> None:
     with pytest.raises(KeyError):
         schedulers.canonical("DPM++ 9M Turbo")
+
+
+# diffusers' own A1111/k-diffusion table (docs/source/en/api/schedulers/overview.md), every row it maps
+DIFFUSERS_A1111_TABLE = [
+    "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ 2S a", "DPM++ 2S a Karras",
+    "DPM++ SDE", "DPM++ SDE Karras", "DPM2", "DPM2 Karras", "DPM2 a", "DPM2 a Karras", "Euler", "Euler a",
+    "Heun", "LMS", "LMS Karras", "DDIM", "PLMS", "UniPC", "DEIS", "LCM",
+]  # fmt: skip
+
+
+def test_every_sampler_in_the_diffusers_a1111_table_is_accepted_and_builds() -> None:
+    import json
+
+    from autotune.tiny import tiny_pipeline_path
+
+    config = json.loads((tiny_pipeline_path("tiny") / "scheduler" / "scheduler_config.json").read_text())
+    for a1111 in DIFFUSERS_A1111_TABLE:
+        spec = schedulers.get(a1111)
+        built = schedulers.build(spec.name, config)
+        assert type(built).__name__ == spec.class_name, a1111
+        for key, value in spec.kwargs.items():
+            assert built.config[key] == value, a1111
+
+
+def test_unknown_names_say_why() -> None:
+    assert "did you mean 'DPM++ 2M Karras'" in schedulers.unknown("DPM++ 2M Karas")
+    assert "did you mean 'dpmpp_2m_karras'" in schedulers.unknown("dpmpp_2m_karas")
+    assert "no scheduler for" in schedulers.unknown("DPM fast")
+    assert "expected one of: euler, euler_a" in schedulers.unknown("warp9")
 
 
 def test_table_has_the_names_users_expect() -> None:

@@ -69,6 +69,7 @@ def test_apply_sets_the_scheduler_and_renders_the_trials_image(finished_study) -
     import diffusers
 
     block = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]["portrait"]["diffusers"]
+    assert {"timestep_spacing", "use_karras_sigmas"} <= set(block["scheduler_config"])  # complete, not a diff
     plain = fresh_pipe()
     cls = getattr(diffusers, block["scheduler_class"])
     plain.scheduler = cls.from_config(plain.scheduler.config, **block["scheduler_config"])
@@ -88,6 +89,71 @@ def test_apply_twice_does_not_carry_the_first_overrides(finished_study) -> None:
     autotune.apply(pipe, plain)
     assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
     assert pipe.scheduler.config.use_karras_sigmas is False
+
+
+# settings whose flags exclude each other or change what "default" means, as classes of one study could pick
+SWITCHED = [
+    ("dpmpp_2m_karras", {}),
+    ("dpmpp_2m", {"sigmas": "exponential"}),
+    ("dpmpp_2m", {"timestep_spacing": "trailing"}),
+    ("euler", {"sigmas": "beta", "timestep_spacing": "linspace"}),
+    ("dpmpp_3m_sde", {}),
+    ("ddim", {}),
+]
+
+
+def test_switching_classes_in_every_order_renders_each_ones_images_with_and_without_autotune() -> None:
+    import inspect
+    import itertools
+
+    import diffusers
+
+    from autotune import schedulers
+    from autotune.space import Settings
+
+    base_pipe = fresh_pipe()
+    base = dict(base_pipe.scheduler.config)
+    blocks = []
+    for name, options in SWITCHED:
+        overrides = Settings.make(name, 3, 1.0, options).scheduler_overrides()
+        blocks.append((schedulers.get(name).class_name, schedulers.complete(name, base, overrides)))
+    assert {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "timestep_spacing"} <= set(blocks[0][1])
+
+    def image(pipe, seed: int = 0) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        g = torch.Generator().manual_seed(seed)
+        return pipe("a red apple", num_inference_steps=3, guidance_scale=1.0, height=32, width=32, generator=g,
+                    output_type="pt").images[0]  # fmt: skip
+
+    def fresh(i: int) -> torch.Tensor:
+        cls = getattr(diffusers, blocks[i][0])
+        base_pipe.scheduler = cls.from_config(base, **blocks[i][1])
+        return image(base_pipe)
+
+    alone = [fresh(i) for i in range(len(blocks))]
+    assert len({tuple(img.flatten()[:64].tolist()) for img in alone}) == len(blocks)  # six different pictures
+    def init_config(scheduler) -> dict:  # type: ignore[no-untyped-def, type-arg]
+        taken = inspect.signature(type(scheduler).__init__).parameters
+        return {k: v for k, v in scheduler.config.items() if k in taken}
+
+    plain, via = fresh_pipe(), fresh_pipe()
+    for a, b in itertools.permutations(range(len(blocks)), 2):  # the README's snippet, on the *current* config
+        for i in (a, b):
+            plain.scheduler = getattr(diffusers, blocks[i][0]).from_config(plain.scheduler.config, **blocks[i][1])
+        expected = getattr(diffusers, blocks[b][0]).from_config(base, **blocks[b][1])
+        assert init_config(plain.scheduler) == init_config(expected), (SWITCHED[a], SWITCHED[b])
+    for a, b in [(1, 0), (0, 1), (3, 2), (2, 3), (4, 5), (5, 4)]:  # both directions, images compared
+        for pipe in (plain, via):
+            for i in (a, b):
+                if pipe is via:
+                    rec = autotune.ClassRecommendation(
+                        name=str(i), setting="", scheduler=SWITCHED[i][0], options=SWITCHED[i][1], steps=3,
+                        guidance=1.0, scheduler_class=blocks[i][0], scheduler_config=blocks[i][1], call_kwargs={},
+                        family="sd",
+                    )  # fmt: skip
+                    autotune.apply(pipe, rec)
+                else:
+                    pipe.scheduler = getattr(diffusers, blocks[i][0]).from_config(pipe.scheduler.config, **blocks[i][1])
+            assert torch.equal(image(pipe), alone[b]), (pipe is via, SWITCHED[a], SWITCHED[b])
 
 
 def test_apply_refuses_another_family_and_an_unusable_scheduler(finished_study) -> None:  # type: ignore[no-untyped-def]

@@ -16,8 +16,11 @@ def test_study_runs_baseline_first_and_records_per_trial_attributes(study_file: 
     path = study_file(n_trials=3)
     path.write_text(path.read_text().replace("race_budget = 0", "race_budget = 8"))
     cfg = load_config(path)
-    outcomes = run_study(cfg, progress=False)
+    run_study(cfg, n_trials=1, progress=False, decide=False)  # the baseline alone
     study = optuna.load_study(study_name=study_name(cfg, "portrait"), storage=cfg.default_storage)
+    # a setting at 2 model calls against the baseline's 16, so one candidate surely is eligible and races
+    study.enqueue_trial({"scheduler": "euler", "steps": 2, "guidance": 1.0})
+    outcomes = run_study(cfg, progress=False)
     assert study.directions == [
         optuna.study.StudyDirection.MAXIMIZE,
         optuna.study.StudyDirection.MINIMIZE,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,9 +257,16 @@ def recommend(cfg: StudyConfig, *, storage: str | None = None) -> Outcomes:
     return out
 
 
-def trial_summary(t: FrozenTrial, objectives: tuple[str, ...], family: Family) -> dict[str, Any]:
-    """A trial as plain JSON-able data: setting, diffusers recipe, metrics and their spread."""
+def trial_summary(
+    t: FrozenTrial, objectives: tuple[str, ...], family: Family, base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A trial as plain JSON-able data: setting, diffusers recipe, metrics and their spread.
+
+    With ``base``, the model's own scheduler config, the recipe's ``scheduler_config`` is complete
+    (:func:`autotune.schedulers.complete`); without, it lists the overrides only.
+    """
     s = settings_of(t)
+    overrides = s.scheduler_overrides()
     spec = schedulers.get(s.scheduler)
     assert t.values is not None
     spread = {m: t.user_attrs.get(f"{m}_values") for m in objectives}
@@ -274,7 +281,7 @@ def trial_summary(t: FrozenTrial, objectives: tuple[str, ...], family: Family) -
         "deterministic": spec.deterministic,
         "diffusers": {
             "scheduler_class": spec.class_name,
-            "scheduler_config": s.scheduler_overrides(),
+            "scheduler_config": overrides if base is None else schedulers.complete(s.scheduler, base, overrides),
             "call_kwargs": s.call_kwargs(family),
         },
         "metrics": dict(zip(objectives, t.values, strict=True)),

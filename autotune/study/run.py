@@ -72,12 +72,15 @@ def open_class_study(
 
 
 def _prepare(study: optuna.Study, class_name: str, evaluator: Evaluator) -> None:
-    """Recover dead workers' trials; store the class's router embedding and seed-to-seed LPIPS."""
+    """Recover dead workers' trials; store the class's router embedding, the model's scheduler config
+    and the seed-to-seed LPIPS."""
     if study.user_attrs.get("exhausted"):  # the space may have grown since: look again
         study.set_user_attr("exhausted", False)
     ledger.recover(study)
     prompts = evaluator.cfg.classes[class_name]
     study.set_user_attr("router", evaluator.router_embedding(prompts))
+    if "scheduler_base" not in study.user_attrs:  # the model's own: what a complete handoff config starts from
+        study.set_user_attr("scheduler_base", dict(evaluator.scheduler_config))
     if evaluator.lpips is not None and "seed_lpips" not in study.user_attrs:
         study.set_user_attr("seed_lpips", evaluator.seed_lpips(prompts))
 
