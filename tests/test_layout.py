@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "autotune"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "autotune"
 
 
 def _module(path: Path) -> str:
@@ -70,3 +71,12 @@ def test_import_autotune_loads_no_study_machinery_until_used() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+def test_pyproject_states_ranges_and_constraints_pin_exactly() -> None:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert [d for d in deps if "==" in d] == []  # installing autotune never replaces a serving torch
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().split() if "==" in line)
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
