@@ -13,11 +13,15 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["ConfigError", "check_range", "one_of", "section"]
+__all__ = ["ConfigError", "ConfigWarning", "check_range", "one_of", "section"]
 
 
 class ConfigError(ValueError):
     """A study file (or a command-line value) that cannot be used; the message says why."""
+
+
+class ConfigWarning(UserWarning):
+    """Accepted, but probably not what was meant (the command line prints it as one line)."""
 
 
 def _type_name(tp: Any) -> str:

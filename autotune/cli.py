@@ -141,12 +141,18 @@ def cmd_classes_suggest(args: argparse.Namespace) -> int:
     from autotune.validate import read_prompts
 
     prompts = read_prompts(args.prompts)
-    clip = (args.clip_model, args.clip_pretrained)
+    clip, home = (args.clip_model, args.clip_pretrained), ""
     if args.study:
-        m = load_config(args.study).metrics
-        clip = (m.clip_model, m.clip_pretrained)
+        cfg = load_config(args.study)
+        clip, home = (cfg.metrics.clip_model, cfg.metrics.clip_pretrained), str(cfg.directory)
+    if clip[0] == "tiny":
+        print(
+            "autotune: warning: the CLIP model is 'tiny', random weights: its clusters group prompts by their "
+            "characters, not their themes (--clip-model/--clip-pretrained or --study name a trained one)",
+            file=sys.stderr,
+        )
     try:
-        print(suggest_classes(prompts, args.k, load_text_encoder(*clip), args.per_class), end="")
+        print(suggest_classes(prompts, args.k, load_text_encoder(*clip, home=home), args.per_class), end="")
     except ValueError as e:
         raise ConfigError(f"{args.prompts}: {e}") from None
     return 0

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autotune import schedulers
-from autotune._schema import ConfigError, check_range, one_of, section
+from autotune._prompts import call_table, class_tables
+from autotune._schema import ConfigError, ConfigWarning, check_range, one_of, section
 from autotune.metrics import METRICS
 
 __all__ = [
@@ -38,15 +38,10 @@ __all__ = [
 ]
 
 SAMPLERS = ("tpe", "tpe_independent", "gp", "nsga2", "random")
-MANY_PROMPTS = 1000  # more prompts than this in one class: accepted, with a warning
 RULES = ("match_baseline",)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 FAMILY_NAMES = ("sd", "sdxl", "sd3", "flux", "distilled", "distilled_flow")  # autotune.families.FAMILIES
-
-
-class ConfigWarning(UserWarning):
-    """Accepted, but probably not what was meant (the command line prints it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +53,14 @@ class ModelConfig:
     height: int = 64
     width: int = 64
     revision: str | None = None
+    config: str | None = None  # a single-file checkpoint's component configs: a diffusers folder or hub id
+    pipeline: str | None = None  # "package.module:function" that returns the team's own pipeline
+    vae: str | None = None  # another VAE: a diffusers folder, hub id or single file
+    loras: dict[str, float] = field(default_factory=dict)  # LoRA file (or hub id) -> scale
+    home: str = ""  # the study file's folder: relative paths start there (not a study-file key)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.revision, self.config, self.pipeline, self.vae, tuple(self.loras.items())))
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,15 @@ class StudyConfig:
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    call: dict[str, Any] = field(default_factory=dict)  # [call]: fixed pipeline-call arguments of production
+    negative_prompts: dict[str, str] = field(default_factory=dict)  # class -> its own negative prompt
+
+    def call_for(self, class_name: str | None) -> dict[str, Any]:
+        """What production passes to every call for this class besides the searched arguments."""
+        out = dict(self.call)
+        if class_name in self.negative_prompts:
+            out["negative_prompt"] = self.negative_prompts[class_name]
+        return out
 
     @property
     def directory(self) -> Path:
@@ -219,6 +231,11 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"model.device: expected auto, cpu, cuda or cuda:N, got {m.device!r}")
     one_of(m.dtype, DTYPES, "model.dtype")
     one_of(m.family, ("auto", *FAMILY_NAMES), "model.family")
+    for path, scale in m.loras.items():
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise ConfigError(f"model.loras.{path}: expected a scale (a number, 1.0 as trained), got {scale!r}")
+    if m.config is not None and m.pipeline is not None:
+        raise ConfigError("model.config: not with model.pipeline (the function builds the pipeline itself)")
     for key in ("height", "width"):
         value = getattr(m, key)
         if value < 8 or value % 8:
@@ -253,7 +270,13 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     for name in met.objectives:
         one_of(name, tuple(METRICS), "metrics.objectives")
     one_of(met.lpips_net, ("alex", "vgg", "squeeze"), "metrics.lpips_net")
-    one_of(met.lpips_backbone, ("random", "pretrained"), "metrics.lpips_backbone")
+    if met.lpips_backbone not in ("random", "pretrained") and not met.lpips_backbone.endswith(
+        (".pth", ".pt", ".safetensors")
+    ):
+        raise ConfigError(
+            "metrics.lpips_backbone: expected random, pretrained or a torchvision weights file (.pth, .pt, "
+            f".safetensors), got {met.lpips_backbone!r}"
+        )
     one_of(rec.rule, RULES, "recommend.rule")
     for key in ("clip_tolerance", "clip_tolerance_sd", "lpips_tolerance"):
         if (getattr(rec, key) or 0) < 0:
@@ -277,53 +300,28 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     )
 
 
-def _classes(raw: Any) -> dict[str, tuple[str, ...]]:
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError("classes: expected at least one [classes.NAME] table with prompts = [...]")
-    out = {}
-    for name, table in raw.items():
-        where = f"classes.{name}"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: expected a table with prompts = [...], got {table!r}")
-        for key in table:
-            if key != "prompts":
-                raise ConfigError(f"{where}.{key}: unknown key (expected: prompts)")
-        prompts = table.get("prompts")
-        if not isinstance(prompts, list) or not prompts:
-            raise ConfigError(f"{where}.prompts: expected a non-empty list of strings, got {prompts!r}")
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise ConfigError(f"{where}.prompts[{i}]: expected a non-empty string, got {p!r}")
-        if not name.replace("_", "").replace("-", "").isalnum():
-            raise ConfigError(f"{where}: expected a class name of letters, digits, '_' or '-', got {name!r}")
-        if name == "default":
-            raise ConfigError(
-                f"{where}: 'default' is reserved (serving gives it the baseline, for prompts that fit no class); "
-                "expected another class name"
-            )
-        if len(prompts) > MANY_PROMPTS:
-            warnings.warn(
-                f"{where}.prompts: {len(prompts)} prompts; every trial renders each of them with every seed, "
-                f"so a trial will take long (a few representative ones, say {MANY_PROMPTS // 100}, are usually enough; "
-                "`autotune classes suggest` picks them)",
-                ConfigWarning,
-                stacklevel=2,
-            )
-        out[name] = tuple(prompts)
-    return out
-
-
 def parse_config(raw: dict[str, Any], path: Path) -> StudyConfig:
     """Build a validated :class:`StudyConfig` from an already-parsed TOML table."""
-    known = {"name", "classes", *_SECTIONS}
+    known = {"name", "classes", "call", *_SECTIONS}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown key (expected one of: {', '.join(sorted(known))})")
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"name: expected a name of letters, digits, '_' or '-', got {name!r}")
+    if "home" in raw.get("model", {}):
+        raise ConfigError("model.home: unknown key (paths in [model] are relative to the study file)")
     sections = {key: section(cls, raw[key], key) for key, cls in _SECTIONS.items() if key in raw}
-    cfg = StudyConfig(name=name, path=path, classes=_classes(raw.get("classes")), **sections)
+    sections["model"] = dataclasses.replace(sections.get("model", ModelConfig()), home=str(path.parent))
+    classes, negatives = class_tables(raw.get("classes"))
+    cfg = StudyConfig(
+        name=name,
+        path=path,
+        classes=classes,
+        call=call_table(raw.get("call", {})),
+        negative_prompts=negatives,
+        **sections,
+    )
     return _validate(cfg)
 
 

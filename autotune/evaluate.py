@@ -55,15 +55,17 @@ class Evaluator:
     def __init__(self, cfg: ResolvedStudy, storage_url: str, device: str | None) -> None:
         from autotune.metrics.clip_score import ClipScore
         from autotune.metrics.lpips_distance import Lpips
-        from autotune.pipeline import load_pipeline
+        from autotune.pipeline import configure_calls, load_pipeline
         from autotune.references import ReferenceStore
 
         self.cfg = cfg
         self.pipeline = load_pipeline(cfg.model, device, cfg.serving.safety_checker)
+        configure_calls(self.pipeline, cfg)
         dev = self.pipeline.device
         m = cfg.metrics
-        self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev)  # scores, and embeds prompts for the router
-        self.lpips = Lpips(m.lpips_net, m.lpips_backbone, dev) if "lpips" in m.objectives else None
+        home = str(cfg.directory)
+        self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev, home)  # scores, and embeds prompts for the router
+        self.lpips = Lpips(m.lpips_net, m.lpips_backbone, dev, home) if "lpips" in m.objectives else None
         self.store = ReferenceStore(storage_url)
 
     @property

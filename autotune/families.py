@@ -32,7 +32,6 @@ __all__ = [
     "compatible_schedulers",
     "detect",
     "encode_prompt",
-    "model_index",
     "resolve",
 ]
 
@@ -109,17 +108,17 @@ _PIPELINES = {
 _DISTILLED = re.compile(r"turbo|lcm|lightning|hyper|schnell", re.IGNORECASE)
 
 
-def model_index(source: Any, revision: str | None = None) -> dict[str, Any]:
-    """The model's ``model_index.json`` (a hub id or a folder): pipeline and component classes."""
-    from diffusers import DiffusionPipeline
-
-    config = DiffusionPipeline.load_config(source, revision=revision)
-    return dict(config)
-
-
 def detect(pipeline_class: str, scheduler_class: str, model_id: str = "", hint: str = "auto") -> Family:
     """The family of a model from its pipeline and scheduler class (or ``hint`` when not "auto")."""
     if hint != "auto":
+        natural = _PIPELINES.get(pipeline_class)
+        if natural is not None:
+            fitting = (natural, "distilled_flow" if FAMILIES[natural].flow else "distilled")
+            if hint not in fitting:
+                raise ValueError(
+                    f"family {hint!r} does not fit this model: its pipeline is {pipeline_class}, a {natural} model "
+                    f"(expected auto, {' or '.join(fitting)})"
+                )
         return FAMILIES[hint]
     if pipeline_class not in _PIPELINES:
         known = ", ".join(_PIPELINES)
@@ -160,19 +159,36 @@ def ays_timesteps(family: Family, steps: int) -> list[int]:
     return [int(t) for t in np.maximum(ts, 0)]
 
 
-def encode_prompt(pipe: Any, prompt: str, device: str) -> dict[str, Any]:
-    """One prompt's embeddings as the call kwargs the pipeline takes (negative: its empty-prompt default)."""
+def encode_prompt(
+    pipe: Any, prompt: str, device: str, negative: str | None = None, clip_skip: int | None = None
+) -> dict[str, Any]:
+    """One prompt's embeddings as the call kwargs the pipeline takes (negative: the empty prompt unless given)."""
     kind = _PIPELINES.get(type(pipe).__name__, "sd")
     if kind == "sd":
-        pos, neg = pipe.encode_prompt(prompt, device, 1, True)
+        pos, neg = pipe.encode_prompt(prompt, device, 1, True, negative_prompt=negative, clip_skip=clip_skip)
         return {"prompt_embeds": pos, "negative_prompt_embeds": neg}
     if kind == "flux":
         pos, pooled, _ = pipe.encode_prompt(prompt, None, device=device)
         return {"prompt_embeds": pos, "pooled_prompt_embeds": pooled}
     if kind == "sdxl":
-        out = pipe.encode_prompt(prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+        out = pipe.encode_prompt(
+            prompt,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=True,
+            negative_prompt=negative,
+            clip_skip=clip_skip,
+        )
     else:  # sd3
-        out = pipe.encode_prompt(prompt, None, None, device=device, do_classifier_free_guidance=True)
+        out = pipe.encode_prompt(
+            prompt,
+            None,
+            None,
+            device=device,
+            do_classifier_free_guidance=True,
+            negative_prompt=negative,
+            clip_skip=clip_skip,
+        )
     keys = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
     return dict(zip(keys, out, strict=True))
 

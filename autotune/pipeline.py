@@ -9,9 +9,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ __all__ = [
     "Pipeline",
     "Render",
     "RenderError",
+    "configure_calls",
     "describe_model",
     "generate",
     "load_pipeline",
@@ -57,10 +58,45 @@ class Pipeline:
     warmed: set[tuple[Any, ...]] = field(default_factory=set)  # serving call shapes already warmed up
     calls: int = 0
     auto_batch: int = 16  # batch_size = "auto": the largest batch tried that fitted (halved on out-of-memory)
-    embeds: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    embeds: dict[tuple[Any, ...], dict[str, torch.Tensor]] = field(default_factory=dict)
+    adds: dict[str, Any] = field(default_factory=dict)  # what the study adds to the model: VAE, LoRAs, ...
+    call: dict[str, Any] = field(default_factory=dict)  # [call] arguments of every call (negative prompt aside)
+    negatives: dict[str, str | None] = field(default_factory=dict)  # prompt -> its class's negative prompt
+    default_negative: str | None = None  # for prompts of no class (validation's held-out ones)
 
     def _count(self, *_: Any) -> None:
         self.calls += 1
+
+    def negative(self, prompt: str) -> str | None:
+        return self.negatives.get(prompt, self.default_negative)
+
+    def identity(self, prompt: str) -> str:
+        """The model as reference keys know it: its id, plus what production adds to this prompt's call."""
+        extra = {**self.adds, "call": self.call, "negative_prompt": self.negative(prompt)}
+        extra = {k: v for k, v in extra.items() if v}
+        return self.model_id if not extra else f"{self.model_id} {json.dumps(extra, sort_keys=True)}"
+
+
+def _check_call(cfg: StudyConfig, pipeline_class: Any) -> None:
+    """Every ``[call]`` key is an argument of the pipeline's ``__call__``."""
+    import inspect
+
+    taken = inspect.signature(pipeline_class.__call__).parameters
+    for key in cfg.call:
+        if key not in taken:
+            raise ConfigError(
+                f"{cfg.path}: call.{key}: not an argument of {pipeline_class.__name__}.__call__ "
+                f"(expected one of: {', '.join(k for k in taken if k not in ('self', 'kwargs'))})"
+            )
+
+
+def configure_calls(p: Pipeline, cfg: StudyConfig) -> None:
+    """What production passes besides the searched arguments: ``[call]`` (checked against the pipeline's
+    ``__call__``) and, for each class's prompts, the class's negative prompt."""
+    _check_call(cfg, type(p.pipe))
+    p.call = {k: v for k, v in cfg.call.items() if k != "negative_prompt"}
+    p.default_negative = cfg.call.get("negative_prompt")
+    p.negatives = {q: cfg.call_for(c).get("negative_prompt") for c, prompts in cfg.classes.items() for q in prompts}
 
 
 @dataclass(frozen=True)
@@ -90,55 +126,31 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _source(model: ModelConfig) -> str | Path:
-    """Where the weights are: the shipped micro model's folder, the built tiny model's, a local
-    folder, or a hub id."""
-    if model.id == "micro":
-        from autotune.micro import pipeline_dir
-
-        return pipeline_dir()
-    if model.id.startswith("tiny"):
-        from autotune.tiny import tiny_pipeline_path
-
-        try:
-            return tiny_pipeline_path(model.id)
-        except KeyError:
-            from autotune.tiny import TINY_MODELS
-
-            known = ", ".join(TINY_MODELS)
-            raise ConfigError(f"model.id: no tiny model {model.id!r} (expected one of: {known})") from None
-    looks_local = model.id.startswith((".", "/", "~")) or model.id.count("/") > 1
-    if looks_local and not Path(model.id).expanduser().is_dir():
-        raise ConfigError(f"model.id: no model folder at {model.id!r}")
-    return model.id
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def describe_model(model: ModelConfig) -> tuple[Family, list[str], dict[str, Any]]:
-    """Family, usable scheduler names and ``model_index.json`` of a model, without loading weights."""
-    try:
-        index = families.model_index(_source(model), model.revision)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.id: cannot load {model.id!r}: {_first_line(e)}") from None
+    """Family, usable scheduler names and ``model_index.json`` of a model, without loading weights
+    (a ``model.pipeline`` function is called: its pipeline is what there is to describe)."""
+    from autotune import sources
+
+    index = sources.model_index(model, _resolve_dtype(model.dtype, resolve_device(model.device)))
     pipeline_class = index.get("_class_name", "")
     scheduler_class = (index.get("scheduler") or [None, "PNDMScheduler"])[1]
     try:
         family = families.detect(pipeline_class, scheduler_class, model.id, model.family)
     except ValueError as e:
-        raise ConfigError(f"model.id: {e}") from None
+        raise ConfigError(f"{'model.id' if model.family == 'auto' else 'model.family'}: {e}") from None
     return family, families.compatible_schedulers(family, scheduler_class), index
 
 
 def resolve_config(cfg: StudyConfig) -> ResolvedStudy:
     """The study file resolved against its model (read from ``model_index.json``; no weights load)."""
+    import diffusers
+
     try:
-        family, compatible, _ = describe_model(cfg.model)
+        family, compatible, index = describe_model(cfg.model)
     except ConfigError as e:
         raise ConfigError(f"{cfg.path}: {e}") from None
+    if (cls := getattr(diffusers, index.get("_class_name", ""), None)) is not None:
+        _check_call(cfg, cls)
     return resolve(cfg, family, compatible)
 
 
@@ -148,30 +160,27 @@ def load_pipeline(model: ModelConfig, device: str | None = None, safety_checker:
     Weights load as safetensors only, with no remote code. A model's safety checker is left out
     unless ``safety_checker``: it costs time per image and blanks some, whatever the setting.
     """
-    from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
+
+    from autotune import sources
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     dev = resolve_device(device or model.device)
     dtype = _resolve_dtype(model.dtype, dev)
-    key = (model.id, model.revision, model.family, dev, dtype, safety_checker)
+    key = (model, model.family, dev, dtype, safety_checker)
     if key in _LOADED:
         return _LOADED[key]
     family, _, index = describe_model(model)
     absent: dict[str, Any] = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}  # SD3, no T5
     if "safety_checker" in index and not safety_checker:
         absent.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    try:
-        pipe = DiffusionPipeline.from_pretrained(
-            _source(model), dtype=dtype, use_safetensors=True, revision=model.revision, **absent
-        )
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.id: cannot load {model.id!r}: {_first_line(e)}") from None
-    pipe = pipe.to(dev)
+    pipe = sources.build(model, dtype, absent).to(dev)
     pipe.set_progress_bar_config(disable=True)
     loaded = Pipeline(pipe, model.id, family, dev, dtype, pipe.scheduler.config)
+    adds = {"config": model.config, "pipeline": model.pipeline, "vae": model.vae, "loras": model.loras}
+    loaded.adds = {k: v for k, v in adds.items() if v}
     _denoiser(pipe).register_forward_pre_hook(loaded._count)
     _LOADED[key] = loaded
     return loaded
@@ -182,12 +191,14 @@ def _denoiser(pipe: Any) -> torch.nn.Module:
 
 
 def _embeddings(p: Pipeline, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The prompts' embeddings as call kwargs, computed once per prompt (not timed)."""
-    for prompt in dict.fromkeys(prompts):
-        if prompt not in p.embeds:
+    """The prompts' embeddings (with their negative prompt and clip skip) as call kwargs, computed once
+    per prompt (not timed)."""
+    keys = [(q, p.negative(q), p.call.get("clip_skip")) for q in prompts]
+    for key in dict.fromkeys(keys):
+        if key not in p.embeds:
             with torch.no_grad():
-                p.embeds[prompt] = families.encode_prompt(p.pipe, prompt, p.device)
-    return {k: torch.cat([p.embeds[q][k] for q in prompts]) for k in p.embeds[prompts[0]]}
+                p.embeds[key] = families.encode_prompt(p.pipe, key[0], p.device, key[1], key[2])
+    return {k: torch.cat([p.embeds[key][k] for key in keys]) for k in p.embeds[keys[0]]}
 
 
 def _call(
@@ -207,8 +218,12 @@ def _call(
     if hasattr(p.pipe.scheduler, "noise_sampler_seed"):
         p.pipe.scheduler.noise_sampler_seed = list(seeds)
         p.pipe.scheduler.noise_sampler = None
+    text: dict[str, Any] = {"prompt": list(prompts)}
+    if encode and any(p.negative(q) for q in prompts):
+        text["negative_prompt"] = [p.negative(q) or "" for q in prompts]
     out = p.pipe(
-        **({"prompt": list(prompts)} if encode else _embeddings(p, prompts)),
+        **(text if encode else _embeddings(p, prompts)),
+        **p.call,
         **settings.call_kwargs(p.family),
         generator=generators,
         height=height,

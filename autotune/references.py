@@ -63,7 +63,7 @@ def reference_key(
 def _key(p: Pipeline, prompt: str, seed: int, height: int, width: int, settings: Settings) -> str:
     generator = "cpu" if p.device == "mps" else p.device.split(":")[0]
     dtype = str(p.dtype).removeprefix("torch.")
-    return reference_key(p.model_id, prompt, seed, height, width, settings, dtype, generator)
+    return reference_key(p.identity(prompt), prompt, seed, height, width, settings, dtype, generator)
 
 
 def encode_png(image: torch.Tensor) -> bytes:

@@ -116,7 +116,10 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) 
         data["default"] = baseline
     embedded = {c: o.study.user_attrs["router"] for c, o in outcomes.items() if "router" in o.study.user_attrs}
     if embedded:
-        data["router"] = router_data(embedded, (cfg.metrics.clip_model, cfg.metrics.clip_pretrained))
+        from autotune.metrics.clip_score import clip_source
+
+        clip = clip_source(cfg.metrics.clip_model, cfg.metrics.clip_pretrained, str(cfg.directory))
+        data["router"] = router_data(embedded, clip)  # local weights as absolute paths: serving runs elsewhere
     return data
 
 

@@ -53,11 +53,13 @@ def text_encoder(model: Any, tokenizer: Any, device: str = "cpu") -> TextEncoder
     return encode
 
 
-def load_text_encoder(clip_model: str, clip_pretrained: str | None = None, device: str = "cpu") -> TextEncoder:
+def load_text_encoder(
+    clip_model: str, clip_pretrained: str | None = None, device: str = "cpu", home: str = ""
+) -> TextEncoder:
     """Load the study's CLIP model (``"tiny"``: the random offline one) and return its text encoder."""
     from autotune.metrics.clip_score import load_open_clip
 
-    model, tokenizer = load_open_clip(clip_model, clip_pretrained)
+    model, tokenizer = load_open_clip(clip_model, clip_pretrained, home)
     return text_encoder(model.to(device).eval(), tokenizer, device)
 
 

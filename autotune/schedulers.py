@@ -83,11 +83,19 @@ _TABLE = [
     SchedulerSpec("dpmpp_2s", "DPM++ 2S", "DPMSolverSinglestepScheduler"),
     SchedulerSpec("dpmpp_2s_a", "DPM++ 2S a", "DPMSolverSinglestepScheduler", _SDE, deterministic=False),
     SchedulerSpec(
-        "dpmpp_2s_a_karras", "DPM++ 2S a Karras", "DPMSolverSinglestepScheduler", {**_SDE, **_KARRAS}, deterministic=False
+        "dpmpp_2s_a_karras",
+        "DPM++ 2S a Karras",
+        "DPMSolverSinglestepScheduler",
+        {**_SDE, **_KARRAS},
+        deterministic=False,
     ),
     SchedulerSpec("dpmpp_3m_sde", "DPM++ 3M SDE", "DPMSolverMultistepScheduler", _SDE3, deterministic=False),
     SchedulerSpec(
-        "dpmpp_3m_sde_karras", "DPM++ 3M SDE Karras", "DPMSolverMultistepScheduler", {**_SDE3, **_KARRAS}, deterministic=False
+        "dpmpp_3m_sde_karras",
+        "DPM++ 3M SDE Karras",
+        "DPMSolverMultistepScheduler",
+        {**_SDE3, **_KARRAS},
+        deterministic=False,
     ),
     SchedulerSpec(
         "dpmpp_3m_sde_exponential",
@@ -112,7 +120,12 @@ _TABLE = [
     SchedulerSpec("dpm2_karras", "DPM2 Karras", "KDPM2DiscreteScheduler", _KARRAS, calls_per_step=2),
     SchedulerSpec("dpm2_a", "DPM2 a", "KDPM2AncestralDiscreteScheduler", deterministic=False, calls_per_step=2),
     SchedulerSpec(
-        "dpm2_a_karras", "DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", _KARRAS, deterministic=False, calls_per_step=2
+        "dpm2_a_karras",
+        "DPM2 a Karras",
+        "KDPM2AncestralDiscreteScheduler",
+        _KARRAS,
+        deterministic=False,
+        calls_per_step=2,
     ),
     SchedulerSpec("unipc", "UniPC", "UniPCMultistepScheduler"),
     SchedulerSpec("deis", "DEIS", "DEISMultistepScheduler"),

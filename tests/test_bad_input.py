@@ -36,7 +36,12 @@ CASES: list[tuple[str, str | bytes, list[str], str]] = [
     *((case, text + MINIMAL, [], message.split(" (it can use")[0]) for case, text, message in RESOLVE_BAD),
     ("storage url scheme", GOOD, ["--storage", "nosuchdb://x/y"], "cannot open it as a study database"),
     ("storage url garbage", GOOD, ["--storage", "not a url"], "cannot open it as a study database"),
-    ("model path missing", GOOD.replace('id = "tiny"', 'id = "/nonexistent/model"'), [], "model.id: cannot load"),
+    (
+        "model path missing",
+        GOOD.replace('id = "tiny"', 'id = "/nonexistent/model"'),
+        [],
+        "model.id: no model folder or checkpoint file at '/nonexistent/model'",
+    ),
     ("unknown tiny model", GOOD.replace('id = "tiny"', 'id = "tiny-xl9"'), [], "model.id: no tiny model"),
     ("prompts not utf-8", GOOD.encode().replace(b"old fisherman", b"old fisherman \xff"), [], "expected UTF-8"),
     ("timeout not a duration", GOOD, ["--timeout", "8 hours"], "--timeout: expected a duration"),

@@ -131,6 +131,7 @@ def test_switching_classes_in_every_order_renders_each_ones_images_with_and_with
 
     alone = [fresh(i) for i in range(len(blocks))]
     assert len({tuple(img.flatten()[:64].tolist()) for img in alone}) == len(blocks)  # six different pictures
+
     def init_config(scheduler) -> dict:  # type: ignore[no-untyped-def, type-arg]
         taken = inspect.signature(type(scheduler).__init__).parameters
         return {k: v for k, v in scheduler.config.items() if k in taken}

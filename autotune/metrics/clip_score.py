@@ -11,17 +11,36 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ClipScore", "clip_score", "load_open_clip"]
+from autotune._schema import ConfigError
+
+__all__ = ["ClipScore", "clip_score", "clip_source", "load_open_clip"]
+
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def load_open_clip(name: str, pretrained: str | None = None) -> tuple[Any, Callable[[list[str]], torch.Tensor]]:
+def clip_source(name: str, pretrained: str | None, home: str = "") -> tuple[str, str | None]:
+    """``[metrics] clip_model`` and ``clip_pretrained`` with local paths made absolute (relative ones
+    start at the study file's folder ``home``): ``"local-dir:FOLDER"`` and a weights file."""
+    if name.startswith("local-dir:"):
+        name = f"local-dir:{(Path(home or '.') / Path(name[10:]).expanduser()).resolve()}"
+    if pretrained is not None and (Path(pretrained).suffix in _WEIGHT_FILES or "/" in pretrained):
+        pretrained = str((Path(home or ".") / Path(pretrained).expanduser()).resolve())
+    return name, pretrained
+
+
+def load_open_clip(
+    name: str, pretrained: str | None = None, home: str = ""
+) -> tuple[Any, Callable[[list[str]], torch.Tensor]]:
     """An open_clip model and its tokenizer: ``"micro"`` the shipped one trained on digits, ``"tiny"``
-    the random offline one, otherwise any name open_clip takes (``"local-dir:/path"`` included)."""
+    the random offline one, otherwise any name open_clip takes, with ``pretrained`` a tag open_clip
+    downloads (from the local cache when there) or a weights file; ``"local-dir:FOLDER"`` an open_clip
+    folder. What cannot load is one :class:`ConfigError` line, within seconds when offline."""
     import open_clip
 
     if name == "tiny":
@@ -32,8 +51,45 @@ def load_open_clip(name: str, pretrained: str | None = None) -> tuple[Any, Calla
         from autotune.micro import clip_dir
 
         name = f"local-dir:{clip_dir()}"
-    model = open_clip.create_model(name, pretrained=pretrained)
+    name, pretrained = clip_source(name, pretrained, home)
+    if name.startswith("local-dir:") and not Path(name[10:]).is_dir():
+        raise ConfigError(f"metrics.clip_model: no open_clip folder at {name[10:]!r}")
+    if pretrained is not None and pretrained.startswith("/"):
+        if not Path(pretrained).is_file():
+            raise ConfigError(f"metrics.clip_pretrained: no weights file at {pretrained!r}")
+    elif pretrained is not None:
+        _check_tag(open_clip, name, pretrained)
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained)
+    except (RuntimeError, ValueError, OSError, KeyError) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"metrics.clip_model: cannot load {name!r} with weights {pretrained!r}: {text}") from None
     return model, open_clip.get_tokenizer(name)
+
+
+def _check_tag(open_clip: Any, name: str, tag: str) -> None:
+    """Weights open_clip would download: known, and in the local cache or the hub reachable."""
+    from autotune._net import hub_unreachable, unreachable
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        raise ConfigError(
+            f"metrics.clip_pretrained: open_clip has no weights {tag!r} for {name!r} (open_clip.list_pretrained() "
+            "lists them), and no file of that name exists"
+        )
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = cfg["hf_hub"].rstrip("/")
+        files = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+        why = None if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files) else hub_unreachable()
+    else:
+        why = unreachable(cfg.get("url", ""))
+    if why is not None:
+        raise ConfigError(
+            f"metrics.clip_pretrained: {name} {tag} weights are not in the local cache and {why}: download them on "
+            "a connected machine, or set clip_pretrained to the weights file (relative to the study file)"
+        )
 
 
 def _preprocess(model: Any, images: torch.Tensor) -> torch.Tensor:
@@ -75,9 +131,9 @@ class ClipScore:
         name: str = "tiny",
         pretrained: str | None = None,
         device: str = "cpu",
-        factory: Callable[[str, str | None], tuple[Any, Any]] = load_open_clip,
+        home: str = "",
     ) -> None:
-        model, self.tokenizer = factory(name, pretrained)
+        model, self.tokenizer = load_open_clip(name, pretrained, home)
         self.model = model.to(device).eval()
         self.device = device
         self._text: dict[str, torch.Tensor] = {}

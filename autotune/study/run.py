@@ -7,17 +7,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.config import StudyConfig
+from autotune.config import ConfigError, StudyConfig
 from autotune.evaluate import Evaluator
 from autotune.families import ResolvedStudy
 from autotune.metrics import METRICS
@@ -116,12 +120,12 @@ def run_study(
     from autotune.pipeline import resolve_config, runtime
 
     resolved = cfg if isinstance(cfg, ResolvedStudy) else resolve_config(cfg)
+    rt = runtime(cfg, device)  # a CUDA device that is not there: refused before any file is written
     url = storage or cfg.default_storage
     if url.startswith("sqlite:///"):
         cfg.directory.mkdir(parents=True, exist_ok=True)
-    with quiet_optuna():
+    with quiet_optuna(), _nothing_left_on_refusal(url):
         rdb = open_storage(url, workers=True)
-        rt = runtime(cfg, device)
         version, _ = find_version(cfg, rdb, resolved, new_version=new_version, runtime=rt)
         check_writable(cfg.output_dir)
         target = n_trials or cfg.search.n_trials
@@ -139,6 +143,25 @@ def run_study(
             for c, o in objectives.items():
                 settle(resolved, o.study, c, evaluator, log=lambda line: print(line, file=sys.stderr))
         return recommend(resolved, storage=url)
+
+
+@contextlib.contextmanager
+def _nothing_left_on_refusal(url: str) -> Iterator[None]:
+    """A run refused before its first study exists (weights that cannot load, say) removes the SQLite
+    database it created, so the next try starts as clean as this one did."""
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    new = path is not None and not path.exists()
+    try:
+        yield
+    except ConfigError:
+        if new and path is not None and path.exists():
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                empty = "studies" not in tables or db.execute("SELECT COUNT(*) FROM studies").fetchone()[0] == 0
+            if empty:
+                for extra in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{path}{extra}").unlink(missing_ok=True)
+        raise
 
 
 def _pending(objectives: dict[str, Objective], target: int) -> list[str]:

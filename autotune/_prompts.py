@@ -1,0 +1,88 @@
+"""The study file's prompts: ``[classes.NAME]`` tables (prompts, a negative prompt) and ``[call]``,
+the fixed arguments production passes to every pipeline call.
+
+Example:
+    >>> class_tables({"portrait": {"prompts": ["an old fisherman"], "negative_prompt": "blurry"}})
+    ({'portrait': ('an old fisherman',)}, {'portrait': 'blurry'})
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from autotune._schema import ConfigError, ConfigWarning
+
+__all__ = ["MANY_PROMPTS", "MAX_PROMPT", "RESERVED_CALL", "call_table", "class_tables"]
+
+MANY_PROMPTS = 1000  # more prompts than this in one class: accepted, with a warning
+MAX_PROMPT = 1000  # characters; CLIP reads 77 tokens (some 300 characters)
+
+
+def _prompt(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    if len(value) > MAX_PROMPT:
+        raise ConfigError(
+            f"{where}: expected at most {MAX_PROMPT:,} characters (the text encoder reads the first 77 tokens, "
+            f"some 300 characters, and cuts the rest), got {len(value):,}"
+        )
+    return value
+
+
+# what autotune sets or searches in every call: not for [call]
+RESERVED_CALL = (
+    "prompt", "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds",
+    "num_inference_steps", "guidance_scale", "true_cfg_scale", "timesteps", "sigmas", "generator", "latents",
+    "height", "width", "output_type", "num_images_per_prompt", "return_dict", "callback_on_step_end",
+)  # fmt: skip
+
+
+def call_table(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"call: expected a table of pipeline call arguments, got {raw!r}")
+    for key, value in raw.items():
+        if key in RESERVED_CALL:
+            raise ConfigError(f"call.{key}: autotune sets or searches it in every call; expected another argument")
+        if key == "negative_prompt":
+            _prompt(value, "call.negative_prompt")
+        if key == "clip_skip" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"call.clip_skip: expected an integer >= 1 (layers skipped from the end), got {value!r}")
+    return dict(raw)
+
+
+def class_tables(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("classes: expected at least one [classes.NAME] table with prompts = [...]")
+    out, negatives = {}, {}
+    for name, table in raw.items():
+        where = f"classes.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table with prompts = [...], got {table!r}")
+        for key in table:
+            if key not in ("prompts", "negative_prompt"):
+                raise ConfigError(f"{where}.{key}: unknown key (expected: prompts, negative_prompt)")
+        prompts = table.get("prompts")
+        if not isinstance(prompts, list) or not prompts:
+            raise ConfigError(f"{where}.prompts: expected a non-empty list of strings, got {prompts!r}")
+        for i, p in enumerate(prompts):
+            _prompt(p, f"{where}.prompts[{i}]")
+        if "negative_prompt" in table:
+            negatives[name] = _prompt(table["negative_prompt"], f"{where}.negative_prompt")
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{where}: expected a class name of letters, digits, '_' or '-', got {name!r}")
+        if name == "default":
+            raise ConfigError(
+                f"{where}: 'default' is reserved (serving gives it the baseline, for prompts that fit no class); "
+                "expected another class name"
+            )
+        if len(prompts) > MANY_PROMPTS:
+            warnings.warn(
+                f"{where}.prompts: {len(prompts)} prompts; every trial renders each of them with every seed, "
+                f"so a trial will take long (a few representative ones, say {MANY_PROMPTS // 100}, are usually enough; "
+                "`autotune classes suggest` picks them)",
+                ConfigWarning,
+                stacklevel=2,
+            )
+        out[name] = tuple(prompts)
+    return out, negatives

@@ -1,0 +1,210 @@
+"""Where a study's model comes from, and what production adds to it.
+
+``[model] id`` is ``"micro"`` (shipped), ``"tiny"`` (built in code), a diffusers folder, a
+single-file checkpoint (``.safetensors``/``.ckpt``, what A1111 and ComfyUI load; its components'
+configs come from ``model.config``, a diffusers folder or hub id of the same architecture), or a
+hub id (loaded from the local cache when it is there; one line within seconds when it is not and
+the hub cannot be reached). Paths are relative to the study file. ``model.pipeline =
+"package.module:function"`` builds the team's own pipeline instead; ``vae`` and ``loras`` are
+applied to whichever pipeline loads.
+
+Example:
+    >>> pipe = build(ModelConfig(id="./models/dreamshaper_8.safetensors", config="./models/sd15"), torch.float32, {})
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from autotune._net import hub_unreachable
+from autotune.config import ConfigError, ModelConfig
+
+__all__ = ["build", "hub_error", "local_path", "model_index", "source"]
+
+WEIGHT_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def local_path(value: str, home: str) -> Path | None:
+    """``value`` as a path (relative to the study file's folder ``home``), or None for a hub id
+    (``org/name``, exactly one slash, nothing of that name beside the study file)."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path(home or ".") / path
+    looks_local = value.startswith((".", "/", "~")) or value.count("/") != 1 or value.endswith(WEIGHT_FILES)
+    return path.resolve() if looks_local or path.exists() else None
+
+
+def hub_error(key: str, repo: str) -> ConfigError | None:
+    """The one-line error for a hub id that is not in the local cache when the hub is unreachable."""
+    from huggingface_hub import try_to_load_from_cache
+
+    why = None if isinstance(try_to_load_from_cache(repo, "model_index.json"), str) else hub_unreachable()
+    if why is None:
+        return None
+    return ConfigError(
+        f"{key}: {repo!r} is not in the local Hugging Face cache and {why}: download it on a "
+        f"connected machine (`hf download {repo}`) or point {key} at a local folder or .safetensors file"
+    )
+
+
+def source(model: ModelConfig) -> str | Path:
+    """Where the weights are: the shipped micro model's folder, a built tiny model's, a local
+    folder or file, or a hub id (checked: cached, or the hub reachable)."""
+    if model.id == "micro":
+        from autotune.micro import pipeline_dir
+
+        return pipeline_dir()
+    if model.id.startswith("tiny"):
+        from autotune.tiny import TINY_MODELS, tiny_pipeline_path
+
+        try:
+            return tiny_pipeline_path(model.id)
+        except KeyError:
+            raise ConfigError(
+                f"model.id: no tiny model {model.id!r} (expected one of: {', '.join(TINY_MODELS)})"
+            ) from None
+    return _weights("model.id", model.id, model.home)
+
+
+def _weights(key: str, value: str, home: str) -> str | Path:
+    path = local_path(value, home)
+    if path is None:
+        if (error := hub_error(key, value)) is not None:
+            raise error
+        return value
+    if path.suffix in WEIGHT_FILES and path.is_file():
+        return path
+    if not path.is_dir():
+        relative = "" if value == str(path) else f" ({value!r}, relative to the study file)"
+        raise ConfigError(f"{key}: no model folder or checkpoint file at {str(path)!r}{relative}")
+    return path
+
+
+def single_file(model: ModelConfig) -> Path | None:
+    """The checkpoint file when ``model.id`` names one."""
+    src = source(model) if not model.pipeline else None
+    return src if isinstance(src, Path) and src.is_file() else None
+
+
+def _config_source(model: ModelConfig) -> str | Path:
+    if model.config is None:
+        raise ConfigError(
+            "model.config: a single-file checkpoint needs the configs of its components: set model.config to a "
+            "diffusers folder (or hub id) of the same architecture, e.g. a copy of stable-diffusion-v1-5 without "
+            "its weights"
+        )
+    return _weights("model.config", model.config, model.home)
+
+
+def hook(model: ModelConfig) -> Any:
+    """The function ``model.pipeline`` names, imported with the study file's folder on ``sys.path``."""
+    assert model.pipeline is not None
+    module_name, _, function = model.pipeline.partition(":")
+    if not module_name or not function:
+        raise ConfigError(f"model.pipeline: expected 'package.module:function', got {model.pipeline!r}")
+    if model.home and model.home not in sys.path:
+        sys.path.insert(0, model.home)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # whatever the team's module raises on import: one line
+        raise ConfigError(f"model.pipeline: cannot import {module_name!r}: {first_line(e)}") from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise ConfigError(f"model.pipeline: {module_name!r} has no function {function!r}")
+    return fn
+
+
+_HOOKED: dict[tuple[Any, ...], Any] = {}
+
+
+def _hooked(model: ModelConfig, dtype: Any) -> Any:
+    """The pipeline the team's function returns, called once per process as ``fn(model_id=, dtype=)``."""
+    key = (model.pipeline, model.id, model.home, dtype)
+    if key in _HOOKED:
+        return _HOOKED[key]
+    try:
+        pipe = hook(model)(model_id=str(source(model)), dtype=dtype)
+    except ConfigError:
+        raise
+    except Exception as e:  # the team's function failing: one line
+        raise ConfigError(f"model.pipeline: {model.pipeline} failed: {first_line(e)}") from None
+    if not hasattr(pipe, "scheduler") or not callable(pipe):
+        raise ConfigError(
+            f"model.pipeline: {model.pipeline} returned {type(pipe).__name__}, expected a diffusers pipeline"
+        )
+    _HOOKED[key] = pipe
+    return pipe
+
+
+def model_index(model: ModelConfig, dtype: Any) -> dict[str, Any]:
+    """Pipeline and component classes (``model_index.json``), without loading weights where possible."""
+    from diffusers import DiffusionPipeline
+
+    if model.pipeline:
+        pipe = _hooked(model, dtype)
+        return {"_class_name": type(pipe).__name__, "scheduler": ["diffusers", type(pipe.scheduler).__name__]}
+    where = _config_source(model) if single_file(model) else source(model)
+    try:
+        return dict(DiffusionPipeline.load_config(where, revision=model.revision))
+    except (OSError, ValueError) as e:
+        key = "model.config" if single_file(model) else "model.id"
+        raise ConfigError(f"{key}: cannot read the model's configs at {str(where)!r}: {first_line(e)}") from None
+
+
+def build(model: ModelConfig, dtype: Any, components: dict[str, Any]) -> Any:
+    """The pipeline, with ``components`` overriding the model's own (``None`` leaves one out), the
+    study's VAE and its LoRAs at their scales."""
+    import diffusers
+
+    if model.vae:
+        components = {**components, "vae": _vae(model, dtype)}
+    try:
+        if model.pipeline:
+            pipe = _hooked(model, dtype)
+            for name, value in components.items():
+                if name == "vae":
+                    pipe.vae = value
+        elif (path := single_file(model)) is not None:
+            cls = getattr(diffusers, model_index(model, dtype)["_class_name"])
+            pipe = cls.from_single_file(str(path), config=str(_config_source(model)), torch_dtype=dtype, **components)
+        else:
+            pipe = diffusers.DiffusionPipeline.from_pretrained(
+                source(model), dtype=dtype, use_safetensors=True, revision=model.revision, **components
+            )
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ConfigError(f"model.id: cannot load {model.id!r}: {first_line(e)}") from None
+    for i, lora in enumerate(model.loras):
+        _lora(pipe, model, i, lora)
+    if model.loras:
+        pipe.set_adapters([f"lora{i}" for i in range(len(model.loras))], adapter_weights=list(model.loras.values()))
+    return pipe
+
+
+def _vae(model: ModelConfig, dtype: Any) -> Any:
+    from diffusers import AutoencoderKL
+
+    assert model.vae is not None
+    where = _weights("model.vae", model.vae, model.home)
+    try:
+        if isinstance(where, Path) and where.is_file():
+            return AutoencoderKL.from_single_file(str(where), torch_dtype=dtype)
+        sub = "vae" if isinstance(where, Path) and (where / "vae").is_dir() else None
+        return AutoencoderKL.from_pretrained(where, subfolder=sub, torch_dtype=dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ConfigError(f"model.vae: cannot load {model.vae!r}: {first_line(e)}") from None
+
+
+def _lora(pipe: Any, model: ModelConfig, i: int, value: str) -> None:
+    where = _weights(f"model.loras.{value}", value, model.home)
+    try:
+        pipe.load_lora_weights(str(where), adapter_name=f"lora{i}")
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise ConfigError(f"model.loras.{value}: cannot load it as a LoRA of this pipeline: {first_line(e)}") from None
