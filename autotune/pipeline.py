@@ -94,6 +94,15 @@ def configure_calls(p: Pipeline, cfg: StudyConfig) -> None:
     """What production passes besides the searched arguments: ``[call]`` (checked against the pipeline's
     ``__call__``) and, for each class's prompts, the class's negative prompt."""
     _check_call(cfg, type(p.pipe))
+    if "clip_skip" in cfg.call:  # diffusers 0.42 reads text_encoder.text_model, which transformers 5 flattened
+        try:
+            with torch.no_grad():
+                families.encode_prompt(p.pipe, "a test", p.device, None, cfg.call["clip_skip"])
+        except (AttributeError, IndexError) as e:
+            raise ConfigError(
+                f"{cfg.path}: call.clip_skip: {type(p.pipe).__name__} cannot apply it on this stack (its encode_prompt "
+                f"fails: {e}); leave it out, or study on the diffusers/transformers pair production runs"
+            ) from None
     p.call = {k: v for k, v in cfg.call.items() if k != "negative_prompt"}
     p.default_negative = cfg.call.get("negative_prompt")
     p.negatives = {q: cfg.call_for(c).get("negative_prompt") for c, prompts in cfg.classes.items() for q in prompts}
@@ -166,6 +175,7 @@ def load_pipeline(model: ModelConfig, device: str | None = None, safety_checker:
     from autotune import sources
 
     diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()  # not the 77-token truncation notice at every call of a long prompt
     transformers_logging.disable_progress_bar()
     dev = resolve_device(device or model.device)
     dtype = _resolve_dtype(model.dtype, dev)

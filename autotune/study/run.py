@@ -141,7 +141,7 @@ def run_study(
         _loop(cfg, objectives, target, timeout, evaluator.pipeline.device, url, workers, progress)
         if decide:
             for c, o in objectives.items():
-                settle(resolved, o.study, c, evaluator, log=lambda line: print(line, file=sys.stderr))
+                settle(resolved, o.study, c, evaluator, log=_say if progress else lambda _: None)
         return recommend(resolved, storage=url)
 
 
@@ -162,6 +162,10 @@ def _nothing_left_on_refusal(url: str) -> Iterator[None]:
                 for extra in ("", "-wal", "-shm", "-journal"):
                     Path(f"{path}{extra}").unlink(missing_ok=True)
         raise
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _pending(objectives: dict[str, Objective], target: int) -> list[str]:
