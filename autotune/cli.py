@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 import sys
 import warnings
 from collections.abc import Sequence
@@ -103,6 +104,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     url = args.storage or cfg.default_storage
     recommend(cfg, storage=url)  # refuses a storage with no study yet, naming the command to run
+    with socket.socket() as probe:  # a port in use: one line, before the server's own traceback
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as e:
+            raise ConfigError(
+                f"--port {args.port}: cannot serve on {args.host}:{args.port} ({e.strerror}); pass another --port"
+            ) from None
     print(f"optuna-dashboard for {cfg.name} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     store = artifact_store(cfg) if cfg.artifact_dir.is_dir() else None
     run_server(url, host=args.host, port=args.port, artifact_store=store)

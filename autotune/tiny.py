@@ -242,6 +242,9 @@ def tiny_pipeline_path(name: str = "tiny") -> Path:
     builder = TINY_MODELS[name]
     folder = cache_dir() / f"{name}-{_VERSION}"
     if not (folder / "model_index.json").exists():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # no "Writing model shards" bar in a user's log
         folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder.parent) as tmp, _own_rng():
             builder().save_pretrained(tmp, safe_serialization=True)

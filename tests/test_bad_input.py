@@ -47,6 +47,14 @@ CASES: list[tuple[str, str | bytes, list[str], str]] = [
     ("timeout not a duration", GOOD, ["--timeout", "8 hours"], "--timeout: expected a duration"),
     ("n-trials zero", GOOD, ["--n-trials", "0"], "--n-trials: expected an integer >= 1"),
     ("changed model", GOOD.replace("height = 32", "height = 48"), [], "pass --new-version"),
+    ("call argument unknown", GOOD + "[call]\nstrength = 0.5\n", [], "call.strength: not an argument of"),
+    ("call argument searched", GOOD + "[call]\nguidance_scale = 2.0\n", [], "call.guidance_scale: autotune sets"),
+    ("clip skip zero", GOOD + "[call]\nclip_skip = 0\n", [], "call.clip_skip: expected an integer >= 1"),
+    ("prompt of 2,000 characters", GOOD.replace("old fisherman", "x" * 2000), [], "expected at most 1,000 characters"),
+    ("class negative empty", GOOD + 'negative_prompt = ""\n', [], "portrait.negative_prompt: expected a non-empty"),
+    ("family that does not fit", GOOD.replace('id = "tiny"', 'id = "tiny"\nfamily = "sd3"'), [], "a sd model"),
+    ("lora scale", GOOD.replace('id = "tiny"', 'id = "tiny"\nloras = { "x" = "high" }'), [], "model.loras.x: expected"),
+    ("pipeline module", GOOD.replace('id = "tiny"', 'id = "tiny"\npipeline = "no_such_mod:f"'), [], "cannot import"),
 ]
 
 

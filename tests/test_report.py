@@ -142,6 +142,19 @@ def test_dashboard_before_any_study_exits_2(study_file: Callable[..., Path]) -> 
     assert result.returncode == 2 and "autotune study" in result.stderr and result.stderr.count("\n") == 1
 
 
+def test_dashboard_on_a_port_in_use_exits_2_with_one_line(finished_study, capsys) -> None:  # type: ignore[no-untyped-def]
+    from autotune.cli import main
+
+    cfg, _ = finished_study
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", str(cfg.path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--port {port}: cannot serve on 127.0.0.1:{port}" in err, err
+
+
 def test_study_writes_artifacts_only_when_asked(study_file: Callable[..., Path]) -> None:
     cfg = load_config(study_file(name="noimages", n_trials=2, extra="[report]\nimages = false\n"))
     study = run_study(cfg, progress=False)["portrait"].study

@@ -249,3 +249,13 @@ def test_metric_weights_load_from_local_files(assets: Path, tmp_path: Path) -> N
     from_file = Lpips("alex", "weights/alexnet.pth", home=str(tmp_path))
     assert torch.equal(from_file.model.net.slice1[0].weight, trunk.features[0].weight)
     assert not torch.equal(from_file(images[:1], images[1:]), Lpips("alex", "random")(images[:1], images[1:]))
+
+
+def test_clip_skip_the_stack_cannot_apply_is_one_line_and_leaves_nothing(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from autotune.cli import main
+
+    path = study(tmp_path, extra="[call]\nclip_skip = 2")
+    assert main(["study", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "call.clip_skip: StableDiffusionPipeline cannot apply it on this stack" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
