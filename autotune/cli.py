@@ -83,6 +83,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from autotune.export import export
+    from autotune.serving import load_recommendations
+
+    print(export(load_recommendations(args.study), args.format), end="")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from autotune.report import publish
     from autotune.report_html import render_grid, write_report
@@ -302,6 +310,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("export", help="the recommendations for diffusers, AUTOMATIC1111 or ComfyUI")
+    p.add_argument("study", type=Path, help="study file, or its recommendations.json")
+    p.add_argument("--format", choices=("diffusers", "a1111", "comfyui"), required=True)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

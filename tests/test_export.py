@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import autotune
+from autotune.cli import main
+from autotune.export import a1111, comfyui
+
+
+def _rec(scheduler: str, options: dict | None = None, steps: int = 12, guidance: float = 6.5):  # type: ignore[no-untyped-def, type-arg]
+    return autotune.ClassRecommendation(
+        name="x", setting="", scheduler=scheduler, options=options or {}, steps=steps, guidance=guidance,
+        scheduler_class="", scheduler_config={}, call_kwargs={}, family="sd",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "options", "webui", "comfy"),
+    [
+        ("dpmpp_2m_karras", {}, ("DPM++ 2M", "Karras"), ("dpmpp_2m", "karras")),
+        ("euler", {"sigmas": "exponential", "timestep_spacing": "linspace"}, ("Euler", "Exponential"), ("euler", "exponential")),
+        ("euler_a", {"timestep_spacing": "trailing"}, ("Euler a", "SGM Uniform"), ("euler_ancestral", "sgm_uniform")),
+        ("dpmpp_3m_sde_karras", {}, ("DPM++ 3M SDE", "Karras"), ("dpmpp_3m_sde", "karras")),
+        ("ddim", {}, ("DDIM", "Automatic"), ("ddim", "ddim_uniform")),
+        ("unipc", {"sigmas": "beta"}, ("UniPC", "Beta"), ("uni_pc", "beta")),
+    ],
+)  # fmt: skip
+def test_equivalent_settings_in_a1111_and_comfyui(scheduler, options, webui, comfy) -> None:  # type: ignore[no-untyped-def]
+    rec = _rec(scheduler, options)
+    out = a1111(rec)
+    assert (out["sampler"], out["schedule_type"], out["steps"], out["cfg_scale"]) == (*webui, 12, 6.5)
+    assert out["infotext"] == f"Steps: 12, Sampler: {webui[0]}, Schedule type: {webui[1]}, CFG scale: 6.5"
+    node = comfyui(rec)
+    assert node == {"sampler_name": comfy[0], "scheduler": comfy[1], "steps": 12, "cfg": 6.5}
+
+
+def test_what_a_tool_cannot_set_is_named_not_approximated() -> None:
+    assert a1111(_rec("deis"))["no_equivalent"] == ["the sampler deis"]
+    assert "infotext" not in a1111(_rec("deis"))
+    assert comfyui(_rec("dpmpp_2m", {"solver_order": 3}))["no_equivalent"] == ["solver_order=3"]
+    assert comfyui(_rec("pndm"))["no_equivalent"] == ["the sampler pndm"]
+    assert a1111(_rec("euler", {"timestep_spacing": "leading"}))["no_equivalent"] == ["timestep_spacing=leading"]
+
+
+def test_export_of_a_finished_study_in_each_format(finished_study, capsys) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = finished_study
+    recs = autotune.load_recommendations(cfg.path)
+    for fmt in ("a1111", "comfyui"):
+        assert main(["export", str(cfg.path), "--format", fmt]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert set(data) == {"portrait", "landscape", "default"}
+        assert data["default"]["setting"] == recs["default"].setting
+    assert data["default"] == {  # the baseline: DPM++ 2M Karras, 8 steps, CFG 7.5
+        "setting": "DPM++ 2M Karras, 8 steps, CFG 7.5", "sampler_name": "dpmpp_2m", "scheduler": "karras",
+        "steps": 8, "cfg": 7.5,
+    }  # fmt: skip
+    assert main(["export", str(cfg.path), "--format", "diffusers"]) == 0
+    code = capsys.readouterr().out
+    namespace: dict = {}  # type: ignore[type-arg]
+    exec(compile(code, "export.py", "exec"), namespace)  # the exported module, as serving code imports it
+    from tests.test_serving import fresh_pipe
+
+    exported, applied = fresh_pipe(), fresh_pipe()
+    for name in ["portrait", "default", "landscape", "portrait"]:  # in sequence, as a server switches classes
+        kwargs = namespace["apply"](exported, name)
+        assert kwargs == autotune.apply(applied, recs[name])
+        assert type(exported.scheduler) is type(applied.scheduler)
+        for key, value in recs[name].scheduler_config.items():
+            assert exported.scheduler.config[key] == applied.scheduler.config[key] == value
