@@ -20,7 +20,8 @@ def _rec(scheduler: str, options: dict | None = None, steps: int = 12, guidance:
     ("scheduler", "options", "webui", "comfy"),
     [
         ("dpmpp_2m_karras", {}, ("DPM++ 2M", "Karras"), ("dpmpp_2m", "karras")),
-        ("euler", {"sigmas": "exponential", "timestep_spacing": "linspace"}, ("Euler", "Exponential"), ("euler", "exponential")),
+        ("euler", {"sigmas": "exponential", "timestep_spacing": "linspace"}, ("Euler", "Exponential"),
+         ("euler", "exponential")),
         ("euler_a", {"timestep_spacing": "trailing"}, ("Euler a", "SGM Uniform"), ("euler_ancestral", "sgm_uniform")),
         ("dpmpp_3m_sde_karras", {}, ("DPM++ 3M SDE", "Karras"), ("dpmpp_3m_sde", "karras")),
         ("ddim", {}, ("DDIM", "Automatic"), ("ddim", "ddim_uniform")),
