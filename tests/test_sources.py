@@ -110,6 +110,82 @@ def autotune_render(path: Path) -> torch.Tensor:
     return generate(p, Settings("euler", 4, 7.5), [PROMPT], [0], 32, 32).images[0]
 
 
+def to_single_file(folder: Path, out: Path) -> None:
+    """Write a diffusers SD folder as one original-layout (LDM) checkpoint, as A1111 and ComfyUI keep
+    models: the inverse of diffusers' own ``convert_ldm_*`` (general in the number of blocks)."""
+    import json
+
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+    from safetensors.torch import load_file, save_file
+
+    def weights(sub: str) -> dict[str, torch.Tensor]:
+        return load_file(next((folder / sub).glob("*.safetensors")))
+
+    ckpt: dict[str, torch.Tensor] = {}
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    per = config["layers_per_block"] + 1
+    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+              "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}  # fmt: skip
+    static = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    up_attention = {int(k.split(".")[1]) for k in weights("unet") if k.startswith("up_blocks") and ".attentions." in k}
+    for key, value in weights("unet").items():
+        parts = key.split(".")
+        if key in static:
+            ldm = static[key]
+        elif parts[0] in ("down_blocks", "up_blocks"):
+            b, kind = int(parts[1]), parts[2]
+            down = parts[0] == "down_blocks"
+            if kind in ("downsamplers", "upsamplers"):
+                slot = f"{(b + 1) * per}.0.op" if down else f"{b * per + per - 1}.{2 if b in up_attention else 1}.conv"
+                ldm = f"{'input' if down else 'output'}_blocks.{slot}.{parts[-1]}"
+            else:
+                index = (1 + b * per if down else b * per) + int(parts[3])
+                rest = parts[4:] if kind == "attentions" else [resnet.get(parts[4], parts[4]), *parts[5:]]
+                ldm = f"{'input' if down else 'output'}_blocks.{index}.{1 if kind == 'attentions' else 0}." + ".".join(
+                    rest
+                )
+        else:  # mid_block.resnets.0 / attentions.0 / resnets.1 -> middle_block.0 / 1 / 2
+            slot = 1 if parts[1] == "attentions" else 2 * int(parts[2])
+            rest = parts[3:] if parts[1] == "attentions" else [resnet.get(parts[3], parts[3]), *parts[4:]]
+            ldm = f"middle_block.{slot}." + ".".join(rest)
+        ckpt["model.diffusion_model." + ldm] = value
+    vae_static = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    attention = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out"}
+    n_up = len(json.loads((folder / "vae" / "config.json").read_text())["up_block_types"])
+    for key, value in weights("vae").items():
+        parts = key.split(".")
+        if key in vae_static:
+            ldm = vae_static[key]
+        elif parts[1] == "mid_block" and parts[2] == "attentions":
+            ldm = f"{parts[0]}.mid.attn_1.{attention[parts[4]]}.{parts[-1]}"
+        elif parts[1] == "mid_block":
+            ldm = f"{parts[0]}.mid.block_{int(parts[3]) + 1}." + ".".join(parts[4:]).replace(
+                "conv_shortcut", "nin_shortcut"
+            )
+        else:
+            b = int(parts[2]) if parts[0] == "encoder" else n_up - 1 - int(parts[2])
+            where = f"{parts[0]}.{'down' if parts[0] == 'encoder' else 'up'}.{b}"
+            if parts[3] in ("downsamplers", "upsamplers"):
+                ldm = f"{where}.{'downsample' if parts[0] == 'encoder' else 'upsample'}.conv.{parts[-1]}"
+            else:
+                ldm = f"{where}.block.{parts[4]}." + ".".join(parts[5:]).replace("conv_shortcut", "nin_shortcut")
+        ckpt["first_stage_model." + ldm] = value
+    for key, value in weights("text_encoder").items():
+        ckpt["cond_stage_model.transformer.text_model." + key] = value
+    save_file({k: v.contiguous() for k, v in ckpt.items()}, out)
+
+
+def test_a_single_file_checkpoint_is_studied_like_its_folder(assets: Path) -> None:
+    folder = assets / "single"
+    folder.mkdir(exist_ok=True)
+    to_single_file(assets / "models" / "mine", folder / "mine.safetensors")
+    path = study(folder, id="mine.safetensors", model='config = "../models/mine"')
+    assert resolve_config(load_config(path)).family.name == "sd"
+    assert torch.equal(autotune_render(path), plain_render(assets / "models" / "mine"))
+    with pytest.raises(ConfigError, match=r"model.config: a single-file checkpoint needs the configs of its"):
+        resolve_config(load_config(study(folder, id="mine.safetensors")))
+
+
 def test_a_relative_model_path_is_read_from_the_study_files_folder(
     assets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
