@@ -281,6 +281,9 @@ def test_classes_suggest_finds_the_two_groups_of_a_prompt_log(tmp_path: Path, ca
     classes = tomllib.loads(out)["classes"]
     assert sorted(sorted(c["prompts"]) for c in classes.values()) == sorted([sorted(CATS), sorted(NUMBERS)])
     assert set(classes) == {"cat", "class"}  # named after the most frequent word, if any
+    assert err.count("\n") == 1 and "'tiny', random weights: its clusters group prompts by their characters" in err
+    code, _, err = autotune_cli(capsys, "classes", "suggest", str(log), "--k", "2", "--clip-model", "micro")
+    assert code == 0 and err == ""  # a trained CLIP: no warning
     code, _, err = autotune_cli(capsys, "classes", "suggest", str(log), "--k", "9")
     assert code == 2 and "expected 1..8" in err
 
