@@ -88,6 +88,11 @@ def _weights(key: str, value: str, home: str) -> str | Path:
     return path
 
 
+def _offline(where: str | Path) -> bool:
+    """A hub id with the hub out of reach loads from the local cache alone (instead of half a minute of retries)."""
+    return isinstance(where, str) and hub_unreachable() is not None
+
+
 def single_file(model: ModelConfig) -> Path | None:
     """The checkpoint file when ``model.id`` names one."""
     src = source(model) if not model.pipeline else None
@@ -153,7 +158,7 @@ def model_index(model: ModelConfig, dtype: Any) -> dict[str, Any]:
         return {"_class_name": type(pipe).__name__, "scheduler": ["diffusers", type(pipe.scheduler).__name__]}
     where = _config_source(model) if single_file(model) else source(model)
     try:
-        return dict(DiffusionPipeline.load_config(where, revision=model.revision))
+        return dict(DiffusionPipeline.load_config(where, revision=model.revision, local_files_only=_offline(where)))
     except (OSError, ValueError) as e:
         key = "model.config" if single_file(model) else "model.id"
         raise ConfigError(f"{key}: cannot read the model's configs at {str(where)!r}: {first_line(e)}") from None
@@ -174,10 +179,19 @@ def build(model: ModelConfig, dtype: Any, components: dict[str, Any]) -> Any:
                     pipe.vae = value
         elif (path := single_file(model)) is not None:
             cls = getattr(diffusers, model_index(model, dtype)["_class_name"])
-            pipe = cls.from_single_file(str(path), config=str(_config_source(model)), torch_dtype=dtype, **components)
+            config = _config_source(model)
+            pipe = cls.from_single_file(
+                str(path), config=str(config), torch_dtype=dtype, local_files_only=_offline(config), **components
+            )
         else:
+            where = source(model)
             pipe = diffusers.DiffusionPipeline.from_pretrained(
-                source(model), dtype=dtype, use_safetensors=True, revision=model.revision, **components
+                where,
+                dtype=dtype,
+                use_safetensors=True,
+                revision=model.revision,
+                local_files_only=_offline(where),
+                **components,
             )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ConfigError(f"model.id: cannot load {model.id!r}: {first_line(e)}") from None
@@ -197,7 +211,7 @@ def _vae(model: ModelConfig, dtype: Any) -> Any:
         if isinstance(where, Path) and where.is_file():
             return AutoencoderKL.from_single_file(str(where), torch_dtype=dtype)
         sub = "vae" if isinstance(where, Path) and (where / "vae").is_dir() else None
-        return AutoencoderKL.from_pretrained(where, subfolder=sub, torch_dtype=dtype)
+        return AutoencoderKL.from_pretrained(where, subfolder=sub, torch_dtype=dtype, local_files_only=_offline(where))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ConfigError(f"model.vae: cannot load {model.vae!r}: {first_line(e)}") from None
 
@@ -205,6 +219,6 @@ def _vae(model: ModelConfig, dtype: Any) -> Any:
 def _lora(pipe: Any, model: ModelConfig, i: int, value: str) -> None:
     where = _weights(f"model.loras.{value}", value, model.home)
     try:
-        pipe.load_lora_weights(str(where), adapter_name=f"lora{i}")
+        pipe.load_lora_weights(str(where), adapter_name=f"lora{i}", local_files_only=_offline(where))
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ConfigError(f"model.loras.{value}: cannot load it as a LoRA of this pipeline: {first_line(e)}") from None

@@ -88,6 +88,8 @@ def validate(
         if c == DEFAULT_CLASS or c not in recs.classes:
             continue
         rec = recs[c]
+        negative = cfg.call_for(c).get("negative_prompt")  # served with its class's negative prompt
+        evaluator.pipeline.negatives.update({q: negative for q in ps if q not in evaluator.pipeline.negatives})
         chosen = Settings.make(rec.scheduler, rec.steps, rec.guidance, rec.options)
         baseline = Settings.of(resolved.baseline)
         ours, theirs = evaluator.evaluate(chosen, ps, seeds), evaluator.evaluate(baseline, ps, seeds)

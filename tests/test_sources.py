@@ -335,3 +335,27 @@ def test_clip_skip_the_stack_cannot_apply_is_one_line_and_leaves_nothing(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "call.clip_skip: StableDiffusionPipeline cannot apply it on this stack" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
+
+
+def test_a_cached_hub_id_loads_from_the_cache_when_the_hub_is_unreachable(tmp_path: Path) -> None:
+    repo = tmp_path / "hub" / "models--someorg--tiny"
+    shutil.copytree(tiny_pipeline_path(), repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    code = (
+        "import time; t = time.perf_counter()\n"
+        "from autotune.config import ModelConfig\n"
+        "from autotune.pipeline import load_pipeline\n"
+        "p = load_pipeline(ModelConfig(id='someorg/tiny', device='cpu'))\n"
+        "print(type(p.pipe).__name__, round(time.perf_counter() - t))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **UNREACHABLE, "HF_HUB_CACHE": str(tmp_path / "hub")},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    name, seconds = out.stdout.split()
+    assert name == "StableDiffusionPipeline" and int(seconds) < 20  # no retries against the hub
