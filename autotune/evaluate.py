@@ -59,13 +59,15 @@ class Evaluator:
         from autotune.references import ReferenceStore
 
         self.cfg = cfg
-        self.pipeline = load_pipeline(cfg.model, device, cfg.serving.safety_checker)
-        configure_calls(self.pipeline, cfg)
-        dev = self.pipeline.device
-        m = cfg.metrics
-        home = str(cfg.directory)
-        self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev, home)  # scores, and embeds prompts for the router
-        self.lpips = Lpips(m.lpips_net, m.lpips_backbone, dev, home) if "lpips" in m.objectives else None
+        m, home = cfg.metrics, str(cfg.directory)
+        try:
+            self.pipeline = load_pipeline(cfg.model, device, cfg.serving.safety_checker)
+            configure_calls(self.pipeline, cfg)
+            dev = self.pipeline.device
+            self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev, home)  # scores; embeds prompts for the router
+            self.lpips = Lpips(m.lpips_net, m.lpips_backbone, dev, home) if "lpips" in m.objectives else None
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith(str(cfg.path)) else f"{cfg.path}: {e}") from None
         self.store = ReferenceStore(storage_url)
 
     @property
