@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from pathlib import Path
@@ -100,13 +101,30 @@ def single_file(model: ModelConfig) -> Path | None:
 
 
 def _config_source(model: ModelConfig) -> str | Path:
-    if model.config is None:
+    """Where a single file's component configs come from: ``model.config``, else the hub repo of the
+    architecture diffusers recognises in the checkpoint (from the cache when the hub is out of reach)."""
+    if model.config is not None:
+        return _weights("model.config", model.config, model.home)
+    path = single_file(model)
+    assert path is not None
+    repo = _architecture(path)
+    if hub_error("model.config", repo) is not None:
         raise ConfigError(
-            "model.config: a single-file checkpoint needs the configs of its components: set model.config to a "
-            "diffusers folder (or hub id) of the same architecture, e.g. a copy of stable-diffusion-v1-5 without "
-            "its weights"
+            f"model.config: the checkpoint is a {repo} model, whose component configs are not in the local cache "
+            f"and {hub_unreachable()}: set model.config to a diffusers folder of the same architecture (the "
+            "JSON files are enough, no weights)"
         )
-    return _weights("model.config", model.config, model.home)
+    return repo
+
+
+@functools.cache
+def _architecture(path: Path) -> str:
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+
+    try:
+        return str(fetch_diffusers_config(load_single_file_checkpoint(str(path)))["pretrained_model_name_or_path"])
+    except Exception as e:  # a file that is no checkpoint: whatever the reader raises, one line
+        raise ConfigError(f"model.id: cannot read {str(path)!r} as a checkpoint: {first_line(e)}") from None
 
 
 def hook(model: ModelConfig) -> Any:

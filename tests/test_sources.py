@@ -182,8 +182,12 @@ def test_a_single_file_checkpoint_is_studied_like_its_folder(assets: Path) -> No
     path = study(folder, id="mine.safetensors", model='config = "../models/mine"')
     assert resolve_config(load_config(path)).family.name == "sd"
     assert torch.equal(autotune_render(path), plain_render(assets / "models" / "mine"))
-    with pytest.raises(ConfigError, match=r"model.config: a single-file checkpoint needs the configs of its"):
+    # without model.config: the hub repo of the architecture diffusers recognises, not reachable here
+    with pytest.raises(ConfigError, match=r"model.config: the checkpoint is a .*stable-diffusion-v1-5 model, whose"):
         resolve_config(load_config(study(folder, id="mine.safetensors")))
+    (folder / "junk.safetensors").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match=r"model.id: cannot read '.*junk.safetensors' as a checkpoint"):
+        resolve_config(load_config(study(folder, id="junk.safetensors")))
 
 
 def test_a_relative_model_path_is_read_from_the_study_files_folder(
