@@ -140,7 +140,8 @@ def describe_model(model: ModelConfig) -> tuple[Family, list[str], dict[str, Any
     (a ``model.pipeline`` function is called: its pipeline is what there is to describe)."""
     from autotune import sources
 
-    index = sources.model_index(model, _resolve_dtype(model.dtype, resolve_device(model.device)))
+    device = model.device if model.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    index = sources.model_index(model, _resolve_dtype(model.dtype, device))  # the dtype a model function gets
     pipeline_class = index.get("_class_name", "")
     scheduler_class = (index.get("scheduler") or [None, "PNDMScheduler"])[1]
     try:

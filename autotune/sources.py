@@ -150,7 +150,7 @@ _HOOKED: dict[tuple[Any, ...], Any] = {}
 
 def _hooked(model: ModelConfig, dtype: Any) -> Any:
     """The pipeline the team's function returns, called once per process as ``fn(model_id=, dtype=)``."""
-    key = (model.pipeline, model.id, model.home, dtype)
+    key = (model.pipeline, model.id, model.home, model.vae, tuple(model.loras.items()), dtype)  # build() adds to it
     if key in _HOOKED:
         return _HOOKED[key]
     try:
