@@ -62,6 +62,11 @@ class ModelConfig:
     def __hash__(self) -> int:
         return hash((self.id, self.revision, self.config, self.pipeline, self.vae, tuple(self.loras.items())))
 
+    def additions(self) -> dict[str, Any]:
+        """What the study adds to or builds the model with, beyond its id (only what is set)."""
+        added = {"config": self.config, "pipeline": self.pipeline, "vae": self.vae, "loras": self.loras}
+        return {k: v for k, v in added.items() if v}
+
 
 @dataclass(frozen=True)
 class SearchConfig:

@@ -190,8 +190,7 @@ def load_pipeline(model: ModelConfig, device: str | None = None, safety_checker:
     pipe = sources.build(model, dtype, absent).to(dev)
     pipe.set_progress_bar_config(disable=True)
     loaded = Pipeline(pipe, model.id, family, dev, dtype, pipe.scheduler.config)
-    adds = {"config": model.config, "pipeline": model.pipeline, "vae": model.vae, "loras": model.loras}
-    loaded.adds = {k: v for k, v in adds.items() if v}
+    loaded.adds = model.additions()
     _denoiser(pipe).register_forward_pre_hook(loaded._count)
     _LOADED[key] = loaded
     return loaded

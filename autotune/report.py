@@ -96,7 +96,14 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) 
     classes = {c: _class_data(cfg, o) for c, o in outcomes.items()}
     data: dict[str, Any] = {
         "study": cfg.name,
-        "model": {"id": cfg.model.id, "family": cfg.family.name, "height": cfg.model.height, "width": cfg.model.width},
+        "model": {
+            "id": cfg.model.id,
+            "family": cfg.family.name,
+            "height": cfg.model.height,
+            "width": cfg.model.width,
+            **cfg.model.additions(),
+        },
+        "call": {c: cfg.call_for(c) for c in outcomes},  # what every measured call was given besides the setting
         "objectives": list(cfg.metrics.objectives),
         "rule": {
             "name": cfg.recommend.rule,

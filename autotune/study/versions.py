@@ -54,10 +54,8 @@ def fingerprint(cfg: ResolvedStudy, class_name: str, runtime: dict[str, str] | N
 
 def _production(cfg: ResolvedStudy, class_name: str) -> dict[str, Any]:
     """What production adds to the model and every call; absent when nothing (older studies compare equal)."""
-    m = cfg.model
-    model = {k: v for k, v in {"config": m.config, "pipeline": m.pipeline, "vae": m.vae, "loras": m.loras}.items() if v}
-    out = {"model": model, "call": cfg.call_for(class_name)}
-    return {"production": {k: v for k, v in out.items() if v}} if model or out["call"] else {}
+    out = {"model": cfg.model.additions(), "call": cfg.call_for(class_name)}
+    return {"production": {k: v for k, v in out.items() if v}} if any(out.values()) else {}
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
