@@ -52,16 +52,3 @@ def test_clip_batch_scores_each_image_as_alone(images: torch.Tensor) -> None:
     singles = torch.cat([scorer(images[i : i + 1], [p]) for i, p in enumerate(prompts)])
     assert torch.allclose(batch, singles, atol=1e-4)
     assert batch.mean().item() == pytest.approx(singles.mean().item(), abs=1e-4)
-
-
-def test_clip_model_comes_through_a_factory() -> None:
-    calls = []
-
-    def factory(name: str, pretrained: str | None):  # type: ignore[no-untyped-def]
-        from autotune.metrics.clip_score import load_open_clip
-
-        calls.append((name, pretrained))
-        return load_open_clip("tiny")
-
-    ClipScore("ViT-B-32", "laion2b_s34b_b79k", factory=factory)
-    assert calls == [("ViT-B-32", "laion2b_s34b_b79k")]
