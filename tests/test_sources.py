@@ -362,4 +362,4 @@ def test_a_cached_hub_id_loads_from_the_cache_when_the_hub_is_unreachable(tmp_pa
     )
     assert out.returncode == 0, out.stderr
     name, seconds = out.stdout.split()
-    assert name == "StableDiffusionPipeline" and int(seconds) < 20  # no retries against the hub
+    assert name == "StableDiffusionPipeline" and int(seconds) < 60  # imports and load, no waiting on the hub
