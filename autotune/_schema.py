@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["ConfigError", "ConfigWarning", "check_range", "one_of", "section"]
+__all__ = ["ConfigError", "ConfigWarning", "check_range", "first_line", "one_of", "section"]
 
 
 class ConfigError(ValueError):
@@ -85,3 +85,9 @@ def one_of(value: Any, choices: tuple[Any, ...], where: str) -> None:
 def check_range(pair: tuple[float, float] | None, low: float, high: float, where: str) -> None:
     if pair is not None and not (low <= pair[0] <= pair[1] <= high):
         raise ConfigError(f"{where}: expected [low, high] with {low:g} <= low <= high <= {high:g}, got {list(pair)}")
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

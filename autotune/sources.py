@@ -21,16 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from autotune._net import hub_unreachable
+from autotune._schema import first_line
 from autotune.config import ConfigError, ModelConfig
 
 __all__ = ["build", "hub_error", "local_path", "model_index", "source"]
 
 WEIGHT_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def local_path(value: str, home: str) -> Path | None:

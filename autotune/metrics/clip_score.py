@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from autotune._schema import ConfigError
+from autotune._schema import ConfigError, first_line
 
 __all__ = ["ClipScore", "clip_score", "clip_source", "load_open_clip"]
 
@@ -62,8 +62,9 @@ def load_open_clip(
     try:
         model = open_clip.create_model(name, pretrained=pretrained)
     except (RuntimeError, ValueError, OSError, KeyError) as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"metrics.clip_model: cannot load {name!r} with weights {pretrained!r}: {text}") from None
+        raise ConfigError(
+            f"metrics.clip_model: cannot load {name!r} with weights {pretrained!r}: {first_line(e)}"
+        ) from None
     return model, open_clip.get_tokenizer(name)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from autotune._schema import ConfigError
+from autotune._schema import ConfigError, first_line
 
 __all__ = ["Lpips", "lpips_distance"]
 
@@ -66,9 +66,8 @@ def _load_trunk(model: Any, net: str, path: Path) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
         trunk.load_state_dict(state)
     except (RuntimeError, OSError, ValueError) as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"metrics.lpips_backbone: {str(path)!r} is not torchvision {_TORCHVISION[net][0]} weights: {text}"
+            f"metrics.lpips_backbone: {str(path)!r} is not torchvision {_TORCHVISION[net][0]} weights: {first_line(e)}"
         ) from None
     for i in range(model.net.N_slices):
         for name, module in getattr(model.net, f"slice{i + 1}").named_children():
