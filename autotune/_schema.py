@@ -11,9 +11,10 @@ import dataclasses
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "ConfigWarning", "check_range", "first_line", "one_of", "section"]
+__all__ = ["ConfigError", "ConfigWarning", "check_range", "first_line", "one_of", "section", "study_path"]
 
 
 class ConfigError(ValueError):
@@ -91,3 +92,8 @@ def first_line(e: BaseException) -> str:
     """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def study_path(value: str, home: str) -> Path:
+    """A path from the study file, absolute: ``~`` expanded, a relative one from the file's folder ``home``."""
+    return (Path(home or ".") / Path(value).expanduser()).resolve()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune._net import hub_unreachable
-from autotune._schema import first_line
+from autotune._schema import first_line, study_path
 from autotune.config import ConfigError, ModelConfig
 
 __all__ = ["build", "hub_error", "local_path", "model_index", "source"]
@@ -32,11 +32,9 @@ WEIGHT_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 def local_path(value: str, home: str) -> Path | None:
     """``value`` as a path (relative to the study file's folder ``home``), or None for a hub id
     (``org/name``, exactly one slash, nothing of that name beside the study file)."""
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = Path(home or ".") / path
+    path = study_path(value, home)
     looks_local = value.startswith((".", "/", "~")) or value.count("/") != 1 or value.endswith(WEIGHT_FILES)
-    return path.resolve() if looks_local or path.exists() else None
+    return path if looks_local or path.exists() else None
 
 
 def hub_error(key: str, repo: str) -> ConfigError | None:

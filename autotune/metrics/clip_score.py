@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from autotune._schema import ConfigError, first_line
+from autotune._schema import ConfigError, first_line, study_path
 
 __all__ = ["ClipScore", "clip_score", "clip_source", "load_open_clip"]
 
@@ -28,9 +28,9 @@ def clip_source(name: str, pretrained: str | None, home: str = "") -> tuple[str,
     """``[metrics] clip_model`` and ``clip_pretrained`` with local paths made absolute (relative ones
     start at the study file's folder ``home``): ``"local-dir:FOLDER"`` and a weights file."""
     if name.startswith("local-dir:"):
-        name = f"local-dir:{(Path(home or '.') / Path(name[10:]).expanduser()).resolve()}"
+        name = f"local-dir:{study_path(name[10:], home)}"
     if pretrained is not None and (Path(pretrained).suffix in _WEIGHT_FILES or "/" in pretrained):
-        pretrained = str((Path(home or ".") / Path(pretrained).expanduser()).resolve())
+        pretrained = str(study_path(pretrained, home))
     return name, pretrained
 
 

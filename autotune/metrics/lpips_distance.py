@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from autotune._schema import ConfigError, first_line
+from autotune._schema import ConfigError, first_line, study_path
 
 __all__ = ["Lpips", "lpips_distance"]
 
@@ -40,7 +40,7 @@ def load_lpips(net: str = "alex", backbone: str = "random", home: str = "") -> A
     if backbone == "pretrained":
         _check_download(net)
     elif backbone != "random":
-        path = (Path(home or ".") / Path(backbone).expanduser()).resolve()
+        path = study_path(backbone, home)
         if not path.is_file():
             raise ConfigError(f"metrics.lpips_backbone: no weights file at {str(path)!r}")
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # the caller's RNG state is left alone
