@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from search import MICRO_DIGITS  # benchmarks/ is on sys.path when run as a script
+
 HERE = Path(__file__).parent
 SCHEDULERS = ["euler", "dpmpp_2m", "ddim", "euler_a"]
 STEPS = [3, 4, 5, 6, 8, 10, 13, 16]
@@ -55,7 +57,8 @@ TRUTH = {"round": list(range(100, 116)), "straight": list(range(100, 122))}
 PROMPTS = {"round": 4, "straight": 3}
 LPIPS_X = 0.1  # as the study file's default lpips_tolerance (the CLIP tolerance is its clip_tolerance_sd = 0.5)
 NOISE = 0.15  # lognormal sigma of one timed call around the setting's measured cost
-STUDY = """
+STUDY = (
+    """
 name = "decision"
 [model]
 id = "micro"
@@ -65,23 +68,9 @@ width = 32
 [search]
 seeds = [0, 1]
 batch_size = 16
-[metrics]
-clip_model = "micro"
-[baseline]
-scheduler = "dpmpp_2m_karras"
-steps = 30
-guidance = 5.0
-[reference]
-scheduler = "dpmpp_2m_karras"
-steps = 100
-guidance = 5.0
-[classes.round]
-prompts = [
-    "a handwritten digit zero", "a handwritten digit six", "a handwritten digit eight", "a handwritten digit nine"
-]
-[classes.straight]
-prompts = ["a handwritten digit one", "a handwritten digit four", "a handwritten digit seven"]
 """
+    + MICRO_DIGITS
+)
 Key = tuple[str, int, float]
 
 

@@ -58,19 +58,8 @@ CACHE_FORMAT = 4  # rows carry model calls and per-seed metrics; each class its 
 CLIP_TOLERANCE = 1.0  # as studies/demo.toml
 OBJECTIVES = ("clip_score", "lpips", "seconds")
 UP = {"clip_score": True, "lpips": False, "seconds": False}
-STUDY = """
-name = "grid"
-[model]
-id = "micro"
-device = "cpu"
-height = 32
-width = 32
-[search]
-steps = [3, 33]
-schedulers = {schedulers}
-guidance = [1.0, 7.0]
-seeds = [0, 1, 2, 3]
-[metrics]
+# the micro model's digits classes, scored by its CLIP against a converged reference (decision.py uses it too)
+MICRO_DIGITS = """[metrics]
 clip_model = "micro"
 [baseline]
 scheduler = "dpmpp_2m_karras"
@@ -87,6 +76,22 @@ prompts = [
 [classes.straight]
 prompts = ["a handwritten digit one", "a handwritten digit four", "a handwritten digit seven"]
 """
+STUDY = (
+    """
+name = "grid"
+[model]
+id = "micro"
+device = "cpu"
+height = 32
+width = 32
+[search]
+steps = [3, 33]
+schedulers = {schedulers}
+guidance = [1.0, 7.0]
+seeds = [0, 1, 2, 3]
+"""
+    + MICRO_DIGITS
+)
 
 Key = tuple[str, int, float]
 Grid = dict[str, dict[Key, dict[str, Any]]]  # class -> setting -> metrics (+ "cost": render seconds)
