@@ -241,7 +241,7 @@ def decide(
     if chosen and not any(f.confirm for f in chosen):
         reason = "within tolerance on the search images; not yet confirmed on fresh seeds"
         return Recommendation(chosen[0], baseline, True, reason, False, tuple(stages))
-    why = "every finalist failed confirmation on fresh seeds" if chosen else "no cheaper setting passed"
+    why = f"no finalist of {len(chosen)} passed again on fresh seeds" if chosen else "no cheaper setting passed"
     return Recommendation(baseline, baseline, False, f"{why}; keeping the baseline", True, tuple(stages))
 
 

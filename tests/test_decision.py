@@ -80,6 +80,9 @@ def test_the_confirmation_stage_overturns_a_pick_that_passed_by_luck() -> None:
     assert stages[1]["search"] == "pass" and stages[1]["confirmation"] == "fail"
     assert stages[2]["confirmation"] == "pass"
     assert confirmed.speedup == pytest.approx(1.0 / 0.3)
+    kept = decide([base, lucky], base, TOL, top=2)  # the lucky one alone: the baseline stays, and says why
+    assert kept.chosen.number == 0 and not kept.met_tolerance
+    assert kept.reason == "no finalist of 1 passed again on fresh seeds; keeping the baseline"
 
 
 def test_without_confirmation_images_the_pick_is_marked_unconfirmed() -> None:
