@@ -14,6 +14,12 @@ In serving code:
 
 ``import autotune`` is light: the study machinery (Optuna, SQLAlchemy) and the router load on
 first use of ``run_study``, ``recommend`` or ``Router``.
+
+The package is laid out in the order the data flows: ``config`` (study files) and ``space``
+(schedulers, families, settings) at the bottom; ``model`` (weights, pipeline, rendering, metrics);
+``study`` (Optuna: storage, the trial loop, racing); ``decision`` (the rule, pure math); ``results``
+(a study read back, ``recommendations.json``), ``report`` and ``serving`` (apply, route, export);
+``validate``; ``cli``. The read side never imports the model side but for the report's grid.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError, StudyConfig, load_config
-from autotune.serving import ClassRecommendation, Recommendations, apply, load_recommendations
-from autotune.space import Settings
+from autotune.results.schema import ClassRecommendation, Recommendations, load_recommendations
+from autotune.serving.apply import apply
+from autotune.space.settings import Settings
 
 if TYPE_CHECKING:
-    from autotune.router import Router
-    from autotune.study import recommend, run_study
+    from autotune.results.reader import recommend
+    from autotune.serving.router import Router
+    from autotune.study.run import run_study
 
 __all__ = [
     "ClassRecommendation",
@@ -43,7 +51,7 @@ __all__ = [
     "run_study",
 ]
 __version__ = "0.1.0"
-_LAZY = {"Router": "autotune.router", "recommend": "autotune.study", "run_study": "autotune.study"}
+_LAZY = {"Router": "autotune.serving.router", "recommend": "autotune.results.reader", "run_study": "autotune.study.run"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,13 +1,17 @@
-"""The ``autotune`` command: one thin function per subcommand.
+"""The ``autotune`` command: one thin function per subcommand, each importing what it needs when it runs
+(``--help``, ``export`` and ``recommend`` load neither Optuna nor torch).
 
 Exit codes: 0 done; 1 the study stopped on repeated trial failures; 2 bad input (one line on
-stderr naming the file, the key and what was expected); 130 interrupted.
+stderr naming the file, the key and what was expected); 130 interrupted; 141 stdout closed early
+(``autotune recommend ... | head``), quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import socket
 import sys
@@ -17,7 +21,6 @@ from pathlib import Path
 from typing import NoReturn
 
 from autotune.config import ConfigError, ConfigWarning, load_config
-from autotune.study.run import StudyAborted
 
 __all__ = ["main", "parse_duration"]
 
@@ -41,8 +44,9 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from autotune.report import format_table, write_all
-    from autotune.study import recommend, run_study
+    from autotune.report.table import format_table, write_all
+    from autotune.results.reader import recommend
+    from autotune.study.run import StudyAborted, run_study
 
     cfg = load_config(args.config)
     try:
@@ -60,8 +64,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:  # keep what the night produced: write the outputs so far
         if not args.worker:
-            write_all(recommend(cfg, storage=args.storage), args.storage)
+            with contextlib.suppress(ConfigError):  # interrupted before any study existed: nothing to write
+                write_all(recommend(cfg, storage=args.storage), args.storage)
         raise
+    except StudyAborted as e:
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return 1
     if args.worker:  # a helper of `--workers N` or one of many machines' workers: the others report
         return 0
     paths = write_all(outcomes, args.storage)
@@ -71,8 +79,9 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from autotune.report import format_table, recommendations_data
-    from autotune.study import recommend
+    from autotune.report.table import format_table
+    from autotune.results.reader import recommend
+    from autotune.results.schema import recommendations_data
 
     cfg = load_config(args.config)
     outcomes = recommend(cfg, storage=args.storage)
@@ -84,20 +93,24 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autotune.export import export
-    from autotune.serving import load_recommendations
+    from autotune.results.schema import load_recommendations
+    from autotune.serving.export import export
 
     print(export(load_recommendations(args.study), args.format), end="")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from autotune.report import publish
-    from autotune.report_html import render_grid, write_report
-    from autotune.study import recommend
+    from autotune.report.dashboard import publish
+    from autotune.report.html import write_report
+    from autotune.results.reader import recommend
 
     outcomes = recommend(load_config(args.config), storage=args.storage)
-    grid = render_grid(outcomes.cfg, outcomes, args.device) if args.render_grid else None
+    grid = None
+    if args.render_grid:
+        from autotune.report.grid import render_grid
+
+        grid = render_grid(outcomes.cfg, outcomes, args.device)
     print(f"wrote {write_report(outcomes.cfg, outcomes, args.storage, grid=grid)}")
     publish(outcomes.cfg, outcomes)
     return 0
@@ -106,8 +119,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from autotune.storage import artifact_store
-    from autotune.study import recommend
+    from autotune.results.reader import recommend
+    from autotune.study.storage import artifact_store
 
     cfg = load_config(args.config)
     url = args.storage or cfg.default_storage
@@ -153,7 +166,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_classes_suggest(args: argparse.Namespace) -> int:
-    from autotune.router import load_text_encoder, suggest_classes
+    from autotune.serving.router import load_text_encoder, suggest_classes
     from autotune.validate import read_prompts
 
     prompts = read_prompts(args.prompts)
@@ -175,13 +188,14 @@ def cmd_classes_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_schedulers(args: argparse.Namespace) -> int:
-    from autotune import schedulers
     from autotune.config import ModelConfig
-    from autotune.pipeline import describe_model
-    from autotune.space import variant_choices
+    from autotune.model.pipeline import describe_model
+    from autotune.space import schedulers
+    from autotune.space.settings import variant_choices
 
     model = load_config(args.config).model if args.config else ModelConfig(id=args.model)
-    family, usable, _ = describe_model(model)
+    described = describe_model(model)
+    family, usable = described.family, described.compatible
     print(f"{model.id}: {family.name} family; {len(usable)} schedulers it can use\n")
     head = ["name", "aliases", "class", "deterministic", "calls/step", "variants"]
     rows = []
@@ -212,6 +226,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from autotune.serving.export import FORMATS
+
     parser = _Parser(
         prog="autotune", description=("Find the cheapest Stable Diffusion inference settings that still look right.")
     )
@@ -313,7 +329,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="the recommendations for diffusers, AUTOMATIC1111 or ComfyUI")
     p.add_argument("study", type=Path, help="study file, or its recommendations.json")
-    p.add_argument("--format", choices=("diffusers", "a1111", "comfyui"), required=True)
+    p.add_argument("--format", choices=FORMATS, required=True)
     p.set_defaults(func=cmd_export)
     return parser
 
@@ -335,16 +351,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
         return int(e.code or 0)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return code
     except ConfigError as e:
         print(f"autotune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("autotune: interrupted", file=sys.stderr)
         return 130
-    except StudyAborted as e:
-        print(f"autotune: error: {e}", file=sys.stderr)
-        return 1
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as `git log | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
 
 
 if __name__ == "__main__":

@@ -22,15 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from autotune.config import ConfigError, StudyConfig
+from autotune.config.schema import read_utf8
 
 __all__ = ["read_prompts", "validate"]
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """One prompt per line (UTF-8); blank lines and lines starting with ``#`` are skipped."""
+    """One prompt per line (UTF-8, a byte-order mark allowed); blank lines and lines starting with ``#`` are skipped."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such prompts file") from None
     except UnicodeDecodeError as e:
@@ -64,43 +65,48 @@ def validate(
     It passes when every class that held-out prompts were routed to held its tolerance, and every
     studied class got at least one (``allow_untested`` accepts classes that got none).
     """
-    from autotune import schedulers
-    from autotune.decision import Candidate, Tolerance, images_of, overall, speedup, verdicts
-    from autotune.evaluate import Evaluator
-    from autotune.outputs import atomic_write
-    from autotune.pipeline import resolve_config
-    from autotune.router import Router
-    from autotune.serving import DEFAULT_CLASS, load_recommendations
-    from autotune.space import Settings
+    from autotune.decision.evidence import Candidate, images_of
+    from autotune.decision.rule import overall, speedup, verdicts
+    from autotune.decision.tolerance import tolerance
+    from autotune.files import atomic_write
+    from autotune.model.evaluate import Evaluator
+    from autotune.model.pipeline import resolve_config
+    from autotune.results.schema import DEFAULT_CLASS, load_recommendations
+    from autotune.serving.router import Router
+    from autotune.space import schedulers
+    from autotune.space.settings import Settings
 
     recs = load_recommendations(cfg.output_dir / "recommendations.json")
-    router = Router.from_study(recs)
-    routed = router.route_many(list(prompts))
+    routed = dict(zip(prompts, (c for c, _ in Router.from_study(recs).route_many(list(prompts))), strict=True))
     seeds = list(seeds or cfg.search.seeds)
     resolved = resolve_config(cfg)
-    evaluator = Evaluator(resolved, storage or cfg.default_storage, device)
-    stored = json.loads((cfg.output_dir / "recommendations.json").read_text(encoding="utf-8"))["classes"]
+    held_out = {q: c for q, c in routed.items() if c != DEFAULT_CLASS}  # served with their class's negative prompt
+    evaluator = Evaluator(resolved, storage or cfg.default_storage, device, routed=held_out)
     by_class: dict[str, list[str]] = {}
-    for prompt, (c, _) in zip(prompts, routed, strict=True):
+    for prompt, c in routed.items():
         by_class.setdefault(c, []).append(prompt)
     classes: dict[str, Any] = {}
     for c, ps in by_class.items():
         if c == DEFAULT_CLASS or c not in recs.classes:
             continue
         rec = recs[c]
-        negative = cfg.call_for(c).get("negative_prompt")  # served with its class's negative prompt
-        evaluator.pipeline.negatives.update({q: negative for q in ps if q not in evaluator.pipeline.negatives})
         chosen = Settings.make(rec.scheduler, rec.steps, rec.guidance, rec.options)
         baseline = Settings.of(resolved.baseline)
         ours, theirs = evaluator.evaluate(chosen, ps, seeds), evaluator.evaluate(baseline, ps, seeds)
-        seed_lpips = recs.seed_lpips.get(c)
-        tol = stored[c].get("tolerance", {})
-        clip_tol = tol.get("clip_score") if clip_tolerance is None else clip_tolerance
-        lpips_tol = tol.get("lpips") if lpips_tolerance is None or seed_lpips is None else lpips_tolerance * seed_lpips
         a, b = (images_of(e.per_image, len(ps), seeds) for e in (ours, theirs))
         mine = Candidate(1, a, seconds=tuple(ours.seconds), deterministic=schedulers.get(rec.scheduler).deterministic)
         base = Candidate(0, b, seconds=tuple(theirs.seconds))
-        bounds = verdicts(mine, base, Tolerance(clip_tol, lpips_tol, seed_lpips))
+        stated = recs.tolerances.get(c, {})  # the study's tolerance in CLIP points: judged as the study judged
+        clip = clip_tolerance if clip_tolerance is not None else stated.get("clip_score")
+        tol, _ = tolerance(
+            resolved.recommend,
+            resolved.metrics.objectives,
+            base,
+            recs.seed_lpips.get(c),
+            clip_points=clip,
+            lpips_x_seed=lpips_tolerance,
+        )
+        bounds = verdicts(mine, base, tol)
         faster = speedup(mine, base)
         classes[c] = {
             "prompts": ps,

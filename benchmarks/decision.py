@@ -86,8 +86,8 @@ class Renders:
     def _load(self) -> Any:
         if self.evaluator is None:
             from autotune.config import load_config
-            from autotune.evaluate import Evaluator
-            from autotune.pipeline import resolve_config
+            from autotune.model.evaluate import Evaluator
+            from autotune.model.pipeline import resolve_config
 
             self.tmp = tempfile.TemporaryDirectory()
             path = Path(self.tmp.name) / "decision.toml"
@@ -97,7 +97,7 @@ class Renders:
         return self.evaluator
 
     def images(self, c: str, k: Key, seeds: list[int]) -> dict[tuple[int, int], dict[str, float]]:
-        from autotune.space import Settings
+        from autotune.space.settings import Settings
 
         todo = [s for s in seeds if f"{c}|{k}|{s}" not in self.data]
         if todo:
@@ -118,8 +118,8 @@ class Renders:
 
     def seconds(self, c: str, k: Key) -> float:
         """Median of 3 serving calls (batch 1, after a warm-up) of the setting: its measured cost."""
-        from autotune.pipeline import time_serving
-        from autotune.space import Settings
+        from autotune.model.render import time_serving
+        from autotune.space.settings import Settings
 
         key = f"{c}|{k}|seconds"
         if key not in self.data:
@@ -144,7 +144,7 @@ class Renders:
 
 
 def _deterministic(k: Key) -> bool:
-    from autotune import schedulers
+    from autotune.space import schedulers
 
     return schedulers.get(k[0]).deterministic
 
@@ -154,8 +154,9 @@ def _mean(images: dict[tuple[int, int], dict[str, float]], m: str) -> float:
 
 
 def one_study(r: Renders, c: str, rng: random.Random, n_settings: int, space: list[Key]) -> dict[str, Any]:
-    from autotune.decision import Candidate, decide, next_to_race
-    from autotune.study.results import tolerance
+    from autotune.decision.evidence import Candidate
+    from autotune.decision.rule import decide, finalists, next_to_race
+    from autotune.decision.tolerance import tolerance
 
     r._load()  # the study file as autotune resolves it
 
@@ -169,12 +170,14 @@ def one_study(r: Renders, c: str, rng: random.Random, n_settings: int, space: li
     # the tolerance as autotune computes it (the study file's defaults), from the
     # baseline's images on the search and confirmation seeds
     seed_lpips = r.seed_lpips(c)
-    tol, _ = tolerance(r.cfg, Candidate(0, {**imgs[BASELINE], **base_conf}), seed_lpips)
+    tol, _ = tolerance(
+        r.cfg.recommend, r.cfg.metrics.objectives, Candidate(0, {**imgs[BASELINE], **base_conf}), seed_lpips
+    )
 
     # the mean rule, on the search images
     base_mean = {m: _mean(imgs[BASELINE], m) for m in ("clip_score", "lpips")}
 
-    clip_tol, lpips_tol = tol.clip or 0.0, tol.lpips or 0.0
+    clip_tol, lpips_tol = tol.of("clip_score") or 0.0, tol.of("lpips") or 0.0
 
     def mean_ok(k: Key) -> bool:
         clip_ok = _mean(imgs[k], "clip_score") >= base_mean["clip_score"] - clip_tol
@@ -202,8 +205,6 @@ def one_study(r: Renders, c: str, rng: random.Random, n_settings: int, space: li
             if (0, seed) not in imgs[kk]:
                 imgs[kk] = {**imgs[kk], **r.images(c, kk, [seed])}
                 spent += PROMPTS[c]
-    from autotune.decision import finalists
-
     cs = cands()
     final = finalists(cs, cs[0], tol)
     for f in final:
@@ -229,7 +230,7 @@ def truth(r: Renders, c: str, k: Key, tol: Any) -> tuple[bool, float]:
     d_lpips = statistics.fmean(a[x]["lpips"] - b[x]["lpips"] for x in a)
     if not _deterministic(k):
         d_lpips = statistics.fmean(a[x]["lpips"] for x in a) - tol.seed_lpips
-    good = d_clip >= -tol.clip and d_lpips <= tol.lpips
+    good = d_clip >= -tol.of("clip_score") and d_lpips <= tol.of("lpips")
     return good, r.seconds(c, BASELINE) / r.seconds(c, k)
 
 

@@ -48,8 +48,9 @@ def render_figures(model: str, size: int, device: str, dtype: str, repeats: int)
     """Timing noise of one setting rendered ``repeats`` times, and per-image cost at batch 1 and 8."""
     from autotune.config import ModelConfig
     from autotune.micro.train import caption
-    from autotune.pipeline import generate, load_pipeline
-    from autotune.space import Settings
+    from autotune.model.pipeline import load_pipeline
+    from autotune.model.render import generate
+    from autotune.space.settings import Settings
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

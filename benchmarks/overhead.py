@@ -56,7 +56,7 @@ def sd_standin() -> Path:
     import torch
     from diffusers import DiffusionPipeline, UNet2DConditionModel
 
-    from autotune.tiny import tiny_pipeline_path
+    from autotune.testing.tiny import tiny_pipeline_path
 
     pipe = DiffusionPipeline.from_pretrained(tiny_pipeline_path())
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def measure(model: str, size: int, trials: int, device: str = "cpu", dtype: str 
     from optuna.trial import TrialState
 
     from autotune.config import load_config
-    from autotune.study import run_study
+    from autotune.study.run import run_study
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "overhead.toml"

@@ -15,7 +15,8 @@ import statistics
 import time
 from pathlib import Path
 
-from autotune.router import Router, class_embedding, load_text_encoder, router_data
+from autotune.results.schema import router_data
+from autotune.serving.router import Router, class_embedding, load_text_encoder
 
 
 def main() -> None:

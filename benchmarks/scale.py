@@ -70,8 +70,8 @@ def synthetic_trials(cfg: Any, family: Any, n: int, images: int) -> list[Any]:
     """``n`` completed trials with the attributes autotune's objective writes."""
     import optuna
 
-    from autotune import schedulers
-    from autotune.space import suggest
+    from autotune.space import schedulers
+    from autotune.space.settings import suggest
 
     rng = random.Random(0)
     out = []
@@ -136,8 +136,9 @@ def main() -> None:
     import optuna
 
     from autotune.config import load_config
-    from autotune.pipeline import resolve_config
-    from autotune.study import run_study, study_name
+    from autotune.model.pipeline import resolve_config
+    from autotune.study.run import run_study
+    from autotune.study.versions import study_name
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scale.toml"

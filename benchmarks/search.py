@@ -108,9 +108,9 @@ def render_grid() -> tuple[Grid, dict[str, float]]:
         grid = {c: {tuple(json.loads(k)): v for k, v in rows.items()} for c, rows in raw["grid"].items()}
         return grid, raw["seed_lpips"]  # type: ignore[return-value]
     from autotune.config import load_config
-    from autotune.evaluate import Evaluator
-    from autotune.pipeline import resolve_config
-    from autotune.space import Settings
+    from autotune.model.evaluate import Evaluator
+    from autotune.model.pipeline import resolve_config
+    from autotune.space.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "grid.toml"
@@ -145,7 +145,7 @@ def render_grid() -> tuple[Grid, dict[str, float]]:
 
 
 def _front(rows: dict[Key, dict[str, float]]) -> list[Key]:
-    from autotune.pareto import pareto_front
+    from autotune.decision.pareto import pareto_front
 
     keys = list(rows)
     return [keys[i] for i in pareto_front([{m: rows[k][m] for m in OBJECTIVES} for k in keys], UP)]
@@ -153,7 +153,7 @@ def _front(rows: dict[Key, dict[str, float]]) -> list[Key]:
 
 def _normalised_hv(points: list[dict[str, float]], true_front: list[dict[str, float]]) -> float:
     """Hypervolume with every metric scaled to the true front's own range (flipped where higher is better)."""
-    from autotune.pareto import hypervolume
+    from autotune.study.optuna_api import hypervolume
 
     lo = {m: min(p[m] for p in true_front) for m in OBJECTIVES}
     hi = {m: max(p[m] for p in true_front) for m in OBJECTIVES}
@@ -169,7 +169,7 @@ def _normalised_hv(points: list[dict[str, float]], true_front: list[dict[str, fl
 
 
 def _fit(rows: dict[Key, dict[str, Any]], keys: list[Key]) -> Any:
-    from autotune.pareto import fit_seconds
+    from autotune.decision.cost import fit_seconds
 
     return fit_seconds(
         [rows[k]["model_calls"] for k in keys], [k[2] > 1 for k in keys], [rows[k]["seconds"] for k in keys]
@@ -210,7 +210,7 @@ class GridScorer:
 
     @property
     def family(self) -> Any:
-        from autotune.families import FAMILIES
+        from autotune.space.families import FAMILIES
 
         return FAMILIES["sd"]
 
@@ -219,7 +219,7 @@ class GridScorer:
         return {}  # the grid searches no variants: no override can equal the model's own value
 
     def evaluate(self, settings: Any, prompts: Any, seeds: Any, timed: bool = True) -> Any:
-        from autotune.evaluate import Evaluation
+        from autotune.model.evaluate import Evaluation
 
         row = self.rows[(settings.scheduler, settings.steps, settings.guidance)]
         n = len(row["clip_score_seeds"])
@@ -233,9 +233,10 @@ def _study_config(rough: bool) -> Any:
     """The benchmark's study file resolved as autotune resolves it, its space exactly the grid's."""
     import dataclasses
 
-    from autotune import schedulers
     from autotune.config import load_config
-    from autotune.families import FAMILIES, resolve
+    from autotune.config.resolve import resolve
+    from autotune.space import schedulers
+    from autotune.space.families import FAMILIES
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "grid.toml"

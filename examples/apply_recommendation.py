@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import autotune
-from autotune.tiny import tiny_pipeline_path
+from autotune.testing.tiny import tiny_pipeline_path
 
 study = sys.argv[1] if len(sys.argv) > 1 else "studies/demo.toml"
 cfg = autotune.load_config(study)

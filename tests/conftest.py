@@ -1,11 +1,15 @@
-"""Shared fixtures: one tiny pipeline and metric models per session, a study file factory."""
+"""Shared fixtures: one tiny pipeline per session, a study file factory, one finished study for the tests
+that only read one, and storages over every backend (as ``optuna.testing.storages`` keeps Optuna's)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +66,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def tiny():  # type: ignore[no-untyped-def]
     """The tiny SD pipeline, loaded once for the whole session (float32, CPU)."""
     from autotune.config import ModelConfig
-    from autotune.pipeline import load_pipeline
+    from autotune.model.pipeline import load_pipeline
 
     return load_pipeline(ModelConfig(device="cpu"))
 
@@ -86,8 +90,8 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
     Returns ``(cfg, outcomes)``; the study file, database and ``finished/`` outputs lie in one folder.
     """
     from autotune.config import load_config
-    from autotune.report import write_all
-    from autotune.study import run_study
+    from autotune.report.table import write_all
+    from autotune.study.run import run_study
 
     path = tmp_path_factory.mktemp("finished") / "finished.toml"
     path.write_text(SMALL_STUDY.format(name="finished", n_trials=6, classes=TWO_CLASSES))
@@ -95,3 +99,55 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
     outcomes = run_study(cfg, progress=False)
     write_all(outcomes)
     return cfg, outcomes
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server (127.0.0.1:5432, trust auth), dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"autotune_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True, connect_timeout=5
+        )
+    except psycopg.OperationalError as e:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {e}")
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@contextlib.contextmanager
+def storage_url(mode: str, folder: Path) -> Iterator[str]:
+    """A fresh storage URL of ``mode`` ("sqlite" or "postgresql") that several processes can share."""
+    if mode == "sqlite":
+        yield f"sqlite:///{folder / f'{uuid.uuid4().hex[:8]}.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture(params=["inmemory", "sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An Optuna storage of each backend, fresh per test, opened as a worker opens it."""
+    import optuna
+
+    from autotune.study.storage import open_storage
+
+    if request.param == "inmemory":
+        yield optuna.storages.InMemoryStorage()
+        return
+    with storage_url(request.param, tmp_path) as url:
+        rdb = open_storage(url, workers=True)
+        yield rdb
+        rdb.engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A storage URL of each backend processes can share, fresh per test."""
+    with storage_url(request.param, tmp_path) as url:
+        yield url

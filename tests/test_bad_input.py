@@ -82,10 +82,6 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_database_alone(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.db", "bad.toml"]  # nothing written
 
 
-def test_the_suite_holds_at_least_25_cases() -> None:
-    assert len(CASES) >= 25
-
-
 def test_study_database_that_is_not_sqlite_is_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bad.toml").write_text(GOOD)
     junk = b"this is not sqlite\n" * 100

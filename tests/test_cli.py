@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from autotune.cli import parse_duration
-from autotune.families import FAMILIES, ays_timesteps
+from autotune.space.families import FAMILIES
+from autotune.space.settings import ays_timesteps
 
 
 @pytest.mark.parametrize(
@@ -71,3 +72,27 @@ def test_storage_that_is_not_a_database_exits_2_and_is_left_alone(study_file: Ca
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert db.read_bytes() == b"this is not sqlite" * 100
+
+
+@pytest.mark.parametrize(
+    "argv", [["recommend"], ["recommend", "--format", "json"], ["export", "--format", "diffusers"]]
+)
+def test_a_reader_that_closes_stdout_early_ends_it_quietly(finished_study, argv: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """`autotune recommend ... | head` and `export ... | true`: no traceback, the shell's code for a closed pipe."""
+    cfg, _ = finished_study
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autotune.cli", argv[0], str(cfg.path), *argv[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_a_prompt_file_starting_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    from autotune.validate import read_prompts
+
+    (tmp_path / "p.txt").write_bytes("\ufeffa handwritten digit eight\r\na digit six\n".encode())
+    assert read_prompts(tmp_path / "p.txt") == ["a handwritten digit eight", "a digit six"]

@@ -6,7 +6,8 @@ import pytest
 
 from autotune.cli import main
 from autotune.config import ConfigError, load_config
-from autotune.families import FAMILIES, resolve
+from autotune.config.resolve import resolve
+from autotune.space.families import FAMILIES
 
 MINIMAL = '[classes.a]\nprompts = ["a cat"]\n'
 SD_USABLE = ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"]
@@ -161,6 +162,11 @@ BAD = [
     ("serving batch 0", "[serving]\nbatch_size = 0\n" + MINIMAL, "serving.batch_size: expected an integer >= 1, got 0"),
     ("serving key typo", "[serving]\nrepeat = 3\n" + MINIMAL, "serving.repeat: unknown key"),
     ("non-utf8", b'[classes.a]\nprompts = ["caf\xe9"]\n', "expected UTF-8 text"),
+    (
+        "a prompt twice",
+        '[classes.a]\nprompts = ["a cat", "a dog", "A  cat"]\n',
+        "classes.a.prompts[2]: 'A  cat' repeats prompts[0] (the text encoder reads them alike); expected distinct",
+    ),
 ]
 
 
@@ -172,6 +178,27 @@ def test_bad_file_names_file_key_and_expectation(tmp_path: Path, case: str, text
     assert str(err.value).startswith(f"{path}: ")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_study_file_starting_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    text = '[search]\nn_trials = 7\n[classes.a]\nprompts = ["a cat"]\n'
+    cfg = load_config(write(tmp_path, "\ufeff".encode() + text.encode(), "bom.toml"))
+    assert cfg.search.n_trials == 7 and cfg.classes == {"a": ("a cat",)}
+
+
+@pytest.mark.parametrize(("family", "scheduler"), [("distilled", "euler"), ("sd3", "flow_euler")])
+@pytest.mark.parametrize("where", ["baseline", "reference"])
+def test_ays_where_the_family_has_none_is_refused_at_load_in_one_line(
+    tmp_path: Path, family: str, scheduler: str, where: str
+) -> None:
+    path = write(tmp_path, f'[{where}]\nscheduler = "{scheduler}"\noptions = {{ sigmas = "ays" }}\n' + MINIMAL)
+    with pytest.raises(ConfigError) as err:
+        resolve(load_config(path), FAMILIES[family], ["euler", "euler_a", "lcm", "ddim", "flow_euler"])
+    message = str(err.value)
+    assert message.startswith(f"{path}: {where}.options.sigmas: 'ays' needs Align-Your-Steps timesteps"), message
+    assert "\n" not in message
+    if family == "distilled":  # the same file on SD, which has them, resolves
+        assert getattr(resolve(load_config(path), FAMILIES["sd"], SD_USABLE), where).options == {"sigmas": "ays"}
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

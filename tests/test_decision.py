@@ -6,9 +6,10 @@ import random
 
 import pytest
 
-from autotune.decision import Candidate, Tolerance, decide, next_to_race, paired_bound, t95
+from autotune.decision.evidence import Candidate
+from autotune.decision.rule import Tolerance, decide, next_to_race, paired_bound, t95
 
-TOL = Tolerance(clip=1.0)
+TOL = Tolerance({"clip_score": 1.0})
 
 
 def imgs(diffs: dict[int, list[float]], base: float = 30.0, seeds: list[int] | None = None) -> dict:

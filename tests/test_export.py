@@ -6,7 +6,7 @@ import pytest
 
 import autotune
 from autotune.cli import main
-from autotune.export import a1111, comfyui
+from autotune.serving.export import a1111, comfyui
 
 
 def _rec(scheduler: str, options: dict | None = None, steps: int = 12, guidance: float = 6.5):  # type: ignore[no-untyped-def, type-arg]
@@ -70,3 +70,31 @@ def test_export_of_a_finished_study_in_each_format(finished_study, capsys) -> No
         assert type(exported.scheduler) is type(applied.scheduler)
         for key, value in recs[name].scheduler_config.items():
             assert exported.scheduler.config[key] == applied.scheduler.config[key] == value
+
+
+def test_every_name_recommendations_json_gives_is_the_one_export_gives() -> None:
+    """One row per sampler carries its A1111 and ComfyUI names: the JSON and the export never disagree
+    (they did for DEIS, DPM++ 2S, TCD, PNDM and the flow samplers)."""
+    from types import SimpleNamespace
+
+    from autotune.results.schema import _from_summary, trial_summary
+    from autotune.space import schedulers
+    from autotune.space.families import FAMILIES
+
+    checked = 0
+    for name in schedulers.names():
+        variants = {v.name for v in schedulers.variants_of(name)}
+        for options in ({}, {"sigmas": "karras"}, {"timestep_spacing": "trailing"}, {"timestep_spacing": "leading"}):
+            if not set(options) <= variants:
+                continue
+            params = {"scheduler": name, "steps": 8, "guidance": 5.0, **{f"{name}.{k}": v for k, v in options.items()}}
+            trial = SimpleNamespace(number=1, params=params, user_attrs={}, values=[1.0])
+            summary = trial_summary(trial, ("seconds",), FAMILIES["sd"])
+            rec = _from_summary("x", summary, "sd", None)
+            assert a1111(rec)["sampler"] == summary["a1111_name"], (name, options)
+            assert comfyui(rec)["sampler_name"] == summary["comfyui_name"], (name, options)
+            checked += 1
+    assert checked > len(schedulers.names())
+    deis = trial_summary(SimpleNamespace(number=1, params={"scheduler": "deis", "steps": 8, "guidance": 5.0},
+                                         user_attrs={}, values=[1.0]), ("seconds",), FAMILIES["sd"])  # fmt: skip
+    assert deis["a1111_name"] is None and deis["comfyui_name"] == "deis"

@@ -11,31 +11,51 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 
 from autotune.config import ConfigError, load_config
-from autotune.study import run_study
+from autotune.space.schedulers import get as schedulers_get
+from autotune.study.run import run_study
 
 CLASSES = '[classes.portrait]\nprompts = ["a studio portrait of an old fisherman"]\n'
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("model", "family", "schedulers"),
-    [
-        ("tiny", "sd", {"euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"}),
-        ("tiny-sdxl", "sdxl", {"euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"}),
-        ("tiny-sd3", "sd3", {"flow_euler", "flow_heun"}),
-    ],
-)
-def test_two_trial_study_runs_on_each_family_from_id_and_classes_alone(
+FAMILY_MODELS = [
+    ("tiny", "sd", {"euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"}),
+    ("tiny-sdxl", "sdxl", {"euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"}),
+    ("tiny-sd3", "sd3", {"flow_euler", "flow_heun"}),
+]
+
+
+@pytest.mark.parametrize(("model", "family", "schedulers"), FAMILY_MODELS, ids=[m[0] for m in FAMILY_MODELS])
+def test_every_family_meets_the_contract_a_study_relies_on(
     tmp_path: Path, model: str, family: str, schedulers: set[str]
 ) -> None:
+    """What a study needs of a family, on its tiny model: detected from the model alone, its default
+    space usable, a study file of id and classes alone resolved, embeddings the pipeline takes, AYS
+    exactly where the family has it, and its baseline rendering prompt-dependent images."""
+    import inspect
+
+    from autotune.config import ModelConfig
+    from autotune.model.encode import encode_prompt
+    from autotune.model.pipeline import describe_model, load_pipeline, resolve_config
+    from autotune.model.render import generate
+    from autotune.space.settings import Settings, takes_ays
+
+    described = describe_model(ModelConfig(id=model, device="cpu"))
+    assert described.family.name == family
+    assert schedulers <= set(described.compatible)
+    assert all(schedulers_get(n).flow == described.family.flow for n in described.compatible)
     path = tmp_path / "fam.toml"
-    path.write_text(f'[model]\nid = "{model}"\ndevice = "cpu"\n[search]\nn_trials = 2\n' + CLASSES)
-    out = run_study(load_config(path), progress=False, decide=False)["portrait"]  # test_study covers deciding
-    assert out.family.name == family
-    assert len(out.trials) == 2 and out.recommendation is not None
-    assert {t.params["scheduler"] for t in out.study.trials} <= schedulers
-    assert out.study.user_attrs["fingerprint"]["family"] == family
-    assert out.trials[0].user_attrs["baseline"] is True
+    path.write_text(f'[model]\nid = "{model}"\ndevice = "cpu"\n' + CLASSES)
+    cfg = resolve_config(load_config(path), described)
+    assert set(cfg.search.schedulers) == schedulers and cfg.baseline.steps <= cfg.search.steps[1]
+    p = load_pipeline(cfg.model, described=described)
+    taken = inspect.signature(type(p.pipe).__call__).parameters
+    assert set(encode_prompt(p.pipe, "a cat", "cpu", negative="blurry")) <= set(taken)
+    assert takes_ays(cfg.baseline.scheduler, described.family) == (family in ("sd", "sdxl"))
+    base = Settings.make(cfg.baseline.scheduler, 3, cfg.baseline.guidance)
+    r = generate(p, base, ["a cat", "a dog"], [0], 32, 32)
+    assert r.images.shape == (2, 3, 32, 32) and torch.isfinite(r.images).all()
+    assert (r.images[0] - r.images[1]).abs().mean() > 1e-3  # the prompt reaches the denoiser
+    assert r.model_calls == 3 * schedulers_get(cfg.baseline.scheduler).calls_per_step
 
 
 def test_reference_check_refuses_leading_dpmpp_2m_and_names_one_that_converges(tmp_path: Path) -> None:
@@ -54,9 +74,9 @@ def test_reference_check_refuses_leading_dpmpp_2m_and_names_one_that_converges(t
 
 
 def test_reference_check_accepts_karras_and_measures_it(tiny) -> None:  # type: ignore[no-untyped-def]
-    from autotune.metrics.lpips_distance import Lpips
-    from autotune.references import CONVERGENCE_LIMIT, check_reference, convergence
-    from autotune.space import Settings
+    from autotune.model.metrics.lpips_distance import Lpips
+    from autotune.model.references import CONVERGENCE_LIMIT, check_reference, convergence
+    from autotune.space.settings import Settings
 
     karras = Settings.make("dpmpp_2m_karras", 100, 7.5)
     leading = Settings.make("dpmpp_2m", 100, 7.5)
@@ -74,7 +94,7 @@ def test_reference_following_trial_guidance_caches_one_reference_per_guidance(tm
         'steps = [2, 8]\n[baseline]\nsteps = 8\n[reference]\nguidance = "trial"\nsteps = 30\n' + CLASSES
     )
     out = run_study(load_config(path), progress=False, check_reference=False)["portrait"]
-    guidances = {t.params["guidance"] for t in out.study.get_trials(states=(TrialState.COMPLETE,))}
+    guidances = {t.params["guidance"] for t in out.load_study().get_trials(states=(TrialState.COMPLETE,))}
     engine = create_engine(f"sqlite:///{tmp_path / 'trial.db'}")
     with engine.connect() as conn:
         stored = {row[0] for row in conn.execute(text("select setting from autotune_references"))}
@@ -86,10 +106,10 @@ def test_reference_with_its_own_guidance_is_the_one_rendered_checked_and_shown(
     study_file,
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
-    from autotune import references
-    from autotune.report import write_all
-    from autotune.space import Settings
-    from autotune.study import recommend
+    from autotune.model import references
+    from autotune.report.table import write_all
+    from autotune.results.reader import recommend
+    from autotune.space.settings import Settings
 
     path = study_file(name="ownref", n_trials=4)
     path.write_text(path.read_text().replace("steps = 20\nguidance = 7.5", "steps = 20\nguidance = 5.0"))
@@ -118,13 +138,6 @@ def test_reference_with_its_own_guidance_is_the_one_rendered_checked_and_shown(
     page = (path.parent / "ownref" / "report.html").read_text()
     row = page.split(f"reference: {reference.label()}</th>")[1].split("</tr>")[1]  # the first prompt's images
     assert row.count("data:image/png;base64,") == 3  # baseline, recommended and the stored reference
-
-
-def test_study_files_may_name_every_family_and_no_other() -> None:
-    from autotune.config import FAMILY_NAMES
-    from autotune.families import FAMILIES
-
-    assert tuple(FAMILIES) == FAMILY_NAMES  # config checks model.family without importing the families
 
 
 def test_schedulers_command_prints_the_models_table() -> None:
@@ -157,15 +170,3 @@ def test_study_naming_an_incompatible_scheduler_exits_2_with_the_usable_list(tmp
         "with this sd3 model (it can use: flow_euler, flow_heun)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
-
-
-def test_sdxl_and_sd3_embeddings_feed_their_pipelines() -> None:
-    from autotune.config import ModelConfig
-    from autotune.pipeline import generate, load_pipeline
-    from autotune.space import Settings
-
-    for model, sched in (("tiny-sdxl", "euler"), ("tiny-sd3", "flow_euler")):
-        p = load_pipeline(ModelConfig(id=model, device="cpu"))
-        r = generate(p, Settings.make(sched, 3, 5.0), ["a cat", "a dog"], [0], 32, 32)
-        assert r.images.shape == (2, 3, 32, 32) and torch.isfinite(r.images).all()
-        assert (r.images[0] - r.images[1]).abs().mean() > 1e-3  # the prompt reaches the denoiser

@@ -34,34 +34,70 @@ def test_no_module_is_over_400_lines() -> None:
     assert max(sizes.values()) <= 400, {m: n for m, n in sizes.items() if n > 400}
 
 
-def test_no_import_cycle_between_autotune_modules() -> None:
+def _graph() -> dict[str, set[str]]:
     paths = {_module(p): p for p in PACKAGE.rglob("*.py")}
     graph = {m: _imports(p, set(paths)) - {m} for m, p in paths.items()}
-    assert graph["autotune.study.results"]  # the parser sees imports (a vacuous graph has no cycle)
+    assert graph["autotune.results.reader"]  # the parser sees imports (a vacuous graph has no cycle)
+    return graph
 
-    def reach(start: str) -> set[str]:
-        seen, todo = set(), list(graph[start])
-        while todo:
-            m = todo.pop()
-            if m not in seen:
-                seen.add(m)
-                todo += graph.get(m, ())
-        return seen
 
-    cycles = sorted(m for m in graph if m in reach(m))
+def _reach(graph: dict[str, set[str]], start: str, skip: frozenset[str] = frozenset()) -> set[str]:
+    seen: set[str] = set()
+    todo = [m for m in graph[start] if m not in skip]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += [n for n in graph.get(m, ()) if n not in skip]
+    return seen
+
+
+def test_no_import_cycle_between_autotune_modules() -> None:
+    graph = _graph()
+    cycles = sorted(m for m in graph if m in _reach(graph, m))
     assert not cycles, cycles
 
 
+def test_the_read_side_reaches_the_model_side_only_through_the_reports_grid() -> None:
+    graph = _graph()
+    grid = frozenset({"autotune.report.grid"})
+    read = [
+        m for m in graph if m.startswith(("autotune.results", "autotune.report", "autotune.serving")) and m not in grid
+    ]
+    assert "autotune.report.html" in read and "autotune.model.render" in _reach(graph, "autotune.report.grid")
+    leaks = {m: sorted(n for n in _reach(graph, m, grid) if n.startswith("autotune.model")) for m in read}
+    assert not {m: n for m, n in leaks.items() if n}, leaks
+
+
+def test_the_bottom_of_the_stack_imports_nothing_above_it() -> None:
+    graph = _graph()
+    above = ("autotune.model", "autotune.study", "autotune.results", "autotune.report", "autotune.serving")
+    for m in (m for m in graph if m.startswith(("autotune.config", "autotune.space", "autotune.decision"))):
+        assert not [n for n in _reach(graph, m) if n.startswith(above)], m
+
+
+def _loaded(code: str) -> list[str]:
+    """The heavy packages a fresh interpreter has loaded after ``code``."""
+    heavy = ("optuna", "torch", "diffusers", "open_clip", "plotly", "sqlalchemy")
+    probe = f"import sys\n{code}\nprint([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return list(eval(out.stdout.strip().splitlines()[-1]))
+
+
 def test_rendering_and_validating_import_no_optuna() -> None:
-    code = "import sys, autotune.evaluate, autotune.validate, autotune.references; print('optuna' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert "optuna" not in _loaded("import autotune.model.evaluate, autotune.validate, autotune.model.references")
 
 
-def test_reading_a_study_imports_no_torch() -> None:
-    code = "import sys, autotune.study.results, autotune.report; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+def test_reading_a_study_imports_neither_torch_nor_optuna() -> None:
+    loaded = _loaded("import autotune.results.reader, autotune.results.schema, autotune.report.table")
+    assert "torch" not in loaded and "optuna" not in loaded
+
+
+def test_help_and_export_load_neither_optuna_nor_torch() -> None:
+    for argv in (["--help"], ["export", "--help"], ["recommend", "--help"]):
+        code = f"from autotune.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
+        loaded = _loaded(code)
+        assert "optuna" not in loaded and "torch" not in loaded, (argv, loaded)
 
 
 def test_import_autotune_loads_no_study_machinery_until_used() -> None:

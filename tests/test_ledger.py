@@ -11,10 +11,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config import load_config
-from autotune.evaluate import Evaluation
-from autotune.families import FAMILIES, Family, resolve
-from autotune.schedulers import names
-from autotune.space import Settings, variant_choices
+from autotune.config.resolve import resolve
+from autotune.model.evaluate import Evaluation
+from autotune.space.families import FAMILIES, Family
+from autotune.space.schedulers import names
+from autotune.space.settings import Settings, variant_choices
 from autotune.study import ledger
 from autotune.study.objective import Objective
 from autotune.study.run import open_class_study
@@ -102,9 +103,9 @@ class _CountingScorer:
         return Evaluation({"clip_score": [20.0] * n, "lpips": [0.1] * n, "seconds": [0.5] * n}, settings.steps)
 
 
-def test_a_setting_another_worker_is_rendering_is_left_to_it(study_file: Callable[..., Path]) -> None:
+def test_a_setting_another_worker_is_rendering_is_left_to_it(study_file: Callable[..., Path], storage: Any) -> None:
     cfg = resolve(load_config(study_file(n_trials=5)), FAMILIES["sd"], names())
-    study = open_class_study(cfg, "portrait", optuna.storages.InMemoryStorage())
+    study = open_class_study(cfg, "portrait", storage)
     scorer = _CountingScorer()
     objective = Objective(cfg, study, "portrait", scorer, target=5)
     assert objective.run_one().state == TrialState.COMPLETE  # the baseline
@@ -122,10 +123,10 @@ def test_a_setting_another_worker_is_rendering_is_left_to_it(study_file: Callabl
 
 
 def test_a_variant_equal_to_the_models_default_is_the_default_setting_reused_not_rendered(
-    study_file: Callable[..., Path],
+    study_file: Callable[..., Path], storage: Any
 ) -> None:
     cfg = resolve(load_config(study_file(n_trials=5)), FAMILIES["sd"], names())
-    study = open_class_study(cfg, "portrait", optuna.storages.InMemoryStorage())
+    study = open_class_study(cfg, "portrait", storage)
     scorer = _CountingScorer()
     objective = Objective(cfg, study, "portrait", scorer, target=5)
     objective.run_one()  # the baseline
@@ -141,27 +142,27 @@ def test_a_variant_equal_to_the_models_default_is_the_default_setting_reused_not
     assert spacings == ["default", "trailing"]
 
 
-def _pop(url: str, barrier: Any, queue: Any) -> None:
-    from autotune.storage import open_storage
+def _pop(url: str, name: str, barrier: Any, queue: Any) -> None:
+    from autotune.study.storage import open_storage
 
-    study = optuna.load_study(study_name="race", storage=open_storage(url, workers=True))
+    study = optuna.load_study(study_name=name, storage=open_storage(url, workers=True))
     barrier.wait()
     queue.put(study.ask()._trial_id)
 
 
-def test_workers_starting_together_never_take_the_same_waiting_trial(tmp_path: Path) -> None:
+def test_workers_starting_together_never_take_the_same_waiting_trial(shared_url: str) -> None:
     """Optuna pops an enqueued trial with a read, then a write; on SQLite, without autotune's
     immediate transactions, two workers both took it in 3 of 15 four-worker starts."""
     import multiprocessing
 
-    from autotune.storage import open_storage
+    from autotune.study.storage import open_storage
 
     ctx = multiprocessing.get_context("fork")  # each child opens its own storage, as a worker does
     for i in range(20):
-        url = f"sqlite:///{tmp_path / f'race{i}.db'}"
-        optuna.create_study(study_name="race", storage=open_storage(url)).enqueue_trial({"x": 1})
+        url, name = shared_url, f"race{i}"
+        optuna.create_study(study_name=name, storage=open_storage(url)).enqueue_trial({"x": 1})
         barrier, queue = ctx.Barrier(4), ctx.Queue()
-        procs = [ctx.Process(target=_pop, args=(url, barrier, queue)) for _ in range(4)]
+        procs = [ctx.Process(target=_pop, args=(url, name, barrier, queue)) for _ in range(4)]
         for p in procs:
             p.start()
         taken = [queue.get(timeout=60) for _ in procs]

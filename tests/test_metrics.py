@@ -3,9 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autotune.metrics import METRICS
-from autotune.metrics.clip_score import ClipScore
-from autotune.metrics.lpips_distance import Lpips
+from autotune.config import MetricsConfig
+from autotune.config.objectives import OBJECTIVES, quality
+from autotune.model.metrics import load_metric
+from autotune.model.metrics.clip_score import ClipScore
+from autotune.model.metrics.lpips_distance import Lpips
 
 
 @pytest.fixture(scope="module")
@@ -14,14 +16,13 @@ def images() -> torch.Tensor:
     return torch.rand(3, 3, 48, 64)
 
 
-def test_directions_are_derived_from_higher_is_better() -> None:
-    assert {m: info.direction for m, info in METRICS.items()} == {
-        "clip_score": "maximize",
-        "lpips": "minimize",
-        "seconds": "minimize",
-    }
-    assert ClipScore.higher_is_better is METRICS["clip_score"].higher_is_better
-    assert Lpips.higher_is_better is METRICS["lpips"].higher_is_better
+def test_every_quality_objective_loads_its_metric_and_scores_each_image(images: torch.Tensor) -> None:
+    """The registry's one line per metric is enough: the evaluator finds and calls every implementation."""
+    refs = images.flip(0)
+    for name in quality(tuple(OBJECTIVES)):
+        metric = load_metric(name, MetricsConfig(), "cpu", "")
+        values = metric.score(images, ["a cat", "a dog", "a boat"], refs if OBJECTIVES[name].reference else None)
+        assert values.shape == (3,) and torch.isfinite(values).all(), name
 
 
 def test_lpips_is_zero_for_identical_images_and_grows_with_change(images: torch.Tensor) -> None:
@@ -37,12 +38,11 @@ def test_lpips_random_backbone_is_seeded() -> None:
     assert torch.equal(Lpips()(a, b), Lpips()(a, b))
 
 
-def test_clip_score_is_deterministic_and_in_range(images: torch.Tensor) -> None:
+def test_clip_score_is_deterministic_and_tells_images_apart(images: torch.Tensor) -> None:
     prompts = ["a cat", "a dog", "a boat"]
     first, second = ClipScore("tiny")(images, prompts), ClipScore("tiny")(images, prompts)
     assert torch.equal(first, second)
-    assert ((first >= -100) & (first <= 100)).all()
-    assert first.std() > 0  # it tells images apart
+    assert first.std() > 0
 
 
 def test_clip_batch_scores_each_image_as_alone(images: torch.Tensor) -> None:

@@ -11,8 +11,9 @@ import torch
 from autotune.config import ModelConfig
 from autotune.micro import clip_dir, pipeline_dir
 from autotune.micro.train import DIGITS, caption
-from autotune.pipeline import generate, load_pipeline
-from autotune.space import Settings
+from autotune.model.pipeline import load_pipeline
+from autotune.model.render import generate
+from autotune.space.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def micro():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def clip():  # type: ignore[no-untyped-def]
-    from autotune.metrics.clip_score import ClipScore
+    from autotune.model.metrics.clip_score import ClipScore
 
     return ClipScore("micro")
 
@@ -52,7 +53,7 @@ def test_clip_names_the_prompted_digit_at_20_steps_cfg_5(micro, clip) -> None:  
 
 
 def test_euler_gets_closer_to_the_reference_with_more_steps(micro) -> None:  # type: ignore[no-untyped-def]
-    from autotune.metrics.lpips_distance import Lpips
+    from autotune.model.metrics.lpips_distance import Lpips
 
     lpips = Lpips("alex", "random")
     prompts, seeds = [caption(3), caption(8)], [0, 1]

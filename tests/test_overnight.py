@@ -9,9 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -19,11 +18,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from autotune import pipeline as pipeline_module
-from autotune import references, schedulers
 from autotune.cli import main
 from autotune.config import ConfigError, load_config
-from autotune.study import recommend, run_study, study_name
+from autotune.model import references
+from autotune.model import render as pipeline_module
+from autotune.results.reader import recommend
+from autotune.space import schedulers
+from autotune.study.run import run_study
+from autotune.study.versions import study_name
 
 
 def _trials(cfg, url: str | None = None) -> list[optuna.trial.FrozenTrial]:  # type: ignore[no-untyped-def]
@@ -186,7 +188,7 @@ def test_injected_fault_fails_the_trial_with_its_reason_and_the_study_completes(
     monkeypatch.setattr(pipeline_module, "generate", second_trial_breaks)  # trials render through this
     monkeypatch.setattr(pipeline_module, "free_memory", counted_free)
     outcome = run_study(cfg, progress=False)["portrait"]
-    failed = outcome.study.get_trials(states=(TrialState.FAIL,))
+    failed = outcome.load_study().get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith(reason)
     tb = failed[0].user_attrs["fail_traceback"]  # the whole story stays in the study, not on the console
     assert tb.startswith("Traceback") and "second_trial_breaks" in tb and reason.split(":")[0] in tb
@@ -207,22 +209,67 @@ def test_changed_model_size_is_refused_unless_new_version(study_file: Callable[.
     with pytest.raises(ConfigError, match=r"`autotune study --new-version` starts versions\.v2"):
         recommend(changed)  # reading has no --new-version of its own: it names the command that has
     outcome = run_study(changed, progress=False, new_version=True)["portrait"]
-    assert outcome.study.study_name == "versions.v2.portrait" and len(outcome.trials) == 1
-    assert recommend(changed)["portrait"].study.study_name == "versions.v2.portrait"  # found without the flag
+    assert outcome.load_study().study_name == "versions.v2.portrait" and len(outcome.trials) == 1
+    assert recommend(changed)["portrait"].load_study().study_name == "versions.v2.portrait"  # found without the flag
     path.write_text(path.read_text().replace("n_trials = 1", "n_trials = 2"))  # the space may change: resumes
     assert len(run_study(load_config(path), progress=False)["portrait"].trials) == 2
-    fp = recommend(load_config(path))["portrait"].study.user_attrs["fingerprint"]
+    fp = recommend(load_config(path))["portrait"].load_study().user_attrs["fingerprint"]
     assert (fp["device"], fp["dtype"], fp["serving"]["batch_size"]) == ("cpu", "float32", 1)
     path.write_text(path.read_text() + "[serving]\nbatch_size = 4\n")  # production's call changes the cost
     with pytest.raises(ConfigError, match=r"serving\.batch_size 1 -> 4"):
         run_study(load_config(path), progress=False)
 
 
+def test_an_edited_baseline_is_refused_naming_baseline_steps_unless_new_version(
+    study_file: Callable[..., Path],
+) -> None:
+    path = study_file(name="based", n_trials=1)
+    run_study(load_config(path), progress=False, decide=False)
+    text = path.read_text()
+    path.write_text(
+        text.replace(
+            '[baseline]\nscheduler = "dpmpp_2m_karras"\nsteps = 8',
+            '[baseline]\nscheduler = "dpmpp_2m_karras"\nsteps = 6',
+        )
+    )
+    with pytest.raises(ConfigError, match=r"changed since the study ran \(baseline\.steps 8 -> 6\)"):
+        run_study(load_config(path), progress=False, decide=False)
+    with pytest.raises(ConfigError, match=r"baseline\.steps 8 -> 6"):
+        recommend(load_config(path))  # what the study compared with is not what the file now says: no verdict
+    out = run_study(load_config(path), progress=False, decide=False, new_version=True)["portrait"]
+    assert out.study_name == "based.v2.portrait" and out.trials[0].params["steps"] == 6
+
+
+def test_a_retrained_local_model_is_refused_unless_new_version(tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from autotune.testing.tiny import tiny_pipeline_path
+
+    shutil.copytree(tiny_pipeline_path("tiny"), tmp_path / "ours")
+    path = tmp_path / "ours.toml"
+    path.write_text(
+        '[model]\nid = "./ours"\ndevice = "cpu"\nheight = 32\nwidth = 32\n[search]\nn_trials = 1\nseeds = [0]\n'
+        '[baseline]\nsteps = 8\n[reference]\nsteps = 12\n[classes.portrait]\nprompts = ["an old fisherman"]\n'
+    )
+    run_study(load_config(path), progress=False, decide=False, check_reference=False)
+    weights = next((tmp_path / "ours" / "unet").glob("*.safetensors"))
+    state = load_file(weights)
+    name = next(iter(state))
+    state[name] = state[name] * 1.01  # trained some more, saved in place under the same name
+    save_file(state, weights)
+    with pytest.raises(ConfigError, match=r"changed since the study ran \(weights '[0-9a-f]{16}' -> '[0-9a-f]{16}'\)"):
+        run_study(load_config(path), progress=False, decide=False, check_reference=False)
+    out = run_study(load_config(path), progress=False, decide=False, check_reference=False, new_version=True)
+    assert out["portrait"].study_name == "ours.v2.portrait"
+
+
 def test_an_edited_prompt_list_is_refused_naming_its_class_and_a_new_class_is_not(
     study_file: Callable[..., Path],
 ) -> None:
     path = study_file(name="prompts", n_trials=1)
-    study = run_study(load_config(path), progress=False)["portrait"].study
+    study = run_study(load_config(path), progress=False)["portrait"].load_study()
     old = {k: v for k, v in study.user_attrs["fingerprint"].items() if k != "prompts"}
     study.set_user_attr("fingerprint", old)  # a study fingerprinted before prompts were: its "prompts" attr counts
     text = path.read_text()
@@ -233,7 +280,7 @@ def test_an_edited_prompt_list_is_refused_naming_its_class_and_a_new_class_is_no
         ConfigError, match=r"\(classes\.portrait\.prompts \['a studio portrait of an old fisherman'\] ->"
     ):
         run_study(load_config(path), progress=False)
-    assert run_study(load_config(path), progress=False, new_version=True)["portrait"].study.study_name == (
+    assert run_study(load_config(path), progress=False, new_version=True)["portrait"].load_study().study_name == (
         "prompts.v2.portrait"
     )
 
@@ -253,25 +300,6 @@ def test_workers_option_runs_helpers_and_writes_the_outputs_once(
     assert json.loads((path.parent / "helped" / "recommendations.json").read_text())["classes"]["portrait"]
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database on the local server, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"autotune_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True, connect_timeout=5
-        )
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {e}")
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
 def _four_workers(path: Path, storage: str) -> list[str]:
     """Four `autotune study --worker` processes started at once, as on four machines; their stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # four CPU processes on a small machine: a thread each
@@ -283,32 +311,20 @@ def _four_workers(path: Path, storage: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_four_workers_share_one_sqlite_study(study_file: Callable[..., Path]) -> None:
+def test_four_workers_share_one_study(study_file: Callable[..., Path], shared_url: str) -> None:
     path = study_file(name="shared", n_trials=12)
-    cfg = load_config(path)
-    errors = _four_workers(path, cfg.default_storage)
+    errors = _four_workers(path, shared_url)
     assert not any("database is locked" in e or "Traceback" in e for e in errors), errors
-    trials = _trials(cfg)
+    trials = _trials(load_config(path), shared_url)
     assert _count(trials, TrialState.COMPLETE) == 12
     assert _count(trials, TrialState.FAIL) == 0 and _count(trials, TrialState.RUNNING) == 0
     assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the trials were shared out
-    assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
-
-
-@pytest.mark.slow
-def test_four_workers_share_one_postgresql_study(study_file: Callable[..., Path], postgres_url: str) -> None:
-    path = study_file(name="pg", n_trials=12)
-    _four_workers(path, postgres_url)
-    cfg = load_config(path)
-    trials = _trials(cfg, postgres_url)
-    assert _count(trials, TrialState.COMPLETE) == 12 and _count(trials, TrialState.FAIL) == 0
-    assert len({t.user_attrs["worker"] for t in trials}) >= 2
     assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
     rendered = [t for t in trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
     keys = Counter(t.user_attrs["setting_key"] for t in rendered)
     assert max(keys.values()) == 1  # none rendered twice
     shown = subprocess.run(
-        [sys.executable, "-m", "autotune.cli", "recommend", str(path), "--storage", postgres_url, "--format", "json"],
+        [sys.executable, "-m", "autotune.cli", "recommend", str(path), "--storage", shared_url, "--format", "json"],
         capture_output=True,
         text=True,
     )

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.pareto import clearly_dominated, dominates, fit_seconds, hypervolume, hypervolume_history, pareto_front
+from autotune.decision.cost import fit_seconds
+from autotune.decision.pareto import clearly_dominated, dominates, pareto_front
+from autotune.report.figures import hypervolume_history
+from autotune.study.optuna_api import hypervolume
 
 UP = {"clip_score": True, "lpips": False, "seconds": False}
 
@@ -39,7 +42,7 @@ def test_pareto_module_imports_no_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, autotune.pareto, autotune.decision; print('torch' in sys.modules)"
+    code = "import sys, autotune.decision.rule, autotune.decision.evidence; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from autotune.pipeline import generate
-from autotune.space import Settings
-from autotune.timing import DeviceTimer
+from autotune.model.render import generate
+from autotune.model.timing import DeviceTimer
+from autotune.space.settings import Settings
 
 
 def test_cpu_timer_measures_the_work_inside_it() -> None:
@@ -64,7 +64,7 @@ def test_dpmpp_sde_images_reproduce_from_their_seed_whatever_the_batch_and_the_g
 
 
 def test_auto_batch_halves_on_out_of_memory_and_keeps_the_size_that_fits(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from autotune import pipeline as pipeline_module
+    from autotune.model import render as pipeline_module
 
     s = Settings("euler", 3, 5.0)
     prompts, seeds = ["a cat", "a dog"], [0, 1, 2]
@@ -105,7 +105,7 @@ def test_more_steps_converge_towards_the_reference(tiny) -> None:  # type: ignor
 @pytest.mark.gpu
 def test_fp16_study_on_cuda_records_finite_metrics(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from autotune.config import load_config
-    from autotune.study import run_study
+    from autotune.study.run import run_study
 
     path = tmp_path / "gpu.toml"
     path.write_text(

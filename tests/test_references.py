@@ -4,8 +4,9 @@ from pathlib import Path
 
 import torch
 
-from autotune.references import ReferenceStore, decode_png, encode_png, reference_key
-from autotune.space import Settings
+from autotune.model.references import ReferenceStore, decode_png, encode_png
+from autotune.space.settings import Settings
+from autotune.study.storage import reference_key
 
 REF = Settings("dpmpp_2m_karras", 12, 7.5)
 
@@ -16,15 +17,15 @@ def test_png_round_trip_is_lossless_for_8_bit_images() -> None:
 
 
 def test_key_changes_with_everything_that_changes_pixels() -> None:
-    base = reference_key("tiny", "a cat", 0, 32, 32, REF, "float32")
-    assert base == reference_key("tiny", "a cat", 0, 32, 32, REF, "float32")
+    base = reference_key("tiny", "a cat", 0, 32, 32, REF, "float32", "cpu")
+    assert base == reference_key("tiny", "a cat", 0, 32, 32, REF, "float32", "cpu")
     others = [
-        reference_key("other", "a cat", 0, 32, 32, REF, "float32"),
-        reference_key("tiny", "a dog", 0, 32, 32, REF, "float32"),
-        reference_key("tiny", "a cat", 1, 32, 32, REF, "float32"),
-        reference_key("tiny", "a cat", 0, 64, 32, REF, "float32"),
-        reference_key("tiny", "a cat", 0, 32, 32, Settings("dpmpp_2m_karras", 13, 7.5), "float32"),
-        reference_key("tiny", "a cat", 0, 32, 32, REF, "float16"),
+        reference_key("other", "a cat", 0, 32, 32, REF, "float32", "cpu"),
+        reference_key("tiny", "a dog", 0, 32, 32, REF, "float32", "cpu"),
+        reference_key("tiny", "a cat", 1, 32, 32, REF, "float32", "cpu"),
+        reference_key("tiny", "a cat", 0, 64, 32, REF, "float32", "cpu"),
+        reference_key("tiny", "a cat", 0, 32, 32, Settings("dpmpp_2m_karras", 13, 7.5), "float32", "cpu"),
+        reference_key("tiny", "a cat", 0, 32, 32, REF, "float16", "cpu"),
         reference_key("tiny", "a cat", 0, 32, 32, REF, "float32", "cuda"),  # other noise for the same seed
     ]
     assert len({base, *others}) == 8

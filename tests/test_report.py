@@ -17,8 +17,9 @@ import pytest
 from optuna.trial import TrialState
 
 from autotune.config import load_config
-from autotune.report import write_all
-from autotune.study import recommend, run_study
+from autotune.report.table import write_all
+from autotune.results.reader import recommend
+from autotune.study.run import run_study
 
 FIGURE = re.compile(r'<script type="application/json" data-figure="([^"]+)">(.*?)</script>', re.S)
 
@@ -56,7 +57,7 @@ def test_report_has_a_pareto_figure_per_class_with_markers_and_images(finished_s
 
 def test_report_renders_for_one_completed_and_one_failed_trial(study_file: Callable[..., Path]) -> None:
     cfg = load_config(study_file(name="sparse", n_trials=1))
-    study = run_study(cfg, progress=False)["portrait"].study
+    study = run_study(cfg, progress=False)["portrait"].load_study()
     trial = study.ask()
     trial.set_user_attr("fail_reason", "OutOfMemoryError: CUDA out of memory")
     study.tell(trial, state=TrialState.FAIL)
@@ -80,6 +81,61 @@ def test_report_of_a_study_file_leaving_baseline_and_reference_to_the_family(stu
     page = (cfg.output_dir / "report.html").read_text()
     comparison = page.split('<table class="images">')[1].split("</table>")[0]
     assert comparison.count("data:image/png;base64,") == 3  # the family's reference found and shown
+
+
+def _comparison_images(page: str, class_name: str) -> list[Any]:
+    import base64
+    import io
+
+    from PIL import Image
+
+    section = page.split(f'<section id="class-{class_name}">')[1].split("</section>")[0]
+    table = section.split('<table class="images">')[1].split("</table>")[0]
+    blobs = re.findall(r'src="data:image/png;base64,([^"]+)"', table)
+    return [Image.open(io.BytesIO(base64.b64decode(b))) for b in blobs]
+
+
+def test_the_reports_reference_is_the_one_of_the_trials_size_and_model(study_file: Callable[..., Path]) -> None:
+    """Two versions of a study in one database, 32 and 48 px: each report shows its own size's reference."""
+    path = study_file(name="sizes", n_trials=1)
+    run_study(load_config(path), progress=False, decide=False)
+    path.write_text(path.read_text().replace("height = 32\nwidth = 32", "height = 48\nwidth = 48"))
+    cfg = load_config(path)
+    run_study(cfg, progress=False, decide=False, new_version=True, check_reference=False)
+    write_all(recommend(cfg))
+    baseline, recommended, reference = _comparison_images((cfg.output_dir / "report.html").read_text(), "portrait")
+    assert baseline.size == recommended.size == reference.size == (48, 48)
+
+
+def test_the_grid_is_rendered_with_the_calls_production_makes(study_file: Callable[..., Path]) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from autotune.model.pipeline import Calls, load_pipeline
+    from autotune.model.render import generate
+    from autotune.report.grid import render_grid
+    from autotune.space.settings import Settings
+
+    path = study_file(name="negative", n_trials=1, extra='negative_prompt = "blurry, lowres"\n')
+    cfg = load_config(path)
+    run_study(cfg, progress=False, decide=False)
+    outcomes = recommend(cfg)
+    grid = render_grid(outcomes.cfg, outcomes, "cpu")["portrait"]
+    label, steps = next(iter(grid))
+    setting = next(
+        Settings.make(n, steps, 7.5) for n in cfg.search.schedulers if Settings.make(n, 1, 1).scheduler_label() == label
+    )
+    prompt = cfg.classes["portrait"][0]
+
+    def render(calls: Calls) -> Any:
+        p = load_pipeline(cfg.model, "cpu", calls=calls)
+        return (generate(p, setting, [prompt], [0], 32, 32).images[0].permute(1, 2, 0).numpy() * 255).round()
+
+    shown = np.asarray(Image.open(io.BytesIO(grid[(label, steps)])).convert("RGB")).astype(float)
+    assert np.abs(shown - render(Calls.of(cfg))).max() <= 1  # the class's negative prompt, as its trials had
+    assert np.abs(shown - render(Calls())).max() > 1
 
 
 def _free_port() -> int:
@@ -157,7 +213,7 @@ def test_dashboard_on_a_port_in_use_exits_2_with_one_line(finished_study, capsys
 
 def test_study_writes_artifacts_only_when_asked(study_file: Callable[..., Path]) -> None:
     cfg = load_config(study_file(name="noimages", n_trials=2, extra="[report]\nimages = false\n"))
-    study = run_study(cfg, progress=False)["portrait"].study
+    study = run_study(cfg, progress=False)["portrait"].load_study()
     assert not cfg.artifact_dir.exists()
     assert not any(k.startswith("artifacts:") for t in study.trials for k in t.system_attrs)
     assert optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=study._storage) == []
@@ -207,8 +263,8 @@ def test_numbers_from_random_weights_say_so_wherever_a_user_reads_them(finished_
     import dataclasses
 
     from autotune.config import MetricsConfig, ModelConfig
-    from autotune.outputs import random_weights_warning
-    from autotune.report import format_table, recommendations_data
+    from autotune.report.table import format_table
+    from autotune.results.schema import random_weights_warning, recommendations_data
 
     cfg, outcomes = finished_study
     warning = random_weights_warning(outcomes.cfg)
@@ -216,7 +272,7 @@ def test_numbers_from_random_weights_say_so_wherever_a_user_reads_them(finished_
     assert recommendations_data(outcomes.cfg, outcomes)["random_weights"] == warning
     assert format_table(outcomes.cfg, outcomes).endswith(warning)
     assert warning in (cfg.output_dir / "report.html").read_text()
-    study = outcomes["portrait"].study
+    study = outcomes["portrait"].load_study()
     attrs = study._storage.get_study_system_attrs(study._study_id)
     note = "".join(v for k, v in sorted(attrs.items()) if k.startswith("dashboard:note_str:"))  # the dashboard's
     assert note.endswith(f"**{warning}**")

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autotune import schedulers
-from autotune.pipeline import generate
-from autotune.space import Settings
+from autotune.model.render import generate
+from autotune.space import schedulers, variants
+from autotune.space.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ DIFFUSERS_A1111_TABLE = [
 def test_every_sampler_in_the_diffusers_a1111_table_is_accepted_and_builds() -> None:
     import json
 
-    from autotune.tiny import tiny_pipeline_path
+    from autotune.testing.tiny import tiny_pipeline_path
 
     config = json.loads((tiny_pipeline_path("tiny") / "scheduler" / "scheduler_config.json").read_text())
     for a1111 in DIFFUSERS_A1111_TABLE:
@@ -87,7 +87,7 @@ def test_table_has_the_names_users_expect() -> None:
 @pytest.fixture(scope="module")
 def tiny_sd3():  # type: ignore[no-untyped-def]
     from autotune.config import ModelConfig
-    from autotune.pipeline import load_pipeline
+    from autotune.model.pipeline import load_pipeline
 
     return load_pipeline(ModelConfig(id="tiny-sd3", device="cpu"))
 
@@ -127,7 +127,7 @@ def test_every_variant_value_reaches_the_scheduler_config(
 ) -> None:
     p = tiny_sd3 if schedulers.get(name).flow else tiny
     p.pipe.scheduler = schedulers.build(name, p.base_scheduler_config, {variant: value})
-    expected = schedulers.VARIANTS[variant].to_kwargs(value)
+    expected = variants.VARIANTS[variant].to_kwargs(value)
     assert expected and all(p.pipe.scheduler.config[k] == v for k, v in expected.items())
 
 
@@ -149,7 +149,8 @@ def test_entry_fixed_parameters_are_not_searched() -> None:
 
 
 def test_ays_renders_with_the_familys_timesteps(tiny) -> None:  # type: ignore[no-untyped-def]
-    from autotune.families import FAMILIES, ays_timesteps
+    from autotune.space.families import FAMILIES
+    from autotune.space.settings import ays_timesteps
 
     assert ays_timesteps(FAMILIES["sd"], 10) == [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]
     ts = ays_timesteps(FAMILIES["sd"], 6)

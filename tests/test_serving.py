@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 import autotune
-from autotune.references import decode_png
-from autotune.router import Router, class_embedding, load_text_encoder, router_data
-from autotune.storage import artifact_store, image_name, open_storage
-from autotune.tiny import tiny_pipeline_path
+from autotune.model.references import decode_png
+from autotune.results.schema import router_data
+from autotune.serving.router import Router, class_embedding, load_text_encoder
+from autotune.study.storage import artifact_store, image_name, open_storage
+from autotune.testing.tiny import tiny_pipeline_path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -32,7 +33,7 @@ def fresh_pipe():  # type: ignore[no-untyped-def]
 
 def trial_image(cfg, outcome, number: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """The study's stored image of trial ``number`` (first prompt, first seed)."""
-    trial = outcome.study.trials[number]
+    trial = outcome.load_study().trials[number]
     metas = optuna.artifacts.get_all_artifact_meta(trial, storage=open_storage(cfg.default_storage))
     (meta,) = [m for m in metas if m.filename == image_name(0, cfg.search.seeds[0])]
     with artifact_store(cfg).open_reader(meta.artifact_id) as f:
@@ -108,8 +109,8 @@ def test_switching_classes_in_every_order_renders_each_ones_images_with_and_with
 
     import diffusers
 
-    from autotune import schedulers
-    from autotune.space import Settings
+    from autotune.space import schedulers
+    from autotune.space.settings import Settings
 
     base_pipe = fresh_pipe()
     base = dict(base_pipe.scheduler.config)

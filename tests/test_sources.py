@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from autotune.config import ConfigError, load_config
-from autotune.pipeline import configure_calls, generate, load_pipeline, resolve_config
-from autotune.space import Settings
-from autotune.tiny import tiny_pipeline_path
+from autotune.model.pipeline import Calls, check_calls, load_pipeline, resolve_config
+from autotune.model.render import generate
+from autotune.space.settings import Settings
+from autotune.testing.tiny import tiny_pipeline_path
 
 PROMPT = "a studio portrait of an old fisherman"
 STUDY = """
@@ -105,8 +106,8 @@ def plain_render(folder: Path, negative: str | None = None, lora: float | None =
 
 def autotune_render(path: Path) -> torch.Tensor:
     cfg = load_config(path)
-    p = load_pipeline(cfg.model)
-    configure_calls(p, cfg)
+    p = load_pipeline(cfg.model, calls=Calls.of(cfg))
+    check_calls(p, cfg)
     return generate(p, Settings("euler", 4, 7.5), [PROMPT], [0], 32, 32).images[0]
 
 
@@ -216,9 +217,9 @@ def test_negative_prompt_lora_and_vae_render_as_the_same_diffusers_call(assets: 
 
 
 def test_a_study_with_a_class_negative_prompt_and_a_lora_stores_what_diffusers_renders(assets: Path) -> None:
-    from autotune.references import decode_png
-    from autotune.storage import artifact_store, image_name, open_storage
-    from autotune.study import run_study
+    from autotune.model.references import decode_png
+    from autotune.study.run import run_study
+    from autotune.study.storage import artifact_store, image_name, open_storage
 
     folder = assets / "study"
     folder.mkdir(exist_ok=True)
@@ -231,12 +232,12 @@ def test_a_study_with_a_class_negative_prompt_and_a_lora_stores_what_diffusers_r
     )
     cfg = load_config(path)
     out = run_study(cfg, progress=False, decide=False)["portrait"]
-    production = out.study.user_attrs["fingerprint"]["production"]
+    production = out.load_study().user_attrs["fingerprint"]["production"]
     assert production == {
         "model": {"loras": {"../loras": 0.8}},
         "call": {"negative_prompt": "blurry, lowres"},
     }
-    trial = out.study.trials[0]
+    trial = out.load_study().trials[0]
     metas = optuna.artifacts.get_all_artifact_meta(trial, storage=open_storage(cfg.default_storage))
     (meta,) = [m for m in metas if m.filename == image_name(0, 0)]
     with artifact_store(cfg).open_reader(meta.artifact_id) as f:
@@ -315,9 +316,9 @@ def test_what_cannot_load_offline_is_one_line_within_seconds_and_leaves_nothing(
 def test_metric_weights_load_from_local_files(assets: Path, tmp_path: Path) -> None:
     import torchvision
 
-    from autotune.metrics.clip_score import ClipScore
-    from autotune.metrics.lpips_distance import Lpips
     from autotune.micro import clip_dir
+    from autotune.model.metrics.clip_score import ClipScore
+    from autotune.model.metrics.lpips_distance import Lpips
 
     shutil.copytree(clip_dir(), tmp_path / "weights" / "clip")
     torch.manual_seed(1)
@@ -349,7 +350,7 @@ def test_a_cached_hub_id_loads_from_the_cache_when_the_hub_is_unreachable(tmp_pa
     code = (
         "import time; t = time.perf_counter()\n"
         "from autotune.config import ModelConfig\n"
-        "from autotune.pipeline import load_pipeline\n"
+        "from autotune.model.pipeline import load_pipeline\n"
         "p = load_pipeline(ModelConfig(id='someorg/tiny', device='cpu'))\n"
         "print(type(p.pipe).__name__, round(time.perf_counter() - t))\n"
     )

@@ -7,9 +7,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotune import pipeline as pipeline_module
 from autotune.config import load_config
-from autotune.study import run_study, study_name
+from autotune.model import render as pipeline_module
+from autotune.study.run import run_study
+from autotune.study.versions import study_name
 
 
 def test_study_runs_baseline_first_and_records_per_trial_attributes(study_file: Callable[..., Path]) -> None:
@@ -69,7 +70,7 @@ def test_resume_adds_trials_to_the_same_database(study_file: Callable[..., Path]
     db = Path(cfg.default_storage.removeprefix("sqlite:///"))
     assert db.exists()
     outcomes = run_study(cfg, progress=False)  # on to the file's total of 4
-    study = outcomes["portrait"].study
+    study = outcomes["portrait"].load_study()
     assert len(outcomes["portrait"].trials) == 4
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
     total = len(study.trials)
@@ -77,36 +78,10 @@ def test_resume_adds_trials_to_the_same_database(study_file: Callable[..., Path]
     assert len(study.trials) == total
 
 
-def test_failing_trial_is_recorded_with_reason_and_study_goes_on(
-    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = pipeline_module.generate
-    calls = {"n": 0}
-
-    def flaky(p, settings, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:  # the first trial after the baseline
-            raise RuntimeError("scheduler exploded")
-        return real(p, settings, *args, **kwargs)
-
-    cfg = load_config(study_file(n_trials=3))
-    from autotune import references
-
-    monkeypatch.setattr(pipeline_module, "generate", flaky)
-    monkeypatch.setattr(references, "generate", real)  # references render normally
-    outcomes = run_study(cfg, progress=False)
-    study = outcomes["portrait"].study
-    failed = study.get_trials(states=(TrialState.FAIL,))
-    assert len(failed) == 1
-    assert failed[0].user_attrs["fail_reason"] == "RuntimeError: scheduler exploded"
-    assert len(outcomes["portrait"].trials) == 3
-    assert outcomes["portrait"].n_failed == 1
-
-
 def test_repeated_setting_reuses_stored_metrics(study_file: Callable[..., Path]) -> None:
     cfg = load_config(study_file(n_trials=2))
     outcomes = run_study(cfg, progress=False)
-    study = outcomes["portrait"].study
+    study = outcomes["portrait"].load_study()
     study.enqueue_trial(study.trials[1].params)
     run_study(cfg, n_trials=3, progress=False)
     again, fresh = study.trials[2], study.trials[3]
@@ -147,9 +122,9 @@ def test_rough_first_renders_the_other_seeds_only_for_settings_not_clearly_domin
         return real_cut(rough_values, rendered, higher, margin)
 
     monkeypatch.setattr(study_module, "clearly_dominated", cut_fourth)
-    plain_study = run_study(load_config(plain), progress=False)["portrait"].study
+    plain_study = run_study(load_config(plain), progress=False)["portrait"].load_study()
     out = run_study(load_config(rough), progress=False)["portrait"]
-    trials = out.study.trials
+    trials = out.load_study().trials
     # merged back in prompt-major order: the same per-image values as rendering all seeds at once (up to
     # the float noise of another batch size, which can flip a pixel's 8-bit rounding)
     for a, b in zip(plain_study.trials[:1], trials[:1], strict=True):
@@ -163,9 +138,10 @@ def test_rough_first_renders_the_other_seeds_only_for_settings_not_clearly_domin
     assert [s for k, s in renders if k == cut_key[0]] == [(0,)]  # its second seed was never rendered
     assert len(out.trials) == 3  # the cut trial counts towards n_trials=4
     # a repeat of the cut setting is cut again without rendering
-    out.study.enqueue_trial(pruned[0].params)
+    out.load_study().enqueue_trial(pruned[0].params)
     run_study(load_config(rough), n_trials=5, progress=False)
-    again = out.study.trials[-2] if "fresh_after" in out.study.trials[-1].user_attrs else out.study.trials[-1]
+    last = out.load_study().trials
+    again = last[-2] if "fresh_after" in last[-1].user_attrs else last[-1]
     assert again.state == TrialState.PRUNED and again.user_attrs["reused_from"] == pruned[0].number
     assert sum(k == cut_key[0] for k, _ in renders) == 1
 
@@ -193,7 +169,7 @@ def test_study_stops_when_every_setting_of_a_small_space_is_rendered(study_file:
     out = run_study(load_config(path), progress=False)["portrait"]  # euler and the baseline's: 2 x 2 x 2 settings
     keys = [t.user_attrs["setting_key"] for t in out.trials]
     assert len(keys) == len(set(keys)) == 8
-    assert out.study.user_attrs["exhausted"] is True
+    assert out.load_study().user_attrs["exhausted"] is True
 
 
 def test_a_study_leaves_the_callers_logging_and_random_state_alone(study_file: Callable[..., Path]) -> None:
@@ -210,23 +186,24 @@ def test_a_study_leaves_the_callers_logging_and_random_state_alone(study_file: C
 def test_results_read_every_trial_as_optuna_reads_it(finished_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
-    from autotune.storage import open_storage
-    from autotune.study.results import _read_trials
+    from sqlalchemy import create_engine
+
+    from autotune.results.reader import read_trials
 
     cfg, _ = finished_study
     url = f"sqlite:///{shutil.copy(cfg.default_storage.removeprefix('sqlite:///'), tmp_path / 'copy.db')}"
     study = optuna.load_study(study_name=study_name(cfg, "portrait"), storage=url)
     study.enqueue_trial({"scheduler": "euler", "steps": 3, "guidance": 2.0})  # a waiting trial, fixed params
-    ours = _read_trials(open_storage(url), study._study_id)
+    ours = read_trials(create_engine(url), study._study_id)  # without Optuna
     theirs = study.get_trials(deepcopy=False)
     assert len(ours) == len(theirs) >= 7
     for a, b in zip(ours, theirs, strict=True):
-        assert (a.number, a.state, a.values, a.params, a.distributions) == (
+        assert (a.number, a.state.name, a.values, a.params, a.trial_id) == (
             b.number,
-            b.state,
+            b.state.name,
             b.values,
             b.params,
-            b.distributions,
+            b._trial_id,
         )
         assert (a.user_attrs, a.system_attrs, a.datetime_start, a.datetime_complete) == (
             b.user_attrs,

@@ -11,12 +11,18 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from autotune._schema import ConfigError, ConfigWarning
+from autotune.config.schema import ConfigError, ConfigWarning
 
-__all__ = ["MANY_PROMPTS", "MAX_PROMPT", "RESERVED_CALL", "call_table", "class_tables"]
+__all__ = ["MANY_PROMPTS", "MAX_PROMPT", "RESERVED_CALL", "call_table", "class_tables", "same_prompt"]
 
 MANY_PROMPTS = 1000  # more prompts than this in one class: accepted, with a warning
 MAX_PROMPT = 1000  # characters; CLIP reads 77 tokens (some 300 characters)
+
+
+def same_prompt(prompt: str) -> str:
+    """What the text encoder reads of a prompt: CLIP's tokenizer lowercases it and collapses whitespace,
+    so "A cat" and "a  cat" render the same images."""
+    return " ".join(prompt.lower().split())
 
 
 def _prompt(value: Any, where: str) -> str:
@@ -65,8 +71,14 @@ def class_tables(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
         prompts = table.get("prompts")
         if not isinstance(prompts, list) or not prompts:
             raise ConfigError(f"{where}.prompts: expected a non-empty list of strings, got {prompts!r}")
+        seen: dict[str, int] = {}
         for i, p in enumerate(prompts):
             _prompt(p, f"{where}.prompts[{i}]")
+            if (first := seen.setdefault(same_prompt(p), i)) != i:
+                raise ConfigError(
+                    f"{where}.prompts[{i}]: {p!r} repeats prompts[{first}] (the text encoder reads them alike); "
+                    "expected distinct prompts: each is one unit of the recommendation's bound"
+                )
         if "negative_prompt" in table:
             negatives[name] = _prompt(table["negative_prompt"], f"{where}.negative_prompt")
         if not name.replace("_", "").replace("-", "").isalnum():

@@ -1,7 +1,9 @@
-"""TOML tables checked against dataclass annotations: the type machinery behind :mod:`autotune.config`.
+"""TOML tables checked against dataclass annotations: the type machinery behind :mod:`autotune.config`,
+and the small rules every input file follows (UTF-8 with or without a byte-order mark, paths relative
+to the study file, one-line errors).
 
 Example:
-    >>> _section(SearchConfig, {"steps": [4, 40]}, "search").steps
+    >>> section(SearchConfig, {"steps": [4, 40]}, "search").steps
     (4, 40)
 """
 
@@ -14,7 +16,20 @@ import typing
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "ConfigWarning", "check_range", "first_line", "one_of", "section", "study_path"]
+__all__ = [
+    "WEIGHT_FILES",
+    "ConfigError",
+    "ConfigWarning",
+    "check_range",
+    "first_line",
+    "one_of",
+    "read_utf8",
+    "section",
+    "study_path",
+]
+
+
+WEIGHT_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # what a path to weights may end in
 
 
 class ConfigError(ValueError):
@@ -97,3 +112,11 @@ def first_line(e: BaseException) -> str:
 def study_path(value: str, home: str) -> Path:
     """A path from the study file, absolute: ``~`` expanded, a relative one from the file's folder ``home``."""
     return (Path(home or ".") / Path(value).expanduser()).resolve()
+
+
+def read_utf8(path: Path) -> str:
+    """A text file as UTF-8, a byte-order mark at its start dropped (some Windows editors write one).
+
+    Raises what reading raises (``OSError``, ``UnicodeDecodeError``): each caller names its file.
+    """
+    return path.read_bytes().decode("utf-8-sig")

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune import schedulers
-from autotune._prompts import call_table, class_tables
-from autotune._schema import ConfigError, ConfigWarning, check_range, one_of, section
-from autotune.metrics import METRICS
+from autotune.config.objectives import OBJECTIVES
+from autotune.config.prompts import call_table, class_tables
+from autotune.config.schema import WEIGHT_FILES, ConfigError, ConfigWarning, check_range, one_of, read_utf8, section
+from autotune.space import schedulers, variants
+from autotune.space.families import FAMILIES
 
 __all__ = [
     "ConfigError",
@@ -41,7 +42,6 @@ SAMPLERS = ("tpe", "tpe_independent", "gp", "nsga2", "random")
 RULES = ("match_baseline",)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-FAMILY_NAMES = ("sd", "sdxl", "sd3", "flux", "distilled", "distilled_flow")  # autotune.families.FAMILIES
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,12 @@ class ModelConfig:
 
     def __hash__(self) -> int:
         return hash((self.id, self.revision, self.config, self.pipeline, self.vae, tuple(self.loras.items())))
+
+    def resolved_device(self, cuda_available: bool) -> str:
+        """``device`` with "auto" made concrete: CUDA when there is one, else the CPU."""
+        if self.device == "auto":
+            return "cuda" if cuda_available else "cpu"
+        return self.device
 
     def additions(self) -> dict[str, Any]:
         """What the study adds to or builds the model with, beyond its id (only what is set)."""
@@ -163,7 +169,8 @@ class StudyConfig:
 
     @property
     def directory(self) -> Path:
-        """Folder of the study file: the database and outputs live beside it."""
+        """Folder of the study file: the database and outputs live beside it (``path`` is as the user
+        typed it, so every message names the file the same way)."""
         return self.path.parent
 
     @property
@@ -177,7 +184,7 @@ class StudyConfig:
 
     @property
     def default_storage(self) -> str:
-        return f"sqlite:///{self.directory / (self.name + '.db')}"
+        return f"sqlite:///{self.directory.resolve() / (self.name + '.db')}"
 
 
 _SECTIONS = {
@@ -235,7 +242,7 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     if device_kind not in DEVICES or (":" in m.device and (device_kind != "cuda" or not m.device[5:].isdigit())):
         raise ConfigError(f"model.device: expected auto, cpu, cuda or cuda:N, got {m.device!r}")
     one_of(m.dtype, DTYPES, "model.dtype")
-    one_of(m.family, ("auto", *FAMILY_NAMES), "model.family")
+    one_of(m.family, ("auto", *FAMILIES), "model.family")
     for path, scale in m.loras.items():
         if isinstance(scale, bool) or not isinstance(scale, int | float):
             raise ConfigError(f"model.loras.{path}: expected a scale (a number, 1.0 as trained), got {scale!r}")
@@ -258,11 +265,11 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
         if not names:
             raise ConfigError("search.schedulers: expected at least one scheduler name, got []")
         names = tuple(dict.fromkeys(_canonical_scheduler(n, "search.schedulers") for n in names))
-    variants = s.variants
-    if isinstance(variants, str) and variants != "all":
-        raise ConfigError(f'search.variants: expected a list of parameter names or "all", got {variants!r}')
-    for v in variants if isinstance(variants, tuple) else ():
-        one_of(v, tuple(schedulers.VARIANTS), "search.variants")
+    wanted = s.variants
+    if isinstance(wanted, str) and wanted != "all":
+        raise ConfigError(f'search.variants: expected a list of parameter names or "all", got {wanted!r}')
+    for v in wanted if isinstance(wanted, tuple) else ():
+        one_of(v, tuple(variants.VARIANTS), "search.variants")
     one_of(s.sampler, SAMPLERS, "search.sampler")
     if s.n_trials < 1:
         raise ConfigError(f"search.n_trials: expected an integer >= 1, got {s.n_trials}")
@@ -273,14 +280,12 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     if not met.objectives or len(set(met.objectives)) != len(met.objectives):
         raise ConfigError(f"metrics.objectives: expected distinct metric names, got {list(met.objectives)}")
     for name in met.objectives:
-        one_of(name, tuple(METRICS), "metrics.objectives")
+        one_of(name, tuple(OBJECTIVES), "metrics.objectives")
     one_of(met.lpips_net, ("alex", "vgg", "squeeze"), "metrics.lpips_net")
-    if met.lpips_backbone not in ("random", "pretrained") and not met.lpips_backbone.endswith(
-        (".pth", ".pt", ".safetensors")
-    ):
+    if met.lpips_backbone not in ("random", "pretrained") and not met.lpips_backbone.endswith(WEIGHT_FILES):
         raise ConfigError(
-            "metrics.lpips_backbone: expected random, pretrained or a torchvision weights file (.pth, .pt, "
-            f".safetensors), got {met.lpips_backbone!r}"
+            "metrics.lpips_backbone: expected random, pretrained or a torchvision weights file "
+            f"({', '.join(WEIGHT_FILES)}), got {met.lpips_backbone!r}"
         )
     one_of(rec.rule, RULES, "recommend.rule")
     for key in ("clip_tolerance", "clip_tolerance_sd", "lpips_tolerance"):
@@ -317,7 +322,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> StudyConfig:
     if "home" in raw.get("model", {}):
         raise ConfigError("model.home: unknown key (paths in [model] are relative to the study file)")
     sections = {key: section(cls, raw[key], key) for key, cls in _SECTIONS.items() if key in raw}
-    sections["model"] = dataclasses.replace(sections.get("model", ModelConfig()), home=str(path.parent))
+    sections["model"] = dataclasses.replace(sections.get("model", ModelConfig()), home=str(path.parent.resolve()))
     classes, negatives = class_tables(raw.get("classes"))
     cfg = StudyConfig(
         name=name,
@@ -334,9 +339,8 @@ def load_config(path: str | Path) -> StudyConfig:
     """Read and validate a study file; raise :class:`ConfigError` naming the file and key."""
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-        return parse_config(raw, path.resolve())
+        raw = tomllib.loads(read_utf8(path))
+        return parse_config(raw, path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such study file") from None
     except (IsADirectoryError, PermissionError) as e:

@@ -10,7 +10,7 @@ so the bound is over prompts: the mean of the per-prompt mean differences, with 
 Example:
     >>> base = Candidate(0, {(0, 0): {"clip_score": 30.0}, (1, 0): {"clip_score": 31.0}}, seconds=(1.0,))
     >>> fast = Candidate(1, {(0, 0): {"clip_score": 29.9}, (1, 0): {"clip_score": 30.8}}, seconds=(0.2,))
-    >>> decide([base, fast], base, Tolerance(clip=1.0)).chosen.number
+    >>> decide([base, fast], base, Tolerance({"clip_score": 1.0})).chosen.number
     1
 """
 
@@ -18,38 +18,29 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from autotune.config.objectives import OBJECTIVES
+from autotune.decision.evidence import Candidate, Images
 
 __all__ = [
     "Bound",
-    "Candidate",
     "Recommendation",
     "Tolerance",
     "decide",
+    "eligible",
     "finalists",
-    "images_of",
     "next_to_race",
     "overall",
     "paired_bound",
+    "speedup",
     "t95",
     "verdicts",
 ]
 
-Images = Mapping[tuple[int, int], Mapping[str, float]]
-QUALITY = {"clip_score": True, "lpips": False}  # metric -> higher is better
 _T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)  # one-sided, df 1..10
-
-
-def images_of(
-    values: Mapping[str, Sequence[float]], n_prompts: int, seeds: Sequence[int]
-) -> dict[tuple[int, int], dict[str, float]]:
-    """Prompt-major per-image lists over ``seeds`` as ``{(prompt index, seed): {metric: value}}``."""
-    out: dict[tuple[int, int], dict[str, float]] = {}
-    for m, v in values.items():
-        for i, x in enumerate(v[: n_prompts * len(seeds)]):
-            out.setdefault((i // len(seeds), seeds[i % len(seeds)]), {})[m] = x
-    return out
 
 
 def t95(df: int) -> float:
@@ -62,14 +53,15 @@ def t95(df: int) -> float:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """How much worse than the baseline a setting may be, in the metric's own units (None: not judged)."""
+    """How much worse than the baseline a setting may be, per quality metric in its own units (a metric
+    absent: not judged); ``seed_lpips``: a stochastic sampler's reference distance is held within
+    (1 + its tolerance) x this."""
 
-    clip: float | None = None  # CLIP points
-    lpips: float | None = None  # LPIPS to the reference
-    seed_lpips: float | None = None  # stochastic samplers: LPIPS to the reference within (1 + tol) x this
+    limits: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    seed_lpips: float | None = None
 
     def of(self, metric: str) -> float | None:
-        return self.clip if metric == "clip_score" else self.lpips
+        return self.limits.get(metric)
 
 
 @dataclass(frozen=True)
@@ -88,13 +80,13 @@ class Bound:
     @property
     def verdict(self) -> str:
         """``pass``: worse by less than the tolerance (95 %); ``fail``: worse by more (95 %); else ``undecided``."""
-        sign = 1 if QUALITY[self.metric] else -1
+        sign = 1 if OBJECTIVES[self.metric].higher_is_better else -1
         if sign * self.worst >= -self.tolerance:
             return "pass"
         return "fail" if sign * self.best < -self.tolerance else "undecided"
 
     def describe(self) -> str:
-        need = f">= {-self.tolerance:+.3g}" if QUALITY[self.metric] else f"<= {self.tolerance:+.3g}"
+        need = f">= {-self.tolerance:+.3g}" if OBJECTIVES[self.metric].higher_is_better else f"<= {self.tolerance:+.3g}"
         return (
             f"Δ{self.metric} {self.mean:+.3g}, 95 % bound {self.worst:+.3g} (needs {need}; "
             f"{self.images} images, {self.prompts} prompts)"
@@ -118,26 +110,8 @@ def paired_bound(cand: Images, base: Images | float, metric: str, tolerance: flo
     mean = statistics.fmean(units)
     half = t95(len(units) - 1) * statistics.stdev(units) / math.sqrt(len(units)) if len(units) > 1 else math.inf
     lo, hi = mean - half, mean + half
-    worst, best = (lo, hi) if QUALITY[metric] else (hi, lo)
+    worst, best = (lo, hi) if OBJECTIVES[metric].higher_is_better else (hi, lo)
     return Bound(metric, mean, worst, best, tolerance, len(shared), len(by_prompt))
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A rendered setting as the rule sees it: its images on the search (and racing) seeds, on the
-    confirmation seeds, and the seconds per image of each timed serving call."""
-
-    number: int
-    images: Images
-    confirm: Images = field(default_factory=dict)
-    seconds: tuple[float, ...] = ()
-    cost: float | None = None  # what cheaper means (a fitted cost; default: the median of ``seconds``)
-    deterministic: bool = True
-    label: str = ""
-
-    @property
-    def rank_cost(self) -> float:
-        return self.cost if self.cost is not None else statistics.median(self.seconds) if self.seconds else math.inf
 
 
 def speedup(cand: Candidate, base: Candidate) -> tuple[float, float, float] | None:
@@ -152,11 +126,8 @@ def verdicts(cand: Candidate, base: Candidate, tol: Tolerance, *, confirm: bool 
     """The candidate's bound on every judged metric, on its search images or its confirmation images."""
     mine, theirs = (cand.confirm, base.confirm) if confirm else (cand.images, base.images)
     out = []
-    for metric in QUALITY:
-        t = tol.of(metric)
-        if t is None:
-            continue
-        if metric == "lpips" and not cand.deterministic and base.deterministic:
+    for metric, t in tol.limits.items():
+        if OBJECTIVES[metric].reference and not cand.deterministic and base.deterministic:
             seed = tol.seed_lpips or 0.0  # never converges to the reference: no further from it than another seed
             b = paired_bound(mine, float(seed), metric, t)
         else:
@@ -206,48 +177,29 @@ def eligible(c: Candidate, base: Candidate, stochastic: bool) -> str | None:
     return None
 
 
-def decide(
-    candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, *, top: int = 3, stochastic: bool = False
-) -> Recommendation:
-    """The cheapest candidate that passes on its search images and again on its confirmation images.
-
-    Candidates are visited cheapest first; the first ``top`` that pass on the search images are the
-    finalists; a finalist without confirmation images yet is recommended as *unconfirmed* only when
-    no finalist has them. A finalist that fails confirmation is dropped (the winner's curse).
-    """
-    stages: list[dict[str, object]] = []
-    chosen: list[Candidate] = []
-    for c in _ranked(candidates, baseline, stochastic):
+def _screen(
+    candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, top: int, stochastic: bool
+) -> Iterator[tuple[Candidate, list[Bound], str]]:
+    """Eligible candidates cheapest first with their search bounds and verdict, until ``top`` have passed:
+    the one "cheapest that pass" that deciding, racing and the finalists all read."""
+    passed = 0
+    ranked = sorted(
+        (c for c in candidates if eligible(c, baseline, stochastic) is None), key=lambda c: (c.rank_cost, c.number)
+    )
+    for c in ranked:
         bounds = verdicts(c, baseline, tol)
-        stage: dict[str, object] = {"trial": c.number, "setting": c.label, "search": overall(bounds)}
-        stage["search_bounds"] = [b.describe() for b in bounds]
-        if stage["search"] == "pass":
-            chosen.append(c)
-            if c.confirm:
-                cb = verdicts(c, baseline, tol, confirm=True)
-                stage["confirmation"] = overall(cb) if cb else "not rendered"
-                stage["confirmation_bounds"] = [b.describe() for b in cb]
-        stages.append(stage)
-        if len(chosen) >= top:
-            break
-    by_trial = {s["trial"]: s for s in stages}
-    confirmed = [c for c in chosen if by_trial[c.number].get("confirmation") == "pass"]
-    if confirmed:
-        c = confirmed[0]
-        dropped = [f for f in chosen if f.rank_cost < c.rank_cost]
-        why = f"; {len(dropped)} cheaper passed the search but not the confirmation" if dropped else ""
-        reason = f"cheapest setting within tolerance on the search and on {len(c.confirm)} fresh images{why}"
-        return Recommendation(c, baseline, True, reason, True, tuple(stages))
-    if chosen and not any(f.confirm for f in chosen):
-        reason = "within tolerance on the search images; not yet confirmed on fresh seeds"
-        return Recommendation(chosen[0], baseline, True, reason, False, tuple(stages))
-    why = f"no finalist of {len(chosen)} passed again on fresh seeds" if chosen else "no cheaper setting passed"
-    return Recommendation(baseline, baseline, False, f"{why}; keeping the baseline", True, tuple(stages))
+        verdict = overall(bounds)
+        yield c, bounds, verdict
+        passed += verdict == "pass"
+        if passed >= top:
+            return
 
 
-def _ranked(candidates: Sequence[Candidate], baseline: Candidate, stochastic: bool) -> list[Candidate]:
-    ok = [c for c in candidates if eligible(c, baseline, stochastic) is None]
-    return sorted(ok, key=lambda c: (c.rank_cost, c.number))
+def finalists(
+    candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, *, top: int = 3, stochastic: bool = False
+) -> list[Candidate]:
+    """The cheapest ``top`` candidates that pass on their search (and racing) images."""
+    return [c for c, _, v in _screen(candidates, baseline, tol, top, stochastic) if v == "pass"]
 
 
 def next_to_race(
@@ -265,24 +217,44 @@ def next_to_race(
     Racing (irace's and SMAC's intensification, here against a fixed baseline): images go to the
     settings whose verdict is close, cheapest first, not to every setting alike.
     """
-    passed = 0
-    for c in _ranked(candidates, baseline, stochastic):
-        v = overall(verdicts(c, baseline, tol))
-        if v == "pass":
-            passed += 1
-            if passed >= top:
-                return None
-        elif v == "undecided":
-            have = {s for _, s in c.images}
-            missing = [s for s in race_seeds if s not in have]
-            if missing:
-                return c.number, missing[0]
+    for c, _, verdict in _screen(candidates, baseline, tol, top, stochastic):
+        missing = [s for s in race_seeds if s not in c.seeds]
+        if verdict == "undecided" and missing:
+            return c.number, missing[0]
     return None
 
 
-def finalists(
+def decide(
     candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, *, top: int = 3, stochastic: bool = False
-) -> list[Candidate]:
-    """The cheapest ``top`` candidates that pass on their search (and racing) images."""
-    out = [c for c in _ranked(candidates, baseline, stochastic) if overall(verdicts(c, baseline, tol)) == "pass"]
-    return out[:top]
+) -> Recommendation:
+    """The cheapest candidate that passes on its search images and again on its confirmation images.
+
+    Candidates are visited cheapest first; the first ``top`` that pass on the search images are the
+    finalists; a finalist without confirmation images yet is recommended as *unconfirmed* only when
+    no finalist has them. A finalist that fails confirmation is dropped (the winner's curse).
+    """
+    stages: list[dict[str, object]] = []
+    chosen: list[Candidate] = []
+    for c, bounds, verdict in _screen(candidates, baseline, tol, top, stochastic):
+        stage: dict[str, object] = {"trial": c.number, "setting": c.label, "search": verdict}
+        stage["search_bounds"] = [b.describe() for b in bounds]
+        if verdict == "pass":
+            chosen.append(c)
+            if c.confirm:
+                cb = verdicts(c, baseline, tol, confirm=True)
+                stage["confirmation"] = overall(cb) if cb else "not rendered"
+                stage["confirmation_bounds"] = [b.describe() for b in cb]
+        stages.append(stage)
+    by_trial = {s["trial"]: s for s in stages}
+    confirmed = [c for c in chosen if by_trial[c.number].get("confirmation") == "pass"]
+    if confirmed:
+        c = confirmed[0]
+        dropped = [f for f in chosen if f.rank_cost < c.rank_cost]
+        why = f"; {len(dropped)} cheaper passed the search but not the confirmation" if dropped else ""
+        reason = f"cheapest setting within tolerance on the search and on {len(c.confirm)} fresh images{why}"
+        return Recommendation(c, baseline, True, reason, True, tuple(stages))
+    if chosen and not any(f.confirm for f in chosen):
+        reason = "within tolerance on the search images; not yet confirmed on fresh seeds"
+        return Recommendation(chosen[0], baseline, True, reason, False, tuple(stages))
+    why = f"no finalist of {len(chosen)} passed again on fresh seeds" if chosen else "no cheaper setting passed"
+    return Recommendation(baseline, baseline, False, f"{why}; keeping the baseline", True, tuple(stages))

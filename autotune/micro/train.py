@@ -56,7 +56,7 @@ def build_tokenizer(folder: Path) -> Any:
     """A CLIP BPE vocabulary of byte symbols plus the caption words, each one token."""
     from transformers import CLIPTokenizer
 
-    from autotune.tiny import bytes_to_unicode
+    from autotune.testing.tiny import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols]

@@ -1,5 +1,5 @@
 """Render a setting for prompts x seeds and score it: the pipeline, the metric models and the
-reference images, loaded once per process. Knows nothing of Optuna (validation renders through it too).
+reference images, loaded once per evaluator. Knows nothing of Optuna (validation renders through it too).
 
 Example:
     >>> ev = Evaluator(cfg, cfg.default_storage, device="cpu")
@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from autotune.config import ConfigError
-from autotune.families import Family, ResolvedStudy
-from autotune.space import Settings, reference_setting
+from autotune.config.objectives import OBJECTIVES, quality
+from autotune.config.resolve import ResolvedStudy, reference_setting
+from autotune.model.pipeline import ModelDescription
+from autotune.space.families import Family
+from autotune.space.settings import Settings
 
 __all__ = ["Evaluation", "Evaluator", "Scorer"]
 
@@ -50,22 +54,34 @@ class Scorer(Protocol):
 
 
 class Evaluator:
-    """Pipeline, metric models and reference store: loaded once per process, shared by classes."""
+    """Pipeline, metric models and reference store, loaded once and owned by this evaluator.
 
-    def __init__(self, cfg: ResolvedStudy, storage_url: str, device: str | None) -> None:
-        from autotune.metrics.clip_score import ClipScore
-        from autotune.metrics.lpips_distance import Lpips
-        from autotune.pipeline import configure_calls, load_pipeline
-        from autotune.references import ReferenceStore
+    ``routed`` maps prompts of no study class (validation's held-out ones) to the class whose call
+    arguments (its negative prompt) they are served with.
+    """
+
+    def __init__(
+        self,
+        cfg: ResolvedStudy,
+        storage_url: str,
+        device: str | None,
+        *,
+        described: ModelDescription | None = None,
+        routed: Mapping[str, str] = MappingProxyType({}),
+    ) -> None:
+        from autotune.model.metrics import load_metric
+        from autotune.model.pipeline import Calls, check_calls, load_pipeline
+        from autotune.model.references import ReferenceStore
 
         self.cfg = cfg
-        m, home = cfg.metrics, str(cfg.directory)
+        home = str(cfg.directory)
         try:
-            self.pipeline = load_pipeline(cfg.model, device, cfg.serving.safety_checker)
-            configure_calls(self.pipeline, cfg)
+            self.pipeline = load_pipeline(
+                cfg.model, device, cfg.serving.safety_checker, described=described, calls=Calls.of(cfg, routed)
+            )
+            check_calls(self.pipeline, cfg)
             dev = self.pipeline.device
-            self.clip = ClipScore(m.clip_model, m.clip_pretrained, dev, home)  # scores; embeds prompts for the router
-            self.lpips = Lpips(m.lpips_net, m.lpips_backbone, dev, home) if "lpips" in m.objectives else None
+            self.metrics = {m: load_metric(m, cfg.metrics, dev, home) for m in quality(cfg.metrics.objectives)}
         except ConfigError as e:
             raise ConfigError(str(e) if str(e).startswith(str(cfg.path)) else f"{cfg.path}: {e}") from None
         self.store = ReferenceStore(storage_url)
@@ -78,17 +94,28 @@ class Evaluator:
     def scheduler_config(self) -> Mapping[str, Any]:
         return self.pipeline.base_scheduler_config
 
+    @property
+    def lpips(self) -> Any:
+        """The LPIPS metric when it is an objective (seed-to-seed distance, the convergence check), else None."""
+        return self.metrics.get("lpips")
+
     def references(self, prompts: Sequence[str], seeds: Sequence[int], guidance: float | None = None) -> Any:
         """Reference images (prompt-major) for images rendered at ``guidance`` (see :func:`reference_setting`)."""
         m = self.cfg.model
         setting = reference_setting(self.cfg, guidance)
         return self.store.images(self.pipeline, setting, prompts, seeds, m.height, m.width, self.cfg.search.batch_size)
 
-    def router_embedding(self, prompts: Sequence[str]) -> dict[str, Any]:
-        """The class's centroid in the study CLIP's text space (what :class:`autotune.Router` routes by)."""
-        from autotune.router import class_embedding, text_encoder
+    def text_encoder(self) -> Any:
+        """The study CLIP's text tower (what :class:`autotune.Router` routes by): the scorer's own model
+        when CLIP score is an objective, else the ``[metrics]`` CLIP loaded for it."""
+        from autotune.weights.clip import load_open_clip, text_encoder
 
-        return class_embedding(text_encoder(self.clip.model, self.clip.tokenizer, self.clip.device), list(prompts))
+        clip = self.metrics.get("clip_score")
+        if clip is not None:
+            return text_encoder(clip.model, clip.tokenizer, clip.device)  # type: ignore[attr-defined]
+        m = self.cfg.metrics
+        model, tokenizer = load_open_clip(m.clip_model, m.clip_pretrained, str(self.cfg.directory))
+        return text_encoder(model.to(self.pipeline.device).eval(), tokenizer, self.pipeline.device)
 
     def seed_lpips(self, prompts: Sequence[str]) -> float:
         """Mean LPIPS between two seeds' references of each prompt: what "a different image" measures."""
@@ -101,7 +128,7 @@ class Evaluator:
     def check_reference(self) -> None:
         """Refuse a reference setting that does not converge, naming one that does; checked once per
         reference (skipped when its first image is already stored, i.e. a study has run with it)."""
-        from autotune.references import check_reference
+        from autotune.model.references import check_reference
 
         cfg, m = self.cfg, self.cfg.model
         ref = reference_setting(cfg)
@@ -117,7 +144,7 @@ class Evaluator:
     ) -> Evaluation:
         """Render every prompt with every seed and score each image with every quality objective;
         ``timed``: and time the setting as production calls it (``[serving]``), on the first prompt and seed."""
-        from autotune.pipeline import generate, time_serving
+        from autotune.model.render import generate, time_serving
 
         cfg, m, serving = self.cfg, self.cfg.model, self.cfg.serving
         render = generate(self.pipeline, settings, prompts, seeds, m.height, m.width, cfg.search.batch_size)
@@ -126,10 +153,9 @@ class Evaluator:
             seconds = time_serving(
                 self.pipeline, settings, prompts[0], seeds[0], m.height, m.width, serving.batch_size, serving.repeats
             )
-        per_image: dict[str, list[float]] = {}
-        if "clip_score" in cfg.metrics.objectives:
-            per_image["clip_score"] = self.clip(render.images, [q for q in prompts for _ in seeds]).tolist()
-        if self.lpips is not None:
+        each = [q for q in prompts for _ in seeds]
+        refs = None
+        if any(OBJECTIVES[name].reference for name in self.metrics):
             refs = self.references(prompts, seeds, settings.guidance)
-            per_image["lpips"] = self.lpips(render.images, refs).tolist()
+        per_image = {name: metric.score(render.images, each, refs).tolist() for name, metric in self.metrics.items()}
         return Evaluation(per_image, render.model_calls, render.images, seconds, sum(render.seconds))

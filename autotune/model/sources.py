@@ -15,18 +15,19 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from autotune._net import hub_unreachable
-from autotune._schema import first_line, study_path
 from autotune.config import ConfigError, ModelConfig
+from autotune.config.schema import WEIGHT_FILES, first_line, study_path
+from autotune.weights.net import hub_unreachable
 
-__all__ = ["build", "hub_error", "local_path", "model_index", "source"]
-
-WEIGHT_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+__all__ = ["build", "hub_error", "local_path", "model_index", "source", "weights_digest"]
 
 
 def local_path(value: str, home: str) -> Path | None:
@@ -58,7 +59,7 @@ def source(model: ModelConfig) -> str | Path:
 
         return pipeline_dir()
     if model.id.startswith("tiny"):
-        from autotune.tiny import TINY_MODELS, tiny_pipeline_path
+        from autotune.testing.tiny import TINY_MODELS, tiny_pipeline_path
 
         try:
             return tiny_pipeline_path(model.id)
@@ -139,14 +140,9 @@ def hook(model: ModelConfig) -> Any:
     return fn
 
 
-_HOOKED: dict[tuple[Any, ...], Any] = {}
-
-
-def _hooked(model: ModelConfig, dtype: Any) -> Any:
-    """The pipeline the team's function returns, called once per process as ``fn(model_id=, dtype=)``."""
-    key = (model.pipeline, model.id, model.home, model.vae, tuple(model.loras.items()), dtype)  # build() adds to it
-    if key in _HOOKED:
-        return _HOOKED[key]
+def hooked(model: ModelConfig, dtype: Any) -> Any:
+    """The pipeline the team's function returns, called as ``fn(model_id=, dtype=)``: once per load, by
+    :func:`model_index`, whose caller hands it to :func:`build`."""
     try:
         pipe = hook(model)(model_id=str(source(model)), dtype=dtype)
     except ConfigError:
@@ -157,40 +153,41 @@ def _hooked(model: ModelConfig, dtype: Any) -> Any:
         raise ConfigError(
             f"model.pipeline: {model.pipeline} returned {type(pipe).__name__}, expected a diffusers pipeline"
         )
-    _HOOKED[key] = pipe
     return pipe
 
 
-def model_index(model: ModelConfig, dtype: Any) -> dict[str, Any]:
-    """Pipeline and component classes (``model_index.json``), without loading weights where possible."""
+def model_index(model: ModelConfig, dtype: Any) -> tuple[dict[str, Any], Any]:
+    """Pipeline and component classes (``model_index.json``), without loading weights where possible,
+    and the pipeline a ``model.pipeline`` function built to describe it (None for every other source)."""
     from diffusers import DiffusionPipeline
 
     if model.pipeline:
-        pipe = _hooked(model, dtype)
-        return {"_class_name": type(pipe).__name__, "scheduler": ["diffusers", type(pipe.scheduler).__name__]}
+        pipe = hooked(model, dtype)
+        return {"_class_name": type(pipe).__name__, "scheduler": ["diffusers", type(pipe.scheduler).__name__]}, pipe
     where = _config_source(model) if single_file(model) else source(model)
     try:
-        return dict(DiffusionPipeline.load_config(where, revision=model.revision, local_files_only=_offline(where)))
+        index = DiffusionPipeline.load_config(where, revision=model.revision, local_files_only=_offline(where))
     except (OSError, ValueError) as e:
         key = "model.config" if single_file(model) else "model.id"
         raise ConfigError(f"{key}: cannot read the model's configs at {str(where)!r}: {first_line(e)}") from None
+    return dict(index), None
 
 
-def build(model: ModelConfig, dtype: Any, components: dict[str, Any]) -> Any:
+def build(model: ModelConfig, dtype: Any, components: dict[str, Any], built: Any = None) -> Any:
     """The pipeline, with ``components`` overriding the model's own (``None`` leaves one out), the
-    study's VAE and its LoRAs at their scales."""
+    study's VAE and its LoRAs at their scales; ``built``: what a ``model.pipeline`` function returned."""
     import diffusers
 
     if model.vae:
         components = {**components, "vae": _vae(model, dtype)}
     try:
         if model.pipeline:
-            pipe = _hooked(model, dtype)
+            pipe = built if built is not None else hooked(model, dtype)
             for name, value in components.items():
                 if name == "vae":
                     pipe.vae = value
         elif (path := single_file(model)) is not None:
-            cls = getattr(diffusers, model_index(model, dtype)["_class_name"])
+            cls = getattr(diffusers, model_index(model, dtype)[0]["_class_name"])
             config = _config_source(model)
             pipe = cls.from_single_file(
                 str(path), config=str(config), torch_dtype=dtype, local_files_only=_offline(config), **components
@@ -234,3 +231,69 @@ def _lora(pipe: Any, model: ModelConfig, i: int, value: str) -> None:
         pipe.load_lora_weights(str(where), adapter_name=f"lora{i}", local_files_only=_offline(where))
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ConfigError(f"model.loras.{value}: cannot load it as a LoRA of this pipeline: {first_line(e)}") from None
+
+
+def _digest_file(path: Path, memo: dict[str, Any]) -> str:
+    """sha256 of a file's bytes, remembered by its path, size and modification time."""
+    st = path.stat()
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    if key not in memo:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+        memo[key] = h.hexdigest()
+    return str(memo[key])
+
+
+def _weight_files(where: Path) -> list[Path]:
+    if where.is_file():
+        return [where]
+    return sorted(p for p in where.rglob("*") if p.suffix in WEIGHT_FILES and p.is_file())
+
+
+def _hub_commit(repo: str, revision: str | None) -> str | None:
+    """The commit of a hub model's cached snapshot (what loaded), or None when it is not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "model_index.json", revision=revision)
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+def weights_digest(model: ModelConfig) -> str | None:
+    """A digest of the weights a study renders with: every weight file of a local folder or single file
+    (the shipped micro model, a built tiny one, the VAE and LoRA files), a hub model's cached commit.
+    None for a model built by a ``model.pipeline`` function (its weights are its own business).
+
+    Hashing reads every byte once per file version: the hashes are kept in ``$AUTOTUNE_CACHE``
+    (``digests.json``) by path, size and modification time, so an unchanged model costs nothing.
+    """
+    if model.pipeline:
+        return None
+    from autotune.testing.tiny import cache_dir
+
+    memo_path = cache_dir() / "digests.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    found: list[tuple[str, str | Path]] = [("model.id", source(model))]
+    if model.vae:
+        found.append(("model.vae", _weights("model.vae", model.vae, model.home)))
+    found += [(f"model.loras.{k}", _weights(f"model.loras.{k}", k, model.home)) for k in model.loras]
+    parts = []
+    for key, where in found:
+        if isinstance(where, str):
+            parts.append(f"{key}={where}@{_hub_commit(where, model.revision if key == 'model.id' else None)}")
+        else:
+            files = _weight_files(where)
+            root = where if where.is_dir() else where.parent
+            parts += [f"{key}:{f.relative_to(root)}={_digest_file(f, memo)}" for f in files]
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".digests.{os.getpid()}.json")
+        tmp.write_text(json.dumps(memo), encoding="utf-8")
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass  # a read-only cache only costs the hashing again
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

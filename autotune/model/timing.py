@@ -1,7 +1,7 @@
 """Device timer: seconds of device work between synchronisations (nanoGPT's bench.py way).
 
 On CUDA it records events around the work and synchronises before reading them; on the CPU
-it reads ``time.perf_counter``. It does not warm up: :func:`autotune.pipeline.generate` renders
+it reads ``time.perf_counter``. It does not warm up: :func:`autotune.model.render.generate` renders
 a 2-step image once per process before its first timed call, so kernel selection and allocator
 growth are not billed to the first trial.
 

@@ -1,6 +1,7 @@
 """Plotly figures of one prompt class's study, for the HTML report and the dashboard.
 
-Every figure is built from a :class:`~autotune.study.ClassOutcome` alone: nothing is rendered.
+Every figure is built from a :class:`~autotune.results.reader.ClassOutcome` alone (the importances
+read the study's trials through Optuna): nothing is rendered.
 
 Example:
     >>> outcome = recommend(cfg)["portrait"]
@@ -11,23 +12,28 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import optuna
 import plotly.graph_objects as go
-from optuna.trial import FrozenTrial
 from plotly.subplots import make_subplots
 
 from autotune.config import StudyConfig
-from autotune.metrics import METRICS
-from autotune.pareto import hypervolume_history
-from autotune.study.results import ClassOutcome, settings_of
+from autotune.config.objectives import OBJECTIVES
+from autotune.results.reader import ClassOutcome, settings_of
+from autotune.study.optuna_api import hypervolume
 
-__all__ = ["hypervolume_figure", "importance_figure", "pareto_figure", "steps_figure"]
+__all__ = ["hypervolume_figure", "hypervolume_history", "importance_figure", "pareto_figure", "steps_figure", "title"]
 
-TITLES = {"clip_score": "CLIP score ↑", "lpips": "LPIPS to reference ↓", "seconds": "seconds per image ↓"}
+Values = Mapping[str, float]
 
 
-def _values(cfg: StudyConfig, t: FrozenTrial) -> dict[str, float]:
+def title(metric: str) -> str:
+    """An axis or column title with its direction's arrow."""
+    return OBJECTIVES[metric].label
+
+
+def _values(cfg: StudyConfig, t: Any) -> dict[str, float]:
     assert t.values is not None
     return dict(zip(cfg.metrics.objectives, t.values, strict=True))
 
@@ -42,7 +48,7 @@ def _axes(cfg: StudyConfig) -> tuple[str, list[str]]:
 def pareto_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
     """Cost against each quality metric: dominated trials faded, the front, baseline and recommendation."""
     x, ys = _axes(cfg)
-    fig = make_subplots(rows=1, cols=len(ys), subplot_titles=[f"{TITLES.get(y, y)} vs {x}" for y in ys])
+    fig = make_subplots(rows=1, cols=len(ys), subplot_titles=[f"{title(y)} vs {x}" for y in ys])
     on_front = set(o.front)
     rec = o.recommendation
     marked = {"baseline": rec.baseline.number, "recommended": rec.chosen.number} if rec else {}
@@ -80,8 +86,8 @@ def pareto_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
                 row=1,
                 col=col,
             )
-        fig.update_xaxes(title_text=TITLES.get(x, x), type="log" if x == "seconds" else None, row=1, col=col)
-        fig.update_yaxes(title_text=TITLES.get(y, y), row=1, col=col)
+        fig.update_xaxes(title_text=title(x), type="log" if x == "seconds" else None, row=1, col=col)
+        fig.update_yaxes(title_text=title(y), row=1, col=col)
     fig.update_layout(
         title=f"{o.name}: {o.n_completed} completed trials, {len(o.trials)} distinct settings, "
         f"{len(o.front)} on the Pareto front",
@@ -94,12 +100,12 @@ def pareto_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
 def steps_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
     """Best quality reached at each step count, one line per scheduler (and variant)."""
     quality = [m for m in cfg.metrics.objectives if m != "seconds"] or list(cfg.metrics.objectives)
-    fig = make_subplots(rows=1, cols=len(quality), subplot_titles=[f"{TITLES.get(m, m)} vs steps" for m in quality])
+    fig = make_subplots(rows=1, cols=len(quality), subplot_titles=[f"{title(m)} vs steps" for m in quality])
     best: dict[str, dict[str, dict[int, float]]] = {m: defaultdict(dict) for m in quality}
     for t in o.trials:
         v, steps, label = _values(cfg, t), settings_of(t).steps, settings_of(t).scheduler_label()
         for m in quality:
-            pick = max if METRICS[m].higher_is_better else min
+            pick = max if OBJECTIVES[m].higher_is_better else min
             seen = best[m][label].get(steps)
             best[m][label][steps] = v[m] if seen is None else pick(seen, v[m])
     labels = sorted(best[quality[0]])
@@ -121,7 +127,7 @@ def steps_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
                 col=col,
             )
         fig.update_xaxes(title_text="steps", row=1, col=col)
-        fig.update_yaxes(title_text=TITLES.get(m, m), row=1, col=col)
+        fig.update_yaxes(title_text=title(m), row=1, col=col)
     fig.update_layout(title=f"{o.name}: best quality per step count and scheduler (any guidance)", height=440)
     return fig
 
@@ -136,7 +142,7 @@ def _palette(n: int) -> list[str]:
 def hypervolume_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
     """Hypervolume of the front after each trial, metrics scaled to the class's own range."""
     trials = sorted(o.trials, key=lambda t: t.number)
-    up = {m: METRICS[m].higher_is_better for m in cfg.metrics.objectives}
+    up = {m: OBJECTIVES[m].higher_is_better for m in cfg.metrics.objectives}
     history = hypervolume_history([_values(cfg, t) for t in trials], up)
     fig = go.Figure(
         go.Scatter(x=[t.number for t in trials], y=history, mode="lines+markers", name="hypervolume", line_shape="hv")
@@ -157,13 +163,17 @@ def importances(cfg: StudyConfig, o: ClassOutcome) -> dict[str, dict[str, float]
     PED-ANOVA, not fANOVA: fANOVA's forests took minutes on 100 trials of a space with every
     scheduler (a categorical of 20+ choices), PED-ANOVA takes milliseconds on 10,000.
     """
+    import optuna
+    from optuna.trial import FrozenTrial
+
     if len(o.trials) < 3:
         return None
+    study = o.load_study()
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, m in enumerate(cfg.metrics.objectives):
-            sign = -1.0 if METRICS[m].higher_is_better else 1.0  # PED-ANOVA looks for low target values
+            sign = -1.0 if OBJECTIVES[m].higher_is_better else 1.0  # PED-ANOVA looks for low target values
 
             def target(t: FrozenTrial, i: int = i, sign: float = sign) -> float:
                 assert t.values is not None
@@ -171,7 +181,7 @@ def importances(cfg: StudyConfig, o: ClassOutcome) -> dict[str, dict[str, float]
 
             try:
                 out[m] = optuna.importance.get_param_importances(
-                    o.study,
+                    study,
                     evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
                     params=["scheduler", "steps", "guidance"],
                     target=target,
@@ -187,9 +197,7 @@ def importance_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure | None:
     if found is None:
         return None
     params = sorted({p for per in found.values() for p in per})
-    fig = go.Figure(
-        [go.Bar(name=TITLES.get(m, m), x=params, y=[per.get(p, 0.0) for p in params]) for m, per in found.items()]
-    )
+    fig = go.Figure([go.Bar(name=title(m), x=params, y=[per.get(p, 0.0) for p in params]) for m, per in found.items()])
     fig.update_layout(
         title=f"{o.name}: parameter importances for each objective's best 10 % (Optuna PED-ANOVA)",
         barmode="group",
@@ -197,3 +205,42 @@ def importance_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure | None:
         height=360,
     )
     return fig
+
+
+def hypervolume_history(
+    points: Sequence[Values], higher_is_better: Mapping[str, bool], resolution: int = 250
+) -> list[float]:
+    """Hypervolume of the front after each point, every metric scaled to [0, 1] over all points.
+
+    Higher-is-better metrics are flipped; the reference point is 1.1 on every axis, so the
+    range's worst point still adds volume. 1.1**d would be a front of one ideal point. With
+    more than ``resolution`` points the volume is computed every ``len(points) / resolution``
+    points (and after the last), each in between repeating the one before: a 10,000-trial
+    study's curve in seconds, not minutes.
+    """
+    names = list(higher_is_better)
+    lo = {m: min(p[m] for p in points) for m in names} if points else {}
+    hi = {m: max(p[m] for p in points) for m in names} if points else {}
+
+    def scaled(p: Values) -> tuple[float, ...]:
+        out = []
+        for m in names:
+            x = (p[m] - lo[m]) / (hi[m] - lo[m]) if hi[m] > lo[m] else 0.0
+            out.append(1.0 - x if higher_is_better[m] else x)
+        return tuple(out)
+
+    stride = max(1, -(-len(points) // resolution))
+    history: list[float] = []
+    front: list[tuple[float, ...]] = []  # scaled non-dominated points so far
+    moved = False  # the front changed since its volume was last computed
+    for i, p in enumerate(points):
+        q = scaled(p)
+        if not any(all(a <= b for a, b in zip(f, q, strict=True)) for f in front):
+            front = [f for f in front if not all(a <= b for a, b in zip(q, f, strict=True))] + [q]
+            moved = True
+        if moved and ((i + 1) % stride == 0 or i == len(points) - 1):
+            history.append(hypervolume(front, [1.1] * len(names)))
+            moved = False
+        else:
+            history.append(history[-1] if history else 0.0)
+    return history

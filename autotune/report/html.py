@@ -19,24 +19,21 @@ import datetime
 import html
 import io
 import statistics
-import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import optuna
 import plotly.graph_objects as go
-from optuna.trial import FrozenTrial
 
-from autotune.families import ResolvedStudy
-from autotune.figures import TITLES, hypervolume_figure, importance_figure, pareto_figure, steps_figure
-from autotune.outputs import RULE_TEXT, atomic_write, random_weights_warning, tolerance_text
-from autotune.space import Settings, reference_setting
-from autotune.storage import artifact_store, image_name, open_storage
-from autotune.study.results import ClassOutcome, settings_of
+from autotune.config.resolve import ResolvedStudy, reference_setting
+from autotune.files import atomic_write
+from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
+from autotune.report.images import StoredImages
+from autotune.results.reader import ClassOutcome, settings_of
+from autotune.results.schema import RULE_TEXT, random_weights_warning, tolerance_text
 
-__all__ = ["GridImages", "render_grid", "write_report"]
+__all__ = ["GridImages", "recommended_guidance", "spread", "write_report"]
 
 GridImages = dict[str, dict[tuple[str, int], bytes]]  # class -> (scheduler label, steps) -> PNG
 _MAX_GRID = 8  # rows and columns of the steps x scheduler grid
@@ -58,38 +55,7 @@ def _img(png: bytes | None, title: str = "") -> str:
     return f'<img src="data:image/png;base64,{data}" title="{html.escape(title)}" alt="{html.escape(title)}">'
 
 
-class _Images:
-    """Trial images from the study's artifacts, and references from the reference table."""
-
-    def __init__(self, cfg: ResolvedStudy, url: str) -> None:
-        from autotune.references import ReferenceStore
-
-        self.cfg = cfg
-        self.storage = open_storage(url)
-        self.store = artifact_store(cfg) if cfg.artifact_dir.is_dir() else None
-        self.refs = ReferenceStore(url)
-        self._artifacts: dict[int, dict[str, str]] = {}  # trial id -> file name -> artifact id
-
-    def trial(self, o: ClassOutcome, t: FrozenTrial, prompt_index: int, seed: int) -> bytes | None:
-        if self.store is None:
-            return None
-        if t._trial_id not in self._artifacts:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                metas = optuna.artifacts.get_all_artifact_meta(t, storage=self.storage)
-            self._artifacts[t._trial_id] = {m.filename: m.artifact_id for m in metas}
-        artifact = self._artifacts[t._trial_id].get(image_name(prompt_index, seed))
-        if artifact is None:
-            return None
-        with self.store.open_reader(artifact) as f:
-            return bytes(f.read())
-
-    def reference(self, prompt: str, seed: int, guidance: float) -> bytes | None:
-        """The stored reference that images rendered at ``guidance`` were compared with."""
-        return self.refs.find(prompt, seed, reference_setting(self.cfg, guidance))
-
-
-def _paired(rec: FrozenTrial, base: FrozenTrial, metric: str) -> str:
+def _paired(rec: Any, base: Any, metric: str) -> str:
     """Recommended minus baseline, per image, as mean ± std (the spread over prompts and seeds)."""
     a, b = rec.user_attrs.get(f"{metric}_values"), base.user_attrs.get(f"{metric}_values")
     if a and b and len(a) == len(b):
@@ -104,7 +70,7 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") ->
     return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _summary(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> str:
+def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
     quality = [m for m in cfg.metrics.objectives if m != "seconds"]
     rows = []
     for c, o in outcomes.items():
@@ -121,7 +87,7 @@ def _summary(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome]) -> str:
         speedup = f"{rec.speedup:.2f}x ({lo_hi[0]:.2f}-{lo_hi[1]:.2f}x)" if rec.speedup and lo_hi else "-"
         rows.append([f'<a href="#class-{c}">{c}</a>', setting, speedup, *(_paired(chosen, base, m) for m in quality)])
     head = ["class", "recommended setting", "speed-up vs baseline (range over timed calls)"]
-    head += [f"Δ {TITLES.get(m, m)}" for m in quality]
+    head += [f"Δ {title(m)}" for m in quality]
     return _table(head, rows, "summary")
 
 
@@ -182,7 +148,7 @@ def _decision(o: ClassOutcome) -> str:
     return f'<p class="note">{html.escape(rec.reason)}.</p>' + _table(head, rows, "decision")
 
 
-def _comparison(cfg: ResolvedStudy, o: ClassOutcome, images: _Images) -> str:
+def _comparison(cfg: ResolvedStudy, o: ClassOutcome, images: StoredImages) -> str:
     rec = o.recommendation
     if rec is None:
         return '<p class="note">No comparison yet: the baseline trial has not completed.</p>'
@@ -194,9 +160,9 @@ def _comparison(cfg: ResolvedStudy, o: ClassOutcome, images: _Images) -> str:
         rows.append(
             [
                 html.escape(prompt),
-                _img(images.trial(o, base, i, seed), f"baseline: {settings_of(base).label()}"),
-                _img(images.trial(o, chosen, i, seed), f"recommended: {settings_of(chosen).label()}"),
-                _img(images.reference(prompt, seed, settings_of(chosen).guidance), "reference"),
+                _img(images.trial(base, i, seed), f"baseline: {settings_of(base).label()}"),
+                _img(images.trial(chosen, i, seed), f"recommended: {settings_of(chosen).label()}"),
+                _img(images.reference(o, prompt, seed, settings_of(chosen).guidance), "reference"),
             ]
         )
     head = [
@@ -208,14 +174,14 @@ def _comparison(cfg: ResolvedStudy, o: ClassOutcome, images: _Images) -> str:
     return _table(head, rows, "images")
 
 
-def _recommended_guidance(cfg: ResolvedStudy, o: ClassOutcome) -> float:
+def recommended_guidance(cfg: ResolvedStudy, o: ClassOutcome) -> float:
     """The recommended trial's guidance; the baseline's before there is a recommendation."""
     if o.recommendation is not None:
         return next(settings_of(t).guidance for t in o.trials if t.number == o.recommendation.chosen.number)
     return cfg.baseline.guidance
 
 
-def _spread(values: list[int], n: int) -> list[int]:
+def spread(values: list[int], n: int) -> list[int]:
     """At most ``n`` of the sorted ``values``, evenly spaced, first and last kept."""
     values = sorted(set(values))
     if len(values) <= n:
@@ -223,14 +189,16 @@ def _spread(values: list[int], n: int) -> list[int]:
     return sorted({values[round(i * (len(values) - 1) / (n - 1))] for i in range(n)})
 
 
-def _grid(cfg: ResolvedStudy, o: ClassOutcome, images: _Images, rendered: dict[tuple[str, int], bytes] | None) -> str:
+def _grid(
+    cfg: ResolvedStudy, o: ClassOutcome, images: StoredImages, rendered: dict[tuple[str, int], bytes] | None
+) -> str:
     prompt, seed = cfg.classes[o.name][0], cfg.search.seeds[0]
-    best: dict[tuple[str, int], FrozenTrial] = {}
+    best: dict[tuple[str, int], Any] = {}
     if rendered is not None:
         how = "rendered for this report at the recommended guidance"
         keys = list(rendered)
     else:
-        guidance = _recommended_guidance(cfg, o)
+        guidance = recommended_guidance(cfg, o)
         for t in o.trials:  # per cell, the trial whose guidance is nearest the recommended one
             s = settings_of(t)
             key = (s.scheduler_label(), s.steps)
@@ -244,13 +212,13 @@ def _grid(cfg: ResolvedStudy, o: ClassOutcome, images: _Images, rendered: dict[t
     if not keys:
         return '<p class="note">No trial images yet.</p>'
     labels = sorted(label for label, _ in Counter(label for label, _ in keys).most_common(_MAX_GRID))
-    steps = _spread([n for label, n in keys if label in labels], _MAX_GRID)
+    steps = spread([n for label, n in keys if label in labels], _MAX_GRID)
 
     def cell(label: str, n: int) -> str:
         if rendered is not None:
             png = rendered.get((label, n))
         else:
-            png = images.trial(o, best[(label, n)], 0, seed) if (label, n) in best else None
+            png = images.trial(best[(label, n)], 0, seed) if (label, n) in best else None
         return _img(png, f"{label}, {n} steps") if png is not None or (label, n) in best else ""
 
     body = [[html.escape(label), *(cell(label, n) for n in steps)] for label in labels]
@@ -258,28 +226,7 @@ def _grid(cfg: ResolvedStudy, o: ClassOutcome, images: _Images, rendered: dict[t
     return caption + _table(["scheduler \\ steps", *map(str, steps)], body, "grid")
 
 
-def render_grid(cfg: ResolvedStudy, outcomes: dict[str, ClassOutcome], device: str | None = None) -> GridImages:
-    """Render a full steps x scheduler grid per class: first prompt and seed, recommended guidance."""
-    from autotune.pipeline import generate, load_pipeline
-    from autotune.references import encode_png
-
-    p = load_pipeline(cfg.model, device)
-    lo, hi = cfg.search.steps
-    ladder = _spread([round(lo * (hi / lo) ** (i / 5)) for i in range(6)], 6)
-    out: GridImages = {}
-    for c, o in outcomes.items():
-        guidance = _recommended_guidance(cfg, o)
-        prompt, seed = cfg.classes[c][0], cfg.search.seeds[0]
-        out[c] = {}
-        for name in cfg.search.schedulers:
-            for n in ladder:
-                s = Settings.make(name, n, guidance)
-                image = generate(p, s, [prompt], [seed], cfg.model.height, cfg.model.width).images[0]
-                out[c][(s.scheduler_label(), n)] = encode_png(image)
-    return out
-
-
-def _section(cfg: ResolvedStudy, o: ClassOutcome, images: _Images, grid: dict[tuple[str, int], bytes] | None) -> str:
+def _section(cfg: ResolvedStudy, o: ClassOutcome, images: StoredImages, grid: GridImages | None) -> str:
     c = o.name
     parts = [
         f'<section id="class-{c}"><h2>{html.escape(c)}</h2>',
@@ -293,7 +240,7 @@ def _section(cfg: ResolvedStudy, o: ClassOutcome, images: _Images, grid: dict[tu
         "<h3>Quality against steps</h3>",
         _figure(steps_figure(cfg, o) if o.trials else None, f"{c}-steps", "No completed trial yet."),
         "<h3>Steps x scheduler</h3>",
-        _grid(cfg, o, images, grid),
+        _grid(cfg, o, images, (grid or {}).get(o.name)),
         "<h3>Hypervolume history</h3>",
         _figure(hypervolume_figure(cfg, o) if o.trials else None, f"{c}-hypervolume", "No completed trial yet."),
         "<h3>Parameter importances</h3>",
@@ -334,7 +281,7 @@ _SCRIPT = """
 
 def write_report(
     cfg: ResolvedStudy,
-    outcomes: dict[str, ClassOutcome],
+    outcomes: Mapping[str, ClassOutcome],
     storage: str | None = None,
     *,
     grid: GridImages | None = None,
@@ -343,7 +290,7 @@ def write_report(
     """Write ``report.html`` (atomically) and return its path."""
     from plotly.offline import get_plotlyjs
 
-    images = _Images(cfg, storage or cfg.default_storage)
+    images = StoredImages(cfg, storage or cfg.default_storage)
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     m = cfg.model
     intro = (
@@ -355,7 +302,7 @@ def write_report(
     )
     if warning := random_weights_warning(cfg):
         intro += f'<p class="warning">{html.escape(warning)}</p>'
-    sections = [_section(cfg, o, images, (grid or {}).get(c)) for c, o in outcomes.items()]
+    sections = [_section(cfg, o, images, grid) for o in outcomes.values()]
     page = (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>autotune: {html.escape(cfg.name)}</title>'
         f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head>\n<body>"

@@ -1,4 +1,4 @@
-"""From recommendation to production: read ``recommendations.json`` and apply one to a pipeline.
+"""From recommendation to production: apply one class's recommended setting to a pipeline.
 
 Example:
     >>> recs = autotune.load_recommendations("studies/demo/recommendations.json")
@@ -11,108 +11,15 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from autotune.config import ConfigError
+from autotune.results.schema import ClassRecommendation
 
-__all__ = ["ClassRecommendation", "Recommendations", "apply", "load_recommendations"]
-
-DEFAULT_CLASS = "default"
-
-
-@dataclass(frozen=True)
-class ClassRecommendation:
-    """One class's recommended setting, as ``recommendations.json`` states it."""
-
-    name: str
-    setting: str  # human label: "DPM++ 2M [sigmas=karras], 12 steps, CFG 6.5"
-    scheduler: str  # autotune's table name
-    options: dict[str, Any]
-    steps: int
-    guidance: float
-    scheduler_class: str
-    scheduler_config: dict[str, Any]  # the overrides on top of the pipeline's own scheduler config
-    call_kwargs: dict[str, Any]
-    family: str
-    speedup: float | None = None
-
-
-def _from_summary(name: str, d: Mapping[str, Any], family: str, speedup: float | None) -> ClassRecommendation:
-    x = d["diffusers"]
-    return ClassRecommendation(
-        name=name,
-        setting=d["setting"],
-        scheduler=d["scheduler"],
-        options=dict(d.get("options", {})),
-        steps=int(d["steps"]),
-        guidance=float(d["guidance"]),
-        scheduler_class=x["scheduler_class"],
-        scheduler_config=dict(x["scheduler_config"]),
-        call_kwargs=dict(x["call_kwargs"]),
-        family=family,
-        speedup=speedup,
-    )
-
-
-@dataclass(frozen=True)
-class Recommendations(Mapping[str, ClassRecommendation]):
-    """Every class's recommendation, plus ``"default"`` (the baseline) and the router's data."""
-
-    study: str
-    model: dict[str, Any]
-    classes: dict[str, ClassRecommendation]
-    router: dict[str, Any] = field(default_factory=dict)
-    seed_lpips: dict[str, float | None] = field(default_factory=dict)  # per class: LPIPS between two seeds
-    path: Path | None = None
-
-    def __getitem__(self, name: str) -> ClassRecommendation:
-        if name in self.classes:
-            return self.classes[name]
-        raise KeyError(f"no recommendation for class {name!r} (expected one of: {', '.join(self.classes)})")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.classes)
-
-
-def load_recommendations(path: str | Path) -> Recommendations:
-    """Read ``recommendations.json`` (or find it from the study file ``studies/NAME.toml``).
-
-    Raises :class:`~autotune.config.ConfigError` naming the file and what is wrong with it.
-    """
-    path = Path(path)
-    if path.suffix == ".toml":
-        from autotune.config import load_config
-
-        path = load_config(path).output_dir / "recommendations.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; run `autotune study` to write it") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read it as recommendations JSON ({e})") from None
-    try:
-        family = data["model"]["family"]
-        classes = {
-            c: _from_summary(c, d, family, d.get("speedup"))
-            for c, d in data["classes"].items()
-            if d.get("trial") is not None
-        }
-        if "default" in data:
-            classes.setdefault(DEFAULT_CLASS, _from_summary(DEFAULT_CLASS, data["default"], family, 1.0))
-        seed_lpips = {c: d.get("seed_lpips") for c, d in data["classes"].items()}
-        return Recommendations(data["study"], data["model"], classes, data.get("router", {}), seed_lpips, path)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: not an autotune recommendations file (missing or bad {e})") from None
+__all__ = ["apply"]
 
 
 def _family_of(pipe: Any) -> str:
-    from autotune.families import detect
+    from autotune.space.families import detect
 
     base = getattr(pipe, "_autotune_base_scheduler", None) or (type(pipe.scheduler).__name__, None)
     name_or_path = str(getattr(pipe.config, "_name_or_path", "") or "")
@@ -135,8 +42,8 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
     """
     import diffusers
 
-    from autotune import schedulers
-    from autotune.families import FAMILIES, compatible_schedulers
+    from autotune.space import schedulers
+    from autotune.space.families import FAMILIES, compatible_schedulers
 
     family = _family_of(pipe)
     if family != rec.family:

@@ -15,49 +15,23 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autotune.serving import DEFAULT_CLASS, Recommendations, load_recommendations
+from autotune.results.schema import DEFAULT_CLASS, Recommendations, load_recommendations
+from autotune.weights.clip import TextEncoder
 
-__all__ = [
-    "Router",
-    "TextEncoder",
-    "centroid",
-    "class_embedding",
-    "load_text_encoder",
-    "router_data",
-    "suggest_classes",
-    "text_encoder",
-]
-
-TextEncoder = Callable[[Sequence[str]], np.ndarray]  # prompts -> (N, D) unit vectors
-THRESHOLD_MARGIN = 0.9  # default threshold: this share of the least typical study prompt's similarity
-
-
-def text_encoder(model: Any, tokenizer: Any, device: str = "cpu") -> TextEncoder:
-    """An open_clip model's text tower as a function: prompts -> unit-length embeddings."""
-    import torch
-
-    @torch.no_grad()
-    def encode(prompts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        out = []
-        for i in range(0, len(prompts), batch_size):
-            feats = model.encode_text(tokenizer(list(prompts[i : i + batch_size])).to(device)).float()
-            out.append(torch.nn.functional.normalize(feats, dim=-1).cpu().numpy())
-        return np.concatenate(out)
-
-    return encode
+__all__ = ["Router", "centroid", "class_embedding", "load_text_encoder", "suggest_classes"]
 
 
 def load_text_encoder(
     clip_model: str, clip_pretrained: str | None = None, device: str = "cpu", home: str = ""
 ) -> TextEncoder:
     """Load the study's CLIP model (``"tiny"``: the random offline one) and return its text encoder."""
-    from autotune.metrics.clip_score import load_open_clip
+    from autotune.weights.clip import load_open_clip, text_encoder
 
     model, tokenizer = load_open_clip(clip_model, clip_pretrained, home)
     return text_encoder(model.to(device).eval(), tokenizer, device)
@@ -112,21 +86,6 @@ def class_embedding(encode: TextEncoder, prompts: Sequence[str]) -> dict[str, An
     emb = encode(prompts)
     c = centroid(emb)
     return {"centroid": [round(float(x), 6) for x in c], "lowest": float((emb @ c).min())}
-
-
-def router_data(classes: Mapping[str, Mapping[str, Any]], clip: tuple[str, str | None]) -> dict[str, Any]:
-    """What ``recommendations.json`` stores for the router: encoder, threshold and centroids.
-
-    The default threshold is ``THRESHOLD_MARGIN`` x the lowest similarity of any study prompt to its own
-    class: a prompt less like every class than that goes to ``default``.
-    """
-    lowest = min((e["lowest"] for e in classes.values()), default=0.0)
-    return {
-        "clip_model": clip[0],
-        "clip_pretrained": clip[1],
-        "threshold": round(lowest * THRESHOLD_MARGIN, 6),
-        "centroids": {c: list(e["centroid"]) for c, e in classes.items()},
-    }
 
 
 _STOP = frozenset(

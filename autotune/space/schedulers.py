@@ -1,8 +1,10 @@
-"""The scheduler name table and its conditional parameters ("variants").
+"""The scheduler table: one row per sampler with its diffusers class and flags, its cost, and its
+AUTOMATIC1111 and ComfyUI names.
 
-Names are canonical snake case (``dpmpp_2m_karras``); AUTOMATIC1111's names ("DPM++ 2M
+Names are canonical snake case (``dpmpp_2m_karras``); labels, AUTOMATIC1111's names ("DPM++ 2M
 Karras", "Euler a") and diffusers class names ("EulerDiscreteScheduler") are accepted too.
-A new sampler is one line in ``_TABLE``; a new conditional parameter one entry in ``VARIANTS``.
+A new sampler is one line in ``_TABLE``; a new conditional parameter one entry in
+:data:`autotune.space.variants.VARIANTS`.
 Which variants a sampler takes is read from its class's ``__init__``: a parameter is searched
 only where the class has it and the entry does not fix it.
 
@@ -21,18 +23,21 @@ import functools
 import importlib.util
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotune.space import variants
+
 __all__ = [
-    "VARIANTS",
+    "TOOLS",
     "SchedulerSpec",
-    "Variant",
+    "aliases",
     "build",
     "canonical",
     "complete",
     "get",
+    "in_tool",
     "names",
     "overrides",
     "unknown",
@@ -42,12 +47,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """One sampler: its diffusers class, the config overrides that make it, and its cost."""
+    """One sampler: its diffusers class and the config overrides that make it, its cost, and its name
+    in each tool (``a1111``: AUTOMATIC1111's sampler, ``comfyui``: the KSampler's ``sampler_name``; None
+    where the tool has none; a sigma schedule the entry fixes is the tool's schedule type)."""
 
     name: str
-    a1111: str
+    label: str
     class_name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    a1111: str | None = None
+    comfyui: str | None = None
     deterministic: bool = True
     calls_per_step: int = 1
     flow: bool = False  # for flow-matching models (SD3, Flux) instead of noise-prediction ones
@@ -61,135 +70,96 @@ class SchedulerSpec:
 _KARRAS = {"use_karras_sigmas": True}
 _SDE = {"algorithm_type": "sde-dpmsolver++"}
 _SDE3 = {**_SDE, "solver_order": 3}
+_S = SchedulerSpec
 _TABLE = [
-    SchedulerSpec("euler", "Euler", "EulerDiscreteScheduler"),
-    SchedulerSpec("euler_a", "Euler a", "EulerAncestralDiscreteScheduler", deterministic=False),
-    SchedulerSpec("heun", "Heun", "HeunDiscreteScheduler", calls_per_step=2),
-    SchedulerSpec("lms", "LMS", "LMSDiscreteScheduler"),
-    SchedulerSpec("lms_karras", "LMS Karras", "LMSDiscreteScheduler", _KARRAS),
-    SchedulerSpec("ddim", "DDIM", "DDIMScheduler"),
-    SchedulerSpec("ddpm", "DDPM", "DDPMScheduler", deterministic=False),
-    SchedulerSpec("pndm", "PNDM", "PNDMScheduler", {"skip_prk_steps": True}),
-    SchedulerSpec("dpmpp_2m", "DPM++ 2M", "DPMSolverMultistepScheduler"),
-    SchedulerSpec("dpmpp_2m_karras", "DPM++ 2M Karras", "DPMSolverMultistepScheduler", _KARRAS),
-    SchedulerSpec("dpmpp_2m_sde", "DPM++ 2M SDE", "DPMSolverMultistepScheduler", _SDE, deterministic=False),
-    SchedulerSpec(
+    _S("euler", "Euler", "EulerDiscreteScheduler", {}, "Euler", "euler"),
+    _S("euler_a", "Euler a", "EulerAncestralDiscreteScheduler", {}, "Euler a", "euler_ancestral", deterministic=False),
+    _S("heun", "Heun", "HeunDiscreteScheduler", {}, "Heun", "heun", calls_per_step=2),
+    _S("lms", "LMS", "LMSDiscreteScheduler", {}, "LMS", "lms"),
+    _S("lms_karras", "LMS Karras", "LMSDiscreteScheduler", _KARRAS, "LMS", "lms"),
+    _S("ddim", "DDIM", "DDIMScheduler", {}, "DDIM", "ddim"),
+    _S("ddpm", "DDPM", "DDPMScheduler", {}, "DDPM", "ddpm", deterministic=False),
+    _S("pndm", "PNDM", "PNDMScheduler", {"skip_prk_steps": True}, "PLMS", None),
+    _S("dpmpp_2m", "DPM++ 2M", "DPMSolverMultistepScheduler", {}, "DPM++ 2M", "dpmpp_2m"),
+    _S("dpmpp_2m_karras", "DPM++ 2M Karras", "DPMSolverMultistepScheduler", _KARRAS, "DPM++ 2M", "dpmpp_2m"),
+    _S("dpmpp_2m_sde", "DPM++ 2M SDE", "DPMSolverMultistepScheduler", _SDE, "DPM++ 2M SDE", "dpmpp_2m_sde", False),
+    _S(
         "dpmpp_2m_sde_karras",
         "DPM++ 2M SDE Karras",
         "DPMSolverMultistepScheduler",
         {**_SDE, **_KARRAS},
-        deterministic=False,
+        "DPM++ 2M SDE",
+        "dpmpp_2m_sde",
+        False,
     ),
-    SchedulerSpec("dpmpp_2s", "DPM++ 2S", "DPMSolverSinglestepScheduler"),
-    SchedulerSpec("dpmpp_2s_a", "DPM++ 2S a", "DPMSolverSinglestepScheduler", _SDE, deterministic=False),
-    SchedulerSpec(
+    _S("dpmpp_2s", "DPM++ 2S", "DPMSolverSinglestepScheduler"),
+    _S("dpmpp_2s_a", "DPM++ 2S a", "DPMSolverSinglestepScheduler", _SDE, "DPM++ 2S a", "dpmpp_2s_ancestral", False),
+    _S(
         "dpmpp_2s_a_karras",
         "DPM++ 2S a Karras",
         "DPMSolverSinglestepScheduler",
         {**_SDE, **_KARRAS},
-        deterministic=False,
+        "DPM++ 2S a",
+        "dpmpp_2s_ancestral",
+        False,
     ),
-    SchedulerSpec("dpmpp_3m_sde", "DPM++ 3M SDE", "DPMSolverMultistepScheduler", _SDE3, deterministic=False),
-    SchedulerSpec(
+    _S("dpmpp_3m_sde", "DPM++ 3M SDE", "DPMSolverMultistepScheduler", _SDE3, "DPM++ 3M SDE", "dpmpp_3m_sde", False),
+    _S(
         "dpmpp_3m_sde_karras",
         "DPM++ 3M SDE Karras",
         "DPMSolverMultistepScheduler",
         {**_SDE3, **_KARRAS},
-        deterministic=False,
+        "DPM++ 3M SDE",
+        "dpmpp_3m_sde",
+        False,
     ),
-    SchedulerSpec(
+    _S(
         "dpmpp_3m_sde_exponential",
         "DPM++ 3M SDE Exponential",
         "DPMSolverMultistepScheduler",
         {**_SDE3, "use_exponential_sigmas": True},
-        deterministic=False,
+        "DPM++ 3M SDE",
+        "dpmpp_3m_sde",
+        False,
     ),
-    SchedulerSpec(
-        "dpmpp_sde", "DPM++ SDE", "DPMSolverSDEScheduler", deterministic=False, calls_per_step=2, requires="torchsde"
-    ),
-    SchedulerSpec(
+    _S("dpmpp_sde", "DPM++ SDE", "DPMSolverSDEScheduler", {}, "DPM++ SDE", "dpmpp_sde", False, 2, requires="torchsde"),
+    _S(
         "dpmpp_sde_karras",
         "DPM++ SDE Karras",
         "DPMSolverSDEScheduler",
         _KARRAS,
-        deterministic=False,
-        calls_per_step=2,
+        "DPM++ SDE",
+        "dpmpp_sde",
+        False,
+        2,
         requires="torchsde",
     ),
-    SchedulerSpec("dpm2", "DPM2", "KDPM2DiscreteScheduler", calls_per_step=2),
-    SchedulerSpec("dpm2_karras", "DPM2 Karras", "KDPM2DiscreteScheduler", _KARRAS, calls_per_step=2),
-    SchedulerSpec("dpm2_a", "DPM2 a", "KDPM2AncestralDiscreteScheduler", deterministic=False, calls_per_step=2),
-    SchedulerSpec(
+    _S("dpm2", "DPM2", "KDPM2DiscreteScheduler", {}, "DPM2", "dpm_2", calls_per_step=2),
+    _S("dpm2_karras", "DPM2 Karras", "KDPM2DiscreteScheduler", _KARRAS, "DPM2", "dpm_2", calls_per_step=2),
+    _S("dpm2_a", "DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "DPM2 a", "dpm_2_ancestral", False, 2),
+    _S(
         "dpm2_a_karras",
         "DPM2 a Karras",
         "KDPM2AncestralDiscreteScheduler",
         _KARRAS,
-        deterministic=False,
-        calls_per_step=2,
+        "DPM2 a",
+        "dpm_2_ancestral",
+        False,
+        2,
     ),
-    SchedulerSpec("unipc", "UniPC", "UniPCMultistepScheduler"),
-    SchedulerSpec("deis", "DEIS", "DEISMultistepScheduler"),
-    SchedulerSpec("lcm", "LCM", "LCMScheduler", deterministic=False),
-    SchedulerSpec("tcd", "TCD", "TCDScheduler", deterministic=False),
-    SchedulerSpec("flow_euler", "Euler (flow)", "FlowMatchEulerDiscreteScheduler", flow=True),
-    SchedulerSpec("flow_heun", "Heun (flow)", "FlowMatchHeunDiscreteScheduler", calls_per_step=2, flow=True),
+    _S("unipc", "UniPC", "UniPCMultistepScheduler", {}, "UniPC", "uni_pc"),
+    _S("deis", "DEIS", "DEISMultistepScheduler", {}, None, "deis"),
+    _S("lcm", "LCM", "LCMScheduler", {}, "LCM", "lcm", deterministic=False),
+    _S("tcd", "TCD", "TCDScheduler", deterministic=False),
+    _S("flow_euler", "Euler (flow)", "FlowMatchEulerDiscreteScheduler", {}, None, "euler", flow=True),
+    _S("flow_heun", "Heun (flow)", "FlowMatchHeunDiscreteScheduler", {}, None, "heun", calls_per_step=2, flow=True),
 ]
 _BY_NAME = {s.name: s for s in _TABLE}
 _ALIASES = {s.class_name.lower(): s.name for s in reversed(_TABLE)}  # class name -> its plain entry
 _ALIASES["plms"] = "pndm"  # A1111's PLMS is diffusers' PNDM without its Runge-Kutta warm-up steps
 # A1111 samplers diffusers has no scheduler for: named in the error instead of "unknown"
 NO_EQUIVALENT = ("DPM fast", "DPM adaptive", "Restart", "DDIM CFG++", "Euler CFG++", "UniPC BH2")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A conditional scheduler parameter: the ``__init__`` argument it needs, its values, its overrides."""
-
-    name: str
-    needs: str
-    choices: tuple[Any, ...]
-    to_kwargs: Callable[[Any], dict[str, Any]]
-    classes: tuple[str, ...] = ()  # only these classes (empty: every class that has ``needs``)
-
-
-def _sigmas(value: str) -> dict[str, Any]:
-    return {f"use_{k}_sigmas": value == k for k in ("karras", "exponential", "beta")}
-
-
-def _algorithm(value: str) -> dict[str, Any]:
-    # diffusers refuses final_sigmas_type="zero" (its default) with the first-order "dpmsolver" form
-    return {"algorithm_type": value, **({"final_sigmas_type": "sigma_min"} if value == "dpmsolver" else {})}
-
-
-def _set(key: str) -> Callable[[Any], dict[str, Any]]:
-    return lambda value: {key: value}
-
-
-# Every variant's first choice is "default": keep what the model's own scheduler config says.
-VARIANTS = {
-    v.name: v
-    for v in (
-        Variant("sigmas", "use_karras_sigmas", ("default", "karras", "exponential", "beta"), _sigmas),
-        Variant(
-            "timestep_spacing",
-            "timestep_spacing",
-            ("default", "leading", "linspace", "trailing"),
-            _set("timestep_spacing"),
-        ),
-        Variant(
-            "algorithm_type",
-            "algorithm_type",
-            ("default", "dpmsolver++", "dpmsolver"),
-            _algorithm,
-            classes=("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"),
-        ),
-        Variant("solver_order", "solver_order", ("default", 1, 2, 3), _set("solver_order")),
-        Variant("final_sigmas_type", "final_sigmas_type", ("default", "zero", "sigma_min"), _set("final_sigmas_type")),
-        Variant("lower_order_final", "lower_order_final", ("default", True, False), _set("lower_order_final")),
-        Variant("euler_at_final", "euler_at_final", ("default", False, True), _set("euler_at_final")),
-        Variant("shift", "shift", ("default", 1.0, 3.0, 6.0), lambda v: {"shift": v, "use_dynamic_shifting": False}),
-    )
-}
+TOOLS = ("a1111", "comfyui")
 
 
 def _normalise(name: str) -> str:
@@ -221,7 +191,7 @@ def unknown(name: str) -> str:
     if key in {_normalise(n) for n in NO_EQUIVALENT}:
         return f"{name!r} is an AUTOMATIC1111 sampler diffusers has no scheduler for"
     a1111_style = name != name.lower() or " " in name.strip() or "+" in name  # answer in the user's spelling
-    spellings = {_normalise(s.a1111): s.a1111 if a1111_style else s.name for s in reversed(_TABLE)}
+    spellings = {_normalise(s.label): s.label if a1111_style else s.name for s in reversed(_TABLE)}
     near = difflib.get_close_matches(key, list(spellings), n=1, cutoff=0.75)
     if near:
         return f"unknown scheduler {name!r} (did you mean {spellings[near[0]]!r}?)"
@@ -234,9 +204,9 @@ def get(name: str) -> SchedulerSpec:
 
 
 def aliases(name: str) -> list[str]:
-    """Other accepted spellings: the AUTOMATIC1111 name and, for a plain entry, the class name."""
+    """Other accepted spellings: the label (A1111's older sampler names) and, for a plain entry, the class name."""
     spec = get(name)
-    out = [spec.a1111]
+    out = [spec.label]
     if _ALIASES.get(spec.class_name.lower()) == spec.name:
         out.append(spec.class_name)
     return out
@@ -249,12 +219,12 @@ def _init_params(class_name: str) -> frozenset[str]:
     return frozenset(inspect.signature(getattr(diffusers, class_name).__init__).parameters)
 
 
-def variants_of(name: str) -> list[Variant]:
+def variants_of(name: str) -> list[variants.Variant]:
     """The conditional parameters this sampler takes: its class has them and its entry leaves them free."""
     spec = get(name)
     params = _init_params(spec.class_name)
     out = []
-    for v in VARIANTS.values():
+    for v in variants.VARIANTS.values():
         if v.needs not in params or (v.classes and spec.class_name not in v.classes):
             continue
         if set(v.to_kwargs(v.choices[1])) & set(spec.kwargs):
@@ -268,14 +238,14 @@ def overrides(name: str, options: Mapping[str, Any] | None = None) -> dict[str, 
     out = dict(get(name).kwargs)
     for key, value in (options or {}).items():
         if value != "default":
-            out.update(VARIANTS[key].to_kwargs(value))
+            out.update(variants.VARIANTS[key].to_kwargs(value))
     return out
 
 
 def _touched() -> frozenset[str]:
     """Every config key an entry or a variant value can set."""
     keys = {k for spec in _TABLE for k in spec.kwargs}
-    keys |= {k for v in VARIANTS.values() for c in v.choices[1:] for k in v.to_kwargs(c)}
+    keys |= {k for v in variants.VARIANTS.values() for c in v.choices[1:] for k in v.to_kwargs(c)}
     return frozenset(keys)
 
 
@@ -304,3 +274,28 @@ def build(name: str, base_config: Any, options: Mapping[str, Any] | None = None)
 
     cls = getattr(diffusers, get(name).class_name)
     return cls.from_config(base_config, **overrides(name, options))
+
+
+def in_tool(name: str, options: Mapping[str, Any], tool: str) -> tuple[str | None, str | None, list[str]]:
+    """A setting's sampler and schedule in ``tool`` ("a1111" or "comfyui"), and what it cannot express.
+
+    The one translation both ``recommendations.json`` and ``autotune export`` use.
+    """
+    spec, i = get(name), TOOLS.index(tool)
+    chosen = {k: v for k, v in options.items() if v != "default"}
+    if (fixed := variants.entry_sigmas(spec.kwargs)) is not None:
+        chosen["sigmas"] = fixed
+    sampler = (spec.a1111, spec.comfyui)[i]
+    missing = [] if sampler is not None else [f"the sampler {spec.name}"]
+    schedule = variants.TOOL_SCHEDULES[("sigmas", "default")][i]
+    for key, value in chosen.items():
+        if key == "timestep_spacing" and "sigmas" in chosen:
+            continue  # the sigmas decide the schedule; the spacing only sets where they are sampled
+        mapped = variants.TOOL_SCHEDULES.get((key, value), (None, None))[i]
+        if mapped is None:
+            missing.append(f"{key}={value}")
+        else:
+            schedule = mapped
+    if spec.class_name == "DDIMScheduler" and tool == "comfyui" and "timestep_spacing" not in chosen:
+        schedule = "ddim_uniform"
+    return sampler, schedule, missing

@@ -1,4 +1,5 @@
-"""The search space: a :class:`Settings` point and how an Optuna trial suggests one.
+"""The search space: a :class:`Settings` point, how an Optuna trial suggests one, and the one
+Align-Your-Steps rule (which samplers may take its timesteps, and the timesteps themselves).
 
 A sampler's conditional parameters ("variants": sigma schedule, timestep spacing, solver
 order, ...) are suggested only when that sampler is chosen, under names prefixed by it
@@ -17,12 +18,42 @@ import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
-from autotune import schedulers
-from autotune.families import Family, ResolvedSearch, ResolvedSetting, ResolvedStudy
+from autotune.space import schedulers
+from autotune.space.families import Family
 
-__all__ = ["Settings", "reference_setting", "suggest", "variant_choices"]
+__all__ = ["SearchSpace", "Setting", "Settings", "ays_timesteps", "suggest", "takes_ays", "variant_choices"]
+
+
+class Setting(Protocol):
+    """A baseline or reference setting as a study file states it, resolved (every field set)."""
+
+    @property
+    def scheduler(self) -> str: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def guidance(self) -> float: ...
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
+
+class SearchSpace(Protocol):
+    """The ``[search]`` ranges, resolved against the model family."""
+
+    @property
+    def schedulers(self) -> tuple[str, ...]: ...
+    @property
+    def steps(self) -> tuple[int, int]: ...
+    @property
+    def steps_step(self) -> int: ...
+    @property
+    def guidance(self) -> tuple[float, float]: ...
+    @property
+    def guidance_step(self) -> float: ...
+    @property
+    def variants(self) -> tuple[str, ...] | str: ...
 
 
 @dataclass(frozen=True)
@@ -41,7 +72,7 @@ class Settings:
         return cls(scheduler, int(steps), float(guidance), tuple(chosen))
 
     @classmethod
-    def of(cls, setting: ResolvedSetting) -> Settings:
+    def of(cls, setting: Setting) -> Settings:
         return cls.make(setting.scheduler, setting.steps, setting.guidance, setting.options)
 
     @classmethod
@@ -77,8 +108,6 @@ class Settings:
 
     def call_kwargs(self, family: Family) -> dict[str, Any]:
         """The pipeline call arguments: steps, guidance under the family's name, AYS timesteps."""
-        from autotune.families import ays_timesteps
-
         kwargs: dict[str, Any] = {"num_inference_steps": self.steps, family.guidance_param: self.guidance}
         if self.ays:
             kwargs["timesteps"] = ays_timesteps(family, self.steps)
@@ -97,7 +126,7 @@ class Settings:
     def scheduler_label(self) -> str:
         """The scheduler and its variant values: ``DPM++ 2M [sigmas=karras]``."""
         opts = ", ".join(f"{k}={v}" for k, v in self.options)
-        return schedulers.get(self.scheduler).a1111 + (f" [{opts}]" if opts else "")
+        return schedulers.get(self.scheduler).label + (f" [{opts}]" if opts else "")
 
     def label(self) -> str:
         """A short human name: ``DPM++ 2M [sigmas=karras], 12 steps, CFG 6.5``."""
@@ -111,25 +140,38 @@ def _takes_timesteps(class_name: str) -> bool:
     return "timesteps" in inspect.signature(getattr(diffusers, class_name).set_timesteps).parameters
 
 
+def takes_ays(scheduler: str, family: Family | None) -> bool:
+    """Align-Your-Steps applies: the family has published timesteps and the sampler takes custom ones."""
+    return family is not None and family.ays is not None and _takes_timesteps(schedulers.get(scheduler).class_name)
+
+
+def ays_timesteps(family: Family, steps: int) -> list[int]:
+    """Align-Your-Steps timesteps (Sabour et al. 2024) for the family, log-linearly resampled to ``steps``."""
+    import numpy as np
+    from diffusers.schedulers import AysSchedules
+
+    base = np.array(AysSchedules[f"{family.ays}Timesteps"], dtype=float)
+    if steps == len(base):
+        return [int(t) for t in base]
+    xs = np.linspace(0, 1, len(base))
+    out = np.exp(np.interp(np.linspace(0, 1, steps), xs, np.log(base + 1))) - 1
+    ts = np.round(out).astype(int)
+    for i in range(1, len(ts)):  # strictly decreasing
+        ts[i] = min(ts[i], ts[i - 1] - 1)
+    return [int(t) for t in np.maximum(ts, 0)]
+
+
 def variant_choices(scheduler: str, wanted: tuple[str, ...] | str, family: Family | None) -> dict[str, tuple[Any, ...]]:
-    """The variant parameters searched for ``scheduler`` and their values ("ays" where the family has it)."""
+    """The variant parameters searched for ``scheduler`` and their values ("ays" where it applies)."""
     out = {}
     for v in schedulers.variants_of(scheduler):
         if wanted != "all" and v.name not in wanted:
             continue
-        choices = v.choices
-        if (
-            v.name == "sigmas"
-            and family is not None
-            and family.ays
-            and _takes_timesteps(schedulers.get(scheduler).class_name)
-        ):
-            choices = (*choices, "ays")
-        out[v.name] = choices
+        out[v.name] = (*v.choices, "ays") if v.name == "sigmas" and takes_ays(scheduler, family) else v.choices
     return out
 
 
-def suggest(trial: Any, space: ResolvedSearch, family: Family | None = None) -> Settings:
+def suggest(trial: Any, space: SearchSpace, family: Family | None = None) -> Settings:
     """Ask an Optuna trial for a setting inside ``space`` (variants only where the sampler takes them)."""
     name = trial.suggest_categorical("scheduler", list(space.schedulers))
     options = {
@@ -142,16 +184,3 @@ def suggest(trial: Any, space: ResolvedSearch, family: Family | None = None) -> 
         trial.suggest_float("guidance", *space.guidance, step=space.guidance_step),
         options,
     )
-
-
-def reference_setting(cfg: ResolvedStudy, guidance: float | None = None) -> Settings:
-    """The reference an image rendered at ``guidance`` is compared with: the one rule that the
-    evaluator, the convergence check and the report all follow.
-
-    ``[reference]`` as resolved, at its own guidance; when it follows the trial (``guidance =
-    "trial"``), at ``guidance``. ``None`` asks for the class-wide reference (seed-to-seed LPIPS,
-    convergence check), which a trial-following reference renders at the baseline's guidance.
-    """
-    ref = cfg.reference
-    g = guidance if ref.follows_trial and guidance is not None else ref.guidance
-    return Settings.make(ref.scheduler, ref.steps, g, ref.options)

@@ -4,6 +4,7 @@ seeds, then render the finalists and the baseline on confirmation seeds the sear
 Every image it scores is stored in the class's study as ``renders.<trial>`` (``{seed: {metric:
 [value per prompt]}}``), so a resumed study picks up where it stopped, ``autotune recommend``
 reads the verdict without a model, and optuna-dashboard shows it among the study's attributes.
+The evidence is built once from the stored trials and updated with each render, not reloaded.
 
 Example:
     >>> settle(cfg, study, "portrait", evaluator)   # then recommend(cfg) reads the confirmed verdict
@@ -14,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from autotune.decision import Candidate, finalists, next_to_race
-from autotune.evaluate import Scorer
-from autotune.families import ResolvedStudy
-from autotune.study.ledger import is_baseline
-from autotune.study.results import candidates, cost_fit, settings_of, tolerance
+from autotune.config.resolve import ResolvedStudy
+from autotune.decision.evidence import Evidence, distinct, renders_key
+from autotune.decision.rule import Tolerance, finalists, next_to_race
+from autotune.decision.tolerance import tolerance
+from autotune.model.evaluate import Scorer
+from autotune.space.settings import Settings
 
 __all__ = ["race_seeds", "settle"]
 
@@ -37,65 +39,68 @@ def race_seeds(cfg: ResolvedStudy) -> list[int]:
     return out
 
 
-def _render(study: optuna.Study, scorer: Scorer, prompts: Sequence[str], t: FrozenTrial, seeds: Sequence[int]) -> int:
-    """Render and score trial ``t``'s setting on ``seeds`` it lacks, store them; the images rendered."""
-    key = f"renders.{t.number}"
-    have = dict(study.user_attrs.get(key, {}))
-    todo = [s for s in seeds if str(s) not in have]
-    if not todo:
-        return 0
-    e = scorer.evaluate(settings_of(t), prompts, todo, timed=False)
-    for j, s in enumerate(todo):
-        have[str(s)] = {m: v[j :: len(todo)] for m, v in e.per_image.items()}
-    study.set_user_attr(key, have)
-    return len(todo) * len(prompts)
+class _Renders:
+    """The decision's renders of one class: scored, stored in the study, and added to the evidence."""
+
+    def __init__(self, study: optuna.Study, scorer: Scorer, prompts: Sequence[str], evidence: Evidence) -> None:
+        self.study, self.scorer, self.prompts, self.evidence = study, scorer, prompts, evidence
+        attrs = study.user_attrs  # one read: each access is a storage query
+        self.trials: dict[int, FrozenTrial] = {t.number: t for t in study.get_trials(deepcopy=False) if distinct(t)}
+        self.stored = {n: dict(attrs.get(renders_key(n), {})) for n in self.trials}
+
+    def __call__(self, number: int, seeds: Sequence[int]) -> int:
+        """Render trial ``number``'s setting on the ``seeds`` it lacks; the images rendered."""
+        have = self.stored[number]
+        todo = [s for s in seeds if str(s) not in have]
+        if not todo:
+            return 0
+        e = self.scorer.evaluate(Settings.from_params(self.trials[number].params), self.prompts, todo, timed=False)
+        new = {str(s): {m: v[j :: len(todo)] for m, v in e.per_image.items()} for j, s in enumerate(todo)}
+        have.update(new)
+        self.study.set_user_attr(renders_key(number), have)
+        self.evidence.add_renders(number, new)
+        return len(todo) * len(self.prompts)
 
 
 def settle(
     cfg: ResolvedStudy, study: optuna.Study, class_name: str, scorer: Scorer, log: Callable[[str], None] = print
 ) -> None:
     """Race, then confirm (see the module's docstring); racing stops at ``recommend.race_budget`` images."""
-    r, prompts = cfg.recommend, cfg.classes[class_name]
-    objectives = cfg.metrics.objectives
-    seeds = race_seeds(cfg)
-
-    def state() -> tuple[list[Candidate], Candidate | None, dict[int, FrozenTrial]]:
-        done = [
-            t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "reused_from" not in t.user_attrs
-        ]
-        cands = candidates(cfg, class_name, study, done, cost_fit(done, objectives))
-        base = next((c for c, t in zip(cands, done, strict=True) if is_baseline(t)), None)
-        return cands, base, {t.number: t for t in done}
-
-    cands, base, trials = state()
+    r, prompts, objectives = cfg.recommend, cfg.classes[class_name], cfg.metrics.objectives
+    attrs = study.user_attrs
+    trials = study.get_trials(deepcopy=False)
+    evidence = Evidence.of(trials, attrs, objectives, len(prompts), cfg.search.seeds, r.confirm_seeds)
+    base = evidence.baseline
     if base is None:
         return
+    render = _Renders(study, scorer, prompts, evidence)
     confirm = list(r.confirm_seeds)
     log(
         f"autotune: {class_name}: deciding: racing undecided candidates (at most {r.race_budget} images), "
         f"then the cheapest {r.finalists} that pass on {len(confirm)} fresh seeds"
     )
+
+    def tol() -> Tolerance:
+        assert evidence.baseline is not None
+        return tolerance(r, objectives, evidence.baseline, attrs.get("seed_lpips"))[0]
+
     # the baseline on the confirmation seeds first: its seed-to-seed CLIP spread scales the tolerance
-    n = _render(study, scorer, prompts, trials[base.number], confirm)
-    cands, base, trials = state()
-    assert base is not None
-    spent = int(study.user_attrs.get("race_images", 0))
+    n = render(base.number, confirm)
+    spent = int(attrs.get("race_images", 0))
+    seeds = race_seeds(cfg)
     while spent < r.race_budget:
-        tol, _ = tolerance(cfg, base, study.user_attrs.get("seed_lpips"))
-        step = next_to_race(cands, base, tol, seeds, top=r.finalists, stochastic=r.stochastic)
+        assert evidence.baseline is not None
+        step = next_to_race(
+            evidence.candidates, evidence.baseline, tol(), seeds, top=r.finalists, stochastic=r.stochastic
+        )
         if step is None:
             break
         number, seed = step
-        spent += _render(study, scorer, prompts, trials[number], [seed])
-        spent += _render(study, scorer, prompts, trials[base.number], [seed])
+        spent += render(number, [seed]) + render(base.number, [seed])
         study.set_user_attr("race_images", spent)
-        cands, base, trials = state()
-        assert base is not None
-    tol, _ = tolerance(cfg, base, study.user_attrs.get("seed_lpips"))
-    final = finalists(cands, base, tol, top=r.finalists, stochastic=r.stochastic)
-    n += sum(_render(study, scorer, prompts, trials[c.number], confirm) for c in final)
+    assert evidence.baseline is not None
+    final = finalists(evidence.candidates, evidence.baseline, tol(), top=r.finalists, stochastic=r.stochastic)
+    n += sum(render(c.number, confirm) for c in final)
     if n:
         log(
             f"autotune: {class_name}: {len(final)} finalists and the baseline rendered on "

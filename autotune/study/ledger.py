@@ -22,6 +22,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autotune.decision.evidence import is_baseline, reused
+
 __all__ = [
     "MAX_INTERRUPTIONS",
     "claimed",
@@ -40,10 +42,6 @@ MAX_INTERRUPTIONS = 2  # a setting whose trial was killed this often is not retr
 _LATEST = datetime.datetime.max
 
 
-def is_baseline(t: FrozenTrial) -> bool:
-    return bool(t.user_attrs.get("baseline"))
-
-
 def rough_cut(t: FrozenTrial) -> bool:
     """Pruned by rough-first after rendering its first seed."""
     return t.state == TrialState.PRUNED and "rough_dominated_by" in t.user_attrs
@@ -53,7 +51,7 @@ def rendering(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """Trials that render their setting: completed, running, or cut by rough-first after the first seed
     (those that reused a stored setting's metrics render nothing)."""
     states = (TrialState.COMPLETE, TrialState.RUNNING)
-    return [t for t in trials if (t.state in states or rough_cut(t)) and "reused_from" not in t.user_attrs]
+    return [t for t in trials if (t.state in states or rough_cut(t)) and not reused(t)]
 
 
 def claimed(trials: Sequence[FrozenTrial]) -> int:
@@ -79,7 +77,7 @@ def surplus(trials: Sequence[FrozenTrial], me: FrozenTrial, target: int) -> bool
 def same_setting(trials: Sequence[FrozenTrial], key: str, number: int) -> FrozenTrial | None:
     """An earlier finished trial of the same setting (completed, cut by rough-first, or failed with a reason)."""
     for t in trials:
-        if t.number == number or t.user_attrs.get("setting_key") != key or "reused_from" in t.user_attrs:
+        if t.number == number or t.user_attrs.get("setting_key") != key or reused(t):
             continue
         if t.user_attrs.get("interrupted"):
             continue
@@ -102,7 +100,7 @@ def rendering_now(trials: Sequence[FrozenTrial], key: str, number: int) -> Froze
             t.number != number
             and t.state == TrialState.RUNNING
             and t.user_attrs.get("setting_key") == key
-            and "reused_from" not in t.user_attrs
+            and not reused(t)
         ):
             return t
     return None

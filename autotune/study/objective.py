@@ -22,18 +22,19 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune import schedulers
-from autotune.evaluate import Evaluation, Scorer
-from autotune.families import ResolvedStudy
-from autotune.metrics import METRICS, summarise
-from autotune.pareto import clearly_dominated
-from autotune.space import Settings, suggest
-from autotune.storage import image_name
+from autotune.config.objectives import OBJECTIVES, summarise
+from autotune.config.resolve import ResolvedStudy
+from autotune.decision.evidence import distinct
+from autotune.decision.pareto import clearly_dominated
+from autotune.model.evaluate import Evaluation, Scorer
+from autotune.space import schedulers
+from autotune.space.settings import Settings, suggest
 from autotune.study import ledger
+from autotune.study.optuna_api import fail_stale_trials, heartbeat
 from autotune.study.sampling import fresh_params
+from autotune.study.storage import image_name
 
 __all__ = ["Objective", "TrialFailed"]
 
@@ -91,14 +92,12 @@ class Objective:
         Ctrl-C marks the trial interrupted (it is retried on the next run) and is raised again.
         """
         storage = self.study._storage
+        fail_stale_trials(self.study)  # other hosts' dead workers' trials, as optimize does first
         with warnings.catch_warnings():  # the heartbeat runs below, as in Optuna's own optimize loop
             warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if is_heartbeat_enabled(storage):  # fail other hosts' stale trials first, as optimize does
-                optuna.storages.fail_stale_trials(self.study)
             trial = self.study.ask()
         values: list[float] | None = None
-        with get_heartbeat_thread(trial._trial_id, storage):
+        with heartbeat(self.study, trial):
             try:
                 values = self._run(trial)
                 state = TrialState.COMPLETE
@@ -148,7 +147,7 @@ class Objective:
         except Exception as e:  # any render or metric failure fails this trial, not the study
             trial.set_user_attr("fail_reason", _reason(e))
             trial.set_user_attr("fail_traceback", traceback.format_exc()[-_TRACEBACK_CHARS:])
-            from autotune.pipeline import free_memory
+            from autotune.model.render import free_memory
 
             free_memory()
             raise TrialFailed(_reason(e)) from e
@@ -196,7 +195,7 @@ class Objective:
         """Every image of the trial as a PNG artifact, prompt-major like the render."""
         import tempfile
 
-        from autotune.references import encode_png
+        from autotune.model.references import encode_png
 
         assert self.artifacts is not None
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -234,14 +233,14 @@ class Objective:
         done = [
             t
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "reused_from" not in t.user_attrs and all(f"{m}_values" in t.user_attrs for m in objectives)
+            if distinct(t) and all(f"{m}_values" in t.user_attrs for m in objectives)
         ]
         rendered = [
             {m: summarise(m, t.user_attrs[f"{m}_values"][:: 1 if m == "seconds" else n]) for m in objectives}
             for t in done
         ]
         rough = {m: summarise(m, first[m]) for m in objectives}
-        better = clearly_dominated(rough, rendered, {m: METRICS[m].higher_is_better for m in objectives})
+        better = clearly_dominated(rough, rendered, {m: OBJECTIVES[m].higher_is_better for m in objectives})
         if better is not None:
             trial.set_user_attr("rough_values", rough)
             trial.set_user_attr("rough_dominated_by", done[better].number)

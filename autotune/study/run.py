@@ -22,17 +22,18 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config import ConfigError, StudyConfig
-from autotune.evaluate import Evaluator
-from autotune.families import ResolvedStudy
-from autotune.metrics import METRICS
-from autotune.outputs import check_writable
-from autotune.space import Settings, variant_choices
-from autotune.storage import artifact_store, open_storage, quiet_optuna
+from autotune.config.objectives import OBJECTIVES
+from autotune.config.resolve import ResolvedStudy
+from autotune.decision.evidence import distinct, reused
+from autotune.files import check_writable
+from autotune.model.evaluate import Evaluator
+from autotune.results.reader import Outcomes, front_of, recommend
+from autotune.space.settings import Settings, variant_choices
 from autotune.study import ledger
 from autotune.study.decide import settle
 from autotune.study.objective import Objective
-from autotune.study.results import Outcomes, recommend
 from autotune.study.sampling import make_sampler
+from autotune.study.storage import artifact_store, open_storage, quiet_optuna
 from autotune.study.versions import find_version, fingerprint, study_name
 
 __all__ = ["StudyAborted", "open_class_study", "run_study"]
@@ -49,7 +50,7 @@ def open_class_study(
     class_name: str,
     storage: optuna.storages.BaseStorage,
     version: int = 1,
-    runtime: dict[str, str] | None = None,
+    measured: dict[str, str | None] | None = None,
 ) -> optuna.Study:
     """Load the class's study, creating it first when it does not exist.
 
@@ -59,7 +60,7 @@ def open_class_study(
     """
     name = study_name(cfg, class_name, version)
     sampler = make_sampler(cfg.search.sampler)
-    directions = [optuna.study.StudyDirection[METRICS[m].direction.upper()] for m in cfg.metrics.objectives]
+    directions = [optuna.study.StudyDirection[OBJECTIVES[m].direction.upper()] for m in cfg.metrics.objectives]
     try:
         study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
     except optuna.exceptions.DuplicatedStudyError:
@@ -67,7 +68,7 @@ def open_class_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(cfg.metrics.objectives))
-    study.set_user_attr("fingerprint", fingerprint(cfg, class_name, runtime))
+    study.set_user_attr("fingerprint", fingerprint(cfg, class_name, measured))
     study.set_user_attr("prompts", list(cfg.classes[class_name]))
     base = Settings.of(cfg.baseline)  # the baseline is the first trial of every class
     searched = variant_choices(base.scheduler, cfg.search.variants, cfg.family)
@@ -80,9 +81,11 @@ def _prepare(study: optuna.Study, class_name: str, evaluator: Evaluator) -> None
     and the seed-to-seed LPIPS."""
     if study.user_attrs.get("exhausted"):  # the space may have grown since: look again
         study.set_user_attr("exhausted", False)
+    from autotune.serving.router import class_embedding
+
     ledger.recover(study)
     prompts = evaluator.cfg.classes[class_name]
-    study.set_user_attr("router", evaluator.router_embedding(prompts))
+    study.set_user_attr("router", class_embedding(evaluator.text_encoder(), prompts))
     if "scheduler_base" not in study.user_attrs:  # the model's own: what a complete handoff config starts from
         study.set_user_attr("scheduler_base", dict(evaluator.scheduler_config))
     if evaluator.lpips is not None and "seed_lpips" not in study.user_attrs:
@@ -117,43 +120,56 @@ def run_study(
     With ``decide`` (not for helper workers), the search is followed by the decision stage
     (:func:`autotune.study.decide.settle`): racing and confirmation on fresh seeds.
     """
-    from autotune.pipeline import resolve_config, runtime
+    from autotune.model.pipeline import describe_model, resolve_config, runtime
+    from autotune.model.sources import weights_digest
 
-    resolved = cfg if isinstance(cfg, ResolvedStudy) else resolve_config(cfg)
     rt = runtime(cfg, device)  # a CUDA device that is not there: refused before any file is written
     url = storage or cfg.default_storage
     if url.startswith("sqlite:///"):
         cfg.directory.mkdir(parents=True, exist_ok=True)
     with quiet_optuna(), _nothing_left_on_refusal(url):
-        rdb = open_storage(url, workers=True)
-        version, _ = find_version(cfg, rdb, resolved, new_version=new_version, runtime=rt)
+        rdb = open_storage(url, workers=True)  # a bad storage URL: refused before the model is looked at
+        try:
+            described = describe_model(cfg.model)
+        except ConfigError as e:
+            raise ConfigError(f"{cfg.path}: {e}") from None
+        resolved = cfg if isinstance(cfg, ResolvedStudy) else resolve_config(cfg, described)
+        measured = {**rt, "weights": weights_digest(cfg.model)}
+        names = optuna.get_all_study_names(rdb)
+        version, _ = find_version(
+            cfg, names, lambda n: _attrs(rdb, n), resolved, new_version=new_version, measured=measured
+        )
         check_writable(cfg.output_dir)
         target = n_trials or cfg.search.n_trials
-        evaluator = Evaluator(resolved, url, device)
+        evaluator = Evaluator(resolved, url, device, described=described)
         if check_reference and "lpips" in cfg.metrics.objectives:
             evaluator.check_reference()
         artifacts = artifact_store(cfg) if cfg.report.images else None
         objectives = {}
         for c in cfg.classes:
-            study = open_class_study(resolved, c, rdb, version, rt)
+            study = open_class_study(resolved, c, rdb, version, measured)
             _prepare(study, c, evaluator)
             objectives[c] = Objective(resolved, study, c, evaluator, target, artifacts)
         _loop(cfg, objectives, target, timeout, evaluator.pipeline.device, url, workers, progress)
         if decide:
             for c, o in objectives.items():
                 settle(resolved, o.study, c, evaluator, log=_say if progress else lambda _: None)
-        return recommend(resolved, storage=url)
+        return recommend(resolved, storage=url, version=version)
+
+
+def _attrs(rdb: optuna.storages.BaseStorage, name: str) -> dict[str, object]:
+    return rdb.get_study_user_attrs(rdb.get_study_id_from_name(name))
 
 
 @contextlib.contextmanager
 def _nothing_left_on_refusal(url: str) -> Iterator[None]:
-    """A run refused before its first study exists (weights that cannot load, say) removes the SQLite
-    database it created, so the next try starts as clean as this one did."""
+    """A run refused or interrupted before its first study exists (weights that cannot load, Ctrl-C while
+    loading) removes the SQLite database it created, so the next try starts as clean as this one did."""
     path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
     new = path is not None and not path.exists()
     try:
         yield
-    except ConfigError:
+    except (ConfigError, KeyboardInterrupt):
         if new and path is not None and path.exists():
             with contextlib.closing(sqlite3.connect(path)) as db:
                 tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -200,7 +216,7 @@ def _loop(
                 last = objectives[c].run_one()
                 if last.state != TrialState.FAIL:
                     failures = 0
-                elif "reused_from" not in last.user_attrs:
+                elif not reused(last):
                     failures += 1
                 bar.update(_failure_line(c, last))
                 if failures >= _MAX_CONSECUTIVE_FAILURES:
@@ -218,7 +234,7 @@ def _loop(
 
 def _failure_line(class_name: str, t: FrozenTrial) -> str | None:
     """One line for a trial that failed on its own (not a repeat of a failed setting), else None."""
-    if t.state != TrialState.FAIL or "reused_from" in t.user_attrs:
+    if t.state != TrialState.FAIL or reused(t):
         return None
     setting = t.user_attrs.get("setting", "setting not drawn")
     return f"autotune: {class_name} trial {t.number} ({setting}) failed: {t.user_attrs.get('fail_reason', 'unknown')}"
@@ -227,7 +243,7 @@ def _failure_line(class_name: str, t: FrozenTrial) -> str | None:
 def _spawn_workers(
     cfg: StudyConfig, url: str, target: int, timeout: float | None, device: str, n: int
 ) -> list[subprocess.Popen[bytes]]:
-    """``n`` more ``autotune study --worker`` processes on this storage; GPUs dealt out round robin.
+    """``n`` more worker processes (:mod:`autotune.study.worker`) on this storage; GPUs dealt out round robin.
 
     On the CPU every process, this one included until the run ends, gets its share of the cores:
     N processes with all-core thread pools thrash (4 on 2 cores ran 3x slower).
@@ -243,10 +259,7 @@ def _spawn_workers(
     procs = []
     for i in range(1, n + 1):
         dev = f"cuda:{i % gpus}" if gpus > 1 else device
-        cmd = [sys.executable, "-m", "autotune.cli", "study", str(cfg.path), "--worker", "--storage", url]
-        cmd += ["--n-trials", str(target), "--device", dev, "--no-reference-check"]
-        if timeout:
-            cmd += ["--timeout", str(timeout)]
+        cmd = [sys.executable, "-m", "autotune.study.worker", str(cfg.path), url, str(target), dev, str(timeout or 0)]
         procs.append(subprocess.Popen(cmd, env=env))
     return procs
 
@@ -273,6 +286,7 @@ class _Progress:
         from tqdm import tqdm
 
         self.studies, self.deadline, self.target = studies, deadline, target
+        self.objectives = cfg.metrics.objectives
         self.bar = tqdm(
             total=target * len(studies),
             initial=self._done(),
@@ -293,12 +307,17 @@ class _Progress:
             self.bar.write(line, file=sys.stderr)
         if self.bar.disable:
             return
-        fronts = {c: len(s.best_trials) for c, s in self.studies.items()}
+        fronts = {c: self._front(s) for c, s in self.studies.items()}
         post = {"front": " ".join(f"{c}:{n}" for c, n in fronts.items())}
         if self.deadline < math.inf:
             post["left"] = time.strftime("%H:%M:%S", time.gmtime(max(0.0, self.deadline - time.monotonic())))
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(self._done() - self.bar.n)
+
+    def _front(self, study: optuna.Study) -> int:
+        """Distinct rendered settings on the class's Pareto front: the front the outputs show."""
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if distinct(t)]
+        return len(front_of(done, self.objectives))
 
     def close(self) -> None:
         self.bar.close()

@@ -17,8 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.families import Family, ResolvedSearch
-from autotune.space import Settings, suggest, variant_choices
+from autotune.space.families import Family
+from autotune.space.settings import SearchSpace, Settings, suggest, variant_choices
 
 __all__ = ["RandomDraw", "fresh_params", "make_sampler"]
 
@@ -57,7 +57,7 @@ class RandomDraw:
 
 def fresh_params(
     trials: Sequence[FrozenTrial],
-    space: ResolvedSearch,
+    space: SearchSpace,
     family: Family,
     rng: random.Random | None = None,
     base: Mapping[str, Any] = MappingProxyType({}),

@@ -1,34 +1,51 @@
-"""Where a study lives: Optuna's RDB storage, the schema-race retry, the trial-image artifact store.
+"""Where a study lives: Optuna's RDB storage, the schema-race retry, the trial-image artifact store,
+and the reference-image table beside Optuna's.
 
-Optuna loads on first use: the reference store and validation need only the schema-race retry.
-
-Storage is Optuna's RDB storage (SQLite beside the study file by default, PostgreSQL for
-shared studies); reference images live in a table of their own in the same database
-(:mod:`autotune.references`); trial images are Optuna artifacts in ``studies/NAME/artifacts``.
+Storage is Optuna's RDB storage (SQLite beside the study file by default, PostgreSQL for shared
+studies); reference images live in ``autotune_references`` in the same database, keyed by content
+(:func:`reference_key`), so every worker and every reader (the report) finds the same image; trial
+images are Optuna artifacts in ``studies/NAME/artifacts``. Optuna loads on first use: the reference
+table and the results reader need only SQLAlchemy.
 
 Example:
     >>> rdb = open_storage("sqlite:///studies/demo.db")
     >>> store = artifact_store(cfg)
+    >>> ReferenceTable("sqlite:///studies/demo.db").find(reference_key(...))
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, Text, create_engine, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from autotune.config import ConfigError, StudyConfig
+from autotune.space.settings import Settings
 
 if TYPE_CHECKING:
     import optuna
     from optuna.artifacts import FileSystemArtifactStore
 
-__all__ = ["artifact_store", "image_name", "open_storage", "quiet_optuna", "retry_schema_race", "sqlite_path"]
+__all__ = [
+    "ReferenceTable",
+    "artifact_store",
+    "generator_kind",
+    "image_name",
+    "model_identity",
+    "open_storage",
+    "quiet_optuna",
+    "reference_key",
+    "retry_schema_race",
+    "sqlite_path",
+]
 
 T = TypeVar("T")
 
@@ -121,3 +138,64 @@ def artifact_store(cfg: StudyConfig) -> FileSystemArtifactStore:
 def image_name(prompt_index: int, seed: int) -> str:
     """Artifact file name of one trial image; the prompt's text is in the study's ``prompts`` attribute."""
     return f"prompt{prompt_index}_seed{seed}.png"
+
+
+_META = MetaData()
+_REFERENCES = Table(
+    "autotune_references",
+    _META,
+    Column("key", String(64), primary_key=True),
+    Column("model", Text, nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("setting", Text, nullable=False),
+    Column("png", LargeBinary, nullable=False),
+)
+
+
+def model_identity(model_id: str, adds: Mapping[str, Any], call: Mapping[str, Any], negative: str | None) -> str:
+    """The model and what production adds to one prompt's call (VAE, LoRAs, ``[call]``, its negative prompt)."""
+    extra = {k: v for k, v in {**adds, "call": dict(call), "negative_prompt": negative}.items() if v}
+    return model_id if not extra else f"{model_id} {json.dumps(extra, sort_keys=True)}"
+
+
+def generator_kind(device: str) -> str:
+    """Where a seed's noise is drawn: the device kind (MPS draws on the CPU)."""
+    kind = device.split(":")[0]
+    return "cpu" if kind == "mps" else kind
+
+
+def reference_key(
+    identity: str, prompt: str, seed: int, height: int, width: int, settings: Settings, dtype: str, generator: str
+) -> str:
+    """Content key of a reference image: sha256 of everything that determines its pixels, the device
+    kind its noise was drawn on included (a seed draws other noise on CUDA than on the CPU)."""
+    data = [identity, prompt, seed, height, width, settings.params(), dtype]
+    if generator != "cpu":  # keys of CPU references stay as they were before the generator was keyed
+        data.append(generator)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+class ReferenceTable:
+    """Reference images as PNG rows in the study's own database (SQLite or PostgreSQL); nothing is pickled."""
+
+    def __init__(self, url: str, engine: Any | None = None) -> None:
+        self.engine = engine or create_engine(url)
+        retry_schema_race(lambda: _META.create_all(self.engine, checkfirst=True))
+
+    def get(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The stored PNGs of those ``keys`` that are stored."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_REFERENCES.c.key, _REFERENCES.c.png).where(_REFERENCES.c.key.in_(keys)))
+            return {k: bytes(png) for k, png in rows}
+
+    def find(self, key: str) -> bytes | None:
+        return self.get([key]).get(key)
+
+    def put(self, key: str, model_id: str, prompt: str, seed: int, settings: Settings, png: bytes) -> None:
+        row = {"key": key, "model": model_id, "prompt": prompt, "seed": seed, "setting": json.dumps(settings.params())}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_REFERENCES.insert().values(**row, png=png))
+        except IntegrityError:
+            pass  # another worker stored the same reference first: the images are the same

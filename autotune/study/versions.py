@@ -1,7 +1,9 @@
 """Study names, fingerprints and versions: which stored trials a study file may be compared with.
+Pure: the storage is read through the two functions the caller passes (Optuna's storage while a
+study runs, the fast reader's tables when reading one back).
 
 Example:
-    >>> version, resolved = find_version(cfg, open_storage(url))
+    >>> version, resolved = find_version(cfg, names, attrs_of)
     >>> study_name(cfg, "portrait", version)
     'demo.portrait'
 """
@@ -10,15 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-import optuna
-
-from autotune import schedulers
 from autotune.config import ConfigError, StudyConfig
-from autotune.families import FAMILIES, ResolvedStudy, resolve
+from autotune.config.resolve import ResolvedStudy, resolve
+from autotune.space import schedulers
+from autotune.space.families import FAMILIES
 
-__all__ = ["find_version", "fingerprint", "study_name"]
+__all__ = ["MEASURED", "find_version", "fingerprint", "study_name"]
+
+# measured where the study runs (no model is loaded to read a study back): compared only when running
+MEASURED = ("device", "dtype", "weights")
+# added to the fingerprint after studies were stored without them: compared when the stored one has them
+_LATER = ("baseline", "revision", *MEASURED)
 
 
 def study_name(cfg: StudyConfig, class_name: str, version: int = 1) -> str:
@@ -26,26 +33,33 @@ def study_name(cfg: StudyConfig, class_name: str, version: int = 1) -> str:
     return f"{cfg.name}.{class_name}" if version == 1 else f"{cfg.name}.v{version}.{class_name}"
 
 
-def fingerprint(cfg: ResolvedStudy, class_name: str, runtime: dict[str, str] | None = None) -> dict[str, Any]:
-    """What makes two runs' metrics comparable: model, size, metrics, family, reference, seeds, the
-    class's prompts (a trial's metrics are means over them), how production calls the pipeline (the
-    cost objective times that call) and ``runtime``: the device kind and dtype it renders with."""
+def _setting(s: Any, follows_trial: bool = False) -> dict[str, Any]:
+    return {
+        "scheduler": s.scheduler,
+        "steps": s.steps,
+        "guidance": "trial" if follows_trial else s.guidance,
+        "options": dict(s.options),
+    }
+
+
+def fingerprint(cfg: ResolvedStudy, class_name: str, measured: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What makes two runs' metrics comparable: model (and its revision), size, metrics, family, the
+    baseline every candidate is compared with, the reference, seeds, the class's prompts (a trial's
+    metrics are means over them), how production calls the pipeline (the cost objective times that
+    call) and ``measured``: the device kind, dtype and weights digest it renders with."""
     ref = cfg.reference
     return {
-        **(runtime or {}),
+        **{k: v for k, v in (measured or {}).items() if v is not None},
         "serving": dataclasses.asdict(cfg.serving),
         "model": cfg.model.id,
+        "revision": cfg.model.revision,
         "size": [cfg.model.height, cfg.model.width],
         "objectives": list(cfg.metrics.objectives),
         "clip": [cfg.metrics.clip_model, cfg.metrics.clip_pretrained],
         "lpips": [cfg.metrics.lpips_net, cfg.metrics.lpips_backbone],
         "family": cfg.family.name,
-        "reference": {
-            "scheduler": ref.scheduler,
-            "steps": ref.steps,
-            "guidance": "trial" if ref.follows_trial else ref.guidance,
-            "options": dict(ref.options),
-        },
+        "baseline": _setting(cfg.baseline),
+        "reference": _setting(ref, ref.follows_trial),
         "seeds": list(cfg.search.seeds),
         "prompts": list(cfg.classes[class_name]),
         **_production(cfg, class_name),
@@ -72,27 +86,30 @@ def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list
 
 def find_version(
     cfg: StudyConfig,
-    storage: optuna.storages.BaseStorage,
+    names: Collection[str],
+    attrs_of: Callable[[str], Mapping[str, Any]],
     resolved: ResolvedStudy | None = None,
     *,
     new_version: bool = False,
-    runtime: dict[str, str] | None = None,
+    measured: Mapping[str, Any] | None = None,
 ) -> tuple[int, ResolvedStudy]:
     """The version of the study whose fingerprint matches the file, and the file resolved as it ran.
 
+    ``names`` are the storage's study names, ``attrs_of(name)`` a study's user attributes.
     ``resolved`` is the file resolved against its model (running a study); without it (reading a
     study: no model is loaded) each stored version's family resolves the file. With ``new_version``
     a changed file gets the next free version. A changed search space is fine (Optuna handles it); a
-    changed model, size, metric, seeds, reference or class's prompts makes earlier trials
-    incomparable, so it is refused; a class added to the file is a new study and changes nothing.
-    ``runtime`` (device kind and dtype) is compared when given (running) and the study recorded it.
-    A study from before ``[serving]`` timed batches, not serving calls: refused like any change.
+    changed model (revision, weights), size, metric, seeds, baseline, reference or class's prompts
+    makes earlier trials incomparable, so it is refused; a class added to the file is a new study.
+    ``measured`` (device kind, dtype, weights digest) is compared when given (running) and the study
+    recorded it. A study from before ``[serving]`` timed batches, not serving calls: refused like any change.
     """
-    names = set(optuna.get_all_study_names(storage))
-    changed = ""
+    changed, found = "", None  # reading: the newest version that matches (measured facts are not compared)
     for version in itertools.count(1):
         existing = {c: study_name(cfg, c, version) for c in cfg.classes if study_name(cfg, c, version) in names}
         if not existing:
+            if found is not None:
+                return found
             first = study_name(cfg, next(iter(cfg.classes)), version)
             if resolved is None and version == 1:
                 raise ConfigError(f"classes: no study {first!r} in the storage; run `autotune study {cfg.path}` first")
@@ -106,19 +123,22 @@ def find_version(
         here: ResolvedStudy | None = resolved
         changes: list[str] = []
         for c, name in existing.items():
-            attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+            attrs = attrs_of(name)
             stored = dict(attrs.get("fingerprint") or {})
             here = here or resolve(cfg, FAMILIES[stored.get("family") or "sd"], schedulers.names())
-            new = fingerprint(here, c, runtime)
+            new = fingerprint(here, c, measured)
             if stored and "prompts" not in stored:  # fingerprinted before prompts were: the study's record
                 stored["prompts"] = attrs.get("prompts", new["prompts"])
-            if stored:  # device and dtype: not compared when reading (no model) or for a study from before
-                new = {k: v for k, v in new.items() if k in stored or k not in ("device", "dtype")}
-                stored = {k: v for k, v in stored.items() if k in new}
+            if stored:  # what the stored one lacks was not recorded then (or is measured, and this reads)
+                new = {k: v for k, v in new.items() if k in stored or k not in _LATER}
+                stored = {k: v for k, v in stored.items() if k in new or k not in MEASURED}
             if stored:
                 changes += [f"classes.{c}.{x}" if x.startswith("prompts ") else x for x in _changes(stored, new)]
         if not changes:
             assert here is not None
-            return version, here
-        changed = ", ".join(dict.fromkeys(changes))
+            if resolved is not None:
+                return version, here
+            found = version, here
+        else:
+            changed = ", ".join(dict.fromkeys(changes))
     raise AssertionError("unreachable")

@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-TINY_ID = "tiny"
 TINY_CLIP = "autotune-tiny-clip"
 _VERSION = "sd-v2"  # bump when the architecture below changes: it names the cache folder
 

@@ -1,6 +1,7 @@
 """CLIP score: 100 x cosine similarity of open_clip image and text embeddings (Hessel et al. 2021).
 
-Unlike torchmetrics this keeps negative values, so a score lies in [-100, 100].
+Unlike torchmetrics this keeps negative values, so a score lies in [-100, 100]. Its direction
+(higher is better) is declared once, in :data:`autotune.config.objectives.OBJECTIVES`.
 
 Example:
     >>> scorer = ClipScore("tiny")
@@ -10,87 +11,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from autotune._schema import ConfigError, first_line, study_path
+from autotune.weights.clip import load_open_clip
 
-__all__ = ["ClipScore", "clip_score", "clip_source", "load_open_clip"]
-
-_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def clip_source(name: str, pretrained: str | None, home: str = "") -> tuple[str, str | None]:
-    """``[metrics] clip_model`` and ``clip_pretrained`` with local paths made absolute (relative ones
-    start at the study file's folder ``home``): ``"local-dir:FOLDER"`` and a weights file."""
-    if name.startswith("local-dir:"):
-        name = f"local-dir:{study_path(name[10:], home)}"
-    if pretrained is not None and (Path(pretrained).suffix in _WEIGHT_FILES or "/" in pretrained):
-        pretrained = str(study_path(pretrained, home))
-    return name, pretrained
-
-
-def load_open_clip(
-    name: str, pretrained: str | None = None, home: str = ""
-) -> tuple[Any, Callable[[list[str]], torch.Tensor]]:
-    """An open_clip model and its tokenizer: ``"micro"`` the shipped one trained on digits, ``"tiny"``
-    the random offline one, otherwise any name open_clip takes, with ``pretrained`` a tag open_clip
-    downloads (from the local cache when there) or a weights file; ``"local-dir:FOLDER"`` an open_clip
-    folder. What cannot load is one :class:`ConfigError` line, within seconds when offline."""
-    import open_clip
-
-    if name == "tiny":
-        from autotune.tiny import TINY_CLIP, tiny_clip
-
-        return tiny_clip(), open_clip.get_tokenizer(TINY_CLIP)
-    if name == "micro":
-        from autotune.micro import clip_dir
-
-        name = f"local-dir:{clip_dir()}"
-    name, pretrained = clip_source(name, pretrained, home)
-    if name.startswith("local-dir:") and not Path(name[10:]).is_dir():
-        raise ConfigError(f"metrics.clip_model: no open_clip folder at {name[10:]!r}")
-    if pretrained is not None and pretrained.startswith("/"):
-        if not Path(pretrained).is_file():
-            raise ConfigError(f"metrics.clip_pretrained: no weights file at {pretrained!r}")
-    elif pretrained is not None:
-        _check_tag(open_clip, name, pretrained)
-    try:
-        model = open_clip.create_model(name, pretrained=pretrained)
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
-        raise ConfigError(
-            f"metrics.clip_model: cannot load {name!r} with weights {pretrained!r}: {first_line(e)}"
-        ) from None
-    return model, open_clip.get_tokenizer(name)
-
-
-def _check_tag(open_clip: Any, name: str, tag: str) -> None:
-    """Weights open_clip would download: known, and in the local cache or the hub reachable."""
-    from autotune._net import hub_unreachable, unreachable
-
-    cfg = open_clip.get_pretrained_cfg(name, tag)
-    if not cfg:
-        raise ConfigError(
-            f"metrics.clip_pretrained: open_clip has no weights {tag!r} for {name!r} (open_clip.list_pretrained() "
-            "lists them), and no file of that name exists"
-        )
-    if cfg.get("hf_hub"):
-        from huggingface_hub import try_to_load_from_cache
-
-        repo = cfg["hf_hub"].rstrip("/")
-        files = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-        why = None if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files) else hub_unreachable()
-    else:
-        why = unreachable(cfg.get("url", ""))
-    if why is not None:
-        raise ConfigError(
-            f"metrics.clip_pretrained: {name} {tag} weights are not in the local cache and {why}: download them on "
-            "a connected machine, or set clip_pretrained to the weights file (relative to the study file)"
-        )
+__all__ = ["ClipScore", "clip_score"]
 
 
 def _preprocess(model: Any, images: torch.Tensor) -> torch.Tensor:
@@ -125,7 +54,10 @@ def clip_score(images: torch.Tensor, text_features: torch.Tensor, model: Any) ->
 class ClipScore:
     """Loads the model once, caches each prompt's text features, scores batches on the device."""
 
-    higher_is_better = True
+    @classmethod
+    def from_config(cls, metrics: Any, device: str, home: str) -> ClipScore:
+        """The study's CLIP (``[metrics] clip_model``, ``clip_pretrained``)."""
+        return cls(metrics.clip_model, metrics.clip_pretrained, device, home)
 
     def __init__(
         self,
@@ -149,3 +81,7 @@ class ClipScore:
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return clip_score(images.to(self.device), self.text_features(prompts), self.model).cpu()
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str], references: torch.Tensor | None) -> torch.Tensor:
+        """The metric protocol of :mod:`autotune.model.metrics` (no reference needed)."""
+        return self(images, prompts)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from autotune._schema import ConfigError, first_line, study_path
+from autotune.config.schema import ConfigError, first_line, study_path
 
 __all__ = ["Lpips", "lpips_distance"]
 
@@ -78,7 +78,7 @@ def _check_download(net: str) -> None:
     """torchvision's weights are in torch's cache, or their host answers: else one line, at once."""
     import torchvision
 
-    from autotune._net import unreachable
+    from autotune.weights.net import unreachable
 
     url = getattr(torchvision.models, _TORCHVISION[net][1]).IMAGENET1K_V1.url
     cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
@@ -96,7 +96,12 @@ def lpips_distance(images: torch.Tensor, references: torch.Tensor, model: Any) -
 
 
 class Lpips:
-    higher_is_better = False
+    """LPIPS loaded once, on the device; lower is better (declared in :data:`autotune.config.objectives.OBJECTIVES`)."""
+
+    @classmethod
+    def from_config(cls, metrics: Any, device: str, home: str) -> Lpips:
+        """The study's LPIPS (``[metrics] lpips_net``, ``lpips_backbone``)."""
+        return cls(metrics.lpips_net, metrics.lpips_backbone, device, home)
 
     def __init__(self, net: str = "alex", backbone: str = "random", device: str = "cpu", home: str = "") -> None:
         self.model = load_lpips(net, backbone, home).to(device).eval()
@@ -104,3 +109,8 @@ class Lpips:
 
     def __call__(self, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         return lpips_distance(images.to(self.device), references.to(self.device), self.model).cpu()
+
+    def score(self, images: torch.Tensor, prompts: Any, references: torch.Tensor | None) -> torch.Tensor:
+        """The metric protocol of :mod:`autotune.model.metrics` (scored against the references)."""
+        assert references is not None, "LPIPS needs the reference images"
+        return self(images, references)

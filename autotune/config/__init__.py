@@ -1,0 +1,40 @@
+"""Study files: read, checked and resolved against the model family, before anything renders.
+
+``study`` (the file's dataclasses, :func:`load_config`), ``schema`` (TOML against dataclasses),
+``prompts`` (classes and ``[call]``), ``objectives`` (each metric's direction, declared once) and
+``resolve`` (the one place a study file meets its model family).
+
+Example:
+    >>> cfg = load_config("studies/demo.toml")
+    >>> cfg.search.seeds
+    (0, 1, 2, 3)
+"""
+
+from __future__ import annotations
+
+from autotune.config.schema import ConfigError, ConfigWarning
+from autotune.config.study import (
+    MetricsConfig,
+    ModelConfig,
+    RecommendConfig,
+    ReportConfig,
+    SearchConfig,
+    ServingConfig,
+    SettingConfig,
+    StudyConfig,
+    load_config,
+)
+
+__all__ = [
+    "ConfigError",
+    "ConfigWarning",
+    "MetricsConfig",
+    "ModelConfig",
+    "RecommendConfig",
+    "ReportConfig",
+    "SearchConfig",
+    "ServingConfig",
+    "SettingConfig",
+    "StudyConfig",
+    "load_config",
+]

@@ -1,0 +1,183 @@
+"""The evidence the recommendation rule reads, built once per class and kept up to date: every distinct
+rendered setting as a :class:`Candidate` (its images on the search, racing and confirmation seeds, its
+timed serving calls, its fitted cost). Pure bookkeeping on stored numbers: no torch, no I/O.
+
+A trial is anything with ``number``, ``state`` (its ``.name`` Optuna's), ``params``, ``values`` and
+``user_attrs``: Optuna's ``FrozenTrial`` while a study runs, the fast reader's records afterwards.
+
+Example:
+    >>> ev = Evidence(("clip_score", "lpips", "seconds"), n_prompts=4, seeds=(0, 1), confirm_seeds=(1000, 1001))
+    >>> ev.add_trial(trial)
+    >>> ev.add_renders(trial.number, {"1000": {"clip_score": [78.1, 77.9, 78.3, 76.0]}})
+    >>> ev.baseline.number
+    0
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from autotune.config.objectives import quality
+from autotune.decision.cost import SecondsFit, fit_seconds
+
+__all__ = ["Candidate", "Evidence", "Images", "distinct", "images_of", "is_baseline", "renders_key", "reused"]
+
+Images = Mapping[tuple[int, int], Mapping[str, float]]
+
+
+def is_baseline(t: Any) -> bool:
+    return bool(t.user_attrs.get("baseline"))
+
+
+def reused(t: Any) -> bool:
+    """A trial that took an earlier trial's verdict on the same setting instead of rendering it."""
+    return "reused_from" in t.user_attrs
+
+
+def distinct(t: Any) -> bool:
+    """A completed trial that rendered its setting (one that reused an earlier trial's metrics did not):
+    the one definition of "a rendered setting" the rule, the front and the outputs count."""
+    return bool(t.state.name == "COMPLETE" and not reused(t))
+
+
+def renders_key(number: int) -> str:
+    """The study attribute holding the decision's extra images of trial ``number``:
+    ``{seed: {metric: [value per prompt]}}``."""
+    return f"renders.{number}"
+
+
+def images_of(
+    values: Mapping[str, Sequence[float]], n_prompts: int, seeds: Sequence[int]
+) -> dict[tuple[int, int], dict[str, float]]:
+    """Prompt-major per-image lists over ``seeds`` as ``{(prompt index, seed): {metric: value}}``."""
+    out: dict[tuple[int, int], dict[str, float]] = {}
+    for m, v in values.items():
+        for i, x in enumerate(v[: n_prompts * len(seeds)]):
+            out.setdefault((i // len(seeds), seeds[i % len(seeds)]), {})[m] = x
+    return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A rendered setting as the rule sees it: its images on the search (and racing) seeds, on the
+    confirmation seeds, and the seconds per image of each timed serving call."""
+
+    number: int
+    images: Images
+    confirm: Images = field(default_factory=dict)
+    seconds: tuple[float, ...] = ()
+    cost: float | None = None  # what cheaper means (a fitted cost; default: the median of ``seconds``)
+    deterministic: bool = True
+    label: str = ""
+    calls: float | None = None  # denoiser calls per image (what the cost line is fitted on)
+    guided: bool = False  # classifier-free guidance on (guidance > 1): the batch doubles
+
+    @property
+    def rank_cost(self) -> float:
+        return self.cost if self.cost is not None else statistics.median(self.seconds) if self.seconds else math.inf
+
+    @property
+    def seeds(self) -> set[int]:
+        """Seeds it has images on, besides the confirmation seeds."""
+        return {s for _, s in self.images}
+
+
+class Evidence:
+    """Every distinct rendered setting of one class, kept incrementally: :meth:`add_trial` when a trial
+    completes, :meth:`add_renders` when the decision renders one on more seeds."""
+
+    def __init__(
+        self, objectives: Sequence[str], n_prompts: int, seeds: Sequence[int], confirm_seeds: Iterable[int]
+    ) -> None:
+        self.objectives, self.n_prompts = tuple(objectives), n_prompts
+        self.seeds, self.confirm_seeds = tuple(seeds), set(confirm_seeds)
+        self.quality = quality(self.objectives)
+        self.by_number: dict[int, Candidate] = {}
+        self.baseline_number: int | None = None
+        self._timed: dict[int, tuple[float, bool, float]] = {}  # number -> calls, guided, seconds (the cost line)
+        self.fit: SecondsFit | None = None
+
+    @classmethod
+    def of(
+        cls,
+        trials: Iterable[Any],
+        attrs: Mapping[str, Any],
+        objectives: Sequence[str],
+        n_prompts: int,
+        seeds: Sequence[int],
+        confirm_seeds: Iterable[int],
+    ) -> Evidence:
+        """The evidence of a stored class: its distinct trials and the study's ``renders.<n>`` attributes."""
+        ev = cls(objectives, n_prompts, seeds, confirm_seeds)
+        for t in trials:
+            if distinct(t):
+                ev.add_trial(t, refit=False)
+        for number in list(ev.by_number):
+            ev.add_renders(number, attrs.get(renders_key(number), {}))
+        ev.refit()
+        return ev
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return list(self.by_number.values())
+
+    @property
+    def baseline(self) -> Candidate | None:
+        return None if self.baseline_number is None else self.by_number.get(self.baseline_number)
+
+    def add_trial(self, t: Any, *, deterministic: bool = True, refit: bool = True) -> Candidate:
+        """A completed trial's images (search seeds) and timings; ``deterministic`` as its sampler is."""
+        from autotune.space import schedulers
+
+        values = {m: t.user_attrs.get(f"{m}_values", []) for m in self.quality}
+        calls, guided = t.user_attrs.get("model_calls"), float(t.params["guidance"]) > 1.0
+        c = Candidate(
+            t.number,
+            images_of(values, self.n_prompts, self.seeds),
+            seconds=tuple(t.user_attrs.get("seconds_values", ())),
+            deterministic=deterministic and schedulers.get(t.params["scheduler"]).deterministic,
+            label=str(t.user_attrs.get("setting", "")),
+            calls=float(calls) if calls else None,
+            guided=guided,
+        )
+        self.by_number[t.number] = c
+        if is_baseline(t):
+            self.baseline_number = t.number
+        if "seconds" in self.objectives and calls and t.values is not None:
+            self._timed[t.number] = (float(calls), guided, t.values[self.objectives.index("seconds")])
+        if refit:
+            self.refit()
+        return self.by_number[t.number]
+
+    def add_renders(self, number: int, renders: Mapping[str, Mapping[str, Sequence[float]]]) -> Candidate:
+        """Images the decision rendered for trial ``number``: ``{seed: {metric: [value per prompt]}}``."""
+        c = self.by_number[number]
+        images, confirm = dict(c.images), dict(c.confirm)
+        for seed, per_metric in renders.items():
+            for m, per_prompt in per_metric.items():
+                for p, x in enumerate(per_prompt):
+                    into = confirm if int(seed) in self.confirm_seeds else images
+                    into[(p, int(seed))] = {**into.get((p, int(seed)), {}), m: x}
+        self.by_number[number] = replace(c, images=images, confirm=confirm)
+        return self.by_number[number]
+
+    def refit(self) -> None:
+        """The cost line over every timed trial, and each candidate's cost on it."""
+        if not self._timed:
+            self.fit = None
+            return
+        calls, guided, seconds = zip(*self._timed.values(), strict=True)
+        self.fit = fit_seconds(calls, guided, seconds)
+        fit = self.fit
+        for n, c in self.by_number.items():
+            cost = fit(c.calls, c.guided) if fit is not None and c.calls else None
+            self.by_number[n] = replace(c, cost=cost)
+
+    def outliers(self) -> list[int]:
+        """Trials whose timing is far off the cost line."""
+        fit = self.fit
+        return [] if fit is None else [n for n, (c, g, s) in self._timed.items() if fit.outlier(c, g, s)]

@@ -1,0 +1,331 @@
+"""``recommendations.json``: one schema, written by :func:`recommendations_data` and read by
+:func:`load_recommendations` (serving, the router, exports, validation), so writer and readers never
+disagree on a key. Light to import: serving code loads it without Optuna, torch or SQLAlchemy.
+
+Example:
+    >>> data = recommendations_data(outcomes.cfg, outcomes)       # the study side
+    >>> recs = load_recommendations("studies/demo/recommendations.json")   # serving
+    >>> recs["round"].scheduler_class
+    'EulerDiscreteScheduler'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autotune.config import ConfigError
+
+if TYPE_CHECKING:
+    from autotune.config.resolve import ResolvedStudy
+    from autotune.results.reader import ClassOutcome
+    from autotune.space.families import Family
+
+__all__ = [
+    "DEFAULT_CLASS",
+    "RULE_TEXT",
+    "ClassRecommendation",
+    "Recommendations",
+    "load_recommendations",
+    "random_weights_warning",
+    "recommendations_data",
+    "router_data",
+    "tolerance_text",
+    "trial_summary",
+]
+
+DEFAULT_CLASS = "default"  # the baseline, for prompts that fit no class
+THRESHOLD_MARGIN = 0.9  # the router's default threshold: this share of the least typical study prompt's similarity
+RULE_TEXT = (
+    "A cheaper setting replaces the baseline when, on every quality metric, the one-sided 95 % bound of its "
+    "per-image difference to the baseline (same prompt, same seed; Student's t over the per-prompt means) is "
+    "within the tolerance, first on the search (and racing) seeds, then again on the confirmation seeds alone; "
+    "cheaper means faster on every timed serving call; of those, the cheapest by fitted cost."
+)
+
+
+@dataclass(frozen=True)
+class ClassRecommendation:
+    """One class's recommended setting, as ``recommendations.json`` states it."""
+
+    name: str
+    setting: str  # human label: "DPM++ 2M [sigmas=karras], 12 steps, CFG 6.5"
+    scheduler: str  # autotune's table name
+    options: dict[str, Any]
+    steps: int
+    guidance: float
+    scheduler_class: str
+    scheduler_config: dict[str, Any]  # complete: any class may follow any other
+    call_kwargs: dict[str, Any]
+    family: str
+    speedup: float | None = None
+
+
+@dataclass(frozen=True)
+class Recommendations(Mapping[str, ClassRecommendation]):
+    """Every class's recommendation, plus ``"default"`` (the baseline) and the router's data."""
+
+    study: str
+    model: dict[str, Any]
+    classes: dict[str, ClassRecommendation]
+    router: dict[str, Any] = field(default_factory=dict)
+    seed_lpips: dict[str, float | None] = field(default_factory=dict)  # per class: LPIPS between two seeds
+    tolerances: dict[str, dict[str, Any]] = field(default_factory=dict)  # per class, in metric units
+    path: Path | None = None
+
+    def __getitem__(self, name: str) -> ClassRecommendation:
+        if name in self.classes:
+            return self.classes[name]
+        raise KeyError(f"no recommendation for class {name!r} (expected one of: {', '.join(self.classes)})")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+def _from_summary(name: str, d: Mapping[str, Any], family: str, speedup: float | None) -> ClassRecommendation:
+    x = d["diffusers"]
+    return ClassRecommendation(
+        name=name,
+        setting=d["setting"],
+        scheduler=d["scheduler"],
+        options=dict(d.get("options", {})),
+        steps=int(d["steps"]),
+        guidance=float(d["guidance"]),
+        scheduler_class=x["scheduler_class"],
+        scheduler_config=dict(x["scheduler_config"]),
+        call_kwargs=dict(x["call_kwargs"]),
+        family=family,
+        speedup=speedup,
+    )
+
+
+def load_recommendations(path: str | Path) -> Recommendations:
+    """Read ``recommendations.json`` (or find it from the study file ``studies/NAME.toml``).
+
+    Raises :class:`~autotune.config.ConfigError` naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if path.suffix == ".toml":
+        from autotune.config import load_config
+
+        path = load_config(path).output_dir / "recommendations.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; run `autotune study` to write it") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it as recommendations JSON ({e})") from None
+    try:
+        family = data["model"]["family"]
+        classes = {
+            c: _from_summary(c, d, family, d.get("speedup"))
+            for c, d in data["classes"].items()
+            if d.get("trial") is not None
+        }
+        if "default" in data:
+            classes.setdefault(DEFAULT_CLASS, _from_summary(DEFAULT_CLASS, data["default"], family, 1.0))
+        seed_lpips = {c: d.get("seed_lpips") for c, d in data["classes"].items()}
+        tolerances = {c: dict(d.get("tolerance") or {}) for c, d in data["classes"].items()}
+        return Recommendations(
+            data["study"], data["model"], classes, data.get("router", {}), seed_lpips, tolerances, path
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: not an autotune recommendations file (missing or bad {e})") from None
+
+
+def trial_summary(
+    t: Any, objectives: tuple[str, ...], family: Family, base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A trial as plain JSON-able data: setting, its names in other tools, the diffusers recipe, metrics.
+
+    With ``base``, the model's own scheduler config, the recipe's ``scheduler_config`` is complete
+    (:func:`autotune.space.schedulers.complete`); without, it lists the overrides only.
+    """
+    from autotune.space import schedulers
+    from autotune.space.settings import Settings
+
+    s = Settings.from_params(t.params)
+    overrides = s.scheduler_overrides()
+    spec = schedulers.get(s.scheduler)
+    spread = {m: t.user_attrs.get(f"{m}_values") for m in objectives}
+    return {
+        "trial": t.number,
+        "setting": s.label(),
+        "scheduler": s.scheduler,
+        "a1111_name": schedulers.in_tool(s.scheduler, dict(s.options), "a1111")[0],
+        "comfyui_name": schedulers.in_tool(s.scheduler, dict(s.options), "comfyui")[0],
+        "options": dict(s.options),
+        "steps": s.steps,
+        "guidance": s.guidance,
+        "deterministic": spec.deterministic,
+        "diffusers": {
+            "scheduler_class": spec.class_name,
+            "scheduler_config": overrides if base is None else schedulers.complete(s.scheduler, base, overrides),
+            "call_kwargs": s.call_kwargs(family),
+        },
+        "metrics": dict(zip(objectives, t.values, strict=True)),
+        "metrics_std": {m: statistics.pstdev(v) if v else None for m, v in spread.items()},
+        "model_calls": t.user_attrs.get("model_calls"),
+    }
+
+
+def _seconds_fit(o: ClassOutcome) -> dict[str, Any] | None:
+    fit = o.evidence.fit
+    if fit is None:
+        return None
+    return {
+        "formula": "seconds per image = a + b * calls + c * calls * (guidance > 1)",
+        "a": fit.a,
+        "b": fit.b,
+        "c": fit.c,
+        "outlier_trials": o.evidence.outliers(),
+    }
+
+
+def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
+    objectives = cfg.metrics.objectives
+    base = {
+        "trials_completed": o.n_completed,
+        "settings_rendered": len(o.trials),
+        "trials_failed": o.n_failed,
+        "pareto_front_size": len(o.front),
+        "seed_lpips": o.seed_lpips,
+        "seconds_fit": _seconds_fit(o),
+    }
+    rec = o.recommendation
+    if rec is None:
+        return {
+            **base,
+            "recommended": None,
+            "reason": "the baseline trial has not completed yet: nothing to compare against",
+        }
+    by_number = {t.number: t for t in o.trials}
+    base_config = o.attrs.get("scheduler_base")
+    chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family, base_config)
+    baseline = trial_summary(by_number[rec.baseline.number], objectives, o.family, base_config)
+    chosen["seconds_fitted"], baseline["seconds_fitted"] = rec.chosen.cost, rec.baseline.cost
+    tol = o.tolerance
+    assert tol is not None
+    r = cfg.recommend
+    clip = tol.of("clip_score")
+    return {
+        **chosen,
+        "speedup": rec.speedup,
+        "speedup_range": rec.speedup_range,
+        "met_tolerance": rec.met_tolerance,
+        "confirmed": rec.confirmed,
+        "reason": rec.reason,
+        "baseline": baseline,
+        "tolerance": {
+            "clip_score": clip,
+            "clip_score_in_sd": (clip / o.clip_noise) if clip is not None and o.clip_noise else None,
+            "clip_score_seed_sd": o.clip_noise,
+            "lpips": tol.of("lpips"),
+            "lpips_in_seed_lpips": r.lpips_tolerance if tol.of("lpips") is not None else None,
+        },
+        "decision": {
+            "confirm_seeds": list(r.confirm_seeds),
+            "race_images": o.attrs.get("race_images", 0),
+            "race_budget": r.race_budget,
+            "candidates": list(rec.stages),
+        },
+        **base,
+    }
+
+
+def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> dict[str, Any]:
+    """The content of ``recommendations.json``: one recommended setting per class, with evidence.
+
+    Besides the classes: ``default``, the baseline, for prompts that fit no class, and ``router``,
+    the class centroids of the study's CLIP text embeddings (see :mod:`autotune.serving.router`).
+    """
+    classes = {c: _class_data(cfg, o) for c, o in outcomes.items()}
+    data: dict[str, Any] = {
+        "study": cfg.name,
+        "model": {
+            "id": cfg.model.id,
+            "family": cfg.family.name,
+            "height": cfg.model.height,
+            "width": cfg.model.width,
+            **cfg.model.additions(),
+        },
+        "call": {c: cfg.call_for(c) for c in outcomes},  # what every measured call was given besides the setting
+        "objectives": list(cfg.metrics.objectives),
+        "rule": {
+            "name": cfg.recommend.rule,
+            "clip_tolerance": cfg.recommend.clip_tolerance,
+            "clip_tolerance_sd": cfg.recommend.clip_tolerance_sd,
+            "lpips_tolerance": cfg.recommend.lpips_tolerance,
+            "stochastic": cfg.recommend.stochastic,
+            "text": RULE_TEXT,
+        },
+        "serving": dataclasses.asdict(cfg.serving),
+        "classes": classes,
+    }
+    if warning := random_weights_warning(cfg):
+        data["random_weights"] = warning
+    baseline = next((d["baseline"] for d in classes.values() if "baseline" in d), None)
+    if baseline is not None:
+        data["default"] = baseline
+    embedded = {c: o.attrs["router"] for c, o in outcomes.items() if "router" in o.attrs}
+    if embedded:
+        from autotune.weights.clip import clip_source
+
+        clip = clip_source(cfg.metrics.clip_model, cfg.metrics.clip_pretrained, str(cfg.directory))
+        data["router"] = router_data(embedded, clip)  # local weights as absolute paths: serving runs elsewhere
+    return data
+
+
+def router_data(classes: Mapping[str, Mapping[str, Any]], clip: tuple[str, str | None]) -> dict[str, Any]:
+    """What ``recommendations.json`` stores for the router: encoder, threshold and centroids.
+
+    The default threshold is ``THRESHOLD_MARGIN`` x the lowest similarity of any study prompt to its own
+    class: a prompt less like every class than that goes to ``default``.
+    """
+    lowest = min((e["lowest"] for e in classes.values()), default=0.0)
+    return {
+        "clip_model": clip[0],
+        "clip_pretrained": clip[1],
+        "threshold": round(lowest * THRESHOLD_MARGIN, 6),
+        "centroids": {c: list(e["centroid"]) for c, e in classes.items()},
+    }
+
+
+def random_weights_warning(cfg: ResolvedStudy) -> str | None:
+    """One sentence naming what in the study has random weights (the offline tiny models, a random
+    LPIPS backbone), or None.
+
+    Their figures measure a real sampling ODE and real metric code paths, not image quality:
+    every place a user reads numbers (table, JSON, report, dashboard note) says so. The shipped
+    micro models and their CLIPs are trained, so they are not named.
+    """
+    parts = []
+    if cfg.model.id.startswith("tiny"):
+        parts.append(f"the model ({cfg.model.id})")
+    if cfg.metrics.clip_model == "tiny" and "clip_score" in cfg.metrics.objectives:
+        parts.append("the CLIP model (tiny)")
+    if cfg.metrics.lpips_backbone == "random" and "lpips" in cfg.metrics.objectives:
+        parts.append(f"the LPIPS backbone ({cfg.metrics.lpips_net})")
+    if not parts:
+        return None
+    what = "any image is" if len(parts) > 1 or "LPIPS" not in parts[0] else "two images look alike to a person"
+    return f"Random weights: {', '.join(parts)}. Their figures show how autotune works, not how {what}."
+
+
+def tolerance_text(cfg: Any) -> str:
+    """The study file's tolerances in the units it states them in."""
+    r = cfg.recommend
+    clip = (
+        f"{r.clip_tolerance:g} CLIP points"
+        if r.clip_tolerance is not None
+        else (f"CLIP {r.clip_tolerance_sd:g} x the baseline's seed-to-seed standard deviation")
+    )
+    return f"{clip}, LPIPS {r.lpips_tolerance:g} x seed-to-seed LPIPS"

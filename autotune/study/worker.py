@@ -1,0 +1,50 @@
+"""A helper worker: runs trials of a study on a storage and writes nothing else (no outputs, no decision).
+
+``autotune study --workers N`` starts N - 1 of these beside itself; workers on other machines run
+``autotune study STUDY --storage URL --worker``, which is the same call.
+
+    python -m autotune.study.worker STUDY_FILE STORAGE_URL N_TRIALS DEVICE TIMEOUT_SECONDS
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "work"]
+
+
+def work(study_file: str, storage: str, n_trials: int, device: str | None, timeout: float | None) -> None:
+    """Run trials until the study has ``n_trials`` rendered settings or ``timeout`` seconds pass."""
+    from autotune.config import load_config
+    from autotune.study.run import run_study
+
+    cfg = load_config(study_file)
+    run_study(
+        cfg,
+        storage=storage,
+        n_trials=n_trials,
+        timeout=timeout or None,
+        device=device,
+        progress=False,
+        check_reference=False,
+        decide=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from autotune.config import ConfigError
+
+    path, url, target, device, timeout = argv if argv is not None else sys.argv[1:]
+    try:
+        work(path, url, int(target), device, float(timeout))
+    except ConfigError as e:
+        print(f"autotune: worker: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Each private Optuna API autotune relies on (autotune.study.optuna_api) still is what autotune assumes:
+these fail when an Optuna release changes one, before a study or a reader does."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune.study import optuna_api
+
+
+def test_the_tables_the_reader_reads_have_the_columns_optuna_writes() -> None:
+    from optuna.storages._rdb import models
+
+    for ours in (
+        optuna_api.STUDIES,
+        optuna_api.STUDY_USER_ATTRS,
+        optuna_api.TRIALS,
+        optuna_api.TRIAL_PARAMS,
+        optuna_api.TRIAL_VALUES,
+        optuna_api.TRIAL_USER_ATTRS,
+        optuna_api.TRIAL_SYSTEM_ATTRS,
+    ):
+        theirs = models.BaseModel.metadata.tables[ours.name]
+        assert {c.name for c in ours.columns} <= {c.name for c in theirs.columns}, ours.name
+    from autotune.results.reader import State
+
+    # a trial's state is stored by its name, which the reader maps to its own enum of the same names
+    assert set(models.BaseModel.metadata.tables["trials"].c.state.type.enums) == {s.name for s in State}
+
+
+def test_values_and_parameters_read_back_as_optuna_reads_them(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, select
+
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    study = optuna.create_study(storage=url, directions=["maximize", "minimize"])
+    params = {"scheduler": "euler", "steps": 12, "guidance": 4.5}
+    dists = {
+        "scheduler": optuna.distributions.CategoricalDistribution(["ddim", "euler"]),
+        "steps": optuna.distributions.IntDistribution(2, 30),
+        "guidance": optuna.distributions.FloatDistribution(1.0, 9.0, step=0.5),
+    }
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=[math.inf, -math.inf]))
+    engine = create_engine(url)
+    p, v = optuna_api.TRIAL_PARAMS, optuna_api.TRIAL_VALUES
+    with engine.connect() as conn:
+        got = {
+            n: optuna_api.external_param(x, json.loads(d))
+            for n, x, d in conn.execute(select(p.c.param_name, p.c.param_value, p.c.distribution_json))
+        }
+        values = [
+            optuna_api.stored_value(x, k)
+            for x, k in conn.execute(select(v.c.value, v.c.value_type).order_by(v.c.objective))
+        ]
+    assert got == params and isinstance(got["steps"], int)
+    assert values == [math.inf, -math.inf]
+
+
+def test_artifact_files_are_read_from_the_system_attributes_as_optuna_lists_them(tmp_path: Path) -> None:
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+
+    url = f"sqlite:///{tmp_path / 'art.db'}"
+    study = optuna.create_study(storage=url)
+    trial = study.ask()
+    store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    (tmp_path / "artifacts").mkdir()
+    for name in ("prompt0_seed0.png", "prompt1_seed0.png"):
+        (tmp_path / name).write_bytes(b"png")
+        upload_artifact(artifact_store=store, file_path=str(tmp_path / name), study_or_trial=trial)
+    study.tell(trial, 1.0)
+    frozen = study.trials[0]
+    metas = get_all_artifact_meta(frozen, storage=study._storage)
+    assert optuna_api.artifact_files(frozen.system_attrs) == {m.filename: m.artifact_id for m in metas}
+    assert len(metas) == 2
+
+
+def test_the_heartbeat_runs_around_a_trial_and_stale_trials_fail(tmp_path: Path) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage)
+    alive = study.ask()
+    with optuna_api.heartbeat(study, alive):
+        beats = storage._get_stale_trial_ids(study._study_id)  # the beating trial is not stale
+    assert alive._trial_id not in beats
+    study.ask()  # a trial whose worker died: no heartbeat after this
+    import time
+
+    time.sleep(2.5)
+    optuna_api.fail_stale_trials(study)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert optuna.trial.TrialState.FAIL in states
+
+
+def test_hypervolume_is_optunas_exact_volume() -> None:
+    assert optuna_api.hypervolume([[0.0, 0.5], [0.5, 0.0], [0.6, 0.6]], [1.0, 1.0]) == pytest.approx(0.75)
+    assert optuna_api.hypervolume([[2.0, 2.0]], [1.0, 1.0]) == 0.0
