@@ -208,6 +208,8 @@ def _canonical_scheduler(name: str, where: str) -> str:
 
 def _check_options(scheduler: str, options: dict[str, Any], where: str) -> None:
     """Variant values must be known, apply to the scheduler, and be one of the variant's choices."""
+    if not options:
+        return  # nothing to check: the sampler's classes (diffusers, seconds to import) stay unread
     free = {v.name: v for v in schedulers.variants_of(scheduler)}
     for key, value in options.items():
         if key not in free:

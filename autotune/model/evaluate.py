@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from autotune.config import ConfigError
 from autotune.config.objectives import OBJECTIVES, quality
 from autotune.config.resolve import ResolvedStudy, reference_setting
-from autotune.model.pipeline import ModelDescription
 from autotune.space.families import Family
 from autotune.space.settings import Settings
+
+if TYPE_CHECKING:
+    from autotune.model.pipeline import ModelDescription
 
 __all__ = ["Evaluation", "Evaluator", "Scorer"]
 

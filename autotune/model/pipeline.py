@@ -202,7 +202,7 @@ def load_pipeline(
     absent: dict[str, Any] = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}  # SD3, no T5
     if "safety_checker" in index and not safety_checker:
         absent.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe = sources.build(model, dtype, absent, described.built).to(dev)
+    pipe = sources.build(model, dtype, absent, index, described.built).to(dev)
     pipe.set_progress_bar_config(disable=True)
     loaded = Pipeline(pipe, model.id, described.family, dev, dtype, pipe.scheduler.config, model.additions())
     loaded.calls = calls or Calls()

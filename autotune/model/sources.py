@@ -173,9 +173,10 @@ def model_index(model: ModelConfig, dtype: Any) -> tuple[dict[str, Any], Any]:
     return dict(index), None
 
 
-def build(model: ModelConfig, dtype: Any, components: dict[str, Any], built: Any = None) -> Any:
+def build(model: ModelConfig, dtype: Any, components: dict[str, Any], index: dict[str, Any], built: Any = None) -> Any:
     """The pipeline, with ``components`` overriding the model's own (``None`` leaves one out), the
-    study's VAE and its LoRAs at their scales; ``built``: what a ``model.pipeline`` function returned."""
+    study's VAE and its LoRAs at their scales. ``index`` and ``built`` are what :func:`model_index` said
+    (the model's ``model_index.json``, and the pipeline a ``model.pipeline`` function returned)."""
     import diffusers
 
     if model.vae:
@@ -187,7 +188,7 @@ def build(model: ModelConfig, dtype: Any, components: dict[str, Any], built: Any
                 if name == "vae":
                     pipe.vae = value
         elif (path := single_file(model)) is not None:
-            cls = getattr(diffusers, model_index(model, dtype)[0]["_class_name"])
+            cls = getattr(diffusers, index["_class_name"])
             config = _config_source(model)
             pipe = cls.from_single_file(
                 str(path), config=str(config), torch_dtype=dtype, local_files_only=_offline(config), **components

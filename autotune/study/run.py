@@ -120,15 +120,15 @@ def run_study(
     With ``decide`` (not for helper workers), the search is followed by the decision stage
     (:func:`autotune.study.decide.settle`): racing and confirmation on fresh seeds.
     """
-    from autotune.model.pipeline import describe_model, resolve_config, runtime
-    from autotune.model.sources import weights_digest
-
-    rt = runtime(cfg, device)  # a CUDA device that is not there: refused before any file is written
     url = storage or cfg.default_storage
     if url.startswith("sqlite:///"):
         cfg.directory.mkdir(parents=True, exist_ok=True)
     with quiet_optuna(), _nothing_left_on_refusal(url):
         rdb = open_storage(url, workers=True)  # a bad storage URL: refused before the model is looked at
+        from autotune.model.pipeline import describe_model, resolve_config, runtime
+        from autotune.model.sources import weights_digest
+
+        rt = runtime(cfg, device)  # a CUDA device that is not there: refused, and the new database removed
         try:
             described = describe_model(cfg.model)
         except ConfigError as e:
