@@ -89,6 +89,13 @@ class SearchConfig:
     seeds: tuple[int, ...] = (0, 1)
     batch_size: int | str = "auto"  # images per pipeline call; "auto": 16, halved on out-of-memory
     rough_first: bool = False  # render the first seed, the others only when it is not clearly dominated
+    prompts_per_trial: int | str = "auto"  # prompts a trial renders (racing adds more); "auto": up to 4
+    front_share: float = 0.34  # share of new settings the optimiser picks to map the front (the rest: the decision's)
+    seed: int | None = None  # the optimiser's seed (None: a fresh one each run)
+
+    def first_prompts(self, n_prompts: int) -> int:
+        """How many of a class's prompts (the first ones) every trial renders."""
+        return min(n_prompts, 4 if self.prompts_per_trial == "auto" else int(self.prompts_per_trial))
 
 
 @dataclass(frozen=True)
@@ -119,10 +126,11 @@ class RecommendConfig:
     clip_tolerance: float | None = None  # CLIP points instead (overrides clip_tolerance_sd)
     lpips_tolerance: float = 0.1  # x the seed-to-seed LPIPS (two seeds of one prompt)
     stochastic: bool = False  # ancestral/SDE samplers may be recommended (judged against seed-to-seed LPIPS)
-    finalists: int = 3  # the cheapest that pass, confirmed on fresh seeds
+    finalists: int = 3  # candidates that passed the search confirmed on fresh seeds, at most, per class
     confirm_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)
-    race_seeds: int = 8  # at most this many seeds more for a candidate whose bound is undecided
-    race_budget: int = 256  # images rendered for racing in all, per class (baseline's included)
+    confirm_prompts: int = 8  # prompts confirmation renders (those the search reaches last)
+    race_seeds: int = 8  # seeds racing may add once every prompt is in
+    race_budget: int = 2048  # images rendered for racing in all, per class (baseline's included)
 
 
 @dataclass(frozen=True)
@@ -279,6 +287,10 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"search.seeds: expected distinct integers >= 0, at least one, got {list(s.seeds)}")
     if s.batch_size != "auto" and (isinstance(s.batch_size, str) or s.batch_size < 1):
         raise ConfigError(f'search.batch_size: expected "auto" or an integer >= 1, got {s.batch_size!r}')
+    if s.prompts_per_trial != "auto" and (isinstance(s.prompts_per_trial, str) or s.prompts_per_trial < 1):
+        raise ConfigError(f'search.prompts_per_trial: expected "auto" or an integer >= 1, got {s.prompts_per_trial!r}')
+    if not 0 <= s.front_share <= 1:
+        raise ConfigError(f"search.front_share: expected a number in 0..1, got {s.front_share:g}")
     if not met.objectives or len(set(met.objectives)) != len(met.objectives):
         raise ConfigError(f"metrics.objectives: expected distinct metric names, got {list(met.objectives)}")
     for name in met.objectives:
@@ -293,7 +305,7 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     for key in ("clip_tolerance", "clip_tolerance_sd", "lpips_tolerance"):
         if (getattr(rec, key) or 0) < 0:
             raise ConfigError(f"recommend.{key}: expected a number >= 0, got {getattr(rec, key):g}")
-    for key, low in (("finalists", 1), ("race_seeds", 0), ("race_budget", 0)):
+    for key, low in (("finalists", 1), ("race_seeds", 0), ("race_budget", 0), ("confirm_prompts", 1)):
         if getattr(rec, key) < low:
             raise ConfigError(f"recommend.{key}: expected an integer >= {low}, got {getattr(rec, key)}")
     if len(set(rec.confirm_seeds)) < 2 or set(rec.confirm_seeds) & set(s.seeds) or min(rec.confirm_seeds) < 0:

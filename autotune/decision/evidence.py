@@ -24,7 +24,17 @@ from typing import Any
 from autotune.config.objectives import quality
 from autotune.decision.cost import SecondsFit, fit_seconds
 
-__all__ = ["Candidate", "Evidence", "Images", "distinct", "images_of", "is_baseline", "renders_key", "reused"]
+__all__ = [
+    "Candidate",
+    "Evidence",
+    "Images",
+    "distinct",
+    "images_of",
+    "is_baseline",
+    "renders_key",
+    "reused",
+    "unit_key",
+]
 
 Images = Mapping[tuple[int, int], Mapping[str, float]]
 
@@ -46,8 +56,13 @@ def distinct(t: Any) -> bool:
 
 def renders_key(number: int) -> str:
     """The study attribute holding the decision's extra images of trial ``number``:
-    ``{seed: {metric: [value per prompt]}}``."""
+    ``{"prompt:seed": {metric: value}}`` (studies from before prompts were raced: ``{seed: {metric:
+    [value per prompt]}}``)."""
     return f"renders.{number}"
+
+
+def unit_key(prompt: int, seed: int) -> str:
+    return f"{prompt}:{seed}"
 
 
 def images_of(
@@ -135,9 +150,10 @@ class Evidence:
 
         values = {m: t.user_attrs.get(f"{m}_values", []) for m in self.quality}
         calls, guided = t.user_attrs.get("model_calls"), float(t.params["guidance"]) > 1.0
+        prompts = int(t.user_attrs.get("prompts_rendered", self.n_prompts))  # the first ones
         c = Candidate(
             t.number,
-            images_of(values, self.n_prompts, self.seeds),
+            images_of(values, prompts, self.seeds),
             seconds=tuple(t.user_attrs.get("seconds_values", ())),
             deterministic=deterministic and schedulers.get(t.params["scheduler"]).deterministic,
             label=str(t.user_attrs.get("setting", "")),
@@ -153,15 +169,20 @@ class Evidence:
             self.refit()
         return self.by_number[t.number]
 
-    def add_renders(self, number: int, renders: Mapping[str, Mapping[str, Sequence[float]]]) -> Candidate:
-        """Images the decision rendered for trial ``number``: ``{seed: {metric: [value per prompt]}}``."""
+    def add_renders(self, number: int, renders: Mapping[str, Mapping[str, Any]]) -> Candidate:
+        """Images the decision rendered for trial ``number`` (the format of :func:`renders_key`)."""
         c = self.by_number[number]
         images, confirm = dict(c.images), dict(c.confirm)
-        for seed, per_metric in renders.items():
-            for m, per_prompt in per_metric.items():
-                for p, x in enumerate(per_prompt):
-                    into = confirm if int(seed) in self.confirm_seeds else images
-                    into[(p, int(seed))] = {**into.get((p, int(seed)), {}), m: x}
+        for key, per_metric in renders.items():
+            if ":" in key:  # "prompt:seed": {metric: value}
+                prompt, _, seed = key.partition(":")
+                items = [((int(prompt), int(seed)), dict(per_metric))]
+            else:  # seed: {metric: [value per prompt]}, as studies stored it before prompts were raced
+                n = len(next(iter(per_metric.values()), []))
+                items = [((p, int(key)), {m: v[p] for m, v in per_metric.items()}) for p in range(n)]
+            for unit, values in items:
+                into = confirm if unit[1] in self.confirm_seeds else images
+                into[unit] = {**into.get(unit, {}), **values}
         self.by_number[number] = replace(c, images=images, confirm=confirm)
         return self.by_number[number]
 

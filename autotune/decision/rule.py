@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -31,10 +31,10 @@ __all__ = [
     "Tolerance",
     "decide",
     "eligible",
-    "finalists",
-    "next_to_race",
+    "margin",
     "overall",
     "paired_bound",
+    "ranked",
     "speedup",
     "t95",
     "verdicts",
@@ -85,8 +85,19 @@ class Bound:
             return "pass"
         return "fail" if sign * self.best < -self.tolerance else "undecided"
 
+    @property
+    def margin(self) -> float:
+        """How far inside the tolerance the worse-side bound is, in tolerances (< 0: outside; nan: unknown)."""
+        sign = 1 if OBJECTIVES[self.metric].higher_is_better else -1
+        return (sign * self.worst + self.tolerance) / self.tolerance if self.tolerance > 0 else sign * self.worst
+
     def describe(self) -> str:
-        need = f">= {-self.tolerance:+.3g}" if OBJECTIVES[self.metric].higher_is_better else f"<= {self.tolerance:+.3g}"
+        if math.isnan(self.tolerance):
+            need = "a tolerance not known yet: the baseline's seed-to-seed spread needs two seeds of a prompt"
+        elif OBJECTIVES[self.metric].higher_is_better:
+            need = f">= {-self.tolerance:+.3g}"
+        else:
+            need = f"<= {self.tolerance:+.3g}"
         return (
             f"Δ{self.metric} {self.mean:+.3g}, 95 % bound {self.worst:+.3g} (needs {need}; "
             f"{self.images} images, {self.prompts} prompts)"
@@ -177,84 +188,51 @@ def eligible(c: Candidate, base: Candidate, stochastic: bool) -> str | None:
     return None
 
 
-def _screen(
-    candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, top: int, stochastic: bool
-) -> Iterator[tuple[Candidate, list[Bound], str]]:
-    """Eligible candidates cheapest first with their search bounds and verdict, until ``top`` have passed:
-    the one "cheapest that pass" that deciding, racing and the finalists all read."""
-    passed = 0
-    ranked = sorted(
-        (c for c in candidates if eligible(c, baseline, stochastic) is None), key=lambda c: (c.rank_cost, c.number)
-    )
-    for c in ranked:
-        bounds = verdicts(c, baseline, tol)
-        verdict = overall(bounds)
-        yield c, bounds, verdict
-        passed += verdict == "pass"
-        if passed >= top:
-            return
+def ranked(candidates: Sequence[Candidate], baseline: Candidate, stochastic: bool) -> list[Candidate]:
+    """The candidates that may replace the baseline, cheapest first (ties: the earlier trial)."""
+    ok = [c for c in candidates if eligible(c, baseline, stochastic) is None]
+    return sorted(ok, key=lambda c: (c.rank_cost, c.number))
 
 
-def finalists(
-    candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, *, top: int = 3, stochastic: bool = False
-) -> list[Candidate]:
-    """The cheapest ``top`` candidates that pass on their search (and racing) images."""
-    return [c for c, _, v in _screen(candidates, baseline, tol, top, stochastic) if v == "pass"]
-
-
-def next_to_race(
-    candidates: Sequence[Candidate],
-    baseline: Candidate,
-    tol: Tolerance,
-    race_seeds: Sequence[int],
-    *,
-    top: int = 3,
-    stochastic: bool = False,
-) -> tuple[int, int] | None:
-    """The cheapest candidate whose bound is still undecided, and the next seed to render it on;
-    None when the cheapest ``top`` already pass or every undecided one has all ``race_seeds``.
-
-    Racing (irace's and SMAC's intensification, here against a fixed baseline): images go to the
-    settings whose verdict is close, cheapest first, not to every setting alike.
-    """
-    for c, _, verdict in _screen(candidates, baseline, tol, top, stochastic):
-        missing = [s for s in race_seeds if s not in c.seeds]
-        if verdict == "undecided" and missing:
-            return c.number, missing[0]
-    return None
+def margin(bounds: Sequence[Bound]) -> float:
+    """A candidate's closeness to passing: its worst metric's margin (-inf without a bound)."""
+    values = [b.margin for b in bounds if not math.isnan(b.margin)]
+    return min(values) if values else -math.inf
 
 
 def decide(
-    candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, *, top: int = 3, stochastic: bool = False
+    candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, *, stochastic: bool = False
 ) -> Recommendation:
     """The cheapest candidate that passes on its search images and again on its confirmation images.
 
-    Candidates are visited cheapest first; the first ``top`` that pass on the search images are the
-    finalists; a finalist without confirmation images yet is recommended as *unconfirmed* only when
-    no finalist has them. A finalist that fails confirmation is dropped (the winner's curse).
+    Candidates are visited cheapest first, each with its bounds (the ``stages``); one that passed the
+    search but not (or not yet) the confirmation is passed over: the winner's curse. Without such a
+    candidate the baseline is kept, and the reason says why.
     """
     stages: list[dict[str, object]] = []
-    chosen: list[Candidate] = []
-    for c, bounds, verdict in _screen(candidates, baseline, tol, top, stochastic):
+    passed: list[Candidate] = []
+    for c in ranked(candidates, baseline, stochastic):
+        bounds = verdicts(c, baseline, tol)
+        verdict = overall(bounds)
         stage: dict[str, object] = {"trial": c.number, "setting": c.label, "search": verdict}
         stage["search_bounds"] = [b.describe() for b in bounds]
         if verdict == "pass":
-            chosen.append(c)
+            passed.append(c)
             if c.confirm:
                 cb = verdicts(c, baseline, tol, confirm=True)
                 stage["confirmation"] = overall(cb) if cb else "not rendered"
                 stage["confirmation_bounds"] = [b.describe() for b in cb]
         stages.append(stage)
-    by_trial = {s["trial"]: s for s in stages}
-    confirmed = [c for c in chosen if by_trial[c.number].get("confirmation") == "pass"]
-    if confirmed:
-        c = confirmed[0]
-        dropped = [f for f in chosen if f.rank_cost < c.rank_cost]
-        why = f"; {len(dropped)} cheaper passed the search but not the confirmation" if dropped else ""
-        reason = f"cheapest setting within tolerance on the search and on {len(c.confirm)} fresh images{why}"
-        return Recommendation(c, baseline, True, reason, True, tuple(stages))
-    if chosen and not any(f.confirm for f in chosen):
-        reason = "within tolerance on the search images; not yet confirmed on fresh seeds"
-        return Recommendation(chosen[0], baseline, True, reason, False, tuple(stages))
-    why = f"no finalist of {len(chosen)} passed again on fresh seeds" if chosen else "no cheaper setting passed"
+        if stage.get("confirmation") == "pass":
+            dropped = len(passed) - 1
+            why = f"; {dropped} cheaper passed the search but not the confirmation" if dropped else ""
+            reason = f"cheapest setting within tolerance on the search and on {len(c.confirm)} fresh images{why}"
+            return Recommendation(c, baseline, True, reason, True, tuple(stages))
+    pending = [c for c in passed if not c.confirm]
+    if pending:
+        why = f"{len(pending)} passed the search and await confirmation on fresh seeds"
+    elif passed:
+        why = f"no finalist of {len(passed)} passed again on fresh seeds"
+    else:
+        why = "no cheaper setting passed"
     return Recommendation(baseline, baseline, False, f"{why}; keeping the baseline", True, tuple(stages))

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -51,7 +52,9 @@ def tolerance(
     limits: dict[str, float] = {}
     if "clip_score" in objectives:
         points = clip_points if clip_points is not None else recommend.clip_tolerance
-        limits["clip_score"] = points if points is not None else recommend.clip_tolerance_sd * (noise or 0.0)
+        if points is None:  # in the baseline's noise units: unknown (nan, every bound undecided) until measurable
+            points = recommend.clip_tolerance_sd * noise if noise is not None else math.nan
+        limits["clip_score"] = points
     if "lpips" in objectives and seed_lpips is not None:
         limits["lpips"] = (lpips_x_seed if lpips_x_seed is not None else recommend.lpips_tolerance) * seed_lpips
     return Tolerance(limits, seed_lpips), noise

@@ -52,8 +52,12 @@ def load_digits_32() -> tuple[torch.Tensor, torch.Tensor]:
     return (1 - x).repeat(1, 3, 1, 1), torch.tensor(data.target)
 
 
-def build_tokenizer(folder: Path) -> Any:
-    """A CLIP BPE vocabulary of byte symbols plus the caption words, each one token."""
+def build_tokenizer(folder: Path, words: tuple[str, ...] = WORDS) -> Any:
+    """A CLIP BPE vocabulary of byte symbols plus the caption words, each one token.
+
+    Each word's merges chain its letters left to right; where an earlier word's merge splits a later
+    word otherwise ("r e" of red inside green), the later word gets merges of the parts it fell into.
+    """
     from transformers import CLIPTokenizer
 
     from autotune.testing.tiny import bytes_to_unicode
@@ -61,20 +65,31 @@ def build_tokenizer(folder: Path) -> Any:
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols]
     merges: list[str] = []
-    for word in WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
+
+    def chain(parts: list[str]) -> None:
         while len(parts) > 1:  # left to right: each prefix a token
             merges.append(f"{parts[0]} {parts[1]}")
             parts = [parts[0] + parts[1], *parts[2:]]
             if parts[0] not in tokens:
                 tokens.append(parts[0])
-    tokens += ["<|startoftext|>", "<|endoftext|>"]  # end of text last: open_clip pools at the largest id
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n", encoding="utf-8")
-    tok = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
-    for word in WORDS:
-        assert len(tok(word, add_special_tokens=False).input_ids) == 1, word
-    return tok
+
+    for word in words:
+        chain([*word[:-1], word[-1] + "</w>"])
+    for _ in range(len(words) + 1):
+        specials = ["<|startoftext|>", "<|endoftext|>"]  # end of text last: open_clip pools at the largest id
+        (folder / "vocab.json").write_text(
+            json.dumps({t: i for i, t in enumerate(tokens + specials)}), encoding="utf-8"
+        )
+        (folder / "merges.txt").write_text(
+            "#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n", encoding="utf-8"
+        )
+        tok = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
+        split = [tok.tokenize(word) for word in words if len(tok.tokenize(word)) > 1]
+        if not split:
+            return tok
+        for parts in split:
+            chain(parts)
+    raise AssertionError(f"cannot make every word one token: {split}")
 
 
 def _schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -84,7 +99,19 @@ def _schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_schedule
     )
 
 
-def train_vae(x: torch.Tensor, steps: int, log: Any) -> Any:
+def _latents(vae: Any, x: torch.Tensor) -> Any:
+    """The VAE's posterior of every image (in chunks past 4,096 images: the activations of a whole
+    colour data set at once would need gigabytes)."""
+    with torch.no_grad():
+        if len(x) <= 4096:
+            return vae.encode(x * 2 - 1).latent_dist
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        parts = [vae.encode(x[i : i + 1024] * 2 - 1).latent_dist.parameters for i in range(0, len(x), 1024)]
+        return DiagonalGaussianDistribution(torch.cat(parts))
+
+
+def train_vae(x: torch.Tensor, steps: int, log: Any, channels: tuple[int, ...] = (16, 32, 32)) -> Any:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(1)
@@ -93,7 +120,7 @@ def train_vae(x: torch.Tensor, steps: int, log: Any) -> Any:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
+        block_out_channels=channels,
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
@@ -114,13 +141,23 @@ def train_vae(x: torch.Tensor, steps: int, log: Any) -> Any:
         if step % 200 == 0 or step == steps - 1:
             log(f"vae {step}/{steps} loss {loss.item():.4f}")
     vae.eval()
-    with torch.no_grad():
-        std = vae.encode(x * 2 - 1).latent_dist.mean.std().item()
+    std = _latents(vae, x).mean.std().item()
     vae.register_to_config(scaling_factor=round(1 / std, 5))
     return vae
 
 
-def train_denoiser(x: torch.Tensor, labels: torch.Tensor, vae: Any, tok: Any, steps: int, log: Any) -> tuple[Any, Any]:
+def train_denoiser(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    vae: Any,
+    tok: Any,
+    steps: int,
+    log: Any,
+    captions: list[str] | None = None,
+    channels: tuple[int, ...] = (32, 64, 64),
+) -> tuple[Any, Any]:
+    """The text encoder and the UNet, trained together on epsilon prediction; ``labels`` index ``captions``
+    (the ten digits' by default), and 10 % of the images get the empty caption."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -142,7 +179,7 @@ def train_denoiser(x: torch.Tensor, labels: torch.Tensor, vae: Any, tok: Any, st
         sample_size=8,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64, 64),
+        block_out_channels=channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         layers_per_block=1,
@@ -151,11 +188,11 @@ def train_denoiser(x: torch.Tensor, labels: torch.Tensor, vae: Any, tok: Any, st
         norm_num_groups=16,
     )
     noise_schedule: Any = DDPMScheduler(**SD_BETAS)
-    with torch.no_grad():
-        dist = vae.encode(x * 2 - 1).latent_dist
-        mean, std = dist.mean, dist.std
+    dist = _latents(vae, x)
+    mean, std = dist.mean, dist.std
     sf = vae.config.scaling_factor
-    ids = tok([caption(int(d)) for d in range(10)] + [""], padding="max_length", max_length=77, return_tensors="pt")
+    captions = captions if captions is not None else [caption(d) for d in range(10)]
+    ids = tok([*captions, ""], padding="max_length", max_length=77, return_tensors="pt")
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     sched = _schedule(opt, steps)
@@ -163,7 +200,7 @@ def train_denoiser(x: torch.Tensor, labels: torch.Tensor, vae: Any, tok: Any, st
     for step in range(steps):
         idx = torch.randint(len(x), (64,), generator=gen)
         latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
-        which = torch.where(torch.rand(64, generator=gen) < 0.1, 10, labels[idx])  # 10 %: the empty caption
+        which = torch.where(torch.rand(64, generator=gen) < 0.1, len(captions), labels[idx])  # 10 %: empty caption
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, 1000, (64,), generator=gen)
         cond = text(ids.input_ids[which]).last_hidden_state
@@ -243,7 +280,9 @@ def train_clip(x: torch.Tensor, labels: torch.Tensor, tok: Any, steps: int, log:
     return model
 
 
-def save(out: Path, vae: Any, unet: Any, text: Any, tok: Any, clip: Any) -> None:
+def save(
+    out: Path, vae: Any, unet: Any, text: Any, tok: Any, clip: Any, clip_config: dict[str, Any] | None = None
+) -> None:
     """The pipeline (diffusers folder) and the CLIP (open_clip local dir), float16, replacing ``out``'s."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -272,7 +311,7 @@ def save(out: Path, vae: Any, unet: Any, text: Any, tok: Any, clip: Any) -> None
         pipe.save_pretrained(Path(tmp) / "pipeline", safe_serialization=True)
         clip_dir = Path(tmp) / "clip"
         clip_dir.mkdir()
-        cfg = json.loads(json.dumps(CLIP_CONFIG))
+        cfg = json.loads(json.dumps(clip_config or CLIP_CONFIG))
         cfg["text_cfg"]["vocab_size"] = len(tok)
         config = {"model_cfg": cfg, "preprocess_cfg": CLIP_PREPROCESS}
         (clip_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -100,7 +100,18 @@ def _speedup(d: dict[str, Any]) -> str:
     if not d["speedup"]:
         return ""
     lo, hi = d["speedup_range"]
-    return f"{d['speedup']:.2f}x ({lo:.2f}-{hi:.2f})"
+    calls = f", {d['model_call_ratio']:.2g}x fewer model calls" if d.get("model_call_ratio") else ""
+    return f"{d['speedup']:.2f}x ({lo:.2f}-{hi:.2f}){calls}"
+
+
+def _note(d: dict[str, Any]) -> str:
+    """Why the baseline is kept, how the pick's neighbours fare, and a decision that did not finish."""
+    parts = [] if d["met_tolerance"] and d["confirmed"] else [d["reason"]]
+    if d.get("margin"):
+        parts.append("; ".join(f"{m['change']}: {m['verdict']}" for m in d["margin"]))
+    if d["decision"]["state"] != "settled":
+        parts.append(f"decision {d['decision']['state']}")
+    return " | ".join(parts)
 
 
 def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
@@ -123,7 +134,7 @@ def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> st
                     *(_fmt(x["metrics"][m], ".4g") for m in metrics),
                     _speedup(d) if not label else "",
                     str(d["trials_completed"]) if not label else "",
-                    ("" if d["met_tolerance"] and d["confirmed"] else d["reason"]) if not label else "",
+                    _note(d) if not label else "",
                 ]
             )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]

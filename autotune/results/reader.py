@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -89,6 +89,15 @@ class ClassOutcome:
     storage: str  # the storage URL it was read from
     tolerance: Tolerance | None = None  # in metric units, from the study file's noise units
     clip_noise: float | None = None  # the baseline's seed-to-seed standard deviation of CLIP score
+    margin: tuple[dict[str, Any], ...] = ()  # the recommendation's neighbours on its own images
+
+    @property
+    def decision_state(self) -> str:
+        """``settled`` (the decision finished), ``stopped: <why>`` or ``interrupted`` (killed mid-decision)."""
+        d = self.attrs.get("decision") or {"state": "settled"}  # studies from before the state was kept
+        if d.get("state") == "settled":
+            return "settled"
+        return f"stopped: {d['stopped']}" if d.get("stopped") else "interrupted"
 
     def load_study(self) -> Any:
         """The class's Optuna study (loads Optuna): for the dashboard's notes and Optuna's own analyses."""
@@ -190,9 +199,12 @@ def outcome(
     seed_lpips = attrs.get("seed_lpips")
     base = evidence.baseline
     rec, tol, noise = None, None, None
+    margin: tuple[dict[str, Any], ...] = ()
     if base is not None:
         tol, noise = tolerance(r, objectives, base, seed_lpips)
-        rec = decide(evidence.candidates, base, tol, top=r.finalists, stochastic=r.stochastic)
+        rec = decide(evidence.candidates, base, tol, stochastic=r.stochastic)
+        if rec.chosen.number != base.number:
+            margin = _margin(cfg, attrs, done, evidence, tol, rec.chosen.number)
     return ClassOutcome(
         class_name,
         name,
@@ -208,7 +220,45 @@ def outcome(
         storage,
         tol,
         noise,
+        margin,
     )
+
+
+def _margin(
+    cfg: ResolvedStudy, attrs: Mapping[str, Any], done: list[Any], ev: Evidence, tol: Tolerance, chosen: int
+) -> tuple[dict[str, Any], ...]:
+    """How the recommendation's neighbours (one step fewer, the adjacent guidance values) fare on the
+    images the recommendation was judged on: a pick one step above a collapse says so."""
+    from autotune.decision.agenda import neighbours
+    from autotune.decision.rule import overall, verdicts
+
+    base = ev.baseline
+    assert base is not None
+    s, search = settings_of(next(t for t in done if t.number == chosen)), cfg.search
+    by_key = {t.user_attrs.get("setting_key"): t.number for t in done}
+    units = set(ev.by_number[chosen].images)
+    out: list[dict[str, Any]] = []
+    for other in neighbours(s, search.steps, search.steps_step, search.guidance, search.guidance_step):
+        change = "one step fewer" if other.steps != s.steps else f"CFG {other.guidance:g}"
+        number = by_key.get(other.key(attrs.get("scheduler_base") or {}))
+        if number is None:
+            out.append({"change": change, "setting": other.label(), "verdict": "not rendered"})
+            continue
+        c = ev.by_number[number]
+        shared = {u: v for u, v in c.images.items() if u in units}
+        bounds = verdicts(replace(c, images=shared), base, tol)
+        out.append(
+            {
+                "change": change,
+                "setting": other.label(),
+                "trial": number,
+                "verdict": overall(bounds)
+                if set(shared) == units
+                else f"{overall(bounds)} ({len(shared)} of {len(units)} images)",
+                "bounds": [b.describe() for b in bounds],
+            }
+        )
+    return tuple(out)
 
 
 def recommend(cfg: StudyConfig, *, storage: str | None = None, version: int | None = None) -> Outcomes:

@@ -32,6 +32,7 @@ __all__ = [
     "ClassRecommendation",
     "Recommendations",
     "load_recommendations",
+    "prompts_note",
     "random_weights_warning",
     "recommendations_data",
     "router_data",
@@ -216,10 +217,14 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     assert tol is not None
     r = cfg.recommend
     clip = tol.of("clip_score")
+    evaluations = {
+        k: (x["model_calls"] or 0) * (2 if x["guidance"] > 1 else 1) for k, x in (("c", chosen), ("b", baseline))
+    }
     return {
         **chosen,
         "speedup": rec.speedup,
         "speedup_range": rec.speedup_range,
+        "model_call_ratio": evaluations["b"] / evaluations["c"] if evaluations["c"] else None,
         "met_tolerance": rec.met_tolerance,
         "confirmed": rec.confirmed,
         "reason": rec.reason,
@@ -232,13 +237,34 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
             "lpips_in_seed_lpips": r.lpips_tolerance if tol.of("lpips") is not None else None,
         },
         "decision": {
+            "state": o.decision_state,
+            "prompts": prompts_note(len({p for p, _ in rec.chosen.images}), len(cfg.classes[o.name])),
             "confirm_seeds": list(r.confirm_seeds),
             "race_images": o.attrs.get("race_images", 0),
             "race_budget": r.race_budget,
             "candidates": list(rec.stages),
         },
+        "margin": list(o.margin),
         **base,
     }
+
+
+def prompts_note(used: int, total: int) -> str:
+    """What the bound speaks for (new prompts of the class) and how the class's size limits it."""
+    from autotune.decision.rule import t95
+
+    if total < 8:
+        now, eight = t95(total - 1) / total**0.5, t95(7) / 8**0.5
+        return (
+            f"the bound is over the class's {total} prompts (t = {t95(total - 1):.2f} on {total - 1} degrees of "
+            f"freedom): with 8 prompts it would be about {1 - eight / now:.0%} tighter, and cheaper settings "
+            "could qualify"
+        )
+    if used < total:
+        return (
+            f"the bound is over {used} of the class's {total} prompts (racing adds prompts where a decision is close)"
+        )
+    return f"the bound is over all {total} of the class's prompts"
 
 
 def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> dict[str, Any]:

@@ -1,34 +1,49 @@
-"""The decision stage, after the search: race the cheap candidates whose bound is undecided on more
-seeds, then render the finalists and the baseline on confirmation seeds the search never used.
+"""One class's study while it runs: deciding while searching, one unit of work at a time.
 
-Every image it scores is stored in the class's study as ``renders.<trial>`` (``{seed: {metric:
-[value per prompt]}}``), so a resumed study picks up where it stopped, ``autotune recommend``
-reads the verdict without a model, and optuna-dashboard shows it among the study's attributes.
-The evidence is built once from the stored trials and updated with each render, not reloaded.
+Each :meth:`ClassRun.step` does what the decision needs most (:mod:`autotune.decision.agenda`):
+confirm a candidate that would become the recommendation, race one whose bound is undecided, render
+the recommendation's neighbours; else a new setting, the decision's proposal (:mod:`autotune.decision.
+propose`) or, for a share ``search.front_share``, the optimiser's, which maps the Pareto front. The
+evidence is built once from the stored trials and kept up to date with each render.
+
+Every image the decision scores is stored in the class's study as ``renders.<trial>`` (``{"prompt:seed":
+{metric: value}}``), so a resumed study picks up where it stopped and ``autotune recommend`` reads
+the verdict without a model. The study's ``decision`` attribute says whether the decision finished
+(``settled``) or is still under way (``deciding``; ``stopped`` says why it is not running).
 
 Example:
-    >>> settle(cfg, study, "portrait", evaluator)   # then recommend(cfg) reads the confirmed verdict
+    >>> run = ClassRun(cfg, study, "portrait", evaluator, objective)
+    >>> while run.step():
+    ...     pass
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
+from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config.resolve import ResolvedStudy
-from autotune.decision.evidence import Evidence, distinct, renders_key
-from autotune.decision.rule import Tolerance, finalists, next_to_race
+from autotune.decision.agenda import Action, neighbours, next_action
+from autotune.decision.evidence import Evidence, renders_key, reused, unit_key
+from autotune.decision.panel import Panel
+from autotune.decision.propose import Proposer, Tried, lines_of
+from autotune.decision.rule import Tolerance, decide, margin, overall, verdicts
 from autotune.decision.tolerance import tolerance
 from autotune.model.evaluate import Scorer
-from autotune.space.settings import Settings
+from autotune.space import schedulers
+from autotune.space.settings import Settings, variant_choices
+from autotune.study import ledger
+from autotune.study.objective import Objective
 
-__all__ = ["race_seeds", "settle"]
+__all__ = ["ClassRun", "panel_of", "race_seeds"]
 
 
-def race_seeds(cfg: ResolvedStudy) -> list[int]:
-    """Seeds racing adds, in order: the next after the search's, skipping the confirmation seeds."""
+def race_seeds(cfg: ResolvedStudy) -> tuple[int, ...]:
+    """Seeds racing adds once every prompt is in: the next after the search's, skipping the confirmation seeds."""
     used = {*cfg.search.seeds, *cfg.recommend.confirm_seeds}
     out: list[int] = []
     s = max(cfg.search.seeds) + 1
@@ -36,73 +51,180 @@ def race_seeds(cfg: ResolvedStudy) -> list[int]:
         if s not in used:
             out.append(s)
         s += 1
-    return out
+    return tuple(out)
 
 
-class _Renders:
-    """The decision's renders of one class: scored, stored in the study, and added to the evidence."""
+def panel_of(cfg: ResolvedStudy, class_name: str) -> Panel:
+    n = len(cfg.classes[class_name])
+    r = cfg.recommend
+    return Panel(n, cfg.search.seeds, race_seeds(cfg), cfg.search.first_prompts(n), r.confirm_seeds, r.confirm_prompts)
 
-    def __init__(self, study: optuna.Study, scorer: Scorer, prompts: Sequence[str], evidence: Evidence) -> None:
-        self.study, self.scorer, self.prompts, self.evidence = study, scorer, prompts, evidence
+
+class ClassRun:
+    """A class's study, its evidence, and the next unit of work."""
+
+    def __init__(self, cfg: ResolvedStudy, study: optuna.Study, class_name: str, scorer: Scorer, objective: Objective):
+        self.cfg, self.study, self.class_name, self.scorer, self.objective = cfg, study, class_name, scorer, objective
+        r = cfg.recommend
+        self.prompts = cfg.classes[class_name]
+        self.panel = panel_of(cfg, class_name)
         attrs = study.user_attrs  # one read: each access is a storage query
-        self.trials: dict[int, FrozenTrial] = {t.number: t for t in study.get_trials(deepcopy=False) if distinct(t)}
-        self.stored = {n: dict(attrs.get(renders_key(n), {})) for n in self.trials}
+        self.seed_lpips = attrs.get("seed_lpips")
+        self.race_spent = int(attrs.get("race_images", 0))
+        self.evidence = Evidence(cfg.metrics.objectives, len(self.prompts), cfg.search.seeds, r.confirm_seeds)
+        self.trials: dict[int, FrozenTrial] = {}
+        self.stored: dict[int, dict[str, Any]] = {}
+        self.errors: set[str] = set()  # setting keys whose trial failed on its own
+        self._attrs = attrs
+        base = scorer.scheduler_config
+        self.key = lambda s: s.key(base)
+        g = cfg.baseline.guidance
+        lines = lines_of(cfg.search.schedulers, cfg.search.variants, cfg.family, g, self.key, r.stochastic)
+        s = cfg.search
+        self.proposer = Proposer(
+            lines, s.steps, s.steps_step, self._cost, key=self.key, guidance=s.guidance, guidance_step=s.guidance_step
+        )
+        self.settled = False
+        self.last: FrozenTrial | None = None  # the last trial this run rendered (for the progress line)
+        self.refresh()
 
-    def __call__(self, number: int, seeds: Sequence[int]) -> int:
-        """Render trial ``number``'s setting on the ``seeds`` it lacks; the images rendered."""
+    # the evidence, kept up to date ------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Add the trials completed since the last look (this worker's and any other's)."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if t.number in self.trials or reused(t):
+                continue
+            if t.state == TrialState.FAIL:
+                if "fail_reason" in t.user_attrs and not t.user_attrs.get("interrupted"):
+                    self.errors.add(t.user_attrs.get("setting_key", ""))
+                continue
+            self.trials[t.number] = t
+            self.evidence.add_trial(t, refit=False)
+            stored = dict(self._attrs.get(renders_key(t.number), {}))
+            self.stored[t.number] = stored
+            self.evidence.add_renders(t.number, stored)
+        self.evidence.refit()
+
+    def settings(self) -> dict[int, Settings]:
+        return {n: Settings.from_params(t.params) for n, t in self.trials.items()}
+
+    def tolerance(self) -> Tolerance:
+        assert self.evidence.baseline is not None
+        return tolerance(self.cfg.recommend, self.cfg.metrics.objectives, self.evidence.baseline, self.seed_lpips)[0]
+
+    def recommendation(self) -> Any:
+        base = self.evidence.baseline
+        if base is None:
+            return None
+        return decide(self.evidence.candidates, base, self.tolerance(), stochastic=self.cfg.recommend.stochastic)
+
+    # cost in one unit for rendered and untried settings ----------------------------------------------
+    def _cost(self, s: Settings) -> float:
+        calls = s.steps * schedulers.get(s.scheduler).calls_per_step
+        fit = self.evidence.fit
+        return fit(calls, s.guidance > 1.0) if fit is not None else calls * (2.0 if s.guidance > 1.0 else 1.0)
+
+    def _best_cost(self, chosen: Any) -> float:
+        fit = self.evidence.fit
+        if chosen.calls is None:
+            return math.inf
+        return fit(chosen.calls, chosen.guided) if fit is not None else chosen.calls * (2.0 if chosen.guided else 1.0)
+
+    # one unit of work ---------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Do the next unit of work; False when the class has nothing left to do."""
+        self.refresh()
+        base = self.evidence.baseline
+        if base is None:  # the baseline first: every candidate is compared with it
+            return self._trial(None)
+        rec = self.recommendation()
+        margin_of = self._margin_numbers(rec.chosen.number) if rec.chosen.number != base.number else []
+        action = next_action(
+            self.evidence, self.tolerance(), self.panel, self.settings(), self.cfg.recommend,
+            race_spent=self.race_spent, margin_of=margin_of,
+        )  # fmt: skip
+        if action is not None:
+            self._render(action)
+            return True
+        if ledger.claimed(self.study.get_trials(deepcopy=False)) >= self.objective.target:
+            return self._settle()
+        if self.study.user_attrs.get("exhausted"):
+            return self._settle()
+        return self._trial(self._next_setting(rec))
+
+    def _settle(self) -> bool:
+        self.settled = True
+        self.study.set_user_attr("decision", {"state": "settled"})
+        return False
+
+    def _margin_numbers(self, chosen: int) -> list[int]:
+        """Trial numbers of the recommendation's neighbours already rendered."""
+        by_key = {t.user_attrs.get("setting_key"): n for n, t in self.trials.items()}
+        return [by_key[k] for k in map(self.key, self._neighbours(chosen)) if k in by_key]
+
+    def _neighbours(self, chosen: int) -> list[Settings]:
+        s = self.cfg.search
+        return neighbours(self.settings()[chosen], s.steps, s.steps_step, s.guidance, s.guidance_step)
+
+    def _next_setting(self, rec: Any) -> Settings | None:
+        """The decision's next setting (its proposal, or a neighbour of the recommendation), or None when it
+        is the optimiser's turn (``search.front_share`` of the new settings) or the decision has none."""
+        done = self.study.get_trials(deepcopy=False)
+        rendered = [t for t in done if "setting_key" in t.user_attrs and not reused(t)]
+        ours = sum(bool(t.user_attrs.get("proposed")) for t in rendered)
+        if len(rendered) - ours < self.cfg.search.front_share * len(rendered):
+            return None
+        base = self.evidence.baseline
+        assert base is not None
+        if rec.chosen.number != base.number:
+            tried = {t.user_attrs.get("setting_key") for t in done}
+            for s in self._neighbours(rec.chosen.number):
+                if self.key(s) not in tried:
+                    return s
+        return self.proposer.propose(self._tried(), self._best_cost(rec.chosen))
+
+    def _tried(self) -> dict[str, Tried]:
+        base, tol = self.evidence.baseline, self.tolerance()
+        assert base is not None
+        out = {k: Tried("error") for k in self.errors}
+        for n, t in self.trials.items():
+            bounds = verdicts(self.evidence.by_number[n], base, tol)
+            out[t.user_attrs["setting_key"]] = Tried(overall(bounds), margin(bounds))
+        return out
+
+    def _trial(self, proposal: Settings | None) -> bool:
+        """Render a new setting: the proposal (enqueued, so that its trial draws it), or the optimiser's."""
+        if proposal is not None:
+            searched = variant_choices(proposal.scheduler, self.cfg.search.variants, self.cfg.family)
+            self.study.enqueue_trial(proposal.params(searched), user_attrs={"proposed": True}, skip_if_exists=False)
+        self.last = self.objective.run_one()
+        return True
+
+    def _render(self, action: Action) -> None:
+        """The action's units for its trial, the baseline's missing ones first (compared on the same images)."""
+        base = self.evidence.baseline
+        assert base is not None
+        spent = self._render_units(base.number, action.units)
+        spent += self._render_units(action.number, action.units)
+        if action.kind == "race":
+            self.race_spent += spent
+            self.study.set_user_attr("race_images", self.race_spent)
+
+    def _render_units(self, number: int, units: Sequence[tuple[int, int]]) -> int:
         have = self.stored[number]
-        todo = [s for s in seeds if str(s) not in have]
-        if not todo:
-            return 0
-        e = self.scorer.evaluate(Settings.from_params(self.trials[number].params), self.prompts, todo, timed=False)
-        new = {str(s): {m: v[j :: len(todo)] for m, v in e.per_image.items()} for j, s in enumerate(todo)}
-        have.update(new)
-        self.study.set_user_attr(renders_key(number), have)
-        self.evidence.add_renders(number, new)
-        return len(todo) * len(self.prompts)
-
-
-def settle(
-    cfg: ResolvedStudy, study: optuna.Study, class_name: str, scorer: Scorer, log: Callable[[str], None] = print
-) -> None:
-    """Race, then confirm (see the module's docstring); racing stops at ``recommend.race_budget`` images."""
-    r, prompts, objectives = cfg.recommend, cfg.classes[class_name], cfg.metrics.objectives
-    attrs = study.user_attrs
-    trials = study.get_trials(deepcopy=False)
-    evidence = Evidence.of(trials, attrs, objectives, len(prompts), cfg.search.seeds, r.confirm_seeds)
-    base = evidence.baseline
-    if base is None:
-        return
-    render = _Renders(study, scorer, prompts, evidence)
-    confirm = list(r.confirm_seeds)
-    log(
-        f"autotune: {class_name}: deciding: racing undecided candidates (at most {r.race_budget} images), "
-        f"then the cheapest {r.finalists} that pass on {len(confirm)} fresh seeds"
-    )
-
-    def tol() -> Tolerance:
-        assert evidence.baseline is not None
-        return tolerance(r, objectives, evidence.baseline, attrs.get("seed_lpips"))[0]
-
-    # the baseline on the confirmation seeds first: its seed-to-seed CLIP spread scales the tolerance
-    n = render(base.number, confirm)
-    spent = int(attrs.get("race_images", 0))
-    seeds = race_seeds(cfg)
-    while spent < r.race_budget:
-        assert evidence.baseline is not None
-        step = next_to_race(
-            evidence.candidates, evidence.baseline, tol(), seeds, top=r.finalists, stochastic=r.stochastic
-        )
-        if step is None:
-            break
-        number, seed = step
-        spent += render(number, [seed]) + render(base.number, [seed])
-        study.set_user_attr("race_images", spent)
-    assert evidence.baseline is not None
-    final = finalists(evidence.candidates, evidence.baseline, tol(), top=r.finalists, stochastic=r.stochastic)
-    n += sum(render(c.number, confirm) for c in final)
-    if n:
-        log(
-            f"autotune: {class_name}: {len(final)} finalists and the baseline rendered on "
-            f"{len(confirm)} fresh seeds ({n} images)"
-        )
+        c = self.evidence.by_number[number]
+        todo = [u for u in units if unit_key(*u) not in have and u not in c.images and u not in c.confirm]
+        by_prompts: dict[tuple[int, ...], list[int]] = {}
+        for seed in dict.fromkeys(s for _, s in todo):
+            by_prompts.setdefault(tuple(p for p, s in todo if s == seed), []).append(seed)
+        new: dict[str, dict[str, float]] = {}
+        settings = Settings.from_params(self.trials[number].params)
+        for prompts, seeds in by_prompts.items():
+            e = self.scorer.evaluate(settings, [self.prompts[p] for p in prompts], seeds, timed=False)
+            for i, (p, s) in enumerate((p, s) for p in prompts for s in seeds):
+                new[unit_key(p, s)] = {m: v[i] for m, v in e.per_image.items()}
+        if new:
+            have.update(new)
+            self.study.set_user_attr(renders_key(number), have)
+            self.evidence.add_renders(number, new)
+        return len(new)

@@ -40,7 +40,7 @@ __all__ = ["Objective", "TrialFailed"]
 
 T = TypeVar("T")
 _TRACEBACK_CHARS = 8000  # the end of a failed trial's traceback kept in its ``fail_traceback`` attribute
-_KEPT_FROM_EARLIER = ("model_calls", "images")  # besides the per-metric values: what a reused trial copies
+_KEPT_FROM_EARLIER = ("model_calls", "images", "prompts_rendered")  # besides per-metric values: what a reuse copies
 
 
 class TrialFailed(Exception):
@@ -84,7 +84,8 @@ class Objective:
     ) -> None:
         self.cfg, self.study, self.class_name, self.scorer = cfg, study, class_name, scorer
         self.target, self.artifacts, self.rng = target, artifacts, rng or random.Random()
-        self.prompts, self.seeds = cfg.classes[class_name], cfg.search.seeds
+        every = cfg.classes[class_name]
+        self.prompts, self.seeds = every[: cfg.search.first_prompts(len(every))], cfg.search.seeds  # racing adds more
 
     def run_one(self) -> FrozenTrial:
         """Ask for a trial, run it under Optuna's heartbeat, tell the outcome; the trial as stored.
@@ -186,6 +187,7 @@ class Objective:
         trial.set_user_attr("model_calls", evaluation.model_calls)
         trial.set_user_attr("render_seconds", round(evaluation.render_seconds, 6))
         trial.set_user_attr("images", len(self.prompts) * len(self.seeds))
+        trial.set_user_attr("prompts_rendered", len(self.prompts))  # the class's first ones
         if self.artifacts is not None and evaluation.images is not None:
             self.cfg.artifact_dir.mkdir(parents=True, exist_ok=True)
             self._upload(trial, evaluation.images)

@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -30,7 +31,7 @@ from autotune.model.evaluate import Evaluator
 from autotune.results.reader import Outcomes, front_of, recommend
 from autotune.space.settings import Settings, variant_choices
 from autotune.study import ledger
-from autotune.study.decide import settle
+from autotune.study.decide import ClassRun
 from autotune.study.objective import Objective
 from autotune.study.sampling import make_sampler
 from autotune.study.storage import artifact_store, open_storage, quiet_optuna
@@ -105,21 +106,24 @@ def run_study(
     workers: int = 1,
     decide: bool = True,
 ) -> Outcomes:
-    """Run (or resume) every class's study until ``n_trials`` settings are rendered or time runs out.
+    """Run (or resume) every class's study, deciding while searching, until every class is settled
+    (``n_trials`` settings rendered and the decision finished) or ``timeout`` seconds have passed
+    since the call, loading the model included; the work under way then finishes and nothing more starts.
 
     ``n_trials`` counts the study's rendered settings, not this run's: a resumed study runs on
-    to the total. Classes take turns one trial at a time, so a timeout leaves every class
-    with a comparable number of trials. Before the first trial, the reference setting must
-    converge (see :func:`autotune.references.convergence`) unless ``check_reference`` is False.
+    to the total. Classes take turns one unit of work at a time (:class:`autotune.study.decide.ClassRun`),
+    so a timeout leaves every class with a comparable share. Before the first trial, the reference
+    setting must converge (see :func:`autotune.model.references.convergence`) unless ``check_reference``
+    is False.
 
     ``workers`` > 1 starts that many processes in all on this machine (one per GPU when
-    ``device`` is CUDA and there are several), sharing the storage; they return when done.
+    ``device`` is CUDA and there are several), sharing the storage; they render trials and return when done.
     Safe to run in several processes against one storage (see :mod:`autotune.study.ledger`).
     Raises :class:`ConfigError` when the study file changed in a way that makes the stored
     trials incomparable, unless ``new_version`` starts ``NAME.vN.CLASS`` beside them.
-    With ``decide`` (not for helper workers), the search is followed by the decision stage
-    (:func:`autotune.study.decide.settle`): racing and confirmation on fresh seeds.
+    Without ``decide`` (helper workers) it renders trials only.
     """
+    deadline = now() + timeout if timeout else math.inf
     url = storage or cfg.default_storage
     if url.startswith("sqlite:///"):
         cfg.directory.mkdir(parents=True, exist_ok=True)
@@ -145,16 +149,28 @@ def run_study(
         if check_reference and "lpips" in cfg.metrics.objectives:
             evaluator.check_reference()
         artifacts = artifact_store(cfg) if cfg.report.images else None
-        objectives = {}
+        runs: dict[str, Any] = {}
         for c in cfg.classes:
             study = open_class_study(resolved, c, rdb, version, measured)
             _prepare(study, c, evaluator)
-            objectives[c] = Objective(resolved, study, c, evaluator, target, artifacts)
-        _loop(cfg, objectives, target, timeout, evaluator.pipeline.device, url, workers, progress)
-        if decide:
-            for c, o in objectives.items():
-                settle(resolved, o.study, c, evaluator, log=_say if progress else lambda _: None)
+            objective = Objective(resolved, study, c, evaluator, target, artifacts)
+            runs[c] = ClassRun(resolved, study, c, evaluator, objective) if decide else _TrialsOnly(objective)
+            if decide:
+                study.set_user_attr("decision", {"state": "deciding"})
+        try:
+            _loop(cfg, runs, deadline, evaluator.pipeline.device, url, workers, progress)
+        except KeyboardInterrupt:
+            _stopped(runs, "interrupted (Ctrl-C)")
+            raise
+        _stopped(runs, "the time limit")
         return recommend(resolved, storage=url, version=version)
+
+
+def _stopped(runs: dict[str, Any], why: str) -> None:
+    """Classes whose decision is not settled say why it stopped (a kill leaves no reason)."""
+    for r in runs.values():
+        if isinstance(r, ClassRun) and not r.settled:
+            r.study.set_user_attr("decision", {"state": "deciding", "stopped": why})
 
 
 def _attrs(rdb: optuna.storages.BaseStorage, name: str) -> dict[str, object]:
@@ -184,52 +200,77 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _pending(objectives: dict[str, Objective], target: int) -> list[str]:
-    return [
-        c
-        for c, o in objectives.items()
-        if ledger.claimed(o.study.get_trials(deepcopy=False)) < target and not o.study.user_attrs.get("exhausted")
-    ]
+class _TrialsOnly:
+    """A helper worker's share of a class: trials up to the study's ``target`` rendered settings, no decision."""
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective, self.study = objective, objective.study
+        self.settled = False
+        self.last: FrozenTrial | None = None
+
+    def step(self) -> bool:
+        trials = self.study.get_trials(deepcopy=False)
+        if ledger.claimed(trials) >= self.objective.target or self.study.user_attrs.get("exhausted"):
+            self.settled = True
+            return False
+        self.last = self.objective.run_one()
+        return True
+
+
+class _Failures:
+    """Consecutive fresh trial failures: ten in a row stop the run instead of burning the night."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def count(self, t: FrozenTrial | None) -> None:
+        if t is None:
+            return
+        if t.state != TrialState.FAIL:
+            self.n = 0
+        elif not reused(t):
+            self.n += 1
+        if self.n >= _MAX_CONSECUTIVE_FAILURES:
+            raise StudyAborted(
+                f"{self.n} trials in a row failed; the last: {t.user_attrs.get('fail_reason', 'unknown reason')}"
+            )
 
 
 def _loop(
-    cfg: StudyConfig,
-    objectives: dict[str, Objective],
-    target: int,
-    timeout: float | None,
-    device: str,
-    url: str,
-    workers: int,
-    progress: bool,
+    cfg: StudyConfig, runs: dict[str, Any], deadline: float, device: str, url: str, workers: int, progress: bool
 ) -> None:
-    """Classes take turns one trial at a time until each has ``target`` rendered settings or time is up."""
+    """Classes take turns, one unit of work at a time, until each is settled or the deadline passes.
+
+    ``runs`` are :class:`autotune.study.decide.ClassRun` (deciding while searching) or, in a helper
+    worker, :class:`_TrialsOnly`: both have ``step()``, ``settled``, ``study`` and ``last`` (the trial
+    the step rendered, if any).
+    """
     import torch
 
-    deadline = time.monotonic() + timeout if timeout else math.inf
     threads = torch.get_num_threads()
-    helpers = _spawn_workers(cfg, url, target, timeout, device, workers - 1)
-    bar = _Progress(cfg, {c: o.study for c, o in objectives.items()}, target, deadline, progress)
-    failures = 0
+    target = next(iter(runs.values())).objective.target
+    helpers = _spawn_workers(cfg, url, target, deadline - now() if deadline < math.inf else None, device, workers - 1)
+    bar = _Progress(cfg, {c: r.study for c, r in runs.items()}, target, deadline, progress)
+    failures = _Failures()
     try:
-        while time.monotonic() < deadline and (pending := _pending(objectives, target)):
-            for c in pending:
-                last = objectives[c].run_one()
-                if last.state != TrialState.FAIL:
-                    failures = 0
-                elif not reused(last):
-                    failures += 1
-                bar.update(_failure_line(c, last))
-                if failures >= _MAX_CONSECUTIVE_FAILURES:
-                    raise StudyAborted(
-                        f"{failures} trials in a row failed; the last: "
-                        f"{last.user_attrs.get('fail_reason', 'unknown reason')}"
-                    )
-                if time.monotonic() >= deadline:
+        while now() < deadline and (active := [c for c, r in runs.items() if not r.settled]):
+            for c in active:
+                if not runs[c].step():
+                    continue
+                last, runs[c].last = runs[c].last, None
+                failures.count(last)
+                bar.update(_failure_line(c, last) if last is not None else None)
+                if now() >= deadline:
                     break
     finally:
         bar.close()
         _join(helpers)
         torch.set_num_threads(threads)
+
+
+def now() -> float:
+    """The clock the deadline is kept by (tests step it instead of waiting)."""
+    return time.monotonic()
 
 
 def _failure_line(class_name: str, t: FrozenTrial) -> str | None:
@@ -310,7 +351,7 @@ class _Progress:
         fronts = {c: self._front(s) for c, s in self.studies.items()}
         post = {"front": " ".join(f"{c}:{n}" for c, n in fronts.items())}
         if self.deadline < math.inf:
-            post["left"] = time.strftime("%H:%M:%S", time.gmtime(max(0.0, self.deadline - time.monotonic())))
+            post["left"] = time.strftime("%H:%M:%S", time.gmtime(max(0.0, self.deadline - now())))
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(self._done() - self.bar.n)
 

@@ -1,0 +1,107 @@
+"""What the decision renders next for a class, given everything rendered so far: confirm, race, or
+nothing (then a new setting is rendered). Pure: the study loop carries the action out.
+
+At every moment the current recommendation is :func:`autotune.decision.rule.decide`'s (the cheapest
+candidate confirmed on fresh seeds, else the baseline). Of the candidates cheaper than it, cheapest
+first:
+
+1. **confirm** one that passed on its search images, when it would become the recommendation: render
+   it on the confirmation panel (fresh seeds, the prompts the search reaches last). Finalists are
+   diverse: one that differs from a candidate that failed confirmation only in guidance or in one
+   variant waits until no other passing candidate is left; after ``finalists`` failures, none more.
+2. **race** one whose bound is undecided: render it on the next chunk of the search panel (more
+   prompts first, then more seeds), within ``race_budget`` images per class.
+3. the **margin** of the recommendation: its neighbours (one step fewer, the adjacent guidance values)
+   on the same images as the recommendation, so the output can say how close it sits to a collapse.
+
+Example:
+    >>> next_action(evidence, tol, panel, settings, recommend_cfg, race_spent=40)
+    Action(kind='race', number=12, units=((4, 0), (4, 1), ...))
+
+The loop renders the baseline on an action's units first wherever it lacks them: candidate and
+baseline are always compared on the same images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.decision.evidence import Candidate, Evidence
+from autotune.decision.panel import Panel, Unit
+from autotune.decision.rule import Tolerance, decide, overall, ranked, verdicts
+from autotune.space.settings import Settings
+
+__all__ = ["Action", "near", "neighbours", "next_action"]
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # "confirm" or "race"
+    number: int  # the trial whose setting renders
+    units: tuple[Unit, ...]  # (prompt index, seed) to render
+
+
+def near(a: Settings, b: Settings) -> bool:
+    """Two settings that differ only in guidance or in one variant value (same sampler and steps)."""
+    if a.scheduler != b.scheduler or a.steps != b.steps:
+        return False
+    oa, ob = dict(a.options), dict(b.options)
+    differing = {k for k in oa.keys() | ob.keys() if oa.get(k) != ob.get(k)}
+    return len(differing) + (a.guidance != b.guidance) <= 1
+
+
+def neighbours(
+    s: Settings, steps: tuple[int, int], steps_step: int, guidance: tuple[float, float], g_step: float
+) -> list[Settings]:
+    """One step fewer, and the adjacent guidance values at the same steps (those inside the space)."""
+    out = []
+    if s.steps - steps_step >= steps[0]:
+        out.append(Settings(s.scheduler, s.steps - steps_step, s.guidance, s.options))
+    for g in (s.guidance - g_step, s.guidance + g_step):
+        if guidance[0] - 1e-9 <= g <= guidance[1] + 1e-9:
+            out.append(Settings(s.scheduler, s.steps, round(g, 6), s.options))
+    return out
+
+
+def _confirmable(
+    passing: Sequence[Candidate], tried: Sequence[Candidate], settings: Mapping[int, Settings]
+) -> Candidate | None:
+    """The cheapest passing candidate not near one that failed confirmation, else the cheapest."""
+    diverse = [c for c in passing if not any(near(settings[c.number], settings[f.number]) for f in tried)]
+    return (diverse or list(passing))[0] if passing else None
+
+
+def next_action(
+    evidence: Evidence,
+    tol: Tolerance,
+    panel: Panel,
+    settings: Mapping[int, Settings],
+    recommend: Any,
+    *,
+    race_spent: int,
+    margin_of: Sequence[int] = (),
+) -> Action | None:
+    """The next render the decision needs (see the module's docstring), or None: render a new setting."""
+    base = evidence.baseline
+    if base is None:
+        return None
+    rec = decide(evidence.candidates, base, tol, stochastic=recommend.stochastic).chosen
+    cheaper = [c for c in ranked(evidence.candidates, base, recommend.stochastic) if c.rank_cost < rec.rank_cost]
+    verdict = {c.number: overall(verdicts(c, base, tol)) for c in cheaper}
+    failed = [c for c in cheaper if c.confirm and overall(verdicts(c, base, tol, confirm=True)) != "pass"]
+    passing = [c for c in cheaper if verdict[c.number] == "pass" and not c.confirm]
+    if passing and len(failed) < recommend.finalists:
+        pick = _confirmable(passing, failed, settings)
+        if pick is not None:
+            return Action("confirm", pick.number, panel.confirm_units)
+    if race_spent < recommend.race_budget:
+        for c in cheaper:
+            if verdict[c.number] == "undecided" and (chunk := panel.next_chunk(c.images)):
+                return Action("race", c.number, chunk)
+        for n in margin_of:  # the recommendation's neighbours, on the recommendation's own images
+            have = evidence.by_number[n].images
+            if units := tuple(u for u in rec.images if u not in have):
+                return Action("race", n, units)
+    return None

@@ -1,0 +1,69 @@
+"""Which images the decision renders, in which order: a class's panel of (prompt, seed) units.
+
+The bound is over prompts (production sends new prompts of a class), so the panel adds prompts
+before seeds: every trial renders the first chunk (``prompts_per_trial`` prompts x the search seeds);
+racing a candidate renders the next chunk (the next prompts x the search seeds), and once every prompt
+is in, the racing seeds, a chunk of prompts at a time. Candidate and baseline are compared on the
+units both have. Confirmation renders a panel of its own, on seeds the search never uses and on the
+prompts the search reaches last (those a search that stops early has not seen).
+
+Example:
+    >>> p = Panel(n_prompts=6, search_seeds=(0, 1), race_seeds=(2, 3), per_chunk=4)
+    >>> p.chunks[0]
+    ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1))
+    >>> p.chunks[1]
+    ((4, 0), (4, 1), (5, 0), (5, 1))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Panel", "Unit"]
+
+Unit = tuple[int, int]  # (prompt index, seed)
+
+
+@dataclass(frozen=True)
+class Panel:
+    n_prompts: int
+    search_seeds: tuple[int, ...]
+    race_seeds: tuple[int, ...] = ()
+    per_chunk: int = 4  # prompts per chunk (the first chunk is what every trial renders)
+    confirm_seeds: tuple[int, ...] = ()
+    confirm_prompts: int = 8
+
+    @property
+    def first_prompts(self) -> int:
+        """How many prompts (the first ones) a trial renders."""
+        return min(self.per_chunk, self.n_prompts)
+
+    @property
+    def chunks(self) -> list[tuple[Unit, ...]]:
+        """The search panel: prompts first (every search seed), then each racing seed, a chunk of prompts at a time."""
+        out = []
+        for p in range(0, self.n_prompts, self.per_chunk):
+            prompts = range(p, min(p + self.per_chunk, self.n_prompts))
+            out.append(tuple((q, s) for q in prompts for s in self.search_seeds))
+        for s in self.race_seeds:
+            for p in range(0, self.n_prompts, self.per_chunk):
+                out.append(tuple((q, s) for q in range(p, min(p + self.per_chunk, self.n_prompts))))
+        return out
+
+    def next_chunk(self, have: Collection[Unit]) -> tuple[Unit, ...] | None:
+        """The first chunk of the search panel not all in ``have`` (only its missing units), or None."""
+        for chunk in self.chunks:
+            missing = tuple(u for u in chunk if u not in have)
+            if missing:
+                return missing
+        return None
+
+    @property
+    def confirm_units(self) -> tuple[Unit, ...]:
+        """The confirmation panel: fresh seeds x the last ``confirm_prompts`` prompts (all of a small class)."""
+        k = min(self.confirm_prompts, self.n_prompts)
+        return tuple((q, s) for q in range(self.n_prompts - k, self.n_prompts) for s in self.confirm_seeds)
+
+    def prompts_of(self, units: Sequence[Unit]) -> list[int]:
+        return sorted({p for p, _ in units})

@@ -1,0 +1,137 @@
+"""Deciding while searching, on constructed numbers: which render comes next, and which setting."""
+
+from __future__ import annotations
+
+from autotune.config import RecommendConfig
+from autotune.decision.agenda import Action, near, neighbours, next_action
+from autotune.decision.evidence import Candidate, Evidence
+from autotune.decision.panel import Panel
+from autotune.decision.propose import Line, Proposer, Tried
+from autotune.decision.rule import Tolerance
+from autotune.space.settings import Settings
+
+TOL = Tolerance({"clip_score": 1.0})
+PANEL = Panel(
+    n_prompts=8, search_seeds=(0, 1), race_seeds=(2,), per_chunk=4, confirm_seeds=(1000, 1001), confirm_prompts=4
+)
+
+
+def images(diffs: dict[int, float], seeds: tuple[int, ...] = (0, 1), base: float = 30.0) -> dict:
+    return {(p, s): {"clip_score": base + d + 0.01 * s} for p, d in diffs.items() for s in seeds}
+
+
+def evidence(*cands: Candidate) -> Evidence:
+    ev = Evidence(("clip_score", "seconds"), 8, (0, 1), (1000, 1001))
+    for c in cands:
+        ev.by_number[c.number] = c
+    ev.baseline_number = 0
+    return ev
+
+
+ALL = {p: 0.0 for p in range(8)}
+BASE = Candidate(0, images(ALL), images(ALL, (1000, 1001)), seconds=(1.0,) * 3, cost=1.0, calls=30)
+SETTINGS = {
+    0: Settings("dpmpp_2m_karras", 30, 5.0),
+    1: Settings("euler", 4, 5.0),
+    2: Settings("euler", 4, 5.5),
+    3: Settings("dpmpp_2m", 4, 5.0, (("timestep_spacing", "trailing"),)),
+    4: Settings("unipc", 6, 5.0),
+}
+
+
+def cand(number: int, diffs: dict[int, float], cost: float, **kw) -> Candidate:  # type: ignore[no-untyped-def]
+    return Candidate(number, images(diffs), seconds=(cost,) * 3, cost=cost, **kw)
+
+
+def test_the_first_chunk_races_on_more_prompts_before_more_seeds() -> None:
+    assert PANEL.chunks[0] == tuple((p, s) for p in range(4) for s in (0, 1))
+    assert PANEL.chunks[1] == tuple((p, s) for p in range(4, 8) for s in (0, 1))
+    assert PANEL.chunks[2] == tuple((p, 2) for p in range(4))
+    assert PANEL.next_chunk(set(PANEL.chunks[0])) == PANEL.chunks[1]
+    assert PANEL.confirm_units == tuple((p, s) for p in range(4, 8) for s in (1000, 1001))  # the search's last
+
+
+def test_an_undecided_cheap_candidate_races_on_new_prompts() -> None:
+    close = cand(1, {0: -1.5, 1: 0.4, 2: -0.8, 3: 0.3}, 0.2)  # four prompts that disagree: undecided
+    action = next_action(evidence(BASE, close), TOL, PANEL, SETTINGS, RecommendConfig(), race_spent=0)
+    assert action == Action("race", 1, PANEL.chunks[1])  # prompts 4-7, not more seeds of prompts 0-3
+    spent = next_action(evidence(BASE, close), TOL, PANEL, SETTINGS, RecommendConfig(race_budget=10), race_spent=10)
+    assert spent is None
+
+
+def test_a_passing_candidate_is_confirmed_before_a_dearer_undecided_one_races() -> None:
+    good = cand(1, {p: 0.0 for p in range(4)}, 0.2)
+    close = cand(3, {0: -1.5, 1: 0.4, 2: -0.8, 3: 0.3}, 0.5)
+    action = next_action(evidence(BASE, good, close), TOL, PANEL, SETTINGS, RecommendConfig(), race_spent=0)
+    assert action == Action("confirm", 1, PANEL.confirm_units)
+
+
+def test_two_near_identical_finalists_are_not_both_confirmed_when_a_distinct_one_passes() -> None:
+    same = {p: 0.0 for p in range(4)}
+    failed = Candidate(1, images(same), images({p: -5.0 for p in range(4, 8)}, (1000, 1001)), (0.2,) * 3, 0.2)
+    twin = cand(2, same, 0.21)  # euler 4 steps at CFG 5.5: only the guidance differs from the one that failed
+    other = cand(3, same, 0.25)  # DPM++ 2M trailing: a different sampler
+    ev = evidence(BASE, failed, twin, other)
+    action = next_action(ev, TOL, PANEL, SETTINGS, RecommendConfig(), race_spent=0)
+    assert near(SETTINGS[1], SETTINGS[2]) and not near(SETTINGS[1], SETTINGS[3])
+    assert action == Action("confirm", 3, PANEL.confirm_units)
+    alone = next_action(evidence(BASE, failed, twin), TOL, PANEL, SETTINGS, RecommendConfig(), race_spent=0)
+    assert alone == Action("confirm", 2, PANEL.confirm_units)  # nothing else passes: the twin gets its turn
+    capped = next_action(ev, TOL, PANEL, SETTINGS, RecommendConfig(finalists=1), race_spent=0)
+    assert capped is None
+
+
+def test_the_recommendations_neighbours_race_on_its_own_images() -> None:
+    same = {p: 0.0 for p in range(8)}
+    chosen = Candidate(4, images(same), images({p: 0.0 for p in range(4, 8)}, (1000, 1001)), (0.3,) * 3, 0.3)
+    fewer = cand(1, {p: 0.0 for p in range(4)}, 0.6)  # one step fewer (here, by cost, dearer: still shown)
+    action = next_action(
+        evidence(BASE, chosen, fewer), TOL, PANEL, SETTINGS, RecommendConfig(), race_spent=0, margin_of=[1]
+    )
+    assert action == Action("race", 1, tuple(u for u in images(same) if u[0] >= 4))
+    assert [s.label() for s in neighbours(SETTINGS[4], (2, 30), 1, (1.0, 9.0), 0.5)] == [
+        "UniPC, 5 steps, CFG 5",
+        "UniPC, 6 steps, CFG 4.5",
+        "UniPC, 6 steps, CFG 5.5",
+    ]
+
+
+def _proposer(beam: int = 2) -> Proposer:
+    lines = [Line("euler", (), 5.0), Line("dpmpp_2m", (("timestep_spacing", "trailing"),), 5.0), Line("ddim", (), 5.0)]
+    return Proposer(lines, (2, 8), 1, lambda s: float(s.steps), key=lambda s: s.label(), guidance=(1.0, 9.0), beam=beam)
+
+
+def test_the_proposer_walks_rungs_cheapest_first_and_a_failed_rung_costs_a_beam() -> None:
+    p = _proposer(beam=2)
+    first = p.propose({}, best_cost=30)
+    assert first is not None and first.steps == 2
+    tried = {first.label(): Tried("fail", -3.0)}
+    second = p.propose(tried, best_cost=30)
+    assert second is not None and second.steps == 2 and second.scheduler != first.scheduler
+    tried[second.label()] = Tried("fail", -0.5)
+    third = p.propose(tried, best_cost=30)  # the beam of two failed at 2 steps: on to 3, the closer line first
+    assert third is not None and third.steps == 3 and third.scheduler == second.scheduler
+
+
+def test_a_line_that_failed_is_not_tried_below_and_nothing_is_proposed_at_or_above_the_best() -> None:
+    p = _proposer(beam=3)
+    tried = {Settings("euler", 6, 5.0).label(): Tried("fail", -1.0)}  # euler failed at 6: not at 2..6 either
+    proposals = []
+    for _ in range(6):
+        s = p.propose(tried, best_cost=4)
+        if s is None:
+            break
+        proposals.append(s)
+        tried[s.label()] = Tried("fail", -1.0)
+    assert proposals and all(s.scheduler != "euler" and s.steps < 4 for s in proposals)
+
+
+def test_once_a_line_holds_nothing_dearer_is_proposed_and_its_guidance_neighbours_join() -> None:
+    p = _proposer(beam=3)
+    trailing = Settings("dpmpp_2m", 3, 5.0, (("timestep_spacing", "trailing"),))
+    tried = {Settings(n, 2, 5.0, o).label(): Tried("fail", -2.0) for n, o in (("euler", ()), ("ddim", ()))}
+    tried[Settings("dpmpp_2m", 2, 5.0, trailing.options).label()] = Tried("fail", -0.2)
+    tried[trailing.label()] = Tried("pass", 0.4)
+    nxt = p.propose(tried, best_cost=3.0)  # the pass at 3 is the best: only cheaper ones, at other guidance
+    assert nxt is not None and nxt.steps == 2 and nxt.scheduler == "dpmpp_2m" and nxt.guidance in (4.5, 5.5)
+    assert p.propose(tried, best_cost=2.0) is None
