@@ -26,15 +26,20 @@ __all__ = ["main", "parse_duration"]
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``"8h"``, ``"1h30m"``, ``"90s"``, ``"45m"`` or a plain number of seconds."""
+    """Seconds in ``"8h"``, ``"1h30m"``, ``"90s"``, ``"45m"`` or a plain number of seconds (above zero:
+    a study given no time would stop before its first render)."""
     text = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
     parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", text)
-    if not text or parts is None:
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    elif text and parts is not None:
+        h, m, s = (float(x) if x else 0.0 for x in parts.groups())
+        seconds = h * 3600 + m * 60 + s
+    else:
         raise argparse.ArgumentTypeError(f"expected a duration such as 8h, 90m, 1h30m or 600, got {text!r}")
-    h, m, s = (float(x) if x else 0.0 for x in parts.groups())
-    return h * 3600 + m * 60 + s
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration above zero (such as 8h, 90m or 600), got {text!r}")
+    return seconds
 
 
 def _positive_int(text: str) -> int:
@@ -309,7 +314,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_positive_int, required=True, help="number of classes")
     p.add_argument("--per-class", type=_positive_int, default=8, help="prompts listed per class (default: 8)")
     p.add_argument(
-        "--clip-model", default="tiny", help='open_clip model (default: "tiny", random; "micro": the digits CLIP)'
+        "--clip-model",
+        default="tiny",
+        help='open_clip model (default: "tiny", random; "micro", "glyphs": the shipped CLIPs)',
     )
     p.add_argument("--clip-pretrained", help="open_clip weights, e.g. laion2b_s34b_b79k")
     p.add_argument("--study", type=Path, help="take the CLIP model from this study file's [metrics]")
@@ -318,7 +325,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schedulers", help="list the schedulers a model can use, with aliases, cost and variants")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("config", type=Path, nargs="?", help="study file whose [model] to describe")
-    group.add_argument("--model", help='model id: "micro", "tiny", "tiny-sdxl", "tiny-sd3", a hub id or a folder')
+    group.add_argument(
+        "--model", help='model id: "micro", "glyphs", "tiny", "tiny-sdxl", "tiny-sd3", a hub id or a folder'
+    )
     p.set_defaults(func=cmd_schedulers)
 
     p = sub.add_parser("recommend", help="print the recommended setting per prompt class")

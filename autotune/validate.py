@@ -96,7 +96,7 @@ def validate(
         a, b = (images_of(e.per_image, len(ps), seeds) for e in (ours, theirs))
         mine = Candidate(1, a, seconds=tuple(ours.seconds), deterministic=schedulers.get(rec.scheduler).deterministic)
         base = Candidate(0, b, seconds=tuple(theirs.seconds))
-        stated = recs.tolerances.get(c, {})  # the study's tolerance in CLIP points: judged as the study judged
+        stated = recs.tolerances.get(c, {})  # the study's tolerance in CLIP points (else the held-out baseline's noise)
         clip = clip_tolerance if clip_tolerance is not None else stated.get("clip_score")
         tol, _ = tolerance(
             resolved.recommend,
@@ -141,7 +141,7 @@ def format_validation(result: dict[str, Any]) -> str:
         parts = [
             f"Δ{m} {b['mean']:+.3g} (95 % bound "
             f"{'none: one image' if b['worst'] is None else format(b['worst'], '+.3g')}, "
-            f"tolerance {b['tolerance']:.3g})"
+            f"tolerance {'not known' if b['tolerance'] is None else format(b['tolerance'], '.3g')})"
             for m, b in v["bounds"].items()
         ]
         verdict = "ok  " if v["within_tolerance"] else "FAIL"

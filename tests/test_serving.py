@@ -297,7 +297,7 @@ def test_examples_run_against_a_finished_study(finished_study, script: str, tmp_
     cmd = ["bash", str(path)] if script.endswith(".sh") else [sys.executable, str(path)]
     env = {**os.environ, "AUTOTUNE": str(Path(sys.executable).parent / "autotune")}
     extra = []
-    if script == "validate.sh":  # the tiny study's own prompts stand in for held-out ones (the default is digits)
+    if script == "validate.sh":  # the tiny study's own prompts stand in for held-out ones (the default: the demo's)
         holdout = tmp_path / "holdout.txt"
         holdout.write_text("\n".join(p for ps in cfg.classes.values() for p in ps) + "\n")
         extra = [str(holdout)]

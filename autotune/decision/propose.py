@@ -30,6 +30,8 @@ from autotune.space.settings import Settings, variant_choices
 
 __all__ = ["Line", "Proposer", "Tried", "lines_of"]
 
+_FEW_STEPS = ("trailing", "karras", "exponential")  # variant values that converge in few steps (diffusers' docs)
+
 
 @dataclass(frozen=True)
 class Line:
@@ -63,7 +65,9 @@ def lines_of(
 ) -> list[Line]:
     """Every sampler and combination of its searched variant values at ``guidance``, one line per
     distinct setting (``key``: what makes two render the same), deterministic samplers only unless
-    ``stochastic``, interleaved across samplers so that a beam is diverse."""
+    ``stochastic``, interleaved across samplers so that a beam is diverse; within a sampler the
+    variants known to hold at few steps first (trailing spacing, Karras or exponential sigmas), a prior
+    the walk replaces with what it measures."""
     per_sampler: list[list[Line]] = []
     seen: set[str] = set()
     for name in names:
@@ -79,7 +83,7 @@ def lines_of(
             if k not in seen:
                 seen.add(k)
                 found.append(line)
-        per_sampler.append(found)
+        per_sampler.append(sorted(found, key=lambda line: -sum(v in _FEW_STEPS for _, v in line.options)))
     return [line for group in itertools.zip_longest(*per_sampler) for line in group if line is not None]
 
 
@@ -104,11 +108,11 @@ class Proposer:
         self.beam = beam if beam is not None else max(4, math.ceil(len(self.lines) / 5))
 
     def _neighbour_lines(self, passing: Sequence[Line]) -> list[Line]:
-        """Guidance one and two steps either side of every line that held somewhere, inside the space."""
+        """Guidance one, two and four steps either side of every line that held somewhere, inside the space."""
         out: list[Line] = []
         known = set(self.lines)
         for line in passing:
-            for k in (-1, 1, -2, 2):
+            for k in (-1, 1, -2, 2, -4, 4):
                 g = line.guidance + k * self.guidance_step
                 other = line.with_guidance(g)
                 if self.guidance[0] - 1e-9 <= g <= self.guidance[1] + 1e-9 and other not in known:

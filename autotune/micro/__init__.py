@@ -1,22 +1,30 @@
-"""The micro model shipped with autotune: a digits pipeline and the CLIP that scores it, trained here.
+"""The micro models shipped with autotune, trained here: text-to-image pipelines and the CLIPs that
+score them, small enough for a CPU and for git.
 
-``model.id = "micro"`` loads the pipeline (a diffusers folder), ``clip_model = "micro"`` the CLIP
-(an open_clip ``local-dir:`` folder), as a user's own folders load. Rebuild with
-``python -m autotune.micro.train``. Render it at 32 px.
+- ``micro``: handwritten digits (scikit-learn's ``load_digits``), grey, 32 px; ten captions
+  ("a handwritten digit seven"). Rebuilt by ``python -m autotune.micro.train``.
+- ``glyphs``: 24 letters and digits in 8 ink colours on 7 backgrounds, thin or bold, 32 px; 1,584
+  compositional captions ("a bold red letter K on a white background"), so a class can hold dozens of
+  distinct prompts. Rebuilt by ``python -m autotune.micro.train_glyphs``.
+
+``model.id = "micro"`` or ``"glyphs"`` loads a pipeline (a diffusers folder), ``clip_model = "micro"``
+or ``"glyphs"`` its CLIP (an open_clip ``local-dir:`` folder), as a user's own folders load.
+Render them at 32 px.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["clip_dir", "pipeline_dir"]
+__all__ = ["MODELS", "clip_dir", "pipeline_dir"]
 
 _HERE = Path(__file__).resolve().parent
+MODELS = {"micro": _HERE, "glyphs": _HERE / "glyphs"}  # id -> folder holding pipeline/ and clip/
 
 
-def pipeline_dir() -> Path:
-    return _HERE / "pipeline"
+def pipeline_dir(name: str = "micro") -> Path:
+    return MODELS[name] / "pipeline"
 
 
-def clip_dir() -> Path:
-    return _HERE / "clip"
+def clip_dir(name: str = "micro") -> Path:
+    return MODELS[name] / "clip"

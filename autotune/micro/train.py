@@ -283,7 +283,8 @@ def train_clip(x: torch.Tensor, labels: torch.Tensor, tok: Any, steps: int, log:
 def save(
     out: Path, vae: Any, unet: Any, text: Any, tok: Any, clip: Any, clip_config: dict[str, Any] | None = None
 ) -> None:
-    """The pipeline (diffusers folder) and the CLIP (open_clip local dir), float16, replacing ``out``'s."""
+    """The pipeline (diffusers folder) and the CLIP (open_clip local dir), float16, replacing ``out``'s;
+    ``vae`` None: the CLIP alone (a CLIP retrained beside the pipeline already there)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from safetensors.torch import save_file
@@ -295,20 +296,26 @@ def save(
 
     scheduler: Any = PNDMScheduler(**SD_BETAS, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
     scheduler.register_to_config(clip_sample=False)  # as SD records it: DDIM/DDPM built from it must not clip
-    pipe: Any = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    pipe: Any = (
+        None
+        if vae is None
+        else StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text,
+            tokenizer=tok,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     )
-    pipe.to(dtype=torch.float16)
+    if pipe is not None:
+        pipe.to(dtype=torch.float16)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        pipe.save_pretrained(Path(tmp) / "pipeline", safe_serialization=True)
+        if vae is not None:
+            pipe.save_pretrained(Path(tmp) / "pipeline", safe_serialization=True)
         clip_dir = Path(tmp) / "clip"
         clip_dir.mkdir()
         cfg = json.loads(json.dumps(clip_config or CLIP_CONFIG))
@@ -318,7 +325,7 @@ def save(
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in clip.state_dict().items()}
         save_file(state, clip_dir / "open_clip_model.safetensors")
         tok.save_pretrained(clip_dir)
-        for name in ("pipeline", "clip"):
+        for name in ("pipeline", "clip") if vae is not None else ("clip",):
             shutil.rmtree(out / name, ignore_errors=True)
             (Path(tmp) / name).rename(out / name)
 

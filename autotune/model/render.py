@@ -23,7 +23,7 @@ from autotune.model.timing import DeviceTimer
 from autotune.space import schedulers
 from autotune.space.settings import Settings
 
-__all__ = ["Render", "RenderError", "free_memory", "generate", "time_serving"]
+__all__ = ["Render", "RenderError", "free_memory", "generate", "render_pairs", "time_serving"]
 
 
 class RenderError(RuntimeError):
@@ -105,12 +105,23 @@ def generate(
 ) -> Render:
     """Render every prompt with every seed (prompt-major order) and time each batch on the device.
 
-    Each image has its own seeded generator, so an image does not depend on its batch.
-    ``batch_size = "auto"`` starts at 16 images and halves on out-of-memory, for the rest of
-    the process; a fixed size that does not fit raises.
+    Each image has its own seeded generator, so an image does not depend on its batch (but for the
+    float noise of another batch size: at most 2/255 a pixel). ``batch_size = "auto"`` starts at 16
+    images and halves on out-of-memory, for the rest of the process; a fixed size that does not fit raises.
     """
+    return render_pairs(p, settings, [(q, s) for q in prompts for s in seeds], height, width, batch_size)
+
+
+def render_pairs(
+    p: Pipeline,
+    settings: Settings,
+    jobs: Sequence[tuple[str, int]],
+    height: int = 64,
+    width: int = 64,
+    batch_size: int | str = "auto",
+) -> Render:
+    """Render (prompt, seed) pairs in batches, as :func:`generate` renders its grid of them."""
     p.pipe.scheduler = schedulers.build(settings.scheduler, p.base_scheduler_config, dict(settings.options))
-    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
     if not p.warm:  # first call in the process: compile/allocate outside the timed region
         _call(
             p,

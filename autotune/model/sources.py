@@ -1,6 +1,6 @@
 """Where a study's model comes from, and what production adds to it.
 
-``[model] id`` is ``"micro"`` (shipped), ``"tiny"`` (built in code), a diffusers folder, a
+``[model] id`` is ``"micro"`` or ``"glyphs"`` (shipped), ``"tiny"`` (built in code), a diffusers folder, a
 single-file checkpoint (``.safetensors``/``.ckpt``, what A1111 and ComfyUI load; its components'
 configs come from ``model.config``, a diffusers folder or hub id of the same architecture), or a
 hub id (loaded from the local cache when it is there; one line within seconds when it is not and
@@ -54,10 +54,10 @@ def hub_error(key: str, repo: str) -> ConfigError | None:
 def source(model: ModelConfig) -> str | Path:
     """Where the weights are: the shipped micro model's folder, a built tiny model's, a local
     folder or file, or a hub id (checked: cached, or the hub reachable)."""
-    if model.id == "micro":
-        from autotune.micro import pipeline_dir
+    from autotune.micro import MODELS, pipeline_dir
 
-        return pipeline_dir()
+    if model.id in MODELS:
+        return pipeline_dir(model.id)
     if model.id.startswith("tiny"):
         from autotune.testing.tiny import TINY_MODELS, tiny_pipeline_path
 

@@ -35,9 +35,12 @@ def _note(d: dict[str, Any]) -> str:
         f"| {st['trial']} | {st['setting']} | {st['search']} | {st.get('confirmation', '-')} |"
         for st in d["decision"]["candidates"]
     )
+    margin = "".join(f"\n- {m['change']} ({m['setting']}): {m['verdict']}" for m in d.get("margin", []))
+    state = "" if d["decision"]["state"] == "settled" else f" **The decision is {d['decision']['state']}.**"
     return (
         f"## Recommended: {d['setting']} (trial {d['trial']})\n\n"
-        f"{speedup} the baseline, {base['setting']} (trial {base['trial']}). {d['reason']}.\n\n"
+        f"{speedup} the baseline, {base['setting']} (trial {base['trial']}). {d['reason']}.{state}\n\n"
+        f"Its neighbours on its own images:{margin or ' none rendered'}\n\n"
         f"| metric | recommended | baseline |\n|---|---|---|\n{rows}\n\n"
         f"Candidates looked at, cheapest first (bounds in `recommendations.json` and `report.html`):\n\n"
         f"| trial | setting | search | confirmation |\n|---|---|---|---|\n{stages}\n\n"

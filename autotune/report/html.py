@@ -128,8 +128,11 @@ def _front_table(cfg: ResolvedStudy, o: ClassOutcome) -> str:
     return _table(head, rows, "front")
 
 
-def _decision(o: ClassOutcome) -> str:
-    """Every candidate the rule looked at, cheapest first: its bounds on the search and confirmation images."""
+def _decision(cfg: ResolvedStudy, o: ClassOutcome) -> str:
+    """Every candidate the rule looked at, cheapest first, its bounds on the search and confirmation
+    images; the decision's state, what the bound speaks for, and the recommendation's neighbours."""
+    from autotune.results.schema import prompts_note
+
     rec = o.recommendation
     if rec is None:
         return '<p class="note">No decision yet: the baseline trial has not completed.</p>'
@@ -145,7 +148,21 @@ def _decision(o: ClassOutcome) -> str:
         for st in rec.stages
     ]
     head = ["trial", "setting", "search", "search bounds", "confirmation", "confirmation bounds"]
-    return f'<p class="note">{html.escape(rec.reason)}.</p>' + _table(head, rows, "decision")
+    state = (
+        ""
+        if o.decision_state == "settled"
+        else f" The decision is {o.decision_state}: a cheaper setting may still qualify."
+    )
+    used = len({p for p, _ in rec.chosen.images})
+    notes = f"{rec.reason}.{state} Prompts: {prompts_note(used, len(cfg.classes[o.name]))}."
+    margin = ""
+    if o.margin:
+        margin_rows = [[html.escape(m["change"]), html.escape(m["setting"]), html.escape(m["verdict"]),
+                        "<br>".join(html.escape(b) for b in m.get("bounds", []))] for m in o.margin]  # fmt: skip
+        margin = "<h4>Its neighbours, on its own images</h4>" + _table(
+            ["change", "setting", "verdict", "bounds"], margin_rows, "margin"
+        )
+    return f'<p class="note">{html.escape(notes)}</p>' + _table(head, rows, "decision") + margin
 
 
 def _comparison(cfg: ResolvedStudy, o: ClassOutcome, images: StoredImages) -> str:
@@ -234,7 +251,7 @@ def _section(cfg: ResolvedStudy, o: ClassOutcome, images: StoredImages, grid: Gr
         f"{o.n_failed} failed; {len(o.front)} on the Pareto front.</p>",
         _figure(pareto_figure(cfg, o) if o.trials else None, f"{c}-pareto", "No completed trial yet."),
         "<h3>How it was decided</h3>",
-        _decision(o),
+        _decision(cfg, o),
         "<h3>Images: baseline, recommended, reference</h3>",
         _comparison(cfg, o, images),
         "<h3>Quality against steps</h3>",

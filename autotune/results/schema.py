@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -217,6 +218,7 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     assert tol is not None
     r = cfg.recommend
     clip = tol.of("clip_score")
+    clip = None if clip is None or math.isnan(clip) else clip  # None: not known yet (the baseline's noise unmeasured)
     evaluations = {
         k: (x["model_calls"] or 0) * (2 if x["guidance"] > 1 else 1) for k, x in (("c", chosen), ("b", baseline))
     }

@@ -74,7 +74,7 @@ class ClassRun:
         self.evidence = Evidence(cfg.metrics.objectives, len(self.prompts), cfg.search.seeds, r.confirm_seeds)
         self.trials: dict[int, FrozenTrial] = {}
         self.stored: dict[int, dict[str, Any]] = {}
-        self.errors: set[str] = set()  # setting keys whose trial failed on its own
+        self.errors: set[str] = set()  # setting keys whose trial failed on its own or was cut by rough-first
         self._attrs = attrs
         base = scorer.scheduler_config
         self.key = lambda s: s.key(base)
@@ -91,11 +91,13 @@ class ClassRun:
     # the evidence, kept up to date ------------------------------------------------------------------
     def refresh(self) -> None:
         """Add the trials completed since the last look (this worker's and any other's)."""
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        for t in self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+        ):
             if t.number in self.trials or reused(t):
                 continue
-            if t.state == TrialState.FAIL:
-                if "fail_reason" in t.user_attrs and not t.user_attrs.get("interrupted"):
+            if t.state != TrialState.COMPLETE:  # failed on its own, or cut by rough-first: not proposed again
+                if ledger.rough_cut(t) or ("fail_reason" in t.user_attrs and not ledger.interrupted(t)):
                     self.errors.add(t.user_attrs.get("setting_key", ""))
                 continue
             self.trials[t.number] = t
@@ -134,15 +136,8 @@ class ClassRun:
     def step(self) -> bool:
         """Do the next unit of work; False when the class has nothing left to do."""
         self.refresh()
-        base = self.evidence.baseline
-        if base is None:  # the baseline first: every candidate is compared with it
-            return self._trial(None)
-        rec = self.recommendation()
-        margin_of = self._margin_numbers(rec.chosen.number) if rec.chosen.number != base.number else []
-        action = next_action(
-            self.evidence, self.tolerance(), self.panel, self.settings(), self.cfg.recommend,
-            race_spent=self.race_spent, margin_of=margin_of,
-        )  # fmt: skip
+        base = self.evidence.baseline  # the first trial queued: everything is compared with it
+        action = self._action(base) if base is not None else None
         if action is not None:
             self._render(action)
             return True
@@ -150,7 +145,15 @@ class ClassRun:
             return self._settle()
         if self.study.user_attrs.get("exhausted"):
             return self._settle()
-        return self._trial(self._next_setting(rec))
+        return self._trial(self._next_setting(self.recommendation()) if base is not None else None)
+
+    def _action(self, base: Any) -> Action | None:
+        rec = self.recommendation()
+        margin_of = self._margin_numbers(rec.chosen.number) if rec.chosen.number != base.number else []
+        return next_action(
+            self.evidence, self.tolerance(), self.panel, self.settings(), self.cfg.recommend,
+            race_spent=self.race_spent, margin_of=margin_of,
+        )  # fmt: skip
 
     def _settle(self) -> bool:
         self.settled = True
@@ -167,9 +170,12 @@ class ClassRun:
         return neighbours(self.settings()[chosen], s.steps, s.steps_step, s.guidance, s.guidance_step)
 
     def _next_setting(self, rec: Any) -> Settings | None:
-        """The decision's next setting (its proposal, or a neighbour of the recommendation), or None when it
-        is the optimiser's turn (``search.front_share`` of the new settings) or the decision has none."""
+        """The decision's next setting (its proposal, or a neighbour of the recommendation), or None: a trial
+        is queued already (a retry, a fresh draw after a repeat, another process's), it is the optimiser's
+        turn (``search.front_share`` of the new settings), or the decision has none."""
         done = self.study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in done):
+            return None
         rendered = [t for t in done if "setting_key" in t.user_attrs and not reused(t)]
         ours = sum(bool(t.user_attrs.get("proposed")) for t in rendered)
         if len(rendered) - ours < self.cfg.search.front_share * len(rendered):
@@ -201,11 +207,12 @@ class ClassRun:
         return True
 
     def _render(self, action: Action) -> None:
-        """The action's units for its trial, the baseline's missing ones first (compared on the same images)."""
+        """The action's units for its trial; first, as a unit of work of its own, the baseline's where it
+        lacks them (the two are compared on the same images)."""
         base = self.evidence.baseline
         assert base is not None
-        spent = self._render_units(base.number, action.units)
-        spent += self._render_units(action.number, action.units)
+        lacking = [u for u in action.units if u not in base.images and u not in base.confirm]
+        spent = self._render_units(base.number if lacking else action.number, action.units)
         if action.kind == "race":
             self.race_spent += spent
             self.study.set_user_attr("race_images", self.race_spent)

@@ -89,8 +89,10 @@ def _prepare(study: optuna.Study, class_name: str, evaluator: Evaluator) -> None
     study.set_user_attr("router", class_embedding(evaluator.text_encoder(), prompts))
     if "scheduler_base" not in study.user_attrs:  # the model's own: what a complete handoff config starts from
         study.set_user_attr("scheduler_base", dict(evaluator.scheduler_config))
-    if evaluator.lpips is not None and "seed_lpips" not in study.user_attrs:
-        study.set_user_attr("seed_lpips", evaluator.seed_lpips(prompts))
+    if evaluator.lpips is not None and "seed_lpips" not in study.user_attrs:  # on the prompts every trial renders
+        study.set_user_attr(
+            "seed_lpips", evaluator.seed_lpips(prompts[: evaluator.cfg.search.first_prompts(len(prompts))])
+        )
 
 
 def run_study(
@@ -250,7 +252,7 @@ def _loop(
     threads = torch.get_num_threads()
     target = next(iter(runs.values())).objective.target
     helpers = _spawn_workers(cfg, url, target, deadline - now() if deadline < math.inf else None, device, workers - 1)
-    bar = _Progress(cfg, {c: r.study for c, r in runs.items()}, target, deadline, progress)
+    bar = _Progress(cfg, runs, target, deadline, progress)
     failures = _Failures()
     try:
         while now() < deadline and (active := [c for c, r in runs.items() if not r.settled]):
@@ -266,6 +268,12 @@ def _loop(
         bar.close()
         _join(helpers)
         torch.set_num_threads(threads)
+
+
+def _speedup(rec: Any) -> str:
+    if rec is None or rec.chosen.number == rec.baseline.number or rec.speedup is None:
+        return "base"
+    return f"{rec.speedup:.1f}x"
 
 
 def now() -> float:
@@ -319,17 +327,17 @@ def _join(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 class _Progress:
-    """A tqdm bar over all classes: settings rendered, Pareto front sizes, time left."""
+    """A tqdm bar over all classes: settings rendered, Pareto front sizes, each class's current
+    recommendation (its speed-up; "base": the baseline for now), time left."""
 
-    def __init__(
-        self, cfg: StudyConfig, studies: dict[str, optuna.Study], target: int, deadline: float, enabled: bool
-    ) -> None:
+    def __init__(self, cfg: StudyConfig, runs: dict[str, Any], target: int, deadline: float, enabled: bool) -> None:
         from tqdm import tqdm
 
-        self.studies, self.deadline, self.target = studies, deadline, target
+        self.runs, self.deadline, self.target = runs, deadline, target
+        self.studies: dict[str, optuna.Study] = {c: r.study for c, r in runs.items()}
         self.objectives = cfg.metrics.objectives
         self.bar = tqdm(
-            total=target * len(studies),
+            total=target * len(runs),
             initial=self._done(),
             desc=f"autotune {cfg.name}",
             unit="trial",
@@ -350,6 +358,9 @@ class _Progress:
             return
         fronts = {c: self._front(s) for c, s in self.studies.items()}
         post = {"front": " ".join(f"{c}:{n}" for c, n in fronts.items())}
+        recs = {c: r.recommendation() for c, r in self.runs.items() if isinstance(r, ClassRun)}
+        if recs:
+            post["now"] = " ".join(f"{c}:{_speedup(rec)}" for c, rec in recs.items())
         if self.deadline < math.inf:
             post["left"] = time.strftime("%H:%M:%S", time.gmtime(max(0.0, self.deadline - now())))
         self.bar.set_postfix(post, refresh=False)

@@ -34,7 +34,7 @@ def clip_source(name: str, pretrained: str | None, home: str = "") -> tuple[str,
 
 
 def load_open_clip(name: str, pretrained: str | None = None, home: str = "") -> tuple[Any, Callable[[list[str]], Any]]:
-    """An open_clip model and its tokenizer: ``"micro"`` the shipped one trained on digits, ``"tiny"``
+    """An open_clip model and its tokenizer: ``"micro"`` and ``"glyphs"`` the shipped ones, ``"tiny"``
     the random offline one, otherwise any name open_clip takes, with ``pretrained`` a tag open_clip
     downloads (from the local cache when there) or a weights file; ``"local-dir:FOLDER"`` an open_clip
     folder. What cannot load is one :class:`ConfigError` line, within seconds when offline."""
@@ -44,10 +44,10 @@ def load_open_clip(name: str, pretrained: str | None = None, home: str = "") -> 
         from autotune.testing.tiny import TINY_CLIP, tiny_clip
 
         return tiny_clip(), open_clip.get_tokenizer(TINY_CLIP)
-    if name == "micro":
-        from autotune.micro import clip_dir
+    from autotune.micro import MODELS, clip_dir
 
-        name = f"local-dir:{clip_dir()}"
+    if name in MODELS:
+        name = f"local-dir:{clip_dir(name)}"
     name, pretrained = clip_source(name, pretrained, home)
     if name.startswith("local-dir:") and not Path(name[10:]).is_dir():
         raise ConfigError(f"metrics.clip_model: no open_clip folder at {name[10:]!r}")

@@ -1,0 +1,111 @@
+"""One anytime procedure: deciding while searching, within the deadline, interrupted and resumed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from autotune.cli import main
+from autotune.config import load_config
+from autotune.results.reader import recommend
+from autotune.study.run import run_study
+
+PROMPTS = ["an old fisherman", "a red apple", "a blue car", "a green tree", "a yellow house", "a black cat"]
+SIX = f"[classes.portrait]\nprompts = {PROMPTS!r}\n".replace("'", '"')
+DECIDING = "prompts_per_trial = 2\nfront_share = 0.0\n"  # the decision's proposals alone: no unseeded optimiser
+
+
+def _study(study_file: Callable[..., Path], name: str, n_trials: int = 6) -> Path:
+    path = study_file(name=name, n_trials=n_trials, classes=SIX)
+    text = (
+        path.read_text()
+        .replace("seeds = [0]\n", "seeds = [0]\n" + DECIDING)
+        .replace("race_budget = 0", "race_budget = 64")
+    )
+    path.write_text(text)
+    return path
+
+
+def test_a_class_with_more_prompts_than_a_trial_renders_races_on_new_prompts(study_file: Callable[..., Path]) -> None:
+    cfg = load_config(_study(study_file, "wide"))
+    out = run_study(cfg, progress=False)["portrait"]
+    assert all(t.user_attrs["prompts_rendered"] == 2 for t in out.trials)  # a trial renders the first two
+    raced = {k: v for k, v in out.attrs.items() if k.startswith("renders.")}
+    prompts = {int(unit.split(":")[0]) for v in raced.values() for unit in v}
+    assert prompts & {2, 3, 4, 5}, raced  # racing added prompts the trials did not render
+    assert out.decision_state == "settled" and out.recommendation is not None
+
+
+def test_a_study_killed_while_racing_resumes_to_the_same_recommendation(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autotune.study import decide
+
+    whole = recommend(run_study(load_config(_study(study_file, "whole")), progress=False).cfg)["portrait"]
+    path = _study(study_file, "killed")
+    real = decide.ClassRun._render_units
+    calls = {"n": 0}
+
+    def dies_on_the_third_race(self, number, units):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, number, units)
+
+    monkeypatch.setattr(decide.ClassRun, "_render_units", dies_on_the_third_race)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(load_config(path), progress=False)
+    stopped = recommend(load_config(path))["portrait"]
+    assert stopped.decision_state == "stopped: interrupted (Ctrl-C)"  # not a final verdict
+    monkeypatch.setattr(decide.ClassRun, "_render_units", real)
+    resumed = run_study(load_config(path), progress=False)["portrait"]
+    assert resumed.decision_state == "settled"
+    assert whole.recommendation is not None and resumed.recommendation is not None
+    assert resumed.recommendation.chosen.label == whole.recommendation.chosen.label
+    assert resumed.recommendation.confirmed == whole.recommendation.confirmed
+
+
+def test_the_timeout_is_never_exceeded_by_more_than_one_render(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stepped clock: every render takes 10 s of it. The deadline counts from the call, loading included."""
+    from autotune.model.evaluate import Evaluator
+    from autotune.study import run
+
+    clock = {"t": 1000.0}
+    real = Evaluator.evaluate
+
+    def ten_seconds(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        clock["t"] += 10
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(run, "now", lambda: clock["t"])
+    monkeypatch.setattr(Evaluator, "evaluate", ten_seconds)
+    out = run_study(load_config(_study(study_file, "timed", n_trials=50)), progress=False, timeout=45)["portrait"]
+    assert 1045 <= clock["t"] <= 1045 + 10  # it used its time, and overran by at most the render under way
+    assert out.decision_state == "stopped: the time limit" and out.recommendation is not None
+
+
+def test_a_timeout_of_zero_is_refused(study_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    path = study_file(name="zero")
+    assert main(["study", str(path), "--timeout", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--timeout: expected a duration above zero" in err
+    assert not (path.parent / "zero.db").exists()
+
+
+def test_ctrl_c_while_loading_exits_130_and_leaves_no_database(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autotune.model import evaluate
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate.Evaluator, "__init__", interrupted)
+    path = study_file(name="startup")
+    assert main(["study", str(path), "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == "autotune: interrupted"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["startup.toml"]

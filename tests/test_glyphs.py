@@ -1,0 +1,65 @@
+"""The shipped glyphs model: it loads as Stable Diffusion, its CLIP names the glyph and the ink colour it
+was asked for on fresh renders, and it converges as a real model does. The LPIPS backbone is random."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from autotune.config import ModelConfig
+from autotune.micro import MODELS, clip_dir, pipeline_dir
+from autotune.micro import glyph_data as world
+from autotune.model.pipeline import load_pipeline
+from autotune.model.render import generate
+from autotune.space.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def glyphs():  # type: ignore[no-untyped-def]
+    return load_pipeline(ModelConfig(id="glyphs", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def clip():  # type: ignore[no-untyped-def]
+    from autotune.model.metrics.clip_score import ClipScore
+
+    return ClipScore("glyphs")
+
+
+def test_both_micro_models_together_are_safetensors_within_16_mb(glyphs) -> None:  # type: ignore[no-untyped-def]
+    files = [f for name in MODELS for d in (pipeline_dir(name), clip_dir(name)) for f in d.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 16_000_000
+    assert all(f.suffix in {".json", ".txt", ".safetensors"} for f in files)  # no pickles
+    assert type(glyphs.pipe).__name__ == "StableDiffusionPipeline" and glyphs.family.name == "sd"
+    assert glyphs.pipe.unet.dtype == torch.float32 and glyphs.base_scheduler_config["clip_sample"] is False
+
+
+def test_clip_names_the_prompted_glyph_and_ink_on_20_fresh_renders_at_the_demos_baseline(glyphs, clip) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(20)
+    asked = [rng.choice(world.combos()) for _ in range(20)]
+    render = generate(glyphs, Settings.make("dpmpp_2m_karras", 30, 5.0), [world.caption(g) for g in asked], [7], 32, 32)
+    hits = {"char": 0, "ink": 0}
+    for image, g in zip(render.images, asked, strict=True):
+        for field, values in (("char", world.GLYPHS), ("ink", world.INKS)):
+            options = [dataclasses.replace(g, **{field: v}) for v in values]  # its caption with one word changed
+            scores = clip(image[None].expand(len(options), -1, -1, -1), [world.caption(o) for o in options])
+            hits[field] += values[int(scores.argmax())] == getattr(g, field)
+    assert hits["char"] >= 18 and hits["ink"] >= 18, hits
+
+
+def test_euler_gets_closer_to_the_reference_with_more_steps(glyphs) -> None:  # type: ignore[no-untyped-def]
+    from autotune.model.metrics.lpips_distance import Lpips
+
+    lpips = Lpips("alex", "random")
+    prompts = ["a thin blue letter R on a white background", "a bold yellow digit four on a red background"]
+    reference = generate(glyphs, Settings.make("dpmpp_2m_karras", 100, 5.0), prompts, [0, 1], 32, 32).images
+    distance = {
+        steps: lpips(generate(glyphs, Settings.make("euler", steps, 5.0), prompts, [0, 1], 32, 32).images, reference)
+        .mean()
+        .item()
+        for steps in (3, 8, 30)
+    }
+    assert distance[3] > distance[8] > distance[30] and distance[30] < distance[3] / 4, distance
