@@ -135,3 +135,26 @@ def test_once_a_line_holds_nothing_dearer_is_proposed_and_its_guidance_neighbour
     nxt = p.propose(tried, best_cost=3.0)  # the pass at 3 is the best: only cheaper ones, at other guidance
     assert nxt is not None and nxt.steps == 2 and nxt.scheduler == "dpmpp_2m" and nxt.guidance in (4.5, 5.5)
     assert p.propose(tried, best_cost=2.0) is None
+
+
+def test_a_rung_far_from_holding_costs_three_renders_and_the_walk_jumps_the_rungs_in_between() -> None:
+    lines = [Line(n, (), 5.0) for n in ("euler", "dpmpp_2m", "ddim", "unipc", "lms")]
+    p = Proposer(lines, (2, 30), 1, lambda s: float(s.steps), key=lambda s: s.label(), beam=4)
+    tried: dict[str, Tried] = {}
+    for _ in range(3):  # three lines, each 27 tolerances short at 2 steps
+        s = p.propose(tried, best_cost=30)
+        assert s is not None and s.steps == 2
+        tried[s.label()] = Tried("fail", -50.0, 27.0)
+    jumped = p.propose(tried, best_cost=30)
+    assert jumped is not None and jumped.steps == 6  # 2 x 27 ** (1/3): no line is expected to hold at 3 to 5
+    tried[jumped.label()] = Tried("fail", -0.5, 1.2)  # close: the next rung is the next step
+    assert [s.steps for s in [p.propose(tried, best_cost=30)] if s is not None] == [6]  # the rung's beam goes on
+
+
+def test_a_line_that_holds_is_searched_down_by_halves() -> None:
+    line = Line("dpmpp_2m", (("timestep_spacing", "trailing"),), 5.0)
+    p = Proposer([line], (2, 30), 1, lambda s: float(s.steps), key=lambda s: s.label())
+    tried = {line.at(8).label(): Tried("fail", -2.0, 5.0), line.at(17).label(): Tried("pass", 0.3, 0.2)}
+    assert p.propose(tried, best_cost=17).steps == 12  # type: ignore[union-attr]  # halfway between 8 and 17
+    tried[line.at(12).label()] = Tried("pass", 0.1, 0.5)
+    assert p.propose(tried, best_cost=12).steps == 10  # type: ignore[union-attr]  # between 8 and 12

@@ -8,7 +8,10 @@ most likely to pass are tried first (ranked by how close each came on the rungs 
 a sampler's other lines showed), a beam of them, so that a rung where nothing holds costs a few
 renders, not one per line. The lines start at the baseline's guidance; once a line holds somewhere,
 its neighbouring guidance values join (a different guidance solves a different ODE: it holds or not
-on its own).
+on its own). A rung where the first lines tried fall far short (4 tolerances or more) is left after
+three; and the walk jumps the rungs no line is expected to hold at: a sampler's error to the converged
+image falls as a power of its steps, so from a line ``excess`` tolerances short at ``s`` steps the next
+rung worth a render is ``s * excess ** (1 / 3)`` (the third power: the most a multistep solver gains).
 
 Example:
     >>> p = Proposer(lines, steps=(2, 30), steps_step=1, cost=cost_of)
@@ -49,10 +52,12 @@ class Line:
 @dataclass(frozen=True)
 class Tried:
     """What rendering a setting showed: ``pass``, ``fail``, ``undecided`` or ``error`` (the trial
-    failed), and its margin (how close to the tolerance, in tolerances; < 0 outside)."""
+    failed); its margin (how close its bound is to the tolerance, in tolerances; < 0 outside) and its
+    excess (how many tolerances worse than the baseline its mean is, on its worst metric)."""
 
     verdict: str
     margin: float = -math.inf
+    excess: float = math.inf
 
 
 def lines_of(
@@ -120,36 +125,66 @@ class Proposer:
                     out.append(other)
         return out
 
+    def _results(self, lines: Sequence[Line], tried: Mapping[str, Tried]) -> dict[Line, dict[int, Tried]]:
+        found = {line: {s: tried.get(self.key(line.at(s))) for s in self.rungs} for line in lines}
+        return {line: {s: t for s, t in rs.items() if t is not None} for line, rs in found.items()}
+
     def propose(self, tried: Mapping[str, Tried], best_cost: float) -> Settings | None:
-        """The cheapest plausible untried setting cheaper than ``best_cost``, or None."""
+        """The cheapest plausible untried setting cheaper than ``best_cost``, or None: first the steps
+        halfway down a line that holds (bisection between its last failure and its cheapest pass), then
+        the rung walk of every line, then of the guidance neighbours of the lines that hold (from the rung
+        above their lines' last failure)."""
+        results = self._results(self.lines, tried)
+        passing = [line for line, rs in results.items() if any(r.verdict == "pass" for r in rs.values())]
+        halfway = []
+        for line in passing:
+            rs = results[line]
+            top = min(s for s, r in rs.items() if r.verdict == "pass")
+            low = max((s for s, r in rs.items() if r.verdict == "fail" and s < top), default=self.rungs[0] - 1)
+            between = [s for s in self.rungs if low < s < top and s not in rs]
+            if between:
+                mid = between[(len(between) - 1) // 2]
+                if self.cost(line.at(mid)) < best_cost:
+                    halfway.append(line.at(mid))
+        if halfway:
+            return min(halfway, key=lambda s: (self.cost(s), s.steps))
+        found = self._walk(self.lines, tried, best_cost)
+        if found is not None or not passing:
+            return found
+        return self._walk(
+            self._neighbour_lines(passing), tried, best_cost, min(self._above(results[ln]) for ln in passing)
+        )
 
-        def held(line: Line) -> bool:
-            return any(getattr(tried.get(self.key(line.at(s))), "verdict", "") == "pass" for s in self.rungs)
+    def _above(self, rs: Mapping[int, Tried]) -> int:
+        """Where a line's guidance neighbours start: its last failure if it came close (within a tolerance of
+        passing), else the rung above it (another guidance does not rescue a setting far off)."""
+        fails = [(s, r) for s, r in rs.items() if r.verdict == "fail"]
+        if not fails:
+            return self.rungs[0]
+        s, r = max(fails, key=lambda x: x[0])
+        return s if r.margin > -1 else s + 1
 
-        passing = [line for line in self.lines if held(line)]
-        for group in (self.lines, self._neighbour_lines(passing)):
-            found = self._walk(group, tried, best_cost)
-            if found is not None:
-                return found
-        return None
-
-    def _walk(self, lines: Sequence[Line], tried: Mapping[str, Tried], best_cost: float) -> Settings | None:
-        results: dict[Line, dict[int, Tried]] = {line: {} for line in lines}
-        for line in lines:
-            for s in self.rungs:
-                t = tried.get(self.key(line.at(s)))
-                if t is not None:
-                    results[line][s] = t
+    def _walk(
+        self, lines: Sequence[Line], tried: Mapping[str, Tried], best_cost: float, start: int = 0
+    ) -> Settings | None:
+        results = self._results(lines, tried)
+        worth = max(self.rungs[0], start)  # the lowest rung some line may still hold at
         for s in self.rungs:
             here = [line for line in lines if self.cost(line.at(s)) < best_cost]
             if not here:
                 continue
             if any(results[line].get(s, Tried("")).verdict == "pass" for line in here):
                 return None  # something holds at this rung: its confirmation comes first, nothing cheaper is left
-            done = [line for line in here if s in results[line]]
+            done = [results[line][s] for line in here if s in results[line]]
+            if s < worth and not done:
+                continue  # no line is expected to hold this low
             open_ = [line for line in here if s not in results[line] and not self._ruled_out(results[line], s)]
-            if len(done) >= self.beam or not open_:
-                continue  # the rung's best lines did not hold: on to the next rung
+            far = len(done) >= 3 and all(math.isfinite(r.excess) and r.excess >= 4 for r in done)
+            if len(done) >= self.beam or far or not open_:
+                decided = [r.excess for r in done if r.verdict != "error" and math.isfinite(r.excess)]
+                if decided:  # the next rung worth a render, from the closest line at this one
+                    worth = max(worth, s + 1, math.ceil(s * max(1.0, min(decided)) ** (1 / 3)))
+                continue
             return self._best(open_, s, results)
         return None
 

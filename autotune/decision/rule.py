@@ -31,6 +31,7 @@ __all__ = [
     "Tolerance",
     "decide",
     "eligible",
+    "excess",
     "margin",
     "overall",
     "paired_bound",
@@ -192,6 +193,16 @@ def ranked(candidates: Sequence[Candidate], baseline: Candidate, stochastic: boo
     """The candidates that may replace the baseline, cheapest first (ties: the earlier trial)."""
     ok = [c for c in candidates if eligible(c, baseline, stochastic) is None]
     return sorted(ok, key=lambda c: (c.rank_cost, c.number))
+
+
+def excess(bounds: Sequence[Bound]) -> float:
+    """How many tolerances worse than the baseline a candidate's mean is, on its worst metric (inf: unknown)."""
+    worse = []
+    for b in bounds:
+        sign = 1 if OBJECTIVES[b.metric].higher_is_better else -1
+        if b.tolerance > 0 and not math.isnan(b.tolerance):
+            worse.append(-sign * b.mean / b.tolerance)
+    return max(worse) if worse else math.inf
 
 
 def margin(bounds: Sequence[Bound]) -> float:

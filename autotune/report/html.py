@@ -153,8 +153,8 @@ def _decision(cfg: ResolvedStudy, o: ClassOutcome) -> str:
         if o.decision_state == "settled"
         else f" The decision is {o.decision_state}: a cheaper setting may still qualify."
     )
-    used = len({p for p, _ in rec.chosen.images})
-    notes = f"{rec.reason}.{state} Prompts: {prompts_note(used, len(cfg.classes[o.name]))}."
+    used, confirmed = (len({p for p, _ in images}) for images in (rec.chosen.images, rec.chosen.confirm))
+    notes = f"{rec.reason}.{state} Prompts: {prompts_note(used, len(cfg.classes[o.name]), confirmed)}."
     margin = ""
     if o.margin:
         margin_rows = [[html.escape(m["change"]), html.escape(m["setting"]), html.escape(m["verdict"]),

@@ -240,7 +240,11 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
         },
         "decision": {
             "state": o.decision_state,
-            "prompts": prompts_note(len({p for p, _ in rec.chosen.images}), len(cfg.classes[o.name])),
+            "prompts": prompts_note(
+                len({p for p, _ in rec.chosen.images}),
+                len(cfg.classes[o.name]),
+                len({p for p, _ in rec.chosen.confirm}),
+            ),
             "confirm_seeds": list(r.confirm_seeds),
             "race_images": o.attrs.get("race_images", 0),
             "race_budget": r.race_budget,
@@ -251,22 +255,25 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     }
 
 
-def prompts_note(used: int, total: int) -> str:
-    """What the bound speaks for (new prompts of the class) and how the class's size limits it."""
+def prompts_note(used: int, total: int, confirmed: int = 0) -> str:
+    """What the bounds speak for (new prompts of the class) and how the class's size limits them:
+    ``used`` prompts on the search's images, ``confirmed`` on the confirmation's."""
     from autotune.decision.rule import t95
 
+    fresh = f"; confirmed on {confirmed} prompts x fresh seeds" if confirmed else ""
     if total < 8:
         now, eight = t95(total - 1) / total**0.5, t95(7) / 8**0.5
         return (
             f"the bound is over the class's {total} prompts (t = {t95(total - 1):.2f} on {total - 1} degrees of "
-            f"freedom): with 8 prompts it would be about {1 - eight / now:.0%} tighter, and cheaper settings "
-            "could qualify"
+            f"freedom){fresh}: with 8 prompts it would be about {1 - eight / now:.0%} tighter, and cheaper "
+            "settings could qualify"
         )
     if used < total:
         return (
-            f"the bound is over {used} of the class's {total} prompts (racing adds prompts where a decision is close)"
+            f"the search's bound is over {used} of the class's {total} prompts (racing adds prompts where a "
+            f"decision is close){fresh}"
         )
-    return f"the bound is over all {total} of the class's prompts"
+    return f"the bound is over all {total} of the class's prompts{fresh}"
 
 
 def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> dict[str, Any]:

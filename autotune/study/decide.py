@@ -31,7 +31,7 @@ from autotune.decision.agenda import Action, neighbours, next_action
 from autotune.decision.evidence import Evidence, renders_key, reused, unit_key
 from autotune.decision.panel import Panel
 from autotune.decision.propose import Proposer, Tried, lines_of
-from autotune.decision.rule import Tolerance, decide, margin, overall, verdicts
+from autotune.decision.rule import Tolerance, decide, excess, margin, overall, verdicts
 from autotune.decision.tolerance import tolerance
 from autotune.model.evaluate import Scorer
 from autotune.space import schedulers
@@ -195,7 +195,7 @@ class ClassRun:
         out = {k: Tried("error") for k in self.errors}
         for n, t in self.trials.items():
             bounds = verdicts(self.evidence.by_number[n], base, tol)
-            out[t.user_attrs["setting_key"]] = Tried(overall(bounds), margin(bounds))
+            out[t.user_attrs["setting_key"]] = Tried(overall(bounds), margin(bounds), excess(bounds))
         return out
 
     def _trial(self, proposal: Settings | None) -> bool:
