@@ -20,8 +20,9 @@ demo: $(STAMP)
 	$(BIN)/autotune study studies/demo.toml
 	@echo "open studies/demo/report.html, or: $(BIN)/autotune dashboard studies/demo.toml"
 
+# One pytest worker per core, a test file per worker at a time (its module fixtures are built once).
 test: $(STAMP) browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The report's browser test renders report.html in Debian's headless Chromium.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

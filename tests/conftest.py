@@ -18,6 +18,8 @@ _CACHE = tempfile.mkdtemp(prefix="autotune-test-cache-")
 os.environ.setdefault("AUTOTUNE_CACHE", _CACHE)
 os.environ.setdefault("TORCH_HOME", os.path.join(_CACHE, "torch"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one torch thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SMALL_STUDY = """
 name = "{name}"

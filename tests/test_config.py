@@ -82,8 +82,11 @@ def test_space_checked_against_the_model_names_file_and_key(tmp_path: Path, case
 
 def test_demo_study_file_is_valid() -> None:
     cfg = load_config(Path(__file__).parent.parent / "studies" / "demo.toml")
-    assert cfg.model.id == "micro" and (cfg.model.height, cfg.model.width) == (32, 32)
-    assert set(cfg.classes) == {"round", "straight"}
+    assert cfg.model.id == "glyphs" and (cfg.model.height, cfg.model.width) == (32, 32)
+    assert set(cfg.classes) == {"thin", "bold"} and all(len(set(p)) >= 16 for p in cfg.classes.values())
+    held_out = (Path(__file__).parent.parent / "studies" / "demo_holdout.txt").read_text().splitlines()
+    listed = {p for prompts in cfg.classes.values() for p in prompts}
+    assert len([h for h in held_out if h and not h.startswith("#")]) >= 12 and not listed & set(held_out)
     assert cfg.baseline.scheduler == "dpmpp_2m_karras" and cfg.search.steps[0] <= 3  # shows the low-step failure
 
 
