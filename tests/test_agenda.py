@@ -158,3 +158,25 @@ def test_a_line_that_holds_is_searched_down_by_halves() -> None:
     assert p.propose(tried, best_cost=17).steps == 12  # type: ignore[union-attr]  # halfway between 8 and 17
     tried[line.at(12).label()] = Tried("pass", 0.1, 0.5)
     assert p.propose(tried, best_cost=12).steps == 10  # type: ignore[union-attr]  # between 8 and 12
+
+
+def test_two_names_for_one_schedule_are_one_line_and_a_real_difference_stays_two() -> None:
+    import json
+
+    from autotune.decision.propose import lines_of
+    from autotune.micro import pipeline_dir
+    from autotune.space import schedulers
+    from autotune.space.families import FAMILIES
+
+    base = json.loads((pipeline_dir("glyphs") / "scheduler" / "scheduler_config.json").read_text())
+    same = lambda s: schedulers.signature(s.scheduler, base, dict(s.options))  # noqa: E731
+    lines = lines_of(
+        ["dpmpp_2m", "dpmpp_2m_karras", "euler"], ("sigmas", "timestep_spacing"), FAMILIES["sd"], 5.0, same
+    )
+    labels = [line.at(10).scheduler_label() for line in lines]
+    # Karras sigmas make DPM++ 2M's spacing moot: one line of the four names, the simplest kept
+    assert "DPM++ 2M [sigmas=karras]" in labels and not any(x.startswith("DPM++ 2M Karras") for x in labels)
+    assert "DPM++ 2M [sigmas=karras, timestep_spacing=trailing]" not in labels
+    # Euler's Karras sigmas start from the spacing's first sigma: leading and trailing stay two lines
+    assert {"Euler [sigmas=karras]", "Euler [sigmas=karras, timestep_spacing=trailing]"} <= set(labels)
+    assert len({same(line.at(10)) for line in lines}) == len(lines)

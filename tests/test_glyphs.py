@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +79,13 @@ def test_euler_gets_closer_to_the_reference_with_more_steps(glyphs) -> None:  # 
         for steps in (3, 8, 30)
     }
     assert distance[3] > distance[8] > distance[30] and distance[30] < distance[3] / 4, distance
+
+
+def test_two_seeded_smoke_runs_of_the_training_script_write_identical_weights(tmp_path: Path) -> None:
+    from autotune.micro import train_glyphs
+
+    for run in ("a", "b"):
+        train_glyphs.main(["--out", str(tmp_path / run), "--scale", "0.0004", "--threads", "1"])
+    files = sorted(f.relative_to(tmp_path / "a") for f in (tmp_path / "a").rglob("*.safetensors"))
+    assert len(files) == 4  # text encoder, VAE, UNet, CLIP
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)

@@ -69,10 +69,10 @@ def lines_of(
     stochastic: bool = False,
 ) -> list[Line]:
     """Every sampler and combination of its searched variant values at ``guidance``, one line per
-    distinct setting (``key``: what makes two render the same), deterministic samplers only unless
-    ``stochastic``, interleaved across samplers so that a beam is diverse; within a sampler the
-    variants known to hold at few steps first (trailing spacing, Karras or exponential sigmas), a prior
-    the walk replaces with what it measures."""
+    distinct setting (``key``: what makes two render the same; of two, the one with fewer variant values
+    set), deterministic samplers only unless ``stochastic``, interleaved across samplers so that a beam
+    is diverse; within a sampler the variants known to hold at few steps first (trailing spacing, Karras
+    or exponential sigmas), a prior the walk replaces with what it measures."""
     per_sampler: list[list[Line]] = []
     seen: set[str] = set()
     for name in names:
@@ -80,7 +80,8 @@ def lines_of(
             continue
         choices = variant_choices(name, wanted, family)
         found = []
-        for values in itertools.product(*choices.values()):
+        combos = sorted(itertools.product(*choices.values()), key=lambda values: sum(v != "default" for v in values))
+        for values in combos:
             line = Line(
                 name, Settings.make(name, 1, guidance, dict(zip(choices, values, strict=True))).options, guidance
             )

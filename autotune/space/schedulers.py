@@ -276,6 +276,26 @@ def build(name: str, base_config: Any, options: Mapping[str, Any] | None = None)
     return cls.from_config(base_config, **overrides(name, options))
 
 
+def signature(
+    name: str, base_config: Any, options: Mapping[str, Any] | None = None, probes: tuple[int, ...] = (5, 12)
+) -> str:
+    """What a sampler steps through: its class, its config but the keys that only shape the schedule,
+    and its timesteps and sigmas at a few step counts. Equal for settings that render the same images
+    under different names: Karras sigmas make the timestep spacing moot, for one."""
+    shaping = {k for n in ("sigmas", "timestep_spacing") for c in variants.VARIANTS[n].choices[1:]
+               for k in variants.VARIANTS[n].to_kwargs(c)}  # fmt: skip
+    built = build(name, base_config, options)
+    out: list[Any] = [
+        type(built).__name__,
+        sorted((k, repr(v)) for k, v in built.config.items() if k not in shaping and not k.startswith("_")),
+    ]
+    for steps in probes:
+        built.set_timesteps(steps)
+        for values in (built.timesteps, getattr(built, "sigmas", None)):
+            out.append(None if values is None else [round(float(v), 4) for v in values])
+    return repr(out)
+
+
 def in_tool(name: str, options: Mapping[str, Any], tool: str) -> tuple[str | None, str | None, list[str]]:
     """A setting's sampler and schedule in ``tool`` ("a1111" or "comfyui"), and what it cannot express.
 

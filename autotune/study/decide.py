@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -79,7 +80,11 @@ class ClassRun:
         base = scorer.scheduler_config
         self.key = lambda s: s.key(base)
         g = cfg.baseline.guidance
-        lines = lines_of(cfg.search.schedulers, cfg.search.variants, cfg.family, g, self.key, r.stochastic)
+        same = functools.cache(lambda name, opts: schedulers.signature(name, base, dict(opts)))
+        lines = lines_of(  # one line per schedule: two names for one schedule would be rendered twice
+            cfg.search.schedulers, cfg.search.variants, cfg.family, g,
+            lambda s: same(s.scheduler, s.options) if not s.ays else self.key(s), r.stochastic,
+        )  # fmt: skip
         s = cfg.search
         self.proposer = Proposer(
             lines, s.steps, s.steps_step, self._cost, key=self.key, guidance=s.guidance, guidance_step=s.guidance_step
