@@ -180,3 +180,13 @@ def test_two_names_for_one_schedule_are_one_line_and_a_real_difference_stays_two
     # Euler's Karras sigmas start from the spacing's first sigma: leading and trailing stay two lines
     assert {"Euler [sigmas=karras]", "Euler [sigmas=karras, timestep_spacing=trailing]"} <= set(labels)
     assert len({same(line.at(10)) for line in lines}) == len(lines)
+
+
+def test_a_pass_the_confirmation_did_not_bear_out_no_longer_holds_the_walk() -> None:
+    line = Line("ddim", (), 5.0)
+    p = Proposer([line], (2, 30), 1, lambda s: float(s.steps), key=lambda s: s.label())
+    tried = {line.at(9).label(): Tried("fail", -0.5, 1.2), line.at(10).label(): Tried("pass", 0.2, 0.7)}
+    first = p.propose(tried, best_cost=30)
+    assert first is not None and first.steps == 9 and first.guidance != 5.0  # cheaper only: guidance neighbours
+    tried[line.at(10).label()] = Tried("undecided", -0.3, 0.7)  # what ClassRun passes once the fresh images speak
+    assert p.propose(tried, best_cost=30) == line.at(11)  # the rung above, on the line that came close
