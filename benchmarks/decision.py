@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import random
+import re
 import statistics
 import tempfile
 import time
@@ -93,7 +94,8 @@ front_share = {front_share}
         if part.split("]")[0] in ("model", "metrics", "baseline", "reference", "recommend")
         or part.startswith("classes.")
     ]
-    return 'name = "decision"\n' + space + "\n[" + "\n[".join(keep) + "\n"
+    text = 'name = "decision"\n' + space + "\n[" + "\n[".join(keep) + "\n"
+    return re.sub(r"(\[reference\][^\[]*?)steps = \d+", r"\1steps = 100", text)  # the cache's references
 
 
 class Renders:
