@@ -287,3 +287,12 @@ def test_numbers_from_random_weights_say_so_wherever_a_user_reads_them(finished_
         "Random weights: the LPIPS backbone (alex). "
         "Their figures show how autotune works, not how two images look alike to a person."
     )
+
+
+def test_a_speed_up_beyond_its_model_call_ratio_is_flagged_as_timing_noise() -> None:
+    from autotune.results.schema import speedup_check
+
+    assert speedup_check(2.3, 2.5) is None and speedup_check(2.7, 2.5) is None  # within 10 %: a call's jitter
+    flagged = speedup_check(3.29, 2.5)
+    assert flagged is not None and flagged.startswith("timed 3.29x faster with 2.5x fewer model calls: timing noise")
+    assert speedup_check(None, 2.5) is None and speedup_check(1.5, None) is None

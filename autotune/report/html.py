@@ -31,7 +31,7 @@ from autotune.files import atomic_write
 from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
 from autotune.report.images import StoredImages
 from autotune.results.reader import ClassOutcome, settings_of
-from autotune.results.schema import RULE_TEXT, random_weights_warning, tolerance_text
+from autotune.results.schema import RULE_TEXT, call_ratio, random_weights_warning, speedup_check, tolerance_text
 
 __all__ = ["GridImages", "recommended_guidance", "spread", "write_report"]
 
@@ -85,6 +85,13 @@ def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
             setting += f'<div class="note">{html.escape(rec.reason)}</div>'
         lo_hi = rec.speedup_range
         speedup = f"{rec.speedup:.2f}x ({lo_hi[0]:.2f}-{lo_hi[1]:.2f}x)" if rec.speedup and lo_hi else "-"
+        ours, theirs = settings_of(chosen), settings_of(base)
+        ratio = call_ratio(chosen.user_attrs.get("model_calls"), ours.guidance, base.user_attrs.get("model_calls"),
+                           theirs.guidance)  # fmt: skip
+        if ratio:
+            speedup += f", {ratio:.2g}x fewer model calls"
+        if check := speedup_check(rec.speedup, ratio):
+            speedup += f'<div class="note">{html.escape(check)}</div>'
         rows.append([f'<a href="#class-{c}">{c}</a>', setting, speedup, *(_paired(chosen, base, m) for m in quality)])
     head = ["class", "recommended setting", "speed-up vs baseline (range over timed calls)"]
     head += [f"Δ {title(m)}" for m in quality]

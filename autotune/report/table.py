@@ -107,6 +107,8 @@ def _speedup(d: dict[str, Any]) -> str:
 def _note(d: dict[str, Any]) -> str:
     """Why the baseline is kept, how the pick's neighbours fare, and a decision that did not finish."""
     parts = [] if d["met_tolerance"] and d["confirmed"] else [d["reason"]]
+    if d.get("speedup_check"):
+        parts.append(d["speedup_check"])
     if d.get("margin"):
         parts.append("; ".join(f"{m['change']}: {m['verdict']}" for m in d["margin"]))
     if d["decision"]["state"] != "settled":

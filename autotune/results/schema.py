@@ -219,14 +219,13 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     r = cfg.recommend
     clip = tol.of("clip_score")
     clip = None if clip is None or math.isnan(clip) else clip  # None: not known yet (the baseline's noise unmeasured)
-    evaluations = {
-        k: (x["model_calls"] or 0) * (2 if x["guidance"] > 1 else 1) for k, x in (("c", chosen), ("b", baseline))
-    }
+    ratio = call_ratio(chosen["model_calls"], chosen["guidance"], baseline["model_calls"], baseline["guidance"])
     return {
         **chosen,
         "speedup": rec.speedup,
         "speedup_range": rec.speedup_range,
-        "model_call_ratio": evaluations["b"] / evaluations["c"] if evaluations["c"] else None,
+        "model_call_ratio": ratio,
+        "speedup_check": speedup_check(rec.speedup, ratio),
         "met_tolerance": rec.met_tolerance,
         "confirmed": rec.confirmed,
         "reason": rec.reason,
@@ -253,6 +252,25 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
         "margin": list(o.margin),
         **base,
     }
+
+
+def call_ratio(calls: int | None, guidance: float, base_calls: int | None, base_guidance: float) -> float | None:
+    """How many times fewer model evaluations a setting makes than the baseline (guidance above 1 runs the
+    model twice per call), or None where a count is unknown."""
+    ours, theirs = ((n or 0) * (2 if g > 1 else 1) for n, g in ((calls, guidance), (base_calls, base_guidance)))
+    return theirs / ours if ours and theirs else None
+
+
+def speedup_check(speedup: float | None, call_ratio: float | None, slack: float = 1.1) -> str | None:
+    """None, or why a timed speed-up cannot be taken as it stands: faster than its share of the model's
+    evaluations allows (a call's fixed cost only makes a cheaper setting less fast), so timing noise
+    (another job on the machine, a slow first call) inflated the baseline's seconds or cut its own."""
+    if speedup is None or call_ratio is None or speedup <= call_ratio * slack:
+        return None
+    return (
+        f"timed {speedup:.2f}x faster with {call_ratio:.2g}x fewer model calls: timing noise; time it again "
+        "alone (`autotune validate`)"
+    )
 
 
 def prompts_note(used: int, total: int, confirmed: int = 0) -> str:
