@@ -179,23 +179,33 @@ def _comparison(cfg: ResolvedStudy, o: ClassOutcome, images: StoredImages) -> st
     by_number = {t.number: t for t in o.trials}
     chosen, base = by_number[rec.chosen.number], by_number[rec.baseline.number]
     seed = cfg.search.seeds[0]
-    rows = []
+    rows, unstored = [], 0
     for i, prompt in enumerate(cfg.classes[o.name]):
+        pair = images.trial(base, i, seed), images.trial(chosen, i, seed)
+        if pair == (None, None):  # scored by racing or confirmation, whose images are not kept
+            unstored += 1
+            continue
         rows.append(
             [
                 html.escape(prompt),
-                _img(images.trial(base, i, seed), f"baseline: {settings_of(base).label()}"),
-                _img(images.trial(chosen, i, seed), f"recommended: {settings_of(chosen).label()}"),
+                _img(pair[0], f"baseline: {settings_of(base).label()}"),
+                _img(pair[1], f"recommended: {settings_of(chosen).label()}"),
                 _img(images.reference(o, prompt, seed, settings_of(chosen).guidance), "reference"),
             ]
         )
+    note = (
+        f'<p class="note">The {unstored} other prompts of the class were scored by racing or confirmation, '
+        "which keep scores, not images.</p>"
+        if unstored
+        else ""
+    )
     head = [
         f"prompt (seed {seed})",
         f"baseline: {settings_of(base).label()}",
         f"recommended: {settings_of(chosen).label()}",
         f"reference: {reference_setting(cfg, settings_of(chosen).guidance).label()}",
     ]
-    return _table(head, rows, "images")
+    return _table(head, rows, "images") + note
 
 
 def recommended_guidance(cfg: ResolvedStudy, o: ClassOutcome) -> float:
