@@ -206,9 +206,10 @@ class ClassRun:
             c = self.evidence.by_number[n]
             bounds = verdicts(c, base, tol)
             verdict = overall(bounds)
-            if verdict == "pass" and c.confirm and (fresh := verdicts(c, base, tol, confirm=True)):
+            fresh = verdicts(c, base, tol, confirm=True) if verdict == "pass" and c.confirm else []
+            if fresh and overall(fresh) != "pass":
                 # a pass the fresh images did not bear out holds the walk no more: the rungs above come next
-                verdict, bounds = (overall(fresh), fresh) if overall(fresh) != "pass" else (verdict, bounds)
+                verdict, bounds = overall(fresh), fresh
             out[t.user_attrs["setting_key"]] = Tried(verdict, margin(bounds), excess(bounds))
         return out
 
