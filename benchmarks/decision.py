@@ -160,6 +160,7 @@ class Renders:
             self.data[name] = statistics.median(
                 time_serving(ev.pipeline, settings, "a thin black letter A on a white background", 0, m.height, m.width)
             )
+            self.dirty += 25  # a timing costs about 25 images' worth: saved with them
         return float(self.data[name])
 
     def seed_lpips(self, c: str) -> float:
@@ -300,10 +301,9 @@ def far_off(r: Renders, key: Key, holdout: list[str], tol: dict[str, float]) -> 
     return d["clip_score"] < -3 * tol["clip_score"] or d["lpips"] > 3 * tol["lpips"]
 
 
-def retime(r: Renders, factor: float = 1.5) -> None:
-    """Time again every setting whose seconds stray above the straight line of seconds on model calls
-    (least squares over the space) by more than ``factor``: another job took the cores during its calls."""
-    keys = space()
+def retime(r: Renders, keys: list[Key], factor: float = 1.5) -> None:
+    """Time again every setting of ``keys`` whose seconds stray above the straight line of seconds on model
+    calls (least squares over them) by more than ``factor``: another job took the cores during its calls."""
     xs, ys = [model_calls(k) for k in keys], [r.seconds(k) for k in keys]
     fit = statistics.linear_regression(xs, ys)
     for k, x, y in zip(keys, xs, ys, strict=True):
@@ -313,18 +313,28 @@ def retime(r: Renders, factor: float = 1.5) -> None:
             r.seconds(k)
 
 
-def check_physical(r: Renders) -> None:
-    """Refuse timings that break physics: no setting is faster than its share of the model's evaluations
-    allows (the fixed cost of a call only makes cheap settings less fast), give or take ``PHYSICAL``."""
-    retime(r)
-    base = r.seconds(BASELINE)
-    for k in space():
-        speedup, calls = base / r.seconds(k), model_calls(BASELINE) / model_calls(k)
-        if speedup > calls * PHYSICAL:
-            raise SystemExit(
-                f"{k}: timed {speedup:.1f}x faster than the baseline with {calls:.1f}x fewer model evaluations; "
-                "another job shared the machine: rerun alone (delete its seconds from the cache)"
-            )
+def check_physical(r: Renders, keys: list[Key] | None = None) -> None:
+    """Refuse timings that break physics: no setting of ``keys`` (the space's by default) is faster than its
+    share of the model's evaluations allows (the fixed cost of a call only makes cheap settings less fast),
+    give or take ``PHYSICAL``."""
+    keys = space() if keys is None else keys
+    retime(r, keys)
+    r.save()
+    for k in keys:
+        for attempt in range(2):
+            speedup, calls = r.seconds(BASELINE) / r.seconds(k), model_calls(BASELINE) / model_calls(k)
+            if speedup <= calls * PHYSICAL:
+                break
+            if attempt:
+                raise SystemExit(
+                    f"{k}: timed {speedup:.1f}x faster than the baseline with {calls:.1f}x fewer model evaluations, "
+                    "twice; another job shared the machine: rerun alone"
+                )
+            print(f"{k}: {speedup:.2f}x faster than the baseline with {calls:.2f}x fewer calls: timing both again")
+            for x in (k, BASELINE):
+                del r.data[f"{x!r}|seconds"]
+                r.seconds(x)
+    r.save()
 
 
 def main() -> None:
@@ -338,12 +348,12 @@ def main() -> None:
     torch.set_num_threads(2)
     r = Renders()
     check_physical(r)
-    holdouts = _holdout(r)
+    held = holdouts(r)
     results: dict[str, Any] = {}
     start = time.monotonic()
     for c in args.classes.split(","):
-        tol = tolerance(r, c, holdouts[c])
-        best, _ = answer(r, c, holdouts[c], tol)
+        tol = tolerance(r, c, held[c])
+        best, _ = answer(r, c, held[c], tol)
         grid_images = len(space()) * len(r.config().classes[c]) * 2
         base_s = r.seconds(BASELINE)
         results[c] = {"answer": repr(best), "answer_speedup": base_s / r.seconds(best),
@@ -352,7 +362,7 @@ def main() -> None:
             rows = []
             for i in range(args.studies):
                 out = one_study(r, c, 1000 * i + 7, share, args.trials)
-                d = truth(r, c, out["pick"], holdouts[c])
+                d = truth(r, c, out["pick"], held[c])
                 speed = base_s / r.seconds(out["pick"])
                 row = {**out, "pick": repr(out["pick"]), "truly_worse": not qualifies(d, tol), "speedup": speed}
                 row["call_ratio"] = model_calls(BASELINE) / model_calls(out["pick"])
@@ -393,7 +403,7 @@ def _summary(rows: list[dict[str, Any]], answer: dict[str, Any], grid_images: in
     }
 
 
-def _holdout(r: Renders) -> dict[str, list[str]]:
+def holdouts(r: Renders) -> dict[str, list[str]]:
     """The held-out prompts of each class: studies/demo_holdout.txt, routed as the demo's validate routes them."""
     lines = [
         x.strip()
