@@ -90,7 +90,7 @@ def validate(
         if c == DEFAULT_CLASS or c not in recs.classes:
             continue
         rec = recs[c]
-        chosen = Settings.make(rec.scheduler, rec.steps, rec.guidance, rec.options)
+        chosen = Settings.make(rec.scheduler, rec.steps, rec.guidance, rec.options, rec.guidance_cutoff)
         baseline = Settings.of(resolved.baseline)
         ours, theirs = evaluator.evaluate(chosen, ps, seeds), evaluator.evaluate(baseline, ps, seeds)
         a, b = (images_of(e.per_image, len(ps), seeds) for e in (ours, theirs))

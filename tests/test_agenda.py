@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autotune.config import RecommendConfig
+from autotune.config import RecommendConfig, SearchConfig
 from autotune.decision.agenda import Action, near, neighbours, next_action
 from autotune.decision.evidence import Candidate, Evidence
 from autotune.decision.panel import Panel
@@ -30,6 +30,7 @@ def evidence(*cands: Candidate) -> Evidence:
 
 ALL = {p: 0.0 for p in range(8)}
 BASE = Candidate(0, images(ALL), images(ALL, (1000, 1001)), seconds=(1.0,) * 3, cost=1.0, calls=30)
+SPACE = SearchConfig(steps=(2, 30), guidance=(1.0, 9.0))  # steps of 1 and 0.5, no guidance cutoff
 SETTINGS = {
     0: Settings("dpmpp_2m_karras", 30, 5.0),
     1: Settings("euler", 4, 5.0),
@@ -89,7 +90,7 @@ def test_the_recommendations_neighbours_race_on_its_own_images() -> None:
         evidence(BASE, chosen, fewer), TOL, PANEL, SETTINGS, RecommendConfig(), race_spent=0, margin_of=[1]
     )
     assert action == Action("race", 1, tuple(u for u in images(same) if u[0] >= 4))
-    assert [s.label() for s in neighbours(SETTINGS[4], (2, 30), 1, (1.0, 9.0), 0.5)] == [
+    assert [s.label() for s in neighbours(SETTINGS[4], SPACE)] == [
         "UniPC, 5 steps, CFG 5",
         "UniPC, 6 steps, CFG 4.5",
         "UniPC, 6 steps, CFG 5.5",

@@ -130,6 +130,11 @@ def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> Resolve
             f"baseline.guidance: expected a value inside search.guidance {list(guidance)} in steps of "
             f"{s.guidance_step:g}, got {baseline.guidance:g}"
         )
+    if s.guidance_cutoff is not None and not family.cfg_inputs:
+        raise ConfigError(
+            f"search.guidance_cutoff: a {family.name} model has no classifier-free guidance to stop part-way "
+            "(it exists for sd, sdxl and sd3); remove the key"
+        )
     if baseline.scheduler not in names:  # the baseline is always a point of the space
         names.append(baseline.scheduler)
     fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}

@@ -82,6 +82,9 @@ class SearchConfig:
     schedulers: tuple[str, ...] | str | None = None  # names, or "all" the model can use
     guidance: tuple[float, float] | None = None
     guidance_step: float = 0.5
+    # the share of steps with guidance, searched in steps of guidance_cutoff_step (None: guidance on every step)
+    guidance_cutoff: tuple[float, float] | None = None
+    guidance_cutoff_step: float = 0.1
     steps_step: int = 1  # steps searched from low in increments of this
     variants: tuple[str, ...] | str = ("sigmas", "timestep_spacing")  # conditional parameters, or "all"
     sampler: str = "tpe"
@@ -266,6 +269,15 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     check_range(s.guidance, 0, 100, "search.guidance")
     if s.guidance_step <= 0:
         raise ConfigError(f"search.guidance_step: expected a number > 0, got {s.guidance_step:g}")
+    if s.guidance_cutoff is not None:
+        check_range(s.guidance_cutoff, 0.05, 1, "search.guidance_cutoff")
+        on_grid = (1 - s.guidance_cutoff[0]) / s.guidance_cutoff_step if s.guidance_cutoff_step > 0 else 0.5
+        if s.guidance_cutoff[1] != 1 or abs(on_grid - round(on_grid)) > 1e-6:
+            raise ConfigError(
+                f"search.guidance_cutoff: expected [low, 1.0] with 1 - low a multiple of guidance_cutoff_step "
+                f"({s.guidance_cutoff_step:g}), so that guidance on every step stays in the space; got "
+                f"{list(s.guidance_cutoff)}"
+            )
     if s.steps_step < 1:
         raise ConfigError(f"search.steps_step: expected an integer >= 1, got {s.steps_step}")
     names = s.schedulers

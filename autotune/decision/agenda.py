@@ -25,13 +25,13 @@ baseline are always compared on the same images.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from autotune.decision.evidence import Candidate, Evidence
 from autotune.decision.panel import Panel, Unit
 from autotune.decision.rule import Tolerance, decide, overall, ranked, verdicts
-from autotune.space.settings import Settings
+from autotune.space.settings import SearchSpace, Settings
 
 __all__ = ["Action", "near", "neighbours", "next_action"]
 
@@ -44,24 +44,26 @@ class Action:
 
 
 def near(a: Settings, b: Settings) -> bool:
-    """Two settings that differ only in guidance or in one variant value (same sampler and steps)."""
+    """Two settings that differ only in guidance, its cutoff or one variant value (same sampler and steps)."""
     if a.scheduler != b.scheduler or a.steps != b.steps:
         return False
     oa, ob = dict(a.options), dict(b.options)
     differing = {k for k in oa.keys() | ob.keys() if oa.get(k) != ob.get(k)}
-    return len(differing) + (a.guidance != b.guidance) <= 1
+    return len(differing) + (a.guidance != b.guidance) + (a.cutoff != b.cutoff) <= 1
 
 
-def neighbours(
-    s: Settings, steps: tuple[int, int], steps_step: int, guidance: tuple[float, float], g_step: float
-) -> list[Settings]:
-    """One step fewer, and the adjacent guidance values at the same steps (those inside the space)."""
+def neighbours(s: Settings, space: SearchSpace) -> list[Settings]:
+    """One step fewer, the adjacent guidance values at the same steps and, where the space searches a
+    guidance cutoff, guidance stopped one cutoff step sooner (those inside the space)."""
     out = []
-    if s.steps - steps_step >= steps[0]:
-        out.append(Settings(s.scheduler, s.steps - steps_step, s.guidance, s.options))
-    for g in (s.guidance - g_step, s.guidance + g_step):
-        if guidance[0] - 1e-9 <= g <= guidance[1] + 1e-9:
-            out.append(Settings(s.scheduler, s.steps, round(g, 6), s.options))
+    if s.steps - space.steps_step >= space.steps[0]:
+        out.append(replace(s, steps=s.steps - space.steps_step))
+    for g in (s.guidance - space.guidance_step, s.guidance + space.guidance_step):
+        if space.guidance[0] - 1e-9 <= g <= space.guidance[1] + 1e-9:
+            out.append(Settings.make(s.scheduler, s.steps, round(g, 6), dict(s.options), s.cutoff))
+    cut = getattr(space, "guidance_cutoff", None)
+    if cut and s.guidance > 1 and s.cutoff - space.guidance_cutoff_step >= cut[0] - 1e-9:
+        out.append(replace(s, cutoff=round(s.cutoff - space.guidance_cutoff_step, 6)))
     return out
 
 

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SecondsFit", "fit_seconds"]
+__all__ = ["SecondsFit", "evaluations", "fit_seconds", "guided_share"]
 
 
 @dataclass(frozen=True)
 class SecondsFit:
-    """Seconds per image as a line in the denoiser calls: ``a + b * calls + c * calls * guided``.
+    """Seconds per image as a line in the denoiser calls: ``a + b * calls + c * calls * guided``, where
+    ``guided`` is the share of the calls that ran with guidance (1 or 0, a fraction where it stops part-way).
 
     One noisy timing per setting makes a front of seconds unstable (the same render timed twice
     differs by ~10 %, up to 40 %, on a shared machine); the line, fitted to every trial of the
@@ -29,13 +30,26 @@ class SecondsFit:
     c: float
     mad: float  # median absolute deviation of the residuals of the points kept
 
-    def __call__(self, calls: float, guided: bool) -> float:
+    def __call__(self, calls: float, guided: float) -> float:
         return self.a + self.b * calls + self.c * calls * guided
 
-    def outlier(self, calls: float, guided: bool, seconds: float) -> bool:
+    def outlier(self, calls: float, guided: float, seconds: float) -> bool:
         """Further from the line than 3 robust standard deviations and 10 % of the fitted value."""
         fitted = self(calls, guided)
         return abs(seconds - fitted) > max(3 * 1.4826 * self.mad, 0.1 * abs(fitted))
+
+
+def guided_share(calls: float | None, guided_calls: float | None, guidance: float) -> float:
+    """The share of a render's denoiser calls that ran with classifier-free guidance (a doubled batch):
+    as counted (``guided_calls``), else all of them where guidance is above 1 and none below."""
+    if guided_calls is not None and calls:
+        return float(guided_calls) / float(calls)
+    return 1.0 if guidance > 1.0 else 0.0
+
+
+def evaluations(calls: float | None, guided_calls: float | None, guidance: float) -> float | None:
+    """Model evaluations per image: each denoiser call, twice where it ran with guidance (None: unknown)."""
+    return None if not calls else float(calls) * (1.0 + guided_share(calls, guided_calls, guidance))
 
 
 def _nonnegative_lstsq(x: Any, y: Any) -> Any:
@@ -59,7 +73,7 @@ def _nonnegative_lstsq(x: Any, y: Any) -> Any:
 
 
 def fit_seconds(
-    calls: Sequence[float], guided: Sequence[bool], seconds: Sequence[float], min_points: int = 5
+    calls: Sequence[float], guided: Sequence[float], seconds: Sequence[float], min_points: int = 5
 ) -> SecondsFit | None:
     """Non-negative least squares, then again without the points further than 3 robust deviations
     (None: too few points). Non-negative: no setting costs negative seconds, more calls never cost

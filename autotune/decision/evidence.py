@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autotune.config.objectives import quality
-from autotune.decision.cost import SecondsFit, fit_seconds
+from autotune.decision.cost import SecondsFit, fit_seconds, guided_share
 
 __all__ = [
     "Candidate",
@@ -89,7 +89,7 @@ class Candidate:
     deterministic: bool = True
     label: str = ""
     calls: float | None = None  # denoiser calls per image (what the cost line is fitted on)
-    guided: bool = False  # classifier-free guidance on (guidance > 1): the batch doubles
+    guided: float = 0.0  # share of the calls with classifier-free guidance on (a doubled batch)
 
     @property
     def rank_cost(self) -> float:
@@ -113,7 +113,7 @@ class Evidence:
         self.quality = quality(self.objectives)
         self.by_number: dict[int, Candidate] = {}
         self.baseline_number: int | None = None
-        self._timed: dict[int, tuple[float, bool, float]] = {}  # number -> calls, guided, seconds (the cost line)
+        self._timed: dict[int, tuple[float, float, float]] = {}  # number -> calls, guided, seconds (the cost line)
         self.fit: SecondsFit | None = None
 
     @classmethod
@@ -149,7 +149,8 @@ class Evidence:
         from autotune.space import schedulers
 
         values = {m: t.user_attrs.get(f"{m}_values", []) for m in self.quality}
-        calls, guided = t.user_attrs.get("model_calls"), float(t.params["guidance"]) > 1.0
+        calls = t.user_attrs.get("model_calls")
+        guided = guided_share(calls, t.user_attrs.get("guided_calls"), float(t.params["guidance"]))
         prompts = int(t.user_attrs.get("prompts_rendered", self.n_prompts))  # the first ones
         c = Candidate(
             t.number,

@@ -38,6 +38,7 @@ class Evaluation:
     images: Any = None
     seconds: list[float] = field(default_factory=list)
     render_seconds: float = 0.0  # device seconds of the quality renders (batched; not the cost objective)
+    guided_calls: int | None = None  # of the denoiser calls, those with guidance on (None: not counted)
 
 
 class Scorer(Protocol):
@@ -160,4 +161,6 @@ class Evaluator:
         if any(OBJECTIVES[name].reference for name in self.metrics):
             refs = self.references(prompts, seeds, settings.guidance)
         per_image = {name: metric.score(render.images, each, refs).tolist() for name, metric in self.metrics.items()}
-        return Evaluation(per_image, render.model_calls, render.images, seconds, sum(render.seconds))
+        return Evaluation(
+            per_image, render.model_calls, render.images, seconds, sum(render.seconds), render.guided_calls
+        )

@@ -80,11 +80,13 @@ class Pipeline:
     warm: bool = False
     warmed: set[tuple[Any, ...]] = field(default_factory=set)  # serving call shapes already warmed up
     forward_passes: int = 0
+    guided_passes: int = 0  # of those, the ones with classifier-free guidance on (a doubled batch)
     auto_batch: int = 16  # batch_size = "auto": the largest batch tried that fitted (halved on out-of-memory)
     embeds: dict[tuple[Any, ...], dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def _count(self, *_: Any) -> None:
         self.forward_passes += 1
+        self.guided_passes += bool(getattr(self.pipe, "do_classifier_free_guidance", False))
 
     def identity(self, prompt: str) -> str:
         """The model as reference keys know it: its id, plus what production adds to this prompt's call."""

@@ -35,6 +35,7 @@ class Render:
     images: torch.Tensor  # (N, 3, H, W) float in [0, 1], on the CPU, quantised to 8 bits
     seconds: list[float]  # device seconds per image (denoising + VAE decode)
     model_calls: int  # denoiser forward passes for one image
+    guided_calls: int | None = None  # of those, the ones with guidance on (a doubled batch)
 
 
 def _embeddings(p: Pipeline, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -71,7 +72,7 @@ def _call(
     out = p.pipe(
         **(text if encode else _embeddings(p, prompts)),
         **p.calls.call,
-        **settings.call_kwargs(p.family),
+        **settings.pipeline_kwargs(p.family),
         generator=generators,
         height=height,
         width=width,
@@ -132,12 +133,12 @@ def render_pairs(
             width,
         )
         p.warm = True
-    images, seconds, calls = [], [], 0
+    images, seconds, calls, guided = [], [], 0, 0
     i = 0
     while i < len(jobs):
         size = p.auto_batch if batch_size == "auto" else int(batch_size)
         batch = jobs[i : i + size]
-        p.forward_passes = 0
+        p.forward_passes = p.guided_passes = 0
         try:
             with DeviceTimer(p.device) as timer:
                 out = _call(p, settings, [j[0] for j in batch], [j[1] for j in batch], height, width)
@@ -148,7 +149,7 @@ def render_pairs(
             free_memory()
             continue
         i += len(batch)
-        calls = p.forward_passes
+        calls, guided = p.forward_passes, p.guided_passes
         images.append(out.float().cpu())
         seconds += [timer.seconds / len(batch)] * len(batch)
     result = torch.cat(images)
@@ -156,7 +157,7 @@ def render_pairs(
         raise RenderError('NaN in the rendered image (fp16 overflow? try dtype = "float32" or "bfloat16")')
     if (result.flatten(1).amax(1) == 0).any():
         raise RenderError("black image (all zeros)")
-    return Render((result * 255).round() / 255, seconds, calls)
+    return Render((result * 255).round() / 255, seconds, calls, guided)
 
 
 def time_serving(

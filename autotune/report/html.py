@@ -27,6 +27,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from autotune.config.resolve import ResolvedStudy, reference_setting
+from autotune.decision.cost import evaluations
 from autotune.files import atomic_write
 from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
 from autotune.report.images import StoredImages
@@ -85,9 +86,10 @@ def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
             setting += f'<div class="note">{html.escape(rec.reason)}</div>'
         lo_hi = rec.speedup_range
         speedup = f"{rec.speedup:.2f}x ({lo_hi[0]:.2f}-{lo_hi[1]:.2f}x)" if rec.speedup and lo_hi else "-"
-        ours, theirs = settings_of(chosen), settings_of(base)
-        ratio = call_ratio(chosen.user_attrs.get("model_calls"), ours.guidance, base.user_attrs.get("model_calls"),
-                           theirs.guidance)  # fmt: skip
+        ratio = call_ratio(*(
+            evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), settings_of(t).guidance)
+            for t in (chosen, base)
+        ))  # fmt: skip
         if ratio:
             speedup += f", {ratio:.2g}x fewer model calls"
         if check := speedup_check(rec.speedup, ratio):

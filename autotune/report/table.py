@@ -51,7 +51,8 @@ def _pareto_csv(cfg: ResolvedStudy, o: ClassOutcome) -> str:
     for t in sorted(shown.values(), key=lambda t: t.values[cost] if t.values else 0.0):
         s = settings_of(t)
         assert t.values is not None
-        options = ";".join(f"{k}={v}" for k, v in s.options)
+        cut = [f"guidance_cutoff={s.cutoff:g}"] if s.cutoff < 1 else []
+        options = ";".join([*(f"{k}={v}" for k, v in s.options), *cut])
         w.writerow(
             [
                 t.number,

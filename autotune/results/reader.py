@@ -238,8 +238,14 @@ def _margin(
     by_key = {t.user_attrs.get("setting_key"): t.number for t in done}
     units = set(ev.by_number[chosen].images)
     out: list[dict[str, Any]] = []
-    for other in neighbours(s, search.steps, search.steps_step, search.guidance, search.guidance_step):
-        change = "one step fewer" if other.steps != s.steps else f"CFG {other.guidance:g}"
+    for other in neighbours(s, search):
+        change = (
+            "one step fewer"
+            if other.steps != s.steps
+            else f"CFG {other.guidance:g}"
+            if other.guidance != s.guidance
+            else f"guidance cutoff {other.cutoff:g}"
+        )
         number = by_key.get(other.key(attrs.get("scheduler_base") or {}))
         if number is None:
             out.append({"change": change, "setting": other.label(), "verdict": "not rendered"})

@@ -66,6 +66,7 @@ class ClassRecommendation:
     call_kwargs: dict[str, Any]
     family: str
     speedup: float | None = None
+    guidance_cutoff: float = 1.0  # the share of steps with guidance (1: every step)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ def _from_summary(name: str, d: Mapping[str, Any], family: str, speedup: float |
         call_kwargs=dict(x["call_kwargs"]),
         family=family,
         speedup=speedup,
+        guidance_cutoff=float(d.get("guidance_cutoff", 1.0)),
     )
 
 
@@ -151,6 +153,7 @@ def trial_summary(
     With ``base``, the model's own scheduler config, the recipe's ``scheduler_config`` is complete
     (:func:`autotune.space.schedulers.complete`); without, it lists the overrides only.
     """
+    from autotune.decision.cost import evaluations
     from autotune.space import schedulers
     from autotune.space.settings import Settings
 
@@ -167,6 +170,7 @@ def trial_summary(
         "options": dict(s.options),
         "steps": s.steps,
         "guidance": s.guidance,
+        "guidance_cutoff": s.cutoff,
         "deterministic": spec.deterministic,
         "diffusers": {
             "scheduler_class": spec.class_name,
@@ -176,6 +180,7 @@ def trial_summary(
         "metrics": dict(zip(objectives, t.values, strict=True)),
         "metrics_std": {m: statistics.pstdev(v) if v else None for m, v in spread.items()},
         "model_calls": t.user_attrs.get("model_calls"),
+        "model_evaluations": evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), s.guidance),
     }
 
 
@@ -184,7 +189,7 @@ def _seconds_fit(o: ClassOutcome) -> dict[str, Any] | None:
     if fit is None:
         return None
     return {
-        "formula": "seconds per image = a + b * calls + c * calls * (guidance > 1)",
+        "formula": "seconds per image = a + b * calls + c * calls * (share of the calls with guidance on)",
         "a": fit.a,
         "b": fit.b,
         "c": fit.c,
@@ -219,7 +224,7 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     r = cfg.recommend
     clip = tol.of("clip_score")
     clip = None if clip is None or math.isnan(clip) else clip  # None: not known yet (the baseline's noise unmeasured)
-    ratio = call_ratio(chosen["model_calls"], chosen["guidance"], baseline["model_calls"], baseline["guidance"])
+    ratio = call_ratio(chosen["model_evaluations"], baseline["model_evaluations"])
     return {
         **chosen,
         "speedup": rec.speedup,
@@ -254,11 +259,10 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     }
 
 
-def call_ratio(calls: int | None, guidance: float, base_calls: int | None, base_guidance: float) -> float | None:
-    """How many times fewer model evaluations a setting makes than the baseline (guidance above 1 runs the
-    model twice per call), or None where a count is unknown."""
-    ours, theirs = ((n or 0) * (2 if g > 1 else 1) for n, g in ((calls, guidance), (base_calls, base_guidance)))
-    return theirs / ours if ours and theirs else None
+def call_ratio(evaluations: float | None, base_evaluations: float | None) -> float | None:
+    """How many times fewer model evaluations a setting makes than the baseline (a denoiser call with
+    guidance on counts twice: :func:`autotune.decision.cost.evaluations`), or None where a count is unknown."""
+    return base_evaluations / evaluations if evaluations and base_evaluations else None
 
 
 def speedup_check(speedup: float | None, call_ratio: float | None, slack: float = 1.1) -> str | None:

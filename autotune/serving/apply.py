@@ -30,7 +30,8 @@ def _family_of(pipe: Any) -> str:
 
 
 def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
-    """Swap ``pipe.scheduler`` to the recommended one and return the kwargs for ``pipe(...)``.
+    """Swap ``pipe.scheduler`` to the recommended one and return the kwargs for ``pipe(...)`` (with the
+    callback that stops guidance part-way, where the recommendation has a guidance cutoff).
 
     The new scheduler is ``Cls.from_config(<the pipeline's original scheduler config>,
     **rec.scheduler_config)``: the original config is kept on the pipeline the first time, so
@@ -44,6 +45,7 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
 
     from autotune.space import schedulers
     from autotune.space.families import FAMILIES, compatible_schedulers
+    from autotune.space.settings import cutoff_kwargs
 
     family = _family_of(pipe)
     if family != rec.family:
@@ -62,4 +64,5 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
         )
     cls = getattr(diffusers, rec.scheduler_class)
     pipe.scheduler = cls.from_config(base_config, **rec.scheduler_config)
-    return json.loads(json.dumps(rec.call_kwargs))  # a fresh copy the caller may change
+    kwargs = json.loads(json.dumps(rec.call_kwargs))  # a fresh copy the caller may change
+    return kwargs | cutoff_kwargs(rec.guidance_cutoff, FAMILIES[family])

@@ -24,9 +24,24 @@ __all__ = ["FORMATS", "a1111", "comfyui", "export"]
 FORMATS = ("diffusers", "a1111", "comfyui")
 
 
+# a guidance cutoff in the other tools: neither stops guidance after a share of the steps
+_CUTOFF_ELSEWHERE = {
+    "a1111": "nearest: 'Negative Guidance minimum sigma', which skips the unconditional pass below a sigma "
+    "(not after a share of the steps) and, unless its 'all steps' option is on, on every other step only",
+    "comfyui": "no core node stops guidance after a share of the steps",
+}
+
+
+def _missing(rec: ClassRecommendation, tool: str) -> tuple[str | None, str | None, list[str]]:
+    sampler, schedule, missing = schedulers.in_tool(rec.scheduler, rec.options, tool)
+    if rec.guidance_cutoff < 1:
+        missing.append(f"guidance on the first {rec.guidance_cutoff:g} of the steps only ({_CUTOFF_ELSEWHERE[tool]})")
+    return sampler, schedule, missing
+
+
 def a1111(rec: ClassRecommendation) -> dict[str, Any]:
     """AUTOMATIC1111's settings for ``rec`` and its infotext line; ``no_equivalent`` lists what it cannot set."""
-    sampler, schedule, missing = schedulers.in_tool(rec.scheduler, rec.options, "a1111")
+    sampler, schedule, missing = _missing(rec, "a1111")
     out: dict[str, Any] = {"sampler": sampler, "schedule_type": schedule, "steps": rec.steps, "cfg_scale": rec.guidance}
     if missing:
         out["no_equivalent"] = missing
@@ -39,14 +54,35 @@ def a1111(rec: ClassRecommendation) -> dict[str, Any]:
 
 def comfyui(rec: ClassRecommendation) -> dict[str, Any]:
     """The KSampler inputs for ``rec``; ``no_equivalent`` lists what ComfyUI cannot set."""
-    sampler, schedule, missing = schedulers.in_tool(rec.scheduler, rec.options, "comfyui")
+    sampler, schedule, missing = _missing(rec, "comfyui")
     out: dict[str, Any] = {"sampler_name": sampler, "scheduler": schedule, "steps": rec.steps, "cfg": rec.guidance}
     if missing:
         out["no_equivalent"] = missing
     return out
 
 
+_STOP_GUIDANCE = [
+    "",
+    "",
+    "def stop_guidance(cutoff, inputs):",
+    '    """callback_on_step_end: guidance off after step int(N * cutoff), as diffusers\' SDCFGCutoffCallback,',
+    '    keeping the conditional half of each guidance input (so that a batch of prompts works too)."""',
+    "",
+    "    def callback(pipe, step, timestep, kwargs):",
+    "        if step == int(pipe.num_timesteps * cutoff):",
+    "            pipe._guidance_scale = 0.0",
+    "            for name in inputs:",
+    "                kwargs[name] = kwargs[name].chunk(2)[1]",
+    "        return kwargs",
+    "",
+    "    return callback",
+]
+
+
 def _diffusers(recs: Recommendations) -> str:
+    from autotune.space.families import FAMILIES
+
+    cut = any(rec.guidance_cutoff < 1 for rec in recs.values())
     lines = [
         f"# autotune recommendations for study {recs.study!r} (model {recs.model.get('id')!r}).",
         "# Any class may follow any other: each scheduler config is complete, nothing of the last one is kept.",
@@ -60,10 +96,11 @@ def _diffusers(recs: Recommendations) -> str:
             f"        'scheduler_class': {rec.scheduler_class!r},",
             f"        'scheduler_config': {rec.scheduler_config!r},",
             f"        'call_kwargs': {rec.call_kwargs!r},",
+            *([f"        'guidance_cutoff': {rec.guidance_cutoff!r},"] if cut else []),
             "    },",
         ]
+    lines += ["}", *(_STOP_GUIDANCE if cut else [])]
     lines += [
-        "}",
         "",
         "",
         "def apply(pipe, name):",
@@ -71,8 +108,18 @@ def _diffusers(recs: Recommendations) -> str:
         "    s = SETTINGS[name]",
         "    cls = getattr(diffusers, s['scheduler_class'])",
         "    pipe.scheduler = cls.from_config(pipe.scheduler.config, **s['scheduler_config'])",
-        "    return dict(s['call_kwargs'])",
     ]
+    if cut:
+        inputs = list(FAMILIES[next(iter(recs.values())).family].cfg_inputs)
+        lines += [
+            "    kwargs = dict(s['call_kwargs'])",
+            "    if s['guidance_cutoff'] < 1:",
+            f"        kwargs['callback_on_step_end'] = stop_guidance(s['guidance_cutoff'], {inputs!r})",
+            f"        kwargs['callback_on_step_end_tensor_inputs'] = {inputs!r}",
+            "    return kwargs",
+        ]
+    else:
+        lines.append("    return dict(s['call_kwargs'])")
     return "\n".join(lines) + "\n"
 
 

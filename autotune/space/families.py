@@ -34,6 +34,9 @@ class Family:
     reference: tuple[str, int, float]
     ays: str | None = None  # key prefix in diffusers' AysSchedules, where the family has one
     guidance_param: str = "guidance_scale"  # the pipeline's name for it (Flux: embedded guidance)
+    # the call's classifier-free-guidance inputs (unconditional half first), halved when guidance stops
+    # part-way (diffusers' SD, SDXL and SD3 CFG cutoff callbacks); empty: no guidance to cut
+    cfg_inputs: tuple[str, ...] = ()
 
 
 _SD_SCHEDULERS = ("euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim")
@@ -49,6 +52,7 @@ FAMILIES = {
             ("dpmpp_2m_karras", 30, 7.5),
             ("dpmpp_2m_karras", 100, 7.5),
             ays="StableDiffusion",
+            cfg_inputs=("prompt_embeds",),
         ),
         Family(
             "sdxl",
@@ -59,6 +63,7 @@ FAMILIES = {
             ("dpmpp_2m_karras", 30, 7.0),
             ("dpmpp_2m_karras", 100, 7.0),
             ays="StableDiffusionXL",
+            cfg_inputs=("prompt_embeds", "add_text_embeds", "add_time_ids"),
         ),
         Family(
             "sd3",
@@ -68,6 +73,7 @@ FAMILIES = {
             ("flow_euler", "flow_heun"),
             ("flow_euler", 28, 7.0),
             ("flow_euler", 100, 7.0),
+            cfg_inputs=("prompt_embeds", "pooled_prompt_embeds"),
         ),
         Family("flux", True, (4, 40), (1.0, 6.0), ("flow_euler",), ("flow_euler", 28, 3.5), ("flow_euler", 100, 3.5)),
         # distilled few-step models (SD/SDXL Turbo, LCM, Lightning, Hyper-SD): 1-8 steps, little or no guidance;

@@ -23,7 +23,22 @@ from typing import Any, Protocol
 from autotune.space import schedulers
 from autotune.space.families import Family
 
-__all__ = ["SearchSpace", "Setting", "Settings", "ays_timesteps", "suggest", "takes_ays", "variant_choices"]
+__all__ = [
+    "CUTOFF",
+    "GuidanceCutoff",
+    "SearchSpace",
+    "Setting",
+    "Settings",
+    "ays_timesteps",
+    "cutoff_kwargs",
+    "guided_steps",
+    "searched_params",
+    "suggest",
+    "takes_ays",
+    "variant_choices",
+]
+
+CUTOFF = "guidance_cutoff"  # the trial parameter: the share of steps that run with guidance
 
 
 class Setting(Protocol):
@@ -54,22 +69,73 @@ class SearchSpace(Protocol):
     def guidance_step(self) -> float: ...
     @property
     def variants(self) -> tuple[str, ...] | str: ...
+    @property
+    def guidance_cutoff(self) -> tuple[float, float] | None: ...
+    @property
+    def guidance_cutoff_step(self) -> float: ...
+
+
+def guided_steps(timesteps: int, cutoff: float) -> int:
+    """Of ``timesteps`` denoising steps, how many run with guidance when it stops at ``cutoff``: diffusers'
+    CFG cutoff callbacks turn it off after step ``int(timesteps * cutoff)`` (counting from 0)."""
+    return timesteps if cutoff >= 1 else min(timesteps, int(timesteps * cutoff) + 1)
+
+
+@dataclass(frozen=True)
+class GuidanceCutoff:
+    """A ``callback_on_step_end`` that stops classifier-free guidance part-way, on diffusers' own rule
+    (``SDCFGCutoffCallback``, ``SDXLCFGCutoffCallback``, ``SD3CFGCutoffCallback``: after step ``int(N *
+    cutoff)``), for a batch of any size: it keeps the conditional half of each guidance input, where
+    diffusers' keeps the last row (one prompt's; a batched call then fails on a size mismatch)."""
+
+    cutoff: float
+    inputs: tuple[str, ...]
+
+    @property
+    def tensor_inputs(self) -> list[str]:
+        return list(self.inputs)
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if step == int(pipe.num_timesteps * self.cutoff):
+            pipe._guidance_scale = 0.0
+            for name in self.inputs:
+                kwargs[name] = kwargs[name].chunk(2)[1]
+        return kwargs
+
+
+def cutoff_kwargs(cutoff: float, family: Family) -> dict[str, Any]:
+    """The pipeline call arguments that stop guidance at ``cutoff`` (none where it runs on every step)."""
+    if cutoff >= 1:
+        return {}
+    callback = GuidanceCutoff(cutoff, family.cfg_inputs)
+    return {"callback_on_step_end": callback, "callback_on_step_end_tensor_inputs": callback.tensor_inputs}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """One inference setting: sampler name (canonical), steps, guidance, and the sampler's variant values."""
+    """One inference setting: sampler name (canonical), steps, guidance, the sampler's variant values, and
+    the share of the steps that run with guidance (1: all; below, guidance stops after the first ones)."""
 
     scheduler: str
     steps: int
     guidance: float
     options: tuple[tuple[str, Any], ...] = ()
+    cutoff: float = 1.0
 
     @classmethod
-    def make(cls, scheduler: str, steps: int, guidance: float, options: Mapping[str, Any] | None = None) -> Settings:
-        """A setting; variant values of "default" (the model's own config) are left out."""
+    def make(
+        cls,
+        scheduler: str,
+        steps: int,
+        guidance: float,
+        options: Mapping[str, Any] | None = None,
+        cutoff: float = 1.0,
+    ) -> Settings:
+        """A setting; variant values of "default" (the model's own config) are left out, and a cutoff where
+        there is no guidance to cut (guidance 1 or below) is none."""
         chosen = sorted((k, v) for k, v in (options or {}).items() if v != "default")
-        return cls(scheduler, int(steps), float(guidance), tuple(chosen))
+        cut = 1.0 if float(guidance) <= 1.0 or cutoff >= 1 else round(float(cutoff), 6)
+        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut)
 
     @classmethod
     def of(cls, setting: Setting) -> Settings:
@@ -81,21 +147,25 @@ class Settings:
         name = params["scheduler"]
         prefix = f"{name}."
         options = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
-        return cls.make(name, params["steps"], params["guidance"], options)
+        return cls.make(name, params["steps"], params["guidance"], options, float(params.get(CUTOFF, 1.0)))
 
     def params(self, searched: Mapping[str, Any] = MappingProxyType({})) -> dict[str, Any]:
         """The trial parameters that produce this setting (for ``study.enqueue_trial``).
 
-        ``searched`` names the variants the study searches for this scheduler: those this
-        setting leaves at the model's config are pinned to "default".
+        ``searched`` (:func:`searched_params`) names what the study searches besides scheduler, steps and
+        guidance: the variants this setting leaves at the model's config are pinned to "default", and
+        the guidance cutoff to 1 where it has none.
         """
-        variants = {k: "default" for k in searched} | dict(self.options)
-        return {
+        variants = {k: "default" for k in searched if k != CUTOFF} | dict(self.options)
+        out = {
             "scheduler": self.scheduler,
             "steps": self.steps,
             "guidance": self.guidance,
             **{f"{self.scheduler}.{k}": v for k, v in variants.items()},
         }
+        if self.cutoff < 1 or CUTOFF in searched:
+            out[CUTOFF] = self.cutoff
+        return out
 
     @property
     def ays(self) -> bool:
@@ -107,11 +177,16 @@ class Settings:
         return schedulers.overrides(self.scheduler, dict(self.options))
 
     def call_kwargs(self, family: Family) -> dict[str, Any]:
-        """The pipeline call arguments: steps, guidance under the family's name, AYS timesteps."""
+        """The pipeline call arguments as plain data: steps, guidance under the family's name, AYS timesteps
+        (the guidance cutoff's callback is :func:`cutoff_kwargs`; :meth:`pipeline_kwargs` has both)."""
         kwargs: dict[str, Any] = {"num_inference_steps": self.steps, family.guidance_param: self.guidance}
         if self.ays:
             kwargs["timesteps"] = ays_timesteps(family, self.steps)
         return kwargs
+
+    def pipeline_kwargs(self, family: Family) -> dict[str, Any]:
+        """Every call argument this setting sets, the guidance cutoff's callback included."""
+        return self.call_kwargs(family) | cutoff_kwargs(self.cutoff, family)
 
     def key(self, base: Mapping[str, Any] = MappingProxyType({})) -> str:
         """What makes two settings render the same images: class, resolved config, steps, guidance.
@@ -121,7 +196,8 @@ class Settings:
         """
         spec = schedulers.get(self.scheduler)
         conf = sorted((k, v) for k, v in self.scheduler_overrides().items() if k not in base or base[k] != v)
-        return repr((spec.class_name, conf, self.ays, self.steps, round(self.guidance, 6)))
+        key = (spec.class_name, conf, self.ays, self.steps, round(self.guidance, 6))
+        return repr(key if self.cutoff >= 1 else (*key, self.cutoff))
 
     def scheduler_label(self) -> str:
         """The scheduler and its variant values: ``DPM++ 2M [sigmas=karras]``."""
@@ -129,8 +205,21 @@ class Settings:
         return schedulers.get(self.scheduler).label + (f" [{opts}]" if opts else "")
 
     def label(self) -> str:
-        """A short human name: ``DPM++ 2M [sigmas=karras], 12 steps, CFG 6.5``."""
-        return f"{self.scheduler_label()}, {self.steps} steps, CFG {self.guidance:g}"
+        """A short human name: ``DPM++ 2M [sigmas=karras], 12 steps, CFG 6.5`` (``, CFG 6.5 on 7 of 12
+        steps`` where guidance stops part-way)."""
+        text = f"{self.scheduler_label()}, {self.steps} steps, CFG {self.guidance:g}"
+        if self.cutoff < 1:
+            n = self.steps * schedulers.get(self.scheduler).calls_per_step
+            text += f" on {guided_steps(n, self.cutoff)} of {n} steps (cutoff {self.cutoff:g})"
+        return text
+
+    def guided_share(self) -> float:
+        """The share of the model evaluations that run with guidance (0 without guidance), as the render
+        counts them; for a setting not rendered yet, from its steps."""
+        if self.guidance <= 1.0:
+            return 0.0
+        n = self.steps * schedulers.get(self.scheduler).calls_per_step
+        return guided_steps(n, self.cutoff) / n
 
 
 @functools.cache
@@ -171,6 +260,15 @@ def variant_choices(scheduler: str, wanted: tuple[str, ...] | str, family: Famil
     return out
 
 
+def searched_params(scheduler: str, space: SearchSpace, family: Family | None) -> dict[str, Any]:
+    """What the study searches for ``scheduler`` besides its name, steps and guidance: its variants
+    (:func:`variant_choices`) and, where ``space`` has a range for it, the guidance cutoff."""
+    out: dict[str, Any] = dict(variant_choices(scheduler, space.variants, family))
+    if getattr(space, "guidance_cutoff", None):
+        out[CUTOFF] = space.guidance_cutoff
+    return out
+
+
 def suggest(trial: Any, space: SearchSpace, family: Family | None = None) -> Settings:
     """Ask an Optuna trial for a setting inside ``space`` (variants only where the sampler takes them)."""
     name = trial.suggest_categorical("scheduler", list(space.schedulers))
@@ -178,9 +276,11 @@ def suggest(trial: Any, space: SearchSpace, family: Family | None = None) -> Set
         k: trial.suggest_categorical(f"{name}.{k}", list(choices))
         for k, choices in variant_choices(name, space.variants, family).items()
     }
+    cut = getattr(space, "guidance_cutoff", None)
     return Settings.make(
         name,
         trial.suggest_int("steps", *space.steps, step=space.steps_step),
         trial.suggest_float("guidance", *space.guidance, step=space.guidance_step),
         options,
+        trial.suggest_float(CUTOFF, *cut, step=space.guidance_cutoff_step) if cut else 1.0,
     )

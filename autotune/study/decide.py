@@ -36,7 +36,7 @@ from autotune.decision.rule import Tolerance, decide, excess, margin, overall, v
 from autotune.decision.tolerance import tolerance
 from autotune.model.evaluate import Scorer
 from autotune.space import schedulers
-from autotune.space.settings import Settings, variant_choices
+from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
 from autotune.study.objective import Objective
 
@@ -131,15 +131,15 @@ class ClassRun:
 
     # cost in one unit for rendered and untried settings ----------------------------------------------
     def _cost(self, s: Settings) -> float:
-        calls = s.steps * schedulers.get(s.scheduler).calls_per_step
+        calls, guided = s.steps * schedulers.get(s.scheduler).calls_per_step, s.guided_share()
         fit = self.evidence.fit
-        return fit(calls, s.guidance > 1.0) if fit is not None else calls * (2.0 if s.guidance > 1.0 else 1.0)
+        return fit(calls, guided) if fit is not None else calls * (1.0 + guided)
 
     def _best_cost(self, chosen: Any) -> float:
         fit = self.evidence.fit
         if chosen.calls is None:
             return math.inf
-        return fit(chosen.calls, chosen.guided) if fit is not None else chosen.calls * (2.0 if chosen.guided else 1.0)
+        return fit(chosen.calls, chosen.guided) if fit is not None else chosen.calls * (1.0 + chosen.guided)
 
     # one unit of work ---------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -175,8 +175,7 @@ class ClassRun:
         return [by_key[k] for k in map(self.key, self._neighbours(chosen)) if k in by_key]
 
     def _neighbours(self, chosen: int) -> list[Settings]:
-        s = self.cfg.search
-        return neighbours(self.settings()[chosen], s.steps, s.steps_step, s.guidance, s.guidance_step)
+        return neighbours(self.settings()[chosen], self.cfg.search)
 
     def _next_setting(self, rec: Any) -> Settings | None:
         """The decision's next setting (its proposal, or a neighbour of the recommendation), or None: a trial
@@ -216,7 +215,7 @@ class ClassRun:
     def _trial(self, proposal: Settings | None) -> bool:
         """Render a new setting: the proposal (enqueued, so that its trial draws it), or the optimiser's."""
         if proposal is not None:
-            searched = variant_choices(proposal.scheduler, self.cfg.search.variants, self.cfg.family)
+            searched = searched_params(proposal.scheduler, self.cfg.search, self.cfg.family)
             self.study.enqueue_trial(proposal.params(searched), user_attrs={"proposed": True}, skip_if_exists=False)
         self.last = self.objective.run_one()
         return True

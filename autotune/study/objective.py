@@ -40,7 +40,8 @@ __all__ = ["Objective", "TrialFailed"]
 
 T = TypeVar("T")
 _TRACEBACK_CHARS = 8000  # the end of a failed trial's traceback kept in its ``fail_traceback`` attribute
-_KEPT_FROM_EARLIER = ("model_calls", "images", "prompts_rendered")  # besides per-metric values: what a reuse copies
+# besides per-metric values: what a reuse copies
+_KEPT_FROM_EARLIER = ("model_calls", "guided_calls", "images", "prompts_rendered")
 
 
 class TrialFailed(Exception):
@@ -185,6 +186,8 @@ class Objective:
         for name, v in values.items():  # quality: prompt-major, seeds inner; seconds: per timed call
             trial.set_user_attr(f"{name}_values", [round(x, 6) for x in v])
         trial.set_user_attr("model_calls", evaluation.model_calls)
+        if evaluation.guided_calls is not None:
+            trial.set_user_attr("guided_calls", evaluation.guided_calls)
         trial.set_user_attr("render_seconds", round(evaluation.render_seconds, 6))
         trial.set_user_attr("images", len(self.prompts) * len(self.seeds))
         trial.set_user_attr("prompts_rendered", len(self.prompts))  # the class's first ones
@@ -227,7 +230,12 @@ class Objective:
 
             images = torch.stack(_merge_seeds(list(first.images), list(rest.images), n))
         return Evaluation(
-            per_image, first.model_calls, images, first.seconds, first.render_seconds + rest.render_seconds
+            per_image,
+            first.model_calls,
+            images,
+            first.seconds,
+            first.render_seconds + rest.render_seconds,
+            first.guided_calls,
         )
 
     def _cut_if_dominated(self, trial: optuna.Trial, first: dict[str, list[float]]) -> None:

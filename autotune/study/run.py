@@ -29,7 +29,7 @@ from autotune.decision.evidence import distinct, reused
 from autotune.files import check_writable
 from autotune.model.evaluate import Evaluator
 from autotune.results.reader import Outcomes, front_of, recommend
-from autotune.space.settings import Settings, variant_choices
+from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
 from autotune.study.decide import ClassRun
 from autotune.study.objective import Objective
@@ -72,7 +72,7 @@ def open_class_study(
     study.set_user_attr("fingerprint", fingerprint(cfg, class_name, measured))
     study.set_user_attr("prompts", list(cfg.classes[class_name]))
     base = Settings.of(cfg.baseline)  # the baseline is the first trial of every class
-    searched = variant_choices(base.scheduler, cfg.search.variants, cfg.family)
+    searched = searched_params(base.scheduler, cfg.search, cfg.family)
     study.enqueue_trial(base.params(searched), user_attrs={"baseline": True})
     return study
 

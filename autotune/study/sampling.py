@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.space.families import Family
-from autotune.space.settings import SearchSpace, Settings, suggest, variant_choices
+from autotune.space.settings import SearchSpace, Settings, searched_params, suggest
 
 __all__ = ["RandomDraw", "fresh_params", "make_sampler"]
 
@@ -72,5 +72,5 @@ def fresh_params(
     for _ in range(draws):
         settings = suggest(RandomDraw(rng), space, family)
         if settings.key(base) not in tried:
-            return settings.params(variant_choices(settings.scheduler, space.variants, family))
+            return settings.params(searched_params(settings.scheduler, space, family))
     return None
