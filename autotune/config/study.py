@@ -91,6 +91,7 @@ class SearchConfig:
     n_trials: int = 30
     seeds: tuple[int, ...] = (0, 1)
     batch_size: int | str = "auto"  # images per pipeline call; "auto": 16, halved on out-of-memory
+    fitted_schedules: bool = False  # search sigmas = "fitted": each class's own timesteps (autotune.model.fit)
     rough_first: bool = False  # render the first seed, the others only when it is not clearly dominated
     prompts_per_trial: int | str = "auto"  # prompts a trial renders (racing adds more); "auto": up to 4
     front_share: float = 0.34  # share of new settings the optimiser picks to map the front (the rest: the decision's)

@@ -33,7 +33,8 @@ from autotune.space.settings import Settings, variant_choices
 
 __all__ = ["Line", "Proposer", "Tried", "lines_of"]
 
-_FEW_STEPS = ("trailing", "karras", "exponential")  # variant values that converge in few steps (diffusers' docs)
+# variant values that converge in few steps (diffusers' docs; a fitted schedule starts from the best spacing)
+_FEW_STEPS = ("fitted", "trailing", "karras", "exponential")
 
 
 @dataclass(frozen=True)
@@ -67,18 +68,20 @@ def lines_of(
     guidance: float,
     key: Callable[[Settings], str],
     stochastic: bool = False,
+    fitted: bool = False,
 ) -> list[Line]:
     """Every sampler and combination of its searched variant values at ``guidance``, one line per
     distinct setting (``key``: what makes two render the same; of two, the one with fewer variant values
-    set), deterministic samplers only unless ``stochastic``, interleaved across samplers so that a beam
-    is diverse; within a sampler the variants known to hold at few steps first (trailing spacing, Karras
-    or exponential sigmas), a prior the walk replaces with what it measures."""
+    set), deterministic samplers only unless ``stochastic``, the class's own schedule too where
+    ``fitted``, interleaved across samplers so that a beam is diverse; within a sampler the variants known
+    to hold at few steps first (a fitted schedule, trailing spacing, Karras or exponential sigmas), a
+    prior the walk replaces with what it measures."""
     per_sampler: list[list[Line]] = []
     seen: set[str] = set()
     for name in names:
         if not stochastic and not schedulers.get(name).deterministic:
             continue
-        choices = variant_choices(name, wanted, family)
+        choices = variant_choices(name, wanted, family, fitted)
         found = []
         combos = sorted(itertools.product(*choices.values()), key=lambda values: sum(v != "default" for v in values))
         for values in combos:

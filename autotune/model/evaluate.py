@@ -55,6 +55,10 @@ class Scorer(Protocol):
         self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int], timed: bool = True
     ) -> Evaluation: ...
 
+    def fit_schedule(
+        self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]
+    ) -> tuple[list[int], dict[str, Any]]: ...
+
 
 class Evaluator:
     """Pipeline, metric models and reference store, loaded once and owned by this evaluator.
@@ -141,6 +145,21 @@ class Evaluator:
         verdict = check_reference(self.pipeline, self.lpips, ref, prompt, seed, m.height, m.width)
         if verdict is not None:
             raise ConfigError(f"{cfg.path}: reference: {verdict} (or pass --no-reference-check)")
+
+    def fit_schedule(
+        self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]
+    ) -> tuple[list[int], dict[str, Any]]:
+        """The class's own timesteps for ``settings`` (:func:`autotune.model.fit.fit_timesteps`), fitted on
+        ``prompts`` x ``seeds`` against the reference, by LPIPS (by pixels where LPIPS is no objective)."""
+        from autotune.model.fit import fit_timesteps
+
+        m = self.cfg.model
+        refs = self.references(prompts, seeds, settings.guidance)
+        lpips = self.lpips
+        distance = lpips if lpips is not None else (lambda a, b: ((a - b) ** 2).flatten(1).mean(1))
+        return fit_timesteps(
+            self.pipeline, settings, prompts, seeds, refs, distance, m.height, m.width, self.cfg.search.batch_size
+        )
 
     def evaluate(
         self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int], timed: bool = True

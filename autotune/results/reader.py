@@ -62,7 +62,7 @@ class StoredTrial:
 
 
 def settings_of(t: Any) -> Settings:
-    return Settings.from_params(t.params)
+    return Settings.of_trial(t)
 
 
 def front_of(trials: Iterable[Any], objectives: tuple[str, ...]) -> list[int]:

@@ -157,7 +157,7 @@ def trial_summary(
     from autotune.space import schedulers
     from autotune.space.settings import Settings
 
-    s = Settings.from_params(t.params)
+    s = Settings.of_trial(t)
     overrides = s.scheduler_overrides()
     spec = schedulers.get(s.scheduler)
     spread = {m: t.user_attrs.get(f"{m}_values") for m in objectives}

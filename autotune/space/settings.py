@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -35,6 +35,7 @@ __all__ = [
     "searched_params",
     "suggest",
     "takes_ays",
+    "takes_timesteps",
     "variant_choices",
 ]
 
@@ -121,6 +122,7 @@ class Settings:
     guidance: float
     options: tuple[tuple[str, Any], ...] = ()
     cutoff: float = 1.0
+    timesteps: tuple[int, ...] = ()  # ``sigmas = "fitted"``: the class's own schedule (see autotune.model.fit)
 
     @classmethod
     def make(
@@ -130,24 +132,33 @@ class Settings:
         guidance: float,
         options: Mapping[str, Any] | None = None,
         cutoff: float = 1.0,
+        timesteps: Sequence[int] = (),
     ) -> Settings:
-        """A setting; variant values of "default" (the model's own config) are left out, and a cutoff where
-        there is no guidance to cut (guidance 1 or below) is none."""
+        """A setting; variant values of "default" (the model's own config) are left out, a cutoff where
+        there is no guidance to cut (guidance 1 or below) is none, and ``timesteps`` are kept only for a
+        fitted schedule."""
         chosen = sorted((k, v) for k, v in (options or {}).items() if v != "default")
         cut = 1.0 if float(guidance) <= 1.0 or cutoff >= 1 else round(float(cutoff), 6)
-        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut)
+        own = tuple(int(t) for t in timesteps) if dict(chosen).get("sigmas") == "fitted" else ()
+        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own)
 
     @classmethod
     def of(cls, setting: Setting) -> Settings:
         return cls.make(setting.scheduler, setting.steps, setting.guidance, setting.options)
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Settings:
-        """Inverse of :meth:`params`."""
+    def from_params(cls, params: Mapping[str, Any], timesteps: Sequence[int] = ()) -> Settings:
+        """Inverse of :meth:`params` (a fitted schedule's list lives beside the parameters: ``timesteps``)."""
         name = params["scheduler"]
         prefix = f"{name}."
         options = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
-        return cls.make(name, params["steps"], params["guidance"], options, float(params.get(CUTOFF, 1.0)))
+        cut = float(params.get(CUTOFF, 1.0))
+        return cls.make(name, params["steps"], params["guidance"], options, cut, timesteps)
+
+    @classmethod
+    def of_trial(cls, t: Any) -> Settings:
+        """A trial's setting, with the fitted schedule it rendered (its ``timesteps`` attribute), if any."""
+        return cls.from_params(t.params, t.user_attrs.get("timesteps") or ())
 
     def params(self, searched: Mapping[str, Any] = MappingProxyType({})) -> dict[str, Any]:
         """The trial parameters that produce this setting (for ``study.enqueue_trial``).
@@ -171,6 +182,11 @@ class Settings:
     def ays(self) -> bool:
         return dict(self.options).get("sigmas") == "ays"
 
+    @property
+    def fitted(self) -> bool:
+        """The class's own schedule (``sigmas = "fitted"``), fitted by the study against its reference."""
+        return dict(self.options).get("sigmas") == "fitted"
+
     def scheduler_overrides(self) -> dict[str, Any]:
         """The diffusers config overrides of this setting (Align-Your-Steps keeps the default sigmas
         and passes its timesteps in the call)."""
@@ -182,6 +198,10 @@ class Settings:
         kwargs: dict[str, Any] = {"num_inference_steps": self.steps, family.guidance_param: self.guidance}
         if self.ays:
             kwargs["timesteps"] = ays_timesteps(family, self.steps)
+        if self.fitted:
+            if len(self.timesteps) != self.steps:
+                raise ValueError(f"{self.label()}: no fitted schedule of {self.steps} timesteps to render with")
+            kwargs["timesteps"] = list(self.timesteps)
         return kwargs
 
     def pipeline_kwargs(self, family: Family) -> dict[str, Any]:
@@ -196,7 +216,7 @@ class Settings:
         """
         spec = schedulers.get(self.scheduler)
         conf = sorted((k, v) for k, v in self.scheduler_overrides().items() if k not in base or base[k] != v)
-        key = (spec.class_name, conf, self.ays, self.steps, round(self.guidance, 6))
+        key = (spec.class_name, conf, "fitted" if self.fitted else self.ays, self.steps, round(self.guidance, 6))
         return repr(key if self.cutoff >= 1 else (*key, self.cutoff))
 
     def scheduler_label(self) -> str:
@@ -229,6 +249,15 @@ def _takes_timesteps(class_name: str) -> bool:
     return "timesteps" in inspect.signature(getattr(diffusers, class_name).set_timesteps).parameters
 
 
+def takes_timesteps(scheduler: str) -> bool:
+    """A sampler that renders a custom list of timesteps (``pipe(timesteps=...)``) and whose entry fixes no
+    sigma schedule (diffusers refuses timesteps with Karras, exponential or beta sigmas)."""
+    from autotune.space import variants
+
+    spec = schedulers.get(scheduler)
+    return variants.entry_sigmas(spec.kwargs) is None and _takes_timesteps(spec.class_name)
+
+
 def takes_ays(scheduler: str, family: Family | None) -> bool:
     """Align-Your-Steps applies: the family has published timesteps and the sampler takes custom ones."""
     return family is not None and family.ays is not None and _takes_timesteps(schedulers.get(scheduler).class_name)
@@ -250,20 +279,31 @@ def ays_timesteps(family: Family, steps: int) -> list[int]:
     return [int(t) for t in np.maximum(ts, 0)]
 
 
-def variant_choices(scheduler: str, wanted: tuple[str, ...] | str, family: Family | None) -> dict[str, tuple[Any, ...]]:
-    """The variant parameters searched for ``scheduler`` and their values ("ays" where it applies)."""
+def variant_choices(
+    scheduler: str, wanted: tuple[str, ...] | str, family: Family | None, fitted: bool = False
+) -> dict[str, tuple[Any, ...]]:
+    """The variant parameters searched for ``scheduler`` and their values ("ays" where it applies; with
+    ``fitted``, "fitted", the class's own schedule, where the sampler takes custom timesteps)."""
     out = {}
     for v in schedulers.variants_of(scheduler):
         if wanted != "all" and v.name not in wanted:
             continue
-        out[v.name] = (*v.choices, "ays") if v.name == "sigmas" and takes_ays(scheduler, family) else v.choices
+        out[v.name] = v.choices
+        if v.name == "sigmas":
+            fits = fitted and takes_timesteps(scheduler) and schedulers.get(scheduler).deterministic
+            own = ("fitted",) if fits else ()
+            out[v.name] = (*v.choices, *(("ays",) if takes_ays(scheduler, family) else ()), *own)
     return out
+
+
+def _fits(space: SearchSpace) -> bool:
+    return bool(getattr(space, "fitted_schedules", False))
 
 
 def searched_params(scheduler: str, space: SearchSpace, family: Family | None) -> dict[str, Any]:
     """What the study searches for ``scheduler`` besides its name, steps and guidance: its variants
     (:func:`variant_choices`) and, where ``space`` has a range for it, the guidance cutoff."""
-    out: dict[str, Any] = dict(variant_choices(scheduler, space.variants, family))
+    out: dict[str, Any] = dict(variant_choices(scheduler, space.variants, family, _fits(space)))
     if getattr(space, "guidance_cutoff", None):
         out[CUTOFF] = space.guidance_cutoff
     return out
@@ -274,7 +314,7 @@ def suggest(trial: Any, space: SearchSpace, family: Family | None = None) -> Set
     name = trial.suggest_categorical("scheduler", list(space.schedulers))
     options = {
         k: trial.suggest_categorical(f"{name}.{k}", list(choices))
-        for k, choices in variant_choices(name, space.variants, family).items()
+        for k, choices in variant_choices(name, space.variants, family, _fits(space)).items()
     }
     cut = getattr(space, "guidance_cutoff", None)
     return Settings.make(

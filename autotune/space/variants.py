@@ -78,6 +78,7 @@ TOOL_SCHEDULES: dict[tuple[str, Any], tuple[str | None, str | None]] = {
     ("sigmas", "exponential"): ("Exponential", "exponential"),
     ("sigmas", "beta"): ("Beta", "beta"),
     ("sigmas", "ays"): ("Align Your Steps", None),
+    ("sigmas", "fitted"): (None, None),  # a list of the class's own: no named schedule is it
     ("timestep_spacing", "trailing"): ("SGM Uniform", "sgm_uniform"),
     ("timestep_spacing", "linspace"): ("Uniform", "normal"),
     ("timestep_spacing", "leading"): (None, None),

@@ -84,12 +84,12 @@ class ClassRun:
         @functools.cache
         def same(s: Settings) -> str:  # one line per schedule: two names for one would be rendered twice
             try:
-                return self.key(s) if s.ays else schedulers.signature(s.scheduler, base, dict(s.options))
+                return self.key(s) if s.ays or s.fitted else schedulers.signature(s.scheduler, base, dict(s.options))
             except Exception:  # a schedule that needs more than steps to set (a flow shift's mu)
                 return self.key(s)
 
-        lines = lines_of(cfg.search.schedulers, cfg.search.variants, cfg.family, g, same, r.stochastic)
         s = cfg.search
+        lines = lines_of(s.schedulers, s.variants, cfg.family, g, same, r.stochastic, s.fitted_schedules)
         self.proposer = Proposer(
             lines, s.steps, s.steps_step, self._cost, key=self.key, guidance=s.guidance, guidance_step=s.guidance_step
         )
@@ -117,7 +117,7 @@ class ClassRun:
         self.evidence.refit()
 
     def settings(self) -> dict[int, Settings]:
-        return {n: Settings.from_params(t.params) for n, t in self.trials.items()}
+        return {n: Settings.of_trial(t) for n, t in self.trials.items()}
 
     def tolerance(self) -> Tolerance:
         assert self.evidence.baseline is not None
@@ -239,7 +239,7 @@ class ClassRun:
         for seed in dict.fromkeys(s for _, s in todo):
             by_prompts.setdefault(tuple(p for p, s in todo if s == seed), []).append(seed)
         new: dict[str, dict[str, float]] = {}
-        settings = Settings.from_params(self.trials[number].params)
+        settings = Settings.of_trial(self.trials[number])
         for prompts, seeds in by_prompts.items():
             e = self.scorer.evaluate(settings, [self.prompts[p] for p in prompts], seeds, timed=False)
             for i, (p, s) in enumerate((p, s) for p in prompts for s in seeds):

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import traceback
 import warnings
@@ -41,7 +42,7 @@ __all__ = ["Objective", "TrialFailed"]
 T = TypeVar("T")
 _TRACEBACK_CHARS = 8000  # the end of a failed trial's traceback kept in its ``fail_traceback`` attribute
 # besides per-metric values: what a reuse copies
-_KEPT_FROM_EARLIER = ("model_calls", "guided_calls", "images", "prompts_rendered")
+_KEPT_FROM_EARLIER = ("model_calls", "guided_calls", "images", "prompts_rendered", "timesteps")
 
 
 class TrialFailed(Exception):
@@ -143,6 +144,8 @@ class Objective:
             self._enqueue_fresh(trial, trials)
             raise optuna.TrialPruned(f"trial {busy.number} is rendering the same setting")
         try:
+            if settings.fitted:
+                settings = self._fitted(trial, settings)
             evaluation = self._render(trial, settings)
         except optuna.TrialPruned:
             raise
@@ -154,6 +157,27 @@ class Objective:
             free_memory()
             raise TrialFailed(_reason(e)) from e
         return self._record(trial, evaluation)
+
+    def _fitted(self, trial: optuna.Trial, settings: Settings) -> Settings:
+        """The class's own schedule for the sampler and step count: fitted by the first trial that needs it
+        (within ``FIT_SHARE`` of the search's images), kept in the study for every later trial and run."""
+        from autotune.model.fit import FIT_PROMPTS, FIT_SHARE
+
+        fits = dict(self.study.user_attrs.get("fitted_schedules", {}))
+        name = f"{settings.scheduler}|{settings.steps}"
+        if name not in fits:
+            spent = sum(f["images"] for f in fits.values())
+            budget = FIT_SHARE * self.target * len(self.prompts) * len(self.seeds)
+            if spent >= budget:
+                raise RuntimeError(
+                    f"no schedule fitted for {settings.steps} steps: the fits spent {spent} images, "
+                    f"{FIT_SHARE:.0%} of the search's {budget / FIT_SHARE:.0f} (fitted schedules: {', '.join(fits)})"
+                )
+            timesteps, info = self.scorer.fit_schedule(settings, self.prompts[:FIT_PROMPTS], self.seeds)
+            fits[name] = {"timesteps": timesteps, **info, "trial": trial.number}
+            self.study.set_user_attr("fitted_schedules", fits)
+        trial.set_user_attr("timesteps", fits[name]["timesteps"])
+        return dataclasses.replace(settings, timesteps=tuple(fits[name]["timesteps"]))
 
     def _enqueue_fresh(self, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> None:
         """A sampler that repeats itself has stopped exploring: the next trial tries a new setting."""

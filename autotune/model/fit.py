@@ -1,0 +1,102 @@
+"""A class's own step schedule (``sigmas = "fitted"``): a sampler's timesteps at one step count, fitted to
+the study's reference (its many-step teacher) on the class's prompts.
+
+The fit starts from the sampler's best named spacing (leading, linspace or trailing) on the fit images
+and moves one timestep at a time (by 128, then 64, 32, 16 and 8 training steps, keeping the list
+strictly decreasing) while the mean distance of the sampler's images to the reference's falls: a
+coordinate descent on the student's own trajectory, as Optimal Stepsize (OSS) propagates the student
+rather than summing one-jump errors against the teacher. It renders the fit images ``MAX_RENDERS``
+times at most, and never ends worse than the spacing it started from.
+
+Example:
+    >>> timesteps, info = fit_timesteps(p, Settings.make("dpmpp_2m", 6, 5.0, {"sigmas": "fitted"}),
+    ...                                 prompts, [0, 1], refs, lpips, 32, 32)
+    >>> timesteps, info["start"], info["renders"]
+    ([999, 801, 601, 393, 225, 65], 'trailing', 40)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from autotune.model.pipeline import Pipeline
+from autotune.model.render import generate
+from autotune.space import schedulers
+from autotune.space.settings import Settings
+
+__all__ = ["FIT_PROMPTS", "FIT_SHARE", "MAX_RENDERS", "MOVES", "fit_timesteps", "spacing"]
+
+MOVES = (128, 64, 32, 16, 8)  # in training timesteps, coarse to fine
+MAX_RENDERS = 24  # renders of the fit images per schedule, the starting spacings included
+FIT_PROMPTS = 2  # the class's first prompts, with each search seed: the fit images
+FIT_SHARE = 0.25  # every fit of a class study together renders at most this share of its search's images
+SPACINGS = ("leading", "linspace", "trailing")
+
+
+def spacing(p: Pipeline, settings: Settings, name: str) -> list[int]:
+    """The sampler's timesteps at ``settings.steps`` under the named ``timestep_spacing``."""
+    options = {k: v for k, v in settings.options if k != "sigmas"} | {"timestep_spacing": name}
+    scheduler = schedulers.build(settings.scheduler, p.base_scheduler_config, options)
+    scheduler.set_timesteps(settings.steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
+def fit_timesteps(
+    p: Pipeline,
+    settings: Settings,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    references: Any,
+    distance: Callable[[Any, Any], Any],
+    height: int,
+    width: int,
+    batch_size: int | str = "auto",
+    max_renders: int = MAX_RENDERS,
+) -> tuple[list[int], dict[str, Any]]:
+    """The fitted timesteps for ``settings`` (a ``sigmas = "fitted"`` setting) and what the fit did:
+    the spacing it started from, its distance and the fitted one's (mean over the fit images, against
+    ``references``, prompt-major as :func:`generate` renders), the renders and images it spent."""
+    top = int(p.base_scheduler_config.get("num_train_timesteps", 1000)) - 1
+    renders = 0
+
+    def score(timesteps: Sequence[int]) -> float:
+        nonlocal renders
+        renders += 1
+        trial = dataclasses.replace(settings, timesteps=tuple(timesteps))
+        images = generate(p, trial, prompts, seeds, height, width, batch_size).images
+        return float(distance(images, references).mean())
+
+    starts: dict[tuple[int, ...], str] = {}
+    for name in SPACINGS:  # two spacings may name one list
+        starts.setdefault(tuple(spacing(p, settings, name)), name)
+    scored = {ts: score(ts) for ts in starts}
+    first = min(scored, key=scored.__getitem__)
+    best, value = list(first), scored[first]
+    for move in MOVES:
+        improved = True
+        while improved and renders < max_renders:
+            improved = False
+            for i in range(len(best)):
+                for step in (move, -move):
+                    if renders >= max_renders:
+                        break
+                    candidate = list(best)
+                    candidate[i] += step
+                    high = top if i == 0 else candidate[i - 1] - 1
+                    low = 0 if i == len(best) - 1 else candidate[i + 1] + 1
+                    if not low <= candidate[i] <= high:
+                        continue
+                    v = score(candidate)
+                    if v < value:
+                        best, value, improved = candidate, v, True
+    info = {
+        "start": starts[first],
+        "start_distance": scored[first],
+        "distance": value,
+        "renders": renders,
+        "images": renders * len(prompts) * len(seeds),
+        "guidance": settings.guidance,
+    }
+    return best, info

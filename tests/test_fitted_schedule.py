@@ -1,0 +1,73 @@
+"""A class's own step schedule: offered only to samplers that take custom timesteps, fitted once per
+class and step count against the reference, kept in the study, and reproduced by the recommendation,
+``apply`` and the exported diffusers module image for image."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import torch
+
+import autotune
+from autotune.config import load_config
+from autotune.model.fit import FIT_PROMPTS
+from autotune.results.schema import _from_summary, trial_summary
+from autotune.serving.export import a1111, comfyui, export
+from autotune.space.families import FAMILIES
+from autotune.space.settings import Settings, variant_choices
+from autotune.study.run import run_study
+
+
+def test_only_samplers_that_take_custom_timesteps_are_offered_a_fitted_schedule() -> None:
+    sd = FAMILIES["sd"]
+    offered = {n: "fitted" in variant_choices(n, "all", sd, fitted=True).get("sigmas", ()) for n in
+               ("euler", "dpmpp_2m", "heun", "unipc", "ddim", "dpmpp_2m_karras", "euler_a", "lms")}  # fmt: skip
+    # UniPC takes sigmas, not timesteps; DDIM and LMS take neither; a Karras entry fixes its sigmas;
+    # Euler a draws fresh noise (searched, never recommended: no fit for it)
+    assert offered == {"euler": True, "dpmpp_2m": True, "heun": True, "unipc": False, "ddim": False,
+                       "dpmpp_2m_karras": False, "euler_a": False, "lms": False}  # fmt: skip
+    assert "fitted" not in variant_choices("dpmpp_2m", "all", sd)["sigmas"]  # only where the study asks for it
+    s = Settings.make("dpmpp_2m", 3, 5.0, {"sigmas": "fitted"}, timesteps=[900, 500, 100])
+    assert s.call_kwargs(sd)["timesteps"] == [900, 500, 100] and s.key() != Settings.make("dpmpp_2m", 3, 5.0).key()
+    assert Settings.make("dpmpp_2m", 3, 5.0, timesteps=[900, 500, 100]).timesteps == ()  # not fitted: no list
+
+
+def test_a_fitted_schedule_round_trips_from_the_study_to_the_export(study_file) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_serving import fresh_pipe, render, trial_image
+
+    path = study_file(n_trials=5)
+    text = path.read_text().replace('schedulers = ["euler", "dpmpp_2m_karras", "ddim"]', 'schedulers = ["dpmpp_2m"]')
+    path.write_text(text.replace("[search]\n", '[search]\nfitted_schedules = true\nvariants = ["sigmas"]\nseed = 1\n'))
+    cfg = load_config(path)
+    outcome = run_study(cfg, progress=False)["portrait"]
+    study = outcome.load_study()
+    fits = study.user_attrs["fitted_schedules"]
+    fitted = [t for t in outcome.trials if t.params.get("dpmpp_2m.sigmas") == "fitted" and t.state.name == "COMPLETE"]
+    assert fitted, [t.user_attrs.get("setting") for t in outcome.trials]
+    t = fitted[0]
+    fit = fits[f"dpmpp_2m|{t.params['steps']}"]
+    assert t.user_attrs["timesteps"] == fit["timesteps"] and len(fit["timesteps"]) == t.params["steps"]
+    assert fit["distance"] <= fit["start_distance"] and fit["images"] == fit["renders"] * len(
+        cfg.classes["portrait"][:FIT_PROMPTS]
+    )
+
+    summary = json.loads(json.dumps(trial_summary(t, cfg.metrics.objectives, FAMILIES["sd"],
+                                                  study.user_attrs["scheduler_base"])))  # fmt: skip
+    assert summary["diffusers"]["call_kwargs"]["timesteps"] == fit["timesteps"]
+    rec = _from_summary("portrait", summary, "sd", None)
+    stored = trial_image(cfg, outcome, t.number)  # what the study measured
+    applied = render(p := fresh_pipe(), cfg, cfg.classes["portrait"][0], autotune.apply(p, rec))
+    assert (applied - stored).abs().max().item() <= 2 / 255
+    recs = SimpleNamespace(study="s", model={"id": "tiny"}, items=lambda: [("portrait", rec)], values=lambda: [rec])
+    namespace: dict = {}  # type: ignore[type-arg]
+    exec(compile(export(recs, "diffusers"), "export.py", "exec"), namespace)  # type: ignore[arg-type]
+    exported = render(p := fresh_pipe(), cfg, cfg.classes["portrait"][0], namespace["apply"](p, "portrait"))
+    assert torch.equal(exported, applied)
+    assert a1111(rec)["no_equivalent"] == ["sigmas=fitted"] and comfyui(rec)["no_equivalent"] == ["sigmas=fitted"]
+
+    # resumed, the study renders with the schedule it stored, and fits nothing new for those steps
+    again = run_study(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=6)), progress=False)
+    kept = again["portrait"].load_study().user_attrs["fitted_schedules"]
+    assert {k: v for k, v in kept.items() if k in fits} == fits
