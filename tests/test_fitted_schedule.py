@@ -8,6 +8,7 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
+import optuna
 import torch
 
 import autotune
@@ -37,22 +38,23 @@ def test_only_samplers_that_take_custom_timesteps_are_offered_a_fitted_schedule(
 def test_a_fitted_schedule_round_trips_from_the_study_to_the_export(study_file) -> None:  # type: ignore[no-untyped-def]
     from tests.test_serving import fresh_pipe, render, trial_image
 
-    path = study_file(n_trials=5)
+    path = study_file(n_trials=1)
     text = path.read_text().replace('schedulers = ["euler", "dpmpp_2m_karras", "ddim"]', 'schedulers = ["dpmpp_2m"]')
-    path.write_text(text.replace("[search]\n", '[search]\nfitted_schedules = true\nvariants = ["sigmas"]\nseed = 1\n'))
+    path.write_text(text.replace("[search]\n", '[search]\nfitted_schedules = true\nvariants = ["sigmas"]\n'))
     cfg = load_config(path)
-    outcome = run_study(cfg, progress=False)["portrait"]
-    study = outcome.load_study()
+    run_study(cfg, progress=False)  # the baseline
+    study = optuna.load_study(study_name="small.portrait", storage=cfg.default_storage)
+    fitted = {"scheduler": "dpmpp_2m", "steps": 4, "guidance": 7.5, "dpmpp_2m.sigmas": "fitted"}
+    study.enqueue_trial(fitted)  # the next setting (the decision's walk would come to it too, at its own pace)
+    outcome = run_study(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=2)), progress=False)
     fits = study.user_attrs["fitted_schedules"]
-    fitted = [t for t in outcome.trials if t.params.get("dpmpp_2m.sigmas") == "fitted" and t.state.name == "COMPLETE"]
-    assert fitted, [t.user_attrs.get("setting") for t in outcome.trials]
-    t = fitted[0]
-    fit = fits[f"dpmpp_2m|{t.params['steps']}"]
-    assert t.user_attrs["timesteps"] == fit["timesteps"] and len(fit["timesteps"]) == t.params["steps"]
-    assert fit["distance"] <= fit["start_distance"] and fit["images"] == fit["renders"] * len(
-        cfg.classes["portrait"][:FIT_PROMPTS]
-    )
-
+    (t,) = [t for t in outcome["portrait"].trials if t.params.get("dpmpp_2m.sigmas") == "fitted"]
+    fit = fits["dpmpp_2m|4"]
+    assert t.state.name == "COMPLETE" and t.user_attrs["timesteps"] == fit["timesteps"] and len(fit["timesteps"]) == 4
+    assert fit["distance"] <= fit["start_distance"]  # never worse, on the fit images, than the spacing it left
+    assert fit["images"] == fit["renders"] * len(cfg.classes["portrait"][:FIT_PROMPTS])
+    assert "sigmas=fitted: " + " ".join(map(str, fit["timesteps"])) in t.user_attrs["setting"]
+    outcome = outcome["portrait"]
     summary = json.loads(json.dumps(trial_summary(t, cfg.metrics.objectives, FAMILIES["sd"],
                                                   study.user_attrs["scheduler_base"])))  # fmt: skip
     assert summary["diffusers"]["call_kwargs"]["timesteps"] == fit["timesteps"]
@@ -67,7 +69,9 @@ def test_a_fitted_schedule_round_trips_from_the_study_to_the_export(study_file) 
     assert torch.equal(exported, applied)
     assert a1111(rec)["no_equivalent"] == ["sigmas=fitted"] and comfyui(rec)["no_equivalent"] == ["sigmas=fitted"]
 
-    # resumed, the study renders with the schedule it stored, and fits nothing new for those steps
-    again = run_study(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=6)), progress=False)
-    kept = again["portrait"].load_study().user_attrs["fitted_schedules"]
-    assert {k: v for k, v in kept.items() if k in fits} == fits
+    # resumed, another guidance at those steps renders with the schedule stored, and fits nothing new
+    study.enqueue_trial({**fitted, "guidance": 5.0})
+    again = run_study(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=3)), progress=False)
+    later = again["portrait"].load_study()
+    assert later.user_attrs["fitted_schedules"] == fits
+    assert [t.user_attrs["timesteps"] for t in later.trials if t.params.get("guidance") == 5.0] == [fit["timesteps"]]

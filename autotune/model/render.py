@@ -126,7 +126,7 @@ def render_pairs(
     if not p.warm:  # first call in the process: compile/allocate outside the timed region
         _call(
             p,
-            Settings(settings.scheduler, 2, settings.guidance, settings.options),
+            settings.warm_up(),
             [jobs[0][0]],
             [jobs[0][1]],
             height,
@@ -177,8 +177,7 @@ def time_serving(
     prompts, seeds = [prompt] * batch_size, [seed + i for i in range(batch_size)]
     shape = (batch_size, height, width, settings.guidance > 1)
     if shape not in p.warmed:
-        warm = Settings(settings.scheduler, 2, settings.guidance, settings.options)
-        _call(p, warm, prompts, seeds, height, width, encode=True)
+        _call(p, settings.warm_up(), prompts, seeds, height, width, encode=True)
         p.warmed.add(shape)
     out = []
     for _ in range(repeats):

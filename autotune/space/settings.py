@@ -204,6 +204,12 @@ class Settings:
             kwargs["timesteps"] = list(self.timesteps)
         return kwargs
 
+    def warm_up(self) -> Settings:
+        """The untimed 2-step call that warms a call's shape up: same sampler, variants and guidance (a
+        fitted schedule's list has its own length: the warm-up keeps the sampler's default sigmas)."""
+        options = tuple(o for o in self.options if o != ("sigmas", "fitted"))
+        return Settings(self.scheduler, 2, self.guidance, options)
+
     def pipeline_kwargs(self, family: Family) -> dict[str, Any]:
         """Every call argument this setting sets, the guidance cutoff's callback included."""
         return self.call_kwargs(family) | cutoff_kwargs(self.cutoff, family)
@@ -220,8 +226,10 @@ class Settings:
         return repr(key if self.cutoff >= 1 else (*key, self.cutoff))
 
     def scheduler_label(self) -> str:
-        """The scheduler and its variant values: ``DPM++ 2M [sigmas=karras]``."""
-        opts = ", ".join(f"{k}={v}" for k, v in self.options)
+        """The scheduler and its variant values: ``DPM++ 2M [sigmas=karras]`` (a fitted schedule with its
+        timesteps once fitted: ``DPM++ 2M [sigmas=fitted: 801 593 337 209]``)."""
+        fitted = f": {' '.join(map(str, self.timesteps))}" if self.timesteps else ""
+        opts = ", ".join(f"{k}={v}{fitted if k == 'sigmas' else ''}" for k, v in self.options)
         return schedulers.get(self.scheduler).label + (f" [{opts}]" if opts else "")
 
     def label(self) -> str:

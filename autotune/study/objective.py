@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config.objectives import OBJECTIVES, summarise
@@ -81,7 +81,7 @@ class Objective:
         class_name: str,
         scorer: Scorer,
         target: int,
-        artifacts: FileSystemArtifactStore | None = None,
+        artifacts: Any = None,  # an Optuna artifact store (autotune.study.artifacts.open_store)
         rng: random.Random | None = None,
     ) -> None:
         self.cfg, self.study, self.class_name, self.scorer = cfg, study, class_name, scorer
@@ -176,8 +176,10 @@ class Objective:
             timesteps, info = self.scorer.fit_schedule(settings, self.prompts[:FIT_PROMPTS], self.seeds)
             fits[name] = {"timesteps": timesteps, **info, "trial": trial.number}
             self.study.set_user_attr("fitted_schedules", fits)
+        settings = dataclasses.replace(settings, timesteps=tuple(fits[name]["timesteps"]))
         trial.set_user_attr("timesteps", fits[name]["timesteps"])
-        return dataclasses.replace(settings, timesteps=tuple(fits[name]["timesteps"]))
+        trial.set_user_attr("setting", settings.label())  # with its timesteps, as the dashboard shows it
+        return settings
 
     def _enqueue_fresh(self, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> None:
         """A sampler that repeats itself has stopped exploring: the next trial tries a new setting."""
@@ -216,8 +218,12 @@ class Objective:
         trial.set_user_attr("images", len(self.prompts) * len(self.seeds))
         trial.set_user_attr("prompts_rendered", len(self.prompts))  # the class's first ones
         if self.artifacts is not None and evaluation.images is not None:
-            self.cfg.artifact_dir.mkdir(parents=True, exist_ok=True)
-            self._upload(trial, evaluation.images)
+            try:
+                self._upload(trial, evaluation.images)
+            except Exception as e:  # the store failed: the images' metrics stay recorded above
+                reason = f"storing the trial's images failed ({self.cfg.artifacts}): {_reason(e)}"
+                trial.set_user_attr("fail_reason", reason)
+                raise TrialFailed(reason) from e
         return [summarise(name, values[name]) for name in self.cfg.metrics.objectives]
 
     def _upload(self, trial: optuna.Trial, images: Any) -> None:
