@@ -2,17 +2,18 @@
 
     .venv/bin/python benchmarks/schedule.py [--steps 4,6,8] [--samplers dpmpp_2m,euler] [--classes thin,bold]
 
-On the trained ``glyphs`` micro model (32 px colour glyphs; the LPIPS backbone is random), for each class
-of studies/demo.toml, sampler that takes custom timesteps and step count: the schedule autotune fits
-(:func:`autotune.model.fit.fit_timesteps`, exactly as a study does: the class's first 2 prompts x the
-search seeds 0 and 1, against the study's reference, DPM++ 2M Karras 50 steps at CFG 5, at most 24
-renders of those 4 images), then judged where the fit never looked: LPIPS to the same reference on the
-class's held-out prompts (studies/demo_holdout.txt) x seeds 500-502, beside the best *named* setting of
-every sampler the demo searches (Euler, DPM++ 2M, DPM++ 2M Karras, UniPC, DDIM, each with its default,
-leading, linspace and trailing spacings and its Karras, exponential and beta sigmas where it takes them)
-at the same step count and CFG. Prints, per class and step count, the fitted LPIPS, the best named
-LPIPS and which setting it was, their ratio (below 1: the fit is closer), and the fit's cost (renders,
-images, seconds on this machine). Writes benchmarks/results/schedule.json.
+On the trained ``glyphs`` micro model (32 px colour glyphs; the LPIPS backbone is random), for each
+class of studies/demo.toml, sampler that takes custom timesteps and step count: the schedule autotune
+fits (:func:`autotune.model.fit.fit_timesteps`, exactly as a study does: the class's first 2 prompts x
+the search seeds 0 and 1, against the study's reference, DPM++ 2M Karras 50 steps at CFG 5, at most 24
+renders of those 4 images, kept only if also closer on the next 2 prompts), then judged where the fit
+never looked: LPIPS to the same reference on the class's held-out prompts (studies/demo_holdout.txt) x
+seeds 500-502, beside the best *named* setting of every sampler the demo searches (Euler, DPM++ 2M,
+DPM++ 2M Karras, UniPC, DDIM, each with its default, leading, linspace and trailing spacings and its
+Karras, exponential and beta sigmas where it takes them) at the same step count and CFG. Prints, per
+class and step count, the fitted LPIPS, the best named LPIPS and which setting it was, their ratio
+(below 1: the fit is closer), and the fit's cost (renders, images, seconds on this machine). Writes
+benchmarks/results/schedule.json.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ def main() -> None:
     results = []
     for c in args.classes.split(","):
         fit_prompts = demo["classes"][c]["prompts"][:FIT_PROMPTS]
+        check_prompts = demo["classes"][c]["prompts"][FIT_PROMPTS : 2 * FIT_PROMPTS]
         truth = [q for q in held if q.startswith(f"a {c} ")]
         fit_refs = generate(p, ref, fit_prompts, FIT_SEEDS, 32, 32).images
+        check = (check_prompts, generate(p, ref, check_prompts, FIT_SEEDS, 32, 32).images)
         truth_refs = generate(p, ref, truth, TRUTH_SEEDS, 32, 32).images
 
         def judged(s: Settings, truth: list[str] = truth, refs: object = truth_refs) -> float:
@@ -79,7 +82,7 @@ def main() -> None:
             for name in args.samplers.split(","):
                 s = Settings.make(name, steps, GUIDANCE, {"sigmas": "fitted"})
                 t0 = time.perf_counter()
-                timesteps, info = fit_timesteps(p, s, fit_prompts, FIT_SEEDS, fit_refs, lpips, 32, 32)
+                timesteps, info = fit_timesteps(p, s, fit_prompts, FIT_SEEDS, fit_refs, lpips, 32, 32, check=check)
                 seconds = time.perf_counter() - t0
                 fitted = judged(Settings.make(name, steps, GUIDANCE, {"sigmas": "fitted"}, timesteps=timesteps))
                 own = min(v for k, v in named.items() if sampler_of[k] == name)
@@ -90,7 +93,8 @@ def main() -> None:
                 print(
                     f"{c} {steps} steps {name}: fitted {timesteps} (from {info['start']}) LPIPS {fitted:.5f}; "
                     f"best named {best} {named[best]:.5f} (own sampler's best {own:.5f}): ratio "
-                    f"{row['ratio']:.2f}; fit {info['renders']} renders, {info['images']} images, {seconds:.0f} s",
+                    f"{row['ratio']:.2f}; held on the check prompts: {info['held_on_check']}; "
+                    f"fit {info['renders']} renders, {info['images']} images, {seconds:.0f} s",
                     flush=True,
                 )
     out["results"] = results

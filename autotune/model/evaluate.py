@@ -150,16 +150,20 @@ class Evaluator:
         self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]
     ) -> tuple[list[int], dict[str, Any]]:
         """The class's own timesteps for ``settings`` (:func:`autotune.model.fit.fit_timesteps`), fitted on
-        ``prompts`` x ``seeds`` against the reference, by LPIPS (by pixels where LPIPS is no objective)."""
-        from autotune.model.fit import fit_timesteps
+        the first ``FIT_PROMPTS`` of ``prompts`` x ``seeds`` against the reference and checked on the next
+        ones, by LPIPS (by pixels where LPIPS is no objective)."""
+        from autotune.model.fit import FIT_PROMPTS, fit_timesteps
 
-        m = self.cfg.model
-        refs = self.references(prompts, seeds, settings.guidance)
+        m, n = self.cfg.model, FIT_PROMPTS
+        fit, others = list(prompts[:n]), list(prompts[n : 2 * n])
+        refs = self.references(fit, seeds, settings.guidance)
+        check = (others, self.references(others, seeds, settings.guidance)) if others else None
         lpips = self.lpips
         distance = lpips if lpips is not None else (lambda a, b: ((a - b) ** 2).flatten(1).mean(1))
         return fit_timesteps(
-            self.pipeline, settings, prompts, seeds, refs, distance, m.height, m.width, self.cfg.search.batch_size
-        )
+            self.pipeline, settings, fit, seeds, refs, distance, m.height, m.width, self.cfg.search.batch_size,
+            check=check,
+        )  # fmt: skip
 
     def evaluate(
         self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int], timed: bool = True

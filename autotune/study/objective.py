@@ -161,7 +161,7 @@ class Objective:
     def _fitted(self, trial: optuna.Trial, settings: Settings) -> Settings:
         """The class's own schedule for the sampler and step count: fitted by the first trial that needs it
         (within ``FIT_SHARE`` of the search's images), kept in the study for every later trial and run."""
-        from autotune.model.fit import FIT_PROMPTS, FIT_SHARE
+        from autotune.model.fit import FIT_SHARE
 
         fits = dict(self.study.user_attrs.get("fitted_schedules", {}))
         name = f"{settings.scheduler}|{settings.steps}"
@@ -173,7 +173,7 @@ class Objective:
                     f"no schedule fitted for {settings.steps} steps: the fits spent {spent} images, "
                     f"{FIT_SHARE:.0%} of the search's {budget / FIT_SHARE:.0f} (fitted schedules: {', '.join(fits)})"
                 )
-            timesteps, info = self.scorer.fit_schedule(settings, self.prompts[:FIT_PROMPTS], self.seeds)
+            timesteps, info = self.scorer.fit_schedule(settings, self.prompts, self.seeds)
             fits[name] = {"timesteps": timesteps, **info, "trial": trial.number}
             self.study.set_user_attr("fitted_schedules", fits)
         settings = dataclasses.replace(settings, timesteps=tuple(fits[name]["timesteps"]))
