@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from autotune.config import ConfigError, ConfigWarning, load_config
 
@@ -48,12 +48,29 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _load(args: argparse.Namespace) -> Any:
+    """The study file, with ``--artifacts`` (a folder, relative to here, or s3://bucket/prefix) in place
+    of its ``[storage] artifacts``."""
+    import dataclasses
+
+    from autotune.config import StorageConfig
+    from autotune.config.schema import artifacts_location
+
+    cfg = load_config(args.config)
+    where = getattr(args, "artifacts", None)
+    if where:
+        where = artifacts_location(where, "--artifacts")
+        where = where if where.startswith("s3://") else str(Path(where).resolve())
+        cfg = dataclasses.replace(cfg, storage=StorageConfig(artifacts=where))
+    return cfg
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from autotune.report.table import format_table, write_all
     from autotune.results.reader import recommend
     from autotune.study.run import StudyAborted, run_study
 
-    cfg = load_config(args.config)
+    cfg = _load(args)
     try:
         outcomes = run_study(
             cfg,
@@ -110,7 +127,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autotune.report.html import write_report
     from autotune.results.reader import recommend
 
-    outcomes = recommend(load_config(args.config), storage=args.storage)
+    outcomes = recommend(_load(args), storage=args.storage)
     grid = None
     if args.render_grid:
         from autotune.report.grid import render_grid
@@ -125,11 +142,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     from autotune.results.reader import recommend
-    from autotune.study.storage import artifact_store
+    from autotune.study.artifacts import reader_store
 
-    cfg = load_config(args.config)
+    cfg = _load(args)
     url = args.storage or cfg.default_storage
-    recommend(cfg, storage=url)  # refuses a storage with no study yet, naming the command to run
+    outcomes = recommend(cfg, storage=url)  # refuses a storage with no study yet, naming the command to run
     with socket.socket() as probe:  # a port in use: one line, before the server's own traceback
         try:
             probe.bind((args.host, args.port))
@@ -138,7 +155,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                 f"--port {args.port}: cannot serve on {args.host}:{args.port} ({e.strerror}); pass another --port"
             ) from None
     print(f"optuna-dashboard for {cfg.name} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
-    store = artifact_store(cfg) if cfg.artifact_dir.is_dir() else None
+    store = reader_store(cfg, [o.attrs for o in outcomes.values()])
     run_server(url, host=args.host, port=args.port, artifact_store=store)
     return 0
 
@@ -241,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="run or resume the study of a study file (every prompt class)")
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    p.add_argument("--artifacts", help="trial images: a folder or s3://bucket/prefix (default: [storage] artifacts)")
     p.add_argument(
         "--n-trials",
         type=_positive_int,
@@ -271,6 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write studies/NAME/report.html: Pareto plots, image comparisons, grids")
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    p.add_argument("--artifacts", help="trial images: a folder or s3://bucket/prefix (default: [storage] artifacts)")
     p.add_argument(
         "--render-grid",
         action="store_true",
@@ -282,6 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="open the study in optuna-dashboard, with trial images")
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    p.add_argument("--artifacts", help="trial images: a folder or s3://bucket/prefix (default: [storage] artifacts)")
     p.add_argument("--port", type=int, default=8080, help="port to serve on (default: 8080)")
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 exposes it to the network)"
@@ -295,6 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, required=True, help="held-out prompts, one per line")
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default: search.seeds)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    p.add_argument("--artifacts", help="trial images: a folder or s3://bucket/prefix (default: [storage] artifacts)")
     p.add_argument("--device", help="override model.device: cpu, cuda, cuda:N")
     p.add_argument(
         "--clip-tolerance", type=float, help="override recommend.clip_tolerance (negative: must beat the baseline)"

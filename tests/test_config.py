@@ -88,6 +88,7 @@ def test_demo_study_file_is_valid() -> None:
     listed = {p for prompts in cfg.classes.values() for p in prompts}
     assert len([h for h in held_out if h and not h.startswith("#")]) >= 12 and not listed & set(held_out)
     assert cfg.baseline.scheduler == "dpmpp_2m_karras" and cfg.search.steps[0] <= 3  # shows the low-step failure
+    assert cfg.search.guidance_cutoff == (0.5, 1.0) and cfg.search.fitted_schedules  # shows both beyond-named axes
 
 
 BAD = [

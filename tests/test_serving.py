@@ -18,7 +18,8 @@ import autotune
 from autotune.model.references import decode_png
 from autotune.results.schema import router_data
 from autotune.serving.router import Router, class_embedding, load_text_encoder
-from autotune.study.storage import artifact_store, image_name, open_storage
+from autotune.study.artifacts import open_store
+from autotune.study.storage import image_name, open_storage
 from autotune.testing.tiny import tiny_pipeline_path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -36,7 +37,7 @@ def trial_image(cfg, outcome, number: int) -> torch.Tensor:  # type: ignore[no-u
     trial = outcome.load_study().trials[number]
     metas = optuna.artifacts.get_all_artifact_meta(trial, storage=open_storage(cfg.default_storage))
     (meta,) = [m for m in metas if m.filename == image_name(0, cfg.search.seeds[0])]
-    with artifact_store(cfg).open_reader(meta.artifact_id) as f:
+    with open_store(cfg.artifacts).open_reader(meta.artifact_id) as f:
         return decode_png(f.read())
 
 

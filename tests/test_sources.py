@@ -218,8 +218,9 @@ def test_negative_prompt_lora_and_vae_render_as_the_same_diffusers_call(assets: 
 
 def test_a_study_with_a_class_negative_prompt_and_a_lora_stores_what_diffusers_renders(assets: Path) -> None:
     from autotune.model.references import decode_png
+    from autotune.study.artifacts import open_store
     from autotune.study.run import run_study
-    from autotune.study.storage import artifact_store, image_name, open_storage
+    from autotune.study.storage import image_name, open_storage
 
     folder = assets / "study"
     folder.mkdir(exist_ok=True)
@@ -240,7 +241,7 @@ def test_a_study_with_a_class_negative_prompt_and_a_lora_stores_what_diffusers_r
     trial = out.load_study().trials[0]
     metas = optuna.artifacts.get_all_artifact_meta(trial, storage=open_storage(cfg.default_storage))
     (meta,) = [m for m in metas if m.filename == image_name(0, 0)]
-    with artifact_store(cfg).open_reader(meta.artifact_id) as f:
+    with open_store(cfg.artifacts).open_reader(meta.artifact_id) as f:
         stored = decode_png(f.read())
     mine = assets / "models" / "mine"
     assert (stored - plain_render(mine, "blurry, lowres", 0.8)).abs().max() <= 1 / 255 + 1e-6

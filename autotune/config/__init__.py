@@ -21,6 +21,7 @@ from autotune.config.study import (
     SearchConfig,
     ServingConfig,
     SettingConfig,
+    StorageConfig,
     StudyConfig,
     load_config,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "SearchConfig",
     "ServingConfig",
     "SettingConfig",
+    "StorageConfig",
     "StudyConfig",
     "load_config",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from autotune.config.schema import ConfigError
+from autotune.config.schema import ConfigError, check_range
 from autotune.config.study import SearchConfig, SettingConfig, StudyConfig
 from autotune.space import schedulers
 from autotune.space.families import Family
@@ -130,6 +130,15 @@ def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> Resolve
             f"baseline.guidance: expected a value inside search.guidance {list(guidance)} in steps of "
             f"{s.guidance_step:g}, got {baseline.guidance:g}"
         )
+    if s.guidance_cutoff is not None:
+        check_range(s.guidance_cutoff, 0.05, 1, "search.guidance_cutoff")
+        on_grid = (1 - s.guidance_cutoff[0]) / s.guidance_cutoff_step if s.guidance_cutoff_step > 0 else 0.5
+        if s.guidance_cutoff[1] != 1 or abs(on_grid - round(on_grid)) > 1e-6:
+            raise ConfigError(
+                f"search.guidance_cutoff: expected [low, 1.0] with 1 - low a multiple of guidance_cutoff_step "
+                f"({s.guidance_cutoff_step:g}), so that guidance on every step stays in the space; got "
+                f"{list(s.guidance_cutoff)}"
+            )
     if s.guidance_cutoff is not None and not family.cfg_inputs:
         raise ConfigError(
             f"search.guidance_cutoff: a {family.name} model has no classifier-free guidance to stop part-way "

@@ -20,6 +20,7 @@ __all__ = [
     "WEIGHT_FILES",
     "ConfigError",
     "ConfigWarning",
+    "artifacts_location",
     "check_range",
     "first_line",
     "one_of",
@@ -120,3 +121,10 @@ def read_utf8(path: Path) -> str:
     Raises what reading raises (``OSError``, ``UnicodeDecodeError``): each caller names its file.
     """
     return path.read_bytes().decode("utf-8-sig")
+
+
+def artifacts_location(value: str, where: str) -> str:
+    """A folder, or ``s3://bucket/prefix``: any other URL is refused in one line naming ``where``."""
+    if "://" in value and (not value.startswith("s3://") or not value[5:].strip("/")):
+        raise ConfigError(f"{where}: expected a folder or s3://bucket/prefix, got {value!r}")
+    return value

@@ -20,7 +20,16 @@ from typing import Any
 
 from autotune.config.objectives import OBJECTIVES
 from autotune.config.prompts import call_table, class_tables
-from autotune.config.schema import WEIGHT_FILES, ConfigError, ConfigWarning, check_range, one_of, read_utf8, section
+from autotune.config.schema import (
+    WEIGHT_FILES,
+    ConfigError,
+    ConfigWarning,
+    artifacts_location,
+    check_range,
+    one_of,
+    read_utf8,
+    section,
+)
 from autotune.space import schedulers, variants
 from autotune.space.families import FAMILIES
 
@@ -34,6 +43,7 @@ __all__ = [
     "SearchConfig",
     "ServingConfig",
     "SettingConfig",
+    "StorageConfig",
     "StudyConfig",
     "load_config",
 ]
@@ -154,6 +164,13 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """``[storage]``: where the trial images go (the trials themselves: ``--storage``)."""
+
+    artifacts: str | None = None  # a folder (relative to the study file) or s3://bucket/prefix; None: NAME/artifacts
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """Everything a study file says, checked, names canonical; model-family defaults still unset
     (``None``) until :func:`resolve` turns it into a :class:`ResolvedStudy`."""
@@ -169,6 +186,7 @@ class StudyConfig:
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     call: dict[str, Any] = field(default_factory=dict)  # [call]: fixed pipeline-call arguments of production
     negative_prompts: dict[str, str] = field(default_factory=dict)  # class -> its own negative prompt
 
@@ -191,8 +209,16 @@ class StudyConfig:
 
     @property
     def artifact_dir(self) -> Path:
-        """Trial images (Optuna artifacts), beside the outputs; shared by workers on one file system."""
+        """The default home of the trial images (Optuna artifacts), beside the outputs."""
         return self.output_dir / "artifacts"
+
+    @property
+    def artifacts(self) -> str:
+        """Where the trial images live: ``s3://bucket/prefix``, or a folder's absolute path."""
+        where = self.storage.artifacts
+        if where is not None and where.startswith("s3://"):
+            return where.rstrip("/")
+        return str((self.directory / where).resolve() if where else self.artifact_dir.resolve())
 
     @property
     def default_storage(self) -> str:
@@ -208,6 +234,7 @@ _SECTIONS = {
     "recommend": RecommendConfig,
     "serving": ServingConfig,
     "report": ReportConfig,
+    "storage": StorageConfig,
 }
 
 
@@ -266,19 +293,12 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
         value = getattr(m, key)
         if value < 8 or value % 8:
             raise ConfigError(f"model.{key}: expected a positive multiple of 8, got {value}")
+    if cfg.storage.artifacts is not None:
+        artifacts_location(cfg.storage.artifacts, "storage.artifacts")
     check_range(s.steps, 1, 1000, "search.steps")
     check_range(s.guidance, 0, 100, "search.guidance")
     if s.guidance_step <= 0:
         raise ConfigError(f"search.guidance_step: expected a number > 0, got {s.guidance_step:g}")
-    if s.guidance_cutoff is not None:
-        check_range(s.guidance_cutoff, 0.05, 1, "search.guidance_cutoff")
-        on_grid = (1 - s.guidance_cutoff[0]) / s.guidance_cutoff_step if s.guidance_cutoff_step > 0 else 0.5
-        if s.guidance_cutoff[1] != 1 or abs(on_grid - round(on_grid)) > 1e-6:
-            raise ConfigError(
-                f"search.guidance_cutoff: expected [low, 1.0] with 1 - low a multiple of guidance_cutoff_step "
-                f"({s.guidance_cutoff_step:g}), so that guidance on every step stays in the space; got "
-                f"{list(s.guidance_cutoff)}"
-            )
     if s.steps_step < 1:
         raise ConfigError(f"search.steps_step: expected an integer >= 1, got {s.steps_step}")
     names = s.schedulers

@@ -33,6 +33,7 @@ from autotune.report.figures import hypervolume_figure, importance_figure, paret
 from autotune.report.images import StoredImages
 from autotune.results.reader import ClassOutcome, settings_of
 from autotune.results.schema import RULE_TEXT, call_ratio, random_weights_warning, speedup_check, tolerance_text
+from autotune.study.artifacts import reader_store
 
 __all__ = ["GridImages", "recommended_guidance", "spread", "write_report"]
 
@@ -326,7 +327,8 @@ def write_report(
     """Write ``report.html`` (atomically) and return its path."""
     from plotly.offline import get_plotlyjs
 
-    images = StoredImages(cfg, storage or cfg.default_storage)
+    store = reader_store(cfg, [o.attrs for o in outcomes.values()])
+    images = StoredImages(cfg, storage or cfg.default_storage, store)
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     m = cfg.model
     intro = (

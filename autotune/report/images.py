@@ -24,21 +24,13 @@ __all__ = ["StoredImages"]
 class StoredImages:
     """Trial images from the study's artifacts, and references from the reference table."""
 
-    def __init__(self, cfg: ResolvedStudy, url: str) -> None:
-        self.cfg, self.url = cfg, url
+    def __init__(self, cfg: ResolvedStudy, url: str, store: Any = None) -> None:
+        self.cfg, self.url, self.store = cfg, url, store  # store: autotune.study.artifacts.reader_store
         self.refs = ReferenceTable(url)
-        self._store: Any = None
-
-    def _artifact_store(self) -> Any:
-        if self._store is None and self.cfg.artifact_dir.is_dir():
-            from autotune.study.storage import artifact_store
-
-            self._store = artifact_store(self.cfg)
-        return self._store
 
     def trial(self, t: Any, prompt_index: int, seed: int) -> bytes | None:
         """One image of a trial as stored, or None (images off, or never uploaded)."""
-        store = self._artifact_store()
+        store = self.store
         if store is None:
             return None
         artifact = artifact_files(t.system_attrs).get(image_name(prompt_index, seed))

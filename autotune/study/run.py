@@ -31,10 +31,12 @@ from autotune.model.evaluate import Evaluator
 from autotune.results.reader import Outcomes, front_of, recommend
 from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
+from autotune.study.artifacts import check as check_artifacts
+from autotune.study.artifacts import open_store
 from autotune.study.decide import ClassRun
 from autotune.study.objective import Objective
 from autotune.study.sampling import make_sampler
-from autotune.study.storage import artifact_store, open_storage, quiet_optuna
+from autotune.study.storage import open_storage, quiet_optuna
 from autotune.study.versions import find_version, fingerprint, study_name
 
 __all__ = ["StudyAborted", "open_class_study", "run_study"]
@@ -146,14 +148,26 @@ def run_study(
             cfg, names, lambda n: _attrs(rdb, n), resolved, new_version=new_version, measured=measured
         )
         check_writable(cfg.output_dir)
+        if cfg.report.images:  # before the model loads: the images go where the study's went, and can
+            for c in cfg.classes:
+                name = study_name(cfg, c, version)
+                recorded = _attrs(rdb, name).get("artifacts") if name in names else None
+                if recorded is not None and recorded != cfg.artifacts:
+                    raise ConfigError(
+                        f"--artifacts: study {name} keeps its trial images in {recorded}; this run would write "
+                        f"them to {cfg.artifacts}: pass --artifacts {recorded} (or set [storage] artifacts)"
+                    )
+            check_artifacts(cfg.artifacts, f"{cfg.path}: storage.artifacts")
         target = n_trials or cfg.search.n_trials
         evaluator = Evaluator(resolved, url, device, described=described)
         if check_reference and "lpips" in cfg.metrics.objectives:
             evaluator.check_reference()
-        artifacts = artifact_store(cfg) if cfg.report.images else None
+        artifacts = open_store(cfg.artifacts) if cfg.report.images else None
         runs: dict[str, Any] = {}
         for c in cfg.classes:
             study = open_class_study(resolved, c, rdb, version, measured)
+            if artifacts is not None and "artifacts" not in study.user_attrs:
+                study.set_user_attr("artifacts", cfg.artifacts)
             _prepare(study, c, evaluator)
             objective = Objective(resolved, study, c, evaluator, target, artifacts)
             runs[c] = ClassRun(resolved, study, c, evaluator, objective) if decide else _TrialsOnly(objective)

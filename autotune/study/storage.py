@@ -4,12 +4,11 @@ and the reference-image table beside Optuna's.
 Storage is Optuna's RDB storage (SQLite beside the study file by default, PostgreSQL for shared
 studies); reference images live in ``autotune_references`` in the same database, keyed by content
 (:func:`reference_key`), so every worker and every reader (the report) finds the same image; trial
-images are Optuna artifacts in ``studies/NAME/artifacts``. Optuna loads on first use: the reference
-table and the results reader need only SQLAlchemy.
+images are Optuna artifacts (:mod:`autotune.study.artifacts`: a folder or a bucket). Optuna loads on
+first use: the reference table and the results reader need only SQLAlchemy.
 
 Example:
     >>> rdb = open_storage("sqlite:///studies/demo.db")
-    >>> store = artifact_store(cfg)
     >>> ReferenceTable("sqlite:///studies/demo.db").find(reference_key(...))
 """
 
@@ -27,16 +26,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, Text, create_engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from autotune.config import ConfigError, StudyConfig
+from autotune.config import ConfigError
 from autotune.space.settings import Settings
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.artifacts import FileSystemArtifactStore
 
 __all__ = [
     "ReferenceTable",
-    "artifact_store",
     "generator_kind",
     "image_name",
     "model_identity",
@@ -126,13 +123,6 @@ def quiet_optuna() -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(level)
-
-
-def artifact_store(cfg: StudyConfig) -> FileSystemArtifactStore:
-    """The study's image store: ``studies/NAME/artifacts`` (what ``optuna-dashboard --artifact-dir`` serves)."""
-    from optuna.artifacts import FileSystemArtifactStore
-
-    return FileSystemArtifactStore(str(cfg.artifact_dir))
 
 
 def image_name(prompt_index: int, seed: int) -> str:

@@ -1,0 +1,104 @@
+"""Where the trial images live: one location string, a folder or ``s3://bucket/prefix``, that the study
+records when it is created, so that every worker writes to it and every reader (report, dashboard,
+grid) reads from it, whichever machine it runs on.
+
+A folder is Optuna's ``FileSystemArtifactStore`` (workers on one machine, or a shared file system); a
+bucket is Optuna's ``Boto3ArtifactStore`` with keys under the prefix, for any S3-compatible store:
+boto3 takes the endpoint and credentials from the usual AWS settings (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``~/.aws/config``, an instance role). Needs ``pip install autotune[s3]``.
+
+Example:
+    >>> store = open_store("s3://team-bucket/autotune/night")
+    >>> check(cfg.artifacts, "storage.artifacts")  # one line, before any trial renders, if unreachable
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from autotune.config import ConfigError, StudyConfig
+
+__all__ = ["check", "is_bucket", "open_store", "reader_store", "split"]
+
+
+def is_bucket(location: str) -> bool:
+    return location.startswith("s3://")
+
+
+def split(location: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix/")`` (an empty prefix: the bucket's root)."""
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    return bucket, (prefix.strip("/") + "/") if prefix.strip("/") else ""
+
+
+def _client() -> Any:
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise ConfigError("storage.artifacts: an s3:// location needs boto3: pip install 'autotune[s3]'") from None
+    # a store that does not answer fails in seconds, not after botocore's minutes of retries
+    return boto3.client("s3", config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}))
+
+
+class _BucketStore:
+    """Optuna's ``Boto3ArtifactStore``, every key under ``prefix``."""
+
+    def __init__(self, bucket: str, prefix: str) -> None:
+        from optuna.artifacts import Boto3ArtifactStore
+
+        self.prefix, self.inner = prefix, Boto3ArtifactStore(bucket, client=_client())
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self.inner.open_reader(self.prefix + artifact_id)
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self.inner.write(self.prefix + artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.inner.remove(self.prefix + artifact_id)
+
+
+def open_store(location: str) -> Any:
+    """The artifact store of ``location`` (an Optuna ``ArtifactStore``)."""
+    if is_bucket(location):
+        return _BucketStore(*split(location))
+    from optuna.artifacts import FileSystemArtifactStore
+
+    return FileSystemArtifactStore(location)
+
+
+def reader_store(cfg: StudyConfig, attrs: Iterable[Mapping[str, Any]]) -> Any:
+    """The store a reader (report, dashboard) finds the images in, or None (a folder that does not exist):
+    where the study file or ``--artifacts`` says, else where the study recorded its workers wrote them."""
+    location = cfg.artifacts
+    if not cfg.storage.artifacts:
+        location = next((str(a["artifacts"]) for a in attrs if a.get("artifacts")), location)
+    return open_store(location) if is_bucket(location) or Path(location).is_dir() else None
+
+
+def check(location: str, where: str) -> None:
+    """Refuse, in one line naming ``where``, a store that cannot be written and read back: an unknown
+    bucket, an endpoint that does not answer, missing credentials, a folder that cannot be made."""
+    if not is_bucket(location):
+        try:
+            Path(location).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot make the image folder {location} ({e.strerror})") from None
+        return
+    bucket, prefix = split(location)
+    if not bucket:
+        raise ConfigError(f"{where}: expected s3://bucket/prefix, got {location!r}")
+    try:
+        store = _BucketStore(bucket, prefix)
+        store.write(".autotune-check", io.BytesIO(b"ok"))
+        with store.open_reader(".autotune-check") as f:
+            f.read()
+    except ConfigError:
+        raise
+    except Exception as e:  # botocore's errors: no credentials, no such bucket, endpoint unreachable, ...
+        text = " ".join(str(e).split())
+        raise ConfigError(f"{where}: cannot write trial images to {location} ({type(e).__name__}: {text})") from None
