@@ -30,9 +30,9 @@ from autotune.space.settings import Settings
 __all__ = ["FIT_PROMPTS", "FIT_SHARE", "MAX_RENDERS", "MOVES", "fit_timesteps", "spacing"]
 
 MOVES = (128, 64, 32, 16, 8)  # in training timesteps, coarse to fine
-MAX_RENDERS = 24  # renders of the fit images per schedule, the starting spacings included
+MAX_RENDERS = 16  # renders of the fit images per schedule, the starting spacings included
 FIT_PROMPTS = 2  # the class's first prompts, with each search seed: the fit images
-FIT_SHARE = 0.25  # every fit of a class study together renders at most this share of its search's images
+FIT_SHARE = 0.3  # every fit of a class study together costs at most this share of its search's denoiser calls
 SPACINGS = ("leading", "linspace", "trailing")
 
 
@@ -110,6 +110,7 @@ def fit_timesteps(
         "held_on_check": held,  # None: no check (or nothing moved)
         "renders": renders,
         "images": images,
+        "calls": images * settings.steps,  # denoiser calls per image x images: the fit's cost
         "guidance": settings.guidance,
     }
     return best, info

@@ -32,6 +32,7 @@ __all__ = [
     "ays_timesteps",
     "cutoff_kwargs",
     "guided_steps",
+    "resample",
     "searched_params",
     "suggest",
     "takes_ays",
@@ -273,10 +274,16 @@ def takes_ays(scheduler: str, family: Family | None) -> bool:
 
 def ays_timesteps(family: Family, steps: int) -> list[int]:
     """Align-Your-Steps timesteps (Sabour et al. 2024) for the family, log-linearly resampled to ``steps``."""
-    import numpy as np
     from diffusers.schedulers import AysSchedules
 
-    base = np.array(AysSchedules[f"{family.ays}Timesteps"], dtype=float)
+    return resample(AysSchedules[f"{family.ays}Timesteps"], steps)
+
+
+def resample(timesteps: Sequence[float], steps: int) -> list[int]:
+    """A list of timesteps log-linearly resampled to ``steps`` of them (strictly decreasing integers)."""
+    import numpy as np
+
+    base = np.array(timesteps, dtype=float)
     if steps == len(base):
         return [int(t) for t in base]
     xs = np.linspace(0, 1, len(base))

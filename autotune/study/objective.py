@@ -31,7 +31,7 @@ from autotune.decision.evidence import distinct
 from autotune.decision.pareto import clearly_dominated
 from autotune.model.evaluate import Evaluation, Scorer
 from autotune.space import schedulers
-from autotune.space.settings import Settings, suggest
+from autotune.space.settings import Settings, resample, suggest
 from autotune.study import ledger
 from autotune.study.optuna_api import fail_stale_trials, heartbeat
 from autotune.study.sampling import fresh_params
@@ -160,20 +160,21 @@ class Objective:
 
     def _fitted(self, trial: optuna.Trial, settings: Settings) -> Settings:
         """The class's own schedule for the sampler and step count: fitted by the first trial that needs it
-        (within ``FIT_SHARE`` of the search's images), kept in the study for every later trial and run."""
+        while the fits have cost less than ``FIT_SHARE`` of the search's denoiser calls, afterwards the
+        sampler's nearest fitted schedule resampled to the steps; kept in the study for every later run."""
         from autotune.model.fit import FIT_SHARE
 
         fits = dict(self.study.user_attrs.get("fitted_schedules", {}))
         name = f"{settings.scheduler}|{settings.steps}"
         if name not in fits:
-            spent = sum(f["images"] for f in fits.values())
-            budget = FIT_SHARE * self.target * len(self.prompts) * len(self.seeds)
-            if spent >= budget:
-                raise RuntimeError(
-                    f"no schedule fitted for {settings.steps} steps: the fits spent {spent} images, "
-                    f"{FIT_SHARE:.0%} of the search's {budget / FIT_SHARE:.0f} (fitted schedules: {', '.join(fits)})"
-                )
-            timesteps, info = self.scorer.fit_schedule(settings, self.prompts, self.seeds)
+            s = self.cfg.search
+            budget = FIT_SHARE * self.target * len(self.prompts) * len(self.seeds) * sum(s.steps) / 2
+            own = {int(k.split("|")[1]): f for k, f in fits.items() if k.split("|")[0] == settings.scheduler}
+            if sum(f.get("calls", 0) for f in fits.values()) < budget or not own:
+                timesteps, info = self.scorer.fit_schedule(settings, self.prompts, self.seeds)
+            else:  # the fit budget is spent: the nearest fit of this sampler, resampled
+                near = min(own, key=lambda n: (abs(n - settings.steps), n))
+                timesteps, info = resample(own[near]["timesteps"], settings.steps), {"resampled_from": near}
             fits[name] = {"timesteps": timesteps, **info, "trial": trial.number}
             self.study.set_user_attr("fitted_schedules", fits)
         settings = dataclasses.replace(settings, timesteps=tuple(fits[name]["timesteps"]))
