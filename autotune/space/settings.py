@@ -276,7 +276,7 @@ def ays_timesteps(family: Family, steps: int) -> list[int]:
     """Align-Your-Steps timesteps (Sabour et al. 2024) for the family, log-linearly resampled to ``steps``."""
     from diffusers.schedulers import AysSchedules
 
-    return resample(AysSchedules[f"{family.ays}Timesteps"], steps)
+    return resample(list(AysSchedules[f"{family.ays}Timesteps"]), steps)  # type: ignore[call-overload]
 
 
 def resample(timesteps: Sequence[float], steps: int) -> list[int]:

@@ -81,13 +81,10 @@ def reader_store(cfg: StudyConfig, attrs: Iterable[Mapping[str, Any]]) -> Any:
 
 
 def check(location: str, where: str) -> None:
-    """Refuse, in one line naming ``where``, a store that cannot be written and read back: an unknown
-    bucket, an endpoint that does not answer, missing credentials, a folder that cannot be made."""
+    """Refuse, in one line naming ``where``, a bucket that cannot be written and read back: an unknown
+    bucket, an endpoint that does not answer, missing credentials. A folder is made at the first image
+    (a refused run leaves none behind)."""
     if not is_bucket(location):
-        try:
-            Path(location).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"{where}: cannot make the image folder {location} ({e.strerror})") from None
         return
     bucket, prefix = split(location)
     if not bucket:

@@ -33,6 +33,7 @@ from autotune.model.evaluate import Evaluation, Scorer
 from autotune.space import schedulers
 from autotune.space.settings import Settings, resample, suggest
 from autotune.study import ledger
+from autotune.study.artifacts import is_bucket
 from autotune.study.optuna_api import fail_stale_trials, heartbeat
 from autotune.study.sampling import fresh_params
 from autotune.study.storage import image_name
@@ -220,6 +221,8 @@ class Objective:
         trial.set_user_attr("prompts_rendered", len(self.prompts))  # the class's first ones
         if self.artifacts is not None and evaluation.images is not None:
             try:
+                if not is_bucket(self.cfg.artifacts):
+                    Path(self.cfg.artifacts).mkdir(parents=True, exist_ok=True)
                 self._upload(trial, evaluation.images)
             except Exception as e:  # the store failed: the images' metrics stay recorded above
                 reason = f"storing the trial's images failed ({self.cfg.artifacts}): {_reason(e)}"
