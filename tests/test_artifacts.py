@@ -102,6 +102,11 @@ def test_two_machines_write_to_one_bucket_and_a_third_reads_every_image(
     assert len({t.user_attrs["worker"] for t in done}) == 2 and len(done) >= 4  # both machines rendered
     assert study.user_attrs["artifacts"] == where
 
+    shown = _cli("recommend", str(reader), "--storage", postgres_url, "--format", "json", env=s3)
+    assert shown.returncode == 0, shown.stderr  # the recommendations come from the database, on any machine
+    (reader.parent / "fleet").mkdir()
+    (reader.parent / "fleet" / "recommendations.json").write_text(shown.stdout)
+    assert "SETTINGS = {" in _cli("export", str(reader), "--format", "diffusers", env=s3).stdout
     assert _cli("report", str(reader), "--storage", postgres_url, env=s3).returncode == 0
     html = (reader.parent / "fleet" / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 2  # the comparison's images came from the bucket
