@@ -61,9 +61,10 @@ def neighbours(s: Settings, space: SearchSpace) -> list[Settings]:
     for g in (s.guidance - space.guidance_step, s.guidance + space.guidance_step):
         if space.guidance[0] - 1e-9 <= g <= space.guidance[1] + 1e-9:
             out.append(Settings.make(s.scheduler, s.steps, round(g, 6), dict(s.options), s.cutoff))
-    cut = getattr(space, "guidance_cutoff", None)
-    if cut and s.guidance > 1 and s.cutoff - space.guidance_cutoff_step >= cut[0] - 1e-9:
-        out.append(replace(s, cutoff=round(s.cutoff - space.guidance_cutoff_step, 6)))
+    cut, step = getattr(space, "guidance_cutoff", None), getattr(space, "guidance_cutoff_step", 0.1)
+    sooner = Settings.make(s.scheduler, s.steps, s.guidance, dict(s.options), round(s.cutoff - step, 6), s.timesteps)
+    if cut and s.cutoff - step >= cut[0] - 1e-9 and sooner != s:  # a cutoff that still guides every step is none
+        out.append(sooner)
     return out
 
 

@@ -135,11 +135,14 @@ class Settings:
         cutoff: float = 1.0,
         timesteps: Sequence[int] = (),
     ) -> Settings:
-        """A setting; variant values of "default" (the model's own config) are left out, a cutoff where
-        there is no guidance to cut (guidance 1 or below) is none, and ``timesteps`` are kept only for a
-        fitted schedule."""
+        """A setting; variant values of "default" (the model's own config) are left out, a cutoff that
+        cuts nothing (guidance 1 or below, or a cutoff that still guides every step) is none, and
+        ``timesteps`` are kept only for a fitted schedule."""
         chosen = sorted((k, v) for k, v in (options or {}).items() if v != "default")
-        cut = 1.0 if float(guidance) <= 1.0 or cutoff >= 1 else round(float(cutoff), 6)
+        n = int(steps) * schedulers.get(scheduler).calls_per_step
+        cut = round(float(cutoff), 6)
+        if float(guidance) <= 1.0 or guided_steps(n, cut) >= n:  # guidance on every step: no cutoff at all
+            cut = 1.0
         own = tuple(int(t) for t in timesteps) if dict(chosen).get("sigmas") == "fitted" else ()
         return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own)
 
