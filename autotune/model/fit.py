@@ -30,7 +30,7 @@ from autotune.space.settings import Settings
 __all__ = ["FIT_PROMPTS", "FIT_SHARE", "MAX_RENDERS", "MOVES", "fit_timesteps", "spacing"]
 
 MOVES = (128, 64, 32, 16, 8)  # in training timesteps, coarse to fine
-MAX_RENDERS = 16  # renders of the fit images per schedule, the starting spacings included
+MAX_RENDERS = 24  # renders of the fit images per schedule, the starting spacings included
 FIT_PROMPTS = 2  # the class's first prompts, with each search seed: the fit images
 FIT_SHARE = 0.3  # every fit of a class study together costs at most this share of its search's denoiser calls
 SPACINGS = ("leading", "linspace", "trailing")
