@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -169,7 +170,8 @@ def run_study(
             if artifacts is not None and "artifacts" not in study.user_attrs:
                 study.set_user_attr("artifacts", cfg.artifacts)
             _prepare(study, c, evaluator)
-            objective = Objective(resolved, study, c, evaluator, target, artifacts)
+            seeded = None if cfg.search.seed is None else random.Random(f"{cfg.search.seed}:{c}")  # fresh draws too
+            objective = Objective(resolved, study, c, evaluator, target, artifacts, rng=seeded)
             runs[c] = ClassRun(resolved, study, c, evaluator, objective) if decide else _TrialsOnly(objective)
             if decide:
                 study.set_user_attr("decision", {"state": "deciding"})
