@@ -75,8 +75,9 @@ def reader_store(cfg: StudyConfig, attrs: Iterable[Mapping[str, Any]]) -> Any:
     """The store a reader (report, dashboard) finds the images in, or None (a folder that does not exist):
     where the study file or ``--artifacts`` says, else where the study recorded its workers wrote them."""
     location = cfg.artifacts
-    if not cfg.storage.artifacts:
-        location = next((str(a["artifacts"]) for a in attrs if a.get("artifacts")), location)
+    recorded = next((str(a["artifacts"]) for a in attrs if a.get("artifacts")), None)
+    if not cfg.storage.artifacts and recorded and (is_bucket(recorded) or not Path(location).is_dir()):
+        location = recorded  # a bucket, or the folder the workers wrote (this project's own may have moved)
     return open_store(location) if is_bucket(location) or Path(location).is_dir() else None
 
 

@@ -33,7 +33,7 @@ from autotune.results.reader import Outcomes, front_of, recommend
 from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
 from autotune.study.artifacts import check as check_artifacts
-from autotune.study.artifacts import open_store
+from autotune.study.artifacts import is_bucket, open_store
 from autotune.study.decide import ClassRun
 from autotune.study.objective import Objective
 from autotune.study.sampling import make_sampler
@@ -150,10 +150,11 @@ def run_study(
         )
         check_writable(cfg.output_dir)
         if cfg.report.images:  # before the model loads: the images go where the study's went, and can
-            for c in cfg.classes:
+            for c in cfg.classes:  # (a bucket the study or this run names; a moved project's folder may differ)
                 name = study_name(cfg, c, version)
                 recorded = _attrs(rdb, name).get("artifacts") if name in names else None
-                if recorded is not None and recorded != cfg.artifacts:
+                bucket = is_bucket(str(recorded)) or is_bucket(cfg.artifacts)
+                if recorded is not None and recorded != cfg.artifacts and bucket:
                     raise ConfigError(
                         f"--artifacts: study {name} keeps its trial images in {recorded}; this run would write "
                         f"them to {cfg.artifacts}: pass --artifacts {recorded} (or set [storage] artifacts)"
