@@ -74,6 +74,19 @@ def tiny():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def seconds_by_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving calls "timed" as the setting's model evaluations (1 ms each): for tests whose verdict follows
+    the cost (which settings are cheaper, where the walk goes), so that no verdict hangs on the machine's
+    timing noise. The timing itself is tested on its own (test_pipeline, the benchmarks)."""
+    from autotune.model import render
+
+    def timed(p, settings, prompt, seed, height, width, batch_size=1, repeats=3):  # type: ignore[no-untyped-def]
+        return [1e-3 * settings.steps * (1 + settings.guided_share())] * repeats
+
+    monkeypatch.setattr(render, "time_serving", timed)
+
+
+@pytest.fixture
 def study_file(tmp_path: Path) -> Callable[..., Path]:
     """Write a small study file into a fresh folder; its database and outputs land beside it."""
 

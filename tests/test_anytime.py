@@ -39,17 +39,11 @@ def test_a_class_with_more_prompts_than_a_trial_renders_races_on_new_prompts(stu
 
 
 def test_a_study_killed_while_racing_resumes_to_the_same_recommendation(
-    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, seconds_by_evaluations: None
 ) -> None:
-    from autotune.model import render
+    # the walk and the pick follow the fitted cost: timed seconds made the two runs part on the machine's
+    # noise once in CI
     from autotune.study import decide
-
-    # the walk and the pick follow the fitted cost: timed seconds would make two runs differ by the
-    # machine's noise (as they did once in CI); seconds here are the setting's model evaluations
-    def timed(p, settings, prompt, seed, height, width, batch_size=1, repeats=3):  # type: ignore[no-untyped-def]
-        return [1e-3 * settings.steps * (1 + settings.guided_share())] * repeats
-
-    monkeypatch.setattr(render, "time_serving", timed)
 
     whole = recommend(run_study(load_config(_study(study_file, "whole")), progress=False).cfg)["portrait"]
     path = _study(study_file, "killed")
