@@ -25,7 +25,7 @@ baseline are always compared on the same images.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from autotune.decision.evidence import Candidate, Evidence
@@ -56,8 +56,8 @@ def neighbours(s: Settings, space: SearchSpace) -> list[Settings]:
     """One step fewer, the adjacent guidance values at the same steps and, where the space searches a
     guidance cutoff, guidance stopped one cutoff step sooner (those inside the space)."""
     out = []
-    if s.steps - space.steps_step >= space.steps[0]:
-        out.append(replace(s, steps=s.steps - space.steps_step))
+    if s.steps - space.steps_step >= space.steps[0]:  # a fitted list is the steps': the study fits the fewer
+        out.append(Settings.make(s.scheduler, s.steps - space.steps_step, s.guidance, dict(s.options), s.cutoff))
     for g in (s.guidance - space.guidance_step, s.guidance + space.guidance_step):
         if space.guidance[0] - 1e-9 <= g <= space.guidance[1] + 1e-9:
             out.append(Settings.make(s.scheduler, s.steps, round(g, 6), dict(s.options), s.cutoff))

@@ -241,17 +241,21 @@ class Settings:
         steps`` where guidance stops part-way)."""
         text = f"{self.scheduler_label()}, {self.steps} steps, CFG {self.guidance:g}"
         if self.cutoff < 1:
-            n = self.steps * schedulers.get(self.scheduler).calls_per_step
+            n = self.calls
             text += f" on {guided_steps(n, self.cutoff)} of {n} steps (cutoff {self.cutoff:g})"
         return text
+
+    @property
+    def calls(self) -> int:
+        """Denoiser calls per image (steps x the sampler's calls per step), guidance or not."""
+        return self.steps * schedulers.get(self.scheduler).calls_per_step
 
     def guided_share(self) -> float:
         """The share of the model evaluations that run with guidance (0 without guidance), as the render
         counts them; for a setting not rendered yet, from its steps."""
         if self.guidance <= 1.0:
             return 0.0
-        n = self.steps * schedulers.get(self.scheduler).calls_per_step
-        return guided_steps(n, self.cutoff) / n
+        return guided_steps(self.calls, self.cutoff) / self.calls
 
 
 @functools.cache

@@ -131,7 +131,7 @@ class ClassRun:
 
     # cost in one unit for rendered and untried settings ----------------------------------------------
     def _cost(self, s: Settings) -> float:
-        calls, guided = s.steps * schedulers.get(s.scheduler).calls_per_step, s.guided_share()
+        calls, guided = s.calls, s.guided_share()
         fit = self.evidence.fit
         return fit(calls, guided) if fit is not None else calls * (1.0 + guided)
 
