@@ -48,9 +48,11 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+ARTIFACTS_HELP = "trial images: a folder or s3://bucket/prefix (default: [storage] artifacts, else the study's own)"
+
+
 def _load(args: argparse.Namespace) -> Any:
-    """The study file, with ``--artifacts`` (a folder, relative to here, or s3://bucket/prefix) in place
-    of its ``[storage] artifacts``."""
+    """The study file, ``--artifacts`` (a folder relative to here, or s3://...) replacing its [storage]."""
     import dataclasses
 
     from autotune.config import StorageConfig
@@ -258,7 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="run or resume the study of a study file (every prompt class)")
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
-    p.add_argument("--artifacts", help="trial images: a folder or s3://bucket/prefix (default: [storage] artifacts)")
+    p.add_argument("--artifacts", help=ARTIFACTS_HELP)
     p.add_argument(
         "--n-trials",
         type=_positive_int,
@@ -289,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write studies/NAME/report.html: Pareto plots, image comparisons, grids")
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
-    p.add_argument("--artifacts", help="trial images: a folder or s3://bucket/prefix (default: [storage] artifacts)")
+    p.add_argument("--artifacts", help=ARTIFACTS_HELP)
     p.add_argument(
         "--render-grid",
         action="store_true",
@@ -301,7 +303,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="open the study in optuna-dashboard, with trial images")
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
-    p.add_argument("--artifacts", help="trial images: a folder or s3://bucket/prefix (default: [storage] artifacts)")
+    p.add_argument("--artifacts", help=ARTIFACTS_HELP)
     p.add_argument("--port", type=int, default=8080, help="port to serve on (default: 8080)")
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 exposes it to the network)"
@@ -315,7 +317,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, required=True, help="held-out prompts, one per line")
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default: search.seeds)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
-    p.add_argument("--artifacts", help="trial images: a folder or s3://bucket/prefix (default: [storage] artifacts)")
     p.add_argument("--device", help="override model.device: cpu, cuda, cuda:N")
     p.add_argument(
         "--clip-tolerance", type=float, help="override recommend.clip_tolerance (negative: must beat the baseline)"
