@@ -87,10 +87,13 @@ def test_reference_check_accepts_karras_and_measures_it(tiny) -> None:  # type: 
     assert good < CONVERGENCE_LIMIT < bad
 
 
-def test_reference_following_trial_guidance_caches_one_reference_per_guidance(tmp_path: Path) -> None:
+def test_reference_following_trial_guidance_caches_one_reference_per_guidance(
+    tmp_path: Path, seconds_by_evaluations: None
+) -> None:
     path = tmp_path / "trial.toml"
-    path.write_text(
+    path.write_text(  # the optimiser draws every setting after the baseline, seeded
         '[model]\ndevice = "cpu"\nheight = 32\nwidth = 32\n[search]\nn_trials = 4\nseeds = [0]\n'
+        'seed = 1\nsampler = "random"\nfront_share = 1.0\n'
         'steps = [2, 8]\n[baseline]\nsteps = 8\n[reference]\nguidance = "trial"\nsteps = 30\n' + CLASSES
     )
     out = run_study(load_config(path), progress=False, check_reference=False)["portrait"]

@@ -131,12 +131,12 @@ def test_a_bad_cutoff_range_is_one_line_naming_the_key(study_file, capsys, extra
     assert message in err and "\n" not in err and str(path) in err
 
 
-def test_a_study_searches_the_cutoff_and_records_what_it_cost(study_file) -> None:  # type: ignore[no-untyped-def]
+def test_a_study_searches_the_cutoff_and_records_what_it_cost(study_file, seconds_by_evaluations) -> None:  # type: ignore[no-untyped-def]
     from autotune.config import load_config
     from autotune.study.run import run_study
 
     path = study_file(n_trials=6)
-    # the optimiser picks every new setting, from a seeded random sampler: which ones is no matter of timing
+    # the optimiser picks every setting after the baseline, from a seeded random sampler: no matter of timing
     search = '[search]\nguidance_cutoff = [0.5, 1.0]\nseed = 3\nsampler = "random"\nfront_share = 1.0\n'
     path.write_text(path.read_text().replace("[search]\n", search))
     outcome = run_study(load_config(path), progress=False)["portrait"]

@@ -85,6 +85,20 @@ def test_resume_adds_trials_to_the_same_database(study_file: Callable[..., Path]
     assert len(study.trials) == total
 
 
+def test_a_seeded_study_draws_the_same_settings_again(
+    study_file: Callable[..., Path], seconds_by_evaluations: None
+) -> None:
+    drawn = []
+    for name in ("first", "second"):
+        path = study_file(name=name, n_trials=4)
+        path.write_text(path.read_text().replace("[search]\n", "[search]\nseed = 11\nfront_share = 1.0\n"))
+        study = run_study(load_config(path), progress=False)["portrait"].load_study()
+        later = [t for t in study.trials if not t.user_attrs.get("baseline")]
+        assert not any(t.user_attrs.get("proposed") for t in later)  # front_share = 1: the optimiser's alone
+        drawn.append([t.params for t in later])
+    assert len(drawn[0]) == 3 and drawn[0] == drawn[1]  # [search] seed seeds the optimiser (TPE) per class
+
+
 def test_repeated_setting_reuses_stored_metrics(study_file: Callable[..., Path]) -> None:
     cfg = load_config(study_file(n_trials=2))
     outcomes = run_study(cfg, progress=False)

@@ -186,7 +186,7 @@ class ClassRun:
             return None
         rendered = [t for t in done if "setting_key" in t.user_attrs and not reused(t)]
         ours = sum(bool(t.user_attrs.get("proposed")) for t in rendered)
-        if len(rendered) - ours < self.cfg.search.front_share * len(rendered):
+        if ours >= (1 - self.cfg.search.front_share) * len(rendered):  # the baseline is the optimiser's
             return None
         base = self.evidence.baseline
         assert base is not None

@@ -36,7 +36,7 @@ from autotune.study.artifacts import check as check_artifacts
 from autotune.study.artifacts import is_bucket, open_store
 from autotune.study.decide import ClassRun
 from autotune.study.objective import Objective
-from autotune.study.sampling import make_sampler
+from autotune.study.sampling import class_seed, make_sampler
 from autotune.study.storage import open_storage, quiet_optuna
 from autotune.study.versions import find_version, fingerprint, study_name
 
@@ -63,7 +63,7 @@ def open_class_study(
     together never enqueue it twice.
     """
     name = study_name(cfg, class_name, version)
-    sampler = make_sampler(cfg.search.sampler)
+    sampler = make_sampler(cfg.search.sampler, class_seed(cfg.search.seed, class_name))
     directions = [optuna.study.StudyDirection[OBJECTIVES[m].direction.upper()] for m in cfg.metrics.objectives]
     try:
         study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
@@ -171,7 +171,8 @@ def run_study(
             if artifacts is not None and "artifacts" not in study.user_attrs:
                 study.set_user_attr("artifacts", cfg.artifacts)
             _prepare(study, c, evaluator)
-            seeded = None if cfg.search.seed is None else random.Random(f"{cfg.search.seed}:{c}")  # fresh draws too
+            seed = class_seed(cfg.search.seed, c)
+            seeded = None if seed is None else random.Random(seed)  # fresh draws too
             objective = Objective(resolved, study, c, evaluator, target, artifacts, rng=seeded)
             runs[c] = ClassRun(resolved, study, c, evaluator, objective) if decide else _TrialsOnly(objective)
             if decide:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -20,7 +21,12 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.space.families import Family
 from autotune.space.settings import SearchSpace, Settings, searched_params, suggest
 
-__all__ = ["RandomDraw", "fresh_params", "make_sampler"]
+__all__ = ["RandomDraw", "class_seed", "fresh_params", "make_sampler"]
+
+
+def class_seed(seed: int | None, class_name: str) -> int | None:
+    """A class's own seed from ``[search] seed`` (None: unseeded), for its optimiser and its fresh draws."""
+    return None if seed is None else zlib.crc32(f"{seed}:{class_name}".encode())
 
 
 def make_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSampler:
