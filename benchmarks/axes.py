@@ -1,0 +1,146 @@
+"""The two axes of issue 21 against the named settings alone: the demo's study with and without them,
+each recommendation judged on prompts and seeds no study used.
+
+    .venv/bin/python benchmarks/axes.py [--studies 3]
+
+For each study seed 1..N and each arm, ``autotune study`` runs studies/demo.toml (the trained glyphs micro
+model and its CLIP, the LPIPS backbone random; 40 settings per class, on the CPU): ``named`` without
+``guidance_cutoff`` and ``fitted_schedules``, ``axes`` as shipped (both searched). ``autotune validate``
+then renders each class's recommendation and the baseline on the held-out prompts of
+studies/demo_holdout.txt (combinations no class lists) x seeds 500-502 (no study uses them) and times
+both alone, as the study times cost. A pick is *truly worse* where its mean CLIP or LPIPS difference to
+the baseline on those images is outside the study's tolerance; validate's own verdict (the one-sided 95 %
+bound within tolerance) is printed beside it. Every speed-up is validate's timing, beside the ratio of
+model evaluations (recommendations.json: denoiser calls x (1 + the guided share)).
+
+Writes benchmarks/results/axes.json. Run it alone on the machine (it times settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+TRUTH_SEEDS = [500, 501, 502]
+ARMS = ("named", "axes")
+
+
+def study_text(arm: str, seed: int) -> str:
+    text = (ROOT / "studies" / "demo.toml").read_text().replace('device = "auto"', 'device = "cpu"')
+    if arm == "named":
+        text = re.sub(r"^(guidance_cutoff|fitted_schedules) = .*$", "", text, flags=re.M)
+    return text.replace("[search]\n", f"[search]\nseed = {seed}\n", 1)
+
+
+def one_study(arm: str, seed: int, held: list[str], folder: Path) -> dict[str, Any]:
+    """Run the study, write its outputs, validate each class's pick on the held-out prompts and seeds."""
+    from autotune.config import load_config
+    from autotune.config.objectives import OBJECTIVES
+    from autotune.report.table import write_all
+    from autotune.study.run import run_study
+    from autotune.validate import validate
+
+    path = folder / f"{arm}-{seed}" / "demo.toml"
+    path.parent.mkdir()
+    path.write_text(study_text(arm, seed))
+    cfg = load_config(path)
+    start = time.monotonic()
+    write_all(run_study(cfg, progress=False))
+    minutes = (time.monotonic() - start) / 60
+    recs = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]
+    checked = validate(cfg, held, TRUTH_SEEDS)["classes"]
+    out: dict[str, Any] = {"minutes": minutes}
+    for c, v in checked.items():
+        sign = {m: 1 if OBJECTIVES[m].higher_is_better else -1 for m in v["bounds"]}
+        worse = [m for m, b in v["bounds"].items() if sign[m] * b["mean"] < -b["tolerance"]]
+        out[c] = {
+            "pick": v["recommended"],
+            "speedup": v["speedup"],
+            "speedup_range": v["speedup_range"],
+            "call_ratio": recs[c].get("model_call_ratio"),
+            "study_speedup": v["study_speedup"],
+            "truly_worse": bool(worse),
+            "worse_on": worse,
+            "bound_passes": v["within_tolerance"],
+            "means": {m: b["mean"] for m, b in v["bounds"].items()},
+            "tolerance": {m: b["tolerance"] for m, b in v["bounds"].items()},
+        }
+        print(
+            f"{arm} seed {seed} {c}: {v['recommended']}: {v['speedup']:.2f}x held out "
+            f"({out[c]['call_ratio'] or 1:.2f}x fewer model evaluations), truly worse: {bool(worse)}"
+            f"{' (' + ', '.join(worse) + ')' if worse else ''}, bound {'passes' if v['within_tolerance'] else 'fails'}",
+            flush=True,
+        )
+    return out
+
+
+PHYSICAL = 1.25  # a held-out speed-up above this x its model-evaluation ratio is timing noise, not a saving
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per class and arm: truly worse picks, and the median saving of the picks (a truly worse pick saves
+    nothing), timed and in model evaluations; a timing that breaks physics is flagged."""
+    classes = [c for c in runs["axes"][0] if c != "minutes"]
+    summary: dict[str, Any] = {}
+    for c in classes:
+        summary[c] = {}
+        for arm in ARMS:
+            rows = [r[c] for r in runs[arm]]
+            holds = [not r["truly_worse"] for r in rows]
+            speed = [r["speedup"] for r in rows]
+            calls = [r["call_ratio"] or 1.0 for r in rows]
+            summary[c][arm] = {
+                "truly_worse": f"{sum(not h for h in holds)}/{len(rows)}",
+                "speedups": [round(x, 2) for x in speed],
+                "call_ratios": [round(x, 2) for x in calls],
+                "timing_noise": [x > PHYSICAL * y for x, y in zip(speed, calls, strict=True)],
+                "median_speedup_that_holds": statistics.median(
+                    x if h else 1.0 for x, h in zip(speed, holds, strict=True)
+                ),
+                "median_call_ratio_that_holds": statistics.median(
+                    x if h else 1.0 for x, h in zip(calls, holds, strict=True)
+                ),
+            }
+        for kind in ("speedup", "call_ratio"):
+            a, n = (summary[c][arm][f"median_{kind}_that_holds"] for arm in ("axes", "named"))
+            summary[c][f"axes_over_named_{kind}"] = a / n
+    summary["study_minutes"] = {arm: [round(r["minutes"], 1) for r in runs[arm]] for arm in ARMS}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=3)
+    parser.add_argument("--summarise", action="store_true", help="summarise results/axes.json's runs again")
+    args = parser.parse_args()
+    out = HERE / "results" / "axes.json"
+    if args.summarise:
+        runs = json.loads(out.read_text())["runs"]
+    else:
+        import torch
+
+        from autotune.validate import read_prompts
+
+        torch.set_num_threads(2)
+        held = read_prompts(ROOT / "studies" / "demo_holdout.txt")
+        runs = {arm: [] for arm in ARMS}
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in range(1, args.studies + 1):
+                for arm in ARMS:
+                    runs[arm].append(one_study(arm, seed, held, Path(tmp)))
+    summary = summarise(runs)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
