@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	# the parity extra's sampling code alone (k-diffusion's own requirements are its training stack)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt k-diffusion torchdiffeq
 	touch $@
 
 demo: $(STAMP)

@@ -120,7 +120,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autotune.results.schema import load_recommendations
     from autotune.serving.export import export
 
-    print(export(load_recommendations(args.study), args.format), end="")
+    recs = load_recommendations(args.study)
+    if args.check:  # the verdicts to stderr and parity.json; the export (with them) to stdout
+        from autotune.serving.parity import check_file
+
+        print(check_file(args.study, recs, args.device), file=sys.stderr)
+    print(export(recs, args.format), end="")
     return 0
 
 
@@ -174,16 +179,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     prompts = read_prompts(args.prompts)
-    result = validate(
-        cfg,
-        prompts,
-        args.seeds,
-        storage=args.storage,
-        device=args.device,
-        clip_tolerance=args.clip_tolerance,
-        lpips_tolerance=args.lpips_tolerance,
-        allow_untested=args.allow_untested,
-    )
+    result = validate(cfg, prompts, args.seeds, storage=args.storage, device=args.device,
+                      clip_tolerance=args.clip_tolerance, lpips_tolerance=args.lpips_tolerance,
+                      allow_untested=args.allow_untested)  # fmt: skip
     print(format_validation(result))
     print(f"\nwrote {cfg.output_dir / 'validation.json'}")
     return 0 if result["passed"] else 1
@@ -226,16 +224,8 @@ def cmd_schedulers(args: argparse.Namespace) -> int:
     for name in usable:
         spec = schedulers.get(name)
         variants = ", ".join(variant_choices(name, "all", family))
-        rows.append(
-            [
-                name,
-                ", ".join(schedulers.aliases(name)),
-                spec.class_name,
-                "yes" if spec.deterministic else "no",
-                str(spec.calls_per_step),
-                variants or "-",
-            ]
-        )
+        rows.append([name, ", ".join(schedulers.aliases(name)), spec.class_name, "yes" if spec.deterministic else "no",
+                     str(spec.calls_per_step), variants or "-"])  # fmt: skip
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, ["-" * w for w in widths], *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
@@ -361,6 +351,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="the recommendations for diffusers, AUTOMATIC1111 or ComfyUI")
     p.add_argument("study", type=Path, help="study file, or its recommendations.json")
     p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument(
+        "--check", action="store_true", help="render the A1111/ComfyUI settings as those tools do and judge them"
+    )
+    p.add_argument("--device", help="device for --check: auto, cpu, cuda, cuda:N (default: the study file's)")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -24,7 +24,7 @@ from typing import Any
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.schema import read_utf8
 
-__all__ = ["read_prompts", "validate"]
+__all__ = ["class_tolerance", "read_prompts", "validate"]
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -49,6 +49,25 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
+def class_tolerance(
+    resolved: Any,
+    recs: Any,
+    c: str,
+    base: Any,
+    clip_tolerance: float | None = None,
+    lpips_tolerance: float | None = None,
+) -> Any:
+    """Class ``c``'s tolerance for images the study never saw: the study's, in CLIP points where it was
+    measured (else scaled by ``base``'s noise on them), unless overridden."""
+    from autotune.decision.tolerance import tolerance
+
+    stated = recs.tolerances.get(c, {})
+    clip = clip_tolerance if clip_tolerance is not None else stated.get("clip_score")
+    objectives = resolved.metrics.objectives
+    seed = recs.seed_lpips.get(c)
+    return tolerance(resolved.recommend, objectives, base, seed, clip_points=clip, lpips_x_seed=lpips_tolerance)[0]
+
+
 def validate(
     cfg: StudyConfig,
     prompts: Sequence[str],
@@ -67,7 +86,6 @@ def validate(
     """
     from autotune.decision.evidence import Candidate, images_of
     from autotune.decision.rule import overall, speedup, verdicts
-    from autotune.decision.tolerance import tolerance
     from autotune.files import atomic_write
     from autotune.model.evaluate import Evaluator
     from autotune.model.pipeline import resolve_config
@@ -97,17 +115,7 @@ def validate(
         a, b = (images_of(e.per_image, len(ps), seeds) for e in (ours, theirs))
         mine = Candidate(1, a, seconds=tuple(ours.seconds), deterministic=schedulers.get(rec.scheduler).deterministic)
         base = Candidate(0, b, seconds=tuple(theirs.seconds))
-        stated = recs.tolerances.get(c, {})  # the study's tolerance in CLIP points (else the held-out baseline's noise)
-        clip = clip_tolerance if clip_tolerance is not None else stated.get("clip_score")
-        tol, _ = tolerance(
-            resolved.recommend,
-            resolved.metrics.objectives,
-            base,
-            recs.seed_lpips.get(c),
-            clip_points=clip,
-            lpips_x_seed=lpips_tolerance,
-        )
-        bounds = verdicts(mine, base, tol)
+        bounds = verdicts(mine, base, class_tolerance(resolved, recs, c, base, clip_tolerance, lpips_tolerance))
         faster = speedup(mine, base)
         classes[c] = {
             "prompts": ps,

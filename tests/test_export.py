@@ -24,7 +24,8 @@ def _rec(scheduler: str, options: dict | None = None, steps: int = 12, guidance:
          ("euler", "exponential")),
         ("euler_a", {"timestep_spacing": "trailing"}, ("Euler a", "SGM Uniform"), ("euler_ancestral", "sgm_uniform")),
         ("dpmpp_3m_sde_karras", {}, ("DPM++ 3M SDE", "Karras"), ("dpmpp_3m_sde", "karras")),
-        ("ddim", {}, ("DDIM", "Automatic"), ("ddim", "ddim_uniform")),
+        ("ddim", {}, ("DDIM", "Uniform"), ("ddim", "ddim_uniform")),
+        ("dpmpp_2m", {}, ("DPM++ 2M", "Uniform"), ("dpmpp_2m", "normal")),  # A1111's Automatic: Karras
         ("unipc", {"sigmas": "beta"}, ("UniPC", "Beta"), ("uni_pc", "beta")),
     ],
 )  # fmt: skip

@@ -179,11 +179,17 @@ class Evaluator:
             seconds = time_serving(
                 self.pipeline, settings, prompts[0], seeds[0], m.height, m.width, serving.batch_size, serving.repeats
             )
-        each = [q for q in prompts for _ in seeds]
-        refs = None
-        if any(OBJECTIVES[name].reference for name in self.metrics):
-            refs = self.references(prompts, seeds, settings.guidance)
-        per_image = {name: metric.score(render.images, each, refs).tolist() for name, metric in self.metrics.items()}
+        per_image = self.score(render.images, prompts, seeds, settings.guidance)
         return Evaluation(
             per_image, render.model_calls, render.images, seconds, sum(render.seconds), render.guided_calls
         )
+
+    def score(
+        self, images: Any, prompts: Sequence[str], seeds: Sequence[int], guidance: float
+    ) -> dict[str, list[float]]:
+        """Every quality objective of each image (prompt-major over ``seeds``) rendered at ``guidance``."""
+        each = [q for q in prompts for _ in seeds]
+        refs = None
+        if any(OBJECTIVES[name].reference for name in self.metrics):
+            refs = self.references(prompts, seeds, guidance)
+        return {name: metric.score(images, each, refs).tolist() for name, metric in self.metrics.items()}

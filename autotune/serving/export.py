@@ -19,7 +19,7 @@ from typing import Any
 from autotune.results.schema import ClassRecommendation, Recommendations
 from autotune.space import schedulers
 
-__all__ = ["FORMATS", "a1111", "comfyui", "export"]
+__all__ = ["FORMATS", "a1111", "comfyui", "export", "in_tools"]
 
 FORMATS = ("diffusers", "a1111", "comfyui")
 
@@ -37,6 +37,11 @@ def _missing(rec: ClassRecommendation, tool: str) -> tuple[str | None, str | Non
     if rec.guidance_cutoff < 1:
         missing.append(f"guidance on the first {rec.guidance_cutoff:g} of the steps only ({_CUTOFF_ELSEWHERE[tool]})")
     return sampler, schedule, missing
+
+
+def in_tools(rec: ClassRecommendation) -> dict[str, tuple[str | None, str | None, list[str]]]:
+    """The setting's sampler and schedule in each tool, and what the tool cannot express of it."""
+    return {tool: _missing(rec, tool) for tool in ("a1111", "comfyui")}
 
 
 def a1111(rec: ClassRecommendation) -> dict[str, Any]:
@@ -127,6 +132,8 @@ def export(recs: Recommendations, fmt: str) -> str:
     """Every class's recommendation (and ``default``, the baseline) in ``fmt``, as text to save."""
     if fmt == "diffusers":
         return _diffusers(recs)
-    convert = a1111 if fmt == "a1111" else comfyui
-    data = {name: {"setting": rec.setting, **convert(rec)} for name, rec in recs.items()}
+    from autotune.serving.parity import parity_of
+
+    convert, checked = a1111 if fmt == "a1111" else comfyui, parity_of(recs, fmt)
+    data = {name: {"setting": rec.setting, **convert(rec), **checked.get(name, {})} for name, rec in recs.items()}
     return json.dumps(data, indent=2) + "\n"

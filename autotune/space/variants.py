@@ -73,7 +73,7 @@ VARIANTS = {
 
 # (variant, value) -> (AUTOMATIC1111's "Schedule type", ComfyUI's KSampler "scheduler"); None: the tool has none
 TOOL_SCHEDULES: dict[tuple[str, Any], tuple[str | None, str | None]] = {
-    ("sigmas", "default"): ("Automatic", "normal"),
+    ("sigmas", "default"): ("Uniform", "normal"),  # A1111's "Automatic" is Karras for DPM++ 2M (1.9 and later)
     ("sigmas", "karras"): ("Karras", "karras"),
     ("sigmas", "exponential"): ("Exponential", "exponential"),
     ("sigmas", "beta"): ("Beta", "beta"),
