@@ -128,6 +128,10 @@ def test_the_check_flags_a_setting_whose_tool_render_fails_and_names_a_measured_
     # a recommendation that changed since: its verdict is no longer the stored one
     moved = dataclasses.replace(recs, classes={**recs.classes, "thin": _recs(cfg, ("euler", {}, 8), path)["thin"]})
     assert json.loads(export(moved, "a1111"))["thin"]["parity"] == "not checked"
+    fitted = dataclasses.replace(
+        recs, classes={**recs.classes, "thin": _recs(cfg, ("euler", {"sigmas": "fitted"}, 8), path)["thin"]}
+    )
+    assert json.loads(export(fitted, "comfyui"))["thin"]["why"] == "comfyui cannot express it (no_equivalent)"
 
 
 def test_without_k_diffusion_the_export_works_and_says_not_checked(

@@ -239,7 +239,7 @@ class _Class:
         if self.evaluator.family.name != "sd":
             why = "the check covers SD 1.x/2.x pipelines (it wraps their UNet as k-diffusion wraps it)"
         elif missing:
-            why = f"{tool} cannot express it (no_equivalent)"
+            why = _inexpressible(tool)
         elif theirs[2]:
             why = f"the baseline cannot be expressed in {tool}"
         ours = None if why else self.of(tool, sampler, schedule, rec.steps, rec.guidance)
@@ -294,9 +294,15 @@ def check(cfg: StudyConfig, recs: Recommendations, seeds: Sequence[int] = SEEDS,
     return out
 
 
+def _inexpressible(tool: str) -> str:
+    return f"{tool} cannot express it (no_equivalent)"
+
+
 def parity_of(recs: Recommendations, tool: str) -> dict[str, dict[str, Any]]:
     """Each class's stored verdict in ``tool`` (from ``parity.json`` beside ``recommendations.json``) for the
     export, ``not checked`` where there is none for the recommendation as it stands; none for the baseline."""
+    from autotune.serving.export import in_tools
+
     path = Path(recs.path).parent / "parity.json" if recs.path else None
     data = json.loads(path.read_text()) if path is not None and path.exists() else {"classes": {}}
     out: dict[str, dict[str, Any]] = {}
@@ -308,6 +314,8 @@ def parity_of(recs: Recommendations, tool: str) -> dict[str, dict[str, Any]]:
         if "parity" in entry:
             keep = ("parity", "why", "change", "delta_to_diffusers")
             out[c] = {k: v for k, v in entry.items() if k in keep}
+        elif in_tools(rec)[tool][2]:
+            out[c] = {"parity": "not checked", "why": _inexpressible(tool)}
         else:
             why = data.get("why") or "run `autotune export STUDY.toml --check` (needs pip install 'autotune[parity]')"
             out[c] = {"parity": "not checked", "why": why}
