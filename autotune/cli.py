@@ -122,7 +122,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     recs = load_recommendations(args.study)
     if args.check:  # the verdicts to stderr and parity.json; the export (with them) to stdout
-        from autotune.serving.parity import check_file
+        from autotune.parity import check_file
 
         print(check_file(args.study, recs, args.device), file=sys.stderr)
     print(export(recs, args.format), end="")

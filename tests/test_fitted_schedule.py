@@ -35,6 +35,18 @@ def test_only_samplers_that_take_custom_timesteps_are_offered_a_fitted_schedule(
     assert Settings.make("dpmpp_2m", 3, 5.0, timesteps=[900, 500, 100]).timesteps == ()  # not fitted: no list
 
 
+def test_a_fitted_schedule_under_any_spacing_is_one_setting() -> None:
+    # its own timesteps decide every step: a spacing variant of it would be a second trial of the same images
+    own = [901, 700, 500, 300, 100]
+    plain = Settings.make("dpmpp_2m", 5, 5.0, {"sigmas": "fitted"}, timesteps=own)
+    for spacing in ("trailing", "linspace", "leading"):
+        spaced = Settings.make("dpmpp_2m", 5, 5.0, {"sigmas": "fitted", "timestep_spacing": spacing}, timesteps=own)
+        assert spaced == plain and spaced.key() == plain.key()
+    assert "timestep_spacing" not in plain.label()
+    named = Settings.make("dpmpp_2m", 5, 5.0, {"timestep_spacing": "trailing"})
+    assert named.options == (("timestep_spacing", "trailing"),)  # a named spacing is kept
+
+
 def test_a_fitted_schedule_round_trips_from_the_study_to_the_export(study_file) -> None:  # type: ignore[no-untyped-def]
     from tests.test_serving import fresh_pipe, render, trial_image
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from autotune import parity
 from autotune.cli import main
 from autotune.results.schema import ClassRecommendation, Recommendations, load_recommendations
-from autotune.serving import parity
 from autotune.serving.export import export
 
 ROOT = Path(__file__).parent.parent

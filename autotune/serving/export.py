@@ -14,12 +14,13 @@ Example:
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from autotune.results.schema import ClassRecommendation, Recommendations
+from autotune.results.schema import DEFAULT_CLASS, ClassRecommendation, Recommendations
 from autotune.space import schedulers
 
-__all__ = ["FORMATS", "a1111", "comfyui", "export", "in_tools"]
+__all__ = ["FORMATS", "a1111", "comfyui", "export", "in_tools", "inexpressible", "parity_of"]
 
 FORMATS = ("diffusers", "a1111", "comfyui")
 
@@ -42,6 +43,33 @@ def _missing(rec: ClassRecommendation, tool: str) -> tuple[str | None, str | Non
 def in_tools(rec: ClassRecommendation) -> dict[str, tuple[str | None, str | None, list[str]]]:
     """The setting's sampler and schedule in each tool, and what the tool cannot express of it."""
     return {tool: _missing(rec, tool) for tool in ("a1111", "comfyui")}
+
+
+def inexpressible(tool: str) -> str:
+    return f"{tool} cannot express it (no_equivalent)"
+
+
+def parity_of(recs: Recommendations, tool: str) -> dict[str, dict[str, Any]]:
+    """Each class's verdict in ``tool`` from ``autotune export --check`` (``parity.json`` beside
+    ``recommendations.json``, see :mod:`autotune.parity`), ``not checked`` where there is none for the
+    recommendation as it stands; none for the baseline (what each tool's render is judged against)."""
+    path = Path(recs.path).parent / "parity.json" if recs.path else None
+    data = json.loads(path.read_text()) if path is not None and path.exists() else {"classes": {}}
+    out: dict[str, dict[str, Any]] = {}
+    for c, rec in recs.items():
+        row = data["classes"].get(c, {})
+        entry = row.get(tool, {}) if row.get("setting") == rec.setting else {}
+        if c == DEFAULT_CLASS:
+            continue
+        if "parity" in entry:
+            keep = ("parity", "why", "change", "delta_to_diffusers")
+            out[c] = {k: v for k, v in entry.items() if k in keep}
+        elif in_tools(rec)[tool][2]:
+            out[c] = {"parity": "not checked", "why": inexpressible(tool)}
+        else:
+            why = data.get("why") or "run `autotune export STUDY.toml --check` (needs pip install 'autotune[parity]')"
+            out[c] = {"parity": "not checked", "why": why}
+    return out
 
 
 def a1111(rec: ClassRecommendation) -> dict[str, Any]:
@@ -132,8 +160,6 @@ def export(recs: Recommendations, fmt: str) -> str:
     """Every class's recommendation (and ``default``, the baseline) in ``fmt``, as text to save."""
     if fmt == "diffusers":
         return _diffusers(recs)
-    from autotune.serving.parity import parity_of
-
     convert, checked = a1111 if fmt == "a1111" else comfyui, parity_of(recs, fmt)
     data = {name: {"setting": rec.setting, **convert(rec), **checked.get(name, {})} for name, rec in recs.items()}
     return json.dumps(data, indent=2) + "\n"

@@ -137,8 +137,10 @@ class Settings:
     ) -> Settings:
         """A setting; variant values of "default" (the model's own config) are left out, a cutoff that
         cuts nothing (guidance 1 or below, or a cutoff that still guides every step) is none, and
-        ``timesteps`` are kept only for a fitted schedule."""
+        ``timesteps`` are kept only for a fitted schedule (which takes no ``timestep_spacing``)."""
         chosen = sorted((k, v) for k, v in (options or {}).items() if v != "default")
+        if dict(chosen).get("sigmas") == "fitted":  # its own timesteps: a spacing would place none of them
+            chosen = [(k, v) for k, v in chosen if k != "timestep_spacing"]
         n = int(steps) * schedulers.get(scheduler).calls_per_step
         cut = round(float(cutoff), 6)
         if float(guidance) <= 1.0 or guided_steps(n, cut) >= n:  # guidance on every step: no cutoff at all

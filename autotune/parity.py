@@ -18,7 +18,7 @@ training stack is not needed). Without it every verdict is ``not checked``.
 
 Example:
     >>> result = check(cfg, load_recommendations("studies/demo.toml"))
-    >>> result["classes"]["thin"]["a1111"]["parity"]
+    >>> result["classes"]["thin"]["comfyui"]["parity"]  # "fails" with its bounds, or "not checked" with why
     'qualifies'
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 from autotune.config import StudyConfig
 from autotune.results.schema import DEFAULT_CLASS, ClassRecommendation, Recommendations
 
-__all__ = ["NOT_INSTALLED", "SEEDS", "check", "k_diffusion", "parity_of", "tool_sigmas"]
+__all__ = ["NOT_INSTALLED", "SEEDS", "check", "check_file", "k_diffusion", "tool_sigmas"]
 
 SEEDS = (7000, 7001)  # fresh: no study, confirmation or validation default uses them
 PROMPTS = 8  # the class's first prompts
@@ -230,7 +230,7 @@ class _Class:
         self, tool: str, rec: ClassRecommendation, base: ClassRecommendation | None, diffusers: Any
     ) -> dict[str, Any]:
         """The recommendation's verdict in ``tool``, its difference to autotune's diffusers render."""
-        from autotune.serving.export import in_tools
+        from autotune.serving.export import in_tools, inexpressible
 
         sampler, schedule, missing = in_tools(rec)[tool]
         entry: dict[str, Any] = {"sampler": sampler, "schedule": schedule}
@@ -239,7 +239,7 @@ class _Class:
         if self.evaluator.family.name != "sd":
             why = "the check covers SD 1.x/2.x pipelines (it wraps their UNet as k-diffusion wraps it)"
         elif missing:
-            why = _inexpressible(tool)
+            why = inexpressible(tool)
         elif theirs[2]:
             why = f"the baseline cannot be expressed in {tool}"
         ours = None if why else self.of(tool, sampler, schedule, rec.steps, rec.guidance)
@@ -291,34 +291,6 @@ def check(cfg: StudyConfig, recs: Recommendations, seeds: Sequence[int] = SEEDS,
         out["classes"][c] = {**row, **{tool: one.tool(tool, rec, base, diffusers) for tool in SAMPLERS}}
     where = Path(recs.path).parent if recs.path else cfg.output_dir
     atomic_write(where / "parity.json", json.dumps(out, indent=2) + "\n")
-    return out
-
-
-def _inexpressible(tool: str) -> str:
-    return f"{tool} cannot express it (no_equivalent)"
-
-
-def parity_of(recs: Recommendations, tool: str) -> dict[str, dict[str, Any]]:
-    """Each class's stored verdict in ``tool`` (from ``parity.json`` beside ``recommendations.json``) for the
-    export, ``not checked`` where there is none for the recommendation as it stands; none for the baseline."""
-    from autotune.serving.export import in_tools
-
-    path = Path(recs.path).parent / "parity.json" if recs.path else None
-    data = json.loads(path.read_text()) if path is not None and path.exists() else {"classes": {}}
-    out: dict[str, dict[str, Any]] = {}
-    for c, rec in recs.items():
-        row = data["classes"].get(c, {})
-        entry = row.get(tool, {}) if row.get("setting") == rec.setting else {}
-        if c == DEFAULT_CLASS:  # the baseline: what each tool's render is judged against
-            continue
-        if "parity" in entry:
-            keep = ("parity", "why", "change", "delta_to_diffusers")
-            out[c] = {k: v for k, v in entry.items() if k in keep}
-        elif in_tools(rec)[tool][2]:
-            out[c] = {"parity": "not checked", "why": _inexpressible(tool)}
-        else:
-            why = data.get("why") or "run `autotune export STUDY.toml --check` (needs pip install 'autotune[parity]')"
-            out[c] = {"parity": "not checked", "why": why}
     return out
 
 
