@@ -143,7 +143,7 @@ def render(p: Any, modules: tuple[Any, Any], tool: str, setting: tuple[str, str,
     from diffusers import DDPMScheduler
     from diffusers.utils.torch_utils import randn_tensor
 
-    from autotune.model.render import _embeddings
+    from autotune.model.render import _embeddings, seeded
 
     sampling, external = modules
     sampler, schedule, steps, guidance = setting
@@ -166,12 +166,9 @@ def render(p: Any, modules: tuple[Any, Any], tool: str, setting: tuple[str, str,
         u, c = model(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=torch.cat([uncond, cond])).chunk(2)
         return u + (c - u) * guidance
 
-    gen = "cpu" if p.device == "mps" else p.device
     scale = p.pipe.vae_scale_factor
     shape = (len(each), p.pipe.unet.config.in_channels, height // scale, width // scale)
-    noise = randn_tensor(
-        shape, [torch.Generator(gen).manual_seed(s) for _ in prompts for s in seeds], torch.device(p.device)
-    )
+    noise = randn_tensor(shape, seeded(p, [s for _ in prompts for s in seeds]), torch.device(p.device))
     first = float(sigmas[0])
     full = tool == "comfyui" and math.isclose(first, float(model.sigmas[-1]), rel_tol=1e-5)
     with torch.no_grad():

@@ -23,7 +23,7 @@ from autotune.model.timing import DeviceTimer
 from autotune.space import schedulers
 from autotune.space.settings import Settings
 
-__all__ = ["Render", "RenderError", "free_memory", "generate", "render_pairs", "time_serving"]
+__all__ = ["Render", "RenderError", "free_memory", "generate", "render_pairs", "seeded", "time_serving"]
 
 
 class RenderError(RuntimeError):
@@ -49,6 +49,11 @@ def _embeddings(p: Pipeline, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p.embeds[key][k] for key in keys]) for k in p.embeds[keys[0]]}
 
 
+def seeded(p: Pipeline, seeds: Sequence[int]) -> list[torch.Generator]:
+    """One generator per image, seeded with its seed, on the device that draws its noise (MPS: the CPU)."""
+    return [torch.Generator("cpu" if p.device == "mps" else p.device).manual_seed(s) for s in seeds]
+
+
 def _call(
     p: Pipeline,
     settings: Settings,
@@ -61,8 +66,7 @@ def _call(
     """One pipeline call; the prompts' embeddings are cached unless ``encode`` (the call encodes them, as
     production's does). Every image has its own generator and, for DPM++ SDE, its own Brownian tree
     seeded from its seed: an image depends on its seed alone, not on its batch or the process's RNG."""
-    gen_device = "cpu" if p.device == "mps" else p.device
-    generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
+    generators = seeded(p, seeds)
     if hasattr(p.pipe.scheduler, "noise_sampler_seed"):
         p.pipe.scheduler.noise_sampler_seed = list(seeds)
         p.pipe.scheduler.noise_sampler = None
