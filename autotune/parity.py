@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -224,9 +225,10 @@ class _Class:
         return None
 
     def tool(
-        self, tool: str, rec: ClassRecommendation, base: ClassRecommendation | None, diffusers: Any
+        self, tool: str, rec: ClassRecommendation, base: ClassRecommendation | None, in_diffusers: Any
     ) -> dict[str, Any]:
-        """The recommendation's verdict in ``tool``, its difference to autotune's diffusers render."""
+        """The recommendation's verdict in ``tool``, its difference to autotune's diffusers render of it
+        (``in_diffusers()``: rendered once per class, when a tool needs it)."""
         from autotune.serving.export import in_tools, inexpressible
 
         sampler, schedule, missing = in_tools(rec)[tool]
@@ -249,6 +251,7 @@ class _Class:
             }
         verdict, bounds, why_not = self.judge(ours[1], base_k[1])
         entry.update(parity=verdict, bounds=bounds, why_not=why_not)
+        diffusers = in_diffusers()
         pairs = {k: zip(v, diffusers.per_image[k], strict=True) for k, v in ours[1].items()}
         entry["delta_to_diffusers"] = {k: statistics.fmean(x - y for x, y in v) for k, v in pairs.items()}
         if self.evaluator.lpips is not None:
@@ -283,7 +286,7 @@ def check(cfg: StudyConfig, recs: Recommendations, seeds: Sequence[int] = SEEDS,
         one = _Class(evaluator, resolved, recs, c, modules, prompts, seeds)
         own = rec.call_kwargs.get("timesteps", ())
         chosen = Settings.make(rec.scheduler, rec.steps, rec.guidance, rec.options, rec.guidance_cutoff, own)
-        diffusers = evaluator.evaluate(chosen, one.prompts, one.seeds, timed=False)
+        diffusers = functools.cache(functools.partial(evaluator.evaluate, chosen, one.prompts, one.seeds, timed=False))
         row = {"setting": rec.setting, "prompts": len(one.prompts), "images": len(one.prompts) * len(one.seeds)}
         out["classes"][c] = {**row, **{tool: one.tool(tool, rec, base, diffusers) for tool in SAMPLERS}}
     where = Path(recs.path).parent if recs.path else cfg.output_dir
