@@ -274,7 +274,6 @@ def check(cfg: StudyConfig, recs: Recommendations, seeds: Sequence[int] = SEEDS,
 
     from autotune.model.evaluate import Evaluator
     from autotune.model.pipeline import resolve_config
-    from autotune.space.settings import Settings
 
     out["k_diffusion"] = version("k-diffusion")
     resolved = resolve_config(cfg)
@@ -284,8 +283,7 @@ def check(cfg: StudyConfig, recs: Recommendations, seeds: Sequence[int] = SEEDS,
         if c == DEFAULT_CLASS or c not in resolved.classes:
             continue
         one = _Class(evaluator, resolved, recs, c, modules, prompts, seeds)
-        own = rec.call_kwargs.get("timesteps", ())
-        chosen = Settings.make(rec.scheduler, rec.steps, rec.guidance, rec.options, rec.guidance_cutoff, own)
+        chosen = rec.settings()
         diffusers = functools.cache(functools.partial(evaluator.evaluate, chosen, one.prompts, one.seeds, timed=False))
         row = {"setting": rec.setting, "prompts": len(one.prompts), "images": len(one.prompts) * len(one.seeds)}
         out["classes"][c] = {**row, **{tool: one.tool(tool, rec, base, diffusers) for tool in SAMPLERS}}

@@ -108,8 +108,7 @@ def validate(
         if c == DEFAULT_CLASS or c not in recs.classes:
             continue
         rec = recs[c]
-        own = rec.call_kwargs.get("timesteps", ())  # a fitted schedule's list (AYS: recomputed the same)
-        chosen = Settings.make(rec.scheduler, rec.steps, rec.guidance, rec.options, rec.guidance_cutoff, own)
+        chosen = rec.settings()
         baseline = Settings.of(resolved.baseline)
         ours, theirs = evaluator.evaluate(chosen, ps, seeds), evaluator.evaluate(baseline, ps, seeds)
         a, b = (images_of(e.per_image, len(ps), seeds) for e in (ours, theirs))

@@ -68,6 +68,14 @@ class ClassRecommendation:
     speedup: float | None = None
     guidance_cutoff: float = 1.0  # the share of steps with guidance (1: every step)
 
+    def settings(self) -> Any:
+        """The setting to render it with (:class:`autotune.space.settings.Settings`), a fitted schedule's
+        list included (AYS's is recomputed the same)."""
+        from autotune.space.settings import Settings
+
+        own = self.call_kwargs.get("timesteps", ())
+        return Settings.make(self.scheduler, self.steps, self.guidance, self.options, self.guidance_cutoff, own)
+
 
 @dataclass(frozen=True)
 class Recommendations(Mapping[str, ClassRecommendation]):
