@@ -53,7 +53,7 @@ def test_clip_names_glyph_and_ink_on_20_held_out_drawn_images(clip) -> None:  # 
     drawn, asked = world.dataset(20, seed=99)  # the training data's seed is 0: these draws are new
     images = torch.from_numpy(drawn).permute(0, 3, 1, 2).float() / 255
     hits = _named(clip, images, asked)
-    assert hits["char"] >= 18 and hits["ink"] >= 18, hits  # measured: 20 and 20 (98 % and 100 % on 60)
+    assert hits["char"] >= 18 and hits["ink"] >= 18, hits  # measured: 18 and 20 (97 % and 100 % on 120)
 
 
 def test_clip_names_the_prompted_glyph_and_ink_on_20_fresh_renders_at_the_demos_baseline(glyphs, clip) -> None:  # type: ignore[no-untyped-def]
@@ -61,9 +61,8 @@ def test_clip_names_the_prompted_glyph_and_ink_on_20_fresh_renders_at_the_demos_
     asked = [rng.choice(world.combos()) for _ in range(20)]
     render = generate(glyphs, Settings.make("dpmpp_2m_karras", 30, 5.0), [world.caption(g) for g in asked], [7], 32, 32)
     hits = _named(clip, render.images, asked)
-    # measured: glyph 14, ink 20 (88 % and 87 % on 60 renders): below the 90 % aimed at for the glyph,
-    # the generator's doing (the same CLIP names 98 % of drawn glyphs), stated in the README
-    assert hits["char"] >= 13 and hits["ink"] >= 18, hits
+    # the 90 %; measured: glyph 18, ink 20 (93 % and 99 % on 240 other renders)
+    assert hits["char"] >= 18 and hits["ink"] >= 18, hits
 
 
 def test_euler_gets_closer_to_the_reference_with_more_steps(glyphs) -> None:  # type: ignore[no-untyped-def]

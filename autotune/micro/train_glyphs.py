@@ -70,11 +70,24 @@ def _tokens(tok: Any, captions: list[str]) -> torch.Tensor:
     return torch.as_tensor(tok(captions, padding="max_length", max_length=ctx, return_tensors="pt").input_ids)
 
 
-def train_clip(x: torch.Tensor, labels: torch.Tensor, captions: list[str], tok: Any, steps: int, log: Any) -> Any:
+def decoded(vae: Any, x: torch.Tensor) -> torch.Tensor:
+    """Each image as the pipeline's VAE gives it back (encoded, decoded): the softened strokes and
+    shifted colours every generated image has. A CLIP trained on drawn images alone named 99 % of
+    drawn glyphs and 84 % of the same glyphs after this round trip, which is the level it reached on
+    generated images."""
+    with torch.no_grad():
+        parts = [vae.decode(vae.encode(x[i : i + 1024] * 2 - 1).latent_dist.mean).sample for i in range(0, len(x), 1024)]
+    return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
+
+
+def train_clip(
+    x: torch.Tensor, labels: torch.Tensor, captions: list[str], tok: Any, steps: int, log: Any, vae: Any
+) -> Any:
     """Each image against every caption of the world (cross-entropy over all of them), so that the
     captions that differ from its own in one word are its negatives too; and, on the image embedding,
     a glyph and an ink classifier (dropped after training), without which the tower learnt colours
-    long before shapes (42 % of drawn glyphs named after 1,000 steps)."""
+    long before shapes (42 % of drawn glyphs named after 1,000 steps). Half of each batch is drawn
+    images as the pipeline's ``vae`` returns them (:func:`decoded`), labelled with what was drawn."""
     import open_clip
 
     torch.manual_seed(3)
@@ -90,10 +103,12 @@ def train_clip(x: torch.Tensor, labels: torch.Tensor, captions: list[str], tok: 
     params = [*model.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
     sched = _schedule(opt, steps)
+    through = decoded(vae, x)
     gen = torch.Generator().manual_seed(3)
     for step in range(steps):
         idx = torch.randint(len(x), (128,), generator=gen)
-        feats = model.encode_image((_augment(x[idx], gen) - 0.5) / 0.5)
+        half = (torch.rand(128, generator=gen) < 0.5)[:, None, None, None]
+        feats = model.encode_image((_augment(torch.where(half, through[idx], x[idx]), gen) - 0.5) / 0.5)
         img = F.normalize(feats, dim=-1)
         txt = F.normalize(model.encode_text(ids), dim=-1)
         loss = F.cross_entropy(model.logit_scale.exp() * img @ txt.T, labels[idx])
@@ -129,7 +144,8 @@ def zero_shot(clip: Any, tok: Any, images: torch.Tensor, glyphs: list[glyph_data
 
 
 def fresh_renders(folder: Path, n: int, seed: int = 7) -> tuple[torch.Tensor, list[glyph_data.Glyph]]:
-    """``n`` images the saved pipeline renders from random captions (DPM++ 2M Karras, 20 steps, CFG 5)."""
+    """``n`` images the saved pipeline renders from random captions at the demo's baseline (DPM++ 2M
+    Karras, 30 steps, CFG 5)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(folder / "pipeline", torch_dtype=torch.float32)
@@ -140,7 +156,7 @@ def fresh_renders(folder: Path, n: int, seed: int = 7) -> tuple[torch.Tensor, li
     gens = [torch.Generator().manual_seed(10_000 + i) for i in range(n)]
     out = pipe(
         [glyph_data.caption(g) for g in glyphs],
-        num_inference_steps=20,
+        num_inference_steps=30,
         guidance_scale=5.0,
         height=32,
         width=32,
@@ -173,12 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tok = build_tokenizer(Path(tmp), WORDS)
     if args.only_clip:  # the data and the tokenizer as a whole run makes them; the pipeline stays
-        clip = train_clip(x, labels, captions, tok, steps["clip"], log)
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.out / "pipeline" / "vae", torch_dtype=torch.float32).eval()
+        clip = train_clip(x, labels, captions, tok, steps["clip"], log, vae)
         save(args.out, None, None, None, tok, clip, CLIP_CONFIG)
     else:
         vae = train_vae(x, steps["vae"], log, channels=(32, 48, 48)).eval()
         unet, text = train_denoiser(x, labels, vae, tok, steps["unet"], log, captions, channels=(32, 64, 96))
-        clip = train_clip(x, labels, captions, tok, steps["clip"], log)
+        clip = train_clip(x, labels, captions, tok, steps["clip"], log, vae)
         save(args.out, vae, unet, text, tok, clip, CLIP_CONFIG)
     size = sum(f.stat().st_size for d in ("pipeline", "clip") for f in (args.out / d).rglob("*") if f.is_file())
     log(f"saved to {args.out}/pipeline and clip ({size / 2**20:.1f} MiB of weights and configs)")
