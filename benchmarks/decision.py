@@ -31,7 +31,8 @@ exhaustive grid's (every setting on every class prompt x 2 seeds). Every speed-u
 its ratio of model evaluations; a benchmark whose timings stray from the calls by more than
 ``PHYSICAL`` refuses them.
 
-Writes benchmarks/results/decision.json; renders are cached in benchmarks/cache/decision-glyphs-*.json.
+Writes benchmarks/results/decision.json; renders are cached in benchmarks/cache/decision-glyphs-*.json,
+named after the shipped weights (retrained weights render anew).
 """
 
 from __future__ import annotations
@@ -71,7 +72,20 @@ CONFIRM_POOL = list(range(20, 28))
 TRUTH_SEEDS = [500, 501, 502]
 NOISE = 0.1  # lognormal sigma of one timed call around the setting's measured cost
 PHYSICAL = 1.25  # refuse a timed speed-up above this factor x its model-call ratio
-CACHE = HERE / "cache" / "decision-glyphs-v1.json"
+
+
+def _weights_digest() -> str:
+    """The first hex digits of a hash over the glyphs model's and its CLIP's safetensors: the cached
+    metrics are theirs."""
+    import hashlib
+
+    from autotune.micro import clip_dir, pipeline_dir
+
+    files = sorted(f for d in (pipeline_dir("glyphs"), clip_dir("glyphs")) for f in d.rglob("*.safetensors"))
+    return hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files)).hexdigest()[:10]
+
+
+CACHE = HERE / "cache" / f"decision-glyphs-{_weights_digest()}.json"
 Key = tuple[str, tuple[tuple[str, str], ...], int, float]
 
 
