@@ -93,6 +93,10 @@ def test_the_confirmation_stage_overturns_a_pick_that_passed_by_luck() -> None:
     kept = decide([base, lucky], base, TOL)  # the lucky one alone: the baseline stays, and says why
     assert kept.chosen.number == 0 and not kept.met_tolerance
     assert kept.reason == "no finalist of 1 passed again on fresh seeds; keeping the baseline"
+    after = decide([base, lucky, search_only[2]], base, TOL)  # a finalist failed; a dearer pass not confirmed
+    assert after.reason == (
+        "no finalist of 1 passed again on fresh seeds; 1 more passed the search, not confirmed; keeping the baseline"
+    )  # it once said "1 passed the search and await confirmation", hiding the finalist that had failed
 
 
 def test_a_clip_tolerance_in_noise_units_is_unknown_until_the_baseline_shows_its_noise() -> None:

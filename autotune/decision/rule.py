@@ -240,10 +240,12 @@ def decide(
             reason = f"cheapest setting within tolerance on the search and on {len(c.confirm)} fresh images{why}"
             return Recommendation(c, baseline, True, reason, True, tuple(stages))
     pending = [c for c in passed if not c.confirm]
-    if pending:
+    finalists = len(passed) - len(pending)
+    if finalists:  # the pending ones wait for a finalist slot (`finalists`) or for a longer study
+        why = f"no finalist of {finalists} passed again on fresh seeds"
+        why += f"; {len(pending)} more passed the search, not confirmed" if pending else ""
+    elif pending:
         why = f"{len(pending)} passed the search and await confirmation on fresh seeds"
-    elif passed:
-        why = f"no finalist of {len(passed)} passed again on fresh seeds"
     else:
         why = "no cheaper setting passed"
     return Recommendation(baseline, baseline, False, f"{why}; keeping the baseline", True, tuple(stages))
