@@ -76,7 +76,9 @@ def decoded(vae: Any, x: torch.Tensor) -> torch.Tensor:
     drawn glyphs and 84 % of the same glyphs after this round trip, which is the level it reached on
     generated images."""
     with torch.no_grad():
-        parts = [vae.decode(vae.encode(x[i : i + 1024] * 2 - 1).latent_dist.mean).sample for i in range(0, len(x), 1024)]
+        parts = [
+            vae.decode(vae.encode(x[i : i + 1024] * 2 - 1).latent_dist.mean).sample for i in range(0, len(x), 1024)
+        ]
     return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
 
 
