@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from autotune.micro import glyph_data
-from autotune.micro.train import _schedule, build_tokenizer, save, train_denoiser, train_vae
+from autotune.micro.train import _latents, _schedule, build_tokenizer, save, train_denoiser, train_vae
 
 __all__ = ["CLIP_CONFIG", "WORDS", "main", "zero_shot"]
 
@@ -75,10 +75,9 @@ def decoded(vae: Any, x: torch.Tensor) -> torch.Tensor:
     shifted colours every generated image has. A CLIP trained on drawn images alone named 99 % of
     drawn glyphs and 84 % of the same glyphs after this round trip, which is the level it reached on
     generated images."""
+    mean = _latents(vae, x).mean
     with torch.no_grad():
-        parts = [
-            vae.decode(vae.encode(x[i : i + 1024] * 2 - 1).latent_dist.mean).sample for i in range(0, len(x), 1024)
-        ]
+        parts = [vae.decode(mean[i : i + 1024]).sample for i in range(0, len(mean), 1024)]
     return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
 
 
