@@ -75,14 +75,13 @@ PHYSICAL = 1.25  # refuse a timed speed-up above this factor x its model-call ra
 
 
 def _weights_digest() -> str:
-    """The first hex digits of a hash over the glyphs model's and its CLIP's safetensors: the cached
-    metrics are theirs."""
-    import hashlib
+    """The glyphs pipeline's and its CLIP's weight digests (autotune's own, as a study records them):
+    the cached metrics are theirs."""
+    from autotune.config import ModelConfig
+    from autotune.micro import clip_dir
+    from autotune.model.sources import weights_digest
 
-    from autotune.micro import clip_dir, pipeline_dir
-
-    files = sorted(f for d in (pipeline_dir("glyphs"), clip_dir("glyphs")) for f in d.rglob("*.safetensors"))
-    return hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files)).hexdigest()[:10]
+    return "-".join(str(weights_digest(ModelConfig(id=m))) for m in ("glyphs", str(clip_dir("glyphs"))))
 
 
 CACHE = HERE / "cache" / f"decision-glyphs-{_weights_digest()}.json"
