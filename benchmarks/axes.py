@@ -13,7 +13,8 @@ the baseline on those images is outside the study's tolerance; validate's own ve
 bound within tolerance) is printed beside it. Every speed-up is validate's timing, beside the ratio of
 model evaluations (recommendations.json: denoiser calls x (1 + the guided share)).
 
-Writes benchmarks/results/axes.json. Run it alone on the machine (it times settings).
+Writes benchmarks/results/axes.json after each seed (a pass stopped early keeps its studies). Run it alone on
+the machine (it times settings).
 """
 
 from __future__ import annotations
@@ -136,10 +137,15 @@ def main() -> None:
             for seed in range(1, args.studies + 1):
                 for arm in ARMS:
                     runs[arm].append(one_study(arm, seed, held, Path(tmp)))
+                write(out, runs)  # after each seed: a pass stopped early keeps its studies
+    print(json.dumps(write(out, runs), indent=2))
+
+
+def write(out: Path, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     summary = summarise(runs)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    return summary
 
 
 if __name__ == "__main__":
