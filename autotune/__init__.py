@@ -28,6 +28,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError, StudyConfig, load_config
+from autotune.decision.panel import noise_seed
 from autotune.results.schema import ClassRecommendation, Recommendations, load_recommendations
 from autotune.serving.apply import apply
 from autotune.space.settings import Settings
@@ -47,6 +48,7 @@ __all__ = [
     "apply",
     "load_config",
     "load_recommendations",
+    "noise_seed",
     "recommend",
     "run_study",
 ]

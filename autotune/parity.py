@@ -169,7 +169,7 @@ def render(p: Any, modules: tuple[Any, Any], tool: str, setting: tuple[str, str,
 
     scale = p.pipe.vae_scale_factor
     shape = (len(each), p.pipe.unet.config.in_channels, height // scale, width // scale)
-    noise = randn_tensor(shape, seeded(p, [s for _ in prompts for s in seeds]), torch.device(p.device))
+    noise = randn_tensor(shape, seeded(p, each, [s for _ in prompts for s in seeds]), torch.device(p.device))
     first = float(sigmas[0])
     full = tool == "comfyui" and math.isclose(first, float(model.sigmas[-1]), rel_tol=1e-5)
     with torch.no_grad():

@@ -55,7 +55,7 @@ def test_a_cutoff_stops_the_unconditional_calls_where_diffusers_callback_does(ti
         PROMPTS[0],
         num_inference_steps=10,
         guidance_scale=7.5,
-        generator=torch.Generator().manual_seed(3),
+        generator=torch.Generator().manual_seed(autotune.noise_seed(PROMPTS[0], 3)),
         height=32,
         width=32,
         output_type="pt",
@@ -86,7 +86,7 @@ def test_a_cutoff_setting_round_trips_through_the_recommendation_apply_and_the_e
     rec = _from_summary("portrait", summary, "sd", None)
 
     def image(pipe, kwargs):  # type: ignore[no-untyped-def]
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator().manual_seed(autotune.noise_seed(PROMPTS[0], 0))
         return pipe(PROMPTS[0], generator=g, height=32, width=32, output_type="pt", **kwargs).images
 
     applied = image(p := fresh_pipe(), autotune.apply(p, rec))

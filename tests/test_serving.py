@@ -47,7 +47,7 @@ def render(pipe, cfg, prompt: str, kwargs: dict) -> torch.Tensor:  # type: ignor
         **kwargs,
         height=cfg.model.height,
         width=cfg.model.width,
-        generator=torch.Generator().manual_seed(cfg.search.seeds[0]),
+        generator=torch.Generator().manual_seed(autotune.noise_seed(prompt, cfg.search.seeds[0])),
         output_type="pt",
     )
     return (out.images[0] * 255).round() / 255

@@ -14,6 +14,7 @@ import optuna
 import pytest
 import torch
 
+import autotune
 from autotune.config import ConfigError, load_config
 from autotune.model.pipeline import Calls, check_calls, load_pipeline, resolve_config
 from autotune.model.render import generate
@@ -81,7 +82,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def plain_render(folder: Path, negative: str | None = None, lora: float | None = None, vae: Path | None = None):  # type: ignore[no-untyped-def]
-    """The baseline's image as a team renders it with diffusers alone."""
+    """The baseline's image of PROMPT's first seed as a team renders it with diffusers alone (its
+    generator seed: ``autotune.noise_seed(PROMPT, 0)``)."""
     import diffusers
 
     extra = {"vae": diffusers.AutoencoderKL.from_pretrained(vae)} if vae else {}
@@ -98,7 +100,7 @@ def plain_render(folder: Path, negative: str | None = None, lora: float | None =
         guidance_scale=7.5,
         height=32,
         width=32,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(autotune.noise_seed(PROMPT, 0)),
         output_type="pt",
     )
     return (out.images[0] * 255).round() / 255

@@ -25,6 +25,7 @@ from autotune.config.objectives import quality
 from autotune.decision.cost import SecondsFit, fit_seconds, guided_share
 
 __all__ = [
+    "NOISE_SEED",
     "Candidate",
     "Evidence",
     "Images",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 Images = Mapping[tuple[int, int], Mapping[str, float]]
+NOISE_SEED = "noise_seed"  # stored beside an image's metrics: the generator seed it was rendered with
 
 
 def is_baseline(t: Any) -> bool:
@@ -56,8 +58,8 @@ def distinct(t: Any) -> bool:
 
 def renders_key(number: int) -> str:
     """The study attribute holding the decision's extra images of trial ``number``:
-    ``{"prompt:seed": {metric: value}}`` (studies from before prompts were raced: ``{seed: {metric:
-    [value per prompt]}}``)."""
+    ``{"prompt:seed": {metric: value, "noise_seed": generator seed}}`` (studies from before prompts were
+    raced: ``{seed: {metric: [value per prompt]}}``)."""
     return f"renders.{number}"
 
 
@@ -177,7 +179,7 @@ class Evidence:
         for key, per_metric in renders.items():
             if ":" in key:  # "prompt:seed": {metric: value}
                 prompt, _, seed = key.partition(":")
-                items = [((int(prompt), int(seed)), dict(per_metric))]
+                items = [((int(prompt), int(seed)), {m: v for m, v in per_metric.items() if m != NOISE_SEED})]
             else:  # seed: {metric: [value per prompt]}, as studies stored it before prompts were raced
                 n = len(next(iter(per_metric.values()), []))
                 items = [((p, int(key)), {m: v[p] for m, v in per_metric.items()}) for p in range(n)]

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from autotune.decision.panel import noise_seed
 from autotune.model.encode import encode_prompt
 from autotune.model.pipeline import Pipeline
 from autotune.model.timing import DeviceTimer
@@ -49,9 +50,11 @@ def _embeddings(p: Pipeline, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p.embeds[key][k] for key in keys]) for k in p.embeds[keys[0]]}
 
 
-def seeded(p: Pipeline, seeds: Sequence[int]) -> list[torch.Generator]:
-    """One generator per image, seeded with its seed, on the device that draws its noise (MPS: the CPU)."""
-    return [torch.Generator("cpu" if p.device == "mps" else p.device).manual_seed(s) for s in seeds]
+def seeded(p: Pipeline, prompts: Sequence[str], seeds: Sequence[int]) -> list[torch.Generator]:
+    """One generator per image, seeded with its own noise seed (:func:`noise_seed` of its prompt and
+    seed), on the device that draws its noise (MPS: the CPU)."""
+    device = "cpu" if p.device == "mps" else p.device
+    return [torch.Generator(device).manual_seed(noise_seed(q, s)) for q, s in zip(prompts, seeds, strict=True)]
 
 
 def _call(
@@ -65,10 +68,11 @@ def _call(
 ) -> torch.Tensor:
     """One pipeline call; the prompts' embeddings are cached unless ``encode`` (the call encodes them, as
     production's does). Every image has its own generator and, for DPM++ SDE, its own Brownian tree
-    seeded from its seed: an image depends on its seed alone, not on its batch or the process's RNG."""
-    generators = seeded(p, seeds)
+    seeded from its noise seed: an image depends on its prompt and seed alone, not on its batch or the
+    process's RNG."""
+    generators = seeded(p, prompts, seeds)
     if hasattr(p.pipe.scheduler, "noise_sampler_seed"):
-        p.pipe.scheduler.noise_sampler_seed = list(seeds)
+        p.pipe.scheduler.noise_sampler_seed = [noise_seed(q, s) for q, s in zip(prompts, seeds, strict=True)]
         p.pipe.scheduler.noise_sampler = None
     text: dict[str, Any] = {"prompt": list(prompts)}
     if encode and any(p.calls.negative(q) for q in prompts):

@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 
 from autotune.config.resolve import ResolvedStudy, reference_setting
 from autotune.decision.cost import evaluations
+from autotune.decision.panel import noise_seed
 from autotune.files import atomic_write
 from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
 from autotune.report.images import StoredImages
@@ -190,7 +191,7 @@ def _comparison(cfg: ResolvedStudy, o: ClassOutcome, images: StoredImages) -> st
             continue
         rows.append(
             [
-                html.escape(prompt),
+                f"{html.escape(prompt)}<br><small>generator seed {noise_seed(prompt, seed)}</small>",
                 _img(pair[0], f"baseline: {settings_of(base).label()}"),
                 _img(pair[1], f"recommended: {settings_of(chosen).label()}"),
                 _img(images.reference(o, prompt, seed, settings_of(chosen).guidance), "reference"),
@@ -203,7 +204,7 @@ def _comparison(cfg: ResolvedStudy, o: ClassOutcome, images: StoredImages) -> st
         else ""
     )
     head = [
-        f"prompt (seed {seed})",
+        f"prompt (its image {seed}: each prompt draws its own noise)",
         f"baseline: {settings_of(base).label()}",
         f"recommended: {settings_of(chosen).label()}",
         f"reference: {reference_setting(cfg, settings_of(chosen).guidance).label()}",
@@ -259,7 +260,8 @@ def _grid(
         return _img(png, f"{label}, {n} steps") if png is not None or (label, n) in best else ""
 
     body = [[html.escape(label), *(cell(label, n) for n in steps)] for label in labels]
-    caption = f'<p class="note">"{html.escape(prompt)}", seed {seed}; {html.escape(how)}.</p>'
+    noise = noise_seed(prompt, seed)
+    caption = f'<p class="note">"{html.escape(prompt)}", generator seed {noise}; {html.escape(how)}.</p>'
     return caption + _table(["scheduler \\ steps", *map(str, steps)], body, "grid")
 
 

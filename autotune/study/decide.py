@@ -7,9 +7,10 @@ propose`) or, for a share ``search.front_share``, the optimiser's, which maps th
 evidence is built once from the stored trials and kept up to date with each render.
 
 Every image the decision scores is stored in the class's study as ``renders.<trial>`` (``{"prompt:seed":
-{metric: value}}``), so a resumed study picks up where it stopped and ``autotune recommend`` reads
-the verdict without a model. The study's ``decision`` attribute says whether the decision finished
-(``settled``) or is still under way (``deciding``; ``stopped`` says why it is not running).
+{metric: value, "noise_seed": its generator seed}}``), so a resumed study picks up where it stopped
+and ``autotune recommend`` reads the verdict without a model. The study's ``decision`` attribute says
+whether the decision finished (``settled``) or is still under way (``deciding``; ``stopped`` says why
+it is not running).
 
 Example:
     >>> run = ClassRun(cfg, study, "portrait", evaluator, objective)
@@ -29,8 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.agenda import Action, neighbours, next_action
-from autotune.decision.evidence import Evidence, renders_key, reused, unit_key
-from autotune.decision.panel import Panel
+from autotune.decision.evidence import NOISE_SEED, Evidence, renders_key, reused, unit_key
+from autotune.decision.panel import Panel, noise_seed
 from autotune.decision.propose import Proposer, Tried, lines_of
 from autotune.decision.rule import Tolerance, decide, excess, margin, overall, verdicts
 from autotune.decision.tolerance import tolerance
@@ -244,6 +245,7 @@ class ClassRun:
             e = self.scorer.evaluate(settings, [self.prompts[p] for p in prompts], seeds, timed=False)
             for i, (p, s) in enumerate((p, s) for p in prompts for s in seeds):
                 new[unit_key(p, s)] = {m: v[i] for m, v in e.per_image.items()}
+                new[unit_key(p, s)][NOISE_SEED] = noise_seed(self.prompts[p], s)  # re-renders from prompt and this
         if new:
             have.update(new)
             self.study.set_user_attr(renders_key(number), have)

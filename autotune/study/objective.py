@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.config.objectives import OBJECTIVES, summarise
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import distinct
+from autotune.decision.panel import noise_seed
 from autotune.decision.pareto import clearly_dominated
 from autotune.model.evaluate import Evaluation, Scorer
 from autotune.space import schedulers
@@ -43,7 +44,7 @@ __all__ = ["Objective", "TrialFailed"]
 T = TypeVar("T")
 _TRACEBACK_CHARS = 8000  # the end of a failed trial's traceback kept in its ``fail_traceback`` attribute
 # besides per-metric values: what a reuse copies
-_KEPT_FROM_EARLIER = ("model_calls", "guided_calls", "images", "prompts_rendered", "timesteps")
+_KEPT_FROM_EARLIER = ("model_calls", "guided_calls", "images", "prompts_rendered", "timesteps", "noise_seeds")
 
 
 class TrialFailed(Exception):
@@ -219,6 +220,8 @@ class Objective:
         trial.set_user_attr("render_seconds", round(evaluation.render_seconds, 6))
         trial.set_user_attr("images", len(self.prompts) * len(self.seeds))
         trial.set_user_attr("prompts_rendered", len(self.prompts))  # the class's first ones
+        # each image's own generator seed, prompt-major like the values: any image re-renders from its prompt and this
+        trial.set_user_attr("noise_seeds", [noise_seed(q, s) for q in self.prompts for s in self.seeds])
         if self.artifacts is not None and evaluation.images is not None:
             try:
                 if not is_bucket(self.cfg.artifacts):

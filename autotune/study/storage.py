@@ -27,6 +27,7 @@ from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, Te
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from autotune.config import ConfigError
+from autotune.decision.panel import noise_seed
 from autotune.space.settings import Settings
 
 if TYPE_CHECKING:
@@ -158,9 +159,10 @@ def generator_kind(device: str) -> str:
 def reference_key(
     identity: str, prompt: str, seed: int, height: int, width: int, settings: Settings, dtype: str, generator: str
 ) -> str:
-    """Content key of a reference image: sha256 of everything that determines its pixels, the device
-    kind its noise was drawn on included (a seed draws other noise on CUDA than on the CPU)."""
-    data = [identity, prompt, seed, height, width, settings.params(), dtype]
+    """Content key of a reference image: sha256 of everything that determines its pixels, its own noise
+    (the generator seed of image ``seed`` of ``prompt``) and the device kind that noise is drawn on
+    included (a seed draws other noise on CUDA than on the CPU)."""
+    data = [identity, prompt, {"noise": noise_seed(prompt, seed)}, height, width, settings.params(), dtype]
     if generator != "cpu":  # keys of CPU references stay as they were before the generator was keyed
         data.append(generator)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -183,7 +185,8 @@ class ReferenceTable:
         return self.get([key]).get(key)
 
     def put(self, key: str, model_id: str, prompt: str, seed: int, settings: Settings, png: bytes) -> None:
-        row = {"key": key, "model": model_id, "prompt": prompt, "seed": seed, "setting": json.dumps(settings.params())}
+        row = {"key": key, "model": model_id, "prompt": prompt, "seed": noise_seed(prompt, seed)}
+        row["setting"] = json.dumps(settings.params())
         try:
             with self.engine.begin() as conn:
                 conn.execute(_REFERENCES.insert().values(**row, png=png))

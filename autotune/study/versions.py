@@ -17,6 +17,7 @@ from typing import Any
 
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.resolve import ResolvedStudy, resolve
+from autotune.decision.panel import NOISE
 from autotune.space import schedulers
 from autotune.space.families import FAMILIES
 
@@ -61,6 +62,7 @@ def fingerprint(cfg: ResolvedStudy, class_name: str, measured: Mapping[str, Any]
         "baseline": _setting(cfg.baseline),
         "reference": _setting(ref, ref.follows_trial),
         "seeds": list(cfg.search.seeds),
+        "noise": NOISE,
         "prompts": list(cfg.classes[class_name]),
         **_production(cfg, class_name),
     }
@@ -79,6 +81,8 @@ def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _changes(a, b, f"{prefix}{k}.")
+        elif a != b and k == "noise" and a is None:
+            out.append("noise: stored when every prompt shared one noise per seed; each image now draws its own")
         elif a != b:
             out.append(f"{prefix}{k} {a!r} -> {b!r}")
     return out
