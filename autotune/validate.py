@@ -23,6 +23,7 @@ from typing import Any
 
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.schema import read_utf8
+from autotune.decision.rule import BROKEN
 
 __all__ = ["class_tolerance", "read_prompts", "validate"]
 
@@ -147,7 +148,11 @@ def format_validation(result: dict[str, Any]) -> str:
     lines = []
     for c, v in result["classes"].items():
         parts = [
-            f"Δ{m} {b['mean']:+.3g} (95 % bound "
+            f"collapsed {b['collapsed'][0]} of {b['images']} (baseline {b['collapsed'][1]}; 95 % bound on the "
+            f"share {'none: one image' if b['worst'] is None else format(b['worst'], '+.1%')}, "
+            f"allowed {b['tolerance']:+.1%})"
+            if m == BROKEN
+            else f"Δ{m} {b['mean']:+.3g} (95 % bound "
             f"{'none: one image' if b['worst'] is None else format(b['worst'], '+.3g')}, "
             f"tolerance {'not known' if b['tolerance'] is None else format(b['tolerance'], '.3g')})"
             for m, b in v["bounds"].items()

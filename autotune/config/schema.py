@@ -104,6 +104,12 @@ def check_range(pair: tuple[float, float] | None, low: float, high: float, where
         raise ConfigError(f"{where}: expected [low, high] with {low:g} <= low <= high <= {high:g}, got {list(pair)}")
 
 
+def require(ok: bool, where: str, expected: str, got: object) -> None:
+    """``where: expected EXPECTED, got GOT`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{where}: expected {expected}, got {got}")
+
+
 def first_line(e: BaseException) -> str:
     """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
     text = str(e).strip()

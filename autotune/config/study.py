@@ -28,6 +28,7 @@ from autotune.config.schema import (
     check_range,
     one_of,
     read_utf8,
+    require,
     section,
 )
 from autotune.space import schedulers, variants
@@ -140,6 +141,9 @@ class RecommendConfig:
     clip_tolerance: float | None = None  # CLIP points instead (overrides clip_tolerance_sd)
     lpips_tolerance: float = 0.1  # x the seed-to-seed LPIPS (two seeds of one prompt)
     stochastic: bool = False  # ancestral/SDE samplers may be recommended (judged against seed-to-seed LPIPS)
+    clip_collapse: float = 10.0  # an image this many CLIP tolerances worse than the baseline's has collapsed
+    lpips_collapse: float = 5.0  # ... LPIPS tolerances further from the reference (5 x 0.1: half a seed-to-seed)
+    broken_share: float = 0.03  # collapsed share of images, minus the baseline's, allowed (one-sided 95 % bound)
     finalists: int = 3  # candidates that passed the search confirmed on fresh seeds, at most, per class
     confirm_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)
     confirm_prompts: int = 8  # prompts confirmation renders (those the search reaches last)
@@ -297,10 +301,8 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
         artifacts_location(cfg.storage.artifacts, "storage.artifacts")
     check_range(s.steps, 1, 1000, "search.steps")
     check_range(s.guidance, 0, 100, "search.guidance")
-    if s.guidance_step <= 0:
-        raise ConfigError(f"search.guidance_step: expected a number > 0, got {s.guidance_step:g}")
-    if s.steps_step < 1:
-        raise ConfigError(f"search.steps_step: expected an integer >= 1, got {s.steps_step}")
+    require(s.guidance_step > 0, "search.guidance_step", "a number > 0", f"{s.guidance_step:g}")
+    require(s.steps_step >= 1, "search.steps_step", "an integer >= 1", s.steps_step)
     names = s.schedulers
     if isinstance(names, str) and names != "all":
         raise ConfigError(f'search.schedulers: expected a list of scheduler names or "all", got {names!r}')
@@ -314,16 +316,14 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     for v in wanted if isinstance(wanted, tuple) else ():
         one_of(v, tuple(variants.VARIANTS), "search.variants")
     one_of(s.sampler, SAMPLERS, "search.sampler")
-    if s.n_trials < 1:
-        raise ConfigError(f"search.n_trials: expected an integer >= 1, got {s.n_trials}")
+    require(s.n_trials >= 1, "search.n_trials", "an integer >= 1", s.n_trials)
     if not s.seeds or len(set(s.seeds)) != len(s.seeds) or min(s.seeds) < 0:
         raise ConfigError(f"search.seeds: expected distinct integers >= 0, at least one, got {list(s.seeds)}")
     if s.batch_size != "auto" and (isinstance(s.batch_size, str) or s.batch_size < 1):
         raise ConfigError(f'search.batch_size: expected "auto" or an integer >= 1, got {s.batch_size!r}')
     if s.prompts_per_trial != "auto" and (isinstance(s.prompts_per_trial, str) or s.prompts_per_trial < 1):
         raise ConfigError(f'search.prompts_per_trial: expected "auto" or an integer >= 1, got {s.prompts_per_trial!r}')
-    if not 0 <= s.front_share <= 1:
-        raise ConfigError(f"search.front_share: expected a number in 0..1, got {s.front_share:g}")
+    require(0 <= s.front_share <= 1, "search.front_share", "a number in 0..1", f"{s.front_share:g}")
     if not met.objectives or len(set(met.objectives)) != len(met.objectives):
         raise ConfigError(f"metrics.objectives: expected distinct metric names, got {list(met.objectives)}")
     for name in met.objectives:
@@ -335,20 +335,20 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
             f"({', '.join(WEIGHT_FILES)}), got {met.lpips_backbone!r}"
         )
     one_of(rec.rule, RULES, "recommend.rule")
+    for key in ("clip_collapse", "lpips_collapse"):
+        require(getattr(rec, key) > 1, f"recommend.{key}", "a number of tolerances > 1", f"{getattr(rec, key):g}")
+    require(0 <= rec.broken_share < 1, "recommend.broken_share", "a share >= 0 and < 1", f"{rec.broken_share:g}")
     for key in ("clip_tolerance", "clip_tolerance_sd", "lpips_tolerance"):
-        if (getattr(rec, key) or 0) < 0:
-            raise ConfigError(f"recommend.{key}: expected a number >= 0, got {getattr(rec, key):g}")
+        require((x := getattr(rec, key) or 0) >= 0, f"recommend.{key}", "a number >= 0", f"{x:g}")
     for key, low in (("finalists", 1), ("race_seeds", 0), ("race_budget", 0), ("confirm_prompts", 1)):
-        if getattr(rec, key) < low:
-            raise ConfigError(f"recommend.{key}: expected an integer >= {low}, got {getattr(rec, key)}")
+        require(getattr(rec, key) >= low, f"recommend.{key}", f"an integer >= {low}", getattr(rec, key))
     if len(set(rec.confirm_seeds)) < 2 or set(rec.confirm_seeds) & set(s.seeds) or min(rec.confirm_seeds) < 0:
         raise ConfigError(
             f"recommend.confirm_seeds: expected at least two distinct integers >= 0 that search.seeds does not "
             f"use, got {list(rec.confirm_seeds)}"
         )
     for key in ("batch_size", "repeats"):
-        if getattr(cfg.serving, key) < 1:
-            raise ConfigError(f"serving.{key}: expected an integer >= 1, got {getattr(cfg.serving, key)}")
+        require(getattr(cfg.serving, key) >= 1, f"serving.{key}", "an integer >= 1", getattr(cfg.serving, key))
     return dataclasses.replace(
         cfg,
         search=dataclasses.replace(s, schedulers=names),

@@ -3,9 +3,18 @@ not worse by more than the tolerance on a one-sided 95 % bound, and still is on 
 never saw. Pure math on stored numbers: no torch, no I/O.
 
 A setting's images are ``{(prompt index, seed): {metric: value}}``; candidate and baseline are
-compared on the images they share (same prompt, same seed). The images of one prompt are related,
-so the bound is over prompts: the mean of the per-prompt mean differences, with Student's t on
-``prompts - 1`` degrees of freedom (one prompt: over its images).
+compared on the images they share (same prompt, same noise: every image draws its own, see
+:func:`autotune.decision.panel.noise_seed`). The images of one prompt are related, so the bound is
+over prompts: the mean of the per-prompt mean differences, with Student's t on ``prompts - 1``
+degrees of freedom (one prompt: over its images).
+
+Broken images are judged apart from the means: an image has *collapsed* when its difference to the
+baseline's image of the same prompt and noise is worse than its metric's ``collapse`` tolerances on
+any metric (a wrong glyph, a blank; by default 10 CLIP tolerances, 5 LPIPS tolerances: half a
+seed-to-seed distance further from the reference). In the mean each difference counts at most that
+far (a rare collapse would otherwise pull the mean's bound below its 95 %: measured in
+``tests/test_coverage.py``); the share of images where the candidate collapsed minus the share where
+the baseline did must lie within ``broken_share`` on the same one-sided bound.
 
 Example:
     >>> base = Candidate(0, {(0, 0): {"clip_score": 30.0}, (1, 0): {"clip_score": 31.0}}, seconds=(1.0,))
@@ -18,7 +27,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -26,9 +35,13 @@ from autotune.config.objectives import OBJECTIVES
 from autotune.decision.evidence import Candidate, Images
 
 __all__ = [
+    "BROKEN",
     "Bound",
     "Recommendation",
     "Tolerance",
+    "broken_bound",
+    "collapsed",
+    "collapsed_images",
     "decide",
     "eligible",
     "excess",
@@ -56,13 +69,25 @@ def t95(df: int) -> float:
 class Tolerance:
     """How much worse than the baseline a setting may be, per quality metric in its own units (a metric
     absent: not judged); ``seed_lpips``: a stochastic sampler's reference distance is held within
-    (1 + its tolerance) x this."""
+    (1 + its tolerance) x this; ``collapse``: an image worse than this many tolerances on a metric has
+    collapsed (a metric absent: never); ``broken_share``: how many more of a candidate's images may
+    collapse than the baseline's."""
 
     limits: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     seed_lpips: float | None = None
+    collapse: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    broken_share: float = 0.03
 
     def of(self, metric: str) -> float | None:
         return self.limits.get(metric)
+
+    def cap(self, metric: str) -> float:
+        """The per-image difference beyond which an image has collapsed on ``metric`` (inf: not known)."""
+        t, k = self.limits.get(metric, math.nan), self.collapse.get(metric, math.nan)
+        return k * t if t > 0 and math.isfinite(t) and k > 0 else math.inf
+
+
+BROKEN = "broken"  # the bound of the collapsed share (candidate minus baseline), beside the metrics'
 
 
 @dataclass(frozen=True)
@@ -77,11 +102,18 @@ class Bound:
     tolerance: float
     images: int
     prompts: int
+    collapse: float = math.inf  # the metric's difference counted at most this far (its collapse threshold)
+    collapsed: tuple[int, int] = (0, 0)  # broken: images that collapsed, the candidate's and the baseline's
+
+    @property
+    def sign(self) -> int:
+        """1 where higher is better, -1 where lower is (an LPIPS, the collapsed share)."""
+        return 1 if self.metric != BROKEN and OBJECTIVES[self.metric].higher_is_better else -1
 
     @property
     def verdict(self) -> str:
         """``pass``: worse by less than the tolerance (95 %); ``fail``: worse by more (95 %); else ``undecided``."""
-        sign = 1 if OBJECTIVES[self.metric].higher_is_better else -1
+        sign = self.sign
         if sign * self.worst >= -self.tolerance:
             return "pass"
         return "fail" if sign * self.best < -self.tolerance else "undecided"
@@ -89,10 +121,16 @@ class Bound:
     @property
     def margin(self) -> float:
         """How far inside the tolerance the worse-side bound is, in tolerances (< 0: outside; nan: unknown)."""
-        sign = 1 if OBJECTIVES[self.metric].higher_is_better else -1
+        sign = self.sign
         return (sign * self.worst + self.tolerance) / self.tolerance if self.tolerance > 0 else sign * self.worst
 
     def describe(self) -> str:
+        if self.metric == BROKEN:
+            mine, theirs = self.collapsed
+            return (
+                f"collapsed images {mine} of {self.images} (the baseline's: {theirs}), share {self.mean:+.1%}, "
+                f"95 % bound {self.worst:+.1%} (needs <= {self.tolerance:+.1%}; {self.prompts} prompts)"
+            )
         if math.isnan(self.tolerance):
             need = "a tolerance not known yet: the baseline's seed-to-seed spread needs two seeds of a prompt"
         elif OBJECTIVES[self.metric].higher_is_better:
@@ -105,25 +143,86 @@ class Bound:
         )
 
 
-def paired_bound(cand: Images, base: Images | float, metric: str, tolerance: float) -> Bound | None:
-    """The bound of ``cand - base`` on ``metric`` over the images both have (None: none shared).
+def _clustered(by_prompt: Mapping[int, Sequence[float]]) -> tuple[float, float]:
+    """The mean of the per-prompt means and the half-width of its one-sided 95 % bound (Student's t on
+    prompts - 1 degrees of freedom; one prompt: over its images; one image: infinite)."""
+    units = [statistics.fmean(d) for d in by_prompt.values()] if len(by_prompt) > 1 else next(iter(by_prompt.values()))
+    mean = statistics.fmean(units)
+    half = t95(len(units) - 1) * statistics.stdev(units) / math.sqrt(len(units)) if len(units) > 1 else math.inf
+    return mean, half
+
+
+def _shared(cand: Images, base: Images | float, metrics: Sequence[str]) -> list[tuple[int, int]]:
+    """The images both have, on every one of ``metrics``."""
+    return [
+        k for k in cand
+        if all(m in cand[k] and (isinstance(base, float) or m in base.get(k, {})) for m in metrics)
+    ]  # fmt: skip
+
+
+def paired_bound(
+    cand: Images, base: Images | float, metric: str, tolerance: float, cap: float = math.inf
+) -> Bound | None:
+    """The bound of ``cand - base`` on ``metric`` over the images both have (None: none shared), each
+    image's difference counted at most ``cap`` either way (a collapse is judged by :func:`broken_bound`).
 
     ``base`` may be a constant (a stochastic sampler's LPIPS against (1 + tol) x seed-to-seed).
     One image has no spread: its bounds are infinite (undecided).
     """
-    shared = [k for k in cand if metric in cand[k] and (isinstance(base, float) or metric in base.get(k, {}))]
+    shared = _shared(cand, base, [metric])
     if not shared:
         return None
     by_prompt: dict[int, list[float]] = {}
     for p, s in shared:
         b = base if isinstance(base, float) else base[(p, s)][metric]
-        by_prompt.setdefault(p, []).append(cand[(p, s)][metric] - b)
-    units = [statistics.fmean(d) for d in by_prompt.values()] if len(by_prompt) > 1 else by_prompt[shared[0][0]]
-    mean = statistics.fmean(units)
-    half = t95(len(units) - 1) * statistics.stdev(units) / math.sqrt(len(units)) if len(units) > 1 else math.inf
+        by_prompt.setdefault(p, []).append(min(max(cand[(p, s)][metric] - b, -cap), cap))
+    mean, half = _clustered(by_prompt)
     lo, hi = mean - half, mean + half
     worst, best = (lo, hi) if OBJECTIVES[metric].higher_is_better else (hi, lo)
-    return Bound(metric, mean, worst, best, tolerance, len(shared), len(by_prompt))
+    return Bound(metric, mean, worst, best, tolerance, len(shared), len(by_prompt), cap)
+
+
+def collapsed(
+    cand: Mapping[str, float], base: Mapping[str, float], tol: Tolerance, metrics: Sequence[str] | None = None
+) -> int:
+    """1: the candidate's image collapsed against the baseline's (worse beyond the threshold on a metric);
+    -1: the baseline's did (the candidate's is that much better); 0: neither."""
+    worse = better = False
+    for m in tol.limits if metrics is None else metrics:
+        cap, sign = tol.cap(m), 1 if OBJECTIVES[m].higher_is_better else -1
+        if m in cand and m in base and math.isfinite(cap):
+            d = sign * (cand[m] - base[m])
+            worse, better = worse or d < -cap, better or d > cap
+    return int(worse) - int(better)
+
+
+def broken_bound(cand: Images, base: Images, tol: Tolerance, skip: Collection[str] = ()) -> Bound | None:
+    """The collapsed share of ``cand`` minus the baseline's over the images both have, on its one-sided
+    95 % bound, on every metric but ``skip`` (None: no threshold known yet, or no image shared)."""
+    judged = [m for m in tol.limits if math.isfinite(tol.cap(m)) and m not in skip]
+    shared = _shared(cand, base, judged) if judged else []
+    if not shared:
+        return None
+    by_prompt: dict[int, list[float]] = {}
+    for p, s in shared:
+        by_prompt.setdefault(p, []).append(float(collapsed(cand[(p, s)], base[(p, s)], tol, judged)))
+    mean, half = _clustered(by_prompt)
+    flags = [v for d in by_prompt.values() for v in d]
+    counts = (flags.count(1.0), flags.count(-1.0))
+    n = len(shared)
+    return Bound(BROKEN, mean, mean + half, mean - half, tol.broken_share, n, len(by_prompt), collapsed=counts)
+
+
+def collapsed_images(cand: Candidate, base: Candidate, tol: Tolerance) -> dict[str, dict[str, float]]:
+    """The candidate's collapsed images against the baseline's, on the search and the confirmation images."""
+    out = {}
+    for stage, confirm in (("search", False), ("confirmation", True)):
+        b = next((x for x in verdicts(cand, base, tol, confirm=confirm) if x.metric == BROKEN), None)
+        if b is not None:
+            mine, theirs = b.collapsed
+            out[stage] = {"images": b.images, "recommended": mine, "baseline": theirs, "share_bound": b.worst,
+                          "allowed": b.tolerance}  # fmt: skip
+    return out
 
 
 def speedup(cand: Candidate, base: Candidate) -> tuple[float, float, float] | None:
@@ -135,17 +234,21 @@ def speedup(cand: Candidate, base: Candidate) -> tuple[float, float, float] | No
 
 
 def verdicts(cand: Candidate, base: Candidate, tol: Tolerance, *, confirm: bool = False) -> list[Bound]:
-    """The candidate's bound on every judged metric, on its search images or its confirmation images."""
+    """The candidate's bound on every judged metric and on its collapsed share, on its search images or
+    its confirmation images."""
     mine, theirs = (cand.confirm, base.confirm) if confirm else (cand.images, base.images)
-    out = []
+    out, constant = [], []
     for metric, t in tol.limits.items():
         if OBJECTIVES[metric].reference and not cand.deterministic and base.deterministic:
+            constant.append(metric)
             seed = tol.seed_lpips or 0.0  # never converges to the reference: no further from it than another seed
             b = paired_bound(mine, float(seed), metric, t)
         else:
-            b = paired_bound(mine, theirs, metric, t)
+            b = paired_bound(mine, theirs, metric, t, tol.cap(metric))
         if b is not None:
             out.append(b)
+    if out and (broken := broken_bound(mine, theirs, tol, constant)) is not None:
+        out.append(broken)
     return out
 
 
@@ -199,9 +302,8 @@ def excess(bounds: Sequence[Bound]) -> float:
     """How many tolerances worse than the baseline a candidate's mean is, on its worst metric (inf: unknown)."""
     worse = []
     for b in bounds:
-        sign = 1 if OBJECTIVES[b.metric].higher_is_better else -1
         if b.tolerance > 0 and not math.isnan(b.tolerance):
-            worse.append(-sign * b.mean / b.tolerance)
+            worse.append(-b.sign * b.mean / b.tolerance)
     return max(worse) if worse else math.inf
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 from autotune.decision.evidence import Candidate
@@ -57,4 +58,5 @@ def tolerance(
         limits["clip_score"] = points
     if "lpips" in objectives and seed_lpips is not None:
         limits["lpips"] = (lpips_x_seed if lpips_x_seed is not None else recommend.lpips_tolerance) * seed_lpips
-    return Tolerance(limits, seed_lpips), noise
+    collapse = {"clip_score": recommend.clip_collapse, "lpips": recommend.lpips_collapse}
+    return Tolerance(limits, seed_lpips, MappingProxyType(collapse), recommend.broken_share), noise

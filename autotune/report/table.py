@@ -105,6 +105,15 @@ def _speedup(d: dict[str, Any]) -> str:
     return f"{d['speedup']:.2f}x ({lo:.2f}-{hi:.2f}){calls}"
 
 
+def _collapsed(d: dict[str, Any]) -> str:
+    """``k/n (baseline j)``: images of the recommendation that collapsed, search and confirmation together."""
+    got = d.get("collapsed", {}).values()
+    if not got:
+        return "-"
+    n, k, j = (sum(x[key] for x in got) for key in ("images", "recommended", "baseline"))
+    return f"{k}/{n} (baseline {j})"
+
+
 def _note(d: dict[str, Any]) -> str:
     """Why the baseline is kept, how the pick's neighbours fare, and a decision that did not finish."""
     parts = [] if d["met_tolerance"] and d["confirmed"] else [d["reason"]]
@@ -121,12 +130,13 @@ def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> st
     """A plain-text table: per class the recommended setting, its metrics and the baseline's."""
     data = recommendations_data(cfg, outcomes)["classes"]
     metrics = list(cfg.metrics.objectives)
-    head = ["class", "setting", *(("median seconds" if m == "seconds" else m) for m in metrics), "speed-up"]
+    head = ["class", "setting", *(("median seconds" if m == "seconds" else m) for m in metrics), "collapsed"]
+    head += ["speed-up"]
     head += ["trials", "note"]
     rows = []
     for c, d in data.items():
         if "trial" not in d:  # no recommendation yet
-            rows.append([c, "-", *("-" for _ in metrics), "-", str(d["trials_completed"]), d["reason"]])
+            rows.append([c, "-", *("-" for _ in metrics), "-", "-", str(d["trials_completed"]), d["reason"]])
             continue
         for label, x in (("", d), ("  baseline", d["baseline"])):
             setting = f"{x['setting']} (#{x['trial']})"
@@ -135,6 +145,7 @@ def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> st
                     c + label if label else c,
                     setting,
                     *(_fmt(x["metrics"][m], ".4g") for m in metrics),
+                    _collapsed(d) if not label else "",
                     _speedup(d) if not label else "",
                     str(d["trials_completed"]) if not label else "",
                     _note(d) if not label else "",

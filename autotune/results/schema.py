@@ -206,6 +206,8 @@ def _seconds_fit(o: ClassOutcome) -> dict[str, Any] | None:
 
 
 def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
+    from autotune.decision.rule import collapsed_images
+
     objectives = cfg.metrics.objectives
     base = {
         "trials_completed": o.n_completed,
@@ -249,7 +251,9 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
             "clip_score_seed_sd": o.clip_noise,
             "lpips": tol.of("lpips"),
             "lpips_in_seed_lpips": r.lpips_tolerance if tol.of("lpips") is not None else None,
+            "collapse": {m: tol.cap(m) for m in tol.limits if math.isfinite(tol.cap(m))},
         },
+        "collapsed": collapsed_images(rec.chosen, rec.baseline, tol),
         "decision": {
             "state": o.decision_state,
             "prompts": prompts_note(
