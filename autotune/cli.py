@@ -305,7 +305,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
     p.add_argument("--prompts", type=Path, required=True, help="held-out prompts, one per line")
-    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default: search.seeds)")
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        help="comma-separated image numbers, e.g. 0,1,2: image n of a prompt draws the noise of "
+        "autotune.noise_seed(prompt, n) (default: search.seeds)",
+    )
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
     p.add_argument("--device", help="override model.device: cpu, cuda, cuda:N")
     p.add_argument(
