@@ -121,3 +121,21 @@ def test_a_study_gives_each_image_its_own_recorded_noise_and_refuses_a_shared_no
     message = str(err.value)
     assert "noise: stored when every prompt shared one noise per seed; each image now draws its own" in message
     assert "\n" not in message
+
+
+def test_the_table_json_and_report_show_the_recommendations_collapsed_images(finished_study) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from autotune.report.table import format_table
+
+    cfg, outcomes = finished_study
+    data = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]
+    report = (cfg.output_dir / "report.html").read_text()
+    assert "collapsed images (search and confirmation)" in report
+    for c, o in outcomes.items():
+        rec = o.recommendation
+        search = data[c]["collapsed"]["search"]
+        assert search["images"] == len(rec.chosen.images) and (search["recommended"], search["baseline"]) == (0, 0)
+        assert data[c]["tolerance"]["collapse"]["lpips"] == pytest.approx(5 * data[c]["tolerance"]["lpips"])
+        row = next(line for line in format_table(outcomes.cfg, outcomes).splitlines() if line.startswith(f"{c} "))
+        assert f"0/{search['images']} (baseline 0)" in row

@@ -42,6 +42,7 @@ __all__ = [
     "broken_bound",
     "collapsed",
     "collapsed_images",
+    "collapsed_text",
     "decide",
     "eligible",
     "excess",
@@ -210,7 +211,8 @@ def broken_bound(cand: Images, base: Images, tol: Tolerance, skip: Collection[st
     flags = [v for d in by_prompt.values() for v in d]
     counts = (flags.count(1.0), flags.count(-1.0))
     n = len(shared)
-    return Bound(BROKEN, mean, mean + half, mean - half, tol.broken_share, n, len(by_prompt), collapsed=counts)
+    worst, best = min(mean + half, 1.0), max(mean - half, -1.0)  # a difference of two shares
+    return Bound(BROKEN, mean, worst, best, tol.broken_share, n, len(by_prompt), collapsed=counts)
 
 
 def collapsed_images(cand: Candidate, base: Candidate, tol: Tolerance) -> dict[str, dict[str, float]]:
@@ -223,6 +225,12 @@ def collapsed_images(cand: Candidate, base: Candidate, tol: Tolerance) -> dict[s
             out[stage] = {"images": b.images, "recommended": mine, "baseline": theirs, "share_bound": b.worst,
                           "allowed": b.tolerance}  # fmt: skip
     return out
+
+
+def collapsed_text(stages: Mapping[str, Mapping[str, float]]) -> str:
+    """``k/n (baseline j)`` of :func:`collapsed_images`' stages together ("-": none judged)."""
+    n, k, j = (sum(int(x[key]) for x in stages.values()) for key in ("images", "recommended", "baseline"))
+    return f"{k}/{n} (baseline {j})" if n else "-"
 
 
 def speedup(cand: Candidate, base: Candidate) -> tuple[float, float, float] | None:

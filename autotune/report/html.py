@@ -29,6 +29,7 @@ import plotly.graph_objects as go
 from autotune.config.resolve import ResolvedStudy, reference_setting
 from autotune.decision.cost import evaluations
 from autotune.decision.panel import noise_seed
+from autotune.decision.rule import collapsed_images, collapsed_text
 from autotune.files import atomic_write
 from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
 from autotune.report.images import StoredImages
@@ -96,9 +97,11 @@ def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
             speedup += f", {ratio:.2g}x fewer model calls"
         if check := speedup_check(rec.speedup, ratio):
             speedup += f'<div class="note">{html.escape(check)}</div>'
+        broken = collapsed_text(collapsed_images(rec.chosen, rec.baseline, o.tolerance)) if o.tolerance else "-"
         rows.append([f'<a href="#class-{c}">{c}</a>', setting, speedup, *(_paired(chosen, base, m) for m in quality)])
+        rows[-1].append(broken)
     head = ["class", "recommended setting", "speed-up vs baseline (range over timed calls)"]
-    head += [f"Δ {title(m)}" for m in quality]
+    head += [*(f"Δ {title(m)}" for m in quality), "collapsed images (search and confirmation)"]
     return _table(head, rows, "summary")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.config.resolve import ResolvedStudy
+from autotune.decision.rule import collapsed_text
 from autotune.files import atomic_write
 from autotune.results.reader import ClassOutcome, Outcomes, settings_of
 from autotune.results.schema import random_weights_warning, recommendations_data
@@ -105,15 +106,6 @@ def _speedup(d: dict[str, Any]) -> str:
     return f"{d['speedup']:.2f}x ({lo:.2f}-{hi:.2f}){calls}"
 
 
-def _collapsed(d: dict[str, Any]) -> str:
-    """``k/n (baseline j)``: images of the recommendation that collapsed, search and confirmation together."""
-    got = d.get("collapsed", {}).values()
-    if not got:
-        return "-"
-    n, k, j = (sum(x[key] for x in got) for key in ("images", "recommended", "baseline"))
-    return f"{k}/{n} (baseline {j})"
-
-
 def _note(d: dict[str, Any]) -> str:
     """Why the baseline is kept, how the pick's neighbours fare, and a decision that did not finish."""
     parts = [] if d["met_tolerance"] and d["confirmed"] else [d["reason"]]
@@ -145,7 +137,7 @@ def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> st
                     c + label if label else c,
                     setting,
                     *(_fmt(x["metrics"][m], ".4g") for m in metrics),
-                    _collapsed(d) if not label else "",
+                    collapsed_text(d.get("collapsed", {})) if not label else "",
                     _speedup(d) if not label else "",
                     str(d["trials_completed"]) if not label else "",
                     _note(d) if not label else "",

@@ -44,10 +44,10 @@ __all__ = [
 DEFAULT_CLASS = "default"  # the baseline, for prompts that fit no class
 THRESHOLD_MARGIN = 0.9  # the router's default threshold: this share of the least typical study prompt's similarity
 RULE_TEXT = (
-    "A cheaper setting replaces the baseline when, on every quality metric, the one-sided 95 % bound of its "
-    "per-image difference to the baseline (same prompt, same seed; Student's t over the per-prompt means) is "
-    "within the tolerance, first on the search (and racing) seeds, then again on the confirmation seeds alone; "
-    "cheaper means faster on every timed serving call; of those, the cheapest by fitted cost."
+    "A cheaper setting replaces the baseline when the one-sided 95 % bounds of its per-image differences to the "
+    "baseline (same prompt, same noise; t over prompt means) are within tolerance on every metric and on its share "
+    "of collapsed images, on the search (and racing) images, then on the confirmation images alone; cheaper "
+    "means faster on every timed serving call; of those, the cheapest by fitted cost."
 )
 
 
