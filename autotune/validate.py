@@ -85,12 +85,13 @@ def validate(
     It passes when every class that held-out prompts were routed to held its tolerance, and every
     studied class got at least one (``allow_untested`` accepts classes that got none).
     """
+    from autotune.decision.cost import evaluations
     from autotune.decision.evidence import Candidate, images_of
     from autotune.decision.rule import overall, speedup, verdicts
     from autotune.files import atomic_write
     from autotune.model.evaluate import Evaluator
     from autotune.model.pipeline import resolve_config
-    from autotune.results.schema import DEFAULT_CLASS, load_recommendations
+    from autotune.results.schema import DEFAULT_CLASS, call_ratio, load_recommendations, speedup_check
     from autotune.serving.router import Router
     from autotune.space import schedulers
     from autotune.space.settings import Settings
@@ -117,6 +118,9 @@ def validate(
         base = Candidate(0, b, seconds=tuple(theirs.seconds))
         bounds = verdicts(mine, base, class_tolerance(resolved, recs, c, base, clip_tolerance, lpips_tolerance))
         faster = speedup(mine, base)
+        ratio = call_ratio(
+            *(evaluations(e.model_calls, e.guided_calls, s.guidance) for e, s in ((ours, chosen), (theirs, baseline)))
+        )
         classes[c] = {
             "prompts": ps,
             "recommended": rec.setting,
@@ -125,6 +129,8 @@ def validate(
             "bounds": {x.metric: _finite(dataclasses.asdict(x)) | {"verdict": x.verdict} for x in bounds},
             "speedup": faster[0] if faster else None,
             "speedup_range": list(faster[1:]) if faster else None,
+            "model_call_ratio": ratio,
+            "speedup_check": speedup_check(faster[0] if faster else None, ratio),
             "study_speedup": rec.speedup,
             "within_tolerance": overall(bounds) == "pass",
             "why_not": [x.describe() for x in bounds if x.verdict != "pass"],
@@ -160,6 +166,8 @@ def format_validation(result: dict[str, Any]) -> str:
         verdict = "ok  " if v["within_tolerance"] else "FAIL"
         speed = (
             f"{v['speedup']:.2f}x ({v['speedup_range'][0]:.2f}-{v['speedup_range'][1]:.2f}) faster"
+            + (f" with {v['model_call_ratio']:.2g}x fewer model calls" if v.get("model_call_ratio") else "")
+            + (" (above its call ratio: timing noise; rerun alone)" if v.get("speedup_check") else "")
             if v["speedup"]
             else "not timed"
         )

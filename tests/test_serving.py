@@ -246,7 +246,10 @@ def test_validate_exit_code_follows_the_tolerance(finished_study, tmp_path: Path
         b = v["bounds"]["clip_score"]  # 1 prompt: over its 2 images, t on 1 degree of freedom
         assert b["worst"] <= b["mean"] <= b["best"] and (b["images"], b["prompts"]) == (2, 1)
         assert b["verdict"] == "fail" and v["speedup"] > 0 and v["speedup_range"][0] <= v["speedup"]
-    assert "FAIL portrait" in out
+        assert v["model_call_ratio"] == 1.0 and v["recommended"] == v["baseline"]  # the study kept the baseline
+        assert v["bounds"]["broken"]["collapsed"] == [0, 0]  # the same setting on the same noise: nothing broke
+    assert "FAIL portrait" in out and "faster with 1x fewer model calls" in out
+    assert "collapsed 0 of 2 (baseline 0;" in out
     code, out, err = autotune_cli(
         capsys, *args, "--seeds", "3,4,5", "--clip-tolerance", "1000", "--lpips-tolerance", "1000"
     )
