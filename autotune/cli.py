@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
-import re
 import socket
 import sys
 import warnings
@@ -20,32 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from autotune.arguments import device, image_numbers, parse_duration, port, positive_int
 from autotune.config import ConfigError, ConfigWarning, load_config
 
-__all__ = ["main", "parse_duration"]
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``"8h"``, ``"1h30m"``, ``"90s"``, ``"45m"`` or a plain number of seconds (above zero:
-    a study given no time would stop before its first render)."""
-    text = text.strip().lower()
-    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", text)
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds = float(text)
-    elif text and parts is not None:
-        h, m, s = (float(x) if x else 0.0 for x in parts.groups())
-        seconds = h * 3600 + m * 60 + s
-    else:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 8h, 90m, 1h30m or 600, got {text!r}")
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"expected a duration above zero (such as 8h, 90m or 600), got {text!r}")
-    return seconds
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return int(text)
+__all__ = ["main"]
 
 
 ARTIFACTS_HELP = "trial images: a folder or s3://bucket/prefix (default: [storage] artifacts, else the study's own)"
@@ -158,20 +136,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         try:
             probe.bind((args.host, args.port))
         except OSError as e:
+            blame = "--port" if e.errno == errno.EADDRINUSE or e.errno == errno.EACCES else "--host"
             raise ConfigError(
-                f"--port {args.port}: cannot serve on {args.host}:{args.port} ({e.strerror}); pass another --port"
+                f"{blame} {args.port if blame == '--port' else repr(args.host)}: cannot serve on "
+                f"{args.host}:{args.port} ({e.strerror}); pass another {blame}"
             ) from None
     print(f"optuna-dashboard for {cfg.name} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     store = reader_store(cfg, [o.attrs for o in outcomes.values()])
     run_server(url, host=args.host, port=args.port, artifact_store=store)
     return 0
-
-
-def _seeds(text: str) -> list[int]:
-    seeds = [s.strip() for s in text.split(",")]
-    if not all(s.isdigit() for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"expected distinct integers >= 0 separated by commas, got {text!r}")
-    return [int(s) for s in seeds]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -253,15 +226,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", help=ARTIFACTS_HELP)
     p.add_argument(
         "--n-trials",
-        type=_positive_int,
+        type=positive_int,
         help="settings rendered per class to reach (the study's total, not this run's; default: search.n_trials)",
     )
     p.add_argument("--timeout", type=parse_duration, help="stop starting trials after this long: 8h, 90m, 600")
-    p.add_argument("--device", help="override model.device: cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device, help="override model.device: cpu, cuda, cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="processes on this machine sharing the study (one per GPU with device cuda); default 1",
     )
@@ -287,14 +260,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="render a full steps x scheduler grid per class (loads the model); default: use stored trial images",
     )
-    p.add_argument("--device", help="override model.device for --render-grid: cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device, help="override model.device for --render-grid: cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("dashboard", help="open the study in optuna-dashboard, with trial images")
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
     p.add_argument("--artifacts", help=ARTIFACTS_HELP)
-    p.add_argument("--port", type=int, default=8080, help="port to serve on (default: 8080)")
+    p.add_argument("--port", type=port, default=8080, help="port to serve on (default: 8080)")
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 exposes it to the network)"
     )
@@ -307,12 +280,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, required=True, help="held-out prompts, one per line")
     p.add_argument(
         "--seeds",
-        type=_seeds,
+        type=image_numbers,
         help="comma-separated image numbers, e.g. 0,1,2: image n of a prompt draws the noise of "
         "autotune.noise_seed(prompt, n) (default: search.seeds)",
     )
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
-    p.add_argument("--device", help="override model.device: cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device, help="override model.device: cpu, cuda, cuda:N")
     p.add_argument(
         "--clip-tolerance", type=float, help="override recommend.clip_tolerance (negative: must beat the baseline)"
     )
@@ -328,8 +301,8 @@ def _parser() -> argparse.ArgumentParser:
     classes = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = classes.add_parser("suggest", help="cluster a prompt log into N classes; prints [classes.*] TOML")
     p.add_argument("prompts", type=Path, help="prompt log, one prompt per line")
-    p.add_argument("--k", type=_positive_int, required=True, help="number of classes")
-    p.add_argument("--per-class", type=_positive_int, default=8, help="prompts listed per class (default: 8)")
+    p.add_argument("--k", type=positive_int, required=True, help="number of classes")
+    p.add_argument("--per-class", type=positive_int, default=8, help="prompts listed per class (default: 8)")
     p.add_argument(
         "--clip-model",
         default="tiny",
@@ -359,7 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check", action="store_true", help="render the A1111/ComfyUI settings as those tools do and judge them"
     )
-    p.add_argument("--device", help="device for --check: auto, cpu, cuda, cuda:N (default: the study file's)")
+    p.add_argument(
+        "--device", type=device, help="device for --check: auto, cpu, cuda, cuda:N (default: the study file's)"
+    )
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -37,7 +37,9 @@ def test_a_candidate_whose_mean_holds_but_whose_images_collapse_is_not_recommend
     sound = Candidate(2, images({}), images({}, seed=1000), seconds=(0.6, 0.6, 0.6), label="sound")
     got = by_metric(broken)
     assert got["clip_score"].verdict == "pass"  # each difference counts at most 5 points: the mean holds
-    assert got["clip_score"].collapse == 5.0 and got["clip_score"].mean == pytest.approx((-5 * 2 + 0.1 * 18 - 0.1 * 20) / PROMPTS)
+    assert got["clip_score"].collapse == 5.0 and got["clip_score"].mean == pytest.approx(
+        (-5 * 2 + 0.1 * 18 - 0.1 * 20) / PROMPTS
+    )
     assert got[BROKEN].collapsed == (2, 0) and got[BROKEN].mean == pytest.approx(2 / PROMPTS)
     assert got[BROKEN].verdict != "pass" and got[BROKEN].worst > 0.03
     assert "collapsed images 2 of 40 (the baseline's: 0)" in got[BROKEN].describe()

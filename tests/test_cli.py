@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.cli import parse_duration
+from autotune.arguments import parse_duration
 from autotune.space.families import FAMILIES
 from autotune.space.settings import ays_timesteps
 
@@ -96,3 +96,42 @@ def test_a_prompt_file_starting_with_a_byte_order_mark_reads_as_without(tmp_path
 
     (tmp_path / "p.txt").write_bytes("\ufeffa handwritten digit eight\r\na digit six\n".encode())
     assert read_prompts(tmp_path / "p.txt") == ["a handwritten digit eight", "a digit six"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["study", "{path}", "--device", "tpu"], "argument --device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["study", "{path}", "--device", "CPU"], "argument --device: expected auto, cpu, cuda or cuda:N, got 'CPU'"),
+        (["validate", "{path}", "--prompts", "{path}", "--device", "gpu"], "argument --device: expected auto, cpu"),
+        (["export", "{path}", "--check", "--device", "cuda:x"], "argument --device: expected auto, cpu"),
+        (["report", "{path}", "--device", "tpu"], "argument --device: expected auto, cpu"),
+        (
+            ["dashboard", "{path}", "--port", "99999"],
+            "argument --port: expected a port number in 1..65535, got '99999'",
+        ),
+        (["dashboard", "{path}", "--port", "-1"], "argument --port: expected a port number in 1..65535, got '-1'"),
+        (["dashboard", "{path}", "--port", "0"], "argument --port: expected a port number in 1..65535, got '0'"),
+    ],
+)
+def test_command_line_values_are_checked_as_the_study_files_are(
+    study_file: Callable[..., Path], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from autotune.cli import main
+
+    path = study_file()
+    code = main([a.format(path=path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not any(path.parent.glob("*.db")) and not (path.parent / "small").exists()  # nothing written
+
+
+def test_an_unusable_host_is_blamed_on_host(finished_study, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from autotune.cli import main
+
+    cfg, _ = finished_study
+    code = main(["dashboard", str(cfg.path), "--host", "192.0.2.1", "--port", "18080"])  # TEST-NET-1: not ours
+    err = capsys.readouterr().err
+    assert (
+        code == 2 and "--host '192.0.2.1': cannot serve on 192.0.2.1:18080" in err and "--port" not in err.split(":")[0]
+    )

@@ -104,6 +104,14 @@ def check_range(pair: tuple[float, float] | None, low: float, high: float, where
         raise ConfigError(f"{where}: expected [low, high] with {low:g} <= low <= high <= {high:g}, got {list(pair)}")
 
 
+def device_expected(value: str) -> str | None:
+    """None for a device autotune takes (auto, cpu, cuda, cuda:N), else what was expected instead."""
+    kind = value.split(":")[0]
+    if kind in ("auto", "cpu", "cuda") and (":" not in value or (kind == "cuda" and value[5:].isdigit())):
+        return None
+    return f"expected auto, cpu, cuda or cuda:N, got {value!r}"
+
+
 def require(ok: bool, where: str, expected: str, got: object) -> None:
     """``where: expected EXPECTED, got GOT`` unless ``ok``."""
     if not ok:

@@ -26,6 +26,7 @@ from autotune.config.schema import (
     ConfigWarning,
     artifacts_location,
     check_range,
+    device_expected,
     one_of,
     read_utf8,
     require,
@@ -51,7 +52,6 @@ __all__ = [
 
 SAMPLERS = ("tpe", "tpe_independent", "gp", "nsga2", "random")
 RULES = ("match_baseline",)
-DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -283,9 +283,8 @@ def _validate_setting(s: SettingConfig, where: str) -> SettingConfig:
 def _validate(cfg: StudyConfig) -> StudyConfig:
     """Checks that need no model; :func:`resolve` does the rest once the model family is known."""
     m, s, met, rec = cfg.model, cfg.search, cfg.metrics, cfg.recommend
-    device_kind = m.device.split(":")[0]
-    if device_kind not in DEVICES or (":" in m.device and (device_kind != "cuda" or not m.device[5:].isdigit())):
-        raise ConfigError(f"model.device: expected auto, cpu, cuda or cuda:N, got {m.device!r}")
+    if expected := device_expected(m.device):
+        raise ConfigError(f"model.device: {expected}")
     one_of(m.dtype, DTYPES, "model.dtype")
     one_of(m.family, ("auto", *FAMILIES), "model.family")
     for path, scale in m.loras.items():
