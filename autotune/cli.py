@@ -136,10 +136,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         try:
             probe.bind((args.host, args.port))
         except OSError as e:
-            blame = "--port" if e.errno == errno.EADDRINUSE or e.errno == errno.EACCES else "--host"
+            flag, value = (
+                ("--port", args.port) if e.errno in (errno.EADDRINUSE, errno.EACCES) else ("--host", repr(args.host))
+            )
             raise ConfigError(
-                f"{blame} {args.port if blame == '--port' else repr(args.host)}: cannot serve on "
-                f"{args.host}:{args.port} ({e.strerror}); pass another {blame}"
+                f"{flag} {value}: cannot serve on {args.host}:{args.port} ({e.strerror}); pass another {flag}"
             ) from None
     print(f"optuna-dashboard for {cfg.name} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     store = reader_store(cfg, [o.attrs for o in outcomes.values()])

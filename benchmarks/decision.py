@@ -300,10 +300,10 @@ def qualifies(d: dict[str, float], tol: dict[str, float]) -> bool:
 def rule_tolerance(r: Renders, tol: dict[str, float]) -> Any:
     """The product's :class:`Tolerance` of the truth: the demo's tolerances and collapse thresholds."""
     from autotune.decision.rule import Tolerance
+    from autotune.decision.tolerance import collapse_of
 
     rec = r.config().recommend
-    collapse = {"clip_score": rec.clip_collapse, "lpips": rec.lpips_collapse}
-    return Tolerance(tol, None, collapse, rec.broken_share)
+    return Tolerance(tol, None, collapse_of(rec), rec.broken_share)
 
 
 def truth_bounds(r: Renders, key: Key, holdout: list[str], rtol: Any) -> list[Any]:

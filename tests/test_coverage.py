@@ -22,12 +22,12 @@ import pytest
 
 from autotune.config.study import RecommendConfig
 from autotune.decision.rule import Tolerance, paired_bound
+from autotune.decision.tolerance import collapse_of
 
 REPLICATIONS = 1000
 PANELS = [(prompts, replicates) for prompts in (4, 8, 20) for replicates in (1, 2, 3, 4)]
 DEFAULT = RecommendConfig()
-COLLAPSE = {"clip_score": DEFAULT.clip_collapse, "lpips": DEFAULT.lpips_collapse}
-TOL = Tolerance({"clip_score": 1.54, "lpips": 0.00113}, collapse=COLLAPSE)  # the demo's tolerances
+TOL = Tolerance({"clip_score": 1.54, "lpips": 0.00113}, collapse=collapse_of(DEFAULT))  # the demo's tolerances
 # metric: (mean, sd between prompts, sd between noises, residual sd, collapsed share, collapse shift)
 MODEL = {
     "clip_score": (-1.5, math.sqrt(1.76), math.sqrt(4.73), math.sqrt(24.2), 0.03, -70.0),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -58,5 +58,9 @@ def tolerance(
         limits["clip_score"] = points
     if "lpips" in objectives and seed_lpips is not None:
         limits["lpips"] = (lpips_x_seed if lpips_x_seed is not None else recommend.lpips_tolerance) * seed_lpips
-    collapse = {"clip_score": recommend.clip_collapse, "lpips": recommend.lpips_collapse}
-    return Tolerance(limits, seed_lpips, MappingProxyType(collapse), recommend.broken_share), noise
+    return Tolerance(limits, seed_lpips, collapse_of(recommend), recommend.broken_share), noise
+
+
+def collapse_of(recommend: Any) -> Mapping[str, float]:
+    """Each metric's collapse threshold in its tolerances, as ``[recommend]`` states them."""
+    return MappingProxyType({"clip_score": recommend.clip_collapse, "lpips": recommend.lpips_collapse})

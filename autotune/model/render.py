@@ -72,7 +72,7 @@ def _call(
     process's RNG."""
     generators = seeded(p, prompts, seeds)
     if hasattr(p.pipe.scheduler, "noise_sampler_seed"):
-        p.pipe.scheduler.noise_sampler_seed = [noise_seed(q, s) for q, s in zip(prompts, seeds, strict=True)]
+        p.pipe.scheduler.noise_sampler_seed = [g.initial_seed() for g in generators]
         p.pipe.scheduler.noise_sampler = None
     text: dict[str, Any] = {"prompt": list(prompts)}
     if encode and any(p.calls.negative(q) for q in prompts):
