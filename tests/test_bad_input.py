@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,81 @@ def test_ten_thousand_prompts_are_accepted_with_a_warning(tmp_path: Path, capsys
     assert main(["schedulers", str(study)]) == 0  # loads and validates the study file, renders nothing
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("autotune: warning: classes.big.prompts: 10000 prompts")
+
+
+STATIC = [  # what a study file states about itself: refused from the file alone, before torch loads
+    ("baseline outside the range", GOOD.replace("steps = 8\nguidance = 7.5\n[ref", "steps = 12\nguidance = 7.5\n[ref")),
+    ("cutoff out of range", GOOD.replace("seeds = [0]", "seeds = [0]\nguidance_cutoff = [0.01, 1.0]")),
+    ("one step searched", GOOD.replace("steps = [2, 8]", "steps = [1, 1]")),
+    ("model folder missing", GOOD.replace('id = "tiny"', 'id = "./models/not-here"')),
+]
+
+
+def test_a_study_files_own_mistakes_are_refused_before_torch_loads(tmp_path: Path) -> None:
+    """Each within the time of reading the file (the issue's "under 2 s"), shown as a behaviour: the command
+    answers before importing torch, the module whose load (with diffusers') takes the seconds."""
+    for i, (_, text) in enumerate(STATIC):
+        (tmp_path / f"s{i}.toml").write_text(text)
+    script = (
+        "import sys\nfrom autotune.cli import main\n"
+        f"codes = [main(['study', f'{tmp_path}/s{{i}}.toml', '--quiet']) for i in range({len(STATIC)})]\n"
+        "print(codes, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"{[2] * len(STATIC)} False", done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == len(STATIC) and all(line.startswith(f"autotune: error: {tmp_path}/s") for line in lines)
+    for said, expected in zip(lines, ("baseline.steps: expected a value inside search.steps [2, 8]",
+                                      "search.guidance_cutoff: expected [low, high] with 0.05 <= low",
+                                      "baseline.steps: expected a value inside search.steps [1, 1]",
+                                      "model.id: no model folder or checkpoint file at"), strict=True):  # fmt: skip
+        assert expected in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"s{i}.toml" for i in range(len(STATIC))]
+
+
+@pytest.mark.parametrize(
+    ("text", "warning"),
+    [
+        (
+            GOOD.replace("seeds = [0]", "seeds = [0]\nprompts_per_trial = 5"),
+            "search.prompts_per_trial: 5 is more than the prompts of classes.portrait (1): it uses all of them",
+        ),
+        (
+            GOOD.replace("race_budget = 0", "race_budget = 0\nconfirm_prompts = 3"),
+            "recommend.confirm_prompts: 3 is more than the prompts of classes.portrait (1): it uses all of them",
+        ),
+        (
+            GOOD + '[classes.people]\nprompts = ["a dog", "A studio portrait of an  old fisherman"]\n',
+            "classes.people.prompts[1]: 'A studio portrait of an  old fisherman' is also classes.portrait.prompts[0]",
+        ),
+    ],
+    ids=["prompts_per_trial", "confirm_prompts", "shared prompt"],
+)
+def test_accepted_but_probably_not_meant_is_said_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, warning: str
+) -> None:
+    (tmp_path / "w.toml").write_text(text)
+    assert main(["schedulers", str(tmp_path / "w.toml")]) == 0  # loads and validates the file, renders nothing
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"autotune: warning: {warning}"), err
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_named_with_its_token_count(tiny) -> None:  # type: ignore[no-untyped-def]
+    import warnings
+
+    from autotune.config import ConfigWarning
+    from autotune.config.load import parse_config
+    from autotune.model.pipeline import check_calls
+
+    long = " ".join(["a red apple on a wooden table"] * 12)
+    tokens = len(tiny.pipe.tokenizer(long).input_ids)  # the tiny model's tokenizer: 278 (a real CLIP's: 86)
+    assert tokens > 77
+    raw = tomllib.loads(GOOD + f'[classes.still]\nprompts = ["a pear", "{long}"]\n')
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        check_calls(tiny, parse_config(raw, Path("study.toml")))
+    said = [str(w.message) for w in seen if issubclass(w.category, ConfigWarning)]
+    assert said == [
+        f"classes.still: prompts[1] ({tokens} tokens) exceed the text encoder's 77 tokens (start and end included); "
+        "the pipeline cuts the rest, so the study scores, and production renders, only the first 77: shorten them"
+    ]

@@ -1,8 +1,8 @@
 """Study files: read, checked and resolved against the model family, before anything renders.
 
-``study`` (the file's dataclasses, :func:`load_config`), ``schema`` (TOML against dataclasses),
-``prompts`` (classes and ``[call]``), ``objectives`` (each metric's direction, declared once) and
-``resolve`` (the one place a study file meets its model family).
+``study`` (the file's dataclasses), ``load`` (:func:`load_config`: the file read and checked), ``schema``
+(TOML against dataclasses), ``prompts`` (classes and ``[call]``), ``objectives`` (each metric's direction,
+declared once) and ``resolve`` (the one place a study file meets its model family).
 
 Example:
     >>> cfg = load_config("studies/demo.toml")
@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from autotune.config.load import load_config
 from autotune.config.schema import ConfigError, ConfigWarning
 from autotune.config.study import (
     MetricsConfig,
@@ -23,7 +24,6 @@ from autotune.config.study import (
     SettingConfig,
     StorageConfig,
     StudyConfig,
-    load_config,
 )
 
 __all__ = [

@@ -97,4 +97,21 @@ def class_tables(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
                 stacklevel=2,
             )
         out[name] = tuple(prompts)
+    _warn_shared(out)
     return out, negatives
+
+
+def _warn_shared(classes: dict[str, tuple[str, ...]]) -> None:
+    """The same prompt in two classes: accepted (each class studies it), said, since the router cannot
+    tell the classes apart for it."""
+    first: dict[str, str] = {}
+    for name, prompts in classes.items():
+        for i, p in enumerate(prompts):
+            where = first.setdefault(same_prompt(p), f"classes.{name}.prompts[{i}]")
+            if not where.startswith(f"classes.{name}."):
+                warnings.warn(
+                    f"classes.{name}.prompts[{i}]: {p!r} is also {where}; the router sends it to one of the two "
+                    "classes only, so serving cannot tell them apart for it",
+                    ConfigWarning,
+                    stacklevel=3,
+                )

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from autotune.config.schema import ConfigError, check_range
+from autotune.config.load import check_space
+from autotune.config.schema import ConfigError
 from autotune.config.study import SearchConfig, SettingConfig, StudyConfig
 from autotune.space import schedulers
 from autotune.space.families import Family
@@ -117,28 +118,7 @@ def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> Resolve
         )
     steps = s.steps or family.steps
     guidance = s.guidance or family.guidance
-    if (steps[1] - steps[0]) % s.steps_step:
-        raise ConfigError(f"search.steps_step: expected a divisor of {steps[1]} - {steps[0]}, got {s.steps_step}")
-    if not steps[0] <= baseline.steps <= steps[1] or (baseline.steps - steps[0]) % s.steps_step:
-        raise ConfigError(
-            f"baseline.steps: expected a value inside search.steps {list(steps)} in steps of {s.steps_step}, "
-            f"got {baseline.steps}"
-        )
-    on_grid = (baseline.guidance - guidance[0]) / s.guidance_step
-    if not guidance[0] <= baseline.guidance <= guidance[1] or abs(on_grid - round(on_grid)) > 1e-6:
-        raise ConfigError(
-            f"baseline.guidance: expected a value inside search.guidance {list(guidance)} in steps of "
-            f"{s.guidance_step:g}, got {baseline.guidance:g}"
-        )
-    if s.guidance_cutoff is not None:
-        check_range(s.guidance_cutoff, 0.05, 1, "search.guidance_cutoff")
-        on_grid = (1 - s.guidance_cutoff[0]) / s.guidance_cutoff_step if s.guidance_cutoff_step > 0 else 0.5
-        if s.guidance_cutoff[1] != 1 or abs(on_grid - round(on_grid)) > 1e-6:
-            raise ConfigError(
-                f"search.guidance_cutoff: expected [low, 1.0] with 1 - low a multiple of guidance_cutoff_step "
-                f"({s.guidance_cutoff_step:g}), so that guidance on every step stays in the space; got "
-                f"{list(s.guidance_cutoff)}"
-            )
+    check_space(s, steps, guidance, baseline.steps, baseline.guidance)
     if s.guidance_cutoff is not None and not family.cfg_inputs:
         raise ConfigError(
             f"search.guidance_cutoff: a {family.name} model has no classifier-free guidance to stop part-way "

@@ -23,6 +23,7 @@ __all__ = [
     "artifacts_location",
     "check_range",
     "first_line",
+    "local_weights",
     "one_of",
     "read_utf8",
     "section",
@@ -127,6 +128,20 @@ def first_line(e: BaseException) -> str:
 def study_path(value: str, home: str) -> Path:
     """A path from the study file, absolute: ``~`` expanded, a relative one from the file's folder ``home``."""
     return (Path(home or ".") / Path(value).expanduser()).resolve()
+
+
+def local_weights(key: str, value: str, home: str) -> Path | None:
+    """``value`` as a path to weights (relative to the study file's folder ``home``), or None for a hub
+    id (``org/name``, exactly one slash, nothing of that name beside the study file); a path that
+    holds no folder or weights file is refused here, before anything loads."""
+    path = study_path(value, home)
+    looks_local = value.startswith((".", "/", "~")) or value.count("/") != 1 or value.endswith(WEIGHT_FILES)
+    if not (looks_local or path.exists()):
+        return None
+    if not (path.is_dir() or (path.suffix in WEIGHT_FILES and path.is_file())):
+        relative = "" if value == str(path) else f" ({value!r}, relative to the study file)"
+        raise ConfigError(f"{key}: no model folder or checkpoint file at {str(path)!r}{relative}")
+    return path
 
 
 def read_utf8(path: Path) -> str:

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from autotune.config import ConfigError, ModelConfig, StudyConfig
+from autotune.config import ConfigError, ConfigWarning, ModelConfig, StudyConfig
 from autotune.config.resolve import ResolvedStudy, resolve
 from autotune.model import sources
 from autotune.space import families
@@ -109,6 +110,7 @@ def check_calls(p: Pipeline, cfg: StudyConfig) -> None:
     from autotune.model.encode import encode_prompt
 
     _check_call(cfg, type(p.pipe))
+    _warn_long_prompts(p, cfg)
     if "clip_skip" in cfg.call:  # diffusers 0.42 reads text_encoder.text_model, which transformers 5 flattened
         try:
             with torch.no_grad():
@@ -118,6 +120,28 @@ def check_calls(p: Pipeline, cfg: StudyConfig) -> None:
                 f"{cfg.path}: call.clip_skip: {type(p.pipe).__name__} cannot apply it on this stack (its encode_prompt "
                 f"fails: {e}); leave it out, or study on the diffusers/transformers pair production runs"
             ) from None
+
+
+def _warn_long_prompts(p: Pipeline, cfg: StudyConfig, most: int = 3) -> None:
+    """Prompts longer than the text encoder reads: the pipeline cuts them (production too), so the study
+    scores what is left; said once per class with their token counts."""
+    tokenizer = getattr(p.pipe, "tokenizer", None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer is None or not isinstance(limit, int) or limit > 100_000:  # no tokenizer, or no stated length
+        return
+    for c, prompts in cfg.classes.items():
+        counts = [(i, len(tokenizer(q, verbose=False).input_ids)) for i, q in enumerate(prompts)]
+        long = [(i, n) for i, n in counts if n > limit]
+        if long:
+            named = ", ".join(f"prompts[{i}] ({n} tokens)" for i, n in long[:most])
+            more = f" and {len(long) - most} more" if len(long) > most else ""
+            warnings.warn(
+                f"classes.{c}: {named}{more} exceed the text encoder's {limit} tokens (start and end included); "
+                "the pipeline cuts the rest, so the study scores, and production renders, only the first "
+                f"{limit}: shorten them",
+                ConfigWarning,
+                stacklevel=2,
+            )
 
 
 def resolve_device(device: str) -> str:

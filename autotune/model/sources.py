@@ -23,19 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from autotune.config import ConfigError, ModelConfig
-from autotune.config.schema import WEIGHT_FILES, first_line, study_path
+from autotune.config import ConfigError, ModelConfig, StudyConfig
+from autotune.config.schema import WEIGHT_FILES, first_line, local_weights
 from autotune.weights.net import hub_unreachable
 
-__all__ = ["build", "hub_error", "local_path", "model_index", "source", "weights_digest"]
-
-
-def local_path(value: str, home: str) -> Path | None:
-    """``value`` as a path (relative to the study file's folder ``home``), or None for a hub id
-    (``org/name``, exactly one slash, nothing of that name beside the study file)."""
-    path = study_path(value, home)
-    looks_local = value.startswith((".", "/", "~")) or value.count("/") != 1 or value.endswith(WEIGHT_FILES)
-    return path if looks_local or path.exists() else None
+__all__ = ["build", "hub_error", "located", "model_index", "source", "weights_digest"]
 
 
 def hub_error(key: str, repo: str) -> ConfigError | None:
@@ -70,17 +62,23 @@ def source(model: ModelConfig) -> str | Path:
     return _weights("model.id", model.id, model.home)
 
 
+def located(cfg: StudyConfig) -> StudyConfig:
+    """``cfg``, once its model's weights are found (a folder, a file, or a hub id cached or in reach);
+    no torch is imported, so a missing model is said within a second."""
+    try:
+        if not cfg.model.pipeline:
+            source(cfg.model)
+    except ConfigError as e:
+        raise ConfigError(f"{cfg.path}: {e}") from None
+    return cfg
+
+
 def _weights(key: str, value: str, home: str) -> str | Path:
-    path = local_path(value, home)
+    path = local_weights(key, value, home)
     if path is None:
         if (error := hub_error(key, value)) is not None:
             raise error
         return value
-    if path.suffix in WEIGHT_FILES and path.is_file():
-        return path
-    if not path.is_dir():
-        relative = "" if value == str(path) else f" ({value!r}, relative to the study file)"
-        raise ConfigError(f"{key}: no model folder or checkpoint file at {str(path)!r}{relative}")
     return path
 
 
