@@ -1,20 +1,20 @@
 """The ``autotune`` command: one thin function per subcommand, each importing what it needs when it runs
 (``--help``, ``export`` and ``recommend`` load neither Optuna nor torch).
 
-Exit codes: 0 done; 1 the study stopped on repeated trial failures; 2 bad input (one line on
-stderr naming the file, the key and what was expected); 130 interrupted; 141 stdout closed early
-(``autotune recommend ... | head``), quietly.
+Exit codes: 0 done; 1 no answer (the study stopped on repeated trial failures, or ended with a class whose
+baseline never completed; ``validate``: a pick failed or nothing was validated); 2 bad input (one line on
+stderr naming the file, the key and what was expected); 130 interrupted (SIGINT), 143 (SIGTERM); 141
+stdout closed early (``autotune recommend ... | head``), quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
-import socket
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Any, NoReturn
 
 from autotune.arguments import device, image_numbers, parse_duration, port, positive_int
 from autotune.config import ConfigError, ConfigWarning, load_config
+from autotune.files import Kept
+from autotune.process import deferred, exit_code, install, preload, why
 
 __all__ = ["main"]
 
@@ -46,27 +48,37 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from autotune.report.table import format_table, write_all
+    from autotune.model.sources import located
+
+    cfg = located(_load(args))  # the file's own keys and where its weights are, before anything heavy loads
+    preload()
+    from autotune.report.table import format_table, write_all, write_recommendations
     from autotune.results.reader import recommend
     from autotune.study.run import StudyAborted, run_study
 
-    cfg = _load(args)
+    # --timeout bounds the whole command: the imports above and the start-up count against it
+    timeout = None if args.timeout is None else max(args.timeout - (time.monotonic() - _STARTED), 1e-9)
+    kept = Kept(cfg.output_dir / "recommendations.json")
     try:
         outcomes = run_study(
             cfg,
             storage=args.storage,
             n_trials=args.n_trials,
-            timeout=args.timeout,
+            timeout=timeout,
             device=args.device,
             progress=not (args.quiet or args.worker),
             check_reference=not args.no_reference_check,
             new_version=args.new_version,
             workers=args.workers,
             decide=not args.worker,
+            started=None if args.worker else kept.replace_with(write_recommendations),  # on disk: "deciding"
         )
+    except ConfigError:  # refused: the previous run's outputs stay as they were
+        kept.restore()
+        raise
     except KeyboardInterrupt:  # keep what the night produced: write the outputs so far
         if not args.worker:
-            with contextlib.suppress(ConfigError):  # interrupted before any study existed: nothing to write
+            with deferred(), contextlib.suppress(ConfigError):  # interrupted before any study existed: nothing
                 write_all(recommend(cfg, storage=args.storage), args.storage)
         raise
     except StudyAborted as e:
@@ -77,6 +89,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     paths = write_all(outcomes, args.storage)
     print(format_table(outcomes.cfg, outcomes))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    lacking = {c: o.decision_state for c, o in outcomes.items() if o.recommendation is None}
+    if lacking:  # a run that produced no answer is no success (a CI job, a scheduler's retry)
+        said = "; ".join(f"classes.{c}: {state}" for c, state in lacking.items())
+        print(f"autotune: error: no completed baseline, nothing recommended ({said})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -99,6 +116,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autotune.serving.export import export
 
     recs = load_recommendations(args.study)
+    if recs.nothing():
+        raise ConfigError(str(recs.nothing()))
     if args.check:  # the verdicts to stderr and parity.json; the export (with them) to stdout
         from autotune.parity import check_file
 
@@ -126,22 +145,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
+    from autotune.report.dashboard import bindable
     from autotune.results.reader import recommend
     from autotune.study.artifacts import reader_store
 
     cfg = _load(args)
     url = args.storage or cfg.default_storage
     outcomes = recommend(cfg, storage=url)  # refuses a storage with no study yet, naming the command to run
-    with socket.socket() as probe:  # a port in use: one line, before the server's own traceback
-        try:
-            probe.bind((args.host, args.port))
-        except OSError as e:
-            flag, value = (
-                ("--port", args.port) if e.errno in (errno.EADDRINUSE, errno.EACCES) else ("--host", repr(args.host))
-            )
-            raise ConfigError(
-                f"{flag} {value}: cannot serve on {args.host}:{args.port} ({e.strerror}); pass another {flag}"
-            ) from None
+    bindable(args.host, args.port)  # a port in use: one line, before the server's own traceback
     print(f"optuna-dashboard for {cfg.name} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     store = reader_store(cfg, [o.attrs for o in outcomes.values()])
     run_server(url, host=args.host, port=args.port, artifact_store=store)
@@ -350,7 +361,13 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: object
 _SHOW_WARNING = warnings.showwarning
 
 
+_STARTED = time.monotonic()  # the command's start, for --timeout (reset by main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _STARTED
+    _STARTED = time.monotonic()
+    install()  # SIGINT and SIGTERM alike: exit 130 or 143, never a traceback
     warnings.showwarning = _show_warning
     try:
         args = _parser().parse_args(argv)
@@ -363,9 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"autotune: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("autotune: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        with deferred():
+            print(f"autotune: {why(e)}", file=sys.stderr)
+        return exit_code(e)
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as `git log | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141

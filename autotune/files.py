@@ -1,5 +1,5 @@
 """Files a study leaves for people: written whole (temporary name, then rename), and the output folder
-checked writable before the night starts.
+checked writable before the night starts, and put back as it was when a run is refused after replacing it.
 
 Example:
     >>> check_writable(cfg.output_dir)       # before the night starts
@@ -8,13 +8,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from autotune.config import ConfigError
 
-__all__ = ["atomic_write", "check_writable"]
+__all__ = ["Kept", "atomic_write", "check_writable"]
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -42,3 +45,30 @@ def check_writable(folder: Path) -> None:
         tempfile.TemporaryFile(dir=probe_in).close()
     except OSError as e:
         raise ConfigError(f"{probe_in}: cannot write the study's outputs there ({e.strerror})") from None
+
+
+class Kept:
+    """An output file as it was before this run, put back when the run is refused after replacing it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.folder_was = path, path.parent.exists()
+        self.before = path.read_bytes() if path.is_file() else None
+        self.replaced = False
+
+    def replace_with(self, write: Callable[..., Any]) -> Callable[[Any], None]:
+        def started(outcomes: Any) -> None:
+            self.replaced = True
+            write(outcomes.cfg, outcomes)
+
+        return started
+
+    def restore(self) -> None:
+        if not self.replaced:
+            return
+        if self.before is not None:
+            self.path.write_bytes(self.before)
+            return
+        self.path.unlink(missing_ok=True)
+        if not self.folder_was:
+            with contextlib.suppress(OSError):  # left when something else is in it
+                self.path.parent.rmdir()

@@ -91,12 +91,19 @@ def validate(
     from autotune.files import atomic_write
     from autotune.model.evaluate import Evaluator
     from autotune.model.pipeline import resolve_config
-    from autotune.results.schema import DEFAULT_CLASS, call_ratio, load_recommendations, speedup_check
+    from autotune.results.notes import call_ratio, speedup_check
+    from autotune.results.schema import DEFAULT_CLASS, load_recommendations
     from autotune.serving.router import Router
     from autotune.space import schedulers
     from autotune.space.settings import Settings
 
     recs = load_recommendations(cfg.output_dir / "recommendations.json")
+    if not [c for c in recs.classes if c != DEFAULT_CLASS]:  # a gate that validated nothing does not pass
+        result = {"study": cfg.name, "classes": {}, "untested": [], "unrecommended": recs.unrecommended,
+                  "passed": False, "nothing": recs.nothing() or
+                  f"{recs.path}: no class has a recommendation, only the default (the baseline)"}  # fmt: skip
+        atomic_write(cfg.output_dir / "validation.json", json.dumps(result, indent=2) + "\n")
+        return result
     routed = dict(zip(prompts, (c for c, _ in Router.from_study(recs).route_many(list(prompts))), strict=True))
     seeds = list(seeds or cfg.search.seeds)
     resolved = resolve_config(cfg)
@@ -143,7 +150,10 @@ def validate(
         "routed_to_default": by_class.get(DEFAULT_CLASS, []),
         "classes": classes,
         "untested": untested,
-        "passed": all(v["within_tolerance"] for v in classes.values()) and (allow_untested or not untested),
+        "unrecommended": recs.unrecommended,  # classes whose baseline never completed: nothing to validate
+        "passed": all(v["within_tolerance"] for v in classes.values())
+        and not recs.unrecommended
+        and (allow_untested or not untested),
     }
     atomic_write(cfg.output_dir / "validation.json", json.dumps(result, indent=2) + "\n")
     return result
@@ -172,8 +182,12 @@ def format_validation(result: dict[str, Any]) -> str:
             else "not timed"
         )
         lines.append(f"{verdict} {c}: {v['recommended']} on {v['images']} held-out images: {speed}, {', '.join(parts)}")
+    if result.get("nothing"):
+        return f"FAIL nothing validated: {result['nothing']}"
+    for c, state in result["unrecommended"].items():
+        lines.append(f"FAIL {c}: no recommendation to validate (its baseline never completed; decision {state})")
     for c in result["untested"]:
         lines.append(f"untested {c}: no held-out prompt was routed to it (--allow-untested accepts that)")
-    if result["routed_to_default"]:
+    if result.get("routed_to_default"):
         lines.append(f"     {len(result['routed_to_default'])} prompts fit no class (default: the baseline)")
     return "\n".join(lines)

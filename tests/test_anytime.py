@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from autotune.cli import main
 from autotune.config import load_config
@@ -98,9 +101,11 @@ def test_a_timeout_of_zero_is_refused(study_file: Callable[..., Path], capsys: p
     assert not (path.parent / "zero.db").exists()
 
 
-def test_ctrl_c_while_loading_exits_130_and_leaves_no_database(
+def test_ctrl_c_while_loading_exits_130_and_says_so_on_disk_with_nothing_left_waiting(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The studies exist before the model loads (the outputs say "deciding" from the start), so a Ctrl-C
+    there leaves them, the queued baseline withdrawn and the decision stopped; the next run resumes."""
     from autotune.model import evaluate
 
     def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -109,5 +114,12 @@ def test_ctrl_c_while_loading_exits_130_and_leaves_no_database(
     monkeypatch.setattr(evaluate.Evaluator, "__init__", interrupted)
     path = study_file(name="startup")
     assert main(["study", str(path), "--quiet"]) == 130
-    assert capsys.readouterr().err.strip() == "autotune: interrupted"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["startup.toml"]
+    assert capsys.readouterr().err.strip() == "autotune: interrupted (Ctrl-C)"
+    trials = optuna.load_study(study_name="startup.portrait", storage=load_config(path).default_storage).trials
+    assert [(t.state, t.user_attrs["fail_reason"]) for t in trials] == [
+        (TrialState.FAIL, "withdrawn: interrupted (Ctrl-C) before it began")
+    ]
+    recs = json.loads((path.parent / "startup" / "recommendations.json").read_text())
+    assert recs["classes"]["portrait"]["decision"] == {"state": "stopped: interrupted (Ctrl-C)"}
+    monkeypatch.undo()
+    assert main(["study", str(path), "--quiet"]) == 0  # resumed: the withdrawn baseline queued again

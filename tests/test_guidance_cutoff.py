@@ -14,7 +14,8 @@ from autotune.cli import main
 from autotune.decision.agenda import neighbours
 from autotune.decision.cost import evaluations
 from autotune.model.render import generate
-from autotune.results.schema import _from_summary, call_ratio, trial_summary
+from autotune.results.notes import call_ratio
+from autotune.results.schema import _from_summary, trial_summary
 from autotune.serving.export import a1111, comfyui, export
 from autotune.space import schedulers
 from autotune.space.families import FAMILIES

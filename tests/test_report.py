@@ -264,7 +264,8 @@ def test_numbers_from_random_weights_say_so_wherever_a_user_reads_them(finished_
 
     from autotune.config import MetricsConfig, ModelConfig
     from autotune.report.table import format_table
-    from autotune.results.schema import random_weights_warning, recommendations_data
+    from autotune.results.notes import random_weights_warning
+    from autotune.results.schema import recommendations_data
 
     cfg, outcomes = finished_study
     warning = random_weights_warning(outcomes.cfg)
@@ -290,7 +291,7 @@ def test_numbers_from_random_weights_say_so_wherever_a_user_reads_them(finished_
 
 
 def test_a_speed_up_beyond_its_model_call_ratio_is_flagged_as_timing_noise() -> None:
-    from autotune.results.schema import speedup_check
+    from autotune.results.notes import speedup_check
 
     assert speedup_check(2.3, 2.5) is None and speedup_check(2.7, 2.5) is None  # within 10 %: a call's jitter
     flagged = speedup_check(3.29, 2.5)

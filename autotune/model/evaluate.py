@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from autotune.model.pipeline import ModelDescription
 
 __all__ = ["Evaluation", "Evaluator", "Scorer"]
+
+_PROMPTS_AT_A_TIME = 4  # the seed-to-seed references between two looks at the clock
 
 
 @dataclass(frozen=True)
@@ -124,11 +126,15 @@ class Evaluator:
         model, tokenizer = load_open_clip(m.clip_model, m.clip_pretrained, str(self.cfg.directory))
         return text_encoder(model.to(self.pipeline.device).eval(), tokenizer, self.pipeline.device)
 
-    def seed_lpips(self, prompts: Sequence[str]) -> float:
-        """Mean LPIPS between two seeds' references of each prompt: what "a different image" measures."""
+    def seed_lpips(self, prompts: Sequence[str], before: Callable[[], None] = lambda: None) -> float:
+        """Mean LPIPS between two seeds' references of each prompt: what "a different image" measures.
+        The references render a few prompts at a time, ``before`` called first each time (it may raise)."""
         assert self.lpips is not None, "seed_lpips needs lpips among the objectives"
         seeds = list(self.cfg.search.seeds)
         pair = seeds[:2] if len(seeds) > 1 else [*seeds, max(seeds) + 1]
+        for i in range(0, len(prompts), _PROMPTS_AT_A_TIME):  # stored as they render: a later run goes on
+            before()
+            self.references(prompts[i : i + _PROMPTS_AT_A_TIME], pair)
         refs = self.references(prompts, pair)
         return float(self.lpips(refs[0::2], refs[1::2]).mean())
 

@@ -7,9 +7,12 @@ Example:
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Mapping
 from typing import Any
 
+from autotune.config import ConfigError
 from autotune.config.resolve import ResolvedStudy
 from autotune.results.reader import ClassOutcome
 from autotune.results.schema import recommendations_data
@@ -50,6 +53,17 @@ def _note(d: dict[str, Any]) -> str:
         f"{d['trials_completed']} completed trials, {d['trials_failed']} failed, "
         f"{d['pareto_front_size']} on the Pareto front (see the plot below and `report.html`)."
     )
+
+
+def bindable(host: str, port: int) -> None:
+    """Raise :class:`ConfigError` naming the flag to change when the server cannot listen on ``host:port``."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            flag, value = ("--port", port) if e.errno in (errno.EADDRINUSE, errno.EACCES) else ("--host", repr(host))
+            why = f"cannot serve on {host}:{port} ({e.strerror})"
+            raise ConfigError(f"{flag} {value}: {why}; pass another {flag}") from None
 
 
 def publish(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> None:

@@ -33,8 +33,9 @@ from autotune.decision.rule import collapsed_images, collapsed_text
 from autotune.files import atomic_write
 from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
 from autotune.report.images import StoredImages
+from autotune.results.notes import call_ratio, random_weights_warning, speedup_check, tolerance_text
 from autotune.results.reader import ClassOutcome, settings_of
-from autotune.results.schema import RULE_TEXT, call_ratio, random_weights_warning, speedup_check, tolerance_text
+from autotune.results.schema import RULE_TEXT
 from autotune.study.artifacts import reader_store
 
 __all__ = ["GridImages", "recommended_guidance", "spread", "write_report"]
@@ -145,7 +146,7 @@ def _front_table(cfg: ResolvedStudy, o: ClassOutcome) -> str:
 def _decision(cfg: ResolvedStudy, o: ClassOutcome) -> str:
     """Every candidate the rule looked at, cheapest first, its bounds on the search and confirmation
     images; the decision's state, what the bound speaks for, and the recommendation's neighbours."""
-    from autotune.results.schema import prompts_note
+    from autotune.results.notes import prompts_note
 
     rec = o.recommendation
     if rec is None:

@@ -20,11 +20,12 @@ from typing import Any
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.rule import collapsed_text
 from autotune.files import atomic_write
+from autotune.results.notes import random_weights_warning
 from autotune.results.reader import ClassOutcome, Outcomes, settings_of
-from autotune.results.schema import random_weights_warning, recommendations_data
+from autotune.results.schema import recommendations_data
 from autotune.space import schedulers
 
-__all__ = ["format_table", "write_all", "write_outputs"]
+__all__ = ["format_table", "write_all", "write_outputs", "write_recommendations"]
 
 
 def _pareto_csv(cfg: ResolvedStudy, o: ClassOutcome) -> str:
@@ -73,13 +74,21 @@ def _pareto_csv(cfg: ResolvedStudy, o: ClassOutcome) -> str:
 
 def write_outputs(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome], out_dir: Path | None = None) -> list[Path]:
     """Write ``recommendations.json`` and one ``pareto_<class>.csv`` per class; return their paths."""
-    out = out_dir or cfg.output_dir
-    written = [out / "recommendations.json"]
-    atomic_write(written[0], json.dumps(recommendations_data(cfg, outcomes), indent=2) + "\n")
+    written = [write_recommendations(cfg, outcomes, out_dir)]
+    out = written[0].parent
     for c, o in outcomes.items():
         written.append(out / f"pareto_{c}.csv")
         atomic_write(written[-1], _pareto_csv(cfg, o))
     return written
+
+
+def write_recommendations(
+    cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome], out_dir: Path | None = None
+) -> Path:
+    """Write ``recommendations.json`` alone (what a run writes first: its classes are deciding)."""
+    path = (out_dir or cfg.output_dir) / "recommendations.json"
+    atomic_write(path, json.dumps(recommendations_data(cfg, outcomes), indent=2) + "\n")
+    return path
 
 
 def write_all(outcomes: Outcomes, storage: str | None = None) -> list[Path]:
@@ -128,7 +137,8 @@ def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> st
     rows = []
     for c, d in data.items():
         if "trial" not in d:  # no recommendation yet
-            rows.append([c, "-", *("-" for _ in metrics), "-", "-", str(d["trials_completed"]), d["reason"]])
+            note = f"{d['reason']} | decision {d['decision']['state']}"
+            rows.append([c, "-", *("-" for _ in metrics), "-", "-", str(d["trials_completed"]), note])
             continue
         for label, x in (("", d), ("  baseline", d["baseline"])):
             setting = f"{x['setting']} (#{x['trial']})"

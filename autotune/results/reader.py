@@ -93,11 +93,16 @@ class ClassOutcome:
 
     @property
     def decision_state(self) -> str:
-        """``settled`` (the decision finished), ``stopped: <why>`` or ``interrupted`` (killed mid-decision)."""
+        """``settled`` (the decision finished), ``stopped: <why>``, ``deciding`` (a run of it is under way)
+        or ``interrupted`` (its run was killed mid-decision)."""
+        from autotune.process import alive
+
         d = self.attrs.get("decision") or {"state": "settled"}  # studies from before the state was kept
         if d.get("state") == "settled":
             return "settled"
-        return f"stopped: {d['stopped']}" if d.get("stopped") else "interrupted"
+        if d.get("stopped"):
+            return f"stopped: {d['stopped']}"
+        return "deciding" if d.get("by") and alive(str(d["by"])) else "interrupted"
 
     def load_study(self) -> Any:
         """The class's Optuna study (loads Optuna): for the dashboard's notes and Optuna's own analyses."""
@@ -276,7 +281,7 @@ def recommend(cfg: StudyConfig, *, storage: str | None = None, version: int | No
     """
     url = storage or cfg.default_storage
     if url.startswith("sqlite:///") and not sqlite_path(url).exists():
-        raise ConfigError(f"storage {url!r}: no study database yet; run `autotune study {cfg.path}` first")
+        raise ConfigError(f"storage {url!r}: no study database yet; {cfg.run_first}")
     tables = _Tables(url)
     if version is not None and isinstance(cfg, ResolvedStudy):
         resolved = cfg
@@ -286,6 +291,6 @@ def recommend(cfg: StudyConfig, *, storage: str | None = None, version: int | No
     for c in cfg.classes:
         name = study_name(cfg, c, version)
         if name not in tables.ids:
-            raise ConfigError(f"classes.{c}: no study {name!r} in {url}; run `autotune study {cfg.path}` first")
+            raise ConfigError(f"classes.{c}: no study {name!r} in {url}; {cfg.run_first}")
         out[c] = outcome(resolved, c, name, tables.attrs(name), read_trials(tables.engine, tables.ids[name]), url)
     return out

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError
+from autotune.results.notes import call_ratio, prompts_note, random_weights_warning, speedup_check
 
 if TYPE_CHECKING:
     from autotune.config.resolve import ResolvedStudy
@@ -33,11 +34,8 @@ __all__ = [
     "ClassRecommendation",
     "Recommendations",
     "load_recommendations",
-    "prompts_note",
-    "random_weights_warning",
     "recommendations_data",
     "router_data",
-    "tolerance_text",
     "trial_summary",
 ]
 
@@ -88,6 +86,14 @@ class Recommendations(Mapping[str, ClassRecommendation]):
     seed_lpips: dict[str, float | None] = field(default_factory=dict)  # per class: LPIPS between two seeds
     tolerances: dict[str, dict[str, Any]] = field(default_factory=dict)  # per class, in metric units
     path: Path | None = None
+    unrecommended: dict[str, str] = field(default_factory=dict)  # class -> its decision's state (no baseline yet)
+
+    def nothing(self) -> str | None:
+        """Why there is nothing to use (no class has a recommendation and no ``default``), else None."""
+        if self.classes:
+            return None
+        said = "; ".join(f"classes.{c}: {state}" for c, state in self.unrecommended.items()) or "no class"
+        return f"{self.path}: nothing recommended yet ({said}); run `autotune study` until a baseline completes"
 
     def __getitem__(self, name: str) -> ClassRecommendation:
         if name in self.classes:
@@ -119,6 +125,9 @@ def _from_summary(name: str, d: Mapping[str, Any], family: str, speedup: float |
     )
 
 
+_JSON_KIND = {"list": "an array", "str": "a string", "int": "a number", "float": "a number", "bool": "a boolean"}
+
+
 def load_recommendations(path: str | Path) -> Recommendations:
     """Read ``recommendations.json`` (or find it from the study file ``studies/NAME.toml``).
 
@@ -135,6 +144,14 @@ def load_recommendations(path: str | Path) -> Recommendations:
         raise ConfigError(f"{path}: no such file; run `autotune study` to write it") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: cannot read it as recommendations JSON ({e})") from None
+    shapes: list[tuple[str, Any]] = [("the file", data)]
+    if isinstance(data, dict):
+        shapes += [("model", data.get("model")), ("classes", data.get("classes"))]
+        shapes += [(f"classes.{c}", d) for c, d in data["classes"].items()] if isinstance(shapes[-1][1], dict) else []
+    for where, value in shapes:
+        if not isinstance(value, dict):
+            got = "nothing" if value is None else _JSON_KIND.get(type(value).__name__, type(value).__name__)
+            raise ConfigError(f"{path}: not an autotune recommendations file ({where}: expected an object, got {got})")
     try:
         family = data["model"]["family"]
         classes = {
@@ -146,8 +163,13 @@ def load_recommendations(path: str | Path) -> Recommendations:
             classes.setdefault(DEFAULT_CLASS, _from_summary(DEFAULT_CLASS, data["default"], family, 1.0))
         seed_lpips = {c: d.get("seed_lpips") for c, d in data["classes"].items()}
         tolerances = {c: dict(d.get("tolerance") or {}) for c, d in data["classes"].items()}
+        unrecommended = {
+            c: str((d.get("decision") or {}).get("state", "not decided"))
+            for c, d in data["classes"].items()
+            if c not in classes
+        }
         return Recommendations(
-            data["study"], data["model"], classes, data.get("router", {}), seed_lpips, tolerances, path
+            data["study"], data["model"], classes, data.get("router", {}), seed_lpips, tolerances, path, unrecommended
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{path}: not an autotune recommendations file (missing or bad {e})") from None
@@ -218,12 +240,9 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
         "seconds_fit": _seconds_fit(o),
     }
     rec = o.recommendation
-    if rec is None:
-        return {
-            **base,
-            "recommended": None,
-            "reason": "the baseline trial has not completed yet: nothing to compare against",
-        }
+    if rec is None:  # the decision's state says why not (the time limit, a signal, a run under way)
+        why = "the baseline trial has not completed yet: nothing to compare against"
+        return {**base, "recommended": None, "reason": why, "decision": {"state": o.decision_state}}
     by_number = {t.number: t for t in o.trials}
     base_config = o.attrs.get("scheduler_base")
     chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family, base_config)
@@ -269,45 +288,6 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
         "margin": list(o.margin),
         **base,
     }
-
-
-def call_ratio(evaluations: float | None, base_evaluations: float | None) -> float | None:
-    """How many times fewer model evaluations a setting makes than the baseline (a denoiser call with
-    guidance on counts twice: :func:`autotune.decision.cost.evaluations`), or None where a count is unknown."""
-    return base_evaluations / evaluations if evaluations and base_evaluations else None
-
-
-def speedup_check(speedup: float | None, call_ratio: float | None, slack: float = 1.1) -> str | None:
-    """None, or why a timed speed-up cannot be taken as it stands: faster than its share of the model's
-    evaluations allows (a call's fixed cost only makes a cheaper setting less fast), so timing noise
-    (another job on the machine, a slow first call) inflated the baseline's seconds or cut its own."""
-    if speedup is None or call_ratio is None or speedup <= call_ratio * slack:
-        return None
-    return (
-        f"timed {speedup:.2f}x faster with {call_ratio:.2g}x fewer model calls: timing noise; time it again "
-        "alone (`autotune validate`)"
-    )
-
-
-def prompts_note(used: int, total: int, confirmed: int = 0) -> str:
-    """What the bounds speak for (new prompts of the class) and how the class's size limits them:
-    ``used`` prompts on the search's images, ``confirmed`` on the confirmation's."""
-    from autotune.decision.rule import t95
-
-    fresh = f"; confirmed on {confirmed} prompts x fresh seeds" if confirmed else ""
-    if total < 8:
-        now, eight = t95(total - 1) / total**0.5, t95(7) / 8**0.5
-        return (
-            f"the bound is over the class's {total} prompts (t = {t95(total - 1):.2f} on {total - 1} degrees of "
-            f"freedom){fresh}: with 8 prompts it would be about {1 - eight / now:.0%} tighter, and cheaper "
-            "settings could qualify"
-        )
-    if used < total:
-        return (
-            f"the search's bound is over {used} of the class's {total} prompts (racing adds prompts where a "
-            f"decision is close){fresh}"
-        )
-    return f"the bound is over all {total} of the class's prompts{fresh}"
 
 
 def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> dict[str, Any]:
@@ -366,35 +346,3 @@ def router_data(classes: Mapping[str, Mapping[str, Any]], clip: tuple[str, str |
         "threshold": round(lowest * THRESHOLD_MARGIN, 6),
         "centroids": {c: list(e["centroid"]) for c, e in classes.items()},
     }
-
-
-def random_weights_warning(cfg: ResolvedStudy) -> str | None:
-    """One sentence naming what in the study has random weights (the offline tiny models, a random
-    LPIPS backbone), or None.
-
-    Their figures measure a real sampling ODE and real metric code paths, not image quality:
-    every place a user reads numbers (table, JSON, report, dashboard note) says so. The shipped
-    micro models and their CLIPs are trained, so they are not named.
-    """
-    parts = []
-    if cfg.model.id.startswith("tiny"):
-        parts.append(f"the model ({cfg.model.id})")
-    if cfg.metrics.clip_model == "tiny" and "clip_score" in cfg.metrics.objectives:
-        parts.append("the CLIP model (tiny)")
-    if cfg.metrics.lpips_backbone == "random" and "lpips" in cfg.metrics.objectives:
-        parts.append(f"the LPIPS backbone ({cfg.metrics.lpips_net})")
-    if not parts:
-        return None
-    what = "any image is" if len(parts) > 1 or "LPIPS" not in parts[0] else "two images look alike to a person"
-    return f"Random weights: {', '.join(parts)}. Their figures show how autotune works, not how {what}."
-
-
-def tolerance_text(cfg: Any) -> str:
-    """The study file's tolerances in the units it states them in."""
-    r = cfg.recommend
-    clip = (
-        f"{r.clip_tolerance:g} CLIP points"
-        if r.clip_tolerance is not None
-        else (f"CLIP {r.clip_tolerance_sd:g} x the baseline's seed-to-seed standard deviation")
-    )
-    return f"{clip}, LPIPS {r.lpips_tolerance:g} x seed-to-seed LPIPS"

@@ -217,7 +217,7 @@ class ClassRun:
         """Render a new setting: the proposal (enqueued, so that its trial draws it), or the optimiser's."""
         if proposal is not None:
             searched = searched_params(proposal.scheduler, self.cfg.search, self.cfg.family)
-            self.study.enqueue_trial(proposal.params(searched), user_attrs={"proposed": True}, skip_if_exists=False)
+            ledger.enqueue(self.study, proposal.params(searched), proposed=True)
         self.last = self.objective.run_one()
         return True
 

@@ -13,8 +13,6 @@ Example:
 from __future__ import annotations
 
 import datetime
-import os
-import socket
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -23,10 +21,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.decision.evidence import is_baseline, reused
+from autotune.process import alive, worker_id
 
 __all__ = [
     "MAX_INTERRUPTIONS",
     "claimed",
+    "enqueue",
     "interrupted",
     "is_baseline",
     "recover",
@@ -35,7 +35,7 @@ __all__ = [
     "rough_cut",
     "same_setting",
     "surplus",
-    "worker_id",
+    "withdraw",
 ]
 
 MAX_INTERRUPTIONS = 2  # a setting whose trial was killed this often is not retried again
@@ -106,22 +106,21 @@ def rendering_now(trials: Sequence[FrozenTrial], key: str, number: int) -> Froze
     return None
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def enqueue(study: optuna.Study, params: dict[str, Any], **attrs: Any) -> None:
+    """Queue a trial of ``params``, marked as this process's (see :func:`withdraw`)."""
+    study.enqueue_trial(params, user_attrs={**attrs, "enqueued_by": worker_id()}, skip_if_exists=False)
 
 
-def _alive(worker: str) -> bool:
-    """False only for a worker of this machine whose process is gone; Optuna's heartbeat judges others."""
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def withdraw(study: optuna.Study, why: str) -> None:
+    """Fail the trials this process queued and no worker began: a stopped run leaves none WAITING.
+    :func:`recover` queues them again, and a withdrawal is no interruption of their setting."""
+    storage, me = study._storage, worker_id()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if t.user_attrs.get("enqueued_by") == me:
+            storage.set_trial_user_attr(t._trial_id, "withdrawn", True)
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"withdrawn: {why} before it began")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
 def interrupted(t: FrozenTrial) -> bool:
@@ -147,18 +146,18 @@ def recover(study: optuna.Study) -> int:
     storage = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
-        if worker and not _alive(worker):
+        if worker and not alive(worker):
             storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: its worker {worker} is gone")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
-    times = Counter(_params_key(t) for t in trials if interrupted(t))
+    times = Counter(_params_key(t) for t in trials if interrupted(t) and not t.user_attrs.get("withdrawn"))
     enqueued = 0
     for t in trials:
         params = _intended(t)
         if interrupted(t) and params and t.number not in retried and times[_params_key(t)] < MAX_INTERRUPTIONS:
-            attrs: dict[str, Any] = {"retry_of": t.number, **({"baseline": True} if is_baseline(t) else {})}
-            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+            kept = {k: True for k in ("baseline", "proposed") if t.user_attrs.get(k)}
+            enqueue(study, params, retry_of=t.number, **kept)
             enqueued += 1
     return enqueued

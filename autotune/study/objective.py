@@ -31,6 +31,7 @@ from autotune.decision.evidence import distinct
 from autotune.decision.panel import noise_seed
 from autotune.decision.pareto import clearly_dominated
 from autotune.model.evaluate import Evaluation, Scorer
+from autotune.process import deferred, why, worker_id
 from autotune.space import schedulers
 from autotune.space.settings import Settings, resample, suggest
 from autotune.study import ledger
@@ -94,35 +95,38 @@ class Objective:
     def run_one(self) -> FrozenTrial:
         """Ask for a trial, run it under Optuna's heartbeat, tell the outcome; the trial as stored.
 
-        Ctrl-C marks the trial interrupted (it is retried on the next run) and is raised again.
+        SIGINT or SIGTERM marks the trial interrupted (it is retried on the next run) and is raised again.
         """
         storage = self.study._storage
         fail_stale_trials(self.study)  # other hosts' dead workers' trials, as optimize does first
-        with warnings.catch_warnings():  # the heartbeat runs below, as in Optuna's own optimize loop
+        with deferred(), warnings.catch_warnings():  # asked and owned in one piece: never RUNNING unowned
             warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-            trial = self.study.ask()
+            trial = self.study.ask()  # the heartbeat runs below, as in Optuna's own optimize loop
+            trial.set_user_attr("worker", worker_id())
         values: list[float] | None = None
-        with heartbeat(self.study, trial):
-            try:
-                values = self._run(trial)
-                state = TrialState.COMPLETE
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            except TrialFailed:
-                state = TrialState.FAIL
-            except KeyboardInterrupt:  # not the setting's fault: the next run retries it
+        try:
+            with heartbeat(self.study, trial):
+                try:
+                    values = self._run(trial)
+                    state = TrialState.COMPLETE
+                except optuna.TrialPruned:
+                    state = TrialState.PRUNED
+                except TrialFailed:
+                    state = TrialState.FAIL
+        except KeyboardInterrupt as e:  # SIGINT or SIGTERM, not the setting's fault: the next run retries it
+            with deferred():
                 trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+                trial.set_user_attr("fail_reason", why(e))
                 self.study.tell(trial, state=TrialState.FAIL)
-                raise
-        self.study.tell(trial, values, state=state)
+            raise
+        with deferred():
+            self.study.tell(trial, values, state=state)
         return storage.get_trial(trial._trial_id)
 
     def _trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
 
     def _run(self, trial: optuna.Trial) -> list[float]:
-        trial.set_user_attr("worker", ledger.worker_id())
         trials = self._trials()
         me = next(t for t in trials if t._trial_id == trial._trial_id)
         if ledger.surplus(trials, me, self.target):
@@ -190,7 +194,7 @@ class Objective:
         if fresh is None:
             self.study.set_user_attr("exhausted", True)
         else:
-            self.study.enqueue_trial(fresh, user_attrs={"fresh_after": trial.number}, skip_if_exists=False)
+            ledger.enqueue(self.study, fresh, fresh_after=trial.number)
 
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial, trials: Sequence[FrozenTrial]) -> list[float]:
         """Spend nothing twice: a repeated setting takes the earlier trial's verdict."""

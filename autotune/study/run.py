@@ -7,17 +7,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -29,6 +26,7 @@ from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import distinct, reused
 from autotune.files import check_writable
 from autotune.model.evaluate import Evaluator
+from autotune.process import deferred, why, worker_id
 from autotune.results.reader import Outcomes, front_of, recommend
 from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
@@ -37,7 +35,7 @@ from autotune.study.artifacts import is_bucket, open_store
 from autotune.study.decide import ClassRun
 from autotune.study.objective import Objective
 from autotune.study.sampling import class_seed, make_sampler
-from autotune.study.storage import open_storage, quiet_optuna
+from autotune.study.storage import nothing_left_on_refusal, open_storage, quiet_optuna
 from autotune.study.versions import find_version, fingerprint, study_name
 
 __all__ = ["StudyAborted", "open_class_study", "run_study"]
@@ -55,6 +53,7 @@ def open_class_study(
     storage: optuna.storages.BaseStorage,
     version: int = 1,
     measured: dict[str, str | None] | None = None,
+    created: list[str] | None = None,
 ) -> optuna.Study:
     """Load the class's study, creating it first when it does not exist.
 
@@ -69,6 +68,8 @@ def open_class_study(
         study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    if created is not None:  # this run's: deleted again if the run is refused before its first trial
+        created.append(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(cfg.metrics.objectives))
@@ -76,13 +77,13 @@ def open_class_study(
     study.set_user_attr("prompts", list(cfg.classes[class_name]))
     base = Settings.of(cfg.baseline)  # the baseline is the first trial of every class
     searched = searched_params(base.scheduler, cfg.search, cfg.family)
-    study.enqueue_trial(base.params(searched), user_attrs={"baseline": True})
+    ledger.enqueue(study, base.params(searched), baseline=True)
     return study
 
 
-def _prepare(study: optuna.Study, class_name: str, evaluator: Evaluator) -> None:
+def _prepare(study: optuna.Study, class_name: str, evaluator: Evaluator, deadline: float) -> None:
     """Recover dead workers' trials; store the class's router embedding, the model's scheduler config
-    and the seed-to-seed LPIPS."""
+    and the seed-to-seed LPIPS (its renders start before ``deadline`` or not at all)."""
     if study.user_attrs.get("exhausted"):  # the space may have grown since: look again
         study.set_user_attr("exhausted", False)
     from autotune.serving.router import class_embedding
@@ -93,9 +94,8 @@ def _prepare(study: optuna.Study, class_name: str, evaluator: Evaluator) -> None
     if "scheduler_base" not in study.user_attrs:  # the model's own: what a complete handoff config starts from
         study.set_user_attr("scheduler_base", dict(evaluator.scheduler_config))
     if evaluator.lpips is not None and "seed_lpips" not in study.user_attrs:  # on the prompts every trial renders
-        study.set_user_attr(
-            "seed_lpips", evaluator.seed_lpips(prompts[: evaluator.cfg.search.first_prompts(len(prompts))])
-        )
+        first = prompts[: evaluator.cfg.search.first_prompts(len(prompts))]
+        study.set_user_attr("seed_lpips", evaluator.seed_lpips(first, lambda: _in_time(deadline)))
 
 
 def run_study(
@@ -110,6 +110,7 @@ def run_study(
     new_version: bool = False,
     workers: int = 1,
     decide: bool = True,
+    started: Callable[[Outcomes], None] | None = None,
 ) -> Outcomes:
     """Run (or resume) every class's study, deciding while searching, until every class is settled
     (``n_trials`` settings rendered and the decision finished) or ``timeout`` seconds have passed
@@ -128,11 +129,12 @@ def run_study(
     trials incomparable, unless ``new_version`` starts ``NAME.vN.CLASS`` beside them.
     Without ``decide`` (helper workers) it renders trials only.
     """
-    deadline = now() + timeout if timeout else math.inf
+    deadline = now() + timeout if timeout is not None else math.inf
     url = storage or cfg.default_storage
     if url.startswith("sqlite:///"):
         cfg.directory.mkdir(parents=True, exist_ok=True)
-    with quiet_optuna(), _nothing_left_on_refusal(url):
+    created: list[str] = []
+    with quiet_optuna(), nothing_left_on_refusal(url, created):
         rdb = open_storage(url, workers=True)  # a bad storage URL: refused before the model is looked at
         from autotune.model.pipeline import describe_model, resolve_config, runtime
         from autotune.model.sources import weights_digest
@@ -161,59 +163,59 @@ def run_study(
                     )
             check_artifacts(cfg.artifacts, f"{cfg.path}: storage.artifacts")
         target = n_trials or cfg.search.n_trials
-        evaluator = Evaluator(resolved, url, device, described=described)
-        if check_reference and "lpips" in cfg.metrics.objectives:
-            evaluator.check_reference()
+        studies = {c: open_class_study(resolved, c, rdb, version, measured, created) for c in cfg.classes}
         artifacts = open_store(cfg.artifacts) if cfg.report.images else None
-        runs: dict[str, Any] = {}
-        for c in cfg.classes:
-            study = open_class_study(resolved, c, rdb, version, measured)
+        for study in studies.values():
             if artifacts is not None and "artifacts" not in study.user_attrs:
                 study.set_user_attr("artifacts", cfg.artifacts)
-            _prepare(study, c, evaluator)
-            seed = class_seed(cfg.search.seed, c)
-            seeded = None if seed is None else random.Random(seed)  # fresh draws too
-            objective = Objective(resolved, study, c, evaluator, target, artifacts, rng=seeded)
-            runs[c] = ClassRun(resolved, study, c, evaluator, objective) if decide else _TrialsOnly(objective)
-            if decide:
-                study.set_user_attr("decision", {"state": "deciding"})
+            if decide:  # deciding, by this process: `autotune recommend` tells a live run from a killed one
+                study.set_user_attr("decision", {"state": "deciding", "by": worker_id()})
+        if started is not None:
+            started(recommend(resolved, storage=url, version=version))
+        runs: dict[str, Any] = {}
         try:
+            _in_time(deadline)  # start-up counts against the deadline: each render below starts within it
+            evaluator = Evaluator(resolved, url, device, described=described)
+            if check_reference and "lpips" in cfg.metrics.objectives:
+                _in_time(deadline)
+                evaluator.check_reference()
+            for c, study in studies.items():
+                _prepare(study, c, evaluator, deadline)
+                seed = class_seed(cfg.search.seed, c)
+                seeded = None if seed is None else random.Random(seed)  # fresh draws too
+                objective = Objective(resolved, study, c, evaluator, target, artifacts, rng=seeded)
+                runs[c] = ClassRun(resolved, study, c, evaluator, objective) if decide else _TrialsOnly(objective)
             _loop(cfg, runs, deadline, evaluator.pipeline.device, url, workers, progress)
-        except KeyboardInterrupt:
-            _stopped(runs, "interrupted (Ctrl-C)")
+        except _TimeUp:
+            pass
+        except KeyboardInterrupt as e:
+            with deferred():
+                _stopped(studies, runs, why(e), decide)
             raise
-        _stopped(runs, "the time limit")
+        _stopped(studies, runs, "the time limit", decide)
         return recommend(resolved, storage=url, version=version)
 
 
-def _stopped(runs: dict[str, Any], why: str) -> None:
-    """Classes whose decision is not settled say why it stopped (a kill leaves no reason)."""
-    for r in runs.values():
-        if isinstance(r, ClassRun) and not r.settled:
-            r.study.set_user_attr("decision", {"state": "deciding", "stopped": why})
+class _TimeUp(Exception):
+    """The deadline passed before the next render of the start-up began."""
+
+
+def _in_time(deadline: float) -> None:
+    if now() >= deadline:
+        raise _TimeUp
+
+
+def _stopped(studies: dict[str, optuna.Study], runs: dict[str, Any], why: str, decide: bool) -> None:
+    """Classes whose decision is not settled say why it stopped (a kill leaves no reason); the trials this
+    process queued and nobody began are withdrawn (the next run queues them again)."""
+    for c, study in studies.items():
+        ledger.withdraw(study, why)
+        if decide and not (c in runs and runs[c].settled):
+            study.set_user_attr("decision", {"state": "deciding", "stopped": why})
 
 
 def _attrs(rdb: optuna.storages.BaseStorage, name: str) -> dict[str, object]:
     return rdb.get_study_user_attrs(rdb.get_study_id_from_name(name))
-
-
-@contextlib.contextmanager
-def _nothing_left_on_refusal(url: str) -> Iterator[None]:
-    """A run refused or interrupted before its first study exists (weights that cannot load, Ctrl-C while
-    loading) removes the SQLite database it created, so the next try starts as clean as this one did."""
-    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-    new = path is not None and not path.exists()
-    try:
-        yield
-    except (ConfigError, KeyboardInterrupt):
-        if new and path is not None and path.exists():
-            with contextlib.closing(sqlite3.connect(path)) as db:
-                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                empty = "studies" not in tables or db.execute("SELECT COUNT(*) FROM studies").fetchone()[0] == 0
-            if empty:
-                for extra in ("", "-wal", "-shm", "-journal"):
-                    Path(f"{path}{extra}").unlink(missing_ok=True)
-        raise
 
 
 def _say(line: str) -> None:
@@ -340,7 +342,7 @@ def _join(procs: list[subprocess.Popen[bytes]]) -> None:
             p.terminate()
             p.wait()
             raise
-        if code not in (0, 130):
+        if code not in (0, 130, 143):
             print(f"autotune: warning: worker process {p.pid} exited with code {code}", file=sys.stderr)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from autotune.config import ConfigError
 from autotune.decision.panel import noise_seed
+from autotune.process import deferred
 from autotune.space.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ __all__ = [
     "generator_kind",
     "image_name",
     "model_identity",
+    "nothing_left_on_refusal",
     "open_storage",
     "quiet_optuna",
     "reference_key",
@@ -192,3 +195,37 @@ class ReferenceTable:
                 conn.execute(_REFERENCES.insert().values(**row, png=png))
         except IntegrityError:
             pass  # another worker stored the same reference first: the images are the same
+
+
+@contextlib.contextmanager
+def nothing_left_on_refusal(url: str, created: list[str]) -> Iterator[None]:
+    """A run refused before its first trial began (weights that cannot load, a reference that does not
+    converge) deletes the studies it created and the SQLite database it created, so the next try starts as
+    clean as this one did; so does Ctrl-C before any study exists (after, the studies keep the state)."""
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    new = path is not None and not path.exists()
+    try:
+        yield
+    except (ConfigError, KeyboardInterrupt) as e:
+        with deferred():
+            if isinstance(e, ConfigError) and created:
+                _delete_unbegun(url, created)
+            if new and path is not None and path.exists():
+                with contextlib.closing(sqlite3.connect(path)) as db:
+                    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                    empty = "studies" not in tables or db.execute("SELECT COUNT(*) FROM studies").fetchone()[0] == 0
+                if empty:
+                    for extra in ("", "-wal", "-shm", "-journal"):
+                        Path(f"{path}{extra}").unlink(missing_ok=True)
+        raise
+
+
+def _delete_unbegun(url: str, names: list[str]) -> None:
+    """Delete the studies of ``names`` in which no trial began (their baselines still queued)."""
+    from optuna.trial import TrialState
+
+    rdb = open_storage(url)
+    for name in names:
+        study_id = rdb.get_study_id_from_name(name)
+        if all(t.state == TrialState.WAITING for t in rdb.get_all_trials(study_id, deepcopy=False)):
+            rdb.delete_study(study_id)

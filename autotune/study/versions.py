@@ -81,11 +81,28 @@ def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _changes(a, b, f"{prefix}{k}.")
+        elif isinstance(a, list) and isinstance(b, list) and k == "prompts":
+            out += _entries(f"{prefix}{k}", a, b)
         elif a != b and k == "noise" and a is None:
             out.append("noise: stored when every prompt shared one noise per seed; each image now draws its own")
         elif a != b:
             out.append(f"{prefix}{k} {a!r} -> {b!r}")
     return out
+
+
+def _entries(key: str, old: list[Any], new: list[Any], most: int = 3) -> list[str]:
+    """The entries of a list that changed, as ``key[i] old -> new`` (at most ``most``, then a count)."""
+
+    def short(x: Any) -> str:
+        text = repr(x)
+        return text if len(text) <= 50 else text[:46] + "...'"
+
+    out = [
+        f"{key}[{i}] {'(none)' if i >= len(old) else short(old[i])} -> {'(none)' if i >= len(new) else short(new[i])}"
+        for i in range(max(len(old), len(new)))
+        if (old[i] if i < len(old) else None) != (new[i] if i < len(new) else None)
+    ]
+    return out[:most] + ([f"{key}: {len(out) - most} more changed"] if len(out) > most else [])
 
 
 def find_version(
@@ -116,7 +133,7 @@ def find_version(
                 return found
             first = study_name(cfg, next(iter(cfg.classes)), version)
             if resolved is None and version == 1:
-                raise ConfigError(f"classes: no study {first!r} in the storage; run `autotune study {cfg.path}` first")
+                raise ConfigError(f"classes: no study {first!r} in the storage; {cfg.run_first}")
             if resolved is not None and (version == 1 or new_version):
                 return version, resolved
             hint = "pass --new-version to start" if resolved is not None else "`autotune study --new-version` starts"
@@ -137,7 +154,7 @@ def find_version(
                 new = {k: v for k, v in new.items() if k in stored or k not in _LATER}
                 stored = {k: v for k, v in stored.items() if k in new or k not in MEASURED}
             if stored:
-                changes += [f"classes.{c}.{x}" if x.startswith("prompts ") else x for x in _changes(stored, new)]
+                changes += [f"classes.{c}.{x}" if x.startswith("prompts") else x for x in _changes(stored, new)]
         if not changes:
             assert here is not None
             if resolved is not None:

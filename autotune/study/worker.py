@@ -34,15 +34,18 @@ def work(study_file: str, storage: str, n_trials: int, device: str | None, timeo
 
 def main(argv: Sequence[str] | None = None) -> int:
     from autotune.config import ConfigError
+    from autotune.process import exit_code, install, preload
 
+    install()  # SIGTERM (the parent's terminate) as Ctrl-C: the trial under way is marked interrupted
     path, url, target, device, timeout = argv if argv is not None else sys.argv[1:]
     try:
+        preload()
         work(path, url, int(target), device, float(timeout))
     except ConfigError as e:
         print(f"autotune: worker: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:
+        return exit_code(e)
     return 0
 
 

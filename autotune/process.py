@@ -1,0 +1,117 @@
+"""This process: how it stops (SIGINT and SIGTERM alike) and how it is known
+to other workers (its worker id, and whether another worker of this machine still lives).
+
+Signals never land inside an import: a Ctrl-C while torch is half imported crashes the interpreter
+(a SystemError, a segfault) or leaves a module that later imports trip over, so the command imports
+its heavy packages under :func:`deferred`, and a signal that arrives there is raised when they are in.
+
+Example:
+    >>> install()                      # SIGINT raises Interrupted(SIGINT), SIGTERM Interrupted(SIGTERM)
+    >>> preload()                      # torch, diffusers, ...: a signal meanwhile waits for them
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from types import FrameType
+
+__all__ = ["Interrupted", "alive", "deferred", "exit_code", "install", "preload", "why", "worker_id"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler, a container runtime): handled alike; the exit code differs."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+
+    @property
+    def why(self) -> str:
+        return "interrupted (Ctrl-C)" if self.signum == signal.SIGINT else f"interrupted ({self.args[0]})"
+
+
+def why(e: KeyboardInterrupt) -> str:
+    """What stopped the run, for the stored state and a trial's fail reason."""
+    return e.why if isinstance(e, Interrupted) else "interrupted (Ctrl-C)"
+
+
+def exit_code(e: KeyboardInterrupt) -> int:
+    return e.exit_code if isinstance(e, Interrupted) else 130
+
+
+_pending: list[int] = []  # a signal that arrived while deferred
+_depth = 0
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    if _depth:
+        _pending.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+def install() -> None:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (a no-op off it)."""
+    with contextlib.suppress(ValueError):  # not the main thread
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _handler)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the block runs (imports, writing the outputs); raise the first after it."""
+    global _depth
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+    if not _depth and _pending:
+        signum = _pending[0]
+        _pending.clear()
+        raise Interrupted(signum)
+
+
+# what rendering and writing the outputs import: in before a signal may land (diffusers loads its
+# classes lazily, on first use, so those are named too)
+_HEAVY = ("numpy", "PIL.Image", "scipy.stats", "sqlalchemy", "optuna", "optuna_dashboard", "plotly.graph_objects",
+          "torch", "torchvision", "transformers", "diffusers", "open_clip", "lpips", "safetensors.torch")  # fmt: skip
+_LAZY = ("DiffusionPipeline", "StableDiffusionPipeline", "AutoencoderKL", "UNet2DConditionModel", "DDPMScheduler")
+
+
+def preload() -> None:
+    """Import what a study imports, holding SIGINT and SIGTERM until it is in (see the module's note)."""
+    import importlib
+
+    with deferred():
+        for name in _HEAVY:
+            importlib.import_module(name)
+        diffusers = importlib.import_module("diffusers")
+        for name in _LAZY:
+            getattr(diffusers, name)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def alive(worker: str) -> bool:
+    """False only for a worker of this machine whose process is gone; other machines' cannot be seen."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

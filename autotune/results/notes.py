@@ -1,0 +1,92 @@
+"""The sentences the outputs carry beside their figures: what a bound speaks for, a speed-up that breaks
+physics, random weights, the tolerances as the study file states them. Light to import (no torch).
+
+Example:
+    >>> speedup_check(3.1, call_ratio(10, 20))
+    'timed 3.10x faster with 2x fewer model calls: timing noise; time it again alone (`autotune validate`)'
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autotune.config.resolve import ResolvedStudy
+
+__all__ = ["call_ratio", "prompts_note", "random_weights_warning", "speedup_check", "tolerance_text"]
+
+
+def call_ratio(evaluations: float | None, base_evaluations: float | None) -> float | None:
+    """How many times fewer model evaluations a setting makes than the baseline (a denoiser call with
+    guidance on counts twice: :func:`autotune.decision.cost.evaluations`), or None where a count is unknown."""
+    return base_evaluations / evaluations if evaluations and base_evaluations else None
+
+
+def speedup_check(speedup: float | None, call_ratio: float | None, slack: float = 1.1) -> str | None:
+    """None, or why a timed speed-up cannot be taken as it stands: faster than its share of the model's
+    evaluations allows (a call's fixed cost only makes a cheaper setting less fast), so timing noise
+    (another job on the machine, a slow first call) inflated the baseline's seconds or cut its own."""
+    if speedup is None or call_ratio is None or speedup <= call_ratio * slack:
+        return None
+    return (
+        f"timed {speedup:.2f}x faster with {call_ratio:.2g}x fewer model calls: timing noise; time it again "
+        "alone (`autotune validate`)"
+    )
+
+
+def prompts_note(used: int, total: int, confirmed: int = 0) -> str:
+    """What the bounds speak for (new prompts of the class) and how the class's size limits them:
+    ``used`` prompts on the search's images, ``confirmed`` on the confirmation's."""
+    from autotune.decision.rule import t95
+
+    fresh = f"; confirmed on {confirmed} prompts x fresh seeds" if confirmed else ""
+    if total == 1:  # no spread between prompts: the bound is over the one prompt's images (its noises)
+        return (
+            f"the class has one prompt: the bound is over its images (new noise, the same prompt){fresh}, so it "
+            "speaks for that prompt, not for new prompts of the class; give the class 8 or more prompts"
+        )
+    if total < 8:
+        now, eight = t95(total - 1) / total**0.5, t95(7) / 8**0.5
+        return (
+            f"the bound is over the class's {total} prompts (t = {t95(total - 1):.2f} on {total - 1} degrees of "
+            f"freedom){fresh}: with 8 prompts it would be about {1 - eight / now:.0%} tighter, and cheaper "
+            "settings could qualify"
+        )
+    if used < total:
+        return (
+            f"the search's bound is over {used} of the class's {total} prompts (racing adds prompts where a "
+            f"decision is close){fresh}"
+        )
+    return f"the bound is over all {total} of the class's prompts{fresh}"
+
+
+def random_weights_warning(cfg: ResolvedStudy) -> str | None:
+    """One sentence naming what in the study has random weights (the offline tiny models, a random
+    LPIPS backbone), or None.
+
+    Their figures measure a real sampling ODE and real metric code paths, not image quality:
+    every place a user reads numbers (table, JSON, report, dashboard note) says so. The shipped
+    micro models and their CLIPs are trained, so they are not named.
+    """
+    parts = []
+    if cfg.model.id.startswith("tiny"):
+        parts.append(f"the model ({cfg.model.id})")
+    if cfg.metrics.clip_model == "tiny" and "clip_score" in cfg.metrics.objectives:
+        parts.append("the CLIP model (tiny)")
+    if cfg.metrics.lpips_backbone == "random" and "lpips" in cfg.metrics.objectives:
+        parts.append(f"the LPIPS backbone ({cfg.metrics.lpips_net})")
+    if not parts:
+        return None
+    what = "any image is" if len(parts) > 1 or "LPIPS" not in parts[0] else "two images look alike to a person"
+    return f"Random weights: {', '.join(parts)}. Their figures show how autotune works, not how {what}."
+
+
+def tolerance_text(cfg: Any) -> str:
+    """The study file's tolerances in the units it states them in."""
+    r = cfg.recommend
+    clip = (
+        f"{r.clip_tolerance:g} CLIP points"
+        if r.clip_tolerance is not None
+        else (f"CLIP {r.clip_tolerance_sd:g} x the baseline's seed-to-seed standard deviation")
+    )
+    return f"{clip}, LPIPS {r.lpips_tolerance:g} x seed-to-seed LPIPS"

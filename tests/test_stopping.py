@@ -1,0 +1,196 @@
+"""A night that ends when it was told to: --timeout bounds the whole command, SIGINT and SIGTERM end it
+cleanly at any moment (imports and start-up included), and a run that produced nothing says so."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune.config import load_config
+from autotune.study.run import run_study
+from autotune.study.versions import study_name
+
+
+def _cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autotune.cli", "study", *args, "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _states(path: Path) -> list[str]:
+    cfg = load_config(path)
+    url = cfg.default_storage
+    if not (path.parent / f"{cfg.name}.db").exists():
+        return []
+    return [
+        t.state.name
+        for c in cfg.classes
+        if study_name(cfg, c) in optuna.get_all_study_names(url)
+        for t in optuna.load_study(study_name=study_name(cfg, c), storage=url).trials
+    ]
+
+
+def _decision(path: Path) -> dict[str, str]:
+    cfg = load_config(path)
+    out = cfg.output_dir / "recommendations.json"
+    return {c: d["decision"]["state"] for c, d in json.loads(out.read_text())["classes"].items()}
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_at_any_moment_end_cleanly_with_no_trial_left_running_or_waiting(
+    study_file: Callable[..., Path],
+) -> None:
+    """0.5 s falls in the imports (torch's, where a Ctrl-C once crashed the interpreter), 4 s in the
+    start-up or the first trials; each moment fresh and resumed, the two signals taking turns (each
+    signal meets each kind of run at five moments across the two)."""
+    fresh = study_file(name="fresh", n_trials=4)
+    resumed = study_file(name="resumed", n_trials=3)
+    done = subprocess.run([sys.executable, "-m", "autotune.cli", "study", str(resumed), "--quiet"], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    seen = []
+    for i, after in enumerate((0.5, 1.0, 1.5, 2.5, 4.0)):
+        for j, (path, extra) in enumerate(((fresh, ()), (resumed, ("--n-trials", "10")))):
+            for sig, code in [((signal.SIGINT, 130), (signal.SIGTERM, 143))[(i + j) % 2]]:
+                proc = _cli(str(path), *extra)
+                time.sleep(after)
+                proc.send_signal(sig)
+                _, err = proc.communicate(timeout=300)
+                if proc.returncode == 0:  # finished first: nothing to stop
+                    continue
+                assert proc.returncode == code, (after, sig, err)
+                assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+                    "autotune: interrupted (Ctrl-C)" if sig == signal.SIGINT else "autotune: interrupted (SIGTERM)"
+                ), err
+                states = _states(path)
+                assert "RUNNING" not in states and "WAITING" not in states, (after, sig, states)
+                if states:  # the studies existed: their state says what stopped them
+                    assert set(_decision(path).values()) <= {"settled", f"stopped: {err.strip()[10:]}"}, err
+                seen.append((after, path.name))
+    assert {p for _, p in seen} == {"fresh.toml", "resumed.toml"}  # both kinds were stopped, not only finished
+    resume = subprocess.run([sys.executable, "-m", "autotune.cli", "study", str(fresh), "--quiet"], capture_output=True)
+    assert resume.returncode == 0, resume.stderr  # what the signals left resumes to the end
+    assert _decision(fresh) == {"portrait": "settled"}
+
+
+def test_a_time_limit_inside_the_start_up_stops_there_says_why_and_exits_1(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stepped clock: every render of the start-up (the seed-to-seed references, the convergence check)
+    takes 10 s of it. With 15 s, no trial starts; nothing is left WAITING; the state is on disk."""
+    from autotune.cli import main
+    from autotune.model.references import ReferenceStore
+    from autotune.study import run
+
+    clock = {"t": 1000.0}
+    real = ReferenceStore.images
+
+    def ten_seconds(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        clock["t"] += 10
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(run, "now", lambda: clock["t"])
+    monkeypatch.setattr(ReferenceStore, "images", ten_seconds)
+    path = study_file(name="late", n_trials=3)
+    out = run_study(load_config(path), progress=False, timeout=15)["portrait"]
+    assert clock["t"] <= 1000 + 15 + 10  # the render that began in time finished; no other began
+    assert out.recommendation is None and out.decision_state == "stopped: the time limit"
+    assert _states(path) == ["FAIL"]  # the queued baseline withdrawn, not left WAITING
+    trial = optuna.load_study(study_name="late.portrait", storage=load_config(path).default_storage).trials[0]
+    assert trial.user_attrs["fail_reason"] == "withdrawn: the time limit before it began"
+    monkeypatch.undo()
+    capsys.readouterr()  # the command's deadline counts from its start: past before the first render
+    assert main(["study", str(path), "--quiet", "--timeout", "0.001"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    said = "autotune: error: no completed baseline, nothing recommended (classes.portrait: stopped: the time limit)"
+    assert err[-1] == said
+    assert _decision(path) == {"portrait": "stopped: the time limit"}
+    resumed = run_study(load_config(path), progress=False)["portrait"]  # the withdrawn baseline is queued again
+    assert resumed.recommendation is not None and resumed.decision_state == "settled"
+    assert resumed.recommendation.baseline.number != 0
+
+
+def test_a_live_run_reads_as_deciding_and_a_killed_one_as_interrupted(study_file: Callable[..., Path]) -> None:
+    from autotune.results.reader import recommend
+
+    path = study_file(name="live", n_trials=3)
+    cfg = load_config(path)
+    seen: list[str] = []
+    run_study(cfg, progress=False, started=lambda o: seen.append(o["portrait"].decision_state))
+    assert seen == ["deciding"]  # what the on-disk recommendations.json says from the start
+    study = optuna.load_study(study_name="live.portrait", storage=cfg.default_storage)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = __import__("socket").gethostname()
+    study.set_user_attr("decision", {"state": "deciding", "by": f"{host}:{dead.stdout.strip()}"})
+    assert recommend(cfg)["portrait"].decision_state == "interrupted"  # its process is gone: kill -9
+
+
+def test_a_changed_prompt_is_named_by_its_entry_in_one_short_line(tmp_path: Path) -> None:
+    from autotune.config import ConfigError
+    from autotune.config.resolve import resolve
+    from autotune.space import schedulers
+    from autotune.space.families import FAMILIES
+    from autotune.study.versions import find_version, fingerprint
+
+    demo = Path(__file__).parents[1] / "studies" / "demo.toml"
+    path = tmp_path / "demo.toml"
+    path.write_text(demo.read_text())
+    cfg = load_config(path)
+    stored = {study_name(cfg, c): {"fingerprint": fingerprint(resolve(cfg, FAMILIES["sd"], schedulers.names()), c)}
+              for c in cfg.classes}  # fmt: skip
+    old = cfg.classes["thin"][18]
+    assert len(cfg.classes["thin"]) == 20
+    path.write_text(demo.read_text().replace(f'"{old}"', '"a thin red letter Q on white"'))
+    with pytest.raises(ConfigError) as refused:
+        find_version(load_config(path), stored, stored.__getitem__)
+    said = str(refused.value)
+    assert f"(classes.thin.prompts[18] {old!r} -> 'a thin red letter Q on white')" in said, said
+    assert len(said) - len(str(path)) < 300 and "\n" not in said, said  # the file's path as the user typed it
+
+
+def test_gates_do_not_pass_on_a_study_without_a_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A study stopped before its baseline completed: `validate` exits 1 (a CI gate fails), `export` says
+    so in one line (exit 2); a recommendations file of the wrong shape is one line too."""
+    from autotune.cli import main
+    from tests.conftest import ONE_CLASS, SMALL_STUDY
+
+    (tmp_path / "my studies").mkdir()  # a space in the path: the hint quotes it
+    path = tmp_path / "my studies" / "empty.toml"
+    path.write_text(SMALL_STUDY.format(name="empty", n_trials=3, classes=ONE_CLASS))
+    assert main(["recommend", str(path)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"run `autotune study '{path}'` first")
+    assert main(["study", str(path), "--quiet", "--timeout", "0.001"]) == 1
+    held_out = path.parent / "held_out.txt"
+    held_out.write_text("a studio portrait of a young sailor\n")
+    capsys.readouterr()
+    assert main(["validate", str(path), "--prompts", str(held_out)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL nothing validated: ") and "(classes.portrait: stopped: the time limit)" in out, out
+    report = json.loads((load_config(path).output_dir / "validation.json").read_text())
+    assert report["passed"] is False and report["unrecommended"] == {"portrait": "stopped: the time limit"}
+    for fmt in ("diffusers", "a1111"):
+        assert main(["export", str(path), "--format", fmt]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "nothing recommended yet (classes.portrait: stopped: the time limit)" in err
+    recs = load_config(path).output_dir / "recommendations.json"
+    recs.write_text(json.dumps([json.loads(recs.read_text())]))
+    assert main(["export", str(path), "--format", "diffusers"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("(the file: expected an object, got an array)\n"), err
+
+
+def test_a_one_prompt_class_says_what_its_bound_speaks_for() -> None:
+    from autotune.results.notes import prompts_note
+
+    note = prompts_note(1, 1, confirmed=1)
+    assert "degrees of freedom" not in note and "speaks for that prompt, not for new prompts of the class" in note
