@@ -2,12 +2,14 @@
 to other workers (its worker id, and whether another worker of this machine still lives).
 
 Signals never land inside an import: a Ctrl-C while torch is half imported crashes the interpreter
-(a SystemError, a segfault) or leaves a module that later imports trip over, so the command imports
-its heavy packages under :func:`deferred`, and a signal that arrives there is raised when they are in.
+(a SystemError, a segfault) or leaves a module that later imports trip over. The command imports its
+heavy packages first, under :func:`preload`, before it has written anything: a signal there ends the
+process at once (its one line said, nothing to clean up), without waiting seconds for the imports.
+Later, :func:`deferred` holds a signal while a block that must finish runs, and raises it after.
 
 Example:
     >>> install()                      # SIGINT raises Interrupted(SIGINT), SIGTERM Interrupted(SIGTERM)
-    >>> preload()                      # torch, diffusers, ...: a signal meanwhile waits for them
+    >>> preload()                      # torch, diffusers, ...: a signal meanwhile exits at once
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from types import FrameType
 
@@ -49,9 +52,14 @@ def exit_code(e: KeyboardInterrupt) -> int:
 
 _pending: list[int] = []  # a signal that arrived while deferred
 _depth = 0
+_at_once = False  # importing, before anything is written: a signal exits there and then
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    if _at_once:
+        sys.stderr.write(f"autotune: {Interrupted(signum).why}\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)  # no interpreter teardown: modules are half imported, nothing is open for writing
     if _depth:
         _pending.append(signum)
         return
@@ -88,15 +96,20 @@ _LAZY = ("DiffusionPipeline", "StableDiffusionPipeline", "AutoencoderKL", "UNet2
 
 
 def preload() -> None:
-    """Import what a study imports, holding SIGINT and SIGTERM until it is in (see the module's note)."""
+    """Import what a study imports; SIGINT or SIGTERM meanwhile exits at once (see the module's note).
+    Call it before the command writes anything."""
     import importlib
 
-    with deferred():
+    global _at_once
+    _at_once = True
+    try:
         for name in _HEAVY:
             importlib.import_module(name)
         diffusers = importlib.import_module("diffusers")
         for name in _LAZY:
             getattr(diffusers, name)
+    finally:
+        _at_once = False
 
 
 def worker_id() -> str:
