@@ -165,15 +165,15 @@ def run_study(
         target = n_trials or cfg.search.n_trials
         studies = {c: open_class_study(resolved, c, rdb, version, measured, created) for c in cfg.classes}
         artifacts = open_store(cfg.artifacts) if cfg.report.images else None
-        for study in studies.values():
-            if artifacts is not None and "artifacts" not in study.user_attrs:
-                study.set_user_attr("artifacts", cfg.artifacts)
-            if decide:  # deciding, by this process: `autotune recommend` tells a live run from a killed one
-                study.set_user_attr("decision", {"state": "deciding", "by": worker_id()})
-        if started is not None:
-            started(recommend(resolved, storage=url, version=version))
         runs: dict[str, Any] = {}
-        try:
+        try:  # from here on a stop withdraws what this run queued (a baseline, at first) and says why
+            for study in studies.values():
+                if artifacts is not None and "artifacts" not in study.user_attrs:
+                    study.set_user_attr("artifacts", cfg.artifacts)
+                if decide:  # deciding, by this process: `autotune recommend` tells a live run from a killed one
+                    study.set_user_attr("decision", {"state": "deciding", "by": worker_id()})
+            if started is not None:
+                started(recommend(resolved, storage=url, version=version))
             _in_time(deadline)  # start-up counts against the deadline: each render below starts within it
             evaluator = Evaluator(resolved, url, device, described=described)
             if check_reference and "lpips" in cfg.metrics.objectives:
