@@ -5,7 +5,9 @@ Signals never land inside an import: a Ctrl-C while torch is half imported crash
 (a SystemError, a segfault) or leaves a module that later imports trip over. The command imports its
 heavy packages first, under :func:`preload`, before it has written anything: a signal there ends the
 process at once (its one line said, nothing to clean up), without waiting seconds for the imports.
-Later, :func:`deferred` holds a signal while a block that must finish runs, and raises it after.
+Later, :func:`deferred` holds a signal while a block that must finish runs, and raises it after; and
+a signal that lands inside an import done on first use (SQLAlchemy loads parts of itself lazily) is
+sent again a moment later, once the import is done, so no module is left half imported.
 
 Example:
     >>> install()                      # SIGINT raises Interrupted(SIGINT), SIGTERM Interrupted(SIGTERM)
@@ -19,10 +21,11 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["Interrupted", "alive", "deferred", "exit_code", "install", "preload", "why", "worker_id"]
+__all__ = ["Interrupted", "alive", "deferred", "exit_code", "importing", "install", "preload", "why", "worker_id"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -63,7 +66,24 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if _depth:
         _pending.append(signum)
         return
+    if importing(frame):  # raising here would leave a module half imported for the code that handles the stop
+        again = threading.Timer(_AGAIN, os.kill, (os.getpid(), signum))
+        again.daemon = True
+        again.start()
+        return
     raise Interrupted(signum)
+
+
+_AGAIN = 0.05  # seconds before a signal that landed inside an import is sent again
+
+
+def importing(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an import (a module's top level, or importlib's machinery)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def install() -> None:
@@ -90,7 +110,8 @@ def deferred() -> Iterator[None]:
 
 # what rendering and writing the outputs import: in before a signal may land (diffusers loads its
 # classes lazily, on first use, so those are named too)
-_HEAVY = ("numpy", "PIL.Image", "scipy.stats", "sqlalchemy", "optuna", "optuna_dashboard", "plotly.graph_objects",
+_HEAVY = ("numpy", "PIL.Image", "scipy.stats", "sqlalchemy.orm", "optuna", "optuna.storages._rdb.storage",
+          "optuna_dashboard", "plotly.graph_objects",
           "torch", "torchvision", "transformers", "diffusers", "open_clip", "lpips", "safetensors.torch")  # fmt: skip
 _LAZY = ("DiffusionPipeline", "StableDiffusionPipeline", "AutoencoderKL", "UNet2DConditionModel", "DDPMScheduler")
 

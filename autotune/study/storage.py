@@ -199,16 +199,18 @@ class ReferenceTable:
 
 @contextlib.contextmanager
 def nothing_left_on_refusal(url: str, created: list[str]) -> Iterator[None]:
-    """A run refused before its first trial began (weights that cannot load, a reference that does not
-    converge) deletes the studies it created and the SQLite database it created, so the next try starts as
-    clean as this one did; so does Ctrl-C before any study exists (after, the studies keep the state)."""
+    """A run refused or interrupted before its first trial began (weights that cannot load, a reference that
+    does not converge, a signal while its studies are being created) deletes the studies it created in
+    which nothing began, and the SQLite database it created, so the next try starts as clean as this one
+    did. (A run stopped once its studies are open withdraws its queued trials first: those studies keep
+    the state that says why.)"""
     path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
     new = path is not None and not path.exists()
     try:
         yield
-    except (ConfigError, KeyboardInterrupt) as e:
+    except (ConfigError, KeyboardInterrupt):
         with deferred():
-            if isinstance(e, ConfigError) and created:
+            if created:
                 _delete_unbegun(url, created)
             if new and path is not None and path.exists():
                 with contextlib.closing(sqlite3.connect(path)) as db:
