@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-gpu lint clean browser bench
+.PHONY: install demo test test-fast test-gpu lint clean browser bench
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 # One pytest worker per core, a test file per worker at a time (its module fixtures are built once).
 test: $(STAMP) browser
 	$(BIN)/pytest -n 2 --dist loadfile
+
+# The quick lane while working: every test not marked slow (`make test` runs them all, as CI does).
+test-fast: $(STAMP)
+	$(BIN)/pytest -n 2 --dist loadfile -m "not slow"
 
 # The report's browser test renders report.html in Debian's headless Chromium.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

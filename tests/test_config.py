@@ -91,6 +91,20 @@ def test_demo_study_file_is_valid() -> None:
     assert cfg.search.guidance_cutoff == (0.5, 1.0) and cfg.search.fitted_schedules  # shows both beyond-named axes
 
 
+def test_the_gpu_study_file_names_a_hub_model_and_real_metric_weights() -> None:
+    """The file the README's GPU section runs: it loads and resolves against its family offline (the model
+    itself is not looked for here: no hub)."""
+    from autotune.config.schema import local_weights
+
+    cfg = load_config(Path(__file__).parent.parent / "studies" / "sd15.toml")
+    assert local_weights("model.id", cfg.model.id, cfg.model.home) is None  # a hub id, not a path
+    assert (cfg.metrics.clip_model, cfg.metrics.clip_pretrained) == ("ViT-B-32", "laion2b_s34b_b79k")
+    assert cfg.metrics.lpips_backbone == "pretrained" and (cfg.model.height, cfg.model.width) == (512, 512)
+    assert all(len(p) >= 16 for p in cfg.classes.values())
+    resolved = resolve(cfg, FAMILIES["sd"], list(FAMILIES["sd"].schedulers))
+    assert resolved.baseline.steps == 30 and resolved.search.steps == (4, 30)
+
+
 BAD = [
     ("malformed toml", "[search\nsteps = 3", "not valid TOML"),
     ("unknown top key", "colour = 1\n" + MINIMAL, "colour: unknown key"),
