@@ -116,8 +116,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autotune.serving.export import export
 
     recs = load_recommendations(args.study)
-    if recs.nothing():
-        raise ConfigError(str(recs.nothing()))
+    if nothing := recs.nothing():
+        raise ConfigError(nothing)
     if args.check:  # the verdicts to stderr and parity.json; the export (with them) to stdout
         from autotune.parity import check_file
 
