@@ -147,7 +147,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from autotune.report.dashboard import bindable
     from autotune.results.reader import recommend
-    from autotune.study.artifacts import reader_store
+    from autotune.store.artifacts import reader_store
 
     cfg = _load(args)
     url = args.storage or cfg.default_storage
@@ -173,8 +173,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_classes_suggest(args: argparse.Namespace) -> int:
-    from autotune.serving.router import load_text_encoder, suggest_classes
+    from autotune.serving.router import suggest_classes
     from autotune.validate import read_prompts
+    from autotune.weights.clip import load_text_encoder
 
     prompts = read_prompts(args.prompts)
     clip, home = (args.clip_model, args.clip_pretrained), ""

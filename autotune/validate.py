@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.config import ConfigError, StudyConfig
+from autotune.config.objectives import quality
 from autotune.config.schema import read_utf8
 from autotune.decision.rule import BROKEN
 
@@ -58,15 +59,21 @@ def class_tolerance(
     clip_tolerance: float | None = None,
     lpips_tolerance: float | None = None,
 ) -> Any:
-    """Class ``c``'s tolerance for images the study never saw: the study's, in CLIP points where it was
-    measured (else scaled by ``base``'s noise on them), unless overridden."""
+    """Class ``c``'s tolerance for images the study never saw: the study's, in metric units where it was
+    measured (else scaled by ``base``'s spread on them), unless overridden (CLIP in points, LPIPS in
+    seed-to-seed LPIPS)."""
     from autotune.decision.tolerance import tolerance
 
-    stated = recs.tolerances.get(c, {})
-    clip = clip_tolerance if clip_tolerance is not None else stated.get("clip_score")
     objectives = resolved.metrics.objectives
+    measured = recs.tolerances.get(c, {})
+    fixed = {m: measured[m] for m in quality(objectives) if isinstance(measured.get(m), int | float)}
+    if clip_tolerance is not None:
+        fixed["clip_score"] = clip_tolerance
+    if lpips_tolerance is not None:
+        fixed.pop("lpips", None)
     seed = recs.seed_lpips.get(c)
-    return tolerance(resolved.recommend, objectives, base, seed, clip_points=clip, lpips_x_seed=lpips_tolerance)[0]
+    stated = {"lpips": lpips_tolerance}
+    return tolerance(resolved.recommend, objectives, base, seed, fixed=fixed, stated=stated)[0]
 
 
 def validate(

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from autotune.results.schema import router_data
-from autotune.serving.router import Router, class_embedding, load_text_encoder
+from autotune.serving.router import Router
+from autotune.weights.clip import class_embedding, load_text_encoder
 
 
 def main() -> None:

@@ -137,8 +137,8 @@ def main() -> None:
 
     from autotune.config import load_config
     from autotune.model.pipeline import resolve_config
+    from autotune.store.versions import study_name
     from autotune.study.run import run_study
-    from autotune.study.versions import study_name
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scale.toml"

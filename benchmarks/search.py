@@ -110,7 +110,7 @@ def _front(rows: dict[Key, dict[str, float]]) -> list[Key]:
 
 def _normalised_hv(points: list[dict[str, float]], true_front: list[dict[str, float]]) -> float:
     """Hypervolume with every metric scaled to the true front's own range (flipped where higher is better)."""
-    from autotune.study.optuna_api import hypervolume
+    from autotune.store.optuna_api import hypervolume
 
     lo = {m: min(p[m] for p in true_front) for m in OBJECTIVES}
     hi = {m: max(p[m] for p in true_front) for m in OBJECTIVES}

@@ -150,7 +150,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """An Optuna storage of each backend, fresh per test, opened as a worker opens it."""
     import optuna
 
-    from autotune.study.storage import open_storage
+    from autotune.store.storage import open_storage
 
     if request.param == "inmemory":
         yield optuna.storages.InMemoryStorage()

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 
 from autotune.cli import main
 from autotune.config import load_config
-from autotune.study.optuna_api import artifact_files
-from autotune.study.storage import image_name
+from autotune.store.optuna_api import artifact_files
+from autotune.store.references import image_name
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")

@@ -101,8 +101,8 @@ def test_a_study_gives_each_image_its_own_recorded_noise_and_refuses_a_shared_no
     study_file: Callable[..., Path],
 ) -> None:
     from autotune.results.reader import recommend
+    from autotune.store.storage import open_storage
     from autotune.study.run import run_study
-    from autotune.study.storage import open_storage
 
     path = study_file(name="noisy", n_trials=1, classes=TWO_PROMPTS)
     path.write_text(path.read_text().replace("seeds = [0]", "seeds = [0, 1]"))

@@ -143,7 +143,7 @@ def test_a_variant_equal_to_the_models_default_is_the_default_setting_reused_not
 
 
 def _pop(url: str, name: str, barrier: Any, queue: Any) -> None:
-    from autotune.study.storage import open_storage
+    from autotune.store.storage import open_storage
 
     study = optuna.load_study(study_name=name, storage=open_storage(url, workers=True))
     barrier.wait()
@@ -155,7 +155,7 @@ def test_workers_starting_together_never_take_the_same_waiting_trial(shared_url:
     immediate transactions, two workers both took it in 3 of 15 four-worker starts."""
     import multiprocessing
 
-    from autotune.study.storage import open_storage
+    from autotune.store.storage import open_storage
 
     ctx = multiprocessing.get_context("fork")  # each child opens its own storage, as a worker does
     for i in range(20):

@@ -1,4 +1,4 @@
-"""Each private Optuna API autotune relies on (autotune.study.optuna_api) still is what autotune assumes:
+"""Each private Optuna API autotune relies on (autotune.store.optuna_api) still is what autotune assumes:
 these fail when an Optuna release changes one, before a study or a reader does."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autotune.study import optuna_api
+from autotune.store import optuna_api
 
 
 def test_the_tables_the_reader_reads_have_the_columns_optuna_writes() -> None:

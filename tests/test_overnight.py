@@ -24,8 +24,8 @@ from autotune.model import references
 from autotune.model import render as pipeline_module
 from autotune.results.reader import recommend
 from autotune.space import schedulers
+from autotune.store.versions import study_name
 from autotune.study.run import run_study
-from autotune.study.versions import study_name
 
 
 def _trials(cfg, url: str | None = None) -> list[optuna.trial.FrozenTrial]:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ import pytest
 from autotune.decision.cost import fit_seconds
 from autotune.decision.pareto import clearly_dominated, dominates, pareto_front
 from autotune.report.figures import hypervolume_history
-from autotune.study.optuna_api import hypervolume
+from autotune.store.optuna_api import hypervolume
 
 UP = {"clip_score": True, "lpips": False, "seconds": False}
 

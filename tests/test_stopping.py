@@ -16,8 +16,8 @@ import optuna
 import pytest
 
 from autotune.config import load_config
+from autotune.store.versions import study_name
 from autotune.study.run import run_study
-from autotune.study.versions import study_name
 
 
 def _cli(*args: str) -> subprocess.Popen[str]:
@@ -155,7 +155,7 @@ def test_a_changed_prompt_is_named_by_its_entry_in_one_short_line(tmp_path: Path
     from autotune.config.resolve import resolve
     from autotune.space import schedulers
     from autotune.space.families import FAMILIES
-    from autotune.study.versions import find_version, fingerprint
+    from autotune.store.versions import find_version, fingerprint
 
     demo = Path(__file__).parents[1] / "studies" / "demo.toml"
     path = tmp_path / "demo.toml"

@@ -9,8 +9,8 @@ from optuna.trial import TrialState
 
 from autotune.config import load_config
 from autotune.model import render as pipeline_module
+from autotune.store.versions import study_name
 from autotune.study.run import run_study
-from autotune.study.versions import study_name
 
 
 def test_study_runs_baseline_first_and_records_per_trial_attributes(
@@ -60,7 +60,7 @@ def test_study_runs_baseline_first_and_records_per_trial_attributes(
     renders = {k: v for k, v in study.user_attrs.items() if k.startswith("renders.")}
     assert 0 < study.user_attrs["race_images"] <= 8 and {"0:1", "0:2"} & set(renders["renders.0"])
     rec = outcomes["portrait"].recommendation
-    assert rec is not None and rec.confirmed and outcomes["portrait"].clip_noise > 0
+    assert rec is not None and rec.confirmed and outcomes["portrait"].spread["clip_score"] > 0
     assert outcomes["portrait"].decision_state == "settled"
     if rec.chosen.number != 0:
         assert max(rec.chosen.seconds) < min(rec.baseline.seconds)

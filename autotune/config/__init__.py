@@ -1,8 +1,9 @@
 """Study files: read, checked and resolved against the model family, before anything renders.
 
 ``study`` (the file's dataclasses), ``load`` (:func:`load_config`: the file read and checked), ``schema``
-(TOML against dataclasses), ``prompts`` (classes and ``[call]``), ``objectives`` (each metric's direction,
-declared once) and ``resolve`` (the one place a study file meets its model family).
+(TOML against dataclasses), ``prompts`` (classes and ``[call]``), ``objectives`` (each metric's row: its
+direction, tolerance and display, declared once) and ``resolve`` (the one place a study file meets its
+model family).
 
 Example:
     >>> cfg = load_config("studies/demo.toml")
@@ -15,6 +16,7 @@ from __future__ import annotations
 from autotune.config.load import load_config
 from autotune.config.schema import ConfigError, ConfigWarning
 from autotune.config.study import (
+    CustomMetricConfig,
     MetricsConfig,
     ModelConfig,
     RecommendConfig,
@@ -29,6 +31,7 @@ from autotune.config.study import (
 __all__ = [
     "ConfigError",
     "ConfigWarning",
+    "CustomMetricConfig",
     "MetricsConfig",
     "ModelConfig",
     "RecommendConfig",

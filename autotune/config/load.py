@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from autotune.config.objectives import OBJECTIVES
+from autotune.config.objectives import BUILT_IN, UNITS, Objective, register
 from autotune.config.prompts import call_table, class_tables
 from autotune.config.schema import (
     WEIGHT_FILES,
@@ -37,6 +37,7 @@ from autotune.config.schema import (
     section,
 )
 from autotune.config.study import (
+    CustomMetricConfig,
     MetricsConfig,
     ModelConfig,
     RecommendConfig,
@@ -185,8 +186,9 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     require(0 <= s.front_share <= 1, "search.front_share", "a number in 0..1", f"{s.front_share:g}")
     if not met.objectives or len(set(met.objectives)) != len(met.objectives):
         raise ConfigError(f"metrics.objectives: expected distinct metric names, got {list(met.objectives)}")
+    met = _custom_metrics(met)
     for name in met.objectives:
-        one_of(name, tuple(OBJECTIVES), "metrics.objectives")
+        one_of(name, (*BUILT_IN, *met.custom), "metrics.objectives")
     one_of(met.lpips_net, ("alex", "vgg", "squeeze"), "metrics.lpips_net")
     if met.lpips_backbone not in ("random", "pretrained") and not met.lpips_backbone.endswith(WEIGHT_FILES):
         raise ConfigError(
@@ -212,9 +214,36 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     return dataclasses.replace(
         cfg,
         search=dataclasses.replace(s, schedulers=names),
+        metrics=met,
         baseline=_validate_setting(cfg.baseline, "baseline"),
         reference=_validate_setting(cfg.reference, "reference"),
     )
+
+
+def _custom_metrics(met: MetricsConfig) -> MetricsConfig:
+    """Each ``[metrics.custom.NAME]`` checked, registered as an objective row and added to the objectives
+    (at the end, where ``objectives`` does not name it); its class is imported only when a study renders."""
+    custom = {}
+    for name, raw in met.custom.items():
+        where = f"metrics.custom.{name}"
+        if name in BUILT_IN or not name.replace("_", "").isalnum() or not name[0].isalpha():
+            why = "a built-in metric's" if name in BUILT_IN else "not a name of letters, digits and '_'"
+            raise ConfigError(f"{where}: expected a new metric name, got {name!r} ({why})")
+        c = raw if isinstance(raw, CustomMetricConfig) else section(CustomMetricConfig, raw, where)
+        module, _, cls = c.score.partition(":")
+        require(bool(module and cls.isidentifier()), f"{where}.score", '"package.module:Class" or "file.py:Class"',
+                repr(c.score))  # fmt: skip
+        one_of(c.unit, ("absolute", "seed_sd"), f"{where}.unit")
+        one_of(c.aggregate, ("mean", "median"), f"{where}.aggregate")
+        require(c.tolerance >= 0, f"{where}.tolerance", f"a number >= 0 ({UNITS[c.unit]})", f"{c.tolerance:g}")
+        require(c.collapse > 1, f"{where}.collapse", "a number of tolerances > 1", f"{c.collapse:g}")
+        custom[name] = c
+        register(Objective(
+            name, c.higher_is_better, c.aggregate, c.title or name, c.score, c.reference, unit=c.unit,
+            tolerance=c.tolerance, collapse=c.collapse, options=dict(c.options), custom=True,
+        ))  # fmt: skip
+    objectives = (*met.objectives, *(n for n in custom if n not in met.objectives))
+    return dataclasses.replace(met, custom=custom, objectives=objectives)
 
 
 def _warn_sizes(cfg: StudyConfig, raw: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from autotune.config.schema import (
 __all__ = [
     "ConfigError",
     "ConfigWarning",
+    "CustomMetricConfig",
     "MetricsConfig",
     "ModelConfig",
     "RecommendConfig",
@@ -93,12 +94,31 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class CustomMetricConfig:
+    """``[metrics.custom.NAME]``: a team's own quality metric (a preference model, an aesthetic predictor,
+    an in-house classifier), judged image by image against the baseline like CLIP. ``score`` names a
+    class built as ``Class(device=..., **options)`` whose ``score(images, prompts, references)`` returns
+    one number per image (``images``: a float tensor N x 3 x H x W in 0..1)."""
+
+    score: str = ""  # "package.module:Class" (the study file's folder is searched first) or "file.py:Class"
+    higher_is_better: bool = True
+    tolerance: float = 0.0  # how much worse than the baseline a setting may be, in `unit`
+    unit: str = "absolute"  # "absolute" (the metric's own units) or "seed_sd" (x the baseline's seed-to-seed SD)
+    collapse: float = 10.0  # an image this many tolerances worse than the baseline's has collapsed
+    reference: bool = False  # scored against the high-step reference image (passed as `references`)
+    aggregate: str = "mean"  # "mean" or "median" of a trial's per-image values (its Optuna objective)
+    title: str = ""  # what the report's axes say ("": the name)
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the class
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
-    objectives: tuple[str, ...] = ("clip_score", "lpips", "seconds")
+    objectives: tuple[str, ...] = ("clip_score", "lpips", "seconds")  # a custom metric joins them at the end
     clip_model: str = "tiny"
     clip_pretrained: str | None = None
     lpips_net: str = "alex"
     lpips_backbone: str = "random"
+    custom: dict[str, CustomMetricConfig] = field(default_factory=dict)  # name -> [metrics.custom.NAME]
 
 
 @dataclass(frozen=True)
@@ -123,7 +143,7 @@ class RecommendConfig:
     clip_collapse: float = 10.0  # an image this many CLIP tolerances worse than the baseline's has collapsed
     lpips_collapse: float = 5.0  # ... LPIPS tolerances further from the reference (5 x 0.1: half a seed-to-seed)
     broken_share: float = 0.03  # collapsed share of images, minus the baseline's, allowed (one-sided 95 % bound)
-    finalists: int = 3  # candidates that passed the search confirmed on fresh seeds, at most, per class
+    finalists: int = 3  # failed confirmations on fresh seeds, per class, after which none more is confirmed
     confirm_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)
     confirm_prompts: int = 8  # prompts confirmation renders (those the search reaches last)
     race_seeds: int = 8  # seeds racing may add once every prompt is in

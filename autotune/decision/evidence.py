@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from autotune.config.objectives import quality
+from autotune.config.objectives import cost_of, quality
 from autotune.decision.cost import SecondsFit, fit_seconds, guided_share
 
 __all__ = [
@@ -166,8 +166,8 @@ class Evidence:
         self.by_number[t.number] = c
         if is_baseline(t):
             self.baseline_number = t.number
-        if "seconds" in self.objectives and calls and t.values is not None:
-            self._timed[t.number] = (float(calls), guided, t.values[self.objectives.index("seconds")])
+        if (cost := cost_of(self.objectives)) and calls and t.values is not None:
+            self._timed[t.number] = (float(calls), guided, t.values[self.objectives.index(cost)])
         if refit:
             self.refit()
         return self.by_number[t.number]

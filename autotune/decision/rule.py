@@ -109,7 +109,7 @@ class Bound:
     @property
     def sign(self) -> int:
         """1 where higher is better, -1 where lower is (an LPIPS, the collapsed share)."""
-        return 1 if self.metric != BROKEN and OBJECTIVES[self.metric].higher_is_better else -1
+        return OBJECTIVES[self.metric].sign if self.metric != BROKEN else -1
 
     @property
     def verdict(self) -> str:
@@ -134,7 +134,7 @@ class Bound:
             )
         if math.isnan(self.tolerance):
             need = "a tolerance not known yet: the baseline's seed-to-seed spread needs two seeds of a prompt"
-        elif OBJECTIVES[self.metric].higher_is_better:
+        elif self.sign > 0:
             need = f">= {-self.tolerance:+.3g}"
         else:
             need = f"<= {self.tolerance:+.3g}"
@@ -179,7 +179,7 @@ def paired_bound(
         by_prompt.setdefault(p, []).append(min(max(cand[(p, s)][metric] - b, -cap), cap))
     mean, half = _clustered(by_prompt)
     lo, hi = mean - half, mean + half
-    worst, best = (lo, hi) if OBJECTIVES[metric].higher_is_better else (hi, lo)
+    worst, best = (lo, hi) if OBJECTIVES[metric].sign > 0 else (hi, lo)
     return Bound(metric, mean, worst, best, tolerance, len(shared), len(by_prompt), cap)
 
 
@@ -190,7 +190,7 @@ def collapsed(
     -1: the baseline's did (the candidate's is that much better); 0: neither."""
     worse = better = False
     for m in tol.limits if metrics is None else metrics:
-        cap, sign = tol.cap(m), 1 if OBJECTIVES[m].higher_is_better else -1
+        cap, sign = tol.cap(m), OBJECTIVES[m].sign
         if m in cand and m in base and math.isfinite(cap):
             d = sign * (cand[m] - base[m])
             worse, better = worse or d < -cap, better or d > cap

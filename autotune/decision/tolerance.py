@@ -1,6 +1,6 @@
-"""A study file's tolerances in metric units: the one conversion from the units that travel between
-models (CLIP in the baseline's seed-to-seed standard deviations, LPIPS in seed-to-seed LPIPS) to the
-numbers the rule compares. Pure math, no I/O.
+"""A study's tolerances in metric units: the one conversion from the units a metric's row states them in
+(:data:`autotune.config.objectives.OBJECTIVES`: the baseline's seed-to-seed standard deviation, the
+seed-to-seed distance, or absolute) to the numbers the rule compares. Pure math, no I/O.
 
 Example:
     >>> tol, noise = tolerance(cfg.recommend, cfg.metrics.objectives, baseline_candidate, seed_lpips=0.04)
@@ -16,19 +16,20 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from autotune.config.objectives import OBJECTIVES, quality
 from autotune.decision.evidence import Candidate
 from autotune.decision.rule import Tolerance
 
-__all__ = ["clip_noise", "tolerance"]
+__all__ = ["collapse_of", "seed_spread", "tolerance"]
 
 
-def clip_noise(baseline: Candidate) -> float | None:
-    """The baseline's within-prompt standard deviation of CLIP score over seeds, pooled over prompts
-    (its search, racing and confirmation images); None with one seed per prompt."""
+def seed_spread(baseline: Candidate, metric: str) -> float | None:
+    """The baseline's within-prompt standard deviation of ``metric`` over noises, pooled over prompts
+    (its search, racing and confirmation images); None with one image per prompt."""
     by_prompt: dict[int, list[float]] = {}
     for (p, _), v in {**baseline.images, **baseline.confirm}.items():
-        if "clip_score" in v:
-            by_prompt.setdefault(p, []).append(v["clip_score"])
+        if metric in v:
+            by_prompt.setdefault(p, []).append(v[metric])
     groups = [g for g in by_prompt.values() if len(g) > 1]
     if not groups:
         return None
@@ -42,25 +43,33 @@ def tolerance(
     baseline: Candidate,
     seed_lpips: float | None,
     *,
-    clip_points: float | None = None,
-    lpips_x_seed: float | None = None,
-) -> tuple[Tolerance, float | None]:
-    """``[recommend]``'s tolerances in metric units, and the CLIP noise they were scaled by.
+    fixed: Mapping[str, float | None] = MappingProxyType({}),
+    stated: Mapping[str, float | None] = MappingProxyType({}),
+) -> tuple[Tolerance, dict[str, float]]:
+    """The study's tolerances in metric units, and the baseline's seed-to-seed spread of each quality
+    metric (what a ``seed_sd`` tolerance is scaled by; absent where it is not measurable).
 
-    ``clip_points`` and ``lpips_x_seed`` override the file's (``autotune validate --clip-tolerance``).
+    ``fixed`` gives a metric's limit in its own units, ``stated`` its tolerance in its row's unit; either
+    overrides the file's (``autotune validate --clip-tolerance``, ``--lpips-tolerance``).
     """
-    noise = clip_noise(baseline)
     limits: dict[str, float] = {}
-    if "clip_score" in objectives:
-        points = clip_points if clip_points is not None else recommend.clip_tolerance
-        if points is None:  # in the baseline's noise units: unknown (nan, every bound undecided) until measurable
-            points = recommend.clip_tolerance_sd * noise if noise is not None else math.nan
-        limits["clip_score"] = points
-    if "lpips" in objectives and seed_lpips is not None:
-        limits["lpips"] = (lpips_x_seed if lpips_x_seed is not None else recommend.lpips_tolerance) * seed_lpips
-    return Tolerance(limits, seed_lpips, collapse_of(recommend), recommend.broken_share), noise
+    spread = {m: s for m in quality(objectives) if (s := seed_spread(baseline, m)) is not None}
+    for m in quality(objectives):
+        value, unit, _ = OBJECTIVES[m].stated(recommend)
+        if fixed.get(m) is not None:
+            value, unit = fixed[m], "absolute"
+        elif stated.get(m) is not None:
+            value = stated[m]
+        if unit == "absolute":
+            limits[m] = float(value)  # type: ignore[arg-type]
+        elif unit == "seed_sd":  # in the baseline's noise units: unknown (nan, every bound undecided) until measurable
+            limits[m] = value * spread[m] if m in spread else math.nan  # type: ignore[operator]
+        elif seed_lpips is not None:  # seed_distance: the seed-to-seed distance, once measured
+            limits[m] = value * seed_lpips  # type: ignore[operator]
+    return Tolerance(limits, seed_lpips, collapse_of(recommend, objectives), recommend.broken_share), spread
 
 
-def collapse_of(recommend: Any) -> Mapping[str, float]:
-    """Each metric's collapse threshold in its tolerances, as ``[recommend]`` states them."""
-    return MappingProxyType({"clip_score": recommend.clip_collapse, "lpips": recommend.lpips_collapse})
+def collapse_of(recommend: Any, objectives: Sequence[str] | None = None) -> Mapping[str, float]:
+    """Each quality metric's collapse threshold in its tolerances, as its row and ``[recommend]`` state them."""
+    names = quality(objectives if objectives is not None else tuple(OBJECTIVES))
+    return MappingProxyType({m: OBJECTIVES[m].stated(recommend)[2] for m in names})

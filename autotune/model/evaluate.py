@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from autotune.config import ConfigError
-from autotune.config.objectives import OBJECTIVES, quality
+from autotune.config.objectives import OBJECTIVES, cost_of, quality
 from autotune.config.resolve import ResolvedStudy, reference_setting
 from autotune.space.families import Family
 from autotune.space.settings import Settings
@@ -181,7 +181,7 @@ class Evaluator:
         cfg, m, serving = self.cfg, self.cfg.model, self.cfg.serving
         render = generate(self.pipeline, settings, prompts, seeds, m.height, m.width, cfg.search.batch_size)
         seconds = []
-        if timed and "seconds" in cfg.metrics.objectives:
+        if timed and cost_of(cfg.metrics.objectives):
             seconds = time_serving(
                 self.pipeline, settings, prompts[0], seeds[0], m.height, m.width, serving.batch_size, serving.repeats
             )

@@ -19,9 +19,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from autotune.config import StudyConfig
-from autotune.config.objectives import OBJECTIVES
+from autotune.config.objectives import OBJECTIVES, cost_of, higher, quality
 from autotune.results.reader import ClassOutcome, settings_of
-from autotune.study.optuna_api import hypervolume
+from autotune.store.optuna_api import hypervolume
 
 __all__ = ["hypervolume_figure", "hypervolume_history", "importance_figure", "pareto_figure", "steps_figure", "title"]
 
@@ -41,7 +41,7 @@ def _values(cfg: StudyConfig, t: Any) -> dict[str, float]:
 def _axes(cfg: StudyConfig) -> tuple[str, list[str]]:
     """The cost on x (seconds when measured) and each quality metric on its own y."""
     objectives = list(cfg.metrics.objectives)
-    x = "seconds" if "seconds" in objectives else objectives[0]
+    x = cost_of(objectives) or objectives[0]
     return x, [m for m in objectives if m != x] or [x]
 
 
@@ -86,7 +86,7 @@ def pareto_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
                 row=1,
                 col=col,
             )
-        fig.update_xaxes(title_text=title(x), type="log" if x == "seconds" else None, row=1, col=col)
+        fig.update_xaxes(title_text=title(x), type="log" if OBJECTIVES[x].cost else None, row=1, col=col)
         fig.update_yaxes(title_text=title(y), row=1, col=col)
     fig.update_layout(
         title=f"{o.name}: {o.n_completed} completed trials, {len(o.trials)} distinct settings, "
@@ -99,18 +99,18 @@ def pareto_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
 
 def steps_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
     """Best quality reached at each step count, one line per scheduler (and variant)."""
-    quality = [m for m in cfg.metrics.objectives if m != "seconds"] or list(cfg.metrics.objectives)
-    fig = make_subplots(rows=1, cols=len(quality), subplot_titles=[f"{title(m)} vs steps" for m in quality])
-    best: dict[str, dict[str, dict[int, float]]] = {m: defaultdict(dict) for m in quality}
+    judged = quality(cfg.metrics.objectives) or list(cfg.metrics.objectives)
+    fig = make_subplots(rows=1, cols=len(judged), subplot_titles=[f"{title(m)} vs steps" for m in judged])
+    best: dict[str, dict[str, dict[int, float]]] = {m: defaultdict(dict) for m in judged}
     for t in o.trials:
         v, steps, label = _values(cfg, t), settings_of(t).steps, settings_of(t).scheduler_label()
-        for m in quality:
+        for m in judged:
             pick = max if OBJECTIVES[m].higher_is_better else min
             seen = best[m][label].get(steps)
             best[m][label][steps] = v[m] if seen is None else pick(seen, v[m])
-    labels = sorted(best[quality[0]])
+    labels = sorted(best[judged[0]])
     colors = _palette(len(labels))
-    for col, m in enumerate(quality, 1):
+    for col, m in enumerate(judged, 1):
         for label, color in zip(labels, colors, strict=True):
             points = sorted(best[m][label].items())
             fig.add_trace(
@@ -142,13 +142,13 @@ def _palette(n: int) -> list[str]:
 def hypervolume_figure(cfg: StudyConfig, o: ClassOutcome) -> go.Figure:
     """Hypervolume of the front after each trial, metrics scaled to the class's own range."""
     trials = sorted(o.trials, key=lambda t: t.number)
-    up = {m: OBJECTIVES[m].higher_is_better for m in cfg.metrics.objectives}
-    history = hypervolume_history([_values(cfg, t) for t in trials], up)
+    history = hypervolume_history([_values(cfg, t) for t in trials], higher(cfg.metrics.objectives))
     fig = go.Figure(
         go.Scatter(x=[t.number for t in trials], y=history, mode="lines+markers", name="hypervolume", line_shape="hv")
     )
     fig.update_layout(
-        title=f"{o.name}: hypervolume of the front (metrics scaled to their range; the ideal is {1.1 ** len(up):.3g})",
+        title=f"{o.name}: hypervolume of the front (metrics scaled to their range; "
+        f"the ideal is {1.1 ** len(cfg.metrics.objectives):.3g})",
         xaxis_title="trial",
         yaxis_title="hypervolume",
         height=360,
@@ -173,7 +173,7 @@ def importances(cfg: StudyConfig, o: ClassOutcome) -> dict[str, dict[str, float]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, m in enumerate(cfg.metrics.objectives):
-            sign = -1.0 if OBJECTIVES[m].higher_is_better else 1.0  # PED-ANOVA looks for low target values
+            sign = -float(OBJECTIVES[m].sign)  # PED-ANOVA looks for low target values
 
             def target(t: FrozenTrial, i: int = i, sign: float = sign) -> float:
                 assert t.values is not None

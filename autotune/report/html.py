@@ -26,6 +26,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from autotune.config.objectives import cost_of, quality
 from autotune.config.resolve import ResolvedStudy, reference_setting
 from autotune.decision.cost import evaluations
 from autotune.decision.panel import noise_seed
@@ -36,7 +37,7 @@ from autotune.report.images import StoredImages
 from autotune.results.notes import call_ratio, random_weights_warning, speedup_check, tolerance_text
 from autotune.results.reader import ClassOutcome, settings_of
 from autotune.results.schema import RULE_TEXT
-from autotune.study.artifacts import reader_store
+from autotune.store.artifacts import reader_store
 
 __all__ = ["GridImages", "recommended_guidance", "spread", "write_report"]
 
@@ -76,12 +77,12 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") ->
 
 
 def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
-    quality = [m for m in cfg.metrics.objectives if m != "seconds"]
+    judged = quality(cfg.metrics.objectives)
     rows = []
     for c, o in outcomes.items():
         rec = o.recommendation
         if rec is None:
-            rows.append([c, "no recommendation yet: the baseline has not completed", "-", *("-" for _ in quality)])
+            rows.append([c, "no recommendation yet: the baseline has not completed", "-", *("-" for _ in judged)])
             continue
         by_number = {t.number: t for t in o.trials}
         chosen, base = by_number[rec.chosen.number], by_number[rec.baseline.number]
@@ -99,10 +100,10 @@ def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
         if check := speedup_check(rec.speedup, ratio):
             speedup += f'<div class="note">{html.escape(check)}</div>'
         broken = collapsed_text(collapsed_images(rec.chosen, rec.baseline, o.tolerance)) if o.tolerance else "-"
-        rows.append([f'<a href="#class-{c}">{c}</a>', setting, speedup, *(_paired(chosen, base, m) for m in quality)])
+        rows.append([f'<a href="#class-{c}">{c}</a>', setting, speedup, *(_paired(chosen, base, m) for m in judged)])
         rows[-1].append(broken)
     head = ["class", "recommended setting", "speed-up vs baseline (range over timed calls)"]
-    head += [*(f"Δ {title(m)}" for m in quality), "collapsed images (search and confirmation)"]
+    head += [*(f"Δ {title(m)}" for m in judged), "collapsed images (search and confirmation)"]
     return _table(head, rows, "summary")
 
 
@@ -117,7 +118,7 @@ def _figure(fig: go.Figure | None, fig_id: str, empty: str) -> str:
 def _front_table(cfg: ResolvedStudy, o: ClassOutcome) -> str:
     objectives = list(cfg.metrics.objectives)
     rec = o.recommendation
-    cost = objectives.index("seconds") if "seconds" in objectives else 0
+    cost = objectives.index(c) if (c := cost_of(objectives)) else 0
     front = sorted((o.trials[i] for i in o.front), key=lambda t: (t.values or [0.0])[cost])
     rows = []
     for t in front:

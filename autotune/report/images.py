@@ -15,8 +15,8 @@ from typing import Any
 
 from autotune.config.resolve import ResolvedStudy, reference_setting
 from autotune.results.reader import ClassOutcome
-from autotune.study.optuna_api import artifact_files
-from autotune.study.storage import ReferenceTable, generator_kind, image_name, model_identity, reference_key
+from autotune.store.optuna_api import artifact_files
+from autotune.store.references import ReferenceTable, generator_kind, image_name, model_identity, reference_key
 
 __all__ = ["StoredImages"]
 
@@ -25,7 +25,7 @@ class StoredImages:
     """Trial images from the study's artifacts, and references from the reference table."""
 
     def __init__(self, cfg: ResolvedStudy, url: str, store: Any = None) -> None:
-        self.cfg, self.url, self.store = cfg, url, store  # store: autotune.study.artifacts.reader_store
+        self.cfg, self.url, self.store = cfg, url, store  # store: autotune.store.artifacts.reader_store
         self.refs = ReferenceTable(url)
 
     def trial(self, t: Any, prompt_index: int, seed: int) -> bytes | None:

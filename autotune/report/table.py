@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from autotune.config.objectives import OBJECTIVES, cost_of
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.rule import collapsed_text
 from autotune.files import atomic_write
@@ -47,7 +48,7 @@ def _pareto_csv(cfg: ResolvedStudy, o: ClassOutcome) -> str:
             "recommended",
         ]
     )
-    cost = objectives.index("seconds") if "seconds" in objectives else 0
+    cost = objectives.index(c) if (c := cost_of(objectives)) else 0
     shown = {o.trials[i].number: o.trials[i] for i in o.front}
     shown.update({t.number: t for t in o.trials if t.number == chosen})  # on the front or not, it is listed
     for t in sorted(shown.values(), key=lambda t: t.values[cost] if t.values else 0.0):
@@ -131,7 +132,7 @@ def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> st
     """A plain-text table: per class the recommended setting, its metrics and the baseline's."""
     data = recommendations_data(cfg, outcomes)["classes"]
     metrics = list(cfg.metrics.objectives)
-    head = ["class", "setting", *(("median seconds" if m == "seconds" else m) for m in metrics), "collapsed"]
+    head = ["class", "setting", *(OBJECTIVES[m].column for m in metrics), "collapsed"]
     head += ["speed-up"]
     head += ["trials", "note"]
     rows = []

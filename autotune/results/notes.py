@@ -82,11 +82,7 @@ def random_weights_warning(cfg: ResolvedStudy) -> str | None:
 
 
 def tolerance_text(cfg: Any) -> str:
-    """The study file's tolerances in the units it states them in."""
-    r = cfg.recommend
-    clip = (
-        f"{r.clip_tolerance:g} CLIP points"
-        if r.clip_tolerance is not None
-        else (f"CLIP {r.clip_tolerance_sd:g} x the baseline's seed-to-seed standard deviation")
-    )
-    return f"{clip}, LPIPS {r.lpips_tolerance:g} x seed-to-seed LPIPS"
+    """The study's tolerances in the units it states them in, one per judged metric."""
+    from autotune.config.objectives import OBJECTIVES, quality
+
+    return ", ".join(OBJECTIVES[m].describe(cfg.recommend) for m in quality(cfg.metrics.objectives))

@@ -1,6 +1,6 @@
 """What a finished (or running) study says, read back from storage: per class its trials, Pareto
 front and recommendation. Renders nothing and imports neither torch nor Optuna: it reads Optuna's
-tables with SQLAlchemy Core (:mod:`autotune.study.optuna_api` keeps their shape), so ``autotune
+tables with SQLAlchemy Core (:mod:`autotune.store.optuna_api` keeps their shape), so ``autotune
 recommend`` and the report read a study on a machine without the model, in a second on 10,000 trials.
 
 Example:
@@ -14,14 +14,14 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import create_engine, inspect, select
 
 from autotune.config import ConfigError, StudyConfig
-from autotune.config.objectives import OBJECTIVES
+from autotune.config.objectives import higher
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import Evidence, distinct
 from autotune.decision.pareto import pareto_front
@@ -29,9 +29,9 @@ from autotune.decision.rule import Recommendation, Tolerance, decide
 from autotune.decision.tolerance import tolerance
 from autotune.space.families import Family
 from autotune.space.settings import Settings
-from autotune.study import optuna_api as db
-from autotune.study.storage import sqlite_path
-from autotune.study.versions import find_version, study_name
+from autotune.store import optuna_api as db
+from autotune.store.storage import sqlite_path
+from autotune.store.versions import find_version, study_name
 
 __all__ = ["ClassOutcome", "Outcomes", "State", "StoredTrial", "front_of", "read_trials", "recommend", "settings_of"]
 
@@ -67,8 +67,7 @@ def settings_of(t: Any) -> Settings:
 
 def front_of(trials: Iterable[Any], objectives: tuple[str, ...]) -> list[int]:
     """Indices of the distinct rendered settings on the Pareto front: the one front every output shows."""
-    higher = {m: OBJECTIVES[m].higher_is_better for m in objectives}
-    return pareto_front([dict(zip(objectives, t.values, strict=True)) for t in trials], higher)
+    return pareto_front([dict(zip(objectives, t.values, strict=True)) for t in trials], higher(objectives))
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class ClassOutcome:
     evidence: Evidence
     storage: str  # the storage URL it was read from
     tolerance: Tolerance | None = None  # in metric units, from the study file's noise units
-    clip_noise: float | None = None  # the baseline's seed-to-seed standard deviation of CLIP score
+    spread: dict[str, float] = field(default_factory=dict)  # the baseline's seed-to-seed SD of each quality metric
     margin: tuple[dict[str, Any], ...] = ()  # the recommendation's neighbours on its own images
 
     @property
@@ -108,7 +107,7 @@ class ClassOutcome:
         """The class's Optuna study (loads Optuna): for the dashboard's notes and Optuna's own analyses."""
         import optuna
 
-        from autotune.study.storage import open_storage, quiet_optuna
+        from autotune.store.storage import open_storage, quiet_optuna
 
         with quiet_optuna():
             return optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage))
@@ -203,7 +202,8 @@ def outcome(
     done = [t for t in trials if distinct(t)]
     seed_lpips = attrs.get("seed_lpips")
     base = evidence.baseline
-    rec, tol, noise = None, None, None
+    rec, tol = None, None
+    noise: dict[str, float] = {}
     margin: tuple[dict[str, Any], ...] = ()
     if base is not None:
         tol, noise = tolerance(r, objectives, base, seed_lpips)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError
+from autotune.config.objectives import OBJECTIVES, quality
 from autotune.results.notes import call_ratio, prompts_note, random_weights_warning, speedup_check
 
 if TYPE_CHECKING:
@@ -251,8 +252,6 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     tol = o.tolerance
     assert tol is not None
     r = cfg.recommend
-    clip = tol.of("clip_score")
-    clip = None if clip is None or math.isnan(clip) else clip  # None: not known yet (the baseline's noise unmeasured)
     ratio = call_ratio(chosen["model_evaluations"], baseline["model_evaluations"])
     return {
         **chosen,
@@ -264,12 +263,9 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
         "confirmed": rec.confirmed,
         "reason": rec.reason,
         "baseline": baseline,
-        "tolerance": {
-            "clip_score": clip,
-            "clip_score_in_sd": (clip / o.clip_noise) if clip is not None and o.clip_noise else None,
-            "clip_score_seed_sd": o.clip_noise,
-            "lpips": tol.of("lpips"),
-            "lpips_in_seed_lpips": r.lpips_tolerance if tol.of("lpips") is not None else None,
+        "tolerance": {  # in metric units (None: not known yet, e.g. the baseline's spread unmeasured)
+            **{m: t if math.isfinite(t) else None for m, t in tol.limits.items()},
+            "seed_sd": dict(o.spread),  # the baseline's seed-to-seed standard deviation of each metric
             "collapse": {m: tol.cap(m) for m in tol.limits if math.isfinite(tol.cap(m))},
         },
         "collapsed": collapsed_images(rec.chosen, rec.baseline, tol),
@@ -310,9 +306,7 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome
         "objectives": list(cfg.metrics.objectives),
         "rule": {
             "name": cfg.recommend.rule,
-            "clip_tolerance": cfg.recommend.clip_tolerance,
-            "clip_tolerance_sd": cfg.recommend.clip_tolerance_sd,
-            "lpips_tolerance": cfg.recommend.lpips_tolerance,
+            "tolerances": {m: _stated(cfg, m) for m in quality(cfg.metrics.objectives)},
             "stochastic": cfg.recommend.stochastic,
             "text": RULE_TEXT,
         },
@@ -331,6 +325,14 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome
         clip = clip_source(cfg.metrics.clip_model, cfg.metrics.clip_pretrained, str(cfg.directory))
         data["router"] = router_data(embedded, clip)  # local weights as absolute paths: serving runs elsewhere
     return data
+
+
+def _stated(cfg: ResolvedStudy, metric: str) -> dict[str, Any]:
+    """A quality metric's row as the study states it: direction, tolerance in its unit, collapse threshold."""
+    row = OBJECTIVES[metric]
+    value, unit, collapse = row.stated(cfg.recommend)
+    return {"higher_is_better": row.higher_is_better, "tolerance": value, "unit": unit, "collapse": collapse,
+            "custom": row.custom}  # fmt: skip
 
 
 def router_data(classes: Mapping[str, Mapping[str, Any]], clip: tuple[str, str | None]) -> dict[str, Any]:

@@ -17,30 +17,13 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from autotune.results.schema import DEFAULT_CLASS, Recommendations, load_recommendations
-from autotune.weights.clip import TextEncoder
+from autotune.weights.clip import TextEncoder, centroid, load_text_encoder
 
-__all__ = ["Router", "centroid", "class_embedding", "load_text_encoder", "suggest_classes"]
-
-
-def load_text_encoder(
-    clip_model: str, clip_pretrained: str | None = None, device: str = "cpu", home: str = ""
-) -> TextEncoder:
-    """Load the study's CLIP model (``"tiny"``: the random offline one) and return its text encoder."""
-    from autotune.weights.clip import load_open_clip, text_encoder
-
-    model, tokenizer = load_open_clip(clip_model, clip_pretrained, home)
-    return text_encoder(model.to(device).eval(), tokenizer, device)
-
-
-def centroid(embeddings: np.ndarray) -> np.ndarray:
-    """Unit-length mean direction of unit-length embeddings."""
-    mean = embeddings.mean(axis=0)
-    return np.asarray(mean / max(float(np.linalg.norm(mean)), 1e-12))
+__all__ = ["Router", "suggest_classes"]
 
 
 class Router:
@@ -79,13 +62,6 @@ class Router:
     def route(self, prompt: str) -> tuple[str, float]:
         """The class of one prompt and its cosine similarity to that class's centroid."""
         return self.route_many([prompt])[0]
-
-
-def class_embedding(encode: TextEncoder, prompts: Sequence[str]) -> dict[str, Any]:
-    """A class as the router stores it: its centroid and its least typical prompt's similarity to it."""
-    emb = encode(prompts)
-    c = centroid(emb)
-    return {"centroid": [round(float(x), 6) for x in c], "lowest": float((emb @ c).min())}
 
 
 _STOP = frozenset(

@@ -1,11 +1,11 @@
 """Optuna studies, one per prompt class: everything that talks to Optuna while a study runs.
 
-``storage`` (Optuna's RDB storage, artifacts, the reference table), ``optuna_api`` (the private Optuna
-APIs, in one place), ``versions`` (names, fingerprints), ``sampling`` (the sampler, fresh random
-settings), ``ledger`` (which trials render, step back, are retried), ``objective`` (one trial through
-ask/tell), ``decide`` (racing and confirmation), ``run`` (the loop) and ``worker`` (a helper process).
+``sampling`` (the sampler, fresh random settings), ``ledger`` (which trials render, step back, are
+retried), ``objective`` (one trial through ask/tell), ``decide`` (racing and confirmation), ``run``
+(the loop) and ``worker`` (a helper process).
 
-Nothing is imported here: the read side imports ``storage`` and ``optuna_api`` without Optuna or torch.
+Storage (Optuna's RDB storage, its private APIs, fingerprints, artifacts, the reference table) is the
+floor below, :mod:`autotune.store`. Nothing is imported here.
 
 Example:
     >>> from autotune.study.run import run_study

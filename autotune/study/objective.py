@@ -25,7 +25,7 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.config.objectives import OBJECTIVES, summarise
+from autotune.config.objectives import COST, OBJECTIVES, summarise
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import distinct
 from autotune.decision.panel import noise_seed
@@ -34,11 +34,11 @@ from autotune.model.evaluate import Evaluation, Scorer
 from autotune.process import deferred, why, worker_id
 from autotune.space import schedulers
 from autotune.space.settings import Settings, resample, suggest
+from autotune.store.artifacts import is_bucket
+from autotune.store.optuna_api import fail_stale_trials, heartbeat
+from autotune.store.references import image_name
 from autotune.study import ledger
-from autotune.study.artifacts import is_bucket
-from autotune.study.optuna_api import fail_stale_trials, heartbeat
 from autotune.study.sampling import fresh_params
-from autotune.study.storage import image_name
 
 __all__ = ["Objective", "TrialFailed"]
 
@@ -71,7 +71,7 @@ def _merge_seeds(first: Sequence[T], rest: Sequence[T], n_seeds: int) -> list[T]
 
 def _values(e: Evaluation) -> dict[str, list[float]]:
     """Per-image quality values and, when timed, the seconds of each serving call."""
-    return {**e.per_image, **({"seconds": e.seconds} if e.seconds else {})}
+    return {**e.per_image, **({COST: e.seconds} if e.seconds else {})}
 
 
 class Objective:
@@ -84,7 +84,7 @@ class Objective:
         class_name: str,
         scorer: Scorer,
         target: int,
-        artifacts: Any = None,  # an Optuna artifact store (autotune.study.artifacts.open_store)
+        artifacts: Any = None,  # an Optuna artifact store (autotune.store.artifacts.open_store)
         rng: random.Random | None = None,
     ) -> None:
         self.cfg, self.study, self.class_name, self.scorer = cfg, study, class_name, scorer
@@ -287,7 +287,7 @@ class Objective:
             if distinct(t) and all(f"{m}_values" in t.user_attrs for m in objectives)
         ]
         rendered = [
-            {m: summarise(m, t.user_attrs[f"{m}_values"][:: 1 if m == "seconds" else n]) for m in objectives}
+            {m: summarise(m, t.user_attrs[f"{m}_values"][:: 1 if OBJECTIVES[m].cost else n]) for m in objectives}
             for t in done
         ]
         rough = {m: summarise(m, first[m]) for m in objectives}

@@ -29,14 +29,14 @@ from autotune.model.evaluate import Evaluator
 from autotune.process import deferred, why, worker_id
 from autotune.results.reader import Outcomes, front_of, recommend
 from autotune.space.settings import Settings, searched_params
+from autotune.store.artifacts import check as check_artifacts
+from autotune.store.artifacts import is_bucket, open_store
+from autotune.store.storage import nothing_left_on_refusal, open_storage, quiet_optuna
+from autotune.store.versions import find_version, fingerprint, study_name
 from autotune.study import ledger
-from autotune.study.artifacts import check as check_artifacts
-from autotune.study.artifacts import is_bucket, open_store
 from autotune.study.decide import ClassRun
 from autotune.study.objective import Objective
 from autotune.study.sampling import class_seed, make_sampler
-from autotune.study.storage import nothing_left_on_refusal, open_storage, quiet_optuna
-from autotune.study.versions import find_version, fingerprint, study_name
 
 __all__ = ["StudyAborted", "open_class_study", "run_study"]
 
@@ -86,7 +86,7 @@ def _prepare(study: optuna.Study, class_name: str, evaluator: Evaluator, deadlin
     and the seed-to-seed LPIPS (its renders start before ``deadline`` or not at all)."""
     if study.user_attrs.get("exhausted"):  # the space may have grown since: look again
         study.set_user_attr("exhausted", False)
-    from autotune.serving.router import class_embedding
+    from autotune.weights.clip import class_embedding
 
     ledger.recover(study)
     prompts = evaluator.cfg.classes[class_name]

@@ -1,7 +1,7 @@
 """open_clip models by name, for the two places that need one: the study's CLIP score (scoring images)
-and the router's text encoder (serving). ``"micro"`` is the shipped one, ``"tiny"`` a random offline
-one, ``"local-dir:FOLDER"`` an open_clip folder, any other name open_clip's own with ``pretrained`` a
-tag (cached or downloadable) or a weights file.
+and the router's text encoder (serving; a class's centroid as the study stores it). ``"micro"`` is the
+shipped one, ``"tiny"`` a random offline one, ``"local-dir:FOLDER"`` an open_clip folder, any other name
+open_clip's own with ``pretrained`` a tag (cached or downloadable) or a weights file.
 
 Example:
     >>> model, tokenizer = load_open_clip("micro")
@@ -16,9 +16,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from autotune.config.schema import WEIGHT_FILES, ConfigError, first_line, study_path
 
-__all__ = ["TextEncoder", "clip_source", "load_open_clip", "text_encoder"]
+__all__ = [
+    "TextEncoder",
+    "centroid",
+    "class_embedding",
+    "clip_source",
+    "load_open_clip",
+    "load_text_encoder",
+    "text_encoder",
+]
 
 TextEncoder = Callable[[Sequence[str]], Any]  # prompts -> (N, D) unit vectors (numpy)
 
@@ -104,3 +114,24 @@ def text_encoder(model: Any, tokenizer: Any, device: str = "cpu") -> TextEncoder
         return np.concatenate(out)
 
     return encode
+
+
+def load_text_encoder(
+    clip_model: str, clip_pretrained: str | None = None, device: str = "cpu", home: str = ""
+) -> TextEncoder:
+    """Load the study's CLIP model (``"tiny"``: the random offline one) and return its text encoder."""
+    model, tokenizer = load_open_clip(clip_model, clip_pretrained, home)
+    return text_encoder(model.to(device).eval(), tokenizer, device)
+
+
+def centroid(embeddings: np.ndarray) -> np.ndarray:
+    """Unit-length mean direction of unit-length embeddings."""
+    mean = embeddings.mean(axis=0)
+    return np.asarray(mean / max(float(np.linalg.norm(mean)), 1e-12))
+
+
+def class_embedding(encode: TextEncoder, prompts: Sequence[str]) -> dict[str, Any]:
+    """A class as the router stores it: its centroid and its least typical prompt's similarity to it."""
+    emb = encode(prompts)
+    c = centroid(emb)
+    return {"centroid": [round(float(x), 6) for x in c], "lowest": float((emb @ c).min())}

@@ -58,6 +58,7 @@ def fingerprint(cfg: ResolvedStudy, class_name: str, measured: Mapping[str, Any]
         "objectives": list(cfg.metrics.objectives),
         "clip": [cfg.metrics.clip_model, cfg.metrics.clip_pretrained],
         "lpips": [cfg.metrics.lpips_net, cfg.metrics.lpips_backbone],
+        **_custom(cfg),
         "family": cfg.family.name,
         "baseline": _setting(cfg.baseline),
         "reference": _setting(ref, ref.follows_trial),
@@ -66,6 +67,13 @@ def fingerprint(cfg: ResolvedStudy, class_name: str, measured: Mapping[str, Any]
         "prompts": list(cfg.classes[class_name]),
         **_production(cfg, class_name),
     }
+
+
+def _custom(cfg: ResolvedStudy) -> dict[str, Any]:
+    """A study file's own metrics as far as they make scores: the class, its options, what it is scored
+    against (its tolerance is the rule's, not the data's); absent when none (older studies compare equal)."""
+    rows = {n: [c.score, c.reference, dict(sorted(c.options.items()))] for n, c in cfg.metrics.custom.items()}
+    return {"custom_metrics": rows} if rows else {}
 
 
 def _production(cfg: ResolvedStudy, class_name: str) -> dict[str, Any]:
