@@ -38,30 +38,13 @@ from typing import Any
 
 from autotune.config import StudyConfig
 from autotune.results.schema import DEFAULT_CLASS, ClassRecommendation, Recommendations
+from autotune.space.tools import TOOLS
 
 __all__ = ["NOT_INSTALLED", "SEEDS", "check", "check_file", "k_diffusion", "tool_sigmas"]
 
 SEEDS = (7000, 7001)  # fresh: no study, confirmation or validation default uses them
 PROMPTS = 8  # the class's first prompts
 NOT_INSTALLED = "k-diffusion is not installed (pip install 'autotune[parity]'), so it was not rendered"
-# the tools' deterministic k-diffusion samplers (what a recommendation is); ComfyUI's ddim is its Euler
-SAMPLERS = {
-    "a1111": {"Euler": "euler", "Heun": "heun", "LMS": "lms", "DPM2": "dpm_2", "DPM++ 2M": "dpmpp_2m"},
-    "comfyui": {
-        "euler": "euler",
-        "heun": "heun",
-        "lms": "lms",
-        "dpm_2": "dpm_2",
-        "dpmpp_2m": "dpmpp_2m",
-        "ddim": "euler",
-    },
-}
-AUTOMATIC = {"DPM++ 2M": "Karras"}  # A1111 1.9+: what "Automatic" selects for these samplers (else Uniform)
-DISCARD_PENULTIMATE = {("a1111", "DPM2")}  # A1111 drops the next-to-last sigma of these
-SCHEDULES = {  # the tool's schedules the check can render, in the order it tries them as a change
-    "a1111": ("Karras", "Exponential", "SGM Uniform", "Uniform", "Beta"),
-    "comfyui": ("karras", "exponential", "sgm_uniform", "normal", "beta", "ddim_uniform"),
-}
 AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]  # A1111's list
 
 
@@ -93,9 +76,10 @@ def tool_sigmas(sampling: Any, model: Any, tool: str, sampler: str, schedule: st
     import scipy.stats
     import torch
 
-    if tool == "a1111" and schedule == "Automatic":
-        schedule = AUTOMATIC.get(sampler, "Uniform")
-    discard = (tool, sampler) in DISCARD_PENULTIMATE
+    row = TOOLS[tool]
+    if schedule == "Automatic":
+        schedule = row.automatic.get(sampler, row.automatic_default)
+    discard = sampler in row.discard_penultimate
     n = steps + discard
     lo, hi = float(model.sigmas[0]), float(model.sigmas[-1])
     name = schedule.lower().replace(" ", "_")
@@ -151,8 +135,8 @@ def render(p: Any, modules: tuple[Any, Any], tool: str, setting: tuple[str, str,
     scheduler = DDPMScheduler.from_config(p.base_scheduler_config)
     v = scheduler.config.prediction_type == "v_prediction"
     wrapper = external.CompVisVDenoiser if v else external.CompVisDenoiser
-    model = wrapper(_Inner(p.pipe.unet, scheduler.alphas_cumprod.to(p.device)), quantize=tool == "comfyui")
-    fn = SAMPLERS[tool].get(sampler)
+    model = wrapper(_Inner(p.pipe.unet, scheduler.alphas_cumprod.to(p.device)), quantize=TOOLS[tool].quantized)
+    fn = TOOLS[tool].parity_samplers.get(sampler)
     sigmas = tool_sigmas(sampling, model, tool, sampler, schedule, steps) if fn else None
     if sigmas is None:
         return None
@@ -171,7 +155,7 @@ def render(p: Any, modules: tuple[Any, Any], tool: str, setting: tuple[str, str,
     shape = (len(each), p.pipe.unet.config.in_channels, height // scale, width // scale)
     noise = randn_tensor(shape, seeded(p, each, [s for _ in prompts for s in seeds]), torch.device(p.device))
     first = float(sigmas[0])
-    full = tool == "comfyui" and math.isclose(first, float(model.sigmas[-1]), rel_tol=1e-5)
+    full = TOOLS[tool].noise_sqrt1p and math.isclose(first, float(model.sigmas[-1]), rel_tol=1e-5)
     with torch.no_grad():
         latents = getattr(sampling, f"sample_{fn}")(
             denoise, noise * (math.sqrt(1 + first**2) if full else first), sigmas, disable=True
@@ -217,7 +201,7 @@ class _Class:
     def change(self, tool: str, sampler: Any, schedule: Any, rec: ClassRecommendation, base: Any) -> str | None:
         """The nearest change measured to qualify in the tool: another of its schedules at the same steps,
         else one step more; None if neither does."""
-        tries = [(s, rec.steps) for s in SCHEDULES[tool] if s != schedule] + [(schedule, rec.steps + 1)]
+        tries = [(s, rec.steps) for s in TOOLS[tool].parity_schedules if s != schedule] + [(schedule, rec.steps + 1)]
         for s, steps in tries:
             got = self.of(tool, sampler, s, steps, rec.guidance)
             if got is not None and self.judge(got[1], base)[0] == "qualifies":
@@ -286,7 +270,7 @@ def check(cfg: StudyConfig, recs: Recommendations, seeds: Sequence[int] = SEEDS,
         chosen = rec.settings()
         diffusers = functools.cache(functools.partial(evaluator.evaluate, chosen, one.prompts, one.seeds, timed=False))
         row = {"setting": rec.setting, "prompts": len(one.prompts), "images": len(one.prompts) * len(one.seeds)}
-        out["classes"][c] = {**row, **{tool: one.tool(tool, rec, base, diffusers) for tool in SAMPLERS}}
+        out["classes"][c] = {**row, **{tool: one.tool(tool, rec, base, diffusers) for tool in TOOLS}}
     where = Path(recs.path).parent if recs.path else cfg.output_dir
     atomic_write(where / "parity.json", json.dumps(out, indent=2) + "\n")
     return out
@@ -307,7 +291,7 @@ def format_parity(result: dict[str, Any]) -> str:
         return f"parity: not checked: {result['why']}"
     lines = []
     for c, row in result["classes"].items():
-        for tool in SAMPLERS:
+        for tool in TOOLS:
             e = row[tool]
             head = f"parity {c} {tool} ({e['sampler']}, {e['schedule']}, {row['images']} images): {e['parity']}"
             if e["parity"] == "not checked":

@@ -133,7 +133,7 @@ def validate(
         bounds = verdicts(mine, base, class_tolerance(resolved, recs, c, base, clip_tolerance, lpips_tolerance))
         faster = speedup(mine, base)
         ratio = call_ratio(
-            *(evaluations(e.model_calls, e.guided_calls, s.guidance) for e, s in ((ours, chosen), (theirs, baseline)))
+            *(evaluations(e.model_calls, e.guided_calls, s) for e, s in ((ours, chosen), (theirs, baseline)))
         )
         classes[c] = {
             "prompts": ps,

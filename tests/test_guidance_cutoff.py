@@ -47,7 +47,8 @@ def test_a_cutoff_stops_the_unconditional_calls_where_diffusers_callback_does(ti
     assert steps == [2] * 6 + [1] * 4 and (ours.model_calls, ours.guided_calls) == (10, 6)
     assert (full.model_calls, full.guided_calls) == (10, 10) and not torch.equal(ours.images, full.images)
     assert guided_steps(10, 0.5) == 6 and cut.guided_share() == 0.6
-    assert evaluations(ours.model_calls, ours.guided_calls, 7.5) == 16.0
+    assert evaluations(ours.model_calls, ours.guided_calls, cut) == 16.0
+    assert evaluations(ours.model_calls, None, cut) == 16.0  # uncounted (an older trial): the setting's own share
     assert call_ratio(16.0, 20.0) == 1.25  # 20 evaluations with guidance on every step
 
     # diffusers' own callback, called as its docs show, from the same noise: the same image

@@ -14,6 +14,7 @@ from autotune import parity
 from autotune.cli import main
 from autotune.results.schema import ClassRecommendation, Recommendations, load_recommendations
 from autotune.serving.export import export
+from autotune.space.tools import TOOLS
 
 ROOT = Path(__file__).parent.parent
 # its sampling code (the Makefile installs it without its training stack, which `import k_diffusion` wants)
@@ -119,7 +120,8 @@ def test_the_check_flags_a_setting_whose_tool_render_fails_and_names_a_measured_
     assert thin["a1111"]["parity"] == "fails" and thin["a1111"]["why_not"]
     assert thin["a1111"]["delta_to_diffusers"]["lpips"] > 0.005 > abs(thin["comfyui"]["delta_to_diffusers"]["lpips"])
     # the change it names is one it rendered and judged: another schedule at 20 steps, or 21 Karras steps
-    assert thin["a1111"]["change"] in {f"schedule {s}" for s in parity.SCHEDULES["a1111"]} | {"21 steps (one more)"}
+    tried = {f"schedule {s}" for s in TOOLS["a1111"].parity_schedules}
+    assert thin["a1111"]["change"] in tried | {"21 steps (one more)"}
     stored = json.loads((path.parent / "parity.json").read_text())
     assert stored["classes"]["thin"]["a1111"]["parity"] == "fails"
     exported = json.loads(export(recs, "a1111"))

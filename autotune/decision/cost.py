@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from autotune.space.settings import Settings
+
 __all__ = ["SecondsFit", "evaluations", "fit_seconds", "guided_share"]
 
 
@@ -39,17 +41,18 @@ class SecondsFit:
         return abs(seconds - fitted) > max(3 * 1.4826 * self.mad, 0.1 * abs(fitted))
 
 
-def guided_share(calls: float | None, guided_calls: float | None, guidance: float) -> float:
+def guided_share(calls: float | None, guided_calls: float | None, setting: Settings) -> float:
     """The share of a render's denoiser calls that ran with classifier-free guidance (a doubled batch):
-    as counted (``guided_calls``), else all of them where guidance is above 1 and none below."""
+    as counted (``guided_calls``), else as the setting says (:meth:`Settings.guided_share`, its cutoff
+    included): the one definition the fitted cost, the tables and ``validate`` use."""
     if guided_calls is not None and calls:
         return float(guided_calls) / float(calls)
-    return 1.0 if guidance > 1.0 else 0.0
+    return setting.guided_share()
 
 
-def evaluations(calls: float | None, guided_calls: float | None, guidance: float) -> float | None:
+def evaluations(calls: float | None, guided_calls: float | None, setting: Settings) -> float | None:
     """Model evaluations per image: each denoiser call, twice where it ran with guidance (None: unknown)."""
-    return None if not calls else float(calls) * (1.0 + guided_share(calls, guided_calls, guidance))
+    return None if not calls else float(calls) * (1.0 + guided_share(calls, guided_calls, setting))
 
 
 def _nonnegative_lstsq(x: Any, y: Any) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 
 from autotune.config.objectives import cost_of, quality
 from autotune.decision.cost import SecondsFit, fit_seconds, guided_share
+from autotune.space.settings import Settings
 
 __all__ = [
     "NOISE_SEED",
@@ -152,7 +153,7 @@ class Evidence:
 
         values = {m: t.user_attrs.get(f"{m}_values", []) for m in self.quality}
         calls = t.user_attrs.get("model_calls")
-        guided = guided_share(calls, t.user_attrs.get("guided_calls"), float(t.params["guidance"]))
+        guided = guided_share(calls, t.user_attrs.get("guided_calls"), Settings.of_trial(t))
         prompts = int(t.user_attrs.get("prompts_rendered", self.n_prompts))  # the first ones
         c = Candidate(
             t.number,

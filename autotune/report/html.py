@@ -92,7 +92,7 @@ def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
         lo_hi = rec.speedup_range
         speedup = f"{rec.speedup:.2f}x ({lo_hi[0]:.2f}-{lo_hi[1]:.2f}x)" if rec.speedup and lo_hi else "-"
         ratio = call_ratio(*(
-            evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), settings_of(t).guidance)
+            evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), settings_of(t))
             for t in (chosen, base)
         ))  # fmt: skip
         if ratio:

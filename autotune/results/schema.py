@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.config import ConfigError
 from autotune.config.objectives import OBJECTIVES, quality
 from autotune.results.notes import call_ratio, prompts_note, random_weights_warning, speedup_check
+from autotune.space.tools import TOOLS
 
 if TYPE_CHECKING:
     from autotune.config.resolve import ResolvedStudy
@@ -196,8 +197,7 @@ def trial_summary(
         "trial": t.number,
         "setting": s.label(),
         "scheduler": s.scheduler,
-        "a1111_name": schedulers.in_tool(s.scheduler, dict(s.options), "a1111")[0],
-        "comfyui_name": schedulers.in_tool(s.scheduler, dict(s.options), "comfyui")[0],
+        **{f"{tool}_name": schedulers.in_tool(s.scheduler, dict(s.options), tool)[0] for tool in TOOLS},
         "options": dict(s.options),
         "steps": s.steps,
         "guidance": s.guidance,
@@ -211,7 +211,7 @@ def trial_summary(
         "metrics": dict(zip(objectives, t.values, strict=True)),
         "metrics_std": {m: statistics.pstdev(v) if v else None for m, v in spread.items()},
         "model_calls": t.user_attrs.get("model_calls"),
-        "model_evaluations": evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), s.guidance),
+        "model_evaluations": evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), s),
     }
 
 

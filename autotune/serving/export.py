@@ -13,36 +13,30 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 from autotune.results.schema import DEFAULT_CLASS, ClassRecommendation, Recommendations
 from autotune.space import schedulers
+from autotune.space.tools import TOOLS
 
 __all__ = ["FORMATS", "a1111", "comfyui", "export", "in_tools", "inexpressible", "parity_of"]
 
-FORMATS = ("diffusers", "a1111", "comfyui")
-
-
-# a guidance cutoff in the other tools: neither stops guidance after a share of the steps
-_CUTOFF_ELSEWHERE = {
-    "a1111": "nearest: 'Negative Guidance minimum sigma', which skips the unconditional pass below a sigma "
-    "(not after a share of the steps) and, unless its 'all steps' option is on, on every other step only",
-    "comfyui": "no core node stops guidance after a share of the steps",
-}
+FORMATS = ("diffusers", *TOOLS)
 
 
 def _missing(rec: ClassRecommendation, tool: str) -> tuple[str | None, str | None, list[str]]:
     sampler, schedule, missing = schedulers.in_tool(rec.scheduler, rec.options, tool)
     if rec.guidance_cutoff < 1:
-        missing.append(f"guidance on the first {rec.guidance_cutoff:g} of the steps only ({_CUTOFF_ELSEWHERE[tool]})")
+        missing.append(f"guidance on the first {rec.guidance_cutoff:g} of the steps only ({TOOLS[tool].cutoff_note})")
     return sampler, schedule, missing
 
 
 def in_tools(rec: ClassRecommendation) -> dict[str, tuple[str | None, str | None, list[str]]]:
     """The setting's sampler and schedule in each tool, and what the tool cannot express of it."""
-    return {tool: _missing(rec, tool) for tool in ("a1111", "comfyui")}
+    return {tool: _missing(rec, tool) for tool in TOOLS}
 
 
 def inexpressible(tool: str) -> str:
@@ -160,6 +154,7 @@ def export(recs: Recommendations, fmt: str) -> str:
     """Every class's recommendation (and ``default``, the baseline) in ``fmt``, as text to save."""
     if fmt == "diffusers":
         return _diffusers(recs)
-    convert, checked = a1111 if fmt == "a1111" else comfyui, parity_of(recs, fmt)
+    module, _, name = TOOLS[fmt].exporter.partition(":")
+    convert, checked = getattr(importlib.import_module(module), name), parity_of(recs, fmt)
     data = {name: {"setting": rec.setting, **convert(rec), **checked.get(name, {})} for name, rec in recs.items()}
     return json.dumps(data, indent=2) + "\n"

@@ -30,7 +30,6 @@ from typing import Any
 from autotune.space import variants
 
 __all__ = [
-    "TOOLS",
     "SchedulerSpec",
     "aliases",
     "build",
@@ -159,7 +158,6 @@ _ALIASES = {s.class_name.lower(): s.name for s in reversed(_TABLE)}  # class nam
 _ALIASES["plms"] = "pndm"  # A1111's PLMS is diffusers' PNDM without its Runge-Kutta warm-up steps
 # A1111 samplers diffusers has no scheduler for: named in the error instead of "unknown"
 NO_EQUIVALENT = ("DPM fast", "DPM adaptive", "Restart", "DDIM CFG++", "Euler CFG++", "UniPC BH2")
-TOOLS = ("a1111", "comfyui")
 
 
 def _normalise(name: str) -> str:
@@ -301,17 +299,19 @@ def in_tool(name: str, options: Mapping[str, Any], tool: str) -> tuple[str | Non
 
     The one translation both ``recommendations.json`` and ``autotune export`` use.
     """
-    spec, i = get(name), TOOLS.index(tool)
+    from autotune.space.tools import TOOLS
+
+    spec, row = get(name), TOOLS[tool]
     chosen = {k: v for k, v in options.items() if v != "default"}
     if (fixed := variants.entry_sigmas(spec.kwargs)) is not None:
         chosen["sigmas"] = fixed
-    sampler = (spec.a1111, spec.comfyui)[i]
+    sampler = row.sampler(spec)
     missing = [] if sampler is not None else [f"the sampler {spec.name}"]
-    schedule = variants.TOOL_SCHEDULES[("sigmas", "default")][i]
+    schedule = row.schedule("sigmas", "default")
     for key, value in chosen.items():
         if key == "timestep_spacing" and "sigmas" in chosen:
             continue  # the sigmas decide the schedule; the spacing only sets where they are sampled
-        mapped = variants.TOOL_SCHEDULES.get((key, value), (None, None))[i]
+        mapped = row.schedule(key, value)
         if mapped is None:
             missing.append(f"{key}={value}")
         else:
