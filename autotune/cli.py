@@ -336,12 +336,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="print the recommended setting per prompt class")
     p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="a table, or the JSON")
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("export", help="the recommendations for diffusers, AUTOMATIC1111 or ComfyUI")
     p.add_argument("study", type=Path, help="study file, or its recommendations.json")
-    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--format", choices=FORMATS, required=True, help="diffusers: a Python module; else JSON")
     p.add_argument(
         "--check", action="store_true", help="render the A1111/ComfyUI settings as those tools do and judge them"
     )

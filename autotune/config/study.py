@@ -37,13 +37,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModelConfig:
-    id: str = "tiny"
+    id: str = "tiny"  # a hub id, a local diffusers folder, a single .safetensors/.ckpt file, or a shipped model
     family: str = "auto"  # auto | sd | sdxl | sd3 | flux | distilled | distilled_flow
-    device: str = "auto"
-    dtype: str = "auto"
-    height: int = 64
-    width: int = 64
-    revision: str | None = None
+    device: str = "auto"  # auto (CUDA when there is one), cpu, cuda or cuda:N
+    dtype: str = "auto"  # auto (float16 on CUDA, float32 on the CPU), float32, float16 or bfloat16
+    height: int = 64  # image height in pixels, as production renders it
+    width: int = 64  # image width in pixels
+    revision: str | None = None  # the hub revision (a branch, tag or commit) to load
     config: str | None = None  # a single-file checkpoint's component configs: a diffusers folder or hub id
     pipeline: str | None = None  # "package.module:function" that returns the team's own pipeline
     vae: str | None = None  # another VAE: a diffusers folder, hub id or single file
@@ -69,18 +69,17 @@ class ModelConfig:
 class SearchConfig:
     """The space; ``None`` means "the model family's default" until :func:`resolve` fills it."""
 
-    steps: tuple[int, int] | None = None
+    steps: tuple[int, int] | None = None  # [low, high] steps searched (unset: the family's default)
     schedulers: tuple[str, ...] | str | None = None  # names, or "all" the model can use
-    guidance: tuple[float, float] | None = None
-    guidance_step: float = 0.5
-    # the share of steps with guidance, searched in steps of guidance_cutoff_step (None: guidance on every step)
-    guidance_cutoff: tuple[float, float] | None = None
-    guidance_cutoff_step: float = 0.1
+    guidance: tuple[float, float] | None = None  # [low, high] CFG scale searched (unset: the family's default)
+    guidance_step: float = 0.5  # CFG searched in increments of this
+    guidance_cutoff: tuple[float, float] | None = None  # [low, 1.0]: share of steps with guidance (unset: every step)
+    guidance_cutoff_step: float = 0.1  # the cutoff searched in increments of this
     steps_step: int = 1  # steps searched from low in increments of this
     variants: tuple[str, ...] | str = ("sigmas", "timestep_spacing")  # conditional parameters, or "all"
-    sampler: str = "tpe"
-    n_trials: int = 30
-    seeds: tuple[int, ...] = (0, 1)
+    sampler: str = "tpe"  # Optuna sampler: tpe (multivariate), tpe_independent, gp, nsga2 or random
+    n_trials: int = 30  # settings rendered per class (repeats reused and not counted; the baseline included)
+    seeds: tuple[int, ...] = (0, 1)  # replicates of each prompt a trial renders (each image its own noise)
     batch_size: int | str = "auto"  # images per pipeline call; "auto": 16, halved on out-of-memory
     fitted_schedules: bool = False  # search sigmas = "fitted": each class's own timesteps (autotune.model.fit)
     rough_first: bool = False  # render the first seed, the others only when it is not clearly dominated
@@ -101,7 +100,7 @@ class CustomMetricConfig:
     one number per image (``images``: a float tensor N x 3 x H x W in 0..1)."""
 
     score: str = ""  # "package.module:Class" (the study file's folder is searched first) or "file.py:Class"
-    higher_is_better: bool = True
+    higher_is_better: bool = True  # its direction: false where lower is better (a distance, an error rate)
     tolerance: float = 0.0  # how much worse than the baseline a setting may be, in `unit`
     unit: str = "absolute"  # "absolute" (the metric's own units) or "seed_sd" (x the baseline's seed-to-seed SD)
     collapse: float = 10.0  # an image this many tolerances worse than the baseline's has collapsed
@@ -114,10 +113,10 @@ class CustomMetricConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     objectives: tuple[str, ...] = ("clip_score", "lpips", "seconds")  # a custom metric joins them at the end
-    clip_model: str = "tiny"
-    clip_pretrained: str | None = None
-    lpips_net: str = "alex"
-    lpips_backbone: str = "random"
+    clip_model: str = "tiny"  # open_clip model name, "local-dir:FOLDER", or a shipped one (glyphs, micro; tiny: random)
+    clip_pretrained: str | None = None  # open_clip pretrained tag (cached or downloadable) or a weights file
+    lpips_net: str = "alex"  # LPIPS trunk: alex, vgg or squeeze
+    lpips_backbone: str = "random"  # random (offline, labelled so), pretrained, or a torchvision weights file
     custom: dict[str, CustomMetricConfig] = field(default_factory=dict)  # name -> [metrics.custom.NAME]
 
 
@@ -125,9 +124,9 @@ class MetricsConfig:
 class SettingConfig:
     """A baseline or reference setting; unset fields come from the model family's default."""
 
-    scheduler: str | None = None
-    steps: int | None = None
-    guidance: float | str | None = None  # reference only: "trial" follows each trial's guidance
+    scheduler: str | None = None  # a scheduler name (`autotune schedulers` lists them)
+    steps: int | None = None  # denoising steps
+    guidance: float | str | None = None  # CFG scale; reference only: "trial" follows each trial's guidance
     options: dict[str, Any] = field(default_factory=dict)  # variant values, e.g. timestep_spacing = "trailing"
 
 
@@ -135,7 +134,7 @@ class SettingConfig:
 class RecommendConfig:
     """``[recommend]``: the non-inferiority rule (see :mod:`autotune.decision`) and its render budget."""
 
-    rule: str = "match_baseline"
+    rule: str = "match_baseline"  # the cheapest setting no worse than the baseline beyond the tolerances
     clip_tolerance_sd: float = 0.5  # x the baseline's seed-to-seed standard deviation of CLIP score
     clip_tolerance: float | None = None  # CLIP points instead (overrides clip_tolerance_sd)
     lpips_tolerance: float = 0.1  # x the seed-to-seed LPIPS (two seeds of one prompt)
@@ -144,7 +143,7 @@ class RecommendConfig:
     lpips_collapse: float = 5.0  # ... LPIPS tolerances further from the reference (5 x 0.1: half a seed-to-seed)
     broken_share: float = 0.03  # collapsed share of images, minus the baseline's, allowed (one-sided 95 % bound)
     finalists: int = 3  # failed confirmations on fresh seeds, per class, after which none more is confirmed
-    confirm_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)
+    confirm_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)  # replicates confirmation renders (fresh noises)
     confirm_prompts: int = 8  # prompts confirmation renders (those the search reaches last)
     race_seeds: int = 8  # seeds racing may add once every prompt is in
     race_budget: int = 2048  # images rendered for racing in all, per class (baseline's included)
