@@ -26,6 +26,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,41 +240,66 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
-def train_clip(x: torch.Tensor, labels: torch.Tensor, tok: Any, steps: int, log: Any) -> Any:
+def fit_clip(
+    config: dict[str, Any],
+    tok: Any,
+    ids: torch.Tensor,
+    batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    log: Any,
+    heads: Callable[[], torch.nn.Module] | None = None,
+    head_loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    log_every: int = 200,
+) -> Any:
+    """The one CLIP training loop of both shipped models: an open_clip ``CLIP`` of ``config`` trained
+    with cross-entropy of each image against the captions ``ids`` (its label: the index of its own),
+    on ``batch(gen)``'s images in 0..1 and labels; ``heads`` (built after the model) add
+    ``head_loss(heads, image_features, labels)`` and are dropped after training. Seeded: the same
+    torch build and thread count rebuild the same weights."""
     import open_clip
 
     torch.manual_seed(3)
-    cfg = json.loads(json.dumps(CLIP_CONFIG))
+    cfg = json.loads(json.dumps(config))
     cfg["text_cfg"]["vocab_size"] = len(tok)
     cfg["text_cfg"].pop("hf_tokenizer_name")
     model = open_clip.CLIP(**cfg)
-    held = torch.arange(len(x)) % 10 == 0  # every tenth digit held out for the accuracy printed below
-    train_x, train_y = x[~held], labels[~held]
-    ids = tok([caption(d) for d in range(10)], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    extra = heads() if heads is not None else None
+    params = [*model.parameters(), *(extra.parameters() if extra is not None else ())]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
     sched = _schedule(opt, steps)
     gen = torch.Generator().manual_seed(3)
-
-    def norm(images: torch.Tensor) -> torch.Tensor:
-        return (images - 0.5) / 0.5
-
     for step in range(steps):
-        idx = torch.randint(len(train_x), (128,), generator=gen)
-        img = F.normalize(model.encode_image(norm(_augment(train_x[idx], gen))), dim=-1)
+        images, labels = batch(gen)
+        feats = model.encode_image((images - 0.5) / 0.5)
+        img = F.normalize(feats, dim=-1)
         txt = F.normalize(model.encode_text(ids), dim=-1)
-        logits = model.logit_scale.exp() * img @ txt.T
-        loss = F.cross_entropy(logits, train_y[idx])
+        loss = F.cross_entropy(model.logit_scale.exp() * img @ txt.T, labels)
+        if extra is not None and head_loss is not None:
+            loss = loss + head_loss(extra, feats, labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % 200 == 0 or step == steps - 1:
+        if step % log_every == 0 or step == steps - 1:
             log(f"clip {step}/{steps} loss {loss.item():.4f}")
-    model.eval()
+    return model.eval()
+
+
+def train_clip(x: torch.Tensor, labels: torch.Tensor, tok: Any, steps: int, log: Any) -> Any:
+    """The digits CLIP: the ten captions told apart, every tenth digit held out for the accuracy printed."""
+    held = torch.arange(len(x)) % 10 == 0
+    train_x, train_y = x[~held], labels[~held]
+    ids = tok([caption(d) for d in range(10)], padding="max_length", max_length=77, return_tensors="pt").input_ids
+
+    def batch(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(train_x), (128,), generator=gen)
+        return _augment(train_x[idx], gen), train_y[idx]
+
+    model = fit_clip(CLIP_CONFIG, tok, ids, batch, steps, log)
     with torch.no_grad():
-        img = F.normalize(model.encode_image(norm(x[held])), dim=-1)
+        img = F.normalize(model.encode_image((x[held] - 0.5) / 0.5), dim=-1)
         txt = F.normalize(model.encode_text(ids), dim=-1)
         acc = ((img @ txt.T).argmax(-1) == labels[held]).float().mean().item()
     log(f"clip held-out zero-shot accuracy {acc:.1%} on {int(held.sum())} digits")

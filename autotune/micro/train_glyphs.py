@@ -17,8 +17,6 @@ and for the ink colour. Seeded: the same seed, torch build and thread count give
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import random
 import tempfile
 import time
@@ -29,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from autotune.micro import glyph_data
-from autotune.micro.train import _latents, _schedule, build_tokenizer, save, train_denoiser, train_vae
+from autotune.micro.train import _latents, build_tokenizer, fit_clip, save, train_denoiser, train_vae
 
 __all__ = ["CLIP_CONFIG", "WORDS", "main", "zero_shot"]
 
@@ -89,41 +87,23 @@ def train_clip(
     a glyph and an ink classifier (dropped after training), without which the tower learnt colours
     long before shapes (42 % of drawn glyphs named after 1,000 steps). Half of each batch is drawn
     images as the pipeline's ``vae`` returns them (:func:`decoded`), labelled with what was drawn."""
-    import open_clip
-
-    torch.manual_seed(3)
-    cfg = json.loads(json.dumps(CLIP_CONFIG))
-    cfg["text_cfg"]["vocab_size"] = len(tok)
-    cfg["text_cfg"].pop("hf_tokenizer_name")
-    model = open_clip.CLIP(**cfg)
     every = glyph_data.combos()
     char = torch.tensor([glyph_data.GLYPHS.index(g.char) for g in every])
     ink = torch.tensor([glyph_data.INKS.index(g.ink) for g in every])
-    heads = torch.nn.ModuleDict({"char": torch.nn.Linear(64, len(glyph_data.GLYPHS)), "ink": torch.nn.Linear(64, 8)})
-    ids = _tokens(tok, captions)
-    params = [*model.parameters(), *heads.parameters()]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
-    sched = _schedule(opt, steps)
     through = decoded(vae, x)
-    gen = torch.Generator().manual_seed(3)
-    for step in range(steps):
+
+    def heads() -> torch.nn.Module:
+        return torch.nn.ModuleDict({"char": torch.nn.Linear(64, len(glyph_data.GLYPHS)), "ink": torch.nn.Linear(64, 8)})
+
+    def head_loss(h: Any, feats: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(h["char"](feats), char[y]) + F.cross_entropy(h["ink"](feats), ink[y])
+
+    def batch(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(x), (128,), generator=gen)
         half = (torch.rand(128, generator=gen) < 0.5)[:, None, None, None]
-        feats = model.encode_image((_augment(torch.where(half, through[idx], x[idx]), gen) - 0.5) / 0.5)
-        img = F.normalize(feats, dim=-1)
-        txt = F.normalize(model.encode_text(ids), dim=-1)
-        loss = F.cross_entropy(model.logit_scale.exp() * img @ txt.T, labels[idx])
-        loss = loss + F.cross_entropy(heads["char"](feats), char[labels[idx]])
-        loss = loss + F.cross_entropy(heads["ink"](feats), ink[labels[idx]])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        if step % 250 == 0 or step == steps - 1:
-            log(f"clip {step}/{steps} loss {loss.item():.4f}")
-    return model.eval()
+        return _augment(torch.where(half, through[idx], x[idx]), gen), labels[idx]
+
+    return fit_clip(CLIP_CONFIG, tok, _tokens(tok, captions), batch, steps, log, heads, head_loss, log_every=250)
 
 
 def zero_shot(clip: Any, tok: Any, images: torch.Tensor, glyphs: list[glyph_data.Glyph]) -> dict[str, float]:
