@@ -31,6 +31,7 @@ def _study(study_file: Callable[..., Path], name: str, n_trials: int = 6) -> Pat
     return path
 
 
+@pytest.mark.slow
 def test_a_class_with_more_prompts_than_a_trial_renders_races_on_new_prompts(study_file: Callable[..., Path]) -> None:
     cfg = load_config(_study(study_file, "wide"))
     out = run_study(cfg, progress=False)["portrait"]
@@ -41,6 +42,7 @@ def test_a_class_with_more_prompts_than_a_trial_renders_races_on_new_prompts(stu
     assert out.decision_state == "settled" and out.recommendation is not None
 
 
+@pytest.mark.slow
 def test_a_study_killed_while_racing_resumes_to_the_same_recommendation(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, seconds_by_evaluations: None
 ) -> None:
@@ -72,6 +74,7 @@ def test_a_study_killed_while_racing_resumes_to_the_same_recommendation(
     assert resumed.recommendation.confirmed == whole.recommendation.confirmed
 
 
+@pytest.mark.slow
 def test_the_timeout_is_never_exceeded_by_more_than_one_render(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

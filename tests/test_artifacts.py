@@ -134,6 +134,7 @@ def test_two_machines_write_to_one_bucket_and_a_third_reads_every_image(
         dashboard.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_an_unreachable_or_unknown_bucket_is_one_line_before_anything_is_written(
     s3: dict[str, str], study_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -164,6 +165,7 @@ def test_a_worker_that_would_write_elsewhere_than_the_study_is_refused(
     assert len(study.get_trials()) == before and not (path.parent / "kept" / "artifacts").exists()
 
 
+@pytest.mark.slow
 def test_a_store_that_fails_mid_study_fails_that_trial_and_the_study_goes_on(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

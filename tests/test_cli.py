@@ -64,6 +64,7 @@ def test_recommend_before_any_study_exits_2(study_file: Callable[..., Path]) -> 
     assert not (path.parent / "fresh.db").exists()
 
 
+@pytest.mark.slow
 def test_storage_that_is_not_a_database_exits_2_and_is_left_alone(study_file: Callable[..., Path]) -> None:
     path = study_file(name="junk")
     db = path.parent / "junk.db"
@@ -77,6 +78,7 @@ def test_storage_that_is_not_a_database_exits_2_and_is_left_alone(study_file: Ca
 @pytest.mark.parametrize(
     "argv", [["recommend"], ["recommend", "--format", "json"], ["export", "--format", "diffusers"]]
 )
+@pytest.mark.slow
 def test_a_reader_that_closes_stdout_early_ends_it_quietly(finished_study, argv: list[str]) -> None:  # type: ignore[no-untyped-def]
     """`autotune recommend ... | head` and `export ... | true`: no traceback, the shell's code for a closed pipe."""
     cfg, _ = finished_study

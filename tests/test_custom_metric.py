@@ -78,6 +78,7 @@ def test_every_registered_metric_keeps_the_contract(registered: list[str]) -> No
     assert OBJECTIVES["pixel_distance"].options == {"scale": 2.0}
 
 
+@pytest.mark.slow
 def test_a_metric_defined_in_the_test_changes_the_recommendation(
     study_file: Callable[..., Path], seconds_by_evaluations: None
 ) -> None:

@@ -58,6 +58,7 @@ def test_every_family_meets_the_contract_a_study_relies_on(
     assert r.model_calls == 3 * schedulers_get(cfg.baseline.scheduler).calls_per_step
 
 
+@pytest.mark.slow
 def test_reference_check_refuses_leading_dpmpp_2m_and_names_one_that_converges(tmp_path: Path) -> None:
     path = tmp_path / "ref.toml"
     path.write_text(
@@ -73,6 +74,7 @@ def test_reference_check_refuses_leading_dpmpp_2m_and_names_one_that_converges(t
     assert not (tmp_path / "ref.db").exists()
 
 
+@pytest.mark.slow
 def test_reference_check_accepts_karras_and_measures_it(tiny) -> None:  # type: ignore[no-untyped-def]
     from autotune.model.metrics.lpips_distance import Lpips
     from autotune.model.references import CONVERGENCE_LIMIT, check_reference, convergence
@@ -87,6 +89,7 @@ def test_reference_check_accepts_karras_and_measures_it(tiny) -> None:  # type: 
     assert good < CONVERGENCE_LIMIT < bad
 
 
+@pytest.mark.slow
 def test_reference_following_trial_guidance_caches_one_reference_per_guidance(
     tmp_path: Path, seconds_by_evaluations: None
 ) -> None:
@@ -105,6 +108,7 @@ def test_reference_following_trial_guidance_caches_one_reference_per_guidance(
     assert guidances <= stored_guidance and len(guidances) > 1
 
 
+@pytest.mark.slow
 def test_reference_with_its_own_guidance_is_the_one_rendered_checked_and_shown(
     study_file,
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
@@ -143,6 +147,7 @@ def test_reference_with_its_own_guidance_is_the_one_rendered_checked_and_shown(
     assert row.count("data:image/png;base64,") == 3  # baseline, recommended and the stored reference
 
 
+@pytest.mark.slow
 def test_schedulers_command_prints_the_models_table() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "autotune.cli", "schedulers", "--model", "tiny-sd3"],
@@ -158,6 +163,7 @@ def test_schedulers_command_prints_the_models_table() -> None:
     assert "FlowMatchHeunDiscreteScheduler" in rows["flow_heun"] and rows["flow_heun"].split()[-2:] == ["2", "shift"]
 
 
+@pytest.mark.slow
 def test_study_naming_an_incompatible_scheduler_exits_2_with_the_usable_list(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[model]\nid = "tiny-sd3"\n[search]\nschedulers = ["flow_euler", "DPM++ 2M Karras"]\n' + CLASSES)

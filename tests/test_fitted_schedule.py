@@ -9,6 +9,7 @@ import json
 from types import SimpleNamespace
 
 import optuna
+import pytest
 import torch
 
 import autotune
@@ -47,6 +48,7 @@ def test_a_fitted_schedule_under_any_spacing_is_one_setting() -> None:
     assert named.options == (("timestep_spacing", "trailing"),)  # a named spacing is kept
 
 
+@pytest.mark.slow
 def test_a_fitted_schedule_round_trips_from_the_study_to_the_export(study_file) -> None:  # type: ignore[no-untyped-def]
     from tests.test_serving import fresh_pipe, render, trial_image
 

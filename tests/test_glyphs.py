@@ -65,6 +65,7 @@ def test_clip_names_the_prompted_glyph_and_ink_on_20_fresh_renders_at_the_demos_
     assert hits["char"] >= 18 and hits["ink"] >= 18, hits
 
 
+@pytest.mark.slow
 def test_euler_gets_closer_to_the_reference_with_more_steps(glyphs) -> None:  # type: ignore[no-untyped-def]
     from autotune.model.metrics.lpips_distance import Lpips
 
@@ -80,6 +81,7 @@ def test_euler_gets_closer_to_the_reference_with_more_steps(glyphs) -> None:  # 
     assert distance[3] > distance[8] > distance[30] and distance[30] < distance[3] / 4, distance
 
 
+@pytest.mark.slow
 def test_two_seeded_smoke_runs_of_the_training_script_write_identical_weights(tmp_path: Path) -> None:
     from autotune.micro import train_glyphs
 

@@ -133,6 +133,7 @@ def test_a_bad_cutoff_range_is_one_line_naming_the_key(study_file, capsys, extra
     assert message in err and "\n" not in err and str(path) in err
 
 
+@pytest.mark.slow
 def test_a_study_searches_the_cutoff_and_records_what_it_cost(study_file, seconds_by_evaluations) -> None:  # type: ignore[no-untyped-def]
     from autotune.config import load_config
     from autotune.study.run import run_study

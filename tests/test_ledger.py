@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config import load_config
@@ -150,6 +151,7 @@ def _pop(url: str, name: str, barrier: Any, queue: Any) -> None:
     queue.put(study.ask()._trial_id)
 
 
+@pytest.mark.slow
 def test_workers_starting_together_never_take_the_same_waiting_trial(shared_url: str) -> None:
     """Optuna pops an enqueued trial with a read, then a write; on SQLite, without autotune's
     immediate transactions, two workers both took it in 3 of 15 four-worker starts."""

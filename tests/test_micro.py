@@ -52,6 +52,7 @@ def test_clip_names_the_prompted_digit_at_20_steps_cfg_5(micro, clip) -> None:  
     assert right.mean() > 60 and (scores.sum(1) - right).mean() / 9 < right.mean() - 30  # the right caption stands out
 
 
+@pytest.mark.slow
 def test_euler_gets_closer_to_the_reference_with_more_steps(micro) -> None:  # type: ignore[no-untyped-def]
     from autotune.model.metrics.lpips_distance import Lpips
 

@@ -168,6 +168,7 @@ FAULTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_injected_fault_fails_the_trial_with_its_reason_and_the_study_completes(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: str
@@ -200,6 +201,7 @@ def test_injected_fault_fails_the_trial_with_its_reason_and_the_study_completes(
     assert len(failing) == 1 and failing[0].startswith(line) and "Traceback" not in err  # one line, no traceback
 
 
+@pytest.mark.slow
 def test_changed_model_size_is_refused_unless_new_version(study_file: Callable[..., Path]) -> None:
     path = study_file(name="versions", n_trials=1)
     run_study(load_config(path), progress=False)
@@ -266,6 +268,7 @@ def test_a_retrained_local_model_is_refused_unless_new_version(tmp_path: Path) -
     assert out["portrait"].study_name == "ours.v2.portrait"
 
 
+@pytest.mark.slow
 def test_an_edited_prompt_list_is_refused_naming_its_class_and_a_new_class_is_not(
     study_file: Callable[..., Path],
 ) -> None:

@@ -99,6 +99,7 @@ def _recs(cfg, rec: tuple[str, dict[str, str], int], path: Path) -> Recommendati
     )
 
 
+@pytest.mark.slow
 @needs_k
 def test_the_check_flags_a_setting_whose_tool_render_fails_and_names_a_measured_change(glyphs, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     cfg, evaluator = glyphs

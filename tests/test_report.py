@@ -70,6 +70,7 @@ def test_report_renders_for_one_completed_and_one_failed_trial(study_file: Calla
     assert "portrait-importances" not in figs and "Needs at least 3 distinct completed trials" in page
 
 
+@pytest.mark.slow
 def test_report_of_a_study_file_leaving_baseline_and_reference_to_the_family(study_file: Callable[..., Path]) -> None:
     path = study_file(name="defaults", n_trials=1)
     text = re.sub(r"\[baseline\].*?(?=\[classes)", "", path.read_text(), flags=re.S)
@@ -95,6 +96,7 @@ def _comparison_images(page: str, class_name: str) -> list[Any]:
     return [Image.open(io.BytesIO(base64.b64decode(b))) for b in blobs]
 
 
+@pytest.mark.slow
 def test_the_reports_reference_is_the_one_of_the_trials_size_and_model(study_file: Callable[..., Path]) -> None:
     """Two versions of a study in one database, 32 and 48 px: each report shows its own size's reference."""
     path = study_file(name="sizes", n_trials=1)
@@ -107,6 +109,7 @@ def test_the_reports_reference_is_the_one_of_the_trials_size_and_model(study_fil
     assert baseline.size == recommended.size == reference.size == (48, 48)
 
 
+@pytest.mark.slow
 def test_the_grid_is_rendered_with_the_calls_production_makes(study_file: Callable[..., Path]) -> None:
     import io
 

@@ -233,6 +233,7 @@ def autotune_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, s
     return code, out, err
 
 
+@pytest.mark.slow
 def test_validate_exit_code_follows_the_tolerance(finished_study, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     cfg, _ = finished_study
     holdout = tmp_path / "holdout.txt"
@@ -259,6 +260,7 @@ def test_validate_exit_code_follows_the_tolerance(finished_study, tmp_path: Path
     assert json.loads((cfg.output_dir / "validation.json").read_text())["passed"] is True
 
 
+@pytest.mark.slow
 def test_validate_exits_non_zero_for_a_class_no_held_out_prompt_reached(finished_study, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     cfg, _ = finished_study
     holdout = tmp_path / "holdout.txt"

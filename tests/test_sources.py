@@ -218,6 +218,7 @@ def test_negative_prompt_lora_and_vae_render_as_the_same_diffusers_call(assets: 
         assert (produced - other).abs().max() > 0.05  # each addition changes the picture
 
 
+@pytest.mark.slow
 def test_a_study_with_a_class_negative_prompt_and_a_lora_stores_what_diffusers_renders(assets: Path) -> None:
     from autotune.model.references import decode_png
     from autotune.store.artifacts import open_store
@@ -295,6 +296,7 @@ UNREACHABLE = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # a 
     ],
     ids=["hub id", "clip tag", "clip file", "lpips file", "cuda"],
 )
+@pytest.mark.slow
 def test_what_cannot_load_offline_is_one_line_within_seconds_and_leaves_nothing(
     tmp_path: Path, model: str, metrics: str, message: str
 ) -> None:
@@ -346,6 +348,7 @@ def test_clip_skip_the_stack_cannot_apply_is_one_line_and_leaves_nothing(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
 
 
+@pytest.mark.slow
 def test_a_cached_hub_id_loads_from_the_cache_when_the_hub_is_unreachable(tmp_path: Path) -> None:
     repo = tmp_path / "hub" / "models--someorg--tiny"
     shutil.copytree(tiny_pipeline_path(), repo / "snapshots" / "0123abcd")

@@ -98,6 +98,7 @@ def test_sigint_and_sigterm_at_any_moment_end_cleanly_with_no_trial_left_running
     assert _decision(fresh) == {"portrait": "settled"}
 
 
+@pytest.mark.slow
 def test_a_time_limit_inside_the_start_up_stops_there_says_why_and_exits_1(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -135,6 +136,7 @@ def test_a_time_limit_inside_the_start_up_stops_there_says_why_and_exits_1(
     assert resumed.recommendation.baseline.number != 0
 
 
+@pytest.mark.slow
 def test_a_live_run_reads_as_deciding_and_a_killed_one_as_interrupted(study_file: Callable[..., Path]) -> None:
     from autotune.results.reader import recommend
 

@@ -71,6 +71,7 @@ def test_study_runs_baseline_first_and_records_per_trial_attributes(
         assert all(m["verdict"].split()[0] in ("pass", "fail", "undecided", "not") for m in margin)
 
 
+@pytest.mark.slow
 def test_resume_adds_trials_to_the_same_database(study_file: Callable[..., Path]) -> None:
     cfg = load_config(study_file(n_trials=4))
     run_study(cfg, n_trials=2, progress=False)
@@ -85,6 +86,7 @@ def test_resume_adds_trials_to_the_same_database(study_file: Callable[..., Path]
     assert len(study.trials) == total
 
 
+@pytest.mark.slow
 def test_a_seeded_study_draws_the_same_settings_again(
     study_file: Callable[..., Path], seconds_by_evaluations: None
 ) -> None:
@@ -99,6 +101,7 @@ def test_a_seeded_study_draws_the_same_settings_again(
     assert len(drawn[0]) == 3 and drawn[0] == drawn[1]  # [search] seed seeds the optimiser (TPE) per class
 
 
+@pytest.mark.slow
 def test_repeated_setting_reuses_stored_metrics(study_file: Callable[..., Path]) -> None:
     cfg = load_config(study_file(n_trials=2))
     outcomes = run_study(cfg, progress=False)
@@ -115,6 +118,7 @@ def test_repeated_setting_reuses_stored_metrics(study_file: Callable[..., Path])
     assert len(out.trials) == 3 and out.n_completed == 4  # n_trials counts rendered settings
 
 
+@pytest.mark.slow
 def test_rough_first_renders_the_other_seeds_only_for_settings_not_clearly_dominated(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,6 +171,7 @@ def test_rough_first_renders_the_other_seeds_only_for_settings_not_clearly_domin
     assert sum(k == cut_key[0] for k, _ in renders) == 1
 
 
+@pytest.mark.slow
 def test_classes_take_turns_and_each_gets_its_own_study(study_file: Callable[..., Path]) -> None:
     from tests.conftest import TWO_CLASSES
 
@@ -178,6 +183,7 @@ def test_classes_take_turns_and_each_gets_its_own_study(study_file: Callable[...
     assert all(len(o.trials) == 2 for o in outcomes.values())
 
 
+@pytest.mark.slow
 def test_study_stops_when_every_setting_of_a_small_space_is_rendered(study_file: Callable[..., Path]) -> None:
     path = study_file(name="tiny_space", n_trials=20)
     text = (
