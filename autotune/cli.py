@@ -173,25 +173,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_classes_suggest(args: argparse.Namespace) -> int:
-    from autotune.serving.router import suggest_classes
-    from autotune.validate import read_prompts
-    from autotune.weights.clip import load_text_encoder
+    from autotune.serving.classes import suggest_file
 
-    prompts = read_prompts(args.prompts)
-    clip, home = (args.clip_model, args.clip_pretrained), ""
-    if args.study:
-        cfg = load_config(args.study)
-        clip, home = (cfg.metrics.clip_model, cfg.metrics.clip_pretrained), str(cfg.directory)
-    if clip[0] == "tiny":
-        print(
-            "autotune: warning: the CLIP model is 'tiny', random weights: its clusters group prompts by their "
-            "characters, not their themes (--clip-model/--clip-pretrained or --study name a trained one)",
-            file=sys.stderr,
-        )
-    try:
-        print(suggest_classes(prompts, args.k, load_text_encoder(*clip, home=home), args.per_class), end="")
-    except ValueError as e:
-        raise ConfigError(f"{args.prompts}: {e}") from None
+    clip = (args.clip_model, args.clip_pretrained)
+    print(suggest_file(args.log, args.out, k=args.k, max_k=args.max_k, per_class=args.per_class, seed=args.seed,
+                       clip=clip, template=args.study))  # fmt: skip
     return 0
 
 
@@ -312,17 +298,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classes", help="prompt classes: suggest them from a prompt log")
     classes = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = classes.add_parser("suggest", help="cluster a prompt log into N classes; prints [classes.*] TOML")
-    p.add_argument("prompts", type=Path, help="prompt log, one prompt per line")
-    p.add_argument("--k", type=positive_int, required=True, help="number of classes")
-    p.add_argument("--per-class", type=positive_int, default=8, help="prompts listed per class (default: 8)")
-    p.add_argument(
-        "--clip-model",
-        default="tiny",
-        help='open_clip model (default: "tiny", random; "micro", "glyphs": the shipped CLIPs)',
-    )
+    p = classes.add_parser("suggest", help="a request log -> a study file: classes, sampled prompts, held-out, traffic")
+    p.add_argument("log", type=Path, help="request log: one prompt per line, or JSON lines with prompt (and count)")
+    p.add_argument("--out", type=Path, required=True, help="the study file to write (NAME_holdout.txt beside it)")
+    p.add_argument("--study", type=Path, help="template study file: its tables (not its classes) and its CLIP")
+    p.add_argument("--k", type=positive_int, help="number of classes (default: the best mean silhouette of 2..--max-k)")
+    p.add_argument("--max-k", type=positive_int, default=8, help="the most classes tried without --k (default: 8)")
+    p.add_argument("--per-class", type=positive_int, default=16, help="study prompts per class (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of k-means and of each class's sample (default: 0)")
+    p.add_argument("--clip-model", default="tiny", help='open_clip model without --study ("glyphs", "micro": shipped)')
     p.add_argument("--clip-pretrained", help="open_clip weights, e.g. laion2b_s34b_b79k")
-    p.add_argument("--study", type=Path, help="take the CLIP model from this study file's [metrics]")
     p.set_defaults(func=cmd_classes_suggest)
 
     p = sub.add_parser("schedulers", help="list the schedulers a model can use, with aliases, cost and variants")

@@ -71,8 +71,9 @@ def study_keys() -> list[str]:
         "## Study-file keys",
         "",
         "Top level: `name` (the study's name; default: the file's stem), `[classes.NAME]` (`prompts`, a list of",
-        "strings, required; `negative_prompt`, optional) and `[call]` (fixed keyword arguments of every",
-        "pipeline call). Every other key, by table, with its default:",
+        "strings, required; `negative_prompt`, optional; `traffic`, the class's share of requests, on every",
+        "class or none, summing to at most 1: the fleet's saving weighs the classes by it) and `[call]` (fixed",
+        "keyword arguments of every pipeline call). Every other key, by table, with its default:",
         "",
     ]
     for title, cls, doc in tables():

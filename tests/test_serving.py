@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -280,21 +279,6 @@ def test_validate_rejects_a_prompt_file_that_is_not_utf8(finished_study, tmp_pat
     bad.write_bytes(b"a portrait\n\xff\xfe broken\n")
     code, _, err = autotune_cli(capsys, "validate", str(cfg.path), "--prompts", str(bad))
     assert code == 2 and err.count("\n") == 1 and "expected UTF-8" in err
-
-
-def test_classes_suggest_finds_the_two_groups_of_a_prompt_log(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    log = tmp_path / "prompts.txt"
-    log.write_text("\n".join([*CATS, *NUMBERS, CATS[0]]) + "\n")
-    code, out, err = autotune_cli(capsys, "classes", "suggest", str(log), "--k", "2")
-    assert code == 0, err
-    classes = tomllib.loads(out)["classes"]
-    assert sorted(sorted(c["prompts"]) for c in classes.values()) == sorted([sorted(CATS), sorted(NUMBERS)])
-    assert set(classes) == {"cat", "class"}  # named after the most frequent word, if any
-    assert err.count("\n") == 1 and "'tiny', random weights: its clusters group prompts by their characters" in err
-    code, _, err = autotune_cli(capsys, "classes", "suggest", str(log), "--k", "2", "--clip-model", "micro")
-    assert code == 0 and err == ""  # a trained CLIP: no warning
-    code, _, err = autotune_cli(capsys, "classes", "suggest", str(log), "--k", "9")
-    assert code == 2 and "expected 1..8" in err
 
 
 @pytest.mark.slow

@@ -286,13 +286,14 @@ def parse_config(raw: dict[str, Any], path: Path) -> StudyConfig:
         raise ConfigError("model.home: unknown key (paths in [model] are relative to the study file)")
     sections = {key: section(cls, raw[key], key) for key, cls in _SECTIONS.items() if key in raw}
     sections["model"] = dataclasses.replace(sections.get("model", ModelConfig()), home=str(path.parent.resolve()))
-    classes, negatives = class_tables(raw.get("classes"))
+    classes, negatives, traffic = class_tables(raw.get("classes"))
     cfg = StudyConfig(
         name=name,
         path=path,
         classes=classes,
         call=call_table(raw.get("call", {})),
         negative_prompts=negatives,
+        traffic=traffic,
         **sections,
     )
     cfg = _validate(cfg)

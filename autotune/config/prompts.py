@@ -1,9 +1,9 @@
-"""The study file's prompts: ``[classes.NAME]`` tables (prompts, a negative prompt) and ``[call]``,
-the fixed arguments production passes to every pipeline call.
+"""The study file's prompts: ``[classes.NAME]`` tables (prompts, a negative prompt, the class's share
+of the traffic) and ``[call]``, the fixed arguments production passes to every pipeline call.
 
 Example:
     >>> class_tables({"portrait": {"prompts": ["an old fisherman"], "negative_prompt": "blurry"}})
-    ({'portrait': ('an old fisherman',)}, {'portrait': 'blurry'})
+    ({'portrait': ('an old fisherman',)}, {'portrait': 'blurry'}, {})
 """
 
 from __future__ import annotations
@@ -57,17 +57,19 @@ def call_table(raw: Any) -> dict[str, Any]:
     return dict(raw)
 
 
-def class_tables(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+def class_tables(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str], dict[str, float]]:
+    """Each class's prompts, its negative prompt (where set) and its traffic share (where set: the share
+    of production's requests it receives, what `autotune classes suggest` counts in a request log)."""
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("classes: expected at least one [classes.NAME] table with prompts = [...]")
-    out, negatives = {}, {}
+    out, negatives, traffic = {}, {}, {}
     for name, table in raw.items():
         where = f"classes.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: expected a table with prompts = [...], got {table!r}")
         for key in table:
-            if key not in ("prompts", "negative_prompt"):
-                raise ConfigError(f"{where}.{key}: unknown key (expected: prompts, negative_prompt)")
+            if key not in ("prompts", "negative_prompt", "traffic"):
+                raise ConfigError(f"{where}.{key}: unknown key (expected: prompts, negative_prompt, traffic)")
         prompts = table.get("prompts")
         if not isinstance(prompts, list) or not prompts:
             raise ConfigError(f"{where}.prompts: expected a non-empty list of strings, got {prompts!r}")
@@ -79,6 +81,11 @@ def class_tables(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
                     f"{where}.prompts[{i}]: {p!r} repeats prompts[{first}] (the text encoder reads them alike); "
                     "expected distinct prompts: each is one unit of the recommendation's bound"
                 )
+        if "traffic" in table:
+            share = table["traffic"]
+            if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+                raise ConfigError(f"{where}.traffic: expected the class's share of requests, in (0, 1], got {share!r}")
+            traffic[name] = float(share)
         if "negative_prompt" in table:
             negatives[name] = _prompt(table["negative_prompt"], f"{where}.negative_prompt")
         if not name.replace("_", "").replace("-", "").isalnum():
@@ -98,7 +105,11 @@ def class_tables(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
             )
         out[name] = tuple(prompts)
     _warn_shared(out)
-    return out, negatives
+    if traffic and (set(traffic) != set(out) or sum(traffic.values()) > 1 + 1e-6):
+        missing = sorted(set(out) - set(traffic))
+        got = f"no share for {', '.join(f'classes.{c}' for c in missing)}" if missing else f"{sum(traffic.values()):g}"
+        raise ConfigError(f"classes: expected traffic shares on every class, summing to at most 1, got {got}")
+    return out, negatives, traffic
 
 
 def _warn_shared(classes: dict[str, tuple[str, ...]]) -> None:

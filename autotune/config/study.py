@@ -191,6 +191,7 @@ class StudyConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     call: dict[str, Any] = field(default_factory=dict)  # [call]: fixed pipeline-call arguments of production
     negative_prompts: dict[str, str] = field(default_factory=dict)  # class -> its own negative prompt
+    traffic: dict[str, float] = field(default_factory=dict)  # class -> its share of requests (all or none)
 
     def call_for(self, class_name: str | None) -> dict[str, Any]:
         """What production passes to every call for this class besides the searched arguments."""

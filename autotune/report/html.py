@@ -34,9 +34,9 @@ from autotune.decision.rule import collapsed_images, collapsed_text
 from autotune.files import atomic_write
 from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
 from autotune.report.images import StoredImages
-from autotune.results.notes import call_ratio, random_weights_warning, speedup_check, tolerance_text
+from autotune.results.notes import call_ratio, fleet_text, random_weights_warning, speedup_check, tolerance_text
 from autotune.results.reader import ClassOutcome, settings_of
-from autotune.results.schema import RULE_TEXT
+from autotune.results.schema import RULE_TEXT, recommendations_data
 from autotune.store.artifacts import reader_store
 
 __all__ = ["GridImages", "recommended_guidance", "spread", "write_report"]
@@ -74,6 +74,13 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") ->
     th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _fleet(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
+    """The fleet's saving on the study file's traffic shares (nothing without them)."""
+    if not cfg.traffic:
+        return ""
+    return f'<p class="fleet">{html.escape(fleet_text(recommendations_data(cfg, outcomes).get("fleet")) or "")}</p>'
 
 
 def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
@@ -352,7 +359,7 @@ def write_report(
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>autotune: {html.escape(cfg.name)}</title>'
         f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head>\n<body>"
         f'<h1>autotune study: {html.escape(cfg.name)}</h1>{intro}<div id="errors" hidden></div>'
-        f"<h2>Summary</h2>{_summary(cfg, outcomes)}\n"
+        f"<h2>Summary</h2>{_summary(cfg, outcomes)}{_fleet(cfg, outcomes)}\n"
         + "\n".join(sections)
         + f"<script>{_SCRIPT}</script></body></html>\n"
     )

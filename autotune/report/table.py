@@ -21,7 +21,7 @@ from autotune.config.objectives import OBJECTIVES, cost_of
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.rule import collapsed_text
 from autotune.files import atomic_write
-from autotune.results.notes import random_weights_warning
+from autotune.results.notes import fleet_text, random_weights_warning
 from autotune.results.reader import ClassOutcome, Outcomes, settings_of
 from autotune.results.schema import recommendations_data
 from autotune.space import schedulers
@@ -130,7 +130,8 @@ def _note(d: dict[str, Any]) -> str:
 
 def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
     """A plain-text table: per class the recommended setting, its metrics and the baseline's."""
-    data = recommendations_data(cfg, outcomes)["classes"]
+    everything = recommendations_data(cfg, outcomes)
+    data = everything["classes"]
     metrics = list(cfg.metrics.objectives)
     head = ["class", "setting", *(OBJECTIVES[m].column for m in metrics), "collapsed"]
     head += ["speed-up"]
@@ -156,5 +157,5 @@ def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> st
             )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
-    warning = random_weights_warning(cfg)
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *([f"\n{warning}"] if warning else [])])
+    notes = [f"\n{n}" for n in (fleet_text(everything.get("fleet")), random_weights_warning(cfg)) if n]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *notes])

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from autotune.config.resolve import ResolvedStudy
 
-__all__ = ["call_ratio", "prompts_note", "random_weights_warning", "speedup_check", "tolerance_text"]
+__all__ = [
+    "call_ratio",
+    "fleet",
+    "fleet_text",
+    "prompts_note",
+    "random_weights_warning",
+    "speedup_check",
+    "tolerance_text",
+]
 
 
 def call_ratio(evaluations: float | None, base_evaluations: float | None) -> float | None:
@@ -86,3 +94,40 @@ def tolerance_text(cfg: Any) -> str:
     from autotune.config.objectives import OBJECTIVES, quality
 
     return ", ".join(OBJECTIVES[m].describe(cfg.recommend) for m in quality(cfg.metrics.objectives))
+
+
+def fleet(traffic: dict[str, float], classes: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """What the study saves the fleet: each class's speed-up weighted by its traffic share, the share no
+    class has served the baseline (speed-up 1). The fleet's time is the sum of each share over its
+    speed-up, so its speed-up is the weighted harmonic mean; the range takes each class's low and high
+    speed-up alike. A class that keeps its baseline counts 1; None without traffic shares."""
+    if not traffic:
+        return None
+    shares = {**traffic, "default": max(0.0, 1.0 - sum(traffic.values()))}
+    each: dict[str, tuple[float, float, float]] = {"default": (1.0, 1.0, 1.0)}
+    for c in traffic:
+        d = classes.get(c, {})
+        if "trial" not in d or d.get("speedup") is None:
+            return {"speedup": None, "range": None, "shares": shares, "why": f"classes.{c}: no recommendation yet"}
+        kept = d["trial"] == d["baseline"]["trial"]
+        lo, hi = d.get("speedup_range") or (d["speedup"], d["speedup"])
+        each[c] = (1.0, 1.0, 1.0) if kept else (d["speedup"], lo, hi)
+    mean, lo, hi = (1.0 / sum(shares[c] / v[i] for c, v in each.items()) for i in range(3))
+    return {"speedup": mean, "range": [lo, hi], "shares": shares,
+            "per_class": {c: v[0] for c, v in each.items()}}  # fmt: skip
+
+
+def fleet_text(f: dict[str, Any] | None) -> str | None:
+    """One line for the table and the report: the fleet's speed-up, its range, the shares it weighs."""
+    if f is None:
+        return None
+    shares = ", ".join(
+        f"{c} {s:.0%}" + (f" at {f['per_class'][c]:.2f}x" if f.get("per_class") and c != "default" else "")
+        for c, s in f["shares"].items() if c != "default"
+    )  # fmt: skip
+    rest = f"; no class {f['shares']['default']:.0%} (the baseline)" if f["shares"]["default"] > 0 else ""
+    if f["speedup"] is None:
+        return f"fleet: not known yet ({f['why']}); traffic {shares}{rest}"
+    lo, hi = f["range"]
+    return (f"fleet: {f['speedup']:.2f}x ({lo:.2f}-{hi:.2f}x) on the traffic shares {shares}{rest} "
+            "(the fleet's time: the sum of each share over its speed-up)")  # fmt: skip

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError
 from autotune.config.objectives import OBJECTIVES, quality
-from autotune.results.notes import call_ratio, prompts_note, random_weights_warning, speedup_check
+from autotune.results.notes import call_ratio, fleet, prompts_note, random_weights_warning, speedup_check
 from autotune.space.tools import TOOLS
 
 if TYPE_CHECKING:
@@ -313,6 +313,8 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome
         "serving": dataclasses.asdict(cfg.serving),
         "classes": classes,
     }
+    if (saved := fleet(cfg.traffic, classes)) is not None:
+        data["fleet"] = saved
     if warning := random_weights_warning(cfg):
         data["random_weights"] = warning
     baseline = next((d["baseline"] for d in classes.values() if "baseline" in d), None)
