@@ -23,7 +23,7 @@ from typing import Any
 
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.objectives import quality
-from autotune.config.schema import read_utf8
+from autotune.config.schema import read_text
 from autotune.decision.rule import BROKEN
 
 __all__ = ["class_tolerance", "read_prompts", "validate"]
@@ -32,14 +32,7 @@ __all__ = ["class_tolerance", "read_prompts", "validate"]
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line (UTF-8, a byte-order mark allowed); blank lines and lines starting with ``#`` are skipped."""
     path = Path(path)
-    try:
-        text = read_utf8(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such prompts file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: expected UTF-8 text, byte {e.start} is not") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the prompts file ({e.strerror})") from None
+    text = read_text(path, "prompts file")
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise ConfigError(f"{path}: expected one prompt per line, found none")

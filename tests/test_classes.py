@@ -77,7 +77,7 @@ def test_the_written_classes_recover_the_log_and_k_by_its_stated_criterion(writt
 
     path, truth, err = written
     cfg = load_config(path)  # runs as it is: a valid study file
-    assert cfg.name == "glyphs" and len(cfg.classes) == 2
+    assert cfg.name == "glyphs" and len(cfg.classes) == 2 and cfg.metrics.clip_model == "glyphs"  # the router's CLIP
     assert [line.split(":")[0] for line in err.splitlines() if line.startswith("k = ")] == [
         f"k = {k}" for k in range(2, 9)
     ]

@@ -25,6 +25,7 @@ __all__ = [
     "first_line",
     "local_weights",
     "one_of",
+    "read_text",
     "read_utf8",
     "section",
     "study_path",
@@ -142,6 +143,19 @@ def local_weights(key: str, value: str, home: str) -> Path | None:
         relative = "" if value == str(path) else f" ({value!r}, relative to the study file)"
         raise ConfigError(f"{key}: no model folder or checkpoint file at {str(path)!r}{relative}")
     return path
+
+
+def read_text(path: Path, what: str) -> str:
+    """A user's text file (``what``: "prompts file", "request log") as UTF-8; what cannot be read is one
+    :class:`ConfigError` line naming the file."""
+    try:
+        return read_utf8(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: expected UTF-8 text, byte {e.start} is not") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror})") from None
 
 
 def read_utf8(path: Path) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autotune.config.schema import ConfigError, read_utf8
+from autotune.config.schema import ConfigError, read_text
 from autotune.weights.clip import TextEncoder, centroid
 
 __all__ = ["Suggested", "SuggestedClass", "holdout_text", "read_log", "study_text", "suggest", "suggest_file"]
@@ -42,14 +42,7 @@ _STOP = frozenset({"a", "an", "the", "of", "in", "on", "at", "with", "and", "or"
 def read_log(path: Path) -> dict[str, int]:
     """Each distinct prompt of a request log and its number of requests, in first-seen order. JSON lines
     when the file ends in ``.jsonl`` or its first line is an object; a bad line is one error naming it."""
-    try:
-        text = read_utf8(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such request log") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: expected UTF-8 text, byte {e.start} is not") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the request log ({e.strerror})") from None
+    text = read_text(path, "request log")
     lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1)]
     lines = [(i, line) for i, line in lines if line and not line.startswith("#")]
     as_json = path.suffix == ".jsonl" or (bool(lines) and lines[0][1].startswith("{"))
@@ -171,10 +164,18 @@ def _names(clusters: Sequence[Sequence[str]]) -> list[str]:
     return names
 
 
-def study_text(found: Suggested, log: Path, name: str, template: str | None) -> str:
+def study_text(
+    found: Suggested, log: Path, name: str, template: str | None, clip: tuple[str, str | None] = ("tiny", None)
+) -> str:
     """A study file: the template's tables (its classes dropped) with the suggested classes, each with
-    its traffic share; without a template, the defaults (a random tiny model: set [model] id)."""
-    head = _without_classes(template) if template is not None else '[model]\nid = "tiny"  # set your model here\n'
+    its traffic share; without a template, the defaults (a random tiny model: set [model] id) and the
+    CLIP the classes were found with (the router's)."""
+    if template is not None:
+        head = _without_classes(template)
+    else:
+        pretrained = f"\nclip_pretrained = {json.dumps(clip[1])}" if clip[1] else ""
+        model = '[model]\nid = "tiny"  # set your model here\n'
+        head = f"{model}\n[metrics]\nclip_model = {json.dumps(clip[0])}{pretrained}\n"
     what = f"{found.k} classes (k given)" if not found.scores else f"k = {found.k}, the highest mean silhouette"
     out = [
         f'name = "{name}"',
@@ -253,7 +254,7 @@ def suggest_file(
         raise ConfigError(f"{log}: {e}") from None
     for j, score in found.scores.items():
         print(f"k = {j}: mean silhouette {score:.3f}{'  <- chosen' if j == found.k else ''}", file=sys.stderr)
-    atomic_write(out, study_text(found, log, name, text))
+    atomic_write(out, study_text(found, log, name, text, clip))
     atomic_write(holdout, holdout_text(found))
     lines = [f"{found.k} classes from {found.requests} requests ({found.distinct} distinct prompts):"]
     for c in found.classes:
