@@ -271,7 +271,8 @@ def one_study(r: Renders, c: str, seed: int, front_share: float, n_trials: int) 
     rec = run.recommendation()
     s = run.settings()[rec.chosen.number]
     pick: Key = (s.scheduler, s.options, s.steps, s.guidance)
-    return {"pick": pick, "images": stand.images, "settings": len(run.trials), "confirmed": rec.met_tolerance}
+    return {"pick": pick, "images": stand.images, "settings": len(run.trials), "confirmed": rec.met_tolerance,
+            "reason": rec.reason}  # fmt: skip
 
 
 def truth(r: Renders, c: str, key: Key, holdout: list[str]) -> dict[str, float]:
@@ -432,11 +433,11 @@ def main() -> None:
                     row[f"kept_{name}_calls"] = row["call_ratio"] / results[c][f"{name}_call_ratio"] if holds else 0.0
                 rows.append(row)
                 r.save()
-                share = out["images"] / grid_images
+                grid_share = out["images"] / grid_images
                 print(
                     f"{c} {proc} study {i}: {row['pick']} {speed:.2f}x ({row['call_ratio']:.1f}x fewer model "
                     f"evaluations), truly worse: {row['truly_worse']}, robustly holds: {row['robustly_holds']}, "
-                    f"{out['images']} images ({share:.1%} of grid)",
+                    f"{out['images']} images ({grid_share:.1%} of grid)",
                     flush=True,
                 )
             results[c][proc] = _summary(rows, results[c], grid_images)
