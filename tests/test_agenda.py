@@ -82,6 +82,24 @@ def test_two_near_identical_finalists_are_not_both_confirmed_when_a_distinct_one
     assert capped is None
 
 
+def test_an_undecided_confirmation_races_on_more_prompts_of_the_fresh_seeds_before_it_counts_as_failed() -> None:
+    same = {p: 0.0 for p in range(4)}
+    split = {4: -1.5, 5: 0.4, 6: -0.8, 7: 0.3}  # four fresh prompts that disagree: undecided
+    unsure = Candidate(1, images(same), images(split, (1000, 1001)), (0.2,) * 3, 0.2)
+    dearer = cand(3, same, 0.25)
+    ev = evidence(BASE, unsure, dearer)
+    one = RecommendConfig(finalists=1)
+    action = next_action(ev, TOL, PANEL, SETTINGS, one, race_spent=0)
+    assert action == Action("race", 1, PANEL.confirm_chunks[1])  # prompts 0-3 on seeds 1000-1001
+    assert PANEL.confirm_chunks[1] == tuple((p, s) for p in range(4) for s in (1000, 1001))
+    spent = next_action(ev, TOL, PANEL, SETTINGS, one, race_spent=2048)  # no racing left: a failed finalist
+    assert spent is None
+    more = next_action(ev, TOL, PANEL, SETTINGS, RecommendConfig(finalists=2), race_spent=2048)
+    assert more == Action("confirm", 3, PANEL.confirm_units)
+    whole = Candidate(1, images(same), images({**split, 0: 0.1, 1: 0.2, 2: 0.0, 3: 0.1}, (1000, 1001)), (0.2,) * 3, 0.2)
+    assert next_action(evidence(BASE, whole, dearer), TOL, PANEL, SETTINGS, one, race_spent=0) is None
+
+
 def test_the_recommendations_neighbours_race_on_its_own_images() -> None:
     same = {p: 0.0 for p in range(8)}
     chosen = Candidate(4, images(same), images({p: 0.0 for p in range(4, 8)}, (1000, 1001)), (0.3,) * 3, 0.3)

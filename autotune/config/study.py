@@ -144,9 +144,9 @@ class RecommendConfig:
     broken_share: float = 0.03  # collapsed share of images, minus the baseline's, allowed (one-sided 95 % bound)
     finalists: int = 3  # failed confirmations on fresh seeds, per class, after which none more is confirmed
     confirm_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)  # replicates confirmation renders (fresh noises)
-    confirm_prompts: int = 8  # prompts confirmation renders (those the search reaches last)
+    confirm_prompts: int = 8  # prompts confirmation renders first (those the search reaches last); undecided: more
     race_seeds: int = 8  # seeds racing may add once every prompt is in
-    race_budget: int = 2048  # images rendered for racing in all, per class (baseline's included)
+    race_budget: int = 2048  # images racing renders in all, per class (the baseline's, undecided confirmations')
 
 
 @dataclass(frozen=True)

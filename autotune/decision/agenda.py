@@ -6,9 +6,12 @@ candidate confirmed on fresh seeds, else the baseline). Of the candidates cheape
 first:
 
 1. **confirm** one that passed on its search images, when it would become the recommendation: render
-   it on the confirmation panel (fresh seeds, the prompts the search reaches last). Finalists are
-   diverse: one that differs from a candidate that failed confirmation only in guidance or in one
-   variant waits until no other passing candidate is left; after ``finalists`` failures, none more.
+   it on the confirmation panel (fresh seeds, the prompts the search reaches last). A confirmation
+   whose bound is undecided races on: the class's other prompts on the same fresh seeds, a chunk at a
+   time (within ``race_budget``), until it decides. Finalists are diverse: one that differs from a
+   candidate that failed confirmation only in guidance or in one variant waits until no other passing
+   candidate is left; after ``finalists`` failures (an undecided confirmation with nothing left to
+   render counts as one), none more.
 2. **race** one whose bound is undecided: render it on the next chunk of the search panel (more
    prompts first, then more seeds), within ``race_budget`` images per class.
 3. the **margin** of the recommendation: its neighbours (one step fewer, the adjacent guidance values)
@@ -93,13 +96,18 @@ def next_action(
     rec = decide(evidence.candidates, base, tol, stochastic=recommend.stochastic).chosen
     cheaper = [c for c in ranked(evidence.candidates, base, recommend.stochastic) if c.rank_cost < rec.rank_cost]
     verdict = {c.number: overall(verdicts(c, base, tol)) for c in cheaper}
-    failed = [c for c in cheaper if c.confirm and overall(verdicts(c, base, tol, confirm=True)) != "pass"]
+    fresh = {c.number: overall(verdicts(c, base, tol, confirm=True)) for c in cheaper if c.confirm}
+    racing = race_spent < recommend.race_budget
+    more = {n: panel.next_confirm_chunk(c.confirm) for c in cheaper if fresh.get(n := c.number) == "undecided"}
+    pending = [c for c in cheaper if verdict[c.number] == "pass" and more.get(c.number) and racing]
+    failed = [c for c in cheaper if c.number in fresh and fresh[c.number] != "pass" and c not in pending]
     passing = [c for c in cheaper if verdict[c.number] == "pass" and not c.confirm]
-    if passing and len(failed) < recommend.finalists:
-        pick = _confirmable(passing, failed, settings)
-        if pick is not None:
-            return Action("confirm", pick.number, panel.confirm_units)
-    if race_spent < recommend.race_budget:
+    pick = _confirmable(passing, failed, settings) if len(failed) < recommend.finalists else None
+    if pending and (pick is None or pending[0].rank_cost <= pick.rank_cost):
+        return Action("race", pending[0].number, more[pending[0].number] or ())  # on fresh seeds: racing's budget
+    if pick is not None:
+        return Action("confirm", pick.number, panel.confirm_units)
+    if racing:
         for c in cheaper:
             if verdict[c.number] == "undecided" and (chunk := panel.next_chunk(c.images)):
                 return Action("race", c.number, chunk)

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -83,8 +84,24 @@ class Panel:
     @property
     def confirm_units(self) -> tuple[Unit, ...]:
         """The confirmation panel: fresh seeds x the last ``confirm_prompts`` prompts (all of a small class)."""
-        k = min(self.confirm_prompts, self.n_prompts)
-        return tuple((q, s) for q in range(self.n_prompts - k, self.n_prompts) for s in self.confirm_seeds)
+        return self.confirm_chunks[0] if self.confirm_seeds else ()
+
+    @property
+    def confirm_chunks(self) -> list[tuple[Unit, ...]]:
+        """The confirmation panel, then the rest of the class's prompts on the same fresh seeds, a chunk of
+        prompts at a time (the prompts the search reaches last first): where a confirmation is undecided."""
+        edges = [self.n_prompts, self.n_prompts - min(self.confirm_prompts, self.n_prompts)]
+        while edges[-1] > 0:
+            edges.append(max(edges[-1] - self.per_chunk, 0))
+        return [tuple((q, s) for q in range(b, a) for s in self.confirm_seeds) for a, b in itertools.pairwise(edges)]
+
+    def next_confirm_chunk(self, have: Collection[Unit]) -> tuple[Unit, ...] | None:
+        """The first chunk of the confirmation panel not all in ``have`` (only its missing units), or None."""
+        for chunk in self.confirm_chunks:
+            missing = tuple(u for u in chunk if u not in have)
+            if missing:
+                return missing
+        return None
 
     def prompts_of(self, units: Sequence[Unit]) -> list[int]:
         return sorted({p for p, _ in units})
