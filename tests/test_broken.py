@@ -12,7 +12,7 @@ import pytest
 import autotune
 from autotune.config import ConfigError, load_config
 from autotune.decision.evidence import Candidate
-from autotune.decision.rule import BROKEN, Tolerance, decide, overall, verdicts
+from autotune.decision.rule import BROKEN, Tolerance, decide, excess, overall, verdicts
 
 # CLIP tolerance 1 point; an image 5 points worse than the baseline's has collapsed (3 % more allowed)
 TOL = Tolerance({"clip_score": 1.0}, collapse={"clip_score": 5.0}, broken_share=0.03)
@@ -47,6 +47,14 @@ def test_a_candidate_whose_mean_holds_but_whose_images_collapse_is_not_recommend
     rec = decide([broken, sound], BASE, TOL)
     assert rec.chosen.number == 2  # the cheaper one breaks 5 % of its images: passed over
     assert any("collapsed images 2 of 40" in b for b in rec.stages[0]["search_bounds"])  # type: ignore[attr-defined]
+
+
+def test_the_walks_excess_reads_the_means_not_the_collapsed_share() -> None:
+    awful = Candidate(1, images({p: -70.0 for p in range(0, PROMPTS, 2)}), seconds=(0.4,))  # half broken
+    bounds = verdicts(awful, BASE, TOL)
+    share = next(b for b in bounds if b.metric == BROKEN)
+    assert share.mean / share.tolerance > 16  # 50 % against 3 %: 16.7 "tolerances"
+    assert excess(bounds) == pytest.approx((20 * 5 - 20 * 0.1) / PROMPTS)  # the mean, each image at most 5 points
 
 
 def test_many_collapses_fail_outright() -> None:

@@ -307,10 +307,11 @@ def ranked(candidates: Sequence[Candidate], baseline: Candidate, stochastic: boo
 
 
 def excess(bounds: Sequence[Bound]) -> float:
-    """How many tolerances worse than the baseline a candidate's mean is, on its worst metric (inf: unknown)."""
+    """How many tolerances worse than the baseline a candidate's mean is, on its worst metric (inf: unknown);
+    the collapsed share is left out: the walk reads this as a mean error that falls as a power of the steps."""
     worse = []
     for b in bounds:
-        if b.tolerance > 0 and not math.isnan(b.tolerance):
+        if b.metric != BROKEN and b.tolerance > 0 and not math.isnan(b.tolerance):
             worse.append(-b.sign * b.mean / b.tolerance)
     return max(worse) if worse else math.inf
 
