@@ -1,6 +1,7 @@
 """Search and decision together, through autotune's own loop, judged on prompts and seeds no study used.
 
     .venv/bin/python benchmarks/decision.py [--studies 8] [--trials 40] [--classes thin,bold]
+    .venv/bin/python benchmarks/decision.py --summarise   # the summaries of results/decision.json again
 
 On the trained ``glyphs`` micro model (32 px colour glyphs, its CLIP; the LPIPS backbone is random)
 and the two classes of studies/demo.toml (20 prompts each), a space of 605 settings (11 lines:
@@ -43,6 +44,7 @@ named after the shipped weights (retrained weights render anew).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import random
@@ -318,6 +320,14 @@ def truth_bounds(r: Renders, key: Key, holdout: list[str], rtol: Any) -> list[An
     return verdicts(Candidate(1, indexed(key)), Candidate(0, indexed(BASELINE)), rtol)
 
 
+def collapsed_on_truth(r: Renders, key: Key, holdout: list[str], rtol: Any) -> list[int]:
+    """The truth images on which ``key`` collapsed and on which the baseline did (against each other), of how many."""
+    from autotune.decision.rule import BROKEN
+
+    b = next(x for x in truth_bounds(r, key, holdout, rtol) if x.metric == BROKEN)
+    return [*b.collapsed, b.images]
+
+
 def robust(r: Renders, key: Key, holdout: list[str], rtol: Any) -> bool:
     from autotune.decision.rule import overall
 
@@ -395,7 +405,21 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=8)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--classes", default="thin,bold")
+    parser.add_argument("--summarise", action="store_true", help="summarise results/decision.json's studies again")
     args = parser.parse_args()
+    out = HERE / "results" / "decision.json"
+    if args.summarise:
+        results = json.loads(out.read_text())
+        r, held = Renders(), holdouts(Renders())
+        for c, x in results.items():
+            if isinstance(x, dict):
+                for proc in ("product", "optimiser"):
+                    rtol = rule_tolerance(r, x["tolerance"])
+                    for row in x[proc]["studies"]:
+                        row["collapsed_on_truth"] = collapsed_on_truth(r, ast.literal_eval(row["pick"]), held[c], rtol)
+                    x[proc] = _summary(x[proc]["studies"], x, x[proc].get("grid_images", len(space()) * 20 * 2))
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        return
     import torch
 
     torch.set_num_threads(2)
@@ -426,6 +450,7 @@ def main() -> None:
                 speed = base_s / r.seconds(out["pick"])
                 row = {**out, "pick": repr(out["pick"]), "truly_worse": not qualifies(d, tol), "speedup": speed}
                 row["robustly_holds"] = robust(r, out["pick"], held[c], rtol)
+                row["collapsed_on_truth"] = collapsed_on_truth(r, out["pick"], held[c], rtol)
                 row["call_ratio"] = model_calls(BASELINE) / model_calls(out["pick"])
                 for name in ("answer", "robust_answer"):
                     holds = row["robustly_holds"] if name == "robust_answer" else not row["truly_worse"]
@@ -443,7 +468,6 @@ def main() -> None:
             results[c][proc] = _summary(rows, results[c], grid_images)
     r.save()
     results["minutes"] = (time.monotonic() - start) / 60
-    out = HERE / "results" / "decision.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(
         json.dumps(
@@ -455,16 +479,20 @@ def main() -> None:
 
 def _summary(rows: list[dict[str, Any]], answer: dict[str, Any], grid_images: int) -> dict[str, Any]:
     n = len(rows)
-    kept = {f"{k}_median": statistics.median(x[k] for x in rows)
-            for name in ("answer", "robust_answer") for k in (f"kept_{name}_calls", f"kept_{name}")}  # fmt: skip
+    keys = [k for name in ("answer", "robust_answer") for k in (f"kept_{name}_calls", f"kept_{name}")]
+    kept = {f"{k}_median": statistics.median(x[k] for x in rows) for k in keys}
+    spread = {f"{k}_quartiles": [round(q, 3) for q in statistics.quantiles([x[k] for x in rows], n=4)] for k in keys}
     return {
+        **spread,
         "truly_worse": sum(x["truly_worse"] for x in rows) / n,
         "robustly_holds": sum(x["robustly_holds"] for x in rows) / n,
         **kept,
         "baseline_kept_when_1.5x_robustly_qualifies": (
             sum(x["pick"] == repr(BASELINE) for x in rows) / n if answer["robust_answer_speedup"] >= 1.5 else None
         ),
+        "collapsed_on_truth": [sum(x["collapsed_on_truth"][i] for x in rows) for i in range(3)],  # pick, baseline, of
         "images_share_of_grid": statistics.fmean(x["images"] for x in rows) / grid_images,
+        "grid_images": grid_images,
         "speedups": [round(x["speedup"], 2) for x in rows],
         "call_ratios": [round(x["call_ratio"], 2) for x in rows],
         "studies": rows,
