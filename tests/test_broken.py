@@ -4,6 +4,7 @@ constructed numbers, and the generator seeds a real tiny study records."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -12,7 +13,7 @@ import pytest
 import autotune
 from autotune.config import ConfigError, load_config
 from autotune.decision.evidence import Candidate
-from autotune.decision.rule import BROKEN, Tolerance, decide, excess, overall, verdicts
+from autotune.decision.rule import BROKEN, Tolerance, decide, excess, overall, unconfirmed, verdicts
 
 # CLIP tolerance 1 point; an image 5 points worse than the baseline's has collapsed (3 % more allowed)
 TOL = Tolerance({"clip_score": 1.0}, collapse={"clip_score": 5.0}, broken_share=0.03)
@@ -55,6 +56,15 @@ def test_the_walks_excess_reads_the_means_not_the_collapsed_share() -> None:
     share = next(b for b in bounds if b.metric == BROKEN)
     assert share.mean / share.tolerance > 16  # 50 % against 3 %: 16.7 "tolerances"
     assert excess(bounds) == pytest.approx((20 * 5 - 20 * 0.1) / PROMPTS)  # the mean, each image at most 5 points
+
+
+def test_a_candidate_whose_fresh_images_collapse_says_why_it_is_not_confirmed() -> None:
+    few = 20  # one collapse in 20 prompts x 1 image: 5 %, its bound beyond the 3 % allowed
+    fresh = {(p, 1000): v for (p, _), v in images({3: -70.0}, seed=1000).items() if p < few}
+    close = Candidate(1, images({}), fresh, seconds=(0.4,) * 3)
+    assert overall(verdicts(close, BASE, TOL)) == "pass"  # on its search images
+    assert unconfirmed(close, BASE, TOL) == "undecided on its 20 fresh images: not confirmed"
+    assert unconfirmed(replace(close, confirm={}), BASE, TOL) == ""  # never rendered on fresh seeds
 
 
 def test_many_collapses_fail_outright() -> None:

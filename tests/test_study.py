@@ -151,11 +151,14 @@ def test_rough_first_renders_the_other_seeds_only_for_settings_not_clearly_domin
     out = run_study(load_config(rough), progress=False)["portrait"]
     trials = out.load_study().trials
     # merged back in prompt-major order: the same per-image values as rendering all seeds at once (up to
-    # the float noise of another batch size, which can flip a pixel's 8-bit rounding)
+    # the float noise of another batch size, which can flip a pixel's 8-bit rounding: 0.13 % seen on one
+    # CPU), far closer than two images of the run are to each other
     for a, b in zip(plain_study.trials[:1], trials[:1], strict=True):
         assert a.user_attrs["setting_key"] == b.user_attrs["setting_key"]
         for m in ("clip_score", "lpips"):
-            assert b.user_attrs[f"{m}_values"] == pytest.approx(a.user_attrs[f"{m}_values"], rel=1e-3, abs=1e-4)
+            values = a.user_attrs[f"{m}_values"]
+            assert b.user_attrs[f"{m}_values"] == pytest.approx(values, rel=1e-2, abs=1e-4)
+            assert min(abs(x - y) for x in values for y in values if x != y) > 2e-2 * max(map(abs, values))
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert len(pruned) == 1 and pruned[0].user_attrs["rough_dominated_by"] == 0
     assert pruned[0].user_attrs["setting_key"] == cut_key[0]

@@ -52,6 +52,7 @@ __all__ = [
     "ranked",
     "speedup",
     "t95",
+    "unconfirmed",
     "verdicts",
 ]
 
@@ -258,6 +259,12 @@ def verdicts(cand: Candidate, base: Candidate, tol: Tolerance, *, confirm: bool 
     if out and (broken := broken_bound(mine, theirs, tol, constant)) is not None:
         out.append(broken)
     return out
+
+
+def unconfirmed(cand: Candidate, base: Candidate, tol: Tolerance) -> str:
+    """Why a candidate rendered on fresh seeds is not recommendable on them ("": it passed there, or has none)."""
+    verdict = overall(verdicts(cand, base, tol, confirm=True)) if cand.confirm else "pass"
+    return "" if verdict == "pass" else f"{verdict} on its {len(cand.confirm)} fresh images: not confirmed"
 
 
 def overall(bounds: Sequence[Bound]) -> str:

@@ -235,7 +235,7 @@ def _margin(
     """How the recommendation's neighbours (one step fewer, the adjacent guidance values) fare on the
     images the recommendation was judged on: a pick one step above a collapse says so."""
     from autotune.decision.agenda import neighbours
-    from autotune.decision.rule import overall, verdicts
+    from autotune.decision.rule import overall, unconfirmed, verdicts
 
     base = ev.baseline
     assert base is not None
@@ -258,17 +258,15 @@ def _margin(
         c = ev.by_number[number]
         shared = {u: v for u, v in c.images.items() if u in units}
         bounds = verdicts(replace(c, images=shared), base, tol)
-        out.append(
-            {
-                "change": change,
-                "setting": other.label(),
-                "trial": number,
-                "verdict": overall(bounds)
-                if set(shared) == units
-                else f"{overall(bounds)} ({len(shared)} of {len(units)} images)",
-                "bounds": [b.describe() for b in bounds],
-            }
+        verdict = (
+            overall(bounds) if set(shared) == units else f"{overall(bounds)} ({len(shared)} of {len(units)} images)"
         )
+        if (fresh := unconfirmed(c, base, tol)) and overall(bounds) == "pass":  # why it is not the recommendation
+            verdict += f"; {fresh}"
+        out.append(
+            {"change": change, "setting": other.label(), "trial": number, "verdict": verdict,
+             "bounds": [b.describe() for b in bounds]}
+        )  # fmt: skip
     return tuple(out)
 
 
