@@ -75,11 +75,7 @@ class Panel:
 
     def next_chunk(self, have: Collection[Unit]) -> tuple[Unit, ...] | None:
         """The first chunk of the search panel not all in ``have`` (only its missing units), or None."""
-        for chunk in self.chunks:
-            missing = tuple(u for u in chunk if u not in have)
-            if missing:
-                return missing
-        return None
+        return _first_missing(self.chunks, have)
 
     @property
     def confirm_units(self) -> tuple[Unit, ...]:
@@ -97,11 +93,16 @@ class Panel:
 
     def next_confirm_chunk(self, have: Collection[Unit]) -> tuple[Unit, ...] | None:
         """The first chunk of the confirmation panel not all in ``have`` (only its missing units), or None."""
-        for chunk in self.confirm_chunks:
-            missing = tuple(u for u in chunk if u not in have)
-            if missing:
-                return missing
-        return None
+        return _first_missing(self.confirm_chunks, have)
 
     def prompts_of(self, units: Sequence[Unit]) -> list[int]:
         return sorted({p for p, _ in units})
+
+
+def _first_missing(chunks: Sequence[tuple[Unit, ...]], have: Collection[Unit]) -> tuple[Unit, ...] | None:
+    """The units of the first chunk not all in ``have``, or None."""
+    for chunk in chunks:
+        missing = tuple(u for u in chunk if u not in have)
+        if missing:
+            return missing
+    return None
