@@ -79,6 +79,7 @@ CONFIRM_POOL = list(range(20, 28))
 TRUTH_SEEDS = [500, 501, 502, 503]
 NOISE = 0.1  # lognormal sigma of one timed call around the setting's measured cost
 PHYSICAL = 1.25  # refuse a timed speed-up above this factor x its model-call ratio
+PROCEDURES = {"product": 0.34, "optimiser": 1.0}  # front_share of each procedure (see above)
 
 
 def _weights_digest() -> str:
@@ -199,6 +200,11 @@ class Renders:
 def space() -> list[Key]:
     out = [(n, tuple(sorted(o.items())), s, g) for n, o in LINES for s in STEPS for g in GUIDANCE]
     return [k for k in out if k != BASELINE] + [BASELINE]
+
+
+def grid_images(r: Renders, c: str) -> int:
+    """The exhaustive grid's images for class ``c``: every setting on every class prompt x 2 seeds."""
+    return len(space()) * len(r.config().classes[c]) * 2
 
 
 def model_calls(key: Key) -> int:
@@ -410,14 +416,15 @@ def main() -> None:
     out = HERE / "results" / "decision.json"
     if args.summarise:
         results = json.loads(out.read_text())
-        r, held = Renders(), holdouts(Renders())
+        r = Renders()
+        held = holdouts(r)
         for c, x in results.items():
             if isinstance(x, dict):
-                for proc in ("product", "optimiser"):
-                    rtol = rule_tolerance(r, x["tolerance"])
+                rtol = rule_tolerance(r, x["tolerance"])
+                for proc in PROCEDURES:
                     for row in x[proc]["studies"]:
                         row["collapsed_on_truth"] = collapsed_on_truth(r, ast.literal_eval(row["pick"]), held[c], rtol)
-                    x[proc] = _summary(x[proc]["studies"], x, x[proc].get("grid_images", len(space()) * 20 * 2))
+                    x[proc] = _summary(x[proc]["studies"], x, grid_images(r, c))
         out.write_text(json.dumps(results, indent=2) + "\n")
         return
     import torch
@@ -432,7 +439,6 @@ def main() -> None:
         tol = tolerance(r, c, held[c])
         rtol = rule_tolerance(r, tol)
         best, sound = answer(r, c, held[c], tol), answer(r, c, held[c], tol, rtol)
-        grid_images = len(space()) * len(r.config().classes[c]) * 2
         base_s = r.seconds(BASELINE)
         results[c] = {"tolerance": tol}
         for name, k in (("answer", best), ("robust_answer", sound)):
@@ -442,7 +448,7 @@ def main() -> None:
             ses = ", ".join(f"{m} {v:.3g} (a quarter of its tolerance: {tol[m] / 4:.3g})" for m, v in se.items())
             print(f"{c} {name}: {k} {base_s / r.seconds(k):.2f}x ({model_calls(BASELINE) / model_calls(k):.2f}x fewer "
                   f"model calls); standard error of the truth's mean difference: {ses or 'the baseline'}")  # fmt: skip
-        for proc, share in (("product", 0.34), ("optimiser", 1.0)):
+        for proc, share in PROCEDURES.items():
             rows = []
             for i in range(args.studies):
                 out = one_study(r, c, 1000 * i + 7, share, args.trials)
@@ -458,14 +464,14 @@ def main() -> None:
                     row[f"kept_{name}_calls"] = row["call_ratio"] / results[c][f"{name}_call_ratio"] if holds else 0.0
                 rows.append(row)
                 r.save()
-                grid_share = out["images"] / grid_images
+                grid_share = out["images"] / grid_images(r, c)
                 print(
                     f"{c} {proc} study {i}: {row['pick']} {speed:.2f}x ({row['call_ratio']:.1f}x fewer model "
                     f"evaluations), truly worse: {row['truly_worse']}, robustly holds: {row['robustly_holds']}, "
                     f"{out['images']} images ({grid_share:.1%} of grid)",
                     flush=True,
                 )
-            results[c][proc] = _summary(rows, results[c], grid_images)
+            results[c][proc] = _summary(rows, results[c], grid_images(r, c))
     r.save()
     results["minutes"] = (time.monotonic() - start) / 60
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -477,7 +483,7 @@ def main() -> None:
     )
 
 
-def _summary(rows: list[dict[str, Any]], answer: dict[str, Any], grid_images: int) -> dict[str, Any]:
+def _summary(rows: list[dict[str, Any]], answer: dict[str, Any], grid: int) -> dict[str, Any]:
     n = len(rows)
     keys = [k for name in ("answer", "robust_answer") for k in (f"kept_{name}_calls", f"kept_{name}")]
     kept = {f"{k}_median": statistics.median(x[k] for x in rows) for k in keys}
@@ -491,8 +497,8 @@ def _summary(rows: list[dict[str, Any]], answer: dict[str, Any], grid_images: in
             sum(x["pick"] == repr(BASELINE) for x in rows) / n if answer["robust_answer_speedup"] >= 1.5 else None
         ),
         "collapsed_on_truth": [sum(x["collapsed_on_truth"][i] for x in rows) for i in range(3)],  # pick, baseline, of
-        "images_share_of_grid": statistics.fmean(x["images"] for x in rows) / grid_images,
-        "grid_images": grid_images,
+        "images_share_of_grid": statistics.fmean(x["images"] for x in rows) / grid,
+        "grid_images": grid,
         "speedups": [round(x["speedup"], 2) for x in rows],
         "call_ratios": [round(x["call_ratio"], 2) for x in rows],
         "studies": rows,

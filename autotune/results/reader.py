@@ -258,10 +258,9 @@ def _margin(
         c = ev.by_number[number]
         shared = {u: v for u, v in c.images.items() if u in units}
         bounds = verdicts(replace(c, images=shared), base, tol)
-        verdict = (
-            overall(bounds) if set(shared) == units else f"{overall(bounds)} ({len(shared)} of {len(units)} images)"
-        )
-        if (fresh := unconfirmed(c, base, tol)) and overall(bounds) == "pass":  # why it is not the recommendation
+        v = overall(bounds)
+        verdict = v if set(shared) == units else f"{v} ({len(shared)} of {len(units)} images)"
+        if v == "pass" and (fresh := unconfirmed(c, base, tol)):  # why it is not the recommendation
             verdict += f"; {fresh}"
         out.append(
             {"change": change, "setting": other.label(), "trial": number, "verdict": verdict,
