@@ -126,3 +126,30 @@ def test_ctrl_c_while_loading_exits_130_and_says_so_on_disk_with_nothing_left_wa
     assert recs["classes"]["portrait"]["decision"] == {"state": "stopped: interrupted (Ctrl-C)"}
     monkeypatch.undo()
     assert main(["study", str(path), "--quiet"]) == 0  # resumed: the withdrawn baseline queued again
+
+
+def test_a_signal_while_a_trial_is_asked_fails_that_trial_instead_of_leaving_it_running(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM lands while the queued baseline is being asked (held there, raised as the ask ends): the
+    trial it had just made RUNNING is failed as interrupted, and the next run renders it again."""
+    import os
+    import signal
+
+    real = optuna.Study.ask
+
+    def terminated_meanwhile(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        trial = real(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler main installed holds it
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", terminated_meanwhile)
+    path = study_file(name="asked")
+    assert main(["study", str(path), "--quiet"]) == 143
+    assert capsys.readouterr().err.strip() == "autotune: interrupted (SIGTERM)"
+    trials = optuna.load_study(study_name="asked.portrait", storage=load_config(path).default_storage).trials
+    assert [(t.state, t.user_attrs["fail_reason"], t.user_attrs["interrupted"]) for t in trials] == [
+        (TrialState.FAIL, "interrupted (SIGTERM)", True)
+    ]
+    monkeypatch.undo()
+    assert main(["study", str(path), "--quiet"]) == 0

@@ -99,12 +99,13 @@ class Objective:
         """
         storage = self.study._storage
         fail_stale_trials(self.study)  # other hosts' dead workers' trials, as optimize does first
-        with deferred(), warnings.catch_warnings():  # asked and owned in one piece: never RUNNING unowned
-            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-            trial = self.study.ask()  # the heartbeat runs below, as in Optuna's own optimize loop
-            trial.set_user_attr("worker", worker_id())
         values: list[float] | None = None
-        try:
+        trial: optuna.Trial | None = None
+        try:  # a signal held while the trial is asked is raised as the block ends: inside this try
+            with deferred(), warnings.catch_warnings():  # asked and owned in one piece: never RUNNING unowned
+                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+                trial = self.study.ask()  # the heartbeat runs below, as in Optuna's own optimize loop
+                trial.set_user_attr("worker", worker_id())
             with heartbeat(self.study, trial):
                 try:
                     values = self._run(trial)
@@ -114,6 +115,8 @@ class Objective:
                 except TrialFailed:
                     state = TrialState.FAIL
         except KeyboardInterrupt as e:  # SIGINT or SIGTERM, not the setting's fault: the next run retries it
+            if trial is None:
+                raise
             with deferred():
                 trial.set_user_attr("interrupted", True)
                 trial.set_user_attr("fail_reason", why(e))
