@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from autotune.arguments import device, image_numbers, parse_duration, port, positive_int
 from autotune.config import ConfigError, ConfigWarning, load_config
 from autotune.files import Kept
-from autotune.process import deferred, exit_code, install, preload, why
+from autotune.process import deferred, exit_code, install, preload, run_main, why
 
 __all__ = ["main"]
 
@@ -375,5 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
+def entry() -> None:
+    """The ``autotune`` command (see :func:`autotune.process.run_main`)."""
+    run_main(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -22,10 +22,13 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import NoReturn
 
-__all__ = ["Interrupted", "alive", "deferred", "exit_code", "importing", "install", "preload", "why", "worker_id"]
+__all__ = [
+    "Interrupted", "alive", "deferred", "exit_code", "importing", "install", "preload", "run_main", "why", "worker_id"
+]  # fmt: skip
 
 
 class Interrupted(KeyboardInterrupt):
@@ -106,6 +109,23 @@ def deferred() -> Iterator[None]:
         signum = _pending[0]
         _pending.clear()
         raise Interrupted(signum)
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """Run a command's ``main`` as this process and exit with its code.
+
+    A signal that lands as ``main`` returns is said and exits as one inside it; one that lands in
+    Python's teardown (where its handlers are gone, so the signal would end the process without a word,
+    exit -2 or -15, after the work was done and written) is ignored.
+    """
+    try:
+        code = main()
+    except KeyboardInterrupt as e:
+        sys.stderr.write(f"autotune: {why(e)}\n")
+        code = exit_code(e)
+    for s in (signal.SIGINT, signal.SIGTERM):  # ignored, in every thread: teardown leaves an ignored one be
+        signal.signal(s, signal.SIG_IGN)
+    sys.exit(code)
 
 
 # what rendering and writing the outputs import: in before a signal may land (diffusers loads its

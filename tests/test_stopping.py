@@ -247,6 +247,29 @@ def test_a_signal_inside_an_import_is_sent_again_after_it(tmp_path: Path, monkey
     assert stopped.value.exit_code == 143 and stopped.value.why == "interrupted (SIGTERM)"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_in_pythons_teardown_leaves_the_exit_code_of_the_finished_work(sig: int) -> None:
+    """Python drops its signal handlers while it tears down (a second or more, with torch loaded): a
+    Ctrl-C there ended a finished run with -2 and no word (CI, stop 38). Sent from an object freed in the
+    teardown; the command, which ran to its end, exits 0. The same as one landing as ``main`` returns: said."""
+    teardown = (
+        "import os, signal, threading, time\nfrom autotune.process import install, run_main\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # as torch's, alive meanwhile\n"
+        "class Late:\n    def __del__(self):\n"
+        f"        os.kill(os.getpid(), {int(sig)}); time.sleep(0.2)\n"
+        "late = Late()\ninstall()\nrun_main(lambda: 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", teardown], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+    returning = (
+        "import os\nfrom autotune.process import install, run_main\ninstall()\n"
+        f"run_main(lambda: os.kill(os.getpid(), {int(sig)}) or 0)\n"
+    )
+    said = subprocess.run([sys.executable, "-c", returning], capture_output=True, text=True, timeout=60)
+    why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "interrupted (SIGTERM)"
+    assert (said.returncode, said.stderr) == (128 + sig, f"autotune: {why}\n")
+
+
 def test_a_signal_while_the_studies_are_created_leaves_nothing_queued_and_no_database(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
