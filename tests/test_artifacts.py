@@ -121,7 +121,7 @@ def test_two_machines_write_to_one_bucket_and_a_third_reads_every_image(
         for t in done:
             artifact = artifact_files(t.system_attrs)[image_name(0, cfg.search.seeds[0])]
             url = f"http://127.0.0.1:{port}/artifacts/{study._study_id}/{t._trial_id}/{artifact}"
-            for _ in range(100):  # the server starts
+            for _ in range(300):  # the server starts (up to a minute on a loaded machine, as in test_report)
                 try:
                     with urllib.request.urlopen(url, timeout=10) as r:
                         served += r.read().startswith(b"\x89PNG")
