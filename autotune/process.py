@@ -119,12 +119,14 @@ def run_main(main: Callable[[], int]) -> NoReturn:
     exit -2 or -15, after the work was done and written) is ignored.
     """
     try:
-        code = main()
-    except KeyboardInterrupt as e:
+        try:
+            code = main()
+        finally:
+            for s in (signal.SIGINT, signal.SIGTERM):  # ignored, in every thread: teardown leaves an ignored one be
+                signal.signal(s, signal.SIG_IGN)
+    except KeyboardInterrupt as e:  # landed after main's own handling, before the line above ran
         sys.stderr.write(f"autotune: {why(e)}\n")
         code = exit_code(e)
-    for s in (signal.SIGINT, signal.SIGTERM):  # ignored, in every thread: teardown leaves an ignored one be
-        signal.signal(s, signal.SIG_IGN)
     sys.exit(code)
 
 
