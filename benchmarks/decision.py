@@ -240,6 +240,10 @@ class Stand:
 
         return Evaluation(per_image, settings.steps * schedulers.get(settings.scheduler).calls_per_step, None, seconds)
 
+    def time(self, settings: Any, prompt: str, seed: int, repeats: int) -> list[float]:
+        key: Key = (settings.scheduler, settings.options, settings.steps, settings.guidance)
+        return [self.r.seconds(key) * math.exp(self.rng.gauss(0, NOISE)) for _ in range(repeats)]
+
 
 def one_study(r: Renders, c: str, seed: int, front_share: float, n_trials: int) -> dict[str, Any]:
     """A study of class ``c`` through autotune's own loop; what it picked and what it rendered."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,3 +154,35 @@ def test_a_signal_while_a_trial_is_asked_fails_that_trial_instead_of_leaving_it_
     ]
     monkeypatch.undo()
     assert main(["study", str(path), "--quiet"]) == 0
+
+
+@pytest.mark.slow
+def test_the_speedup_stated_is_the_recommendation_and_the_baseline_timed_in_turn_at_the_end(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The baseline's own timing is the study's first serving call: a slow spell then (here 1.5x, as a
+    cold machine or another job) sat in every speed-up. Timed again in turn with the recommendation once
+    the decision settled, the stated speed-up is the model-call ratio the fake clock charges."""
+    from autotune.decision.rule import TIMED_TOGETHER
+    from autotune.model import render
+
+    spell = {"calls": 0}
+
+    def timed(p, settings, prompt, seed, height, width, batch_size=1, repeats=3):  # type: ignore[no-untyped-def]
+        slow = 1.5 if spell["calls"] == 0 else 1.0  # the first timing of the run: the baseline's
+        spell["calls"] += 1
+        return [slow * 1e-3 * settings.steps * (1 + settings.guided_share())] * repeats
+
+    monkeypatch.setattr(render, "time_serving", timed)
+    path = _study(study_file, "together")
+    out = run_study(load_config(path), progress=False)["portrait"]
+    rec = out.recommendation
+    assert out.decision_state == "settled" and rec is not None and rec.chosen.number != rec.baseline.number
+    chosen, base = out.evidence.by_number[rec.chosen.number], out.evidence.by_number[rec.baseline.number]
+    first = statistics.median(base.seconds) / statistics.median(chosen.seconds)  # as the trials were timed
+    assert out.attrs[TIMED_TOGETHER]["trials"] == [rec.baseline.number, rec.chosen.number]
+    assert [len(s) for s in out.attrs[TIMED_TOGETHER]["seconds"]] == [3, 3]  # [serving] repeats, one call each
+    ratio = base.seconds[0] / 1.5 / chosen.seconds[0]  # the calls the fake clock charges, without the spell
+    assert first == pytest.approx(1.5 * ratio) and rec.speedup == pytest.approx(ratio)
+    stored = recommend(load_config(path))["portrait"].recommendation  # as the outputs read it
+    assert stored is not None and stored.speedup == pytest.approx(ratio)

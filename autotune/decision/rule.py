@@ -28,14 +28,16 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 from autotune.config.objectives import OBJECTIVES
 from autotune.decision.evidence import Candidate, Images
 
 __all__ = [
     "BROKEN",
+    "TIMED_TOGETHER",
     "Bound",
     "Recommendation",
     "Tolerance",
@@ -52,6 +54,7 @@ __all__ = [
     "ranked",
     "speedup",
     "t95",
+    "timed_together",
     "unconfirmed",
     "verdicts",
 ]
@@ -291,6 +294,19 @@ class Recommendation:
     def speedup_range(self) -> tuple[float, float] | None:
         s = speedup(self.chosen, self.baseline)
         return (s[1], s[2]) if s else None
+
+
+TIMED_TOGETHER = "timed_together"  # the study attribute: {"trials": [baseline, chosen], "seconds": [[...], [...]]}
+
+
+def timed_together(rec: Recommendation, attrs: Mapping[str, Any]) -> Recommendation:
+    """``rec`` with its setting's seconds and the baseline's as the study timed them in turn once the
+    decision settled (:meth:`autotune.study.decide.ClassRun._time_together`), where that pair was timed."""
+    t = attrs.get(TIMED_TOGETHER) or {}
+    if t.get("trials") != [rec.baseline.number, rec.chosen.number]:
+        return rec
+    base, mine = (tuple(float(x) for x in s) for s in t["seconds"])
+    return replace(rec, chosen=replace(rec.chosen, seconds=mine), baseline=replace(rec.baseline, seconds=base))
 
 
 def eligible(c: Candidate, base: Candidate, stochastic: bool) -> str | None:

@@ -61,6 +61,8 @@ class Scorer(Protocol):
         self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]
     ) -> tuple[list[int], dict[str, Any]]: ...
 
+    def time(self, settings: Settings, prompt: str, seed: int, repeats: int) -> list[float]: ...
+
 
 class Evaluator:
     """Pipeline, metric models and reference store, loaded once and owned by this evaluator.
@@ -176,19 +178,24 @@ class Evaluator:
     ) -> Evaluation:
         """Render every prompt with every seed and score each image with every quality objective;
         ``timed``: and time the setting as production calls it (``[serving]``), on the first prompt and seed."""
-        from autotune.model.render import generate, time_serving
+        from autotune.model.render import generate
 
         cfg, m, serving = self.cfg, self.cfg.model, self.cfg.serving
         render = generate(self.pipeline, settings, prompts, seeds, m.height, m.width, cfg.search.batch_size)
         seconds = []
         if timed and cost_of(cfg.metrics.objectives):
-            seconds = time_serving(
-                self.pipeline, settings, prompts[0], seeds[0], m.height, m.width, serving.batch_size, serving.repeats
-            )
+            seconds = self.time(settings, prompts[0], seeds[0], serving.repeats)
         per_image = self.score(render.images, prompts, seeds, settings.guidance)
         return Evaluation(
             per_image, render.model_calls, render.images, seconds, sum(render.seconds), render.guided_calls
         )
+
+    def time(self, settings: Settings, prompt: str, seed: int, repeats: int) -> list[float]:
+        """Seconds per image of ``repeats`` production calls of ``settings`` (``[serving]``), nothing scored."""
+        from autotune.model.render import time_serving
+
+        m, batch = self.cfg.model, self.cfg.serving.batch_size
+        return time_serving(self.pipeline, settings, prompt, seed, m.height, m.width, batch, repeats)
 
     def score(
         self, images: Any, prompts: Sequence[str], seeds: Sequence[int], guidance: float

@@ -25,7 +25,7 @@ from autotune.config.objectives import higher
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import Evidence, distinct
 from autotune.decision.pareto import pareto_front
-from autotune.decision.rule import Recommendation, Tolerance, decide
+from autotune.decision.rule import Recommendation, Tolerance, decide, timed_together
 from autotune.decision.tolerance import tolerance
 from autotune.space.families import Family
 from autotune.space.settings import Settings
@@ -207,7 +207,7 @@ def outcome(
     margin: tuple[dict[str, Any], ...] = ()
     if base is not None:
         tol, noise = tolerance(r, objectives, base, seed_lpips)
-        rec = decide(evidence.candidates, base, tol, stochastic=r.stochastic)
+        rec = timed_together(decide(evidence.candidates, base, tol, stochastic=r.stochastic), attrs)
         if rec.chosen.number != base.number:
             margin = _margin(cfg, attrs, done, evidence, tol, rec.chosen.number)
     return ClassOutcome(

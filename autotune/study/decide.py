@@ -33,7 +33,7 @@ from autotune.decision.agenda import Action, neighbours, next_action
 from autotune.decision.evidence import NOISE_SEED, Evidence, renders_key, reused, unit_key
 from autotune.decision.panel import Panel, noise_seed
 from autotune.decision.propose import Proposer, Tried, lines_of
-from autotune.decision.rule import Tolerance, decide, excess, margin, overall, verdicts
+from autotune.decision.rule import TIMED_TOGETHER, Tolerance, decide, excess, margin, overall, verdicts
 from autotune.decision.tolerance import tolerance
 from autotune.model.evaluate import Scorer
 from autotune.space import schedulers
@@ -166,9 +166,30 @@ class ClassRun:
         )  # fmt: skip
 
     def _settle(self) -> bool:
+        self._time_together()
         self.settled = True
         self.study.set_user_attr("decision", {"state": "settled"})
         return False
+
+    def _time_together(self) -> None:
+        """Time the recommendation and the baseline again, one serving call of each in turn
+        (``[serving] repeats`` of each): the baseline's own timing is the study's first, and a slow spell
+        of the machine then (another job, a cold start) would sit in every speed-up of the class. The
+        speed-up the outputs state is read from these (:func:`autotune.decision.rule.timed_together`)."""
+        rec = self.recommendation()
+        if rec is None or rec.chosen.number == rec.baseline.number or not rec.chosen.seconds:
+            return
+        pair = [rec.baseline.number, rec.chosen.number]
+        if self._attrs.get(TIMED_TOGETHER, {}).get("trials") == pair:
+            return
+        settings = self.settings()
+        seconds: list[list[float]] = [[], []]
+        for _ in range(self.cfg.serving.repeats):
+            for i, n in enumerate(pair):
+                seconds[i] += self.scorer.time(settings[n], self.prompts[0], self.cfg.search.seeds[0], 1)
+        together = {"trials": pair, "seconds": seconds}
+        self.study.set_user_attr(TIMED_TOGETHER, together)
+        self._attrs = {**self._attrs, TIMED_TOGETHER: together}
 
     def _margin_numbers(self, chosen: int) -> list[int]:
         """Trial numbers of the recommendation's neighbours already rendered."""
