@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from autotune.cli import main
 from autotune.config import load_config
 from autotune.results.reader import recommend
+from autotune.results.schema import recommendations_data
 from autotune.study.run import run_study
 
 PROMPTS = ["an old fisherman", "a red apple", "a blue car", "a green tree", "a yellow house", "a black cat"]
@@ -184,5 +185,9 @@ def test_the_speedup_stated_is_the_recommendation_and_the_baseline_timed_in_turn
     assert [len(s) for s in out.attrs[TIMED_TOGETHER]["seconds"]] == [3, 3]  # [serving] repeats, one call each
     ratio = base.seconds[0] / 1.5 / chosen.seconds[0]  # the calls the fake clock charges, without the spell
     assert first == pytest.approx(1.5 * ratio) and rec.speedup == pytest.approx(ratio)
-    stored = recommend(load_config(path))["portrait"].recommendation  # as the outputs read it
+    outcomes = recommend(load_config(path))  # as the outputs read it
+    stored = outcomes["portrait"].recommendation
     assert stored is not None and stored.speedup == pytest.approx(ratio)
+    shown = recommendations_data(outcomes.cfg, outcomes)["classes"]["portrait"]  # the table's seconds: the same
+    assert shown["metrics"]["seconds"] == pytest.approx(statistics.median(rec.chosen.seconds))
+    assert shown["baseline"]["metrics"]["seconds"] == pytest.approx(base.seconds[0] / 1.5)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError
-from autotune.config.objectives import OBJECTIVES, quality
+from autotune.config.objectives import OBJECTIVES, cost_of, quality
 from autotune.results.notes import call_ratio, fleet, prompts_note, random_weights_warning, speedup_check
 from autotune.space.tools import TOOLS
 
@@ -249,6 +249,9 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family, base_config)
     baseline = trial_summary(by_number[rec.baseline.number], objectives, o.family, base_config)
     chosen["seconds_fitted"], baseline["seconds_fitted"] = rec.chosen.cost, rec.baseline.cost
+    if (cost := cost_of(objectives)) is not None:  # the seconds the speed-up reads (timed in turn at the end)
+        for summary, c in ((chosen, rec.chosen), (baseline, rec.baseline)):
+            summary["metrics"][cost] = statistics.median(c.seconds) if c.seconds else summary["metrics"][cost]
     tol = o.tolerance
     assert tol is not None
     r = cfg.recommend
