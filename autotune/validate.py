@@ -85,11 +85,12 @@ def validate(
     It passes when every class that held-out prompts were routed to held its tolerance, and every
     studied class got at least one (``allow_untested`` accepts classes that got none).
     """
+    from autotune.config.objectives import cost_of
     from autotune.decision.cost import evaluations
     from autotune.decision.evidence import Candidate, images_of
     from autotune.decision.rule import overall, speedup, verdicts
     from autotune.files import atomic_write
-    from autotune.model.evaluate import Evaluator
+    from autotune.model.evaluate import Evaluator, in_turn
     from autotune.model.pipeline import resolve_config
     from autotune.results.notes import call_ratio, speedup_check
     from autotune.results.schema import DEFAULT_CLASS, load_recommendations
@@ -119,7 +120,10 @@ def validate(
         rec = recs[c]
         chosen = rec.settings()
         baseline = Settings.of(resolved.baseline)
-        ours, theirs = evaluator.evaluate(chosen, ps, seeds), evaluator.evaluate(baseline, ps, seeds)
+        ours, theirs = (evaluator.evaluate(s, ps, seeds, timed=False) for s in (chosen, baseline))
+        if cost_of(cfg.metrics.objectives):  # timed in turn: a slow spell of the machine falls on both
+            timed = in_turn(evaluator, [chosen, baseline], ps[0], seeds[0], cfg.serving.repeats)
+            ours, theirs = (dataclasses.replace(e, seconds=s) for e, s in zip((ours, theirs), timed, strict=True))
         a, b = (images_of(e.per_image, len(ps), seeds) for e in (ours, theirs))
         mine = Candidate(1, a, seconds=tuple(ours.seconds), deterministic=schedulers.get(rec.scheduler).deterministic)
         base = Candidate(0, b, seconds=tuple(theirs.seconds))

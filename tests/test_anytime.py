@@ -191,3 +191,20 @@ def test_the_speedup_stated_is_the_recommendation_and_the_baseline_timed_in_turn
     shown = recommendations_data(outcomes.cfg, outcomes)["classes"]["portrait"]  # the table's seconds: the same
     assert shown["metrics"]["seconds"] == pytest.approx(statistics.median(rec.chosen.seconds))
     assert shown["baseline"]["metrics"]["seconds"] == pytest.approx(base.seconds[0] / 1.5)
+
+
+def test_in_turn_times_one_call_of_each_setting_at_a_time() -> None:
+    """What `_time_together` and `autotune validate` time by: a, b, a, b, ... (never a, a, a, b, b, b)."""
+    from autotune.model.evaluate import in_turn
+    from autotune.space.settings import Settings
+
+    order: list[int] = []
+
+    class Clock:
+        def time(self, settings: Settings, prompt: str, seed: int, repeats: int) -> list[float]:
+            order.append(settings.steps)
+            return [float(len(order))] * repeats
+
+    a, b = Settings.make("euler", 30, 5.0), Settings.make("euler", 10, 5.0)
+    assert in_turn(Clock(), [a, b], "a cat", 0, 3) == [[1.0, 3.0, 5.0], [2.0, 4.0, 6.0]]  # type: ignore[arg-type]
+    assert order == [30, 10, 30, 10, 30, 10]

@@ -24,7 +24,7 @@ from autotune.space.settings import Settings
 if TYPE_CHECKING:
     from autotune.model.pipeline import ModelDescription
 
-__all__ = ["Evaluation", "Evaluator", "Scorer"]
+__all__ = ["Evaluation", "Evaluator", "Scorer", "in_turn"]
 
 _PROMPTS_AT_A_TIME = 4  # the seed-to-seed references between two looks at the clock
 
@@ -206,3 +206,13 @@ class Evaluator:
         if any(OBJECTIVES[name].reference for name in self.metrics):
             refs = self.references(prompts, seeds, guidance)
         return {name: metric.score(images, each, refs).tolist() for name, metric in self.metrics.items()}
+
+
+def in_turn(scorer: Scorer, settings: Sequence[Settings], prompt: str, seed: int, repeats: int) -> list[list[float]]:
+    """Each of ``settings`` timed ``repeats`` times, one serving call of each in turn: a slow spell of the
+    machine (a cold start, another job) falls on all of them alike, which timings taken apart cannot promise."""
+    out: list[list[float]] = [[] for _ in settings]
+    for _ in range(repeats):
+        for seconds, s in zip(out, settings, strict=True):
+            seconds += scorer.time(s, prompt, seed, 1)
+    return out

@@ -35,7 +35,7 @@ from autotune.decision.panel import Panel, noise_seed
 from autotune.decision.propose import Proposer, Tried, lines_of
 from autotune.decision.rule import TIMED_TOGETHER, Tolerance, decide, excess, margin, overall, verdicts
 from autotune.decision.tolerance import tolerance
-from autotune.model.evaluate import Scorer
+from autotune.model.evaluate import Scorer, in_turn
 from autotune.space import schedulers
 from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
@@ -182,11 +182,8 @@ class ClassRun:
         pair = [rec.baseline.number, rec.chosen.number]
         if self._attrs.get(TIMED_TOGETHER, {}).get("trials") == pair:
             return
-        settings = self.settings()
-        seconds: list[list[float]] = [[], []]
-        for _ in range(self.cfg.serving.repeats):
-            for i, n in enumerate(pair):
-                seconds[i] += self.scorer.time(settings[n], self.prompts[0], self.cfg.search.seeds[0], 1)
+        settings, repeats = self.settings(), self.cfg.serving.repeats
+        seconds = in_turn(self.scorer, [settings[n] for n in pair], self.prompts[0], self.cfg.search.seeds[0], repeats)
         together = {"trials": pair, "seconds": seconds}
         self.study.set_user_attr(TIMED_TOGETHER, together)
         self._attrs = {**self._attrs, TIMED_TOGETHER: together}
