@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from autotune.cli import main
 from autotune.config import load_config
@@ -106,6 +106,13 @@ def test_a_timeout_of_zero_is_refused(study_file: Callable[..., Path], capsys: p
     assert not (path.parent / "zero.db").exists()
 
 
+def _stopped(path: Path, code: int, why: str, capsys: pytest.CaptureFixture[str]) -> list[FrozenTrial]:
+    """Run the study until the signal stops it: its exit code and its one line checked; the class's trials."""
+    assert main(["study", str(path), "--quiet"]) == code
+    assert capsys.readouterr().err.strip() == f"autotune: {why}"
+    return optuna.load_study(study_name=f"{path.stem}.portrait", storage=load_config(path).default_storage).trials
+
+
 def test_ctrl_c_while_loading_exits_130_and_says_so_on_disk_with_nothing_left_waiting(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -118,9 +125,7 @@ def test_ctrl_c_while_loading_exits_130_and_says_so_on_disk_with_nothing_left_wa
 
     monkeypatch.setattr(evaluate.Evaluator, "__init__", interrupted)
     path = study_file(name="startup")
-    assert main(["study", str(path), "--quiet"]) == 130
-    assert capsys.readouterr().err.strip() == "autotune: interrupted (Ctrl-C)"
-    trials = optuna.load_study(study_name="startup.portrait", storage=load_config(path).default_storage).trials
+    trials = _stopped(path, 130, "interrupted (Ctrl-C)", capsys)
     assert [(t.state, t.user_attrs["fail_reason"]) for t in trials] == [
         (TrialState.FAIL, "withdrawn: interrupted (Ctrl-C) before it began")
     ]
@@ -146,10 +151,7 @@ def test_a_signal_while_a_trial_is_asked_fails_that_trial_instead_of_leaving_it_
         return trial
 
     monkeypatch.setattr(optuna.Study, "ask", terminated_meanwhile)
-    path = study_file(name="asked")
-    assert main(["study", str(path), "--quiet"]) == 143
-    assert capsys.readouterr().err.strip() == "autotune: interrupted (SIGTERM)"
-    trials = optuna.load_study(study_name="asked.portrait", storage=load_config(path).default_storage).trials
+    trials = _stopped(path := study_file(name="asked"), 143, "interrupted (SIGTERM)", capsys)
     assert [(t.state, t.user_attrs["fail_reason"], t.user_attrs["interrupted"]) for t in trials] == [
         (TrialState.FAIL, "interrupted (SIGTERM)", True)
     ]
