@@ -210,3 +210,27 @@ def test_in_turn_times_one_call_of_each_setting_at_a_time() -> None:
     a, b = Settings.make("euler", 30, 5.0), Settings.make("euler", 10, 5.0)
     assert in_turn(Clock(), [a, b], "a cat", 0, 3) == [[1.0, 3.0, 5.0], [2.0, 4.0, 6.0]]  # type: ignore[arg-type]
     assert order == [30, 10, 30, 10, 30, 10]
+
+
+@pytest.mark.slow
+def test_a_failed_timing_in_turn_leaves_the_decision_and_says_so(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    seconds_by_evaluations: None,
+) -> None:  # fmt: skip
+    from autotune.decision.rule import TIMED_TOGETHER
+    from autotune.study import decide
+
+    def out_of_memory(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(decide, "in_turn", out_of_memory)
+    out = run_study(load_config(_study(study_file, "untimed")), progress=False)["portrait"]
+    rec = out.recommendation
+    assert out.decision_state == "settled" and rec is not None and rec.chosen.number != rec.baseline.number
+    trial = out.evidence.by_number  # the trials' own timings
+    own = statistics.median(trial[rec.baseline.number].seconds) / statistics.median(trial[rec.chosen.number].seconds)
+    assert TIMED_TOGETHER not in out.attrs and rec.speedup == pytest.approx(own)
+    assert (
+        "autotune: warning: portrait: timing the recommendation and the baseline again failed (RuntimeError: CUDA "
+        "out of memory); the speed-up reads their trials' own timings"
+    ) in capsys.readouterr().err

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,8 +183,17 @@ class ClassRun:
         pair = [rec.baseline.number, rec.chosen.number]
         if self._attrs.get(TIMED_TOGETHER, {}).get("trials") == pair:
             return
-        settings, repeats = self.settings(), self.cfg.serving.repeats
-        seconds = in_turn(self.scorer, [settings[n] for n in pair], self.prompts[0], self.cfg.search.seeds[0], repeats)
+        settings, prompt, seed = self.settings(), self.prompts[0], self.cfg.search.seeds[0]
+        try:
+            seconds = in_turn(self.scorer, [settings[n] for n in pair], prompt, seed, self.cfg.serving.repeats)
+        except Exception as e:  # out of memory, say: the decision stands, its speed-up reads the trials' timings
+            why = f"{type(e).__name__}: {e}"
+            print(
+                f"autotune: warning: {self.class_name}: timing the recommendation and the baseline again failed "
+                f"({why}); the speed-up reads their trials' own timings",
+                file=sys.stderr,
+            )
+            return
         together = {"trials": pair, "seconds": seconds}
         self.study.set_user_attr(TIMED_TOGETHER, together)
         self._attrs = {**self._attrs, TIMED_TOGETHER: together}
