@@ -349,7 +349,8 @@ def write_report(
         f'<p class="note">Model <code>{html.escape(m.id)}</code> at {m.height}x{m.width}; objectives '
         f"{', '.join(cfg.metrics.objectives)}; tolerances: {html.escape(tolerance_text(cfg))}. "
         f"{html.escape(RULE_TEXT)} Seconds: one serving call ({cfg.serving.batch_size} image(s)), median of "
-        f"{cfg.serving.repeats} after a warm-up. Δ is recommended minus baseline per image, mean ± std over "
+        f"{cfg.serving.repeats} after a warm-up; the recommendation's and the baseline's timed again in turn, call "
+        "for call, once the decision settled. Δ is recommended minus baseline per image, mean ± std over "
         f"prompts and seeds. Written {now}.</p>"
     )
     if warning := random_weights_warning(cfg):
