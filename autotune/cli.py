@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from autotune.arguments import device, image_numbers, parse_duration, port, positive_int
 from autotune.config import ConfigError, ConfigWarning, load_config
 from autotune.files import Kept
-from autotune.process import deferred, exit_code, install, preload, run_main, why
+from autotune.process import deferred, install, preload, run_main, said
 
 __all__ = ["main"]
 
@@ -368,8 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         with deferred():
-            print(f"autotune: {why(e)}", file=sys.stderr)
-        return exit_code(e)
+            return said(e)
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as `git log | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141

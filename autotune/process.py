@@ -27,7 +27,8 @@ from types import FrameType
 from typing import NoReturn
 
 __all__ = [
-    "Interrupted", "alive", "deferred", "exit_code", "importing", "install", "preload", "run_main", "why", "worker_id"
+    "Interrupted", "alive", "deferred", "exit_code", "importing", "install", "preload", "run_main", "said", "why",
+    "worker_id",
 ]  # fmt: skip
 
 
@@ -56,6 +57,13 @@ def exit_code(e: KeyboardInterrupt) -> int:
     return e.exit_code if isinstance(e, Interrupted) else 130
 
 
+def said(e: KeyboardInterrupt) -> int:
+    """Say what stopped the command, its one line on stderr; the exit code that goes with it."""
+    sys.stderr.write(f"autotune: {why(e)}\n")
+    sys.stderr.flush()
+    return exit_code(e)
+
+
 _pending: list[int] = []  # a signal that arrived while deferred
 _depth = 0
 _at_once = False  # importing, before anything is written: a signal exits there and then
@@ -63,9 +71,7 @@ _at_once = False  # importing, before anything is written: a signal exits there 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _at_once:
-        sys.stderr.write(f"autotune: {Interrupted(signum).why}\n")
-        sys.stderr.flush()
-        os._exit(128 + signum)  # no interpreter teardown: modules are half imported, nothing is open for writing
+        os._exit(said(Interrupted(signum)))  # no teardown: modules are half imported, nothing is open for writing
     if _depth:
         _pending.append(signum)
         return
@@ -125,8 +131,7 @@ def run_main(main: Callable[[], int]) -> NoReturn:
             for s in (signal.SIGINT, signal.SIGTERM):  # ignored, in every thread: teardown leaves an ignored one be
                 signal.signal(s, signal.SIG_IGN)
     except KeyboardInterrupt as e:  # landed after main's own handling, before the line above ran
-        sys.stderr.write(f"autotune: {why(e)}\n")
-        code = exit_code(e)
+        code = said(e)
     sys.exit(code)
 
 

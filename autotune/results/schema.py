@@ -251,7 +251,8 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     chosen["seconds_fitted"], baseline["seconds_fitted"] = rec.chosen.cost, rec.baseline.cost
     if (cost := cost_of(objectives)) is not None:  # the seconds the speed-up reads (timed in turn at the end)
         for summary, c in ((chosen, rec.chosen), (baseline, rec.baseline)):
-            summary["metrics"][cost] = statistics.median(c.seconds) if c.seconds else summary["metrics"][cost]
+            if c.seconds:
+                summary["metrics"][cost] = statistics.median(c.seconds)
     tol = o.tolerance
     assert tol is not None
     r = cfg.recommend

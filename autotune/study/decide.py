@@ -34,7 +34,16 @@ from autotune.decision.agenda import Action, neighbours, next_action
 from autotune.decision.evidence import NOISE_SEED, Evidence, renders_key, reused, unit_key
 from autotune.decision.panel import Panel, noise_seed
 from autotune.decision.propose import Proposer, Tried, lines_of
-from autotune.decision.rule import TIMED_TOGETHER, Tolerance, decide, excess, margin, overall, verdicts
+from autotune.decision.rule import (
+    TIMED_TOGETHER,
+    Tolerance,
+    decide,
+    excess,
+    margin,
+    overall,
+    timed_together,
+    verdicts,
+)  # fmt: skip
 from autotune.decision.tolerance import tolerance
 from autotune.model.evaluate import Scorer, in_turn
 from autotune.space import schedulers
@@ -180,9 +189,9 @@ class ClassRun:
         rec = self.recommendation()
         if rec is None or rec.chosen.number == rec.baseline.number or not rec.chosen.seconds:
             return
-        pair = [rec.baseline.number, rec.chosen.number]
-        if self._attrs.get(TIMED_TOGETHER, {}).get("trials") == pair:
+        if timed_together(rec, self._attrs) is not rec:  # this pair was timed in turn before (a resumed run)
             return
+        pair = [rec.baseline.number, rec.chosen.number]
         settings, prompt, seed = self.settings(), self.prompts[0], self.cfg.search.seeds[0]
         try:
             seconds = in_turn(self.scorer, [settings[n] for n in pair], prompt, seed, self.cfg.serving.repeats)
@@ -194,9 +203,7 @@ class ClassRun:
                 file=sys.stderr,
             )
             return
-        together = {"trials": pair, "seconds": seconds}
-        self.study.set_user_attr(TIMED_TOGETHER, together)
-        self._attrs = {**self._attrs, TIMED_TOGETHER: together}
+        self.study.set_user_attr(TIMED_TOGETHER, {"trials": pair, "seconds": seconds})
 
     def _margin_numbers(self, chosen: int) -> list[int]:
         """Trial numbers of the recommendation's neighbours already rendered."""
