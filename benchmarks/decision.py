@@ -235,7 +235,7 @@ class Stand:
         rows = self.r.units(key, list(prompts), list(seeds))
         self.images += len(rows)
         per_image = {m: [rows[(q, s)][m] for q in prompts for s in seeds] for m in ("clip_score", "lpips")}
-        seconds = [self.r.seconds(key) * math.exp(self.rng.gauss(0, NOISE)) for _ in range(3)] if timed else []
+        seconds = self.time(settings, prompts[0], seeds[0], 3) if timed else []
         from autotune.space import schedulers
 
         return Evaluation(per_image, settings.steps * schedulers.get(settings.scheduler).calls_per_step, None, seconds)
