@@ -24,7 +24,7 @@ from typing import Any
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.objectives import quality
 from autotune.config.schema import read_text
-from autotune.decision.rule import BROKEN
+from autotune.decision.bounds import BROKEN
 
 __all__ = ["class_tolerance", "read_prompts", "validate"]
 

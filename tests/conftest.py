@@ -47,6 +47,7 @@ confirm_seeds = [1000, 1001]
 finalists = 1
 race_seeds = 2
 race_budget = 0
+broken_share = 0.5         # what a few prompts x seeds can show (an exact bound: 5 % needs about 60 clean images)
 {classes}
 """
 ONE_CLASS = '[classes.portrait]\nprompts = ["a studio portrait of an old fisherman"]\n'

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from autotune.config import RecommendConfig, SearchConfig
 from autotune.decision.agenda import Action, near, neighbours, next_action
+from autotune.decision.bounds import Tolerance
 from autotune.decision.evidence import Candidate, Evidence
 from autotune.decision.panel import Panel
 from autotune.decision.propose import Line, Proposer, Tried
-from autotune.decision.rule import Tolerance
 from autotune.space.settings import Settings
 
 TOL = Tolerance({"clip_score": 1.0})
-PANEL = Panel(
-    n_prompts=8, search_seeds=(0, 1), race_seeds=(2,), per_chunk=4, confirm_seeds=(1000, 1001), confirm_prompts=4
-)
+FRESH = (1000, 1001, 1002, 1003)
+PANEL = Panel(n_prompts=12, search_seeds=(0, 1), race_seeds=(2,), per_chunk=4, confirm_seeds=FRESH, confirm_prompts=4)
 
 
 def images(diffs: dict[int, float], seeds: tuple[int, ...] = (0, 1), base: float = 30.0) -> dict:
@@ -21,15 +20,17 @@ def images(diffs: dict[int, float], seeds: tuple[int, ...] = (0, 1), base: float
 
 
 def evidence(*cands: Candidate) -> Evidence:
-    ev = Evidence(("clip_score", "seconds"), 8, (0, 1), (1000, 1001))
+    ev = Evidence(("clip_score", "seconds"), 12, (0, 1), FRESH)
     for c in cands:
         ev.by_number[c.number] = c
     ev.baseline_number = 0
+    ev.confirmed = [c.number for c in cands if c.confirm and c.number != 0]  # their confirmations began in this order
     return ev
 
 
-ALL = {p: 0.0 for p in range(8)}
-BASE = Candidate(0, images(ALL), images(ALL, (1000, 1001)), seconds=(1.0,) * 3, cost=1.0, calls=30)
+ALL = {p: 0.0 for p in range(12)}
+HELD_OUT = {p: 0.0 for p in range(8, 12)}  # the prompts only confirmation renders
+BASE = Candidate(0, images(ALL), images(ALL, FRESH), seconds=(1.0,) * 3, cost=1.0, calls=30)
 SPACE = SearchConfig(steps=(2, 30), guidance=(1.0, 9.0))  # steps of 1 and 0.5, no guidance cutoff
 SETTINGS = {
     0: Settings("dpmpp_2m_karras", 30, 5.0),
@@ -49,7 +50,8 @@ def test_the_first_chunk_races_on_more_prompts_before_more_seeds() -> None:
     assert PANEL.chunks[1] == tuple((p, s) for p in range(4, 8) for s in (0, 1))
     assert PANEL.chunks[2] == tuple((p, 2) for p in range(4))
     assert PANEL.next_chunk(set(PANEL.chunks[0])) == PANEL.chunks[1]
-    assert PANEL.confirm_units == tuple((p, s) for p in range(4, 8) for s in (1000, 1001))  # the search's last
+    assert PANEL.search_prompts == 8 and PANEL.chunks[-1] == tuple((p, 2) for p in range(4, 8))
+    assert PANEL.confirm_units == tuple((p, s) for p in range(8, 12) for s in (1000, 1001))  # held out, fresh
 
 
 def test_an_undecided_cheap_candidate_races_on_new_prompts() -> None:
@@ -69,7 +71,7 @@ def test_a_passing_candidate_is_confirmed_before_a_dearer_undecided_one_races() 
 
 def test_two_near_identical_finalists_are_not_both_confirmed_when_a_distinct_one_passes() -> None:
     same = {p: 0.0 for p in range(4)}
-    failed = Candidate(1, images(same), images({p: -5.0 for p in range(4, 8)}, (1000, 1001)), (0.2,) * 3, 0.2)
+    failed = Candidate(1, images(same), images({p: -5.0 for p in range(8, 12)}, (1000, 1001)), (0.2,) * 3, 0.2)
     twin = cand(2, same, 0.21)  # euler 4 steps at CFG 5.5: only the guidance differs from the one that failed
     other = cand(3, same, 0.25)  # DPM++ 2M trailing: a different sampler
     ev = evidence(BASE, failed, twin, other)
@@ -82,27 +84,41 @@ def test_two_near_identical_finalists_are_not_both_confirmed_when_a_distinct_one
     assert capped is None
 
 
-def test_an_undecided_confirmation_races_on_more_prompts_of_the_fresh_seeds_before_it_counts_as_failed() -> None:
+def test_an_undecided_confirmation_goes_on_over_its_whole_panel_before_it_counts_as_failed() -> None:
     same = {p: 0.0 for p in range(4)}
-    split = {4: -1.5, 5: 0.4, 6: -0.8, 7: 0.3}  # four fresh prompts that disagree: undecided
+    split = {8: -1.5, 9: 0.4, 10: -0.8, 11: 0.3}  # four fresh prompts that disagree: undecided
     unsure = Candidate(1, images(same), images(split, (1000, 1001)), (0.2,) * 3, 0.2)
     dearer = cand(3, same, 0.25)
     ev = evidence(BASE, unsure, dearer)
     one = RecommendConfig(finalists=1)
     action = next_action(ev, TOL, PANEL, SETTINGS, one, race_spent=0)
-    assert action == Action("race", 1, PANEL.confirm_chunks[1])  # prompts 0-3 on seeds 1000-1001
-    assert PANEL.confirm_chunks[1] == tuple((p, s) for p in range(4) for s in (1000, 1001))
-    spent = next_action(ev, TOL, PANEL, SETTINGS, one, race_spent=2048)  # no racing left: a failed finalist
-    assert spent is None
-    more = next_action(ev, TOL, PANEL, SETTINGS, RecommendConfig(finalists=2), race_spent=2048)
+    assert action == Action("confirm", 1, PANEL.confirm_chunks[1])  # the same fresh prompts, more fresh seeds
+    assert PANEL.confirm_chunks[1] == tuple((p, s) for p in range(8, 12) for s in (1002, 1003))
+    spent = next_action(ev, TOL, PANEL, SETTINGS, one, race_spent=2048)  # the search's racing budget: not its
+    assert spent == action
+    whole = images(split, FRESH)  # its panel done, still undecided
+    done = evidence(BASE, Candidate(1, images(same), whole, (0.2,) * 3, 0.2), dearer)
+    assert next_action(done, TOL, PANEL, SETTINGS, one, race_spent=0) is None  # the one slot is spent
+    more = next_action(done, TOL, PANEL, SETTINGS, RecommendConfig(finalists=2), race_spent=0)
     assert more == Action("confirm", 3, PANEL.confirm_units)
-    whole = Candidate(1, images(same), images({**split, 0: 0.1, 1: 0.2, 2: 0.0, 3: 0.1}, (1000, 1001)), (0.2,) * 3, 0.2)
-    assert next_action(evidence(BASE, whole, dearer), TOL, PANEL, SETTINGS, one, race_spent=0) is None
+    good = Candidate(1, images(same), images({p: 0.1 for p in range(8, 12)}, FRESH), (0.2,) * 3, 0.2)
+    assert next_action(evidence(BASE, good, dearer), TOL, PANEL, SETTINGS, one, race_spent=0) is None
+
+
+def test_a_later_confirmation_waits_until_the_search_has_nothing_cheaper_to_try() -> None:
+    """Each confirmation spends a share of the error, so a slot goes where the search found the cheapest."""
+    good = cand(1, {p: 0.0 for p in range(4)}, 0.2)
+    wait = next_action(evidence(BASE, good), TOL, PANEL, SETTINGS, RecommendConfig(), race_spent=0,
+                       frontier=lambda c: False)  # fmt: skip
+    assert wait is None  # the walk still has cheaper settings to render first
+    now = next_action(evidence(BASE, good), TOL, PANEL, SETTINGS, RecommendConfig(), race_spent=0,
+                      frontier=lambda c: c.number == 1)  # fmt: skip
+    assert now == Action("confirm", 1, PANEL.confirm_units)
 
 
 def test_the_recommendations_neighbours_race_on_its_own_images() -> None:
     same = {p: 0.0 for p in range(8)}
-    chosen = Candidate(4, images(same), images({p: 0.0 for p in range(4, 8)}, (1000, 1001)), (0.3,) * 3, 0.3)
+    chosen = Candidate(4, images(same), images(HELD_OUT, FRESH), (0.3,) * 3, 0.3)  # confirmed
     fewer = cand(1, {p: 0.0 for p in range(4)}, 0.6)  # one step fewer (here, by cost, dearer: still shown)
     action = next_action(
         evidence(BASE, chosen, fewer), TOL, PANEL, SETTINGS, RecommendConfig(), race_spent=0, margin_of=[1]

@@ -58,6 +58,13 @@ CASES: list[tuple[str, str | bytes, list[str], str]] = [
     ("family that does not fit", GOOD.replace('id = "tiny"', 'id = "tiny"\nfamily = "sd3"'), [], "a sd model"),
     ("lora scale", GOOD.replace('id = "tiny"', 'id = "tiny"\nloras = { "x" = "high" }'), [], "model.loras.x: expected"),
     ("pipeline module", GOOD.replace('id = "tiny"', 'id = "tiny"\npipeline = "no_such_mod:f"'), [], "cannot import"),
+    (  # a class that could never show 5 % broken images at most: nothing could ever be recommended
+        "panels too small for the broken-image gate",
+        GOOD.replace("broken_share = 0.5", "broken_share = 0.05"),
+        [],
+        "recommend.broken_share: 0.05 needs 59 images of a candidate without a collapse; classes.portrait gives "
+        "at most 5 (prompts: 1; seeds: 1 search, 2 racing, 2 confirmation)",
+    ),
 ]
 
 

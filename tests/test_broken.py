@@ -12,11 +12,13 @@ import pytest
 
 import autotune
 from autotune.config import ConfigError, load_config
+from autotune.decision.bounds import BROKEN, Tolerance
 from autotune.decision.evidence import Candidate
-from autotune.decision.rule import BROKEN, Tolerance, decide, excess, overall, unconfirmed, verdicts
+from autotune.decision.rule import decide, excess, overall, unconfirmed, verdicts
 
-# CLIP tolerance 1 point; an image 5 points worse than the baseline's has collapsed (3 % more allowed)
-TOL = Tolerance({"clip_score": 1.0}, collapse={"clip_score": 5.0}, broken_share=0.03)
+# CLIP tolerance 1 point; an image 5 points worse than the baseline's has collapsed; 8 % more allowed: what 40
+# clean images can show (the exact 95 % bound of 0 in 40 is 7.2 %)
+TOL = Tolerance({"clip_score": 1.0}, collapse={"clip_score": 5.0}, broken_share=0.08)
 PROMPTS = 40
 
 
@@ -42,7 +44,7 @@ def test_a_candidate_whose_mean_holds_but_whose_images_collapse_is_not_recommend
         (-5 * 2 + 0.1 * 18 - 0.1 * 20) / PROMPTS
     )
     assert got[BROKEN].collapsed == (2, 0) and got[BROKEN].mean == pytest.approx(2 / PROMPTS)
-    assert got[BROKEN].verdict != "pass" and got[BROKEN].worst > 0.03
+    assert got[BROKEN].verdict == "undecided" and got[BROKEN].worst > 0.08 > got[BROKEN].best
     assert "collapsed images 2 of 40 (the baseline's: 0)" in got[BROKEN].describe()
     assert by_metric(sound)[BROKEN].verdict == "pass" and by_metric(sound)[BROKEN].collapsed == (0, 0)
     rec = decide([broken, sound], BASE, TOL)
@@ -54,12 +56,12 @@ def test_the_walks_excess_reads_the_means_not_the_collapsed_share() -> None:
     awful = Candidate(1, images({p: -70.0 for p in range(0, PROMPTS, 2)}), seconds=(0.4,))  # half broken
     bounds = verdicts(awful, BASE, TOL)
     share = next(b for b in bounds if b.metric == BROKEN)
-    assert share.mean / share.tolerance > 16  # 50 % against 3 %: 16.7 "tolerances"
+    assert share.mean / share.tolerance > 6  # 50 % against 8 %: 6.25 "tolerances"
     assert excess(bounds) == pytest.approx((20 * 5 - 20 * 0.1) / PROMPTS)  # the mean, each image at most 5 points
 
 
 def test_a_candidate_whose_fresh_images_collapse_says_why_it_is_not_confirmed() -> None:
-    few = 20  # one collapse in 20 prompts x 1 image: 5 %, its bound beyond the 3 % allowed
+    few = 20  # one collapse in 20 prompts x 1 image: 5 %, its bound (21.6 %) beyond the 8 % allowed
     fresh = {(p, 1000): v for (p, _), v in images({3: -70.0}, seed=1000).items() if p < few}
     close = Candidate(1, images({}), fresh, seconds=(0.4,) * 3)
     assert overall(verdicts(close, BASE, TOL)) == "pass"  # on its search images
@@ -99,7 +101,8 @@ def test_without_a_collapse_threshold_no_image_is_judged_broken() -> None:
 )
 def test_collapse_settings_are_checked(study_file: Callable[..., Path], text: str, message: str) -> None:
     path = study_file()
-    path.write_text(path.read_text().replace("[recommend]", f"[recommend]\n{text}", 1))
+    own = "\n".join(line for line in path.read_text().splitlines() if not line.startswith(text.split()[0]))
+    path.write_text(own.replace("[recommend]", f"[recommend]\n{text}", 1))
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value) == f"{path}: {message}"

@@ -21,7 +21,10 @@ import numpy as np
 import pytest
 
 from autotune.config.study import RecommendConfig
-from autotune.decision.rule import Tolerance, paired_bound
+from autotune.decision.bounds import Tolerance, broken_bound, paired_bound, t95
+from autotune.decision.evidence import Candidate
+from autotune.decision.panel import Panel
+from autotune.decision.rule import Schedule, overall, verdicts
 from autotune.decision.tolerance import collapse_of
 
 REPLICATIONS = 1000
@@ -91,3 +94,78 @@ def test_collapses_counted_in_full_would_pull_the_bound_below_its_95_percent() -
         assert b is not None
         covered += b.worst <= truth
     assert covered / REPLICATIONS < 0.92
+
+
+# The product's look schedule: a candidate is judged after every chunk racing renders (it may fail after
+# any), and passes only at the panel's looks, each at the level it may spend (autotune.decision.looks).
+DEMO_PANEL = Panel(20, (0, 1), (2, 3, 4, 5), 4, tuple(range(1000, 1008)), 8)  # studies/demo.toml's
+SLOTS = 3  # the default finalists: each confirmation spends 5 % / 3
+
+
+def race(rng: np.random.Generator, panel: Panel, shift: float, *, confirm: bool, paid: bool) -> bool:
+    """One candidate whose true CLIP difference is ``shift``, raced chunk by chunk through the search panel
+    (or its confirmation's) until its verdict is pass or fail, as the agenda races it; True: it passed.
+    ``paid``: judged where it stands in the looks; else every look at the nominal 95 % (the rule before)."""
+    _, sp, sn, se, *_ = MODEL["clip_score"]
+    chunks = panel.confirm_chunks if confirm else panel.chunks
+    prompts = {p: rng.normal(0, sp) for p in range(panel.n_prompts)}
+    tol = Tolerance({"clip_score": TOL.of("clip_score") or 0.0})
+    looks = Schedule(panel, (), SLOTS) if paid else None
+    base: dict = {}
+    mine: dict = {}
+    for chunk in chunks:
+        for p, s in chunk:
+            base[(p, s)] = {"clip_score": 0.0}
+            mine[(p, s)] = {"clip_score": shift + prompts[p] + rng.normal(0, math.hypot(sn, se))}
+        cand = Candidate(1, {} if confirm else mine, mine if confirm else {})
+        baseline = Candidate(0, {} if confirm else base, base if confirm else {})
+        verdict = overall(verdicts(cand, baseline, tol, confirm=confirm, looks=looks))
+        if verdict != "undecided":
+            return verdict == "pass"
+    return False
+
+
+def passes(panel: Panel, *, confirm: bool, paid: bool, seed: int, reps: int = REPLICATIONS) -> float:
+    rng, at = np.random.default_rng(seed), -(TOL.of("clip_score") or 0.0)  # exactly at the tolerance
+    return sum(race(rng, panel, at, confirm=confirm, paid=paid) for _ in range(reps)) / reps
+
+
+@pytest.mark.slow
+def test_racing_through_the_products_looks_passes_a_setting_at_the_tolerance_at_most_5_percent() -> None:
+    search = passes(DEMO_PANEL, confirm=False, paid=True, seed=1)
+    confirmation = passes(DEMO_PANEL, confirm=True, paid=True, seed=2)
+    print(f"passed at the tolerance: search {search:.1%}, confirmation {confirmation:.1%}")
+    slack = 2 * math.sqrt(0.05 * 0.95 / REPLICATIONS)  # two standard errors of the simulation's own
+    assert search <= 0.05 + slack, search  # the search's looks together spend 5 % (the union bound: less)
+    assert confirmation <= 0.05 / SLOTS + slack / 2, confirmation  # a confirmation, one look: its slot's share
+    assert DEMO_PANEL.search_sizes == (8, 24, 48, 72) and DEMO_PANEL.confirm_sizes == (64,)
+
+
+@pytest.mark.slow
+def test_the_nominal_bound_at_every_chunk_passes_a_setting_at_the_tolerance_far_more_often() -> None:
+    """The rule before: one-sided 95 % after every racing chunk; repeated looks make it a 5 % test no more."""
+    search = passes(DEMO_PANEL, confirm=False, paid=False, seed=1)
+    print(f"passed at the tolerance, nominal bound at every chunk: {search:.1%}")
+    assert search > 0.08, search
+
+
+def test_the_exact_broken_gate_passes_a_candidate_at_the_allowance_at_most_5_percent_where_the_t_gate_did_not() -> None:
+    """Collapses are 0 or 1: the t bound over prompts the gate used before has no width when none collapsed
+    (a candidate 3 % worse passed its 3 % allowance in 78 % of 4 x 2 panels, 38 % of 8 x 4); the exact bound
+    passes one at the allowance at most 5 % of the time, at every panel size."""
+    rng = np.random.default_rng(3)
+    for allowance in (0.03, 0.05):
+        tol = Tolerance({"clip_score": 1.0}, collapse={"clip_score": 5.0}, broken_share=allowance)
+        for prompts, per in ((4, 2), (8, 4), (20, 4), (40, 4)):
+            base = {(p, s): {"clip_score": 30.0} for p in range(prompts) for s in range(per)}
+            exact = old = 0
+            for _ in range(REPLICATIONS):
+                flags = {u: rng.random() < allowance for u in base}
+                cand = {u: {"clip_score": 30.0 - 70.0 * f} for u, f in flags.items()}
+                b = broken_bound(cand, base, tol)
+                exact += b is not None and b.verdict == "pass"
+                by = [np.mean([flags[(p, s)] for s in range(per)]) for p in range(prompts)]
+                old += np.mean(by) + t95(prompts - 1) * np.std(by, ddof=1) / math.sqrt(prompts) <= allowance
+            assert exact / REPLICATIONS <= 0.05, (allowance, prompts, per, exact)
+            if allowance == 0.03 and prompts * per <= 32:
+                assert old / REPLICATIONS > 0.3, (prompts, per, old)

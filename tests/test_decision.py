@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
+from dataclasses import replace
 
 import pytest
 
+from autotune.decision.bounds import Bound, Tolerance, paired_bound, t95
 from autotune.decision.evidence import Candidate
-from autotune.decision.rule import Tolerance, decide, paired_bound, t95, verdicts
+from autotune.decision.rule import decide, margin, verdicts
 
 TOL = Tolerance({"clip_score": 1.0})
 
@@ -143,3 +146,42 @@ def test_stochastic_samplers_are_not_recommended_unless_asked() -> None:
     ancestral = Candidate(1, imgs(same), steady(same), seconds=(0.1,) * 3, deterministic=False)
     assert decide([BASE, ancestral], BASE, TOL).chosen.number == 0
     assert decide([BASE, ancestral], BASE, TOL, stochastic=True).chosen.number == 1
+
+
+def test_a_margin_in_tolerances_is_nan_while_the_tolerance_is_unknown() -> None:
+    """It once returned the bound in metric units (-2.0 here), which the walk compared with tolerances."""
+    unknown = Bound("clip_score", -0.3, -2.0, 1.4, math.nan, 8, 4)
+    assert math.isnan(unknown.margin)
+    assert Bound("clip_score", -0.3, -2.0, 1.4, 1.0, 8, 4).margin == pytest.approx(-1.0)
+    assert margin([unknown]) == -math.inf  # no bound to go by: the walk takes it for far off
+
+
+def test_a_stochastic_candidate_says_which_hypothesis_it_was_judged_on() -> None:
+    same = {0: [0.0] * 4, 1: [0.0] * 4, 2: [0.0] * 4}
+    lpips = {k: {"lpips": 0.1} for k in imgs(same)}
+    base = Candidate(0, lpips, seconds=(1.0,) * 3)
+    sde = Candidate(1, {k: {"lpips": 0.105} for k in lpips}, seconds=(0.5,) * 3, deterministic=False)
+    tol = Tolerance({"lpips": 0.01}, seed_lpips=0.1)
+    (b,) = verdicts(sde, base, tol)
+    assert b.mean == pytest.approx(0.005)  # against the seed-to-seed distance, not the baseline's images
+    assert "a stochastic sampler: held to (1 + tolerance) x the seed-to-seed distance" in b.describe()
+    (plain,) = verdicts(replace(sde, deterministic=True), base, tol)
+    assert plain.against == "" and "stochastic" not in plain.describe()
+
+
+def test_a_tolerance_measured_on_the_baseline_carries_its_own_error_in_every_bound() -> None:
+    """A near-copy of the baseline has a tight bound of its own, but a tolerance in seed-to-seed units is
+    an estimate: without its error, a setting just beyond the true tolerance passes whenever the
+    estimate runs high (the simulator's edge world: 2 of 23 confirmations)."""
+    from autotune.config import RecommendConfig
+    from autotune.decision.tolerance import tolerance
+
+    rng = random.Random(5)
+    base = Candidate(0, imgs({p: [rng.gauss(0, 4.0) for _ in range(4)] for p in range(8)}), seconds=(1.0,) * 3)
+    tol, _ = tolerance(RecommendConfig(), ("clip_score",), base, None)
+    dof = 8 * 3
+    assert tol.unsure["clip_score"] == pytest.approx(tol.of("clip_score") / math.sqrt(2 * dof))
+    edge = -1.0 * (tol.of("clip_score") or 0)  # exactly at the estimated tolerance, no spread of its own
+    copy = Candidate(1, {k: {"clip_score": v["clip_score"] + edge + 0.2} for k, v in base.images.items()})
+    sure, unsure = (verdicts(copy, base, t)[0] for t in (replace(tol, unsure={}), tol))  # CLIP's, then broken's
+    assert sure.verdict == "pass" and unsure.verdict == "undecided"

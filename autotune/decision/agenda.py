@@ -5,16 +5,21 @@ At every moment the current recommendation is :func:`autotune.decision.rule.deci
 candidate confirmed on fresh seeds, else the baseline). Of the candidates cheaper than it, cheapest
 first:
 
-1. **confirm** one that passed on its search images, when it would become the recommendation: render
-   it on the confirmation panel (fresh seeds, the prompts the search reaches last). A confirmation
-   whose bound is undecided races on: the class's other prompts on the same fresh seeds, a chunk at a
-   time (within ``race_budget``), until it decides. Finalists are diverse: one that differs from a
-   candidate that failed confirmation only in guidance or in one variant waits until no other passing
-   candidate is left; after ``finalists`` failures (an undecided confirmation with nothing left to
-   render counts as one), none more.
-2. **race** one whose bound is undecided: render it on the next chunk of the search panel (more
-   prompts first, then more seeds), within ``race_budget`` images per class.
-3. the **margin** of the recommendation: its neighbours (one step fewer, the adjacent guidance values)
+1. **go on with a confirmation** whose bound is undecided: the class's other prompts on the same fresh
+   seeds, a chunk at a time, until it decides (its panel at most: slots are few, ``race_budget`` is the
+   search's).
+2. **race** one whose search bound is undecided and that is cheaper than any candidate waiting for
+   confirmation: render it on the next chunk of the search panel (more prompts first, then more
+   seeds), within ``race_budget`` images per class. It may fail after any chunk; it passes only at the
+   panel's looks (:mod:`autotune.decision.looks`).
+3. **confirm** one that passed on its search images and would become the recommendation: render it on
+   the confirmation panel (fresh seeds, the prompts the search reaches last). A class confirms at most
+   ``finalists`` candidates, each spending a share of the error, so a confirmation is spent where it
+   counts: the first at once (a recommendation early, should the night end), each later one only once
+   the search has nothing cheaper left to try (``frontier``). Finalists are diverse: one that differs
+   from a candidate that failed confirmation only in guidance or in one variant waits until no other
+   passing candidate is left.
+4. the **margin** of the recommendation: its neighbours (one step fewer, the adjacent guidance values)
    on the same images as the recommendation, so the output can say how close it sits to a collapse.
 
 Example:
@@ -27,13 +32,14 @@ baseline are always compared on the same images.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from autotune.decision.bounds import Tolerance
 from autotune.decision.evidence import Candidate, Evidence
 from autotune.decision.panel import Panel, Unit
-from autotune.decision.rule import Tolerance, decide, overall, ranked, verdicts
+from autotune.decision.rule import Schedule, decide, overall, ranked, verdicts
 from autotune.space.settings import SearchSpace, Settings
 
 __all__ = ["Action", "near", "neighbours", "next_action"]
@@ -88,29 +94,36 @@ def next_action(
     *,
     race_spent: int,
     margin_of: Sequence[int] = (),
+    frontier: Callable[[Candidate], bool] = lambda c: True,
 ) -> Action | None:
     """The next render the decision needs (see the module's docstring), or None: render a new setting."""
     base = evidence.baseline
     if base is None:
         return None
-    rec = decide(evidence.candidates, base, tol, stochastic=recommend.stochastic).chosen
+    looks = Schedule(panel, tuple(evidence.confirmed), recommend.finalists)
+    rec = decide(evidence.candidates, base, tol, stochastic=recommend.stochastic, looks=looks).chosen
     cheaper = [c for c in ranked(evidence.candidates, base, recommend.stochastic) if c.rank_cost < rec.rank_cost]
-    verdict = {c.number: overall(verdicts(c, base, tol)) for c in cheaper}
-    fresh = {c.number: overall(verdicts(c, base, tol, confirm=True)) for c in cheaper if c.confirm}
+    verdict = {c.number: overall(verdicts(c, base, tol, looks=looks)) for c in cheaper}
+    fresh = {c.number: overall(verdicts(c, base, tol, confirm=True, looks=looks)) for c in cheaper if c.confirm}
     racing = race_spent < recommend.race_budget
     more = {n: panel.next_confirm_chunk(c.confirm) for c in cheaper if fresh.get(n := c.number) == "undecided"}
-    pending = [c for c in cheaper if verdict[c.number] == "pass" and more.get(c.number) and racing]
+    pending = [c for c in cheaper if verdict[c.number] == "pass" and more.get(c.number)]
     failed = [c for c in cheaper if c.number in fresh and fresh[c.number] != "pass" and c not in pending]
     passing = [c for c in cheaper if verdict[c.number] == "pass" and not c.confirm]
-    pick = _confirmable(passing, failed, settings) if len(failed) < recommend.finalists else None
+    slots = len(evidence.confirmed) < recommend.finalists  # a confirmation slot left
+    pick = _confirmable(passing, failed, settings) if slots else None
+    if pick is not None and not frontier(pick):
+        pick = None  # a slot is spent where the search found the cheapest, not on the first pass it meets
     if pending and (pick is None or pending[0].rank_cost <= pick.rank_cost):
-        return Action("race", pending[0].number, more[pending[0].number] or ())  # on fresh seeds: racing's budget
+        return Action("confirm", pending[0].number, more[pending[0].number] or ())  # its panel, at most: no budget
+    undecided = [
+        (c, chunk) for c in cheaper if verdict[c.number] == "undecided" and (chunk := panel.next_chunk(c.images))
+    ]
+    if racing and undecided and (pick is None or undecided[0][0].rank_cost < pick.rank_cost):
+        return Action("race", undecided[0][0].number, undecided[0][1])  # a cheaper one first: slots are few
     if pick is not None:
         return Action("confirm", pick.number, panel.confirm_units)
     if racing:
-        for c in cheaper:
-            if verdict[c.number] == "undecided" and (chunk := panel.next_chunk(c.images)):
-                return Action("race", c.number, chunk)
         for n in margin_of:  # the recommendation's neighbours, on the recommendation's own images
             have = evidence.by_number[n].images
             if units := tuple(u for u in rec.images if u not in have):

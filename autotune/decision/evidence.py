@@ -22,14 +22,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autotune.config.objectives import cost_of, quality
+from autotune.decision.bounds import Images
 from autotune.decision.cost import SecondsFit, fit_seconds, guided_share
 from autotune.space.settings import Settings
 
 __all__ = [
+    "CONFIRMATIONS",
     "NOISE_SEED",
     "Candidate",
     "Evidence",
-    "Images",
     "distinct",
     "images_of",
     "is_baseline",
@@ -38,8 +39,8 @@ __all__ = [
     "unit_key",
 ]
 
-Images = Mapping[tuple[int, int], Mapping[str, float]]
 NOISE_SEED = "noise_seed"  # stored beside an image's metrics: the generator seed it was rendered with
+CONFIRMATIONS = "confirmations"  # the study attribute: trials whose confirmations began, in that order
 
 
 def is_baseline(t: Any) -> bool:
@@ -118,6 +119,7 @@ class Evidence:
         self.baseline_number: int | None = None
         self._timed: dict[int, tuple[float, float, float]] = {}  # number -> calls, guided, seconds (the cost line)
         self.fit: SecondsFit | None = None
+        self.confirmed: list[int] = []  # trials whose confirmations began, in that order (the k-th spends alpha / 2^k)
 
     @classmethod
     def of(
@@ -131,6 +133,7 @@ class Evidence:
     ) -> Evidence:
         """The evidence of a stored class: its distinct trials and the study's ``renders.<n>`` attributes."""
         ev = cls(objectives, n_prompts, seeds, confirm_seeds)
+        ev.confirmed = [int(n) for n in attrs.get(CONFIRMATIONS, [])]
         for t in trials:
             if distinct(t):
                 ev.add_trial(t, refit=False)
@@ -188,6 +191,8 @@ class Evidence:
                 into = confirm if unit[1] in self.confirm_seeds else images
                 into[unit] = {**into.get(unit, {}), **values}
         self.by_number[number] = replace(c, images=images, confirm=confirm)
+        if confirm and number not in self.confirmed and number != self.baseline_number:
+            self.confirmed.append(number)  # a confirmation began (a study from before the order was kept: by number)
         return self.by_number[number]
 
     def refit(self) -> None:

@@ -1,20 +1,13 @@
 """The recommendation rule: a cheaper setting replaces the baseline only when, image by image, it is
-not worse by more than the tolerance on a one-sided 95 % bound, and still is on seeds the search
-never saw. Pure math on stored numbers: no torch, no I/O.
+not worse by more than the tolerance on a one-sided bound (:mod:`autotune.decision.bounds`), on its
+search images and again on seeds the search never saw, each look at the images paid for
+(:mod:`autotune.decision.looks`). Pure math on stored numbers: no torch, no I/O.
 
-A setting's images are ``{(prompt index, seed): {metric: value}}``; candidate and baseline are
-compared on the images they share (same prompt, same noise: every image draws its own, see
-:func:`autotune.decision.panel.noise_seed`). The images of one prompt are related, so the bound is
-over prompts: the mean of the per-prompt mean differences, with Student's t on ``prompts - 1``
-degrees of freedom (one prompt: over its images).
-
-Broken images are judged apart from the means: an image has *collapsed* when its difference to the
-baseline's image of the same prompt and noise is worse than its metric's ``collapse`` tolerances on
-any metric (a wrong glyph, a blank; by default 10 CLIP tolerances, 5 LPIPS tolerances: half a
-seed-to-seed distance further from the reference). In the mean each difference counts at most that
-far (a rare collapse would otherwise pull the mean's bound below its 95 %: measured in
-``tests/test_coverage.py``); the share of images where the candidate collapsed minus the share where
-the baseline did must lie within ``broken_share`` on the same one-sided bound.
+With a class's :class:`Schedule` (its panel and the order its confirmations began), a candidate is
+judged where it stands in the looks: on its search images at the level of its last search look (its
+broken images only fail it there: too few to pass), and on its confirmation images at the level the k-th
+confirmation of the class may spend, its broken images pooled over every image it has been judged on.
+Without one (``validate``, ``export --check``: one look at held-out images), every shared image at 95 %.
 
 Example:
     >>> base = Candidate(0, {(0, 0): {"clip_score": 30.0}, (1, 0): {"clip_score": 31.0}}, seconds=(1.0,))
@@ -28,21 +21,19 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+from dataclasses import dataclass, replace
 from typing import Any
 
 from autotune.config.objectives import OBJECTIVES
-from autotune.decision.evidence import Candidate, Images
+from autotune.decision.bounds import BROKEN, Bound, Images, Tolerance, broken_bound, paired_bound
+from autotune.decision.evidence import Candidate
+from autotune.decision.looks import ALPHA, FUTILITY, confirmation_alpha
+from autotune.decision.panel import Panel, Unit
 
 __all__ = [
-    "BROKEN",
     "TIMED_TOGETHER",
-    "Bound",
     "Recommendation",
-    "Tolerance",
-    "broken_bound",
-    "collapsed",
+    "Schedule",
     "collapsed_images",
     "collapsed_text",
     "decide",
@@ -50,173 +41,105 @@ __all__ = [
     "excess",
     "margin",
     "overall",
-    "paired_bound",
     "ranked",
     "speedup",
-    "t95",
     "timed_together",
     "unconfirmed",
     "verdicts",
 ]
 
-_T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)  # one-sided, df 1..10
-
-
-def t95(df: int) -> float:
-    """One-sided 95 % quantile of Student's t (exact to 3 decimals for df <= 10, then Cornish-Fisher)."""
-    if df <= len(_T95):
-        return _T95[max(df, 1) - 1]
-    z = 1.6448536
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
 
 @dataclass(frozen=True)
-class Tolerance:
-    """How much worse than the baseline a setting may be, per quality metric in its own units (a metric
-    absent: not judged); ``seed_lpips``: a stochastic sampler's reference distance is held within
-    (1 + its tolerance) x this; ``collapse``: an image worse than this many tolerances on a metric has
-    collapsed (a metric absent: never); ``broken_share``: how many more of a candidate's images may
-    collapse than the baseline's."""
+class Schedule:
+    """The looks a class's candidates are judged at: its panel, the trials whose confirmations began, in that
+    order, and how many may (``slots``: the k-th spends :func:`autotune.decision.looks.confirmation_alpha`)."""
 
-    limits: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    seed_lpips: float | None = None
-    collapse: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    broken_share: float = 0.03
+    panel: Panel
+    order: tuple[int, ...] = ()
+    slots: int = 3
 
-    def of(self, metric: str) -> float | None:
-        return self.limits.get(metric)
-
-    def cap(self, metric: str) -> float:
-        """The per-image difference beyond which an image has collapsed on ``metric`` (inf: not known)."""
-        t, k = self.limits.get(metric, math.nan), self.collapse.get(metric, math.nan)
-        return k * t if t > 0 and math.isfinite(t) and k > 0 else math.inf
+    def confirmation_alpha(self, number: int) -> float:
+        """The error ``number``'s confirmation may spend (one not begun: the next slot's; none left: 0)."""
+        k = self.order.index(number) + 1 if number in self.order else len(self.order) + 1
+        return confirmation_alpha(k, self.slots)
 
 
-BROKEN = "broken"  # the bound of the collapsed share (candidate minus baseline), beside the metrics'
+def _only(images: Images, units: Collection[Unit]) -> dict[Unit, Mapping[str, float]]:
+    keep = set(units)
+    return {u: v for u, v in images.items() if u in keep}
 
 
-@dataclass(frozen=True)
-class Bound:
-    """Candidate minus baseline on one metric, over shared images: the mean, and the one-sided 95 %
-    bounds on the worse side (``worst``: what must lie within tolerance) and on the better side."""
+def _shared(a: Images, b: Images) -> set[Unit]:
+    return {u for u in a if u in b}
 
-    metric: str
-    mean: float
-    worst: float
-    best: float
-    tolerance: float
-    images: int
-    prompts: int
-    collapse: float = math.inf  # the metric's difference counted at most this far (its collapse threshold)
-    collapsed: tuple[int, int] = (0, 0)  # broken: images that collapsed, the candidate's and the baseline's
 
-    @property
-    def sign(self) -> int:
-        """1 where higher is better, -1 where lower is (an LPIPS, the collapsed share)."""
-        return OBJECTIVES[self.metric].sign if self.metric != BROKEN else -1
-
-    @property
-    def verdict(self) -> str:
-        """``pass``: worse by less than the tolerance (95 %); ``fail``: worse by more (95 %); else ``undecided``."""
-        sign = self.sign
-        if sign * self.worst >= -self.tolerance:
-            return "pass"
-        return "fail" if sign * self.best < -self.tolerance else "undecided"
-
-    @property
-    def margin(self) -> float:
-        """How far inside the tolerance the worse-side bound is, in tolerances (< 0: outside; nan: unknown)."""
-        sign = self.sign
-        return (sign * self.worst + self.tolerance) / self.tolerance if self.tolerance > 0 else sign * self.worst
-
-    def describe(self) -> str:
-        if self.metric == BROKEN:
-            mine, theirs = self.collapsed
-            return (
-                f"collapsed images {mine} of {self.images} (the baseline's: {theirs}), share {self.mean:+.1%}, "
-                f"95 % bound {self.worst:+.1%} (needs <= {self.tolerance:+.1%}; {self.prompts} prompts)"
-            )
-        if math.isnan(self.tolerance):
-            need = "a tolerance not known yet: the baseline's seed-to-seed spread needs two seeds of a prompt"
-        elif self.sign > 0:
-            need = f">= {-self.tolerance:+.3g}"
+def _judge(
+    mine: Images,
+    theirs: Images,
+    tol: Tolerance,
+    stochastic: bool,
+    *,
+    units: Collection[Unit] | None = None,
+    alpha: float = ALPHA,
+    futility: float = ALPHA,
+    broken: tuple[Images, Images, Collection[Unit] | None, bool] | None = None,
+) -> list[Bound]:
+    """Every judged metric's bound and the broken images' (over ``broken``'s images, units and gate where given)."""
+    out, constant = [], []
+    for metric, t in tol.limits.items():
+        kw = {"units": units, "alpha": alpha, "futility": futility, "unsure": tol.unsure.get(metric, 0.0)}
+        if OBJECTIVES[metric].reference and stochastic:  # never converges to the reference: held to another seed's
+            constant.append(metric)
+            b = paired_bound(mine, float(tol.seed_lpips or 0.0), metric, t, **kw)  # type: ignore[arg-type]
+            b = b and replace(b, against="a stochastic sampler: held to (1 + tolerance) x the seed-to-seed distance")
         else:
-            need = f"<= {self.tolerance:+.3g}"
-        return (
-            f"Δ{self.metric} {self.mean:+.3g}, 95 % bound {self.worst:+.3g} (needs {need}; "
-            f"{self.images} images, {self.prompts} prompts)"
-        )
+            b = paired_bound(mine, theirs, metric, t, tol.cap(metric), **kw)  # type: ignore[arg-type]
+        if b is not None:
+            out.append(b)
+    pm, pt, pu, gate = broken if broken is not None else (mine, theirs, units, True)
+    if out and (b := broken_bound(pm, pt, tol, constant, units=pu, alpha=alpha, gate=gate)) is not None:
+        out.append(b)
+    return out
 
 
-def _clustered(by_prompt: Mapping[int, Sequence[float]]) -> tuple[float, float]:
-    """The mean of the per-prompt means and the half-width of its one-sided 95 % bound (Student's t on
-    prompts - 1 degrees of freedom; one prompt: over its images; one image: infinite)."""
-    units = [statistics.fmean(d) for d in by_prompt.values()] if len(by_prompt) > 1 else next(iter(by_prompt.values()))
-    mean = statistics.fmean(units)
-    half = t95(len(units) - 1) * statistics.stdev(units) / math.sqrt(len(units)) if len(units) > 1 else math.inf
-    return mean, half
+_KEPT: dict[tuple[Any, ...], tuple[tuple[Candidate, Candidate, Tolerance], list[Bound]]] = {}
 
 
-def _shared(cand: Images, base: Images | float, metrics: Sequence[str]) -> list[tuple[int, int]]:
-    """The images both have, on every one of ``metrics``."""
-    return [
-        k for k in cand
-        if all(m in cand[k] and (isinstance(base, float) or m in base.get(k, {})) for m in metrics)
-    ]  # fmt: skip
+def verdicts(
+    cand: Candidate, base: Candidate, tol: Tolerance, *, confirm: bool = False, looks: Schedule | None = None
+) -> list[Bound]:
+    """The candidate's bound on every judged metric and on its broken images, on its search images or its
+    confirmation images: where it stands in ``looks`` (None: one look at every shared image, at 95 %).
+
+    Candidates are immutable (new images make a new one): the bounds of the same objects are kept, not
+    recomputed, while a study's loop asks for them again and again."""
+    key = (id(cand), id(base), id(tol), confirm, looks)
+    kept = _KEPT.get(key)
+    if kept is not None and kept[0][0] is cand and kept[0][1] is base and kept[0][2] is tol:
+        return list(kept[1])
+    out = _verdicts(cand, base, tol, confirm, looks)
+    if len(_KEPT) > 4096:
+        _KEPT.clear()
+    _KEPT[key] = ((cand, base, tol), out)
+    return list(out)
 
 
-def paired_bound(
-    cand: Images, base: Images | float, metric: str, tolerance: float, cap: float = math.inf
-) -> Bound | None:
-    """The bound of ``cand - base`` on ``metric`` over the images both have (None: none shared), each
-    image's difference counted at most ``cap`` either way (a collapse is judged by :func:`broken_bound`).
-
-    ``base`` may be a constant (a stochastic sampler's LPIPS against (1 + tol) x seed-to-seed).
-    One image has no spread: its bounds are infinite (undecided).
-    """
-    shared = _shared(cand, base, [metric])
-    if not shared:
-        return None
-    by_prompt: dict[int, list[float]] = {}
-    for p, s in shared:
-        b = base if isinstance(base, float) else base[(p, s)][metric]
-        by_prompt.setdefault(p, []).append(min(max(cand[(p, s)][metric] - b, -cap), cap))
-    mean, half = _clustered(by_prompt)
-    lo, hi = mean - half, mean + half
-    worst, best = (lo, hi) if OBJECTIVES[metric].sign > 0 else (hi, lo)
-    return Bound(metric, mean, worst, best, tolerance, len(shared), len(by_prompt), cap)
-
-
-def collapsed(
-    cand: Mapping[str, float], base: Mapping[str, float], tol: Tolerance, metrics: Sequence[str] | None = None
-) -> int:
-    """1: the candidate's image collapsed against the baseline's (worse beyond the threshold on a metric);
-    -1: the baseline's did (the candidate's is that much better); 0: neither."""
-    worse = better = False
-    for m in tol.limits if metrics is None else metrics:
-        cap, sign = tol.cap(m), OBJECTIVES[m].sign
-        if m in cand and m in base and math.isfinite(cap):
-            d = sign * (cand[m] - base[m])
-            worse, better = worse or d < -cap, better or d > cap
-    return int(worse) - int(better)
-
-
-def broken_bound(cand: Images, base: Images, tol: Tolerance, skip: Collection[str] = ()) -> Bound | None:
-    """The collapsed share of ``cand`` minus the baseline's over the images both have, on its one-sided
-    95 % bound, on every metric but ``skip`` (None: no threshold known yet, or no image shared)."""
-    judged = [m for m in tol.limits if math.isfinite(tol.cap(m)) and m not in skip]
-    shared = _shared(cand, base, judged) if judged else []
-    if not shared:
-        return None
-    by_prompt: dict[int, list[float]] = {}
-    for p, s in shared:
-        by_prompt.setdefault(p, []).append(float(collapsed(cand[(p, s)], base[(p, s)], tol, judged)))
-    mean, half = _clustered(by_prompt)
-    flags = [v for d in by_prompt.values() for v in d]
-    counts = (flags.count(1.0), flags.count(-1.0))
-    n = len(shared)
-    worst, best = min(mean + half, 1.0), max(mean - half, -1.0)  # a difference of two shares
-    return Bound(BROKEN, mean, worst, best, tol.broken_share, n, len(by_prompt), collapsed=counts)
+def _verdicts(cand: Candidate, base: Candidate, tol: Tolerance, confirm: bool, looks: Schedule | None) -> list[Bound]:
+    stochastic = not cand.deterministic and base.deterministic
+    if looks is None:
+        mine, theirs = (cand.confirm, base.confirm) if confirm else (cand.images, base.images)
+        return _judge(mine, theirs, tol, stochastic)
+    search = looks.panel.search_look(_shared(cand.images, base.images))
+    if not confirm:
+        seen = _only(cand.images, search.seen)
+        return _judge(seen, base.images, tol, stochastic, units=search.units, alpha=search.alpha, futility=FUTILITY,
+                      broken=(seen, base.images, search.units, False))  # fmt: skip
+    look = looks.panel.confirm_look(_shared(cand.confirm, base.confirm), looks.confirmation_alpha(cand.number))
+    fresh = _only(cand.confirm, look.seen)
+    pooled = {**_only(cand.images, search.seen), **fresh}
+    every = {**base.images, **base.confirm}
+    return _judge(fresh, base.confirm, tol, stochastic, units=look.units, alpha=look.alpha, futility=FUTILITY,
+                  broken=(pooled, every, {*search.seen, *look.units}, True))  # fmt: skip
 
 
 def collapsed_images(cand: Candidate, base: Candidate, tol: Tolerance) -> dict[str, dict[str, float]]:
@@ -245,34 +168,16 @@ def speedup(cand: Candidate, base: Candidate) -> tuple[float, float, float] | No
     return statistics.median(theirs) / statistics.median(ours), min(theirs) / max(ours), max(theirs) / min(ours)
 
 
-def verdicts(cand: Candidate, base: Candidate, tol: Tolerance, *, confirm: bool = False) -> list[Bound]:
-    """The candidate's bound on every judged metric and on its collapsed share, on its search images or
-    its confirmation images."""
-    mine, theirs = (cand.confirm, base.confirm) if confirm else (cand.images, base.images)
-    out, constant = [], []
-    for metric, t in tol.limits.items():
-        if OBJECTIVES[metric].reference and not cand.deterministic and base.deterministic:
-            constant.append(metric)
-            seed = tol.seed_lpips or 0.0  # never converges to the reference: no further from it than another seed
-            b = paired_bound(mine, float(seed), metric, t)
-        else:
-            b = paired_bound(mine, theirs, metric, t, tol.cap(metric))
-        if b is not None:
-            out.append(b)
-    if out and (broken := broken_bound(mine, theirs, tol, constant)) is not None:
-        out.append(broken)
-    return out
-
-
-def unconfirmed(cand: Candidate, base: Candidate, tol: Tolerance) -> str:
+def unconfirmed(cand: Candidate, base: Candidate, tol: Tolerance, looks: Schedule | None = None) -> str:
     """Why a candidate rendered on fresh seeds is not recommendable on them ("": it passed there, or has none)."""
-    verdict = overall(verdicts(cand, base, tol, confirm=True)) if cand.confirm else "pass"
+    verdict = overall(verdicts(cand, base, tol, confirm=True, looks=looks)) if cand.confirm else "pass"
     return "" if verdict == "pass" else f"{verdict} on its {len(cand.confirm)} fresh images: not confirmed"
 
 
 def overall(bounds: Sequence[Bound]) -> str:
-    """``fail`` if any metric fails, ``pass`` if every one passes, else ``undecided`` (no bound: undecided)."""
-    v = {b.verdict for b in bounds}
+    """``fail`` if any bound fails, ``pass`` if every one passes (a bound that does not gate may be undecided),
+    else ``undecided`` (no bound: undecided)."""
+    v = {b.verdict for b in bounds if b.gate or b.verdict == "fail"}
     return "fail" if "fail" in v else "pass" if v == {"pass"} else "undecided"
 
 
@@ -346,9 +251,15 @@ def margin(bounds: Sequence[Bound]) -> float:
 
 
 def decide(
-    candidates: Sequence[Candidate], baseline: Candidate, tol: Tolerance, *, stochastic: bool = False
+    candidates: Sequence[Candidate],
+    baseline: Candidate,
+    tol: Tolerance,
+    *,
+    stochastic: bool = False,
+    looks: Schedule | None = None,
 ) -> Recommendation:
-    """The cheapest candidate that passes on its search images and again on its confirmation images.
+    """The cheapest candidate that passes on its search images and again on its confirmation images, each
+    where it stands in ``looks`` (None: one look at each).
 
     Candidates are visited cheapest first, each with its bounds (the ``stages``); one that passed the
     search but not (or not yet) the confirmation is passed over: the winner's curse. Without such a
@@ -357,14 +268,14 @@ def decide(
     stages: list[dict[str, object]] = []
     passed: list[Candidate] = []
     for c in ranked(candidates, baseline, stochastic):
-        bounds = verdicts(c, baseline, tol)
+        bounds = verdicts(c, baseline, tol, looks=looks)
         verdict = overall(bounds)
         stage: dict[str, object] = {"trial": c.number, "setting": c.label, "search": verdict}
         stage["search_bounds"] = [b.describe() for b in bounds]
         if verdict == "pass":
             passed.append(c)
             if c.confirm:
-                cb = verdicts(c, baseline, tol, confirm=True)
+                cb = verdicts(c, baseline, tol, confirm=True, looks=looks)
                 stage["confirmation"] = overall(cb) if cb else "not rendered"
                 stage["confirmation_bounds"] = [b.describe() for b in cb]
         stages.append(stage)

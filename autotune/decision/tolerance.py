@@ -11,14 +11,13 @@ Example:
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 from autotune.config.objectives import OBJECTIVES, quality
+from autotune.decision.bounds import Tolerance
 from autotune.decision.evidence import Candidate
-from autotune.decision.rule import Tolerance
 
 __all__ = ["collapse_of", "seed_spread", "tolerance"]
 
@@ -26,6 +25,12 @@ __all__ = ["collapse_of", "seed_spread", "tolerance"]
 def seed_spread(baseline: Candidate, metric: str) -> float | None:
     """The baseline's within-prompt standard deviation of ``metric`` over noises, pooled over prompts
     (its search, racing and confirmation images); None with one image per prompt."""
+    pooled = _pooled(baseline, metric)
+    return None if pooled is None else pooled[0]
+
+
+def _pooled(baseline: Candidate, metric: str) -> tuple[float, int] | None:
+    """:func:`seed_spread` and its degrees of freedom."""
     by_prompt: dict[int, list[float]] = {}
     for (p, _), v in {**baseline.images, **baseline.confirm}.items():
         if metric in v:
@@ -34,7 +39,8 @@ def seed_spread(baseline: Candidate, metric: str) -> float | None:
     if not groups:
         return None
     dof = sum(len(g) - 1 for g in groups)
-    return float((sum(statistics.variance(g) * (len(g) - 1) for g in groups) / dof) ** 0.5)
+    squares = math.fsum((x - m) ** 2 for g in groups for m in [math.fsum(g) / len(g)] for x in g)
+    return math.sqrt(squares / dof), dof
 
 
 def tolerance(
@@ -53,7 +59,9 @@ def tolerance(
     overrides the file's (``autotune validate --clip-tolerance``, ``--lpips-tolerance``).
     """
     limits: dict[str, float] = {}
-    spread = {m: s for m in quality(objectives) if (s := seed_spread(baseline, m)) is not None}
+    unsure: dict[str, float] = {}  # a limit measured on the baseline's images: its standard error
+    pooled = {m: p for m in quality(objectives) if (p := _pooled(baseline, m)) is not None}
+    spread = {m: p[0] for m, p in pooled.items()}
     for m in quality(objectives):
         value, unit, _ = OBJECTIVES[m].stated(recommend)
         if fixed.get(m) is not None:
@@ -64,9 +72,12 @@ def tolerance(
             limits[m] = float(value)  # type: ignore[arg-type]
         elif unit == "seed_sd":  # in the baseline's noise units: unknown (nan, every bound undecided) until measurable
             limits[m] = value * spread[m] if m in spread else math.nan  # type: ignore[operator]
+            if m in pooled:  # an estimated standard deviation is off by about sd / sqrt(2 dof)
+                unsure[m] = limits[m] / math.sqrt(2 * pooled[m][1])
         elif seed_lpips is not None:  # seed_distance: the seed-to-seed distance, once measured
             limits[m] = value * seed_lpips  # type: ignore[operator]
-    return Tolerance(limits, seed_lpips, collapse_of(recommend, objectives), recommend.broken_share), spread
+    tol = Tolerance(limits, seed_lpips, collapse_of(recommend, objectives), recommend.broken_share, unsure)
+    return tol, spread
 
 
 def collapse_of(recommend: Any, objectives: Sequence[str] | None = None) -> Mapping[str, float]:

@@ -45,7 +45,7 @@ def speedup_check(speedup: float | None, call_ratio: float | None, slack: float 
 def prompts_note(used: int, total: int, confirmed: int = 0) -> str:
     """What the bounds speak for (new prompts of the class) and how the class's size limits them:
     ``used`` prompts on the search's images, ``confirmed`` on the confirmation's."""
-    from autotune.decision.rule import t95
+    from autotune.decision.bounds import t95
 
     fresh = f"; confirmed on {confirmed} prompts x fresh seeds" if confirmed else ""
     if total == 1:  # no spread between prompts: the bound is over the one prompt's images (its noises)

@@ -23,9 +23,11 @@ from sqlalchemy import create_engine, inspect, select
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.objectives import higher
 from autotune.config.resolve import ResolvedStudy
+from autotune.decision.bounds import Tolerance
 from autotune.decision.evidence import Evidence, distinct
+from autotune.decision.panel import Panel
 from autotune.decision.pareto import pareto_front
-from autotune.decision.rule import Recommendation, Tolerance, decide, timed_together
+from autotune.decision.rule import Recommendation, Schedule, decide, timed_together
 from autotune.decision.tolerance import tolerance
 from autotune.space.families import Family
 from autotune.space.settings import Settings
@@ -207,9 +209,11 @@ def outcome(
     margin: tuple[dict[str, Any], ...] = ()
     if base is not None:
         tol, noise = tolerance(r, objectives, base, seed_lpips)
-        rec = timed_together(decide(evidence.candidates, base, tol, stochastic=r.stochastic), attrs)
+        panel = Panel.of(len(cfg.classes[class_name]), cfg.search, r)
+        looks = Schedule(panel, tuple(evidence.confirmed), r.finalists)
+        rec = timed_together(decide(evidence.candidates, base, tol, stochastic=r.stochastic, looks=looks), attrs)
         if rec.chosen.number != base.number:
-            margin = _margin(cfg, attrs, done, evidence, tol, rec.chosen.number)
+            margin = _margin(cfg, attrs, done, evidence, tol, rec.chosen.number, looks)
     return ClassOutcome(
         class_name,
         name,
@@ -230,7 +234,13 @@ def outcome(
 
 
 def _margin(
-    cfg: ResolvedStudy, attrs: Mapping[str, Any], done: list[Any], ev: Evidence, tol: Tolerance, chosen: int
+    cfg: ResolvedStudy,
+    attrs: Mapping[str, Any],
+    done: list[Any],
+    ev: Evidence,
+    tol: Tolerance,
+    chosen: int,
+    looks: Schedule,
 ) -> tuple[dict[str, Any], ...]:
     """How the recommendation's neighbours (one step fewer, the adjacent guidance values) fare on the
     images the recommendation was judged on: a pick one step above a collapse says so."""
@@ -257,10 +267,10 @@ def _margin(
             continue
         c = ev.by_number[number]
         shared = {u: v for u, v in c.images.items() if u in units}
-        bounds = verdicts(replace(c, images=shared), base, tol)
+        bounds = verdicts(replace(c, images=shared), base, tol, looks=looks)
         v = overall(bounds)
         verdict = v if set(shared) == units else f"{v} ({len(shared)} of {len(units)} images)"
-        if v == "pass" and (fresh := unconfirmed(c, base, tol)):  # why it is not the recommendation
+        if v == "pass" and (fresh := unconfirmed(c, base, tol, looks)):  # why it is not the recommendation
             verdict += f"; {fresh}"
         out.append(
             {"change": change, "setting": other.label(), "trial": number, "verdict": verdict,

@@ -29,21 +29,15 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autotune.config import ConfigError
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.agenda import Action, neighbours, next_action
-from autotune.decision.evidence import NOISE_SEED, Evidence, renders_key, reused, unit_key
+from autotune.decision.bounds import Tolerance
+from autotune.decision.evidence import CONFIRMATIONS, NOISE_SEED, Evidence, renders_key, reused, unit_key
+from autotune.decision.looks import clean_images_needed, confirmation_alpha
 from autotune.decision.panel import Panel, noise_seed
 from autotune.decision.propose import Proposer, Tried, lines_of
-from autotune.decision.rule import (
-    TIMED_TOGETHER,
-    Tolerance,
-    decide,
-    excess,
-    margin,
-    overall,
-    timed_together,
-    verdicts,
-)  # fmt: skip
+from autotune.decision.rule import TIMED_TOGETHER, Schedule, decide, excess, margin, overall, timed_together, verdicts
 from autotune.decision.tolerance import tolerance
 from autotune.model.evaluate import Scorer, in_turn
 from autotune.space import schedulers
@@ -51,25 +45,25 @@ from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
 from autotune.study.objective import Objective
 
-__all__ = ["ClassRun", "panel_of", "race_seeds"]
+__all__ = ["ClassRun", "check_reach"]
 
 
-def race_seeds(cfg: ResolvedStudy) -> tuple[int, ...]:
-    """Seeds racing adds once every prompt is in: the next after the search's, skipping the confirmation seeds."""
-    used = {*cfg.search.seeds, *cfg.recommend.confirm_seeds}
-    out: list[int] = []
-    s = max(cfg.search.seeds) + 1
-    while len(out) < cfg.recommend.race_seeds:
-        if s not in used:
-            out.append(s)
-        s += 1
-    return tuple(out)
-
-
-def panel_of(cfg: ResolvedStudy, class_name: str) -> Panel:
-    n = len(cfg.classes[class_name])
+def check_reach(cfg: ResolvedStudy) -> None:
+    """Refuse a study whose panels are too small for a clean candidate to pass the broken-image gate: its
+    exact bound needs that many images without a collapse (search and confirmation together), and a class
+    with fewer could never recommend anything."""
     r = cfg.recommend
-    return Panel(n, cfg.search.seeds, race_seeds(cfg), cfg.search.first_prompts(n), r.confirm_seeds, r.confirm_prompts)
+    needed = clean_images_needed(confirmation_alpha(1, r.finalists), r.broken_share)
+    for c, prompts in cfg.classes.items():
+        panel = Panel.of(len(prompts), cfg.search, r)
+        most = panel.search_sizes[-1] + (panel.confirm_sizes[-1] if panel.confirm_sizes else 0)
+        if most < needed:
+            raise ConfigError(
+                f"{cfg.path}: recommend.broken_share: {r.broken_share:g} needs {needed} images of a candidate without "
+                f"a collapse; classes.{c} gives at most {most} (prompts: {len(prompts)}; seeds: {len(cfg.search.seeds)} "
+                f"search, {r.race_seeds} racing, {len(r.confirm_seeds)} confirmation): add prompts, race_seeds or "
+                "confirm_seeds, or raise broken_share"
+            )
 
 
 class ClassRun:
@@ -79,15 +73,17 @@ class ClassRun:
         self.cfg, self.study, self.class_name, self.scorer, self.objective = cfg, study, class_name, scorer, objective
         r = cfg.recommend
         self.prompts = cfg.classes[class_name]
-        self.panel = panel_of(cfg, class_name)
+        self.panel = Panel.of(len(self.prompts), cfg.search, r)
         attrs = study.user_attrs  # one read: each access is a storage query
         self.seed_lpips = attrs.get("seed_lpips")
         self.race_spent = int(attrs.get("race_images", 0))
         self.evidence = Evidence(cfg.metrics.objectives, len(self.prompts), cfg.search.seeds, r.confirm_seeds)
+        self.evidence.confirmed = [int(n) for n in attrs.get(CONFIRMATIONS, [])]
         self.trials: dict[int, FrozenTrial] = {}
         self.stored: dict[int, dict[str, Any]] = {}
         self.errors: set[str] = set()  # setting keys whose trial failed on its own or was cut by rough-first
         self._attrs = attrs
+        self._tol: tuple[Any, Tolerance] | None = None
         base = scorer.scheduler_config
         self.key = lambda s: s.key(base)
         g = cfg.baseline.guidance
@@ -131,14 +127,22 @@ class ClassRun:
         return {n: Settings.of_trial(t) for n, t in self.trials.items()}
 
     def tolerance(self) -> Tolerance:
-        assert self.evidence.baseline is not None
-        return tolerance(self.cfg.recommend, self.cfg.metrics.objectives, self.evidence.baseline, self.seed_lpips)[0]
+        """The tolerances, from the baseline's images as they stand (the same object while they do)."""
+        base = self.evidence.baseline
+        assert base is not None
+        if self._tol is None or self._tol[0] is not base:
+            self._tol = (base, tolerance(self.cfg.recommend, self.cfg.metrics.objectives, base, self.seed_lpips)[0])
+        return self._tol[1]
+
+    def looks(self) -> Schedule:
+        return Schedule(self.panel, tuple(self.evidence.confirmed), self.cfg.recommend.finalists)
 
     def recommendation(self) -> Any:
         base = self.evidence.baseline
         if base is None:
             return None
-        return decide(self.evidence.candidates, base, self.tolerance(), stochastic=self.cfg.recommend.stochastic)
+        r = self.cfg.recommend
+        return decide(self.evidence.candidates, base, self.tolerance(), stochastic=r.stochastic, looks=self.looks())
 
     # cost in one unit for rendered and untried settings ----------------------------------------------
     def _cost(self, s: Settings) -> float:
@@ -172,8 +176,15 @@ class ClassRun:
         margin_of = self._margin_numbers(rec.chosen.number) if rec.chosen.number != base.number else []
         return next_action(
             self.evidence, self.tolerance(), self.panel, self.settings(), self.cfg.recommend,
-            race_spent=self.race_spent, margin_of=margin_of,
+            race_spent=self.race_spent, margin_of=margin_of, frontier=self._frontier,
         )  # fmt: skip
+
+    def _frontier(self, c: Any) -> bool:
+        """Nothing cheaper than ``c`` is left for the search to try: its trials are spent, or the walk has no
+        cheaper setting to propose (a confirmation slot is then spent on the cheapest it found)."""
+        if ledger.claimed(self.study.get_trials(deepcopy=False)) >= self.objective.target:
+            return True
+        return self.proposer.propose(self._tried(), self._best_cost(c)) is None
 
     def _settle(self) -> bool:
         self._time_together()
@@ -234,14 +245,14 @@ class ClassRun:
         return self.proposer.propose(self._tried(), self._best_cost(rec.chosen))
 
     def _tried(self) -> dict[str, Tried]:
-        base, tol = self.evidence.baseline, self.tolerance()
+        base, tol, looks = self.evidence.baseline, self.tolerance(), self.looks()
         assert base is not None
         out = {k: Tried("error") for k in self.errors}
         for n, t in self.trials.items():
             c = self.evidence.by_number[n]
-            bounds = verdicts(c, base, tol)
+            bounds = verdicts(c, base, tol, looks=looks)
             verdict = overall(bounds)
-            fresh = verdicts(c, base, tol, confirm=True) if verdict == "pass" and c.confirm else []
+            fresh = verdicts(c, base, tol, confirm=True, looks=looks) if verdict == "pass" and c.confirm else []
             if fresh and overall(fresh) != "pass":
                 # a pass the fresh images did not bear out holds the walk no more: the rungs above come next
                 verdict, bounds = overall(fresh), fresh
@@ -284,5 +295,8 @@ class ClassRun:
         if new:
             have.update(new)
             self.study.set_user_attr(renders_key(number), have)
+            begun = len(self.evidence.confirmed)
             self.evidence.add_renders(number, new)
+            if len(self.evidence.confirmed) > begun:  # a confirmation began: its place sets the error it may spend
+                self.study.set_user_attr(CONFIRMATIONS, self.evidence.confirmed)
         return len(new)

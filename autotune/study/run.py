@@ -34,7 +34,7 @@ from autotune.store.artifacts import is_bucket, open_store
 from autotune.store.storage import nothing_left_on_refusal, open_storage, quiet_optuna
 from autotune.store.versions import find_version, fingerprint, study_name
 from autotune.study import ledger
-from autotune.study.decide import ClassRun
+from autotune.study.decide import ClassRun, check_reach
 from autotune.study.objective import Objective
 from autotune.study.sampling import class_seed, make_sampler
 
@@ -145,6 +145,8 @@ def run_study(
         except ConfigError as e:
             raise ConfigError(f"{cfg.path}: {e}") from None
         resolved = cfg if isinstance(cfg, ResolvedStudy) else resolve_config(cfg, described)
+        if decide:
+            check_reach(resolved)
         measured = {**rt, "weights": weights_digest(cfg.model)}
         names = optuna.get_all_study_names(rdb)
         version, _ = find_version(
