@@ -74,8 +74,7 @@ STEPS = [2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30]
 GUIDANCE = [3.0, 4.0, 5.0, 6.0, 7.0]
 BASELINE = ("dpmpp_2m_karras", (), 30, 5.0)
 SEARCH_POOL = [0, 1, 2, 3, 4, 5]
-RACE_POOL = list(range(6, 14))
-CONFIRM_POOL = list(range(20, 28))
+CONFIRM_POOL = list(range(20, 36))
 TRUTH_SEEDS = [500, 501, 502, 503]
 NOISE = 0.1  # lognormal sigma of one timed call around the setting's measured cost
 PHYSICAL = 1.25  # refuse a timed speed-up above this factor x its model-call ratio
@@ -268,7 +267,7 @@ def one_study(r: Renders, c: str, seed: int, front_share: float, n_trials: int) 
     prompts = list(cfg.classes[c])
     rng.shuffle(prompts)
     seeds = tuple(rng.sample(SEARCH_POOL, 2))
-    recommend = dataclasses.replace(cfg.recommend, confirm_seeds=tuple(rng.sample(CONFIRM_POOL, 4)))
+    recommend = dataclasses.replace(cfg.recommend, confirm_seeds=tuple(rng.sample(CONFIRM_POOL, 8)))
     search = dataclasses.replace(cfg.search, seeds=seeds, seed=seed)
     cfg = dataclasses.replace(cfg, search=search, recommend=recommend, classes={**cfg.classes, c: tuple(prompts)})
     stand = Stand(r, c, rng, prompts)
@@ -312,7 +311,7 @@ def qualifies(d: dict[str, float], tol: dict[str, float]) -> bool:
 
 def rule_tolerance(r: Renders, tol: dict[str, float]) -> Any:
     """The product's :class:`Tolerance` of the truth: the demo's tolerances and collapse thresholds."""
-    from autotune.decision.rule import Tolerance
+    from autotune.decision.bounds import Tolerance
     from autotune.decision.tolerance import collapse_of
 
     rec = r.config().recommend
@@ -332,7 +331,7 @@ def truth_bounds(r: Renders, key: Key, holdout: list[str], rtol: Any) -> list[An
 
 def collapsed_on_truth(r: Renders, key: Key, holdout: list[str], rtol: Any) -> list[int]:
     """The truth images on which ``key`` collapsed and on which the baseline did (against each other), of how many."""
-    from autotune.decision.rule import BROKEN
+    from autotune.decision.bounds import BROKEN
 
     b = next(x for x in truth_bounds(r, key, holdout, rtol) if x.metric == BROKEN)
     return [*b.collapsed, b.images]
