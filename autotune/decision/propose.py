@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -115,6 +116,7 @@ class Proposer:
         self.rungs = list(range(steps[0], steps[1] + 1, steps_step))
         self.guidance, self.guidance_step = guidance, guidance_step
         self.beam = beam if beam is not None else max(4, math.ceil(len(self.lines) / 5))
+        self._keys = functools.cache(lambda line: [(s, key(line.at(s))) for s in self.rungs])  # a line's rungs
 
     def _neighbour_lines(self, passing: Sequence[Line]) -> list[Line]:
         """Guidance one, two and four steps either side of every line that held somewhere, inside the space."""
@@ -130,7 +132,7 @@ class Proposer:
         return out
 
     def _results(self, lines: Sequence[Line], tried: Mapping[str, Tried]) -> dict[Line, dict[int, Tried]]:
-        found = {line: {s: tried.get(self.key(line.at(s))) for s in self.rungs} for line in lines}
+        found = {line: {s: tried.get(k) for s, k in self._keys(line)} for line in lines}
         return {line: {s: t for s, t in rs.items() if t is not None} for line, rs in found.items()}
 
     def propose(self, tried: Mapping[str, Tried], best_cost: float) -> Settings | None:

@@ -169,6 +169,7 @@ def names() -> list[str]:
     return [s.name for s in _TABLE]
 
 
+@functools.cache
 def canonical(name: str) -> str:
     """Canonical name for a canonical, AUTOMATIC1111 or diffusers class name; KeyError if unknown."""
     key = _normalise(name)

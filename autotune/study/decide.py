@@ -60,8 +60,9 @@ def check_reach(cfg: ResolvedStudy) -> None:
         if most < needed:
             raise ConfigError(
                 f"{cfg.path}: recommend.broken_share: {r.broken_share:g} needs {needed} images of a candidate without "
-                f"a collapse; classes.{c} gives at most {most} (prompts: {len(prompts)}; seeds: {len(cfg.search.seeds)} "
-                f"search, {r.race_seeds} racing, {len(r.confirm_seeds)} confirmation): add prompts, race_seeds or "
+                f"a collapse; classes.{c} gives at most {most} (prompts: {len(prompts)}; seeds: "
+                f"{len(cfg.search.seeds)} search, {r.race_seeds} racing, {len(r.confirm_seeds)} confirmation): "
+                "add prompts, race_seeds or "
                 "confirm_seeds, or raise broken_share"
             )
 
@@ -85,7 +86,7 @@ class ClassRun:
         self._attrs = attrs
         self._tol: tuple[Any, Tolerance] | None = None
         base = scorer.scheduler_config
-        self.key = lambda s: s.key(base)
+        self.key = functools.cache(lambda s: s.key(base))  # the walk asks for every line's rungs at each step
         g = cfg.baseline.guidance
 
         @functools.cache
