@@ -28,6 +28,8 @@ def _study(study_file: Callable[..., Path], name: str, n_trials: int = 6) -> Pat
         path.read_text()
         .replace("seeds = [0]\n", "seeds = [0]\n" + DECIDING)
         .replace("race_budget = 0", "race_budget = 64")
+        .replace("broken_share = 0.5", "broken_share = 0.9")  # what a confirmation of 3 prompts can show
+        .replace("confirm_seeds = [1000, 1001]", "confirm_seeds = [1000, 1001, 1002, 1003, 1004, 1005]")
     )
     path.write_text(text)
     return path

@@ -15,6 +15,7 @@ from autotune.space.schedulers import get as schedulers_get
 from autotune.study.run import run_study
 
 CLASSES = '[classes.portrait]\nprompts = ["a studio portrait of an old fisherman"]\n'
+SHOWABLE = "[recommend]\nbroken_share = 0.9\n"  # what one prompt's few images can show (an exact bound)
 
 
 FAMILY_MODELS = [
@@ -63,7 +64,7 @@ def test_reference_check_refuses_leading_dpmpp_2m_and_names_one_that_converges(t
     path = tmp_path / "ref.toml"
     path.write_text(
         '[model]\ndevice = "cpu"\n[search]\nn_trials = 1\nseeds = [0]\n'
-        '[reference]\nscheduler = "dpmpp_2m"\nsteps = 100\n' + CLASSES
+        '[reference]\nscheduler = "dpmpp_2m"\nsteps = 100\n' + SHOWABLE + CLASSES
     )
     with pytest.raises(ConfigError) as err:
         run_study(load_config(path), progress=False)
@@ -97,7 +98,7 @@ def test_reference_following_trial_guidance_caches_one_reference_per_guidance(
     path.write_text(  # the optimiser draws every setting after the baseline, seeded
         '[model]\ndevice = "cpu"\nheight = 32\nwidth = 32\n[search]\nn_trials = 4\nseeds = [0]\n'
         'seed = 1\nsampler = "random"\nfront_share = 1.0\n'
-        'steps = [2, 8]\n[baseline]\nsteps = 8\n[reference]\nguidance = "trial"\nsteps = 30\n' + CLASSES
+        'steps = [2, 8]\n[baseline]\nsteps = 8\n[reference]\nguidance = "trial"\nsteps = 30\n' + SHOWABLE + CLASSES
     )
     out = run_study(load_config(path), progress=False, check_reference=False)["portrait"]
     guidances = {t.params["guidance"] for t in out.load_study().get_trials(states=(TrialState.COMPLETE,))}

@@ -45,6 +45,7 @@ steps = 20
 guidance = 7.5
 [recommend]
 confirm_seeds = [1000, 1001]
+broken_share = 0.9         # what one prompt's few images can show (an exact bound)
 {extra}
 [classes.portrait]
 prompts = ["{prompt}"]

@@ -93,6 +93,7 @@ class Bound:
     judged: int = -1  # images the worse side is over (-1: all of ``images``)
     against: str = ""  # what the candidate is held to when not the baseline's images (a stochastic sampler)
     gate: bool = True  # False: an undecided bound does not hold a pass back (it waits for more images)
+    why: str = "judged with the confirmation's images"  # what a bound that does not gate says instead
 
     @property
     def sign(self) -> int:
@@ -123,7 +124,7 @@ class Bound:
     def describe(self) -> str:
         if self.metric == BROKEN:
             mine, theirs = self.collapsed
-            wait = "" if self.gate else "; judged with the confirmation's images"
+            wait = "" if self.gate else f"; {self.why}"
             return (
                 f"collapsed images {mine} of {self.images} (the baseline's: {theirs}), share {self.mean:.1%}, "
                 f"exact {self._level()} {self.worst:.1%} (needs <= {self.tolerance:.1%}{wait})"

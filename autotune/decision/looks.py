@@ -66,7 +66,7 @@ def confirmation_alpha(k: int, slots: int, alpha: float = ALPHA) -> float:
 
 def clean_images_needed(alpha: float, share: float) -> int:
     """How many images without a collapse it takes for the exact ``1 - alpha`` bound to lie within ``share``."""
-    if share <= 0:
+    if share <= 0 or alpha <= 0:
         return math.inf  # type: ignore[return-value]
     return math.ceil(math.log(alpha) / math.log1p(-share)) if share < 1 else 1
 

@@ -7,7 +7,8 @@ With a class's :class:`Schedule` (its panel and the order its confirmations bega
 judged where it stands in the looks: on its search images at the level of its last search look (its
 broken images only fail it there: too few to pass), and on its confirmation images at the level the k-th
 confirmation of the class may spend, its broken images pooled over every image it has been judged on.
-Without one (``validate``, ``export --check``: one look at held-out images), every shared image at 95 %.
+Without one (``validate``, ``export --check``: one look at held-out images), every shared image at 95 %; on
+a panel too small to show ``broken_share`` where none collapsed does not hold a pass back, and says so.
 
 Example:
     >>> base = Candidate(0, {(0, 0): {"clip_score": 30.0}, (1, 0): {"clip_score": 31.0}}, seconds=(1.0,))
@@ -27,7 +28,7 @@ from typing import Any
 from autotune.config.objectives import OBJECTIVES
 from autotune.decision.bounds import BROKEN, Bound, Images, Tolerance, broken_bound, paired_bound
 from autotune.decision.evidence import Candidate
-from autotune.decision.looks import ALPHA, FUTILITY, confirmation_alpha
+from autotune.decision.looks import ALPHA, FUTILITY, clean_images_needed, confirmation_alpha
 from autotune.decision.panel import Panel, Unit
 
 __all__ = [
@@ -98,6 +99,9 @@ def _judge(
             out.append(b)
     pm, pt, pu, gate = broken if broken is not None else (mine, theirs, units, True)
     if out and (b := broken_bound(pm, pt, tol, constant, units=pu, alpha=alpha, gate=gate)) is not None:
+        needed = clean_images_needed(alpha, tol.broken_share) if broken is None else 0
+        if b.images < needed and b.collapsed[0] == 0:  # one look, none collapsed, too few to show the share
+            b = replace(b, gate=False, why=f"{b.images} images cannot show it: {needed} without a collapse can")
         out.append(b)
     return out
 
