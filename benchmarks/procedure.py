@@ -1,8 +1,9 @@
 """The procedure's guarantee, measured: whole studies through autotune's own decision code, against worlds
 whose truth is known.
 
+    .venv/bin/python benchmarks/procedure.py --render    # once: the glyphs grid's truth panel (~40 min, 2 cores)
     .venv/bin/python benchmarks/procedure.py [--studies 300] [--worlds glyphs,edge,...] [--classes thin,bold]
-    .venv/bin/python benchmarks/procedure.py --summarise   # the tables of results/procedure.json again
+        [--jobs 2] [--merge]   # --merge keeps the other worlds' results already in results/procedure.json
 
 A user trusts the whole of propose, race, confirm and pick, not one bound. Each simulated study runs
 :class:`autotune.study.decide.ClassRun` (the baseline first; confirm, race, the recommendation's
