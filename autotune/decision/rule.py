@@ -99,11 +99,20 @@ def _judge(
             out.append(b)
     pm, pt, pu, gate = broken if broken is not None else (mine, theirs, units, True)
     if out and (b := broken_bound(pm, pt, tol, constant, units=pu, alpha=alpha, gate=gate)) is not None:
-        needed = clean_images_needed(alpha, tol.broken_share) if broken is None else 0
-        if b.images < needed and b.collapsed[0] == 0:  # one look, none collapsed, too few to show the share
-            b = replace(b, gate=False, why=f"{b.images} images cannot show it: {needed} without a collapse can")
         out.append(b)
     return out
+
+
+def _one_look(bounds: list[Bound], tol: Tolerance) -> list[Bound]:
+    """One look at a fixed panel (``validate``, ``export --check``): a panel too small to show ``broken_share``,
+    where none collapsed, does not hold a pass back on its broken images, and its bound says so."""
+    needed = clean_images_needed(ALPHA, tol.broken_share)
+    return [
+        replace(b, gate=False, why=f"{b.images} images cannot show it: {needed} without a collapse can")
+        if b.metric == BROKEN and b.images < needed and b.collapsed[0] == 0
+        else b
+        for b in bounds
+    ]
 
 
 _KEPT: dict[tuple[Any, ...], tuple[tuple[Candidate, Candidate, Tolerance], list[Bound]]] = {}
@@ -132,7 +141,7 @@ def _verdicts(cand: Candidate, base: Candidate, tol: Tolerance, confirm: bool, l
     stochastic = not cand.deterministic and base.deterministic
     if looks is None:
         mine, theirs = (cand.confirm, base.confirm) if confirm else (cand.images, base.images)
-        return _judge(mine, theirs, tol, stochastic)
+        return _one_look(_judge(mine, theirs, tol, stochastic), tol)
     search = looks.panel.search_look(_shared(cand.images, base.images))
     if not confirm:
         seen = _only(cand.images, search.seen)
