@@ -99,3 +99,26 @@ def test_every_name_recommendations_json_gives_is_the_one_export_gives() -> None
     deis = trial_summary(SimpleNamespace(number=1, params={"scheduler": "deis", "steps": 8, "guidance": 5.0},
                                          user_attrs={}, values=[1.0]), ("seconds",), FAMILIES["sd"])  # fmt: skip
     assert deis["a1111_name"] is None and deis["comfyui_name"] == "deis"
+
+
+def test_the_class_call_arguments_travel_to_each_tool_or_are_named() -> None:
+    import dataclasses
+
+    calls = {"negative_prompt": "blurry, lowres", "clip_skip": 1, "num_inference_steps": 12, "guidance_scale": 6.5}
+    rec = dataclasses.replace(_rec("dpmpp_2m_karras"), call_kwargs=calls)
+    out = a1111(rec)
+    assert (out["negative_prompt"], out["clip_skip"]) == ("blurry, lowres", 2)  # A1111 counts the last layer as 1
+    assert out["infotext"] == (
+        "Negative prompt: blurry, lowres\n"
+        "Steps: 12, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Clip skip: 2"
+    )
+    node = comfyui(rec)
+    assert (node["negative_prompt"], node["stop_at_clip_layer"], "no_equivalent" in node) == (
+        "blurry, lowres",
+        -2,
+        False,
+    )
+    rescaled = dataclasses.replace(rec, call_kwargs=calls | {"guidance_rescale": 0.7})  # no tool setting for it
+    for out in (a1111(rescaled), comfyui(rescaled)):
+        assert [m for m in out["no_equivalent"] if m.startswith("call argument guidance_rescale=0.7")], out
+    assert "infotext" not in a1111(rescaled)  # a line that would render something else is not given

@@ -306,3 +306,108 @@ def test_examples_run_against_a_finished_study(finished_study, script: str, tmp_
     if script == "route_prompts.py":
         lines = [line for line in result.stdout.splitlines() if "->" in line]
         assert len(lines) == 4 and "-> portrait" in lines[0]
+
+
+HANDOFF_STUDY = """
+name = "handoff"
+[model]
+id = "tiny"
+device = "cpu"
+height = 32
+width = 32
+[search]
+steps = [8, 8]
+variants = []
+schedulers = ["euler"]
+guidance = [5.0, 5.0]
+guidance_cutoff = [0.5, 1.0]   # the only searched axis: the pick stops guidance part-way
+n_trials = 4
+seeds = [0]
+seed = 0
+[baseline]
+scheduler = "euler"
+steps = 8
+guidance = 5.0
+[reference]
+scheduler = "dpmpp_2m_karras"
+steps = 20
+guidance = 5.0
+[recommend]
+clip_tolerance = 100.0         # random weights: every cutoff passes, so the cheapest (the lowest) is picked
+lpips_tolerance = 10.0
+confirm_seeds = [1000, 1001]
+finalists = 1
+race_seeds = 2
+race_budget = 0
+broken_share = 0.5
+[classes.portrait]
+prompts = ["a studio portrait of an old fisherman", "an old sailor", "a young woman", "a child", "a farmer", "a chef"]
+negative_prompt = "blurry, lowres"
+"""
+
+
+@pytest.fixture(scope="module")
+def handoff(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A finished study whose class has a negative prompt and whose pick has a guidance cutoff."""
+    from autotune.config import load_config
+    from autotune.model import render as rendering
+    from autotune.report.table import write_all
+    from autotune.study.run import run_study
+
+    def timed(p, settings, prompt, seed, height, width, batch_size=1, repeats=3):  # type: ignore[no-untyped-def]
+        return [1e-3 * settings.steps * (1 + settings.guided_share())] * repeats  # as `seconds_by_evaluations`
+
+    path = tmp_path_factory.mktemp("handoff") / "handoff.toml"
+    path.write_text(HANDOFF_STUDY)
+    cfg = load_config(path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rendering, "time_serving", timed)
+        outcomes = run_study(cfg, progress=False)
+    write_all(outcomes)
+    return cfg, outcomes
+
+
+def test_every_handoff_renders_the_studys_image_with_the_negative_prompt_and_the_cutoff(handoff) -> None:  # type: ignore[no-untyped-def]
+    import diffusers
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    from autotune.serving.export import export
+
+    cfg, outcomes = handoff
+    recs = autotune.load_recommendations(cfg.path)
+    rec = recs["portrait"]
+    assert rec.guidance_cutoff < 1 and rec.call_kwargs["negative_prompt"] == "blurry, lowres", rec
+    assert "negative_prompt" not in recs["default"].call_kwargs  # a prompt of no class gets [call]'s (none here)
+    prompt = cfg.classes["portrait"][0]
+    stored = trial_image(cfg, outcomes["portrait"], outcomes["portrait"].recommendation.chosen.number)
+
+    def close(image: torch.Tensor) -> bool:
+        return float((image - stored).abs().max()) <= 1 / 255 + 1e-6  # one 8-bit level, from float rounding
+
+    pipe = fresh_pipe()  # 1. autotune.apply
+    kwargs = autotune.apply(pipe, rec)
+    assert close(render(pipe, cfg, prompt, kwargs))
+    without = {k: v for k, v in kwargs.items() if k != "negative_prompt"}  # what the handoff used to give
+    assert not close(render(pipe, cfg, prompt, without))
+
+    block = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]["portrait"]["diffusers"]
+    plain = fresh_pipe()  # 2. the JSON block by hand, as docs/how-to/serving.md shows it
+    plain.scheduler = getattr(diffusers, block["scheduler_class"]).from_config(
+        plain.scheduler.config, **block["scheduler_config"]
+    )
+    by_hand = dict(block["call_kwargs"])
+    if block["guidance_cutoff"] < 1:
+        by_hand["callback_on_step_end"] = SDCFGCutoffCallback(cutoff_step_ratio=block["guidance_cutoff"])
+    assert close(render(plain, cfg, prompt, by_hand))
+    uncut = render(plain, cfg, prompt, dict(block["call_kwargs"]))  # random weights: guidance matters little,
+    assert not torch.equal(uncut, render(plain, cfg, prompt, by_hand))  # but the cutoff changes the image
+
+    module: dict = {}  # type: ignore[type-arg]  # 3. the diffusers export
+    exec(export(recs, "diffusers"), module)  # the module a user saves and imports
+    exported = fresh_pipe()
+    assert close(render(exported, cfg, prompt, module["apply"](exported, "portrait")))
+
+    for fmt in ("a1111", "comfyui"):  # 4. the tools: the negative prompt carried, the cutoff said in one line
+        out = json.loads(export(recs, fmt))["portrait"]
+        assert out["negative_prompt"] == "blurry, lowres"
+        assert [line for line in out["no_equivalent"] if f"guidance on the first {rec.guidance_cutoff:g} of" in line]

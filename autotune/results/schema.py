@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError
 from autotune.config.objectives import OBJECTIVES, cost_of, quality
-from autotune.results.notes import call_ratio, fleet, prompts_note, random_weights_warning, speedup_check
+from autotune.results.notes import call_ratio, fleet, prompts_note, random_weights_warning, timing_check
 from autotune.space.tools import TOOLS
 
 if TYPE_CHECKING:
@@ -178,12 +178,18 @@ def load_recommendations(path: str | Path) -> Recommendations:
 
 
 def trial_summary(
-    t: Any, objectives: tuple[str, ...], family: Family, base: Mapping[str, Any] | None = None
+    t: Any,
+    objectives: tuple[str, ...],
+    family: Family,
+    base: Mapping[str, Any] | None = None,
+    call: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A trial as plain JSON-able data: setting, its names in other tools, the diffusers recipe, metrics.
 
     With ``base``, the model's own scheduler config, the recipe's ``scheduler_config`` is complete
-    (:func:`autotune.space.schedulers.complete`); without, it lists the overrides only.
+    (:func:`autotune.space.schedulers.complete`); without, it lists the overrides only. ``call``: the
+    fixed call arguments its images were rendered with (the class's negative prompt, ``[call]``), which
+    the recipe's ``call_kwargs`` carry beside the setting's own, so that the recipe renders those images.
     """
     from autotune.decision.cost import evaluations
     from autotune.space import schedulers
@@ -206,7 +212,8 @@ def trial_summary(
         "diffusers": {
             "scheduler_class": spec.class_name,
             "scheduler_config": overrides if base is None else schedulers.complete(s.scheduler, base, overrides),
-            "call_kwargs": s.call_kwargs(family),
+            "call_kwargs": {**(call or {}), **s.call_kwargs(family)},
+            "guidance_cutoff": s.cutoff,  # 1: every step; below: guidance stops after this share of the steps
         },
         "metrics": dict(zip(objectives, t.values, strict=True)),
         "metrics_std": {m: statistics.pstdev(v) if v else None for m, v in spread.items()},
@@ -246,8 +253,9 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
         return {**base, "recommended": None, "reason": why, "decision": {"state": o.decision_state}}
     by_number = {t.number: t for t in o.trials}
     base_config = o.attrs.get("scheduler_base")
-    chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family, base_config)
-    baseline = trial_summary(by_number[rec.baseline.number], objectives, o.family, base_config)
+    call = cfg.call_for(o.name)
+    chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family, base_config, call)
+    baseline = trial_summary(by_number[rec.baseline.number], objectives, o.family, base_config, call)
     chosen["seconds_fitted"], baseline["seconds_fitted"] = rec.chosen.cost, rec.baseline.cost
     if (cost := cost_of(objectives)) is not None:  # the seconds the speed-up reads (timed in turn at the end)
         for summary, c in ((chosen, rec.chosen), (baseline, rec.baseline)):
@@ -257,12 +265,19 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     assert tol is not None
     r = cfg.recommend
     ratio = call_ratio(chosen["model_evaluations"], baseline["model_evaluations"])
+    timing = timing_check(
+        rec.speedup if rec.met_tolerance else None,  # a kept baseline is 1x: no timing to doubt
+        rec.speedup_range,
+        ratio,
+        f"autotune validate {cfg.path}",
+    )
     return {
         **chosen,
-        "speedup": rec.speedup,
+        "speedup": None if timing else rec.speedup,  # the headline: None where the timing cannot support it
+        "speedup_timed": rec.speedup,
         "speedup_range": rec.speedup_range,
         "model_call_ratio": ratio,
-        "speedup_check": speedup_check(rec.speedup, ratio),
+        "timing": timing,
         "met_tolerance": rec.met_tolerance,
         "confirmed": rec.confirmed,
         "reason": rec.reason,
@@ -306,7 +321,6 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome
             "width": cfg.model.width,
             **cfg.model.additions(),
         },
-        "call": {c: cfg.call_for(c) for c in outcomes},  # what every measured call was given besides the setting
         "objectives": list(cfg.metrics.objectives),
         "rule": {
             "name": cfg.recommend.rule,
@@ -321,9 +335,8 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome
         data["fleet"] = saved
     if warning := random_weights_warning(cfg):
         data["random_weights"] = warning
-    baseline = next((d["baseline"] for d in classes.values() if "baseline" in d), None)
-    if baseline is not None:
-        data["default"] = baseline
+    if (first := next((c for c, d in classes.items() if "baseline" in d), None)) is not None:
+        data["default"] = _unclassed(classes[first]["baseline"], cfg.call_for(first), cfg.call_for(None))
     embedded = {c: o.attrs["router"] for c, o in outcomes.items() if "router" in o.attrs}
     if embedded:
         from autotune.weights.clip import clip_source
@@ -331,6 +344,12 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome
         clip = clip_source(cfg.metrics.clip_model, cfg.metrics.clip_pretrained, str(cfg.directory))
         data["router"] = router_data(embedded, clip)  # local weights as absolute paths: serving runs elsewhere
     return data
+
+
+def _unclassed(baseline: dict[str, Any], own: Mapping[str, Any], call: Mapping[str, Any]) -> dict[str, Any]:
+    """A class's baseline as served to prompts of no class: ``[call]``'s arguments instead of the class's."""
+    kwargs = {k: v for k, v in baseline["diffusers"]["call_kwargs"].items() if k not in own}
+    return {**baseline, "diffusers": {**baseline["diffusers"], "call_kwargs": {**call, **kwargs}}}
 
 
 def _stated(cfg: ResolvedStudy, metric: str) -> dict[str, Any]:

@@ -30,8 +30,9 @@ def _family_of(pipe: Any) -> str:
 
 
 def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
-    """Swap ``pipe.scheduler`` to the recommended one and return the kwargs for ``pipe(...)`` (with the
-    callback that stops guidance part-way, where the recommendation has a guidance cutoff).
+    """Swap ``pipe.scheduler`` to the recommended one and return the kwargs for ``pipe(prompt, ...)``:
+    the setting's, the fixed arguments the study rendered the class with (its negative prompt,
+    ``[call]``'s), and the callback that stops guidance part-way where the setting has a cutoff.
 
     The new scheduler is ``Cls.from_config(<the pipeline's original scheduler config>,
     **rec.scheduler_config)``: the original config is kept on the pipeline the first time, so

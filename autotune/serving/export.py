@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from autotune.config.prompts import RESERVED_CALL as SEARCHED_CALL
 from autotune.results.schema import DEFAULT_CLASS, ClassRecommendation, Recommendations
 from autotune.space import schedulers
 from autotune.space.tools import TOOLS
@@ -27,11 +28,35 @@ __all__ = ["FORMATS", "a1111", "comfyui", "export", "in_tools", "inexpressible",
 FORMATS = ("diffusers", *TOOLS)
 
 
+CARRIED = ("negative_prompt", "clip_skip")  # the fixed call arguments both tools' exports carry
+
+
+def fixed_arguments(rec: ClassRecommendation) -> dict[str, Any]:
+    """The call arguments the class's images were rendered with besides the setting (``[call]``, its
+    negative prompt)."""
+    return {k: v for k, v in rec.call_kwargs.items() if k not in SEARCHED_CALL}
+
+
 def _missing(rec: ClassRecommendation, tool: str) -> tuple[str | None, str | None, list[str]]:
     sampler, schedule, missing = schedulers.in_tool(rec.scheduler, rec.options, tool)
     if rec.guidance_cutoff < 1:
         missing.append(f"guidance on the first {rec.guidance_cutoff:g} of the steps only ({TOOLS[tool].cutoff_note})")
+    missing += [
+        f"call argument {k}={v!r} (no {TOOLS[tool].title} setting carries it)"
+        for k, v in fixed_arguments(rec).items()
+        if k not in CARRIED
+    ]
     return sampler, schedule, missing
+
+
+def _carried(rec: ClassRecommendation, clip_skip_key: str, sign: int) -> dict[str, Any]:
+    """The negative prompt and clip skip as a tool takes them: its clip skip counts the last layer as 1
+    (``sign`` -1: as -1), diffusers' as 0."""
+    fixed = fixed_arguments(rec)
+    out = {"negative_prompt": fixed["negative_prompt"]} if "negative_prompt" in fixed else {}
+    if "clip_skip" in fixed:
+        out[clip_skip_key] = sign * (fixed["clip_skip"] + 1)
+    return out
 
 
 def in_tools(rec: ClassRecommendation) -> dict[str, tuple[str | None, str | None, list[str]]]:
@@ -70,19 +95,25 @@ def a1111(rec: ClassRecommendation) -> dict[str, Any]:
     """AUTOMATIC1111's settings for ``rec`` and its infotext line; ``no_equivalent`` lists what it cannot set."""
     sampler, schedule, missing = _missing(rec, "a1111")
     out: dict[str, Any] = {"sampler": sampler, "schedule_type": schedule, "steps": rec.steps, "cfg_scale": rec.guidance}
+    out |= _carried(rec, "clip_skip", 1)  # A1111's "Clip skip: 2" is diffusers' clip_skip=1 (the penultimate layer)
     if missing:
         out["no_equivalent"] = missing
-    else:
+    else:  # PNG Info's format: the prompt's lines, "Negative prompt: ...", then the parameters
+        skip = f", Clip skip: {out['clip_skip']}" if "clip_skip" in out else ""
+        negative = f"Negative prompt: {out['negative_prompt']}\n" if "negative_prompt" in out else ""
         out["infotext"] = (
-            f"Steps: {rec.steps}, Sampler: {sampler}, Schedule type: {schedule}, CFG scale: {rec.guidance:g}"
+            f"{negative}Steps: {rec.steps}, Sampler: {sampler}, Schedule type: {schedule}, "
+            f"CFG scale: {rec.guidance:g}{skip}"
         )
     return out
 
 
 def comfyui(rec: ClassRecommendation) -> dict[str, Any]:
-    """The KSampler inputs for ``rec``; ``no_equivalent`` lists what ComfyUI cannot set."""
+    """The KSampler inputs for ``rec`` (``negative_prompt``: the text of the CLIPTextEncode on its negative
+    input; ``stop_at_clip_layer``: a CLIPSetLastLayer before both); ``no_equivalent`` lists what ComfyUI cannot set."""
     sampler, schedule, missing = _missing(rec, "comfyui")
     out: dict[str, Any] = {"sampler_name": sampler, "scheduler": schedule, "steps": rec.steps, "cfg": rec.guidance}
+    out |= _carried(rec, "stop_at_clip_layer", -1)  # CLIPSetLastLayer: -2 is diffusers' clip_skip=1
     if missing:
         out["no_equivalent"] = missing
     return out
