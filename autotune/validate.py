@@ -25,6 +25,7 @@ from autotune.config import ConfigError, StudyConfig
 from autotune.config.objectives import quality
 from autotune.config.schema import read_text
 from autotune.decision.bounds import BROKEN
+from autotune.results.notes import speedup_text
 
 __all__ = ["class_tolerance", "read_prompts", "validate"]
 
@@ -92,7 +93,7 @@ def validate(
     from autotune.files import atomic_write
     from autotune.model.evaluate import Evaluator, in_turn
     from autotune.model.pipeline import resolve_config
-    from autotune.results.notes import call_ratio, speedup_check
+    from autotune.results.notes import call_ratio, timing_check
     from autotune.results.schema import DEFAULT_CLASS, load_recommendations
     from autotune.serving.router import Router
     from autotune.space import schedulers
@@ -132,16 +133,18 @@ def validate(
         ratio = call_ratio(
             *(evaluations(e.model_calls, e.guided_calls, s) for e, s in ((ours, chosen), (theirs, baseline)))
         )
+        timing = timing_check(faster and faster[0], faster and faster[1:], ratio, f"autotune validate {cfg.path}")
         classes[c] = {
             "prompts": ps,
             "recommended": rec.setting,
             "baseline": baseline.label(),
             "images": len(ps) * len(seeds),
             "bounds": {x.metric: _finite(dataclasses.asdict(x)) | {"verdict": x.verdict} for x in bounds},
-            "speedup": faster[0] if faster else None,
+            "speedup": None if timing else faster[0] if faster else None,
+            "speedup_timed": faster[0] if faster else None,
             "speedup_range": list(faster[1:]) if faster else None,
             "model_call_ratio": ratio,
-            "speedup_check": speedup_check(faster[0] if faster else None, ratio),
+            "timing": timing,
             "study_speedup": rec.speedup,
             "within_tolerance": overall(bounds) == "pass",
             "why_not": [x.describe() for x in bounds if x.verdict != "pass"],
@@ -178,13 +181,9 @@ def format_validation(result: dict[str, Any]) -> str:
             for m, b in v["bounds"].items()
         ]
         verdict = "ok  " if v["within_tolerance"] else "FAIL"
-        speed = (
-            f"{v['speedup']:.2f}x ({v['speedup_range'][0]:.2f}-{v['speedup_range'][1]:.2f}) faster"
-            + (f" with {v['model_call_ratio']:.2g}x fewer model calls" if v.get("model_call_ratio") else "")
-            + (" (above its call ratio: timing noise; rerun alone)" if v.get("speedup_check") else "")
-            if v["speedup"]
-            else "not timed"
-        )
+        low_high = v["speedup_range"] and tuple(v["speedup_range"])
+        speed = speedup_text(v["speedup"], low_high, v.get("model_call_ratio"), v.get("timing")) or "not timed"
+        speed += f" ({v['timing']})" if v.get("timing") else ""
         lines.append(f"{verdict} {c}: {v['recommended']} on {v['images']} held-out images: {speed}, {', '.join(parts)}")
     if result.get("nothing"):
         return f"FAIL nothing validated: {result['nothing']}"

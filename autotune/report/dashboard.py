@@ -33,6 +33,8 @@ def _note(d: dict[str, Any]) -> str:
         else ""
     )
     speedup = f"**{d['speedup']:.2f}x**{lo_hi} the speed of" if d["speedup"] else "compared with"
+    if d.get("timing"):
+        speedup = f"**{d['model_call_ratio']:.2g}x fewer model calls** ({d['timing']}) than"
     rows = "\n".join(f"| {m} | {v:.4g} | {base['metrics'][m]:.4g} |" for m, v in d["metrics"].items())
     stages = "\n".join(
         f"| {st['trial']} | {st['setting']} | {st['search']} | {st.get('confirmation', '-')} |"

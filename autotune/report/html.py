@@ -34,7 +34,14 @@ from autotune.decision.rule import collapsed_images, collapsed_text
 from autotune.files import atomic_write
 from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
 from autotune.report.images import StoredImages
-from autotune.results.notes import call_ratio, fleet_text, random_weights_warning, speedup_check, tolerance_text
+from autotune.results.notes import (
+    call_ratio,
+    fleet_text,
+    random_weights_warning,
+    speedup_text,
+    timing_check,
+    tolerance_text,
+)
 from autotune.results.reader import ClassOutcome, settings_of
 from autotune.results.schema import RULE_TEXT, recommendations_data
 from autotune.store.artifacts import reader_store
@@ -96,16 +103,19 @@ def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
         setting = html.escape(settings_of(chosen).label())
         if not rec.met_tolerance or not rec.confirmed:
             setting += f'<div class="note">{html.escape(rec.reason)}</div>'
-        lo_hi = rec.speedup_range
-        speedup = f"{rec.speedup:.2f}x ({lo_hi[0]:.2f}-{lo_hi[1]:.2f}x)" if rec.speedup and lo_hi else "-"
         ratio = call_ratio(*(
             evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), settings_of(t))
             for t in (chosen, base)
         ))  # fmt: skip
-        if ratio:
-            speedup += f", {ratio:.2g}x fewer model calls"
-        if check := speedup_check(rec.speedup, ratio):
-            speedup += f'<div class="note">{html.escape(check)}</div>'
+        timing = timing_check(
+            rec.speedup if rec.met_tolerance else None,  # a kept baseline is 1x: no timing to doubt
+            rec.speedup_range,
+            ratio,
+            f"autotune validate {cfg.path}",
+        )
+        speedup = html.escape(speedup_text(rec.speedup, rec.speedup_range, ratio, timing) or "-")
+        if timing:
+            speedup += f'<div class="note">{html.escape(timing)}</div>'
         broken = collapsed_text(collapsed_images(rec.chosen, rec.baseline, o.tolerance)) if o.tolerance else "-"
         rows.append([f'<a href="#class-{c}">{c}</a>', setting, speedup, *(_paired(chosen, base, m) for m in judged)])
         rows[-1].append(broken)

@@ -21,7 +21,7 @@ from autotune.config.objectives import OBJECTIVES, cost_of
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.rule import collapsed_text
 from autotune.files import atomic_write
-from autotune.results.notes import fleet_text, random_weights_warning
+from autotune.results.notes import fleet_text, random_weights_warning, speedup_text
 from autotune.results.reader import ClassOutcome, Outcomes, settings_of
 from autotune.results.schema import recommendations_data
 from autotune.space import schedulers
@@ -109,18 +109,15 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
 
 
 def _speedup(d: dict[str, Any]) -> str:
-    if not d["speedup"]:
-        return ""
-    lo, hi = d["speedup_range"]
-    calls = f", {d['model_call_ratio']:.2g}x fewer model calls" if d.get("model_call_ratio") else ""
-    return f"{d['speedup']:.2f}x ({lo:.2f}-{hi:.2f}){calls}"
+    low_high = d["speedup_range"]
+    return speedup_text(d["speedup"], low_high and tuple(low_high), d.get("model_call_ratio"), d["timing"])
 
 
 def _note(d: dict[str, Any]) -> str:
     """Why the baseline is kept, how the pick's neighbours fare, and a decision that did not finish."""
     parts = [] if d["met_tolerance"] and d["confirmed"] else [d["reason"]]
-    if d.get("speedup_check"):
-        parts.append(d["speedup_check"])
+    if d.get("timing"):
+        parts.append(d["timing"])
     if d.get("margin"):
         parts.append("; ".join(f"{m['change']}: {m['verdict']}" for m in d["margin"]))
     if d["decision"]["state"] != "settled":

@@ -2,8 +2,8 @@
 physics, random weights, the tolerances as the study file states them. Light to import (no torch).
 
 Example:
-    >>> speedup_check(3.1, call_ratio(10, 20))
-    'timed 3.10x faster with 2x fewer model calls: timing noise; time it again alone (`autotune validate`)'
+    >>> timing_check(3.1, (2.9, 3.3), call_ratio(10, 20), "autotune validate s.toml")[:72]
+    'timing unreliable (timed 3.10x faster with 2x fewer model calls: the ma'
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ __all__ = [
     "fleet_text",
     "prompts_note",
     "random_weights_warning",
-    "speedup_check",
+    "speedup_text",
+    "timing_check",
     "tolerance_text",
 ]
 
@@ -30,16 +31,38 @@ def call_ratio(evaluations: float | None, base_evaluations: float | None) -> flo
     return base_evaluations / evaluations if evaluations and base_evaluations else None
 
 
-def speedup_check(speedup: float | None, call_ratio: float | None, slack: float = 1.1) -> str | None:
-    """None, or why a timed speed-up cannot be taken as it stands: faster than its share of the model's
-    evaluations allows (a call's fixed cost only makes a cheaper setting less fast), so timing noise
-    (another job on the machine, a slow first call) inflated the baseline's seconds or cut its own."""
-    if speedup is None or call_ratio is None or speedup <= call_ratio * slack:
+SPREAD = 1.5  # the widest range (high / low over the timed calls) a speed-up is reported from
+
+
+def timing_check(speedup: float | None, low_high: tuple[float, float] | None, call_ratio: float | None,
+                 retime: str = "autotune validate STUDY.toml") -> str | None:  # fmt: skip
+    """None, or why a timed speed-up cannot be reported as it stands (then its compute ratio leads):
+
+    - it is faster than its share of the model's evaluations allows, by more than 10 % (a call's fixed
+      cost only makes a cheaper setting less fast): noise inflated the baseline's seconds or cut its own;
+    - or its range over the timed calls (the baseline's slowest over the setting's fastest, against the
+      other way round) spans more than ``SPREAD`` x: another job on the machine slowed some calls, and a
+      median of three calls on each side cannot say by how much. A quiet CPU spans 1.1-1.2x.
+    """
+    if speedup is None:
         return None
-    return (
-        f"timed {speedup:.2f}x faster with {call_ratio:.2g}x fewer model calls: timing noise; time it again "
-        "alone (`autotune validate`)"
-    )
+    if call_ratio is not None and speedup > call_ratio * 1.1:
+        why = f"timed {speedup:.2f}x faster with {call_ratio:.2g}x fewer model calls"
+    elif low_high is not None and low_high[1] > low_high[0] * SPREAD:
+        why = f"timed {speedup:.2f}x, {low_high[0]:.2f}-{low_high[1]:.2f}x over the timed calls"
+    else:
+        return None
+    return f"timing unreliable ({why}: the machine was busy); re-time alone: `{retime}`"
+
+
+def speedup_text(speedup: float | None, low_high: tuple[float, float] | None, call_ratio: float | None,
+                 timing: str | None) -> str:  # fmt: skip
+    """The headline: the timed speed-up and its range, or the compute ratio where the timing is unreliable."""
+    calls = f"{call_ratio:.2g}x fewer model calls" if call_ratio else ""
+    if timing or not speedup:
+        return f"{calls}; timing unreliable" if timing and calls else calls
+    lo_hi = f" ({low_high[0]:.2f}-{low_high[1]:.2f})" if low_high else ""
+    return f"{speedup:.2f}x{lo_hi}" + (f", {calls}" if calls else "")
 
 
 def prompts_note(used: int, total: int, confirmed: int = 0) -> str:
@@ -108,7 +131,8 @@ def fleet(traffic: dict[str, float], classes: dict[str, dict[str, Any]]) -> dict
     for c in traffic:
         d = classes.get(c, {})
         if "trial" not in d or d.get("speedup") is None:
-            return {"speedup": None, "range": None, "shares": shares, "why": f"classes.{c}: no recommendation yet"}
+            why = f"classes.{c}: " + ("timing unreliable" if d.get("timing") else "no recommendation yet")
+            return {"speedup": None, "range": None, "shares": shares, "why": why}
         kept = d["trial"] == d["baseline"]["trial"]
         lo, hi = d.get("speedup_range") or (d["speedup"], d["speedup"])
         each[c] = (1.0, 1.0, 1.0) if kept else (d["speedup"], lo, hi)
