@@ -261,11 +261,13 @@ def check(cfg: StudyConfig, recs: Recommendations, seeds: Sequence[int] = SEEDS,
 
     out["k_diffusion"] = version("k-diffusion")
     resolved = resolve_config(cfg)
+    print(f"autotune: export --check: loading {cfg.model.id} and the metrics' models", file=sys.stderr)
     evaluator = Evaluator(resolved, cfg.default_storage, device)
     base = recs.get(DEFAULT_CLASS)
     for c, rec in recs.items():
         if c == DEFAULT_CLASS or c not in resolved.classes:
             continue
+        print(f"autotune: export --check: {c}: rendering as diffusers, {' and '.join(TOOLS)} do", file=sys.stderr)
         one = _Class(evaluator, resolved, recs, c, modules, prompts, seeds)
         chosen = rec.settings()
         diffusers = functools.cache(functools.partial(evaluator.evaluate, chosen, one.prompts, one.seeds, timed=False))

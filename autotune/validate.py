@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def validate(
     seeds = list(seeds or cfg.search.seeds)
     resolved = resolve_config(cfg)
     held_out = {q: c for q, c in routed.items() if c != DEFAULT_CLASS}  # served with their class's negative prompt
+    print(f"autotune: validate: loading {cfg.model.id} and the metrics' models", file=sys.stderr)
     evaluator = Evaluator(resolved, storage or cfg.default_storage, device, routed=held_out)
     by_class: dict[str, list[str]] = {}
     for prompt, c in routed.items():
@@ -121,6 +123,11 @@ def validate(
         rec = recs[c]
         chosen = rec.settings()
         baseline = Settings.of(resolved.baseline)
+        print(
+            f"autotune: validate: {c}: {len(ps)} held-out prompts x {len(seeds)} images, recommended and baseline, "
+            "then both timed in turn",
+            file=sys.stderr,
+        )
         ours, theirs = (evaluator.evaluate(s, ps, seeds, timed=False) for s in (chosen, baseline))
         if cost_of(cfg.metrics.objectives):  # timed in turn: a slow spell of the machine falls on both
             timed = in_turn(evaluator, [chosen, baseline], ps[0], seeds[0], cfg.serving.repeats)
@@ -133,7 +140,8 @@ def validate(
         ratio = call_ratio(
             *(evaluations(e.model_calls, e.guided_calls, s) for e, s in ((ours, chosen), (theirs, baseline)))
         )
-        timing = timing_check(faster and faster[0], faster and faster[1:], ratio, f"autotune validate {cfg.path}")
+        doubted = None if not faster or chosen == baseline else faster[0]  # the baseline kept: 1x, nothing to doubt
+        timing = timing_check(doubted, faster and faster[1:], ratio, f"autotune validate {cfg.path}")
         classes[c] = {
             "prompts": ps,
             "recommended": rec.setting,

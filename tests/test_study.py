@@ -241,3 +241,21 @@ def test_results_read_every_trial_as_optuna_reads_it(finished_study, tmp_path: P
             b.datetime_start,
             b.datetime_complete,
         )
+
+
+def test_progress_names_the_start_up_and_each_units_phase_with_one_clock(
+    study_file: Callable[..., Path], seconds_by_evaluations: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    path = study_file(name="progress", n_trials=3)
+    path.write_text(path.read_text().replace("[search]\n", "[search]\nseed = 2\n"))
+    run_study(load_config(path), progress=True, timeout=3600)
+    err = capsys.readouterr().err
+    assert "autotune: start-up: loading tiny and the metrics' models (cpu, float32)" in err
+    assert "autotune: start-up: checking that the reference setting converges" in err
+    for phase in ("baseline", "search: a new setting", "settling"):
+        assert f"doing=portrait: {phase}" in err, phase
+    lefts = re.findall(r"left=~?(\d\d):(\d\d):(\d\d)", err)
+    assert lefts and all(int(h) * 3600 + int(m) * 60 + int(s) <= 3600 for h, m, s in lefts)  # never past the limit
+    assert "<" not in "".join(re.findall(r"\[[^\]]*\]", err))  # no second clock (tqdm's own remaining time)

@@ -47,6 +47,8 @@ from autotune.study.objective import Objective
 
 __all__ = ["ClassRun", "check_reach"]
 
+PHASES = {"race": "racing", "confirm": "confirming"}  # an agenda Action's kind
+
 
 def check_reach(cfg: ResolvedStudy) -> None:
     """Refuse a study whose panels are too small for a clean candidate to pass the broken-image gate: its
@@ -158,18 +160,23 @@ class ClassRun:
         return fit(chosen.calls, chosen.guided) if fit is not None else chosen.calls * (1.0 + chosen.guided)
 
     # one unit of work ---------------------------------------------------------------------------------
+    def announce(self, doing: str) -> None:
+        """Called as each unit of work starts, with what it is (the study's progress bar shows it)."""
+
     def step(self) -> bool:
         """Do the next unit of work; False when the class has nothing left to do."""
         self.refresh()
         base = self.evidence.baseline  # the first trial queued: everything is compared with it
         action = self._action(base) if base is not None else None
         if action is not None:
+            self.announce(f"{PHASES[action.kind]} trial {action.number} on {len(action.units)} more images")
             self._render(action)
             return True
-        if ledger.claimed(self.study.get_trials(deepcopy=False)) >= self.objective.target:
+        full = ledger.claimed(self.study.get_trials(deepcopy=False)) >= self.objective.target
+        if full or self.study.user_attrs.get("exhausted"):
+            self.announce("settling")
             return self._settle()
-        if self.study.user_attrs.get("exhausted"):
-            return self._settle()
+        self.announce("baseline" if base is None else "search: a new setting")
         return self._trial(self._next_setting(self.recommendation()) if base is not None else None)
 
     def _action(self, base: Any) -> Action | None:
@@ -203,6 +210,7 @@ class ClassRun:
             return
         if timed_together(rec, self._attrs) is not rec:  # this pair was timed in turn before (a resumed run)
             return
+        self.announce("timing the pick and the baseline in turn")
         pair = [rec.baseline.number, rec.chosen.number]
         settings, prompt, seed = self.settings(), self.prompts[0], self.cfg.search.seeds[0]
         try:

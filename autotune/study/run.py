@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -177,11 +178,15 @@ def run_study(
             if started is not None:
                 started(recommend(resolved, storage=url, version=version))
             _in_time(deadline)  # start-up counts against the deadline: each render below starts within it
+            tell = _say if progress else lambda _: None
+            tell(f"autotune: start-up: loading {cfg.model.id} and the metrics' models ({rt['device']}, {rt['dtype']})")
             evaluator = Evaluator(resolved, url, device, described=described)
             if check_reference and "lpips" in cfg.metrics.objectives:
                 _in_time(deadline)
+                tell("autotune: start-up: checking that the reference setting converges")
                 evaluator.check_reference()
             for c, study in studies.items():
+                tell(f"autotune: start-up: {c}: recovering stopped trials, measuring the seed-to-seed LPIPS")
                 _prepare(study, c, evaluator, deadline)
                 seed = class_seed(cfg.search.seed, c)
                 seeded = None if seed is None else random.Random(seed)  # fresh draws too
@@ -275,6 +280,9 @@ def _loop(
     target = next(iter(runs.values())).objective.target
     helpers = _spawn_workers(cfg, url, target, deadline - now() if deadline < math.inf else None, device, workers - 1)
     bar = _Progress(cfg, runs, target, deadline, progress)
+    for c, run in runs.items():
+        if isinstance(run, ClassRun):
+            run.announce = functools.partial(bar.now_doing, c)  # type: ignore[method-assign]
     failures = _Failures()
     try:
         while now() < deadline and (active := [c for c, r in runs.items() if not r.settled]):
@@ -350,12 +358,17 @@ def _join(procs: list[subprocess.Popen[bytes]]) -> None:
 
 class _Progress:
     """A tqdm bar over all classes: settings rendered, Pareto front sizes, each class's current
-    recommendation (its speed-up; "base": the baseline for now), time left."""
+    recommendation (its speed-up; "base": the baseline for now), the unit of work under way (its class and
+    phase: baseline, search, racing, confirming, timing), and one estimate of the time left: the pace of
+    the settings so far, never past the deadline (racing and confirming add no settings, so the pace is
+    an estimate; the deadline is a promise)."""
 
     def __init__(self, cfg: StudyConfig, runs: dict[str, Any], target: int, deadline: float, enabled: bool) -> None:
         from tqdm import tqdm
 
         self.runs, self.deadline, self.target = runs, deadline, target
+        self.doing = ""
+        self.began = now()
         self.studies: dict[str, optuna.Study] = {c: r.study for c, r in runs.items()}
         self.objectives = cfg.metrics.objectives
         self.bar = tqdm(
@@ -366,8 +379,26 @@ class _Progress:
             disable=not enabled,
             file=sys.stderr,
             dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} settings [{elapsed}{postfix}]",
         )
+        self.first = self.bar.n
         self.update()
+
+    def now_doing(self, class_name: str, what: str) -> None:
+        """A unit of work starts: show its class and phase at once (a confirmation can take minutes)."""
+        self.doing = f"{class_name}: {what}"
+        self.update()
+        self.bar.refresh()
+
+    def _left(self) -> str | None:
+        """The time left: the settings' pace so far (prefixed ~), at most the deadline's."""
+        left = self.deadline - now()
+        done = self.bar.n - self.first
+        pace = (now() - self.began) / done * (self.bar.total - self.bar.n) if done > 0 else math.inf
+        if min(left, pace) == math.inf:
+            return None
+        clock = time.strftime("%H:%M:%S", time.gmtime(max(0.0, min(left, pace))))
+        return clock if left <= pace else f"~{clock}"
 
     def _done(self) -> int:
         """Settings rendered (or rendering) per class, up to the target: reused repeats do not move the bar."""
@@ -382,9 +413,11 @@ class _Progress:
         post = {"front": " ".join(f"{c}:{n}" for c, n in fronts.items())}
         recs = {c: r.recommendation() for c, r in self.runs.items() if isinstance(r, ClassRun)}
         if recs:
-            post["now"] = " ".join(f"{c}:{_speedup(rec)}" for c, rec in recs.items())
-        if self.deadline < math.inf:
-            post["left"] = time.strftime("%H:%M:%S", time.gmtime(max(0.0, self.deadline - now())))
+            post["pick"] = " ".join(f"{c}:{_speedup(rec)}" for c, rec in recs.items())
+        if self.doing:
+            post["doing"] = self.doing
+        if (left := self._left()) is not None:
+            post["left"] = left
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(self._done() - self.bar.n)
 
