@@ -187,3 +187,14 @@ def test_a_study_on_the_written_file_states_the_fleets_saving(
     assert main(["recommend", str(out)]) == 0
     table = capsys.readouterr().out
     assert f"fleet: {expected:.2f}x" in table and "on the traffic shares" in table
+
+
+def test_two_classes_whose_best_word_is_the_same_are_named_by_their_next_word() -> None:
+    from autotune.serving.classes import _names
+
+    ink = ["blue ink on white paper", "blue ink on grey paper"]
+    background = ["a blue background with a red letter", "a blue background with a green letter", "blue ink, blue"]
+    assert _names([ink, background, ["a bold cat", "a bold dog"]]) == ["paper", "background", "bold"]
+    red = ["red hat", "red cap", "red top", "red box"]
+    assert _names([["blue cat", "blue dog"], ["blue fish", "blue bird"], red]) == ["blue", "blue_bird", "red"]
+    assert _names([["a cat"], ["a cat"]]) == ["cat", "cat_2"]  # nothing else to tell them by

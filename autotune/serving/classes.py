@@ -148,7 +148,8 @@ def _words(prompts: Sequence[str]) -> Counter[str]:
 
 def _names(clusters: Sequence[Sequence[str]]) -> list[str]:
     """Each cluster named after its most distinctive word: the one whose share of the cluster's prompts
-    most exceeds its share of the other clusters' ("bold" rather than "background"); made unique."""
+    most exceeds its share of the other clusters' ("bold" rather than "background"); where another
+    class has that name, after its best word and its next ("blue" and "blue_background", not "blue_2")."""
     counts = [_words(c) for c in clusters]
     everywhere = sum(counts, Counter())
     total = sum(len(c) for c in clusters)
@@ -156,10 +157,12 @@ def _names(clusters: Sequence[Sequence[str]]) -> list[str]:
     for members, own in zip(clusters, counts, strict=True):
         rest = max(total - len(members), 1)
         score = {w: n / len(members) - (everywhere[w] - n) / rest for w, n in own.items()}
-        base = max(sorted(score), key=lambda w: score[w]) if score else "class"
-        name, i = base, 2
-        while name in names:
-            name, i = f"{base}_{i}", i + 1
+        ranked = sorted(score, key=lambda w: (-score[w], w)) or ["class"]
+        tries = [ranked[0], *(f"{ranked[0]}_{w}" for w in ranked[1:])]
+        name = next((n for n in tries if n not in names), None)
+        i = 2
+        while name is None or name in names:
+            name, i = f"{ranked[0]}_{i}", i + 1
         names.append(name)
     return names
 
