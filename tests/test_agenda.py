@@ -210,8 +210,7 @@ def test_two_names_for_one_schedule_are_one_line_and_a_real_difference_stays_two
     )
     labels = [line.at(10).scheduler_label() for line in lines]
     # Karras sigmas make DPM++ 2M's spacing moot: one line of the four names, the simplest kept
-    assert "DPM++ 2M [sigmas=karras]" in labels and not any(x.startswith("DPM++ 2M Karras") for x in labels)
-    assert "DPM++ 2M [sigmas=karras, timestep_spacing=trailing]" not in labels
+    assert [x for x in labels if x.startswith("DPM++ 2M") and "arras" in x] == ["DPM++ 2M Karras"]  # one name
     # Euler's Karras sigmas start from the spacing's first sigma: leading and trailing stay two lines
     assert {"Euler [sigmas=karras]", "Euler [sigmas=karras, timestep_spacing=trailing]"} <= set(labels)
     assert len({same(line.at(10)) for line in lines}) == len(lines)

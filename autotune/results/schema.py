@@ -56,7 +56,7 @@ class ClassRecommendation:
     """One class's recommended setting, as ``recommendations.json`` states it."""
 
     name: str
-    setting: str  # human label: "DPM++ 2M [sigmas=karras], 12 steps, CFG 6.5"
+    setting: str  # human label: "DPM++ 2M [sigmas=exponential], 12 steps, CFG 6.5"
     scheduler: str  # autotune's table name
     options: dict[str, Any]
     steps: int

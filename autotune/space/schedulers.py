@@ -202,6 +202,15 @@ def get(name: str) -> SchedulerSpec:
     return _BY_NAME[canonical(name)]
 
 
+def karras_twin(name: str) -> SchedulerSpec | None:
+    """The table's entry that is ``name`` with Karras sigmas (``dpmpp_2m`` -> ``dpmpp_2m_karras``), if any:
+    a setting of ``name`` with ``sigmas = "karras"`` is that entry, and is named as it."""
+    spec, twin = get(name), _BY_NAME.get(f"{name}_karras")
+    if twin is None or twin.class_name != spec.class_name or twin.kwargs != {**spec.kwargs, **_KARRAS}:
+        return None
+    return twin
+
+
 def aliases(name: str) -> list[str]:
     """Other accepted spellings: the label (A1111's older sampler names) and, for a plain entry, the class name."""
     spec = get(name)

@@ -232,14 +232,18 @@ class Settings:
         return repr(key if self.cutoff >= 1 else (*key, self.cutoff))
 
     def scheduler_label(self) -> str:
-        """The scheduler and its variant values: ``DPM++ 2M [sigmas=karras]`` (a fitted schedule with its
-        timesteps once fitted: ``DPM++ 2M [sigmas=fitted: 801 593 337 209]``)."""
+        """The scheduler and its variant values: ``DPM++ 2M [sigmas=exponential]`` (a fitted schedule with its
+        timesteps once fitted: ``DPM++ 2M [sigmas=fitted: 801 593 337 209]``); with Karras sigmas, the
+        table's Karras entry: ``DPM++ 2M Karras [timestep_spacing=trailing]``, as the baseline is named."""
         fitted = f": {' '.join(map(str, self.timesteps))}" if self.timesteps else ""
-        opts = ", ".join(f"{k}={v}{fitted if k == 'sigmas' else ''}" for k, v in self.options)
-        return schedulers.get(self.scheduler).label + (f" [{opts}]" if opts else "")
+        spec, options = schedulers.get(self.scheduler), self.options
+        if ("sigmas", "karras") in options and (twin := schedulers.karras_twin(self.scheduler)) is not None:
+            spec, options = twin, tuple(o for o in options if o[0] != "sigmas")  # one name for one sampler
+        opts = ", ".join(f"{k}={v}{fitted if k == 'sigmas' else ''}" for k, v in options)
+        return spec.label + (f" [{opts}]" if opts else "")
 
     def label(self) -> str:
-        """A short human name: ``DPM++ 2M [sigmas=karras], 12 steps, CFG 6.5`` (``, CFG 6.5 on 7 of 12
+        """A short human name: ``DPM++ 2M [sigmas=exponential], 12 steps, CFG 6.5`` (``, CFG 6.5 on 7 of 12
         steps`` where guidance stops part-way)."""
         text = f"{self.scheduler_label()}, {self.steps} steps, CFG {self.guidance:g}"
         if self.cutoff < 1:
