@@ -69,6 +69,9 @@ def test_study_runs_baseline_first_and_records_per_trial_attributes(
         margin = outcomes["portrait"].margin  # its neighbours, judged on its own images
         assert margin and all(m["change"] == "one step fewer" or m["change"].startswith("CFG ") for m in margin)
         assert all(m["verdict"].split()[0] in ("pass", "fail", "undecided", "not") for m in margin)
+        by_number = outcomes["portrait"].evidence.by_number  # a pass never confirmed says so
+        unconfirmed = [m for m in margin if m["verdict"].startswith("pass") and not by_number[m["trial"]].confirm]
+        assert all(m["verdict"].endswith("; never confirmed on fresh images") for m in unconfirmed)
 
 
 @pytest.mark.slow

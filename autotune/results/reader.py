@@ -272,6 +272,8 @@ def _margin(
         verdict = v if set(shared) == units else f"{v} ({len(shared)} of {len(units)} images)"
         if v == "pass" and (fresh := unconfirmed(c, base, tol, looks)):  # why it is not the recommendation
             verdict += f"; {fresh}"
+        elif v == "pass" and not c.confirm:  # a pass on the search's images alone promises nothing yet
+            verdict += "; never confirmed on fresh images"
         out.append(
             {"change": change, "setting": other.label(), "trial": number, "verdict": verdict,
              "bounds": [b.describe() for b in bounds]}
