@@ -131,14 +131,15 @@ def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> st
     data = everything["classes"]
     metrics = list(cfg.metrics.objectives)
     head = ["class", "setting", *(OBJECTIVES[m].column for m in metrics), "collapsed"]
-    head += ["speed-up"]
-    head += ["trials", "note"]
-    rows = []
+    head += ["speed-up", "trials"]
+    rows, said = [], []
     for c, d in data.items():
         if "trial" not in d:  # no recommendation yet
-            note = f"{d['reason']} | decision {d['decision']['state']}"
-            rows.append([c, "-", *("-" for _ in metrics), "-", "-", str(d["trials_completed"]), note])
+            said.append(f"{c}: {d['reason']} | decision {d['decision']['state']}")
+            rows.append([c, "-", *("-" for _ in metrics), "-", "-", str(d["trials_completed"])])
             continue
+        if note := _note(d):
+            said.append(f"{c}: {note}")
         for label, x in (("", d), ("  baseline", d["baseline"])):
             setting = f"{x['setting']} (#{x['trial']})"
             rows.append(
@@ -149,10 +150,10 @@ def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> st
                     collapsed_text(d.get("collapsed", {})) if not label else "",
                     _speedup(d) if not label else "",
                     str(d["trials_completed"]) if not label else "",
-                    _note(d) if not label else "",
                 ]
             )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
     notes = [f"\n{n}" for n in (fleet_text(everything.get("fleet")), random_weights_warning(cfg)) if n]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *notes])
+    below = ["", "notes:", *(f"  {n}" for n in said)] if said else []
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *below, *notes])
