@@ -1,5 +1,7 @@
 """What optuna-dashboard shows of a study beside Optuna's own views: per class the recommendation as the
-study's note (markdown, with the diffusers code) and the Pareto figure.
+study's note (markdown, with the diffusers code) and, on the study's page, two figures: the answer (the
+pick against the baseline, and every candidate by trial number and setting) and the seconds-vs-quality
+front with the baseline and the pick marked.
 
 Example:
     >>> publish(outcomes.cfg, outcomes)
@@ -10,12 +12,16 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError
 from autotune.config.resolve import ResolvedStudy
+from autotune.results.notes import speedup_text
 from autotune.results.reader import ClassOutcome
 from autotune.results.schema import recommendations_data
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 __all__ = ["publish"]
 
@@ -25,8 +31,8 @@ def _note(d: dict[str, Any]) -> str:
     if "trial" not in d:
         return f"**No recommendation yet.** {d['reason']}"
     x, base = d["diffusers"], d["baseline"]
-    overrides = "".join(f", {k}={v!r}" for k, v in x["scheduler_config"].items())
-    kwargs = ", ".join(f"{k}={v!r}" for k, v in x["call_kwargs"].items())
+    overrides = "".join(f",\n    {k}={v!r}" for k, v in x["scheduler_config"].items())  # one per line: no
+    kwargs = "".join(f"\n    {k}={v!r}," for k, v in x["call_kwargs"].items())  # line runs off the note's edge
     lo_hi = (
         f" ({d['speedup_range'][0]:.2f}-{d['speedup_range'][1]:.2f}x over the timed calls)"
         if d.get("speedup_range")
@@ -50,11 +56,50 @@ def _note(d: dict[str, Any]) -> str:
         f"Candidates looked at, cheapest first (bounds in `recommendations.json` and `report.html`):\n\n"
         f"| trial | setting | search | confirmation |\n|---|---|---|---|\n{stages}\n\n"
         f"```python\nfrom diffusers import {x['scheduler_class']}\n"
-        f"pipe.scheduler = {x['scheduler_class']}.from_config(pipe.scheduler.config{overrides})\n"
-        f"image = pipe(prompt, {kwargs}).images[0]\n```\n\n"
+        f"pipe.scheduler = {x['scheduler_class']}.from_config(\n    pipe.scheduler.config{overrides}\n)\n"
+        f"image = pipe(\n    prompt,{kwargs}\n).images[0]\n```\n\n"
         f"{d['trials_completed']} completed trials, {d['trials_failed']} failed, "
         f"{d['pareto_front_size']} on the Pareto front (see the plot below and `report.html`)."
     )
+
+
+def answer_figure(c: str, d: dict[str, Any], warning: str | None) -> go.Figure:
+    """The class's answer as a table for the study's page: the pick and the baseline (trial, setting,
+    speed-up or compute ratio), then every candidate the decision looked at, cheapest first, with its verdict."""
+    import textwrap
+
+    import plotly.graph_objects as go
+
+    if "trial" not in d:  # the figure holds its place on the page (first) until there is an answer
+        fig = go.Figure()
+        fig.update_layout(title=dict(text=f"{c}: no recommendation yet: {d['reason']}", font=dict(size=12)), height=120)
+        return fig
+    base = d["baseline"]
+    low_high = d["speedup_range"] and tuple(d["speedup_range"])
+    speed = speedup_text(d["speedup"], low_high, d["model_call_ratio"], d["timing"]) or "not timed"
+    rows = [
+        ["<b>recommended</b>", f"#{d['trial']}", f"<b>{d['setting']}</b>", speed],
+        ["baseline", f"#{base['trial']}", base["setting"], "1x"],
+        *(
+            ["candidate", f"#{st['trial']}", st["setting"],
+             f"search: {st['search']}" + (f"; fresh images: {st['confirmation']}" if st.get("confirmation") else "")]
+            for st in d["decision"]["candidates"]
+        ),
+    ]  # fmt: skip
+    table = go.Table(
+        columnwidth=[100, 40, 300, 190],
+        header=dict(values=["", "<b>trial</b>", "<b>setting</b>", "<b>speed-up vs baseline / verdict</b>"]),
+        cells=dict(values=[list(col) for col in zip(*rows, strict=True)], align="left"),
+    )
+    said = [f"{c}: {d['reason']}", *(n for n in (d.get("timing"), warning) if n)]
+    lines = [line for text in said for line in textwrap.wrap(text, 90)]
+    fig = go.Figure(table)
+    fig.update_layout(
+        title=dict(text="<br>".join(lines), font=dict(size=12)),
+        height=80 + 16 * len(lines) + 48 * (len(rows) + 1),
+        margin=dict(t=30 + 16 * len(lines), l=10, r=10, b=10),
+    )
+    return fig
 
 
 def bindable(host: str, port: int) -> None:
@@ -78,6 +123,9 @@ def publish(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> None:
     warning = f"\n\n**{data['random_weights']}**" if "random_weights" in data else ""
     for c, o in outcomes.items():
         study = o.load_study()
-        save_note(study, _note(data["classes"][c]) + warning)
+        d = data["classes"][c]
+        save_note(study, _note(d) + warning)
+        figure = answer_figure(c, d, data.get("random_weights"))  # first: the answer, then the front it sits on
+        save_plotly_graph_object(study, figure, graph_object_id="answer")
         if o.trials:
             save_plotly_graph_object(study, pareto_figure(cfg, o), graph_object_id="pareto-front")
