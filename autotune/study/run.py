@@ -367,7 +367,7 @@ class _Progress:
         from tqdm import tqdm
 
         self.runs, self.deadline, self.target = runs, deadline, target
-        self.doing = ""
+        self.doing, self.post = "", dict[str, str]()
         self.began = now()
         self.studies: dict[str, optuna.Study] = {c: r.study for c, r in runs.items()}
         self.objectives = cfg.metrics.objectives
@@ -387,8 +387,11 @@ class _Progress:
     def now_doing(self, class_name: str, what: str) -> None:
         """A unit of work starts: show its class and phase at once (a confirmation can take minutes)."""
         self.doing = f"{class_name}: {what}"
-        self.update()
-        self.bar.refresh()
+        if not self.bar.disable:  # the rest of the line as the last update left it: no decision read again
+            self.post["doing"] = self.doing
+            if (left := self._left()) is not None:
+                self.post["left"] = left
+            self.bar.set_postfix(self.post)
 
     def _left(self) -> str | None:
         """The time left: the settings' pace so far (prefixed ~), at most the deadline's."""
@@ -418,6 +421,7 @@ class _Progress:
             post["doing"] = self.doing
         if (left := self._left()) is not None:
             post["left"] = left
+        self.post = post
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(self._done() - self.bar.n)
 
