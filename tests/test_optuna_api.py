@@ -97,3 +97,14 @@ def test_the_heartbeat_runs_around_a_trial_and_stale_trials_fail(tmp_path: Path)
 def test_hypervolume_is_optunas_exact_volume() -> None:
     assert optuna_api.hypervolume([[0.0, 0.5], [0.5, 0.0], [0.6, 0.6]], [1.0, 1.0]) == pytest.approx(0.75)
     assert optuna_api.hypervolume([[2.0, 2.0]], [1.0, 1.0]) == 0.0
+
+
+def test_a_note_saved_on_a_finished_trial_is_the_one_optuna_dashboard_reads() -> None:
+    from optuna_dashboard import get_note, save_note
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    handle = optuna_api.TrialHandle.of(study, study.trials[1]._trial_id)
+    save_note(handle, "Euler, 10 steps" * 300)  # longer than one system attribute holds
+    assert get_note(handle) == "Euler, 10 steps" * 300
+    assert get_note(optuna_api.TrialHandle.of(study, study.trials[0]._trial_id)) == ""  # the other trial's is its own

@@ -178,15 +178,18 @@ def test_dashboard_serves_study_metric_names_images_and_note(finished_study) -> 
         detail = json.loads(_get(f"{base}/api/studies/{by_name['finished.portrait']}"))
         assert detail["objective_names"] == ["clip_score", "lpips", "seconds"]
         assert detail["note"]["body"].startswith("## Recommended: ")
-        assert [g["id"] for g in detail["plotly_graph_objects"]] == ["answer", "pareto-front"]  # the answer first
+        assert sorted(g["id"] for g in detail["plotly_graph_objects"]) == ["answer", "pareto-front"]
+        by_id = {g["id"]: g["graph_object"] for g in detail["plotly_graph_objects"]}  # (in an order of its own)
         rec = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]["portrait"]
-        answer = json.loads(detail["plotly_graph_objects"][0]["graph_object"])["data"][0]["cells"]["values"]
+        answer = json.loads(by_id["answer"])["data"][0]["cells"]["values"]
         assert (answer[1][:2], answer[2][1]) == (
             [f"#{rec['trial']}", f"#{rec['baseline']['trial']}"],
             rec["baseline"]["setting"],
         )
         assert len(answer[1]) == 2 + len(rec["decision"]["candidates"])  # the pick, the baseline, each candidate
         trial = detail["trials"][0]
+        assert trial["note"]["body"].startswith(f"### {rec['baseline']['setting']}\n\nTrial 0: **the baseline**.")
+        assert "| clip_score |" in trial["note"]["body"]  # its metrics by name
         (artifact,) = trial["artifacts"]
         assert artifact["filename"] == "prompt0_seed0.png" and artifact["mimetype"] == "image/png"
         png = _get(f"{base}/artifacts/{trial['study_id']}/{trial['trial_id']}/{artifact['artifact_id']}")

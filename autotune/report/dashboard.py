@@ -1,7 +1,8 @@
 """What optuna-dashboard shows of a study beside Optuna's own views: per class the recommendation as the
-study's note (markdown, with the diffusers code) and, on the study's page, two figures: the answer (the
-pick against the baseline, and every candidate by trial number and setting) and the seconds-vs-quality
-front with the baseline and the pick marked.
+study's note (markdown, with the diffusers code), each trial's note (its setting, metrics by name, its
+part in the decision) and, on the study's page, two figures: the answer (the pick against the baseline,
+and every candidate by trial number and setting) and the seconds-vs-quality front with the baseline and
+the pick marked.
 
 Example:
     >>> publish(outcomes.cfg, outcomes)
@@ -19,6 +20,7 @@ from autotune.config.resolve import ResolvedStudy
 from autotune.results.notes import speedup_text
 from autotune.results.reader import ClassOutcome
 from autotune.results.schema import recommendations_data
+from autotune.store.optuna_api import TrialHandle
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -63,14 +65,36 @@ def _note(d: dict[str, Any]) -> str:
     )
 
 
+def _trial_note(t: Any, d: dict[str, Any], objectives: tuple[str, ...]) -> str:
+    """A trial's note: its setting, its metrics by name (the baseline's beside them) and its part in the decision."""
+    from autotune.results.reader import settings_of
+
+    base = d.get("baseline", {}).get("metrics", {})
+    stage = {st["trial"]: st for st in d.get("decision", {}).get("candidates", [])}.get(t.number)
+    part = (
+        "**the recommendation**" if t.number == d.get("trial") and t.number != d["baseline"]["trial"]
+        else "**the baseline**" if t.number == d.get("baseline", {}).get("trial")
+        else f"a candidate: search {stage['search']}" + (f", fresh images {stage['confirmation']}"
+                                                          if stage.get("confirmation") else "")
+        if stage else "on the front or searched; not a candidate to replace the baseline"
+    )  # fmt: skip
+    rows = "\n".join(
+        f"| {m} | {v:.4g} | {base[m]:.4g} |" if m in base else f"| {m} | {v:.4g} | - |"
+        for m, v in zip(objectives, t.values or [], strict=False)
+    )
+    head = "| metric | this trial | baseline |\n|---|---|---|"
+    return f"### {settings_of(t).label()}\n\nTrial {t.number}: {part}.\n\n{head}\n{rows}"
+
+
 def answer_figure(c: str, d: dict[str, Any], warning: str | None) -> go.Figure:
-    """The class's answer as a table for the study's page: the pick and the baseline (trial, setting,
-    speed-up or compute ratio), then every candidate the decision looked at, cheapest first, with its verdict."""
+    """The class's answer for its study's page: a table of the pick and the baseline (trial, setting,
+    speed-up or compute ratio) and every candidate the decision looked at, cheapest first, with its
+    verdict; titled with why, and any doubt on the timing."""
     import textwrap
 
     import plotly.graph_objects as go
 
-    if "trial" not in d:  # the figure holds its place on the page (first) until there is an answer
+    if "trial" not in d:
         fig = go.Figure()
         fig.update_layout(title=dict(text=f"{c}: no recommendation yet: {d['reason']}", font=dict(size=12)), height=120)
         return fig
@@ -125,7 +149,8 @@ def publish(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> None:
         study = o.load_study()
         d = data["classes"][c]
         save_note(study, _note(d) + warning)
-        figure = answer_figure(c, d, data.get("random_weights"))  # first: the answer, then the front it sits on
-        save_plotly_graph_object(study, figure, graph_object_id="answer")
-        if o.trials:
+        for t in o.trials:  # each trial's page opens with its setting, named metrics and its part in the decision
+            save_note(TrialHandle.of(study, t.trial_id), _trial_note(t, d, cfg.metrics.objectives))
+        save_plotly_graph_object(study, answer_figure(c, d, data.get("random_weights")), graph_object_id="answer")
+        if o.trials:  # (optuna-dashboard lays out a study's figures in an order of its own, not theirs)
             save_plotly_graph_object(study, pareto_figure(cfg, o), graph_object_id="pareto-front")

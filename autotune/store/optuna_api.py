@@ -5,7 +5,8 @@ Optuna changes it (``tests/test_optuna_api.py``):
 - the RDB schema (Optuna's migrations keep it), read with SQLAlchemy Core by the fast reader
   (:mod:`autotune.results.reader`) without importing Optuna;
 - the exact hypervolume (WFG) Optuna's own samplers use;
-- where a trial's artifact metadata lives among its system attributes.
+- where a trial's artifact metadata lives among its system attributes;
+- what optuna-dashboard's note functions read of a trial (:class:`TrialHandle`).
 
 Optuna is imported inside the functions that need it, never at module level.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text
@@ -32,6 +34,7 @@ __all__ = [
     "TRIAL_SYSTEM_ATTRS",
     "TRIAL_USER_ATTRS",
     "TRIAL_VALUES",
+    "TrialHandle",
     "artifact_files",
     "external_param",
     "fail_stale_trials",
@@ -109,6 +112,20 @@ def heartbeat(study: Any, trial: Any) -> Iterator[None]:
 
     with get_heartbeat_thread(trial._trial_id, study._storage):
         yield
+
+
+@dataclass(frozen=True)
+class TrialHandle:
+    """What optuna-dashboard's ``save_note`` and ``get_note`` read of a live ``optuna.Trial`` (its storage,
+    its study, its id), for a finished trial: a note on a trial the study rendered hours ago."""
+
+    storage: Any
+    study: Any
+    _trial_id: int
+
+    @classmethod
+    def of(cls, study: Any, trial_id: int) -> TrialHandle:
+        return cls(study._storage, study, trial_id)
 
 
 def fail_stale_trials(study: Any) -> None:
