@@ -27,13 +27,17 @@ from types import FrameType
 from typing import NoReturn
 
 __all__ = [
-    "Interrupted", "alive", "deferred", "exit_code", "importing", "install", "preload", "run_main", "said", "why",
-    "worker_id",
+    "STOPS", "Interrupted", "alive", "deferred", "die_with_parent", "exit_code", "importing", "install", "preload",
+    "run_main", "said", "why", "worker_id",
 ]  # fmt: skip
 
 
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C; a scheduler, a container runtime; a dropped ssh
+
+
 class Interrupted(KeyboardInterrupt):
-    """SIGINT (Ctrl-C) or SIGTERM (a scheduler, a container runtime): handled alike; the exit code differs."""
+    """SIGINT (Ctrl-C), SIGTERM (a scheduler, a container runtime) or SIGHUP (an ssh session dropped, a
+    terminal closed): handled alike; the exit code differs."""
 
     def __init__(self, signum: int = signal.SIGINT) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -41,10 +45,12 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, as a shell reports them
 
     @property
     def why(self) -> str:
+        if self.signum == signal.SIGHUP:
+            return "interrupted (SIGHUP: the terminal or ssh session closed)"
         return "interrupted (Ctrl-C)" if self.signum == signal.SIGINT else f"interrupted ({self.args[0]})"
 
 
@@ -58,9 +64,11 @@ def exit_code(e: KeyboardInterrupt) -> int:
 
 
 def said(e: KeyboardInterrupt) -> int:
-    """Say what stopped the command, its one line on stderr; the exit code that goes with it."""
-    sys.stderr.write(f"autotune: {why(e)}\n")
-    sys.stderr.flush()
+    """Say what stopped the command, its one line on stderr (where there is still one: a hung-up terminal
+    takes it along); the exit code that goes with it."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"autotune: {why(e)}\n")
+        sys.stderr.flush()
     return exit_code(e)
 
 
@@ -96,15 +104,27 @@ def importing(frame: FrameType | None) -> bool:
 
 
 def install() -> None:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (a no-op off it)."""
+    """SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread (a no-op off it)."""
     with contextlib.suppress(ValueError):  # not the main thread
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in STOPS:
             signal.signal(s, _handler)
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when ``parent`` dies, however it dies (``kill -9``
+    included: Linux's parent-death signal), and stop at once if it died already. A helper worker
+    started by ``autotune study --workers N`` must not go on adding trials to a study nobody decides."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above took hold
+        raise Interrupted(signal.SIGTERM)
 
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while the block runs (imports, writing the outputs); raise the first after it."""
+    """Hold the stop signals while the block runs (imports, writing the outputs); raise the first after it."""
     global _depth
     _depth += 1
     try:
@@ -128,7 +148,7 @@ def run_main(main: Callable[[], int]) -> NoReturn:
         try:
             code = main()
         finally:
-            for s in (signal.SIGINT, signal.SIGTERM):  # ignored, in every thread: teardown leaves an ignored one be
+            for s in STOPS:  # ignored, in every thread: teardown leaves an ignored one be
                 signal.signal(s, signal.SIG_IGN)
     except KeyboardInterrupt as e:  # landed after main's own handling, before the line above ran
         code = said(e)

@@ -285,3 +285,49 @@ def test_a_signal_while_the_studies_are_created_leaves_nothing_queued_and_no_dat
     with pytest.raises(KeyboardInterrupt):
         run_study(load_config(path), progress=False)
     assert sorted(p.name for p in path.parent.iterdir()) == ["gap.toml"]
+
+
+def _helpers(path: Path) -> list[int]:
+    """Pids of the helper workers (``python -m autotune.study.worker``) running this study file."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not a process
+            continue
+        if b"autotune.study.worker" in cmd and str(path).encode() in cmd:
+            out.append(int(proc.name))
+    return out
+
+
+def _until(check: Callable[[], bool], limit: float = 120.0) -> bool:
+    end = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the helpers from /proc")
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGKILL, -9)])
+def test_helper_workers_stop_with_their_parent_however_it_stops(
+    study_file: Callable[..., Path], sig: int, code: int
+) -> None:
+    """A signal to the parent alone (a scheduler's SIGTERM, a dropped ssh session's SIGHUP, kill -9), not
+    to its process group as Ctrl-C: the helpers stop too, and none is left adding trials to the study."""
+    path = study_file(name="helpers", n_trials=400)  # far more than the run reaches before the signal
+    proc = _cli(str(path), "--workers", "2")
+    assert _until(lambda: bool(_helpers(path)) or proc.poll() is not None), "no helper started"
+    on_disk = path.parent / "helpers" / "recommendations.json"
+    assert _until(lambda: on_disk.exists() or proc.poll() is not None)  # the studies are open, trials under way
+    assert proc.poll() is None and _helpers(path)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    if sig != signal.SIGKILL:
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("autotune: interrupted ("), err
+    assert _until(lambda: not _helpers(path)), "a helper outlived its parent"
+    if sig != signal.SIGKILL:  # (kill -9 leaves the parent's own trial RUNNING: the next run recovers it)
+        assert {"RUNNING", "WAITING"}.isdisjoint(_states(path))

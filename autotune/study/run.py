@@ -7,10 +7,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +29,7 @@ from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import distinct, reused
 from autotune.files import check_writable
 from autotune.model.evaluate import Evaluator
-from autotune.process import deferred, why, worker_id
+from autotune.process import Interrupted, deferred, why, worker_id
 from autotune.results.reader import Outcomes, front_of, recommend
 from autotune.space.settings import Settings, searched_params
 from autotune.store.artifacts import check as check_artifacts
@@ -284,6 +286,7 @@ def _loop(
         if isinstance(run, ClassRun):
             run.announce = functools.partial(bar.now_doing, c)  # type: ignore[method-assign]
     failures = _Failures()
+    stopped = False
     try:
         while now() < deadline and (active := [c for c, r in runs.items() if not r.settled]):
             for c in active:
@@ -294,9 +297,13 @@ def _loop(
                 bar.update(_failure_line(c, last) if last is not None else None)
                 if now() >= deadline:
                     break
+    except KeyboardInterrupt as e:  # Ctrl-C reached the helpers too (one process group); other signals did not
+        stopped = isinstance(e, Interrupted) and e.signum != signal.SIGINT
+        raise
     finally:
-        bar.close()
-        _join(helpers)
+        with contextlib.suppress(OSError):  # a hung-up terminal: no bar to close
+            bar.close()
+        _join(helpers, stopped)
         torch.set_num_threads(threads)
 
 
@@ -338,15 +345,19 @@ def _spawn_workers(
     procs = []
     for i in range(1, n + 1):
         dev = f"cuda:{i % gpus}" if gpus > 1 else device
-        cmd = [sys.executable, "-m", "autotune.study.worker", str(cfg.path), url, str(target), dev, str(timeout or 0)]
+        cmd = [sys.executable, "-m", "autotune.study.worker", str(cfg.path), url, str(target), dev, str(timeout or 0),
+               str(os.getpid())]  # fmt: skip
         procs.append(subprocess.Popen(cmd, env=env))
     return procs
 
 
-def _join(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Wait for the helper workers; on Ctrl-C they got the signal too (same process group)."""
+def _join(procs: list[subprocess.Popen[bytes]], stopped: bool = False) -> None:
+    """Wait for the helper workers; when this process was ``stopped`` (a signal to it alone: SIGTERM from a
+    scheduler, SIGHUP), or is stopped while waiting, they are sent SIGTERM first (each marks its trial)."""
     for p in procs:
         try:
+            if stopped:
+                p.terminate()
             code = p.wait()
         except KeyboardInterrupt:
             p.terminate()

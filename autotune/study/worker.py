@@ -3,7 +3,9 @@
 ``autotune study --workers N`` starts N - 1 of these beside itself; workers on other machines run
 ``autotune study STUDY --storage URL --worker``, which is the same call.
 
-    python -m autotune.study.worker STUDY_FILE STORAGE_URL N_TRIALS DEVICE TIMEOUT_SECONDS
+    python -m autotune.study.worker STUDY_FILE STORAGE_URL N_TRIALS DEVICE TIMEOUT_SECONDS [PARENT_PID]
+
+With ``PARENT_PID`` (as ``--workers`` starts it) it stops when that process dies, however it dies.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ def work(study_file: str, storage: str, n_trials: int, device: str | None, timeo
 
 def main(argv: Sequence[str] | None = None) -> int:
     from autotune.config import ConfigError
-    from autotune.process import exit_code, install, preload
+    from autotune.process import die_with_parent, exit_code, install, preload
 
     install()  # SIGTERM (the parent's terminate) as Ctrl-C: the trial under way is marked interrupted
-    path, url, target, device, timeout = argv if argv is not None else sys.argv[1:]
+    path, url, target, device, timeout, *parent = argv if argv is not None else sys.argv[1:]
     try:
+        if parent:
+            die_with_parent(int(parent[0]))
         preload()
         work(path, url, int(target), device, float(timeout))
     except ConfigError as e:
