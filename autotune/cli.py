@@ -81,7 +81,10 @@ def cmd_study(args: argparse.Namespace) -> int:
             with deferred(), contextlib.suppress(ConfigError):  # interrupted before any study existed: nothing
                 write_all(recommend(cfg, storage=args.storage), args.storage)
         raise
-    except StudyAborted as e:
+    except StudyAborted as e:  # the outputs so far, each class's state saying why it stopped
+        if not args.worker:
+            with deferred():
+                write_all(recommend(cfg, storage=args.storage), args.storage)
         print(f"autotune: error: {e}", file=sys.stderr)
         return 1
     if args.worker:  # a helper of `--workers N` or one of many machines' workers: the others report

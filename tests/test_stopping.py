@@ -331,3 +331,31 @@ def test_helper_workers_stop_with_their_parent_however_it_stops(
     assert _until(lambda: not _helpers(path)), "a helper outlived its parent"
     if sig != signal.SIGKILL:  # (kill -9 leaves the parent's own trial RUNNING: the next run recovers it)
         assert {"RUNNING", "WAITING"}.isdisjoint(_states(path))
+
+
+def test_ten_failures_in_a_row_stop_the_run_and_still_write_its_outputs_saying_why(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autotune.cli import main
+    from autotune.model.evaluate import Evaluator
+
+    real = Evaluator.evaluate
+
+    def broken(self, settings, prompts, seeds, timed=True):  # type: ignore[no-untyped-def]
+        if (settings.scheduler, settings.guidance) != ("dpmpp_2m_karras", 7.5) or settings.steps < 8:
+            # every setting but the baseline (and the reference): a scheduler error, say
+            raise RuntimeError("scheduler error (for the test)")
+        return real(self, settings, prompts, seeds, timed)
+
+    monkeypatch.setattr(Evaluator, "evaluate", broken)
+    path = study_file(name="failing", n_trials=30)
+    path.write_text(path.read_text().replace("seeds = [0]", "seeds = [0]\nseed = 0"))
+    code = main(["study", str(path), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("autotune: error: 10 trials in a row failed; the last: "), err
+    out = path.parent / "failing"
+    data = json.loads((out / "recommendations.json").read_text())["classes"]["portrait"]
+    assert data["decision"]["state"].startswith("stopped: 10 trials in a row failed"), data["decision"]
+    assert data["trial"] == data["baseline"]["trial"] == 0  # the baseline stands, and says why it stopped
+    assert (out / "report.html").exists() and (out / "pareto_portrait.csv").exists()
+    assert {"RUNNING", "WAITING"}.isdisjoint(_states(path))

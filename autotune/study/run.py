@@ -201,6 +201,10 @@ def run_study(
             with deferred():
                 _stopped(studies, runs, why(e), decide)
             raise
+        except StudyAborted as e:  # the outputs say it, as for a signal: "stopped: 10 trials in a row failed; ..."
+            with deferred():
+                _stopped(studies, runs, str(e), decide)
+            raise
         _stopped(studies, runs, "the time limit", decide)
         return recommend(resolved, storage=url, version=version)
 
