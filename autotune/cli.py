@@ -92,10 +92,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     paths = write_all(outcomes, args.storage)
     print(format_table(outcomes.cfg, outcomes))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
-    lacking = {c: o.decision_state for c, o in outcomes.items() if o.recommendation is None}
+    lacking = {c: o.no_baseline() for c, o in outcomes.items() if o.recommendation is None}
     if lacking:  # a run that produced no answer is no success (a CI job, a scheduler's retry)
-        said = "; ".join(f"classes.{c}: {state}" for c, state in lacking.items())
-        print(f"autotune: error: no completed baseline, nothing recommended ({said})", file=sys.stderr)
+        said = "; ".join(f"classes.{c}: {why}" for c, why in lacking.items())
+        print(f"autotune: error: nothing recommended ({said})", file=sys.stderr)
         return 1
     return 0
 

@@ -359,3 +359,65 @@ def test_ten_failures_in_a_row_stop_the_run_and_still_write_its_outputs_saying_w
     assert data["trial"] == data["baseline"]["trial"] == 0  # the baseline stands, and says why it stopped
     assert (out / "report.html").exists() and (out / "pareto_portrait.csv").exists()
     assert {"RUNNING", "WAITING"}.isdisjoint(_states(path))
+
+
+def test_a_baseline_interrupted_again_and_again_is_rendered_by_the_next_run(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autotune.model.evaluate import Evaluator
+    from autotune.process import Interrupted
+
+    real = Evaluator.evaluate
+
+    def stopped(self, settings, prompts, seeds, timed=True):  # type: ignore[no-untyped-def]
+        if (settings.scheduler, settings.steps) == ("dpmpp_2m_karras", 8):  # the baseline: a signal mid-render
+            raise Interrupted(signal.SIGTERM)
+        return real(self, settings, prompts, seeds, timed)
+
+    cfg = load_config(study_file(name="again", n_trials=3))
+    with monkeypatch.context() as m:
+        m.setattr(Evaluator, "evaluate", stopped)
+        for _ in range(3):  # more often than any other setting is retried
+            with pytest.raises(KeyboardInterrupt):
+                run_study(cfg, progress=False)
+    outcomes = run_study(cfg, progress=False)
+    assert outcomes["portrait"].recommendation is not None  # the baseline rendered at last
+    assert {"RUNNING", "WAITING"}.isdisjoint(_states(cfg.path))
+
+
+def test_a_baseline_whose_images_could_not_be_stored_is_rendered_again_and_the_line_says_so(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autotune.cli import main
+    from autotune.study.objective import Objective
+
+    real = Objective._upload
+
+    def full(self, trial, images):  # type: ignore[no-untyped-def]
+        if trial.number == 0:  # the baseline's images meet a full disk; space is freed after it
+            raise OSError(28, "No space left on device")
+        return real(self, trial, images)
+
+    path = study_file(name="stored", n_trials=2)
+    with monkeypatch.context() as m:
+        m.setattr(Objective, "_upload", full)
+        assert main(["study", str(path), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "the baseline failed (storing the trial's images failed" in err[-1], err  # after each trial's own line
+    assert err[-1].endswith("not for its setting: the next run renders it again)"), err
+    assert main(["study", str(path), "--quiet"]) == 0  # space freed: the baseline and the rest render
+    data = json.loads((path.parent / "stored" / "recommendations.json").read_text())["classes"]["portrait"]
+    assert data["baseline"]["trial"] != 0  # a retry of trial 0, whose images could not be stored
+
+
+def test_an_artifacts_path_that_is_a_file_is_refused_before_the_first_trial(
+    study_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autotune.cli import main
+
+    path = study_file(name="afile", n_trials=2)
+    (path.parent / "images").write_text("not a folder")
+    assert main(["study", str(path), "--quiet", "--artifacts", str(path.parent / "images")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file; expected a folder (or s3://) for the trial images" in err[0], err
+    assert not (path.parent / "afile.db").exists() and not (path.parent / "afile").exists()  # nothing written

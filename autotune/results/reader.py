@@ -91,6 +91,16 @@ class ClassOutcome:
     tolerance: Tolerance | None = None  # in metric units, from the study file's noise units
     spread: dict[str, float] = field(default_factory=dict)  # the baseline's seed-to-seed SD of each quality metric
     margin: tuple[dict[str, Any], ...] = ()  # the recommendation's neighbours on its own images
+    baseline_failed: str | None = None  # no baseline completed: why its last trial failed (None: none failed)
+
+    def no_baseline(self) -> str:
+        """Why the class has no recommendation yet, and what to do, in one clause."""
+        why = self.baseline_failed
+        if why is None:
+            return "the baseline trial has not completed yet: nothing to compare against"
+        if why.startswith(("interrupted", "withdrawn", "storing the trial's images failed")):
+            return f"the baseline failed ({why}), not for its setting: the next run renders it again"
+        return f"the baseline failed ({why}): change [baseline] or fix what failed, then run again"
 
     @property
     def decision_state(self) -> str:
@@ -230,7 +240,11 @@ def outcome(
         tol,
         noise,
         margin,
-    )
+        None if base is not None else next(
+            (str(t.user_attrs.get("fail_reason", "interrupted")) for t in reversed(trials)
+             if t.state.name == "FAIL" and t.user_attrs.get("baseline")), None
+        ),
+    )  # fmt: skip
 
 
 def _margin(

@@ -249,8 +249,7 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     }
     rec = o.recommendation
     if rec is None:  # the decision's state says why not (the time limit, a signal, a run under way)
-        why = "the baseline trial has not completed yet: nothing to compare against"
-        return {**base, "recommended": None, "reason": why, "decision": {"state": o.decision_state}}
+        return {**base, "recommended": None, "reason": o.no_baseline(), "decision": {"state": o.decision_state}}
     by_number = {t.number: t for t in o.trials}
     base_config = o.attrs.get("scheduler_base")
     call = cfg.call_for(o.name)

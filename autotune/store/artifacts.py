@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -83,9 +84,16 @@ def reader_store(cfg: StudyConfig, attrs: Iterable[Mapping[str, Any]]) -> Any:
 
 def check(location: str, where: str) -> None:
     """Refuse, in one line naming ``where``, a bucket that cannot be written and read back: an unknown
-    bucket, an endpoint that does not answer, missing credentials. A folder is made at the first image
-    (a refused run leaves none behind)."""
+    bucket, an endpoint that does not answer, missing credentials; or a folder that cannot be made or
+    written (a file in its place, a read-only parent). A folder is made at the first image (a refused
+    run leaves none behind)."""
     if not is_bucket(location):
+        path = Path(location)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{where}: {location} is a file; expected a folder (or s3://) for the trial images")
+        first = next(p for p in (path, *path.parents) if p.exists())
+        if not first.is_dir() or not os.access(first, os.W_OK | os.X_OK):
+            raise ConfigError(f"{where}: cannot write trial images to {location} ({first} is not a writable folder)")
         return
     bucket, prefix = split(location)
     if not bucket:

@@ -172,7 +172,11 @@ class ClassRun:
             self.announce(f"{PHASES[action.kind]} trial {action.number} on {len(action.units)} more images")
             self._render(action)
             return True
-        full = ledger.claimed(self.study.get_trials(deepcopy=False)) >= self.objective.target
+        trials = self.study.get_trials(deepcopy=False)
+        if base is None and any(ledger.is_baseline(t) and t.state == TrialState.WAITING for t in trials):
+            self.announce("baseline")  # a retry of one that failed: rendered whatever the count
+            return self._trial(None)
+        full = ledger.claimed(trials) >= self.objective.target
         if full or self.study.user_attrs.get("exhausted"):
             self.announce("settling")
             return self._settle()

@@ -65,7 +65,10 @@ def _claim_order(t: FrozenTrial) -> tuple[datetime.datetime, int]:
 
 def surplus(trials: Sequence[FrozenTrial], me: FrozenTrial, target: int) -> bool:
     """Whether ``me`` (running) comes after the study's ``target`` trials: the trials that finished
-    rendering, and those rendering now that claimed before it, are already ``target``."""
+    rendering, and those rendering now that claimed before it, are already ``target``. The baseline never
+    is (a retry of one that failed, say): every other trial is compared with it."""
+    if is_baseline(me):
+        return False
     before = [
         t
         for t in rendering(trials)
@@ -79,7 +82,7 @@ def same_setting(trials: Sequence[FrozenTrial], key: str, number: int) -> Frozen
     for t in trials:
         if t.number == number or t.user_attrs.get("setting_key") != key or reused(t):
             continue
-        if t.user_attrs.get("interrupted"):
+        if t.user_attrs.get("interrupted") or t.user_attrs.get("infrastructure"):  # no verdict on the setting
             continue
         if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs):
             return t
@@ -124,8 +127,13 @@ def withdraw(study: optuna.Study, why: str) -> None:
 
 
 def interrupted(t: FrozenTrial) -> bool:
-    """Failed without a verdict on its setting: killed, stopped by Ctrl-C, or found stale by the heartbeat."""
-    return t.state == TrialState.FAIL and (bool(t.user_attrs.get("interrupted")) or "fail_reason" not in t.user_attrs)
+    """Failed without a verdict on its setting: killed, stopped by Ctrl-C, found stale by the heartbeat, or
+    failed by the infrastructure (its images could not be stored)."""
+    if t.state != TrialState.FAIL:
+        return False
+    return (
+        bool(t.user_attrs.get("interrupted") or t.user_attrs.get("infrastructure")) or "fail_reason" not in t.user_attrs
+    )
 
 
 def _intended(t: FrozenTrial) -> dict[str, Any]:
@@ -141,7 +149,8 @@ def recover(study: optuna.Study) -> int:
     """Fail the trials whose worker died on this machine; enqueue each interrupted trial once more.
 
     A setting interrupted ``MAX_INTERRUPTIONS`` times (one that kills its worker, say) is not retried
-    again. Returns the number of trials enqueued.
+    again, except the baseline while none has completed: without it nothing is decided, so each run
+    renders it again. Returns the number of trials enqueued.
     """
     storage = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -154,10 +163,14 @@ def recover(study: optuna.Study) -> int:
     retried = {t.user_attrs.get("retry_of") for t in trials}
     times = Counter(_params_key(t) for t in trials if interrupted(t) and not t.user_attrs.get("withdrawn"))
     enqueued = 0
+    lacking = not any(is_baseline(t) and t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+                      for t in trials)  # fmt: skip
     for t in trials:
         params = _intended(t)
-        if interrupted(t) and params and t.number not in retried and times[_params_key(t)] < MAX_INTERRUPTIONS:
+        again = times[_params_key(t)] < MAX_INTERRUPTIONS or (lacking and is_baseline(t))
+        if interrupted(t) and params and t.number not in retried and again:
             kept = {k: True for k in ("baseline", "proposed") if t.user_attrs.get(k)}
             enqueue(study, params, retry_of=t.number, **kept)
             enqueued += 1
+            lacking = lacking and not is_baseline(t)  # one baseline queued is enough
     return enqueued

@@ -237,6 +237,7 @@ class Objective:
             except Exception as e:  # the store failed: the images' metrics stay recorded above
                 reason = f"storing the trial's images failed ({self.cfg.artifacts}): {_reason(e)}"
                 trial.set_user_attr("fail_reason", reason)
+                trial.set_user_attr("infrastructure", True)  # not the setting's fault: rendered again next run
                 raise TrialFailed(reason) from e
         return [summarise(name, values[name]) for name in self.cfg.metrics.objectives]
 

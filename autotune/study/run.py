@@ -26,11 +26,11 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.objectives import OBJECTIVES
 from autotune.config.resolve import ResolvedStudy
-from autotune.decision.evidence import distinct, reused
+from autotune.decision.evidence import reused
 from autotune.files import check_writable
 from autotune.model.evaluate import Evaluator
 from autotune.process import Interrupted, deferred, why, worker_id
-from autotune.results.reader import Outcomes, front_of, recommend
+from autotune.results.reader import Outcomes, recommend
 from autotune.space.settings import Settings, searched_params
 from autotune.store.artifacts import check as check_artifacts
 from autotune.store.artifacts import is_bucket, open_store
@@ -39,6 +39,7 @@ from autotune.store.versions import find_version, fingerprint, study_name
 from autotune.study import ledger
 from autotune.study.decide import ClassRun, check_reach
 from autotune.study.objective import Objective
+from autotune.study.progress import Progress
 from autotune.study.sampling import class_seed, make_sampler
 
 __all__ = ["StudyAborted", "open_class_study", "run_study"]
@@ -285,7 +286,7 @@ def _loop(
     threads = torch.get_num_threads()
     target = next(iter(runs.values())).objective.target
     helpers = _spawn_workers(cfg, url, target, deadline - now() if deadline < math.inf else None, device, workers - 1)
-    bar = _Progress(cfg, runs, target, deadline, progress)
+    bar = Progress(cfg, runs, target, deadline, progress, clock=lambda: now())  # now() as tests step it
     for c, run in runs.items():
         if isinstance(run, ClassRun):
             run.announce = functools.partial(bar.now_doing, c)  # type: ignore[method-assign]
@@ -309,12 +310,6 @@ def _loop(
             bar.close()
         _join(helpers, stopped)
         torch.set_num_threads(threads)
-
-
-def _speedup(rec: Any) -> str:
-    if rec is None or rec.chosen.number == rec.baseline.number or rec.speedup is None:
-        return "base"
-    return f"{rec.speedup:.1f}x"
 
 
 def now() -> float:
@@ -369,81 +364,3 @@ def _join(procs: list[subprocess.Popen[bytes]], stopped: bool = False) -> None:
             raise
         if code not in (0, 130, 143):
             print(f"autotune: warning: worker process {p.pid} exited with code {code}", file=sys.stderr)
-
-
-class _Progress:
-    """A tqdm bar over all classes: settings rendered, Pareto front sizes, each class's current
-    recommendation (its speed-up; "base": the baseline for now), the unit of work under way (its class and
-    phase: baseline, search, racing, confirming, timing), and one estimate of the time left: the pace of
-    the settings so far, never past the deadline (racing and confirming add no settings, so the pace is
-    an estimate; the deadline is a promise)."""
-
-    def __init__(self, cfg: StudyConfig, runs: dict[str, Any], target: int, deadline: float, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self.runs, self.deadline, self.target = runs, deadline, target
-        self.doing, self.post = "", dict[str, str]()
-        self.began = now()
-        self.studies: dict[str, optuna.Study] = {c: r.study for c, r in runs.items()}
-        self.objectives = cfg.metrics.objectives
-        self.bar = tqdm(
-            total=target * len(runs),
-            initial=self._done(),
-            desc=f"autotune {cfg.name}",
-            unit="trial",
-            disable=not enabled,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} settings [{elapsed}{postfix}]",
-        )
-        self.first = self.bar.n
-        self.update()
-
-    def now_doing(self, class_name: str, what: str) -> None:
-        """A unit of work starts: show its class and phase at once (a confirmation can take minutes)."""
-        self.doing = f"{class_name}: {what}"
-        if not self.bar.disable:  # the rest of the line as the last update left it: no decision read again
-            self.post["doing"] = self.doing
-            if (left := self._left()) is not None:
-                self.post["left"] = left
-            self.bar.set_postfix(self.post)
-
-    def _left(self) -> str | None:
-        """The time left: the settings' pace so far (prefixed ~), at most the deadline's."""
-        left = self.deadline - now()
-        done = self.bar.n - self.first
-        pace = (now() - self.began) / done * (self.bar.total - self.bar.n) if done > 0 else math.inf
-        if min(left, pace) == math.inf:
-            return None
-        clock = time.strftime("%H:%M:%S", time.gmtime(max(0.0, min(left, pace))))
-        return clock if left <= pace else f"~{clock}"
-
-    def _done(self) -> int:
-        """Settings rendered (or rendering) per class, up to the target: reused repeats do not move the bar."""
-        return sum(min(ledger.claimed(s.get_trials(deepcopy=False)), self.target) for s in self.studies.values())
-
-    def update(self, line: str | None = None) -> None:
-        if line:
-            self.bar.write(line, file=sys.stderr)
-        if self.bar.disable:
-            return
-        fronts = {c: self._front(s) for c, s in self.studies.items()}
-        post = {"front": " ".join(f"{c}:{n}" for c, n in fronts.items())}
-        recs = {c: r.recommendation() for c, r in self.runs.items() if isinstance(r, ClassRun)}
-        if recs:
-            post["pick"] = " ".join(f"{c}:{_speedup(rec)}" for c, rec in recs.items())
-        if self.doing:
-            post["doing"] = self.doing
-        if (left := self._left()) is not None:
-            post["left"] = left
-        self.post = post
-        self.bar.set_postfix(post, refresh=False)
-        self.bar.update(self._done() - self.bar.n)
-
-    def _front(self, study: optuna.Study) -> int:
-        """Distinct rendered settings on the class's Pareto front: the front the outputs show."""
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if distinct(t)]
-        return len(front_of(done, self.objectives))
-
-    def close(self) -> None:
-        self.bar.close()
