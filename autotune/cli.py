@@ -92,12 +92,18 @@ def cmd_study(args: argparse.Namespace) -> int:
     paths = write_all(outcomes, args.storage)
     print(format_table(outcomes.cfg, outcomes))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
-    lacking = {c: o.no_baseline() for c, o in outcomes.items() if o.recommendation is None}
-    if lacking:  # a run that produced no answer is no success (a CI job, a scheduler's retry)
-        said = "; ".join(f"classes.{c}: {why}" for c, why in lacking.items())
-        print(f"autotune: error: nothing recommended ({said})", file=sys.stderr)
-        return 1
-    return 0
+    return _lacking({c: o.no_baseline() for c, o in outcomes.items() if o.recommendation is None})
+
+
+def _lacking(why: dict[str, str]) -> int:
+    """Exit 1, saying which classes and why, where a class has no recommendation: a run, a reading or an
+    export that produced no answer is no success (a CI job, a scheduler's retry); `study`, `recommend`,
+    `export` and `validate` alike."""
+    if not why:
+        return 0
+    said = "; ".join(f"classes.{c}: {w}" for c, w in why.items())
+    print(f"autotune: error: nothing recommended ({said})", file=sys.stderr)
+    return 1
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -111,7 +117,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print(json.dumps(recommendations_data(outcomes.cfg, outcomes), indent=2))
     else:
         print(format_table(outcomes.cfg, outcomes))
-    return 0
+    return _lacking({c: o.no_baseline() for c, o in outcomes.items() if o.recommendation is None})
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -119,14 +125,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autotune.serving.export import export
 
     recs = load_recommendations(args.study)
-    if nothing := recs.nothing():
-        raise ConfigError(nothing)
+    if recs.nothing():  # not even the baseline: nothing to export
+        return _lacking(recs.unrecommended or {"-": "no class"})
     if args.check:  # the verdicts to stderr and parity.json; the export (with them) to stdout
         from autotune.parity import check_file
 
         print(check_file(args.study, recs, args.device), file=sys.stderr)
     print(export(recs, args.format), end="")
-    return 0
+    return _lacking(recs.unrecommended)  # the classes that have one are exported; the others named
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -170,6 +170,8 @@ def test_apply_refuses_another_family_and_an_unusable_scheduler(finished_study) 
     flow = dataclasses.replace(rec, scheduler="flow_euler", scheduler_class="FlowMatchEulerDiscreteScheduler")
     with pytest.raises(ValueError, match="cannot be swapped for FlowMatchEulerDiscreteScheduler"):
         autotune.apply(pipe, flow)
+    with pytest.raises(TypeError, match=r"expected one class's recommendation, recs\[NAME\] .* got dict"):
+        autotune.apply(pipe, {"num_inference_steps": 5})  # the JSON block itself, say
     assert pipe.scheduler is before  # a refusal leaves the pipeline as it was
 
 

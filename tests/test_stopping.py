@@ -176,8 +176,8 @@ def test_a_changed_prompt_is_named_by_its_entry_in_one_short_line(tmp_path: Path
 
 
 def test_gates_do_not_pass_on_a_study_without_a_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A study stopped before its baseline completed: `validate` exits 1 (a CI gate fails), `export` says
-    so in one line (exit 2); a recommendations file of the wrong shape is one line too."""
+    """A study stopped before its baseline completed: `study`, `recommend`, `validate` and `export` all
+    exit 1 and say so (a CI gate fails); a recommendations file of the wrong shape is one line, exit 2."""
     from autotune.cli import main
     from tests.conftest import ONE_CLASS, SMALL_STUDY
 
@@ -196,9 +196,12 @@ def test_gates_do_not_pass_on_a_study_without_a_baseline(tmp_path: Path, capsys:
     report = json.loads((load_config(path).output_dir / "validation.json").read_text())
     assert report["passed"] is False and report["unrecommended"] == {"portrait": "stopped: the time limit"}
     for fmt in ("diffusers", "a1111"):
-        assert main(["export", str(path), "--format", fmt]) == 2
+        assert main(["export", str(path), "--format", fmt]) == 1
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "nothing recommended yet (classes.portrait: stopped: the time limit)" in err
+        assert err == "autotune: error: nothing recommended (classes.portrait: stopped: the time limit)\n", err
+    assert main(["recommend", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("autotune: error: nothing recommended (classes.portrait: the baseline"), err
     recs = load_config(path).output_dir / "recommendations.json"
     recs.write_text(json.dumps([json.loads(recs.read_text())]))
     assert main(["export", str(path), "--format", "diffusers"]) == 2

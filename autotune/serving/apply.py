@@ -39,6 +39,7 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
     applying one recommendation after another never carries an earlier one's overrides along.
 
     Raises:
+        TypeError: ``rec`` is not a :class:`ClassRecommendation` (a dict read from the JSON, say).
         ValueError: the recommendation was made for another model family, or the pipeline's
             scheduler cannot be swapped for the recommended one.
     """
@@ -48,6 +49,11 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
     from autotune.space.families import FAMILIES, compatible_schedulers
     from autotune.space.settings import cutoff_kwargs
 
+    if not isinstance(rec, ClassRecommendation):
+        raise TypeError(
+            f"apply(pipe, rec): expected one class's recommendation, recs[NAME] of "
+            f"autotune.load_recommendations(...), got {type(rec).__name__}"
+        )
     family = _family_of(pipe)
     if family != rec.family:
         raise ValueError(
