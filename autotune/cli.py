@@ -92,7 +92,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     paths = write_all(outcomes, args.storage)
     print(format_table(outcomes.cfg, outcomes))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
-    return _lacking({c: o.no_baseline() for c, o in outcomes.items() if o.recommendation is None})
+    return _lacking(_unrecommended(outcomes))
+
+
+def _unrecommended(outcomes: Any) -> dict[str, str]:
+    """Each class without a recommendation: its decision's state, why it has none and what to do."""
+    return {c: f"{o.decision_state}; {o.no_baseline()}" for c, o in outcomes.items() if o.recommendation is None}
 
 
 def _lacking(why: dict[str, str]) -> int:
@@ -117,7 +122,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print(json.dumps(recommendations_data(outcomes.cfg, outcomes), indent=2))
     else:
         print(format_table(outcomes.cfg, outcomes))
-    return _lacking({c: o.no_baseline() for c, o in outcomes.items() if o.recommendation is None})
+    return _lacking(_unrecommended(outcomes))
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -128,8 +128,11 @@ def test_a_time_limit_inside_the_start_up_stops_there_says_why_and_exits_1(
     capsys.readouterr()  # the command's deadline counts from its start: past before the first render
     assert main(["study", str(path), "--quiet", "--timeout", "0.001"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    said = "autotune: error: no completed baseline, nothing recommended (classes.portrait: stopped: the time limit)"
-    assert err[-1] == said
+    said = "autotune: error: nothing recommended (classes.portrait: stopped: the time limit; the baseline failed "
+    assert (
+        err[-1]
+        == said + "(withdrawn: the time limit before it began), not for its setting: the next run renders it again)"
+    )
     assert _decision(path) == {"portrait": "stopped: the time limit"}
     resumed = run_study(load_config(path), progress=False)["portrait"]  # the withdrawn baseline is queued again
     assert resumed.recommendation is not None and resumed.decision_state == "settled"
@@ -201,7 +204,7 @@ def test_gates_do_not_pass_on_a_study_without_a_baseline(tmp_path: Path, capsys:
         assert err == "autotune: error: nothing recommended (classes.portrait: stopped: the time limit)\n", err
     assert main(["recommend", str(path)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("autotune: error: nothing recommended (classes.portrait: the baseline"), err
+    assert err.startswith("autotune: error: nothing recommended (classes.portrait: stopped: the time limit; the"), err
     recs = load_config(path).output_dir / "recommendations.json"
     recs.write_text(json.dumps([json.loads(recs.read_text())]))
     assert main(["export", str(path), "--format", "diffusers"]) == 2
@@ -407,7 +410,7 @@ def test_a_baseline_whose_images_could_not_be_stored_is_rendered_again_and_the_l
         assert main(["study", str(path), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "the baseline failed (storing the trial's images failed" in err[-1], err  # after each trial's own line
-    assert err[-1].endswith("not for its setting: the next run renders it again)"), err
+    assert err[-1].endswith("not for its setting: the next run renders it again)"), err  # after its state
     assert main(["study", str(path), "--quiet"]) == 0  # space freed: the baseline and the rest render
     data = json.loads((path.parent / "stored" / "recommendations.json").read_text())["classes"]["portrait"]
     assert data["baseline"]["trial"] != 0  # a retry of trial 0, whose images could not be stored
