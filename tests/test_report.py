@@ -352,3 +352,22 @@ def test_a_study_timed_on_a_busy_machine_leads_with_its_compute_ratio(
     assert f"{d['speedup_timed']:.2f}x (" not in row  # the timed figure is in the note, not the headline
     summary = (cfg.output_dir / "report.html").read_text().split('<table class="summary">')[1].split("</table>")[0]
     assert "timing unreliable" in summary and f"{d['speedup_timed']:.2f}x (" not in summary
+
+
+def test_a_report_whose_images_were_deleted_is_written_with_one_warning(
+    study_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autotune.cli import main
+
+    path = study_file(name="deleted", n_trials=2)
+    assert main(["study", str(path), "--quiet"]) == 0
+    cfg = load_config(path)
+    gone = [f for f in Path(cfg.artifacts).rglob("*") if f.is_file()]
+    assert gone
+    for f in gone:  # the files deleted by hand, the folder left in place
+        f.unlink()
+    capsys.readouterr()
+    assert main(["report", str(path)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("autotune: warning: ") and "trial images are gone from" in err[0], err
+    assert "Traceback" not in err[0] and (cfg.output_dir / "report.html").stat().st_size > 0

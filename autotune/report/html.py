@@ -19,6 +19,7 @@ import datetime
 import html
 import io
 import statistics
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -376,4 +377,10 @@ def write_report(
     )
     path = (out_dir or cfg.output_dir) / "report.html"
     atomic_write(path, page)
+    if images.missing:
+        print(
+            f"autotune: warning: {images.missing} trial images are gone from {cfg.artifacts} (deleted?); "
+            f"{path} shows the rest",
+            file=sys.stderr,
+        )
     return path

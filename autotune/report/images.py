@@ -27,17 +27,24 @@ class StoredImages:
     def __init__(self, cfg: ResolvedStudy, url: str, store: Any = None) -> None:
         self.cfg, self.url, self.store = cfg, url, store  # store: autotune.store.artifacts.reader_store
         self.refs = ReferenceTable(url)
+        self.missing = 0  # images the study stored that the store no longer has (a folder cleaned by hand)
 
     def trial(self, t: Any, prompt_index: int, seed: int) -> bytes | None:
-        """One image of a trial as stored, or None (images off, or never uploaded)."""
+        """One image of a trial as stored, or None (images off, never uploaded, or gone from the store)."""
         store = self.store
         if store is None:
             return None
         artifact = artifact_files(t.system_attrs).get(image_name(prompt_index, seed))
         if artifact is None:
             return None
-        with store.open_reader(artifact) as f:
-            return bytes(f.read())
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:
+            with store.open_reader(artifact) as f:
+                return bytes(f.read())
+        except (ArtifactNotFound, OSError):  # deleted by hand: the report goes on without it, and says so
+            self.missing += 1
+            return None
 
     def reference(self, o: ClassOutcome, prompt: str, seed: int, guidance: float) -> bytes | None:
         """The stored reference that the class's images of ``prompt`` rendered at ``guidance`` were compared
