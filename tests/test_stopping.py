@@ -427,3 +427,34 @@ def test_an_artifacts_path_that_is_a_file_is_refused_before_the_first_trial(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a file; expected a folder (or s3://) for the trial images" in err[0], err
     assert not (path.parent / "afile.db").exists() and not (path.parent / "afile").exists()  # nothing written
+
+
+def test_a_sibling_worker_of_this_machine_that_died_has_its_trial_failed_at_once(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes on one study, one killed -9 mid-trial: the survivor fails that trial (and queues it
+    again) as it goes, instead of finishing with it RUNNING for the next run to find."""
+    import socket
+
+    from autotune.study.decide import ClassRun
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that is gone: the sibling's
+    real, stray = ClassRun.step, {}
+
+    def step(self):  # type: ignore[no-untyped-def]
+        if not stray:  # the sibling's trial, RUNNING under its (dead) worker id
+            t = self.study.ask()
+            self.study._storage.set_trial_user_attr(t._trial_id, "worker", f"{socket.gethostname()}:{dead.pid}")
+            stray["number"] = t.number
+        return real(self)
+
+    monkeypatch.setattr(ClassRun, "step", step)
+    cfg = load_config(study_file(name="sibling", n_trials=3))
+    study = run_study(cfg, progress=False)["portrait"].load_study()
+    t = study.trials[stray["number"]]
+    assert (
+        t.state.name == "FAIL"
+        and t.user_attrs["fail_reason"] == f"interrupted: its worker {socket.gethostname()}:{dead.pid} is gone"
+    )
+    assert {"RUNNING", "WAITING"}.isdisjoint(_states(cfg.path))

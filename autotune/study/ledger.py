@@ -26,6 +26,7 @@ from autotune.process import alive, worker_id
 __all__ = [
     "MAX_INTERRUPTIONS",
     "claimed",
+    "dead_sibling",
     "enqueue",
     "interrupted",
     "is_baseline",
@@ -143,6 +144,13 @@ def _intended(t: FrozenTrial) -> dict[str, Any]:
 
 def _params_key(t: FrozenTrial) -> str:
     return repr(sorted(_intended(t).items()))
+
+
+def dead_sibling(study: optuna.Study) -> bool:
+    """Whether a trial is RUNNING for a worker of this machine that is gone (killed -9, out of memory):
+    :func:`recover` fails it and queues it again, without waiting for the next run."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return any(t.user_attrs.get("worker") and not alive(t.user_attrs["worker"]) for t in running)
 
 
 def recover(study: optuna.Study) -> int:

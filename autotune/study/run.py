@@ -295,6 +295,8 @@ def _loop(
     try:
         while now() < deadline and (active := [c for c, r in runs.items() if not r.settled]):
             for c in active:
+                if ledger.dead_sibling(runs[c].study):  # a worker of this machine died mid-trial
+                    ledger.recover(runs[c].study)
                 if not runs[c].step():
                     continue
                 last, runs[c].last = runs[c].last, None
