@@ -108,3 +108,34 @@ def test_a_note_saved_on_a_finished_trial_is_the_one_optuna_dashboard_reads() ->
     save_note(handle, "Euler, 10 steps" * 300)  # longer than one system attribute holds
     assert get_note(handle) == "Euler, 10 steps" * 300
     assert get_note(optuna_api.TrialHandle.of(study, study.trials[0]._trial_id)) == ""  # the other trial's is its own
+
+
+def test_connections_reset_after_a_signal_mid_commit_leave_the_storage_working(tmp_path: Path) -> None:
+    """A KeyboardInterrupt inside a commit (a signal landing there): without the reset the next write is
+    Optuna's StorageInternalError (seen once in the suite under load); with it, the write lands."""
+    from sqlalchemy import event
+
+    for reset in (False, True):
+        url = f"sqlite:///{tmp_path / f'{reset}.sqlite'}"
+        storage = optuna.storages.RDBStorage(url)
+        study = optuna.create_study(storage=storage)
+        trial = study.ask()
+        fired: list[int] = []
+
+        def interrupt(conn, fired=fired):  # type: ignore[no-untyped-def]
+            if not fired:
+                fired.append(1)
+                raise KeyboardInterrupt
+
+        event.listen(storage.engine, "commit", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            study._storage.set_trial_user_attr(trial._trial_id, "a", 1)
+        if not reset:
+            with pytest.raises(optuna.exceptions.StorageInternalError):
+                study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            continue
+        optuna_api.reset_connections(study._storage)
+        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        again = optuna.load_study(study_name=study.study_name, storage=url).trials[0]
+        assert again.user_attrs["interrupted"] is True and again.state.name == "FAIL"

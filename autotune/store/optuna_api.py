@@ -6,7 +6,8 @@ Optuna changes it (``tests/test_optuna_api.py``):
   (:mod:`autotune.results.reader`) without importing Optuna;
 - the exact hypervolume (WFG) Optuna's own samplers use;
 - where a trial's artifact metadata lives among its system attributes;
-- what optuna-dashboard's note functions read of a trial (:class:`TrialHandle`).
+- what optuna-dashboard's note functions read of a trial (:class:`TrialHandle`);
+- the SQLAlchemy session and engine behind an RDB storage (:func:`reset_connections`).
 
 Optuna is imported inside the functions that need it, never at module level.
 
@@ -40,6 +41,7 @@ __all__ = [
     "fail_stale_trials",
     "heartbeat",
     "hypervolume",
+    "reset_connections",
     "stored_value",
 ]
 
@@ -126,6 +128,18 @@ class TrialHandle:
     @classmethod
     def of(cls, study: Any, trial_id: int) -> TrialHandle:
         return cls(study._storage, study, trial_id)
+
+
+def reset_connections(storage: Any) -> None:
+    """After a signal landed inside a storage call: Optuna's session rolls back on ``Exception`` only, so
+    a ``KeyboardInterrupt`` mid-commit can hand the next call a connection still inside a transaction
+    (``StorageInternalError`` on the writes that record the stop). Drop the session and every pooled
+    connection: the next call opens a fresh one, and the database rolls the broken transaction back."""
+    backend = getattr(storage, "_backend", storage)  # Optuna's cache in front of an RDBStorage
+    if hasattr(backend, "scoped_session"):
+        with contextlib.suppress(Exception):
+            backend.scoped_session.remove()
+        backend.engine.dispose()
 
 
 def fail_stale_trials(study: Any) -> None:

@@ -163,6 +163,11 @@ class ClassRun:
     def announce(self, doing: str) -> None:
         """Called as each unit of work starts, with what it is (the study's progress bar shows it)."""
 
+    def in_time(self) -> bool:
+        """Whether the run's deadline is still ahead (the run sets it): a long unit of work looks between
+        its chunks, and stops there; what it rendered is kept, the rest waits for the next run."""
+        return True
+
     def step(self) -> bool:
         """Do the next unit of work; False when the class has nothing left to do."""
         self.refresh()
@@ -300,7 +305,10 @@ class ClassRun:
             by_prompts.setdefault(tuple(p for p, s in todo if s == seed), []).append(seed)
         new: dict[str, dict[str, float]] = {}
         settings = Settings.of_trial(self.trials[number])
-        for prompts, seeds in by_prompts.items():
+        chunks = [(prompts, [seed]) for prompts, seeds in by_prompts.items() for seed in seeds]  # a seed each
+        for prompts, seeds in chunks:
+            if new and not self.in_time():
+                break
             e = self.scorer.evaluate(settings, [self.prompts[p] for p in prompts], seeds, timed=False)
             for i, (p, s) in enumerate((p, s) for p in prompts for s in seeds):
                 new[unit_key(p, s)] = {m: v[i] for m, v in e.per_image.items()}

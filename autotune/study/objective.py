@@ -35,7 +35,7 @@ from autotune.process import deferred, why, worker_id
 from autotune.space import schedulers
 from autotune.space.settings import Settings, resample, suggest
 from autotune.store.artifacts import is_bucket
-from autotune.store.optuna_api import fail_stale_trials, heartbeat
+from autotune.store.optuna_api import fail_stale_trials, heartbeat, reset_connections
 from autotune.store.references import image_name
 from autotune.study import ledger
 from autotune.study.sampling import fresh_params
@@ -118,6 +118,7 @@ class Objective:
             if trial is None:
                 raise
             with deferred():
+                reset_connections(self.study._storage)  # the signal may have landed inside a commit
                 trial.set_user_attr("interrupted", True)
                 trial.set_user_attr("fail_reason", why(e))
                 self.study.tell(trial, state=TrialState.FAIL)

@@ -34,6 +34,7 @@ from autotune.results.reader import Outcomes, recommend
 from autotune.space.settings import Settings, searched_params
 from autotune.store.artifacts import check as check_artifacts
 from autotune.store.artifacts import is_bucket, open_store
+from autotune.store.optuna_api import reset_connections
 from autotune.store.storage import nothing_left_on_refusal, open_storage, quiet_optuna
 from autotune.store.versions import find_version, fingerprint, study_name
 from autotune.study import ledger
@@ -200,6 +201,7 @@ def run_study(
             pass
         except KeyboardInterrupt as e:
             with deferred():
+                reset_connections(rdb)  # the signal may have landed inside a commit
                 _stopped(studies, runs, why(e), decide)
             raise
         except StudyAborted as e:  # the outputs say it, as for a signal: "stopped: 10 trials in a row failed; ..."
@@ -290,6 +292,7 @@ def _loop(
     for c, run in runs.items():
         if isinstance(run, ClassRun):
             run.announce = functools.partial(bar.now_doing, c)  # type: ignore[method-assign]
+            run.in_time = lambda: now() < deadline  # type: ignore[method-assign]
     failures = _Failures()
     stopped = False
     try:
