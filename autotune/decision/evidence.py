@@ -33,6 +33,7 @@ __all__ = [
     "Evidence",
     "distinct",
     "images_of",
+    "interrupted",
     "is_baseline",
     "renders_key",
     "reused",
@@ -45,6 +46,16 @@ CONFIRMATIONS = "confirmations"  # the study attribute: trials whose confirmatio
 
 def is_baseline(t: Any) -> bool:
     return bool(t.user_attrs.get("baseline"))
+
+
+def interrupted(t: Any) -> bool:
+    """Failed without a verdict on its setting: killed, stopped by a signal, found stale by the heartbeat, or
+    failed by the infrastructure (its images could not be stored): the next run renders it again."""
+    if t.state.name != "FAIL":
+        return False
+    return (
+        bool(t.user_attrs.get("interrupted") or t.user_attrs.get("infrastructure")) or "fail_reason" not in t.user_attrs
+    )
 
 
 def reused(t: Any) -> bool:

@@ -24,7 +24,7 @@ from autotune.config import ConfigError, StudyConfig
 from autotune.config.objectives import higher
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.bounds import Tolerance
-from autotune.decision.evidence import Evidence, distinct
+from autotune.decision.evidence import Evidence, distinct, interrupted
 from autotune.decision.panel import Panel
 from autotune.decision.pareto import pareto_front
 from autotune.decision.rule import Recommendation, Schedule, decide, timed_together
@@ -91,14 +91,15 @@ class ClassOutcome:
     tolerance: Tolerance | None = None  # in metric units, from the study file's noise units
     spread: dict[str, float] = field(default_factory=dict)  # the baseline's seed-to-seed SD of each quality metric
     margin: tuple[dict[str, Any], ...] = ()  # the recommendation's neighbours on its own images
-    baseline_failed: str | None = None  # no baseline completed: why its last trial failed (None: none failed)
+    baseline_failed: Any = None  # no baseline completed: its last failed trial (None: none failed)
 
     def no_baseline(self) -> str:
         """Why the class has no recommendation yet, and what to do, in one clause."""
-        why = self.baseline_failed
-        if why is None:
+        t = self.baseline_failed
+        if t is None:
             return "the baseline trial has not completed yet: nothing to compare against"
-        if why.startswith(("interrupted", "withdrawn", "storing the trial's images failed")):
+        why = t.user_attrs.get("fail_reason", "interrupted")
+        if interrupted(t):  # the ledger's rule: no verdict on the setting, so every run renders it again
             return f"the baseline failed ({why}), not for its setting: the next run renders it again"
         return f"the baseline failed ({why}): change [baseline] or fix what failed, then run again"
 
@@ -241,8 +242,7 @@ def outcome(
         noise,
         margin,
         None if base is not None else next(
-            (str(t.user_attrs.get("fail_reason", "interrupted")) for t in reversed(trials)
-             if t.state.name == "FAIL" and t.user_attrs.get("baseline")), None
+            (t for t in reversed(trials) if t.state.name == "FAIL" and t.user_attrs.get("baseline")), None
         ),
     )  # fmt: skip
 

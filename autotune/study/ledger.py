@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.decision.evidence import is_baseline, reused
+from autotune.decision.evidence import interrupted, is_baseline, reused
 from autotune.process import alive, worker_id
 
 __all__ = [
@@ -125,16 +125,6 @@ def withdraw(study: optuna.Study, why: str) -> None:
             storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             storage.set_trial_user_attr(t._trial_id, "fail_reason", f"withdrawn: {why} before it began")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-
-
-def interrupted(t: FrozenTrial) -> bool:
-    """Failed without a verdict on its setting: killed, stopped by Ctrl-C, found stale by the heartbeat, or
-    failed by the infrastructure (its images could not be stored)."""
-    if t.state != TrialState.FAIL:
-        return False
-    return (
-        bool(t.user_attrs.get("interrupted") or t.user_attrs.get("infrastructure")) or "fail_reason" not in t.user_attrs
-    )
 
 
 def _intended(t: FrozenTrial) -> dict[str, Any]:
