@@ -76,9 +76,18 @@ def test_kill_9_at_several_points_then_resume_keeps_every_completed_trial(study_
 
         return ready
 
-    _kill_when(_start(path), running_after(0))  # during the first trial (the baseline)
+    def kill_mid_trial(ready: Callable[[], bool]) -> None:
+        """Kill -9 while a trial runs; where it finished between the last look and the kill (the machine
+        is shared: it happens), start again and kill again, so that a trial is surely left RUNNING."""
+        for _ in range(5):
+            _kill_when(_start(path), ready)
+            if _count(_trials(cfg), TrialState.RUNNING):
+                return
+        pytest.fail("no kill landed inside a trial in 5 tries")
+
+    kill_mid_trial(running_after(0))  # during the first trial (the baseline)
     first = _count(_trials(cfg), TrialState.COMPLETE)
-    _kill_when(_start(path), running_after(first + 2))  # during a later trial
+    kill_mid_trial(running_after(first + 2))  # during a later trial
     second = _count(_trials(cfg), TrialState.COMPLETE)
     assert second >= first + 2
     _kill_when(_start(path), lambda: _count(_trials(cfg), TrialState.COMPLETE) >= 6, may_finish=True)  # writing
