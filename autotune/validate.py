@@ -189,8 +189,7 @@ def format_validation(result: dict[str, Any]) -> str:
             for m, b in v["bounds"].items()
         ]
         verdict = "ok  " if v["within_tolerance"] else "FAIL"
-        low_high = v["speedup_range"] and tuple(v["speedup_range"])
-        speed = speedup_text(v["speedup"], low_high, v.get("model_call_ratio"), v.get("timing")) or "not timed"
+        speed = speedup_text(v) or "not timed"
         speed += f" ({v['timing']})" if v.get("timing") else ""
         lines.append(f"{verdict} {c}: {v['recommended']} on {v['images']} held-out images: {speed}, {', '.join(parts)}")
     if result.get("nothing"):

@@ -74,6 +74,11 @@ def tiny():  # type: ignore[no-untyped-def]
     return load_pipeline(ModelConfig(device="cpu"))
 
 
+def timed_by_evaluations(p, settings, prompt, seed, height, width, batch_size=1, repeats=3):  # type: ignore[no-untyped-def]
+    """``time_serving`` as the setting's model evaluations (1 ms each), every call alike."""
+    return [1e-3 * settings.steps * (1 + settings.guided_share())] * repeats
+
+
 @pytest.fixture
 def seconds_by_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
     """Serving calls "timed" as the setting's model evaluations (1 ms each): for tests whose verdict follows
@@ -81,10 +86,7 @@ def seconds_by_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
     timing noise. The timing itself is tested on its own (test_pipeline, the benchmarks)."""
     from autotune.model import render
 
-    def timed(p, settings, prompt, seed, height, width, batch_size=1, repeats=3):  # type: ignore[no-untyped-def]
-        return [1e-3 * settings.steps * (1 + settings.guided_share())] * repeats
-
-    monkeypatch.setattr(render, "time_serving", timed)
+    monkeypatch.setattr(render, "time_serving", timed_by_evaluations)
 
 
 @pytest.fixture

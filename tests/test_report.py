@@ -308,7 +308,8 @@ def test_a_speed_up_its_timings_cannot_support_gives_way_to_the_compute_ratio() 
 
     quiet = (2.30, 2.64)  # the demo's thin pick, timed alone: a range of 1.15x
     assert timing_check(2.61, quiet, 2.7) is None and timing_check(2.7, (2.5, 2.9), 2.5) is None  # within 10 %
-    assert speedup_text(2.61, quiet, 2.7, None) == "2.61x (2.30-2.64), 2.7x fewer model calls"
+    quiet_d = {"speedup": 2.61, "speedup_range": quiet, "model_call_ratio": 2.7, "timing": None}
+    assert speedup_text(quiet_d) == "2.61x (2.30-2.64), 2.7x fewer model calls"
     beyond = timing_check(3.29, (3.1, 3.4), 2.5, "autotune validate s.toml")
     assert beyond == (
         "timing unreliable (timed 3.29x faster with 2.5x fewer model calls: the machine was busy); re-time alone: "
@@ -316,7 +317,8 @@ def test_a_speed_up_its_timings_cannot_support_gives_way_to_the_compute_ratio() 
     )
     busy = timing_check(6.80, (1.08, 16.97), 9.9)  # a study under a CPU hog: not beyond physics,
     assert busy is not None and "1.08-16.97x over the timed calls" in busy  # but its range supports no figure
-    assert speedup_text(6.80, (1.08, 16.97), 9.9, busy) == "9.9x fewer model calls; timing unreliable"
+    busy_d = {"speedup": None, "speedup_timed": 6.80, "speedup_range": (1.08, 16.97), "model_call_ratio": 9.9}
+    assert speedup_text(busy_d | {"timing": busy}) == "9.9x fewer model calls; timing unreliable"
     assert timing_check(None, None, 2.5) is None and timing_check(1.5, (1.4, 1.6), None) is None
 
 

@@ -22,6 +22,7 @@ from autotune.store.references import image_name
 from autotune.store.storage import open_storage
 from autotune.testing.tiny import tiny_pipeline_path
 from autotune.weights.clip import class_embedding, load_text_encoder
+from tests.conftest import timed_by_evaluations
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -356,14 +357,11 @@ def handoff(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
     from autotune.report.table import write_all
     from autotune.study.run import run_study
 
-    def timed(p, settings, prompt, seed, height, width, batch_size=1, repeats=3):  # type: ignore[no-untyped-def]
-        return [1e-3 * settings.steps * (1 + settings.guided_share())] * repeats  # as `seconds_by_evaluations`
-
     path = tmp_path_factory.mktemp("handoff") / "handoff.toml"
     path.write_text(HANDOFF_STUDY)
     cfg = load_config(path)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rendering, "time_serving", timed)
+        mp.setattr(rendering, "time_serving", timed_by_evaluations)  # as `seconds_by_evaluations`, for the module
         outcomes = run_study(cfg, progress=False)
     write_all(outcomes)
     return cfg, outcomes

@@ -69,21 +69,30 @@ def _trial_note(t: Any, d: dict[str, Any], objectives: tuple[str, ...]) -> str:
     """A trial's note: its setting, its metrics by name (the baseline's beside them) and its part in the decision."""
     from autotune.results.reader import settings_of
 
-    base = d.get("baseline", {}).get("metrics", {})
+    baseline = d.get("baseline", {})
+    base = baseline.get("metrics", {})
     stage = {st["trial"]: st for st in d.get("decision", {}).get("candidates", [])}.get(t.number)
-    part = (
-        "**the recommendation**" if t.number == d.get("trial") and t.number != d["baseline"]["trial"]
-        else "**the baseline**" if t.number == d.get("baseline", {}).get("trial")
-        else f"a candidate: search {stage['search']}" + (f", fresh images {stage['confirmation']}"
-                                                          if stage.get("confirmation") else "")
-        if stage else "on the front or searched; not a candidate to replace the baseline"
-    )  # fmt: skip
+    if t.number == baseline.get("trial"):
+        part = "**the baseline**"
+    elif t.number == d.get("trial"):
+        part = "**the recommendation**"
+    elif stage:
+        part = f"a candidate: {_verdict(stage)}"
+    else:
+        part = "on the front or searched; not a candidate to replace the baseline"
     rows = "\n".join(
         f"| {m} | {v:.4g} | {base[m]:.4g} |" if m in base else f"| {m} | {v:.4g} | - |"
         for m, v in zip(objectives, t.values or [], strict=False)
     )
     head = "| metric | this trial | baseline |\n|---|---|---|"
     return f"### {settings_of(t).label()}\n\nTrial {t.number}: {part}.\n\n{head}\n{rows}"
+
+
+def _verdict(stage: Mapping[str, Any]) -> str:
+    """A candidate's verdicts as the decision's ``candidates`` list holds them: on the search's images, and on
+    fresh ones where it was confirmed."""
+    fresh = f"; fresh images: {stage['confirmation']}" if stage.get("confirmation") else ""
+    return f"search: {stage['search']}{fresh}"
 
 
 def answer_figure(c: str, d: dict[str, Any], warning: str | None) -> go.Figure:
@@ -99,15 +108,12 @@ def answer_figure(c: str, d: dict[str, Any], warning: str | None) -> go.Figure:
         fig.update_layout(title=dict(text=f"{c}: no recommendation yet: {d['reason']}", font=dict(size=12)), height=120)
         return fig
     base = d["baseline"]
-    low_high = d["speedup_range"] and tuple(d["speedup_range"])
-    speed = speedup_text(d["speedup"], low_high, d["model_call_ratio"], d["timing"]) or "not timed"
+    speed = speedup_text(d) or "not timed"
     rows = [
         ["<b>recommended</b>", f"#{d['trial']}", f"<b>{d['setting']}</b>", speed],
         ["baseline", f"#{base['trial']}", base["setting"], "1x"],
         *(
-            ["candidate", f"#{st['trial']}", st["setting"],
-             f"search: {st['search']}" + (f"; fresh images: {st['confirmation']}" if st.get("confirmation") else "")]
-            for st in d["decision"]["candidates"]
+            ["candidate", f"#{st['trial']}", st["setting"], _verdict(st)] for st in d["decision"]["candidates"]
         ),
     ]  # fmt: skip
     table = go.Table(

@@ -29,18 +29,15 @@ import plotly.graph_objects as go
 
 from autotune.config.objectives import cost_of, quality
 from autotune.config.resolve import ResolvedStudy, reference_setting
-from autotune.decision.cost import evaluations
 from autotune.decision.panel import noise_seed
 from autotune.decision.rule import collapsed_images, collapsed_text
 from autotune.files import atomic_write
 from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
 from autotune.report.images import StoredImages
 from autotune.results.notes import (
-    call_ratio,
     fleet_text,
     random_weights_warning,
     speedup_text,
-    timing_check,
     tolerance_text,
 )
 from autotune.results.reader import ClassOutcome, settings_of
@@ -84,39 +81,31 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "") ->
     return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _fleet(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
+def _fleet(cfg: ResolvedStudy, data: Mapping[str, Any]) -> str:
     """The fleet's saving on the study file's traffic shares (nothing without them)."""
     if not cfg.traffic:
         return ""
-    return f'<p class="fleet">{html.escape(fleet_text(recommendations_data(cfg, outcomes).get("fleet")) or "")}</p>'
+    return f'<p class="fleet">{html.escape(fleet_text(data.get("fleet")) or "")}</p>'
 
 
-def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> str:
+def _summary(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome], data: Mapping[str, Any]) -> str:
+    """Per class the pick, its speed-up as ``recommendations.json`` (``data``) states it, its quality deltas."""
     judged = quality(cfg.metrics.objectives)
     rows = []
     for c, o in outcomes.items():
         rec = o.recommendation
         if rec is None:
-            rows.append([c, "no recommendation yet: the baseline has not completed", "-", *("-" for _ in judged)])
+            rows.append([c, f"no recommendation yet: {o.no_baseline()}", "-", *("-" for _ in judged)])
             continue
         by_number = {t.number: t for t in o.trials}
         chosen, base = by_number[rec.chosen.number], by_number[rec.baseline.number]
         setting = html.escape(settings_of(chosen).label())
         if not rec.met_tolerance or not rec.confirmed:
             setting += f'<div class="note">{html.escape(rec.reason)}</div>'
-        ratio = call_ratio(*(
-            evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), settings_of(t))
-            for t in (chosen, base)
-        ))  # fmt: skip
-        timing = timing_check(
-            rec.speedup if rec.met_tolerance else None,  # a kept baseline is 1x: no timing to doubt
-            rec.speedup_range,
-            ratio,
-            f"autotune validate {cfg.path}",
-        )
-        speedup = html.escape(speedup_text(rec.speedup, rec.speedup_range, ratio, timing) or "-")
-        if timing:
-            speedup += f'<div class="note">{html.escape(timing)}</div>'
+        d = data["classes"][c]
+        speedup = html.escape(speedup_text(d) or "-")
+        if d["timing"]:
+            speedup += f'<div class="note">{html.escape(d["timing"])}</div>'
         broken = collapsed_text(collapsed_images(rec.chosen, rec.baseline, o.tolerance)) if o.tolerance else "-"
         rows.append([f'<a href="#class-{c}">{c}</a>', setting, speedup, *(_paired(chosen, base, m) for m in judged)])
         rows[-1].append(broken)
@@ -367,11 +356,12 @@ def write_report(
     if warning := random_weights_warning(cfg):
         intro += f'<p class="warning">{html.escape(warning)}</p>'
     sections = [_section(cfg, o, images, grid) for o in outcomes.values()]
+    data = recommendations_data(cfg, outcomes)  # the summary states what recommendations.json states
     page = (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>autotune: {html.escape(cfg.name)}</title>'
         f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head>\n<body>"
         f'<h1>autotune study: {html.escape(cfg.name)}</h1>{intro}<div id="errors" hidden></div>'
-        f"<h2>Summary</h2>{_summary(cfg, outcomes)}{_fleet(cfg, outcomes)}\n"
+        f"<h2>Summary</h2>{_summary(cfg, outcomes, data)}{_fleet(cfg, data)}\n"
         + "\n".join(sections)
         + f"<script>{_SCRIPT}</script></body></html>\n"
     )

@@ -108,11 +108,6 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _speedup(d: dict[str, Any]) -> str:
-    low_high = d["speedup_range"]
-    return speedup_text(d["speedup"], low_high and tuple(low_high), d.get("model_call_ratio"), d["timing"])
-
-
 def _note(d: dict[str, Any]) -> str:
     """Why the baseline is kept, how the pick's neighbours fare, and a decision that did not finish."""
     parts = [] if d["met_tolerance"] and d["confirmed"] else [d["reason"]]
@@ -148,7 +143,7 @@ def format_table(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome]) -> st
                     setting,
                     *(_fmt(x["metrics"][m], ".4g") for m in metrics),
                     collapsed_text(d.get("collapsed", {})) if not label else "",
-                    _speedup(d) if not label else "",
+                    speedup_text(d) if not label else "",
                     str(d["trials_completed"]) if not label else "",
                 ]
             )

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -55,14 +56,15 @@ def timing_check(speedup: float | None, low_high: tuple[float, float] | None, ca
     return f"timing unreliable ({why}: the machine was busy); re-time alone: `{retime}`"
 
 
-def speedup_text(speedup: float | None, low_high: tuple[float, float] | None, call_ratio: float | None,
-                 timing: str | None) -> str:  # fmt: skip
-    """The headline: the timed speed-up and its range, or the compute ratio where the timing is unreliable."""
-    calls = f"{call_ratio:.2g}x fewer model calls" if call_ratio else ""
-    if timing or not speedup:
+def speedup_text(d: Mapping[str, Any]) -> str:
+    """The headline of a class in ``recommendations.json`` (or ``validation.json``: the same keys): the timed
+    speed-up and its range, or the compute ratio where :func:`timing_check` found the timing unreliable."""
+    ratio, timing, low_high = d.get("model_call_ratio"), d.get("timing"), d.get("speedup_range")
+    calls = f"{ratio:.2g}x fewer model calls" if ratio else ""
+    if timing or not d.get("speedup"):
         return f"{calls}; timing unreliable" if timing and calls else calls
     lo_hi = f" ({low_high[0]:.2f}-{low_high[1]:.2f})" if low_high else ""
-    return f"{speedup:.2f}x{lo_hi}" + (f", {calls}" if calls else "")
+    return f"{d['speedup']:.2f}x{lo_hi}" + (f", {calls}" if calls else "")
 
 
 def prompts_note(used: int, total: int, confirmed: int = 0) -> str:
