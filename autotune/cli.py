@@ -3,14 +3,14 @@
 
 Exit codes: 0 done; 1 no answer (the study stopped on repeated trial failures, or ended with a class whose
 baseline never completed; ``validate``: a pick failed or nothing was validated); 2 bad input (one line on
-stderr naming the file, the key and what was expected); 130 interrupted (SIGINT), 143 (SIGTERM); 141
-stdout closed early (``autotune recommend ... | head``), quietly.
+stderr naming the file, the key and what was expected); 74 something could not be written (a full disk,
+a read-only output, a database gone); 130 interrupted (SIGINT), 143 (SIGTERM), 129 (SIGHUP); 141 stdout
+closed early (``autotune recommend ... | head``), quietly.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from autotune.arguments import device, image_numbers, parse_duration, port, positive_int
 from autotune.config import ConfigError, ConfigWarning, load_config
-from autotune.files import Kept
+from autotune.files import Kept, WriteFailed, check_writable, write_failure
 from autotune.process import deferred, install, preload, run_main, said
 
 __all__ = ["main"]
@@ -53,7 +53,6 @@ def cmd_study(args: argparse.Namespace) -> int:
     cfg = located(_load(args))  # the file's own keys and where its weights are, before anything heavy loads
     preload()
     from autotune.report.table import format_table, write_all, write_recommendations
-    from autotune.results.reader import recommend
     from autotune.study.run import StudyAborted, run_study
 
     # --timeout bounds the whole command: the imports above and the start-up count against it
@@ -77,14 +76,13 @@ def cmd_study(args: argparse.Namespace) -> int:
         kept.restore()
         raise
     except KeyboardInterrupt:  # keep what the night produced: write the outputs so far
-        if not args.worker:
-            with deferred(), contextlib.suppress(ConfigError):  # interrupted before any study existed: nothing
-                write_all(recommend(cfg, storage=args.storage), args.storage)
+        _outputs_so_far(cfg, args)
         raise
+    except WriteFailed as e:  # the disk filled or the database went: the outputs where they still can be
+        unwritten = _outputs_so_far(cfg, args, warn=False)
+        raise WriteFailed(f"{e}{f'; {unwritten}' if unwritten else ''}") from None
     except StudyAborted as e:  # the outputs so far, each class's state saying why it stopped
-        if not args.worker:
-            with deferred():
-                write_all(recommend(cfg, storage=args.storage), args.storage)
+        _outputs_so_far(cfg, args)
         print(f"autotune: error: {e}", file=sys.stderr)
         return 1
     if args.worker:  # a helper of `--workers N` or one of many machines' workers: the others report
@@ -93,6 +91,26 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(format_table(outcomes.cfg, outcomes))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     return _lacking(_unrecommended(outcomes))
+
+
+def _outputs_so_far(cfg: Any, args: argparse.Namespace, warn: bool = True) -> str | None:
+    """A stopped run's outputs, from what is stored (a helper worker leaves them to its parent); those that
+    cannot be written (the disk that stopped the run) are named in a warning (``warn``) or returned."""
+    if args.worker:
+        return None
+    from autotune.report.table import write_all
+    from autotune.results.reader import recommend
+
+    with deferred():
+        try:
+            write_all(recommend(cfg, storage=args.storage), args.storage)
+        except ConfigError:  # stopped before any study existed: nothing to write
+            pass
+        except WriteFailed as e:
+            if not warn:
+                return str(e)
+            print(f"autotune: warning: {e}", file=sys.stderr)
+    return None
 
 
 def _unrecommended(outcomes: Any) -> dict[str, str]:
@@ -146,6 +164,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autotune.results.reader import recommend
 
     outcomes = recommend(_load(args), storage=args.storage)
+    check_writable(outcomes.cfg.output_dir)  # before a grid is rendered for it
     grid = None
     if args.render_grid:
         from autotune.report.grid import render_grid
@@ -384,8 +403,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         with deferred():
             return said(e)
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as `git log | head` does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        _stdout_gone()
         return 141
+    except WriteFailed as e:  # a full disk, a read-only folder, a database gone: what is stored stays
+        print(f"autotune: error: {e}", file=sys.stderr)
+        return WriteFailed.exit_code
+    except OSError as e:  # a file that could not be written, or standard output (`> /dev/full`)
+        _flushed()
+        where = e.filename or ("standard output" if write_failure(e) else None)  # every file autotune writes is named
+        print(f"autotune: error: {f'{where}: ' if where else ''}{e.strerror or e}", file=sys.stderr)
+        return WriteFailed.exit_code
+    except Exception as e:  # the study's database refused or went away (a full disk, a server down)
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        print(f"autotune: error: the study's storage failed ({reason}); what it stored is kept", file=sys.stderr)
+        return WriteFailed.exit_code
+
+
+def _flushed() -> None:
+    """Standard output that no longer takes what is printed is pointed at /dev/null (no second error when
+    Python flushes it at exit)."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        _stdout_gone()
+
+
+def _stdout_gone() -> None:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def entry() -> None:

@@ -204,3 +204,23 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_named_with_its_token_cou
         f"classes.still: prompts[1] ({tokens} tokens) exceed the text encoder's 77 tokens (start and end included); "
         "the pipeline cuts the rest, so the study scores, and production renders, only the first 77: shorten them"
     ]
+
+
+def test_a_zero_byte_database_beside_earlier_results_is_refused_not_started_afresh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database cut to nothing (a copy cut short, a full disk) would start a new study and write over the
+    results that remain: refused, both left as they were."""
+    (tmp_path / "bad.toml").write_text(GOOD)
+    (tmp_path / "bad.db").write_bytes(b"")
+    (tmp_path / "bad").mkdir()
+    earlier = b'{"study": "bad", "classes": {}}\n'
+    (tmp_path / "bad" / "recommendations.json").write_bytes(earlier)
+    assert main(["study", str(tmp_path / "bad.toml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.db: the study database is empty (0 bytes), yet " in err, err
+    assert (tmp_path / "bad.db").read_bytes() == b"" and (
+        tmp_path / "bad" / "recommendations.json"
+    ).read_bytes() == earlier
+    (tmp_path / "bad" / "recommendations.json").unlink()  # no earlier results: an empty file is a new database
+    assert main(["study", str(tmp_path / "bad.toml"), "--quiet"]) == 0

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -91,6 +92,34 @@ def test_a_reader_that_closes_stdout_early_ends_it_quietly(finished_study, argv:
     proc.stdout.close()  # the reader is gone before the first line is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == ""
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_to_a_full_device_is_one_line_and_exit_74(finished_study) -> None:  # type: ignore[no-untyped-def]
+    """`autotune recommend ... > /dev/full`: the write fails; one line says where, the code is EX_IOERR."""
+    cfg, _ = finished_study
+    with open("/dev/full", "w") as full:
+        run = subprocess.run(
+            [sys.executable, "-m", "autotune.cli", "recommend", str(cfg.path)], stdout=full, stderr=subprocess.PIPE
+        )
+    assert run.returncode == 74, run.stderr
+    assert run.stderr.decode() == "autotune: error: standard output: No space left on device\n"
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare -rm to mount a read-only folder")
+def test_a_report_into_a_read_only_folder_is_refused_in_one_line(finished_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Root writes through chmod 555: the outputs folder is a read-only bind mount instead, in a namespace."""
+    cfg, _ = finished_study
+    study = tmp_path / "study"
+    shutil.copytree(cfg.path.parent, study)
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this machine lets no process mount a folder of its own")
+    out = study / cfg.name
+    script = f'mount --bind "{out}" "{out}" && mount -o remount,bind,ro "{out}" && exec "$@"'
+    command = [sys.executable, "-m", "autotune.cli", "report", str(study / cfg.path.name)]
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", *command], capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr == f"autotune: error: {out}: cannot write the study's outputs there (Read-only file system)\n"
 
 
 def test_a_prompt_file_starting_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:

@@ -293,9 +293,10 @@ UNREACHABLE = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # a 
         ("", 'clip_model = "ViT-B-32"\nclip_pretrained = "laion2b_s34b_b79k"', "metrics.clip_pretrained: ViT-B-32"),
         ("", 'clip_model = "ViT-B-32"\nclip_pretrained = "weights/missing.bin"', "clip_pretrained: no weights file at"),
         ("", 'lpips_backbone = "weights/alexnet.pth"', "metrics.lpips_backbone: no weights file at"),
-        ('device = "cuda"', "", "model.device: 'cuda' asked for, but torch sees no CUDA device"),
+        ('device = "cuda"', "", "s.toml: model.device: 'cuda' asked for, but torch sees no CUDA device"),
+        ("", 'clip_model = "ViT-Q-99"', "metrics.clip_model: 'ViT-Q-99' is not an open_clip model (the nearest: "),
     ],
-    ids=["hub id", "clip tag", "clip file", "lpips file", "cuda"],
+    ids=["hub id", "clip tag", "clip file", "lpips file", "cuda", "clip name"],
 )
 @pytest.mark.slow
 def test_what_cannot_load_offline_is_one_line_within_seconds_and_leaves_nothing(
@@ -316,7 +317,7 @@ def test_what_cannot_load_offline_is_one_line_within_seconds_and_leaves_nothing(
     out = _cli(path, "study", "--quiet", env=UNREACHABLE)
     assert time.perf_counter() - start < 60  # the process, torch import included; the hub is never waited on
     assert out.returncode == 2, out.stderr
-    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1 and message in out.stderr and len(out.stderr) < 400, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]  # no database, no outputs
 
 

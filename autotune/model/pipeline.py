@@ -144,11 +144,12 @@ def _warn_long_prompts(p: Pipeline, cfg: StudyConfig, most: int = 3) -> None:
             )
 
 
-def resolve_device(device: str) -> str:
-    """A study's device made concrete ("auto": CUDA when there is one); CUDA asked for without one is refused."""
+def resolve_device(device: str, where: str = "model.device") -> str:
+    """A study's device made concrete ("auto": CUDA when there is one); CUDA asked for without one is refused,
+    naming ``where`` it was asked for (the study file's key, or ``--device``)."""
     dev = ModelConfig(device=device).resolved_device(torch.cuda.is_available())
     if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"model.device: {device!r} asked for, but torch sees no CUDA device")
+        raise ConfigError(f'{where}: {device!r} asked for, but torch sees no CUDA device (use "auto" or "cpu")')
     return dev
 
 
@@ -160,7 +161,7 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 def runtime(cfg: StudyConfig, device: str | None = None) -> dict[str, str]:
     """The device kind and dtype a study renders with: trials on another are not comparable."""
-    dev = resolve_device(device or cfg.model.device)
+    dev = resolve_device(device or cfg.model.device, "--device" if device else f"{cfg.path}: model.device")
     return {"device": dev.split(":")[0], "dtype": str(_resolve_dtype(cfg.model.dtype, dev)).removeprefix("torch.")}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from autotune.config.objectives import OBJECTIVES, cost_of
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.rule import collapsed_text
-from autotune.files import atomic_write
+from autotune.files import WriteFailed, atomic_write, write_failure
 from autotune.results.notes import fleet_text, random_weights_warning, speedup_text
 from autotune.results.reader import ClassOutcome, Outcomes, settings_of
 from autotune.results.schema import recommendations_data
@@ -97,10 +97,26 @@ def write_all(outcomes: Outcomes, storage: str | None = None) -> list[Path]:
     from autotune.report.dashboard import publish
     from autotune.report.html import write_report
 
-    cfg = outcomes.cfg
-    paths = write_outputs(cfg, outcomes)
-    paths.append(write_report(cfg, outcomes, storage))
-    publish(cfg, outcomes)
+    cfg, paths, failed = outcomes.cfg, [], []
+
+    def notes() -> list[Path]:  # in the storage, not a file
+        publish(cfg, outcomes)
+        return []
+
+    for what, write in (
+        ("recommendations.json and the Pareto CSVs", lambda: write_outputs(cfg, outcomes)),
+        ("report.html", lambda: [write_report(cfg, outcomes, storage)]),
+        ("the dashboard's notes", notes),
+    ):
+        try:  # each output that can be written is (a full disk may still take a small one)
+            paths += write()
+        except Exception as e:
+            reason = write_failure(e) or (e.strerror if isinstance(e, OSError) else None)  # a read-only folder too
+            if reason is None:
+                raise
+            failed.append(f"{what} ({reason})")
+    if failed:
+        raise WriteFailed(f"{cfg.output_dir}: could not write {'; '.join(failed)}")
     return paths
 
 

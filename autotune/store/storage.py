@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = [
+    "check_not_emptied",
     "nothing_left_on_refusal",
     "open_storage",
     "quiet_optuna",
@@ -101,6 +102,17 @@ def _immediate_transactions(engine: Any) -> None:
 
 def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
+
+
+def check_not_emptied(url: str, results: Path) -> None:
+    """A SQLite database of zero bytes beside an earlier run's ``results`` lost its trials (a copy cut short,
+    a disk that filled): refused, rather than starting afresh and writing over the results that remain."""
+    path = sqlite_path(url) if url.startswith("sqlite:///") else None
+    if path is not None and path.is_file() and path.stat().st_size == 0 and results.is_file():
+        raise ConfigError(
+            f"{path}: the study database is empty (0 bytes), yet {results} holds an earlier run's results: "
+            "restore the database (a backup), or delete both to start the study afresh"
+        )
 
 
 @contextlib.contextmanager

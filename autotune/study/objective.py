@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import traceback
@@ -30,6 +31,7 @@ from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import distinct
 from autotune.decision.panel import noise_seed
 from autotune.decision.pareto import clearly_dominated
+from autotune.files import WriteFailed, write_failure
 from autotune.model.evaluate import Evaluation, Scorer
 from autotune.process import deferred, why, worker_id
 from autotune.space import schedulers
@@ -123,9 +125,38 @@ class Objective:
                 trial.set_user_attr("fail_reason", why(e))
                 self.study.tell(trial, state=TrialState.FAIL)
             raise
-        with deferred():
-            self.study.tell(trial, values, state=state)
+        except Exception as e:
+            self._stop_if_unwritable(trial, e)
+            raise
+        try:
+            with deferred():
+                self.study.tell(trial, values, state=state)
+        except Exception as e:
+            self._stop_if_unwritable(trial, e)
+            raise
         return storage.get_trial(trial._trial_id)
+
+    def _stop_if_unwritable(self, trial: optuna.Trial | None, e: Exception) -> None:
+        """A full disk or a database gone is no fault of the setting, and the next trial would meet it too:
+        the trial is failed as the infrastructure's (rendered again by the next run) where the storage
+        still takes that, and the run stops (:class:`autotune.files.WriteFailed`), keeping what it stored."""
+        reason = write_failure(e)
+        if reason is None:
+            return
+        where = f"{self.class_name} trial {trial.number}" if trial is not None else f"{self.class_name}: a new trial"
+        marked = trial is None
+        with deferred(), contextlib.suppress(Exception):
+            reset_connections(self.study._storage)
+            if trial is not None:
+                trial.set_user_attr("infrastructure", True)
+                trial.set_user_attr("fail_reason", f"could not be written: {reason}")
+                self.study.tell(trial, state=TrialState.FAIL)
+                marked = True
+        then = "renders it again" if marked else "fails it and renders it again"
+        raise WriteFailed(
+            f"{where} could not be stored ({reason}): stopped, every finished trial kept; make room (or bring the "
+            f"database back) and run the same command: it {then}"
+        ) from None
 
     def _trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
@@ -160,6 +191,8 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except Exception as e:  # any render or metric failure fails this trial, not the study
+            if write_failure(e):  # the disk or the database, not the setting (see run_one)
+                raise
             trial.set_user_attr("fail_reason", _reason(e))
             trial.set_user_attr("fail_traceback", traceback.format_exc()[-_TRACEBACK_CHARS:])
             from autotune.model.render import free_memory
@@ -236,6 +269,8 @@ class Objective:
                     Path(self.cfg.artifacts).mkdir(parents=True, exist_ok=True)
                 self._upload(trial, evaluation.images)
             except Exception as e:  # the store failed: the images' metrics stay recorded above
+                if write_failure(e):  # no room left: every next trial would fail alike (see run_one)
+                    raise
                 reason = f"storing the trial's images failed ({self.cfg.artifacts}): {_reason(e)}"
                 trial.set_user_attr("fail_reason", reason)
                 trial.set_user_attr("infrastructure", True)  # not the setting's fault: rendered again next run

@@ -27,7 +27,7 @@ from autotune.config import ConfigError, StudyConfig
 from autotune.config.objectives import OBJECTIVES
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import reused
-from autotune.files import check_writable
+from autotune.files import WriteFailed, check_writable, write_failure
 from autotune.model.evaluate import Evaluator
 from autotune.process import Interrupted, deferred, why, worker_id
 from autotune.results.reader import Outcomes, recommend
@@ -35,7 +35,7 @@ from autotune.space.settings import Settings, searched_params
 from autotune.store.artifacts import check as check_artifacts
 from autotune.store.artifacts import is_bucket, open_store
 from autotune.store.optuna_api import reset_connections
-from autotune.store.storage import nothing_left_on_refusal, open_storage, quiet_optuna
+from autotune.store.storage import check_not_emptied, nothing_left_on_refusal, open_storage, quiet_optuna
 from autotune.store.versions import find_version, fingerprint, study_name
 from autotune.study import ledger
 from autotune.study.decide import ClassRun, check_reach
@@ -140,6 +140,7 @@ def run_study(
         cfg.directory.mkdir(parents=True, exist_ok=True)
     created: list[str] = []
     with quiet_optuna(), nothing_left_on_refusal(url, created):
+        check_not_emptied(url, cfg.output_dir / "recommendations.json")
         rdb = open_storage(url, workers=True)  # a bad storage URL: refused before the model is looked at
         from autotune.model.pipeline import describe_model, resolve_config, runtime
         from autotune.model.sources import weights_digest
@@ -208,6 +209,16 @@ def run_study(
             with deferred():
                 _stopped(studies, runs, str(e), decide)
             raise
+        except Exception as e:  # a full disk, a database gone: stop, keeping what is stored, saying where
+            reason = write_failure(e)
+            if reason is None:
+                raise
+            where = getattr(e, "filename", None) or "the study's storage"  # an output file, or the database
+            failed = e if isinstance(e, WriteFailed) else WriteFailed(f"{where} could not be written ({reason})")
+            with deferred(), contextlib.suppress(Exception):  # where the storage still takes it
+                reset_connections(rdb)
+                _stopped(studies, runs, f"could not write ({reason})", decide)
+            raise failed from None
         _stopped(studies, runs, "the time limit", decide)
         return recommend(resolved, storage=url, version=version)
 

@@ -66,6 +66,12 @@ def load_open_clip(name: str, pretrained: str | None = None, home: str = "") -> 
             raise ConfigError(f"metrics.clip_pretrained: no weights file at {pretrained!r}")
     elif pretrained is not None:
         _check_tag(open_clip, name, pretrained)
+    if not name.startswith(("local-dir:", "hf-hub:")) and name not in open_clip.list_models():
+        import difflib
+
+        near = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.5)
+        hint = f"the nearest: {', '.join(near)}" if near else "open_clip.list_models() has them"
+        raise ConfigError(f"metrics.clip_model: {name!r} is not an open_clip model ({hint})")
     try:
         model = open_clip.create_model(name, pretrained=pretrained)
     except (RuntimeError, ValueError, OSError, KeyError) as e:
