@@ -89,3 +89,35 @@ def test_a_fitted_schedule_round_trips_from_the_study_to_the_export(study_file) 
     later = again["portrait"].load_study()
     assert later.user_attrs["fitted_schedules"] == fits
     assert [t.user_attrs["timesteps"] for t in later.trials if t.params.get("guidance") == 5.0] == [fit["timesteps"]]
+
+
+@pytest.mark.slow
+def test_a_fit_stops_at_the_deadline_and_what_it_reached_is_this_trials_alone(study_file, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A stepped clock: each of the fit's renders takes 10 s of it, nothing else any. With 35 s, the fit
+    renders its three spacings (30 s), begins one move before the deadline (40 s) and looks no further;
+    the trial renders what the fit reached, and the study keeps no schedule that was cut short."""
+    from autotune.model import fit as fit_module
+    from autotune.study import run
+
+    path = study_file(n_trials=1)
+    text = path.read_text().replace('schedulers = ["euler", "dpmpp_2m_karras", "ddim"]', 'schedulers = ["dpmpp_2m"]')
+    path.write_text(text.replace("[search]\n", '[search]\nfitted_schedules = true\nvariants = ["sigmas"]\n'))
+    cfg = load_config(path)
+    run_study(cfg, progress=False)  # the baseline
+    study = optuna.load_study(study_name="small.portrait", storage=cfg.default_storage)
+    study.enqueue_trial({"scheduler": "dpmpp_2m", "steps": 4, "guidance": 7.5, "dpmpp_2m.sigmas": "fitted"})
+    clock, real = {"t": 1000.0}, fit_module.generate
+
+    def ten_seconds(*args, **kwargs):  # type: ignore[no-untyped-def]
+        clock["t"] += 10
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "now", lambda: clock["t"])
+    monkeypatch.setattr(fit_module, "generate", ten_seconds)
+    more = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=2))
+    outcome = run_study(more, progress=False, timeout=35)["portrait"]
+    assert clock["t"] == 1040  # three spacings, then the one move begun before the deadline
+    (t,) = [t for t in outcome.trials if t.params.get("dpmpp_2m.sigmas") == "fitted"]
+    assert t.state.name == "COMPLETE" and t.user_attrs["fit_stopped"] == "the time limit"
+    assert len(t.user_attrs["timesteps"]) == 4 and "dpmpp_2m|4" not in study.user_attrs.get("fitted_schedules", {})
+    assert outcome.decision_state == "stopped: the time limit"

@@ -58,7 +58,7 @@ class Scorer(Protocol):
     ) -> Evaluation: ...
 
     def fit_schedule(
-        self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]
+        self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int], in_time: Callable[[], bool] = ...
     ) -> tuple[list[int], dict[str, Any]]: ...
 
     def time(self, settings: Settings, prompt: str, seed: int, repeats: int) -> list[float]: ...
@@ -155,11 +155,15 @@ class Evaluator:
             raise ConfigError(f"{cfg.path}: reference: {verdict} (or pass --no-reference-check)")
 
     def fit_schedule(
-        self, settings: Settings, prompts: Sequence[str], seeds: Sequence[int]
+        self,
+        settings: Settings,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        in_time: Callable[[], bool] = lambda: True,
     ) -> tuple[list[int], dict[str, Any]]:
         """The class's own timesteps for ``settings`` (:func:`autotune.model.fit.fit_timesteps`), fitted on
         the first ``FIT_PROMPTS`` of ``prompts`` x ``seeds`` against the reference and checked on the next
-        ones, by LPIPS (by pixels where LPIPS is no objective)."""
+        ones, by LPIPS (by pixels where LPIPS is no objective); ``in_time`` as there."""
         from autotune.model.fit import FIT_PROMPTS, fit_timesteps
 
         m, n = self.cfg.model, FIT_PROMPTS
@@ -170,7 +174,7 @@ class Evaluator:
         distance = lpips if lpips is not None else (lambda a, b: ((a - b) ** 2).flatten(1).mean(1))
         return fit_timesteps(
             self.pipeline, settings, fit, seeds, refs, distance, m.height, m.width, self.cfg.search.batch_size,
-            check=check,
+            check=check, in_time=in_time,
         )  # fmt: skip
 
     def evaluate(

@@ -56,6 +56,7 @@ def fit_timesteps(
     batch_size: int | str = "auto",
     max_renders: int = MAX_RENDERS,
     check: tuple[Sequence[str], Any] | None = None,
+    in_time: Callable[[], bool] = lambda: True,
 ) -> tuple[list[int], dict[str, Any]]:
     """The fitted timesteps for ``settings`` (a ``sigmas = "fitted"`` setting) and what the fit did:
     the spacing it started from, its distance and the fitted one's (mean over the fit images, against
@@ -64,6 +65,9 @@ def fit_timesteps(
     ``check``: other prompts and their references (same seeds) the fitted list must also be closer on
     than the spacing it started from, else the fit keeps that spacing (a fit to four images can chase
     their noise: probed here, one moved DPM++ 2M's first step off the top and was 7x worse elsewhere).
+
+    ``in_time``: looked at before each move's render; once False, the descent stops where it is (still never
+    worse than its start on the fit images) and ``info["stopped"]`` says so: the run's deadline passed.
     """
     top = int(p.base_scheduler_config.get("num_train_timesteps", 1000)) - 1
     renders = images = 0
@@ -81,13 +85,15 @@ def fit_timesteps(
     scored = {ts: score(ts) for ts in starts}
     first = min(scored, key=scored.__getitem__)
     best, value = list(first), scored[first]
+    stopped = False
     for move in MOVES:
         improved = True
-        while improved and renders < max_renders:
+        while improved and renders < max_renders and not stopped:
             improved = False
             for i in range(len(best)):
                 for step in (move, -move):
-                    if renders >= max_renders:
+                    stopped = stopped or not in_time()
+                    if renders >= max_renders or stopped:
                         break
                     candidate = list(best)
                     candidate[i] += step
@@ -112,5 +118,6 @@ def fit_timesteps(
         "images": images,
         "calls": images * settings.steps,  # denoiser calls per image x images: the fit's cost
         "guidance": settings.guidance,
+        **({"stopped": "the time limit"} if stopped else {}),
     }
     return best, info

@@ -204,26 +204,36 @@ class Objective:
     def _fitted(self, trial: optuna.Trial, settings: Settings) -> Settings:
         """The class's own schedule for the sampler and step count: fitted by the first trial that needs it
         while the fits have cost less than ``FIT_SHARE`` of the search's denoiser calls, afterwards the
-        sampler's nearest fitted schedule resampled to the steps; kept in the study for every later run."""
+        sampler's nearest fitted schedule resampled to the steps; kept in the study for every later run (one
+        the deadline cut short is this trial's alone, ``fit_stopped``: the next run's trials fit afresh)."""
         from autotune.model.fit import FIT_SHARE
 
         fits = dict(self.study.user_attrs.get("fitted_schedules", {}))
         name = f"{settings.scheduler}|{settings.steps}"
-        if name not in fits:
+        fit = fits.get(name)
+        if fit is None:
             s = self.cfg.search
             budget = FIT_SHARE * self.target * len(self.prompts) * len(self.seeds) * sum(s.steps) / 2
             own = {int(k.split("|")[1]): f for k, f in fits.items() if k.split("|")[0] == settings.scheduler}
             if sum(f.get("calls", 0) for f in fits.values()) < budget or not own:
-                timesteps, info = self.scorer.fit_schedule(settings, self.prompts, self.seeds)
+                timesteps, info = self.scorer.fit_schedule(settings, self.prompts, self.seeds, self.in_time)
             else:  # the fit budget is spent: the nearest fit of this sampler, resampled
                 near = min(own, key=lambda n: (abs(n - settings.steps), n))
                 timesteps, info = resample(own[near]["timesteps"], settings.steps), {"resampled_from": near}
-            fits[name] = {"timesteps": timesteps, **info, "trial": trial.number}
-            self.study.set_user_attr("fitted_schedules", fits)
-        settings = dataclasses.replace(settings, timesteps=tuple(fits[name]["timesteps"]))
-        trial.set_user_attr("timesteps", fits[name]["timesteps"])
+            fit = {"timesteps": timesteps, **info, "trial": trial.number}
+            if info.get("stopped"):  # cut short by the deadline: this trial renders it; not kept for later ones
+                trial.set_user_attr("fit_stopped", info["stopped"])
+            else:
+                fits[name] = fit
+                self.study.set_user_attr("fitted_schedules", fits)
+        settings = dataclasses.replace(settings, timesteps=tuple(fit["timesteps"]))
+        trial.set_user_attr("timesteps", fit["timesteps"])
         trial.set_user_attr("setting", settings.label())  # with its timesteps, as the dashboard shows it
         return settings
+
+    def in_time(self) -> bool:
+        """Whether the run's deadline is still ahead (the run sets it): a fit looks between its renders."""
+        return True
 
     def _enqueue_fresh(self, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> None:
         """A sampler that repeats itself has stopped exploring: the next trial tries a new setting."""
