@@ -28,7 +28,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError, StudyConfig, load_config
-from autotune.decision.panel import noise_seed
+from autotune.noise import noise_seed
 from autotune.results.schema import ClassRecommendation, Recommendations, load_recommendations
 from autotune.serving.apply import apply
 from autotune.space.settings import Settings

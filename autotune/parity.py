@@ -38,6 +38,7 @@ from typing import Any
 
 from autotune.config import StudyConfig
 from autotune.results.schema import DEFAULT_CLASS, ClassRecommendation, Recommendations
+from autotune.space.settings import guidance_on
 from autotune.space.tools import TOOLS
 
 __all__ = ["NOT_INSTALLED", "SEEDS", "check", "check_file", "k_diffusion", "tool_sigmas"]
@@ -146,7 +147,7 @@ def render(p: Any, modules: tuple[Any, Any], tool: str, setting: tuple[str, str,
     cond, uncond = embeds["prompt_embeds"], embeds["negative_prompt_embeds"]
 
     def denoise(x: Any, sigma: Any, **_: Any) -> Any:  # guidance on the denoised outputs, as both tools do
-        if guidance <= 1:
+        if not guidance_on(guidance):
             return model(x, sigma, cond=cond)
         u, c = model(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=torch.cat([uncond, cond])).chunk(2)
         return u + (c - u) * guidance

@@ -11,9 +11,11 @@ from autotune.space.settings import Settings
 
 
 def test_cpu_timer_measures_the_work_inside_it() -> None:
+    start = time.perf_counter()
     with DeviceTimer("cpu") as t:
         time.sleep(0.05)
-    assert 0.05 <= t.seconds < 1.0
+    around = time.perf_counter() - start
+    assert 0.05 <= t.seconds <= around  # the work inside, at most what a clock around it saw: no machine's speed
 
 
 def test_timer_reports_nan_before_use() -> None:

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -299,7 +298,7 @@ UNREACHABLE = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # a 
     ids=["hub id", "clip tag", "clip file", "lpips file", "cuda", "clip name"],
 )
 @pytest.mark.slow
-def test_what_cannot_load_offline_is_one_line_within_seconds_and_leaves_nothing(
+def test_what_cannot_load_offline_is_one_line_and_leaves_nothing(
     tmp_path: Path, model: str, metrics: str, message: str
 ) -> None:
     if "cuda" in model and torch.cuda.is_available():
@@ -313,9 +312,7 @@ def test_what_cannot_load_offline_is_one_line_within_seconds_and_leaves_nothing(
         text = text.replace('device = "cpu"', model)
     path = tmp_path / "s.toml"
     path.write_text(text)
-    start = time.perf_counter()
-    out = _cli(path, "study", "--quiet", env=UNREACHABLE)
-    assert time.perf_counter() - start < 60  # the process, torch import included; the hub is never waited on
+    out = _cli(path, "study", "--quiet", env=UNREACHABLE)  # the hub is a closed port: refused, never waited on
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and message in out.stderr and len(out.stderr) < 400, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]  # no database, no outputs
@@ -357,11 +354,10 @@ def test_a_cached_hub_id_loads_from_the_cache_when_the_hub_is_unreachable(tmp_pa
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123abcd")
     code = (
-        "import time; t = time.perf_counter()\n"
         "from autotune.config import ModelConfig\n"
         "from autotune.model.pipeline import load_pipeline\n"
         "p = load_pipeline(ModelConfig(id='someorg/tiny', device='cpu'))\n"
-        "print(type(p.pipe).__name__, round(time.perf_counter() - t))\n"
+        "print(type(p.pipe).__name__)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -371,5 +367,4 @@ def test_a_cached_hub_id_loads_from_the_cache_when_the_hub_is_unreachable(tmp_pa
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    name, seconds = out.stdout.split()
-    assert name == "StableDiffusionPipeline" and int(seconds) < 60  # imports and load, no waiting on the hub
+    assert out.stdout.strip() == "StableDiffusionPipeline"  # from the cache: the unreachable hub was not needed

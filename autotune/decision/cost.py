@@ -14,7 +14,7 @@ from typing import Any
 
 from autotune.space.settings import Settings
 
-__all__ = ["SecondsFit", "evaluations", "fit_seconds", "guided_share"]
+__all__ = ["SecondsFit", "evaluations", "fit_seconds", "guided_share", "priced"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,13 @@ def guided_share(calls: float | None, guided_calls: float | None, setting: Setti
 
 def evaluations(calls: float | None, guided_calls: float | None, setting: Settings) -> float | None:
     """Model evaluations per image: each denoiser call, twice where it ran with guidance (None: unknown)."""
-    return None if not calls else float(calls) * (1.0 + guided_share(calls, guided_calls, setting))
+    return None if not calls else priced(None, float(calls), guided_share(calls, guided_calls, setting))
+
+
+def priced(fit: SecondsFit | None, calls: float, guided: float) -> float:
+    """A setting's cost in one unit for rendered and untried settings alike: seconds on the fitted line
+    where there is one, else model evaluations (each denoiser call, twice for the ``guided`` share)."""
+    return fit(calls, guided) if fit is not None else calls * (1.0 + guided)
 
 
 def _nonnegative_lstsq(x: Any, y: Any) -> Any:

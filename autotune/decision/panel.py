@@ -2,11 +2,8 @@
 noise each of them draws.
 
 Each image its own noise: the seed of a unit numbers a prompt's images (``search.seeds``, the racing and
-confirmation seeds); the image's initial noise comes from a generator seeded with :func:`noise_seed` of
-its prompt's text and that number. No two prompts share a noise (a noise shared by every prompt is a
-factor of its own: a bound over prompts then speaks for those few noises), an image keeps its noise
-when prompts are reordered or added, and every setting of a class draws the same noise for it, so
-candidate and baseline stay paired image by image.
+confirmation seeds); the image's initial noise comes from a generator seeded with
+:func:`autotune.noise.noise_seed` of its prompt's text and that number.
 
 The bound is over prompts (production sends new prompts of a class), so the panel adds prompts
 before seeds: every trial renders the first chunk (``prompts_per_trial`` prompts x the search seeds);
@@ -39,7 +36,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -47,21 +43,9 @@ from typing import Any
 
 from autotune.decision.looks import ALPHA, spend
 
-__all__ = ["NOISE", "Look", "Panel", "Unit", "noise_seed", "race_seeds"]
+__all__ = ["Look", "Panel", "Unit", "race_seeds"]
 
 Unit = tuple[int, int]  # (prompt index, seed)
-NOISE = "per image"  # the fingerprint's word for this panel (studies before it shared one noise per seed)
-
-
-def noise_seed(prompt: str, seed: int) -> int:
-    """The generator seed of image ``seed`` of ``prompt``: its own noise, from the prompt's text and the
-    number (31 bits, a seed every tool takes: diffusers, AUTOMATIC1111, ComfyUI).
-
-    >>> noise_seed("a red letter A", 0) != noise_seed("a red letter B", 0)
-    True
-    """
-    digest = hashlib.sha256(f"{seed}\n{prompt}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from autotune.decision.panel import noise_seed
 from autotune.model.encode import encode_prompt
 from autotune.model.pipeline import Pipeline
 from autotune.model.timing import DeviceTimer
+from autotune.noise import noise_seed
 from autotune.space import schedulers
-from autotune.space.settings import Settings
+from autotune.space.settings import Settings, guidance_on
 
 __all__ = ["Render", "RenderError", "free_memory", "generate", "render_pairs", "seeded", "time_serving"]
 
@@ -183,7 +183,7 @@ def time_serving(
     the process is an untimed 2-step warm-up, so allocations and kernel choice are not billed."""
     p.pipe.scheduler = schedulers.build(settings.scheduler, p.base_scheduler_config, dict(settings.options))
     prompts, seeds = [prompt] * batch_size, [seed + i for i in range(batch_size)]
-    shape = (batch_size, height, width, settings.guidance > 1)
+    shape = (batch_size, height, width, guidance_on(settings.guidance))
     if shape not in p.warmed:
         _call(p, settings.warm_up(), prompts, seeds, height, width, encode=True)
         p.warmed.add(shape)

@@ -29,9 +29,9 @@ import plotly.graph_objects as go
 
 from autotune.config.objectives import cost_of, quality
 from autotune.config.resolve import ResolvedStudy, reference_setting
-from autotune.decision.panel import noise_seed
 from autotune.decision.rule import collapsed_images, collapsed_text
 from autotune.files import atomic_write
+from autotune.noise import noise_seed
 from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
 from autotune.report.images import StoredImages
 from autotune.results.notes import (

@@ -31,6 +31,7 @@ __all__ = [
     "Settings",
     "ays_timesteps",
     "cutoff_kwargs",
+    "guidance_on",
     "guided_steps",
     "resample",
     "searched_params",
@@ -75,6 +76,12 @@ class SearchSpace(Protocol):
     def guidance_cutoff(self) -> tuple[float, float] | None: ...
     @property
     def guidance_cutoff_step(self) -> float: ...
+
+
+def guidance_on(guidance: float) -> bool:
+    """Whether classifier-free guidance runs (a second, unconditional model call per step): diffusers'
+    pipelines guide when ``guidance_scale > 1``, and so do the renders, the parity check and the cost."""
+    return float(guidance) > 1.0
 
 
 def guided_steps(timesteps: int, cutoff: float) -> int:
@@ -143,7 +150,7 @@ class Settings:
             chosen = [(k, v) for k, v in chosen if k != "timestep_spacing"]
         n = int(steps) * schedulers.get(scheduler).calls_per_step
         cut = round(float(cutoff), 6)
-        if float(guidance) <= 1.0 or guided_steps(n, cut) >= n:  # guidance on every step: no cutoff at all
+        if not guidance_on(guidance) or guided_steps(n, cut) >= n:  # guidance on every step: no cutoff at all
             cut = 1.0
         own = tuple(int(t) for t in timesteps) if dict(chosen).get("sigmas") == "fitted" else ()
         return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own)
@@ -259,7 +266,7 @@ class Settings:
     def guided_share(self) -> float:
         """The share of the model evaluations that run with guidance (0 without guidance), as the render
         counts them; for a setting not rendered yet, from its steps."""
-        if self.guidance <= 1.0:
+        if not guidance_on(self.guidance):
             return 0.0
         return guided_steps(self.calls, self.cutoff) / self.calls
 

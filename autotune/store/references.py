@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, Text, create_engine, select
 from sqlalchemy.exc import IntegrityError
 
-from autotune.decision.panel import noise_seed
+from autotune.noise import noise_seed
 from autotune.space.settings import Settings
 from autotune.store.storage import retry_schema_race
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.resolve import ResolvedStudy, resolve
-from autotune.decision.panel import NOISE
+from autotune.noise import NOISE
 from autotune.space import schedulers
 from autotune.space.families import FAMILIES
 

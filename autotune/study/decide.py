@@ -33,13 +33,15 @@ from autotune.config import ConfigError
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.agenda import Action, neighbours, next_action
 from autotune.decision.bounds import Tolerance
+from autotune.decision.cost import priced
 from autotune.decision.evidence import CONFIRMATIONS, NOISE_SEED, Evidence, renders_key, reused, unit_key
 from autotune.decision.looks import clean_images_needed, confirmation_alpha
-from autotune.decision.panel import Panel, noise_seed
+from autotune.decision.panel import Panel
 from autotune.decision.propose import Proposer, Tried, lines_of
 from autotune.decision.rule import TIMED_TOGETHER, Schedule, decide, excess, margin, overall, timed_together, verdicts
 from autotune.decision.tolerance import tolerance
 from autotune.model.evaluate import Scorer, in_turn
+from autotune.noise import noise_seed
 from autotune.space import schedulers
 from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
@@ -149,15 +151,10 @@ class ClassRun:
 
     # cost in one unit for rendered and untried settings ----------------------------------------------
     def _cost(self, s: Settings) -> float:
-        calls, guided = s.calls, s.guided_share()
-        fit = self.evidence.fit
-        return fit(calls, guided) if fit is not None else calls * (1.0 + guided)
+        return priced(self.evidence.fit, s.calls, s.guided_share())
 
     def _best_cost(self, chosen: Any) -> float:
-        fit = self.evidence.fit
-        if chosen.calls is None:
-            return math.inf
-        return fit(chosen.calls, chosen.guided) if fit is not None else chosen.calls * (1.0 + chosen.guided)
+        return math.inf if chosen.calls is None else priced(self.evidence.fit, chosen.calls, chosen.guided)
 
     # one unit of work ---------------------------------------------------------------------------------
     def announce(self, doing: str) -> None:

@@ -29,10 +29,10 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.config.objectives import COST, OBJECTIVES, summarise
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import distinct
-from autotune.decision.panel import noise_seed
 from autotune.decision.pareto import clearly_dominated
 from autotune.files import WriteFailed, write_failure
 from autotune.model.evaluate import Evaluation, Scorer
+from autotune.noise import noise_seed
 from autotune.process import deferred, why, worker_id
 from autotune.space import schedulers
 from autotune.space.settings import Settings, resample, suggest
