@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError, StudyConfig, load_config
 from autotune.noise import noise_seed
-from autotune.results.schema import ClassRecommendation, Recommendations, load_recommendations
+from autotune.results.recommendations_file import ClassRecommendation, Recommendations, load_recommendations
 from autotune.serving.apply import apply
 from autotune.space.settings import Settings
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
 
-from autotune.config.schema import device_expected
+from autotune.config.tables import device_expected
 
 __all__ = ["device", "image_numbers", "parse_duration", "parser", "port", "positive_int"]
 

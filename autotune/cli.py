@@ -33,7 +33,7 @@ def _load(args: argparse.Namespace) -> Any:
     import dataclasses
 
     from autotune.config import StorageConfig
-    from autotune.config.schema import artifacts_location
+    from autotune.config.tables import artifacts_location
 
     cfg = load_config(args.config)
     where = getattr(args, "artifacts", None)
@@ -129,7 +129,7 @@ def _lacking(why: dict[str, str]) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from autotune.report.table import format_table
     from autotune.results.reader import recommend
-    from autotune.results.schema import recommendations_data
+    from autotune.results.recommendations_file import recommendations_data
 
     cfg = load_config(args.config)
     outcomes = recommend(cfg, storage=args.storage)
@@ -141,7 +141,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autotune.results.schema import load_recommendations
+    from autotune.results.recommendations_file import load_recommendations
     from autotune.serving.export import export
 
     recs = load_recommendations(args.study)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.config import StudyConfig
-from autotune.results.schema import DEFAULT_CLASS, ClassRecommendation, Recommendations
+from autotune.results.recommendations_file import DEFAULT_CLASS, ClassRecommendation, Recommendations
 from autotune.space.settings import guidance_on
 from autotune.space.tools import TOOLS
 

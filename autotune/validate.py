@@ -24,7 +24,7 @@ from typing import Any
 
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.objectives import quality
-from autotune.config.schema import read_text
+from autotune.config.tables import read_text
 from autotune.decision.bounds import BROKEN
 from autotune.results.notes import speedup_text
 
@@ -95,7 +95,7 @@ def validate(
     from autotune.model.evaluate import Evaluator, in_turn
     from autotune.model.pipeline import resolve_config
     from autotune.results.notes import call_ratio, timing_check
-    from autotune.results.schema import DEFAULT_CLASS, load_recommendations
+    from autotune.results.recommendations_file import DEFAULT_CLASS, load_recommendations
     from autotune.serving.router import Router
     from autotune.space import schedulers
     from autotune.space.settings import Settings

@@ -254,9 +254,9 @@ def one_study(r: Renders, c: str, seed: int, front_share: float, n_trials: int) 
     from autotune.config.resolve import resolve
     from autotune.space import schedulers
     from autotune.study.decide import ClassRun
-    from autotune.study.objective import Objective
     from autotune.study.run import open_class_study
     from autotune.study.sampling import make_sampler
+    from autotune.study.trials import TrialRunner
 
     rng = random.Random(seed)
     base_cfg = r.config()
@@ -275,7 +275,7 @@ def one_study(r: Renders, c: str, seed: int, front_share: float, n_trials: int) 
     study.sampler = make_sampler(cfg.search.sampler, seed)
     study.set_user_attr("seed_lpips", r.seed_lpips(c))
     study.set_user_attr("scheduler_base", dict(stand.scheduler_config))
-    objective = Objective(cfg, study, c, stand, n_trials, rng=random.Random(seed))
+    objective = TrialRunner(cfg, study, c, stand, n_trials, rng=random.Random(seed))
     run = ClassRun(cfg, study, c, stand, objective)
     while run.step():
         pass

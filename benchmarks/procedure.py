@@ -373,7 +373,7 @@ def glyphs_world(class_name: str, allowance: float) -> World:
     base = values(grid.BASELINE)
     _, b_between, b_within, _ = _normal_part(base, prompts)
     seed_lpips = float(r.data[f"{class_name}|seed_lpips"])
-    from autotune.config.study import RecommendConfig
+    from autotune.config.study_file import RecommendConfig
 
     rec = RecommendConfig()
     tol = {"clip_score": rec.clip_tolerance_sd * b_within["clip_score"], "lpips": rec.lpips_tolerance * seed_lpips}
@@ -516,9 +516,9 @@ def one_study(world: World, seed: int, cfg: Any, base_config: Mapping[str, Any])
     import optuna
 
     from autotune.study.decide import ClassRun
-    from autotune.study.objective import Objective
     from autotune.study.run import open_class_study
     from autotune.study.sampling import make_sampler
+    from autotune.study.trials import TrialRunner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     c = world.class_name
@@ -534,7 +534,7 @@ def one_study(world: World, seed: int, cfg: Any, base_config: Mapping[str, Any])
     study.set_user_attr("seed_lpips", world.seed_lpips)
     study.set_user_attr("scheduler_base", dict(base_config))
     n_trials = cfg.search.n_trials
-    run = ClassRun(cfg, study, c, stand, Objective(cfg, study, c, stand, n_trials, rng=random.Random(seed)))
+    run = ClassRun(cfg, study, c, stand, TrialRunner(cfg, study, c, stand, n_trials, rng=random.Random(seed)))
     while run.step():
         pass
     rec = run.recommendation()

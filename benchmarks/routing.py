@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from autotune.results.schema import router_data
+from autotune.results.recommendations_file import router_data
 from autotune.serving.router import Router
 from autotune.weights.clip import class_embedding, load_text_encoder
 

@@ -17,7 +17,7 @@ Seconds are each setting's serving call timed alone (median of 3 after a warm-up
 ``Renders.seconds``), checked against model calls (a speed-up over ``PHYSICAL`` x its call ratio is
 refused). Each of autotune's samplers (``[search] sampler``, the same Optuna configuration), a
 coarse grid (every other step count and guidance value) and a cheapest-first sweep (by model calls)
-then run through autotune's own objective (``autotune.study.objective.Objective``: baseline first; a
+then run through autotune's own objective (``autotune.study.trials.TrialRunner``: baseline first; a
 repeated setting costs nothing and the next trial is a random untried one; ``NAME+rough`` pays the
 first seed's share of a setting and the rest only when it is not clearly dominated), with the cached
 renders standing in for the renderer, until it has spent 50 % of the grid's model evaluations (on
@@ -228,9 +228,9 @@ def run_sampler(
     calls (ties in random order)."""
     import random
 
-    from autotune.study.objective import Objective
     from autotune.study.run import open_class_study
     from autotune.study.sampling import make_sampler
+    from autotune.study.trials import TrialRunner
 
     total = sum(calls(k) for k in rows) * len(study_prompts(r, class_name)) * len(STUDY_SEEDS)
     true_keys = _front(rows)
@@ -253,7 +253,7 @@ def run_sampler(
         for k in order:
             study.enqueue_trial({"scheduler": k[0], "steps": k[1], "guidance": k[2]})
     scorer = GridScorer(r)
-    objective = Objective(cfg, study, class_name, scorer, target=len(rows), rng=random.Random(seed))
+    objective = TrialRunner(cfg, study, class_name, scorer, target=len(rows), rng=random.Random(seed))
     overhead: list[float] = []
 
     def key(t: Any) -> Key:

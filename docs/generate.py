@@ -1,5 +1,5 @@
 """Writes docs/reference.md from the code: every study-file key (its default and meaning, from the
-dataclasses of autotune/config/study.py and the comment on each field) and every CLI flag (from
+dataclasses of autotune/config/study_file.py and the comment on each field) and every CLI flag (from
 argparse). `python docs/generate.py` rewrites it; tests/test_docs.py fails when the two disagree.
 """
 
@@ -59,7 +59,7 @@ def _markdown(text: str) -> str:
 
 def tables() -> list[tuple[str, type, str]]:
     from autotune.config.load import _SECTIONS
-    from autotune.config.study import CustomMetricConfig
+    from autotune.config.study_file import CustomMetricConfig
 
     out = [(f"[{name}]", cls, (cls.__doc__ or "").split("\n\n")[0]) for name, cls in _SECTIONS.items()]
     out.insert(3, ("[metrics.custom.NAME]", CustomMetricConfig, (CustomMetricConfig.__doc__ or "").split("\n\n")[0]))

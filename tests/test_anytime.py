@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.cli import main
 from autotune.config import load_config
 from autotune.results.reader import recommend
-from autotune.results.schema import recommendations_data
+from autotune.results.recommendations_file import recommendations_data
 from autotune.study.run import run_study
 
 PROMPTS = ["an old fisherman", "a red apple", "a blue car", "a green tree", "a yellow house", "a black cat"]

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from autotune.cli import main
 from autotune.config import load_config
 from autotune.store.optuna_api import artifact_files
-from autotune.store.references import image_name
+from autotune.store.reference_table import image_name
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")

@@ -111,7 +111,7 @@ def test_each_class_studies_a_sample_of_its_members_not_its_most_central(written
 
 def test_the_router_of_the_study_sends_held_out_prompts_to_their_class(written) -> None:  # type: ignore[no-untyped-def]
     from autotune.config import load_config
-    from autotune.results.schema import router_data
+    from autotune.results.recommendations_file import router_data
     from autotune.serving.router import Router
     from autotune.weights.clip import class_embedding, load_text_encoder
 

@@ -94,7 +94,7 @@ def test_demo_study_file_is_valid() -> None:
 def test_the_gpu_study_file_names_a_hub_model_and_real_metric_weights() -> None:
     """The file the README's GPU section runs: it loads and resolves against its family offline (the model
     itself is not looked for here: no hub)."""
-    from autotune.config.schema import local_weights
+    from autotune.config.tables import local_weights
 
     cfg = load_config(Path(__file__).parent.parent / "studies" / "sd15.toml")
     assert local_weights("model.id", cfg.model.id, cfg.model.home) is None  # a hub id, not a path

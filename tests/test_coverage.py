@@ -20,7 +20,7 @@ import math
 import numpy as np
 import pytest
 
-from autotune.config.study import RecommendConfig
+from autotune.config.study_file import RecommendConfig
 from autotune.decision.bounds import Tolerance, broken_bound, paired_bound, t95
 from autotune.decision.evidence import Candidate
 from autotune.decision.panel import Panel

@@ -78,7 +78,7 @@ def test_every_name_recommendations_json_gives_is_the_one_export_gives() -> None
     (they did for DEIS, DPM++ 2S, TCD, PNDM and the flow samplers)."""
     from types import SimpleNamespace
 
-    from autotune.results.schema import _from_summary, trial_summary
+    from autotune.results.recommendations_file import _from_summary, trial_summary
     from autotune.space import schedulers
     from autotune.space.families import FAMILIES
 

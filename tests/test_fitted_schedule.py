@@ -15,7 +15,7 @@ import torch
 import autotune
 from autotune.config import load_config
 from autotune.model.fit import FIT_PROMPTS
-from autotune.results.schema import _from_summary, trial_summary
+from autotune.results.recommendations_file import _from_summary, trial_summary
 from autotune.serving.export import a1111, comfyui, export
 from autotune.space.families import FAMILIES
 from autotune.space.settings import Settings, variant_choices

@@ -15,7 +15,7 @@ from autotune.decision.agenda import neighbours
 from autotune.decision.cost import evaluations
 from autotune.model.render import generate
 from autotune.results.notes import call_ratio
-from autotune.results.schema import _from_summary, trial_summary
+from autotune.results.recommendations_file import _from_summary, trial_summary
 from autotune.serving.export import a1111, comfyui, export
 from autotune.space import schedulers
 from autotune.space.families import FAMILIES

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +104,7 @@ def test_every_import_runs_down_a_floor() -> None:
         if _folder(m) != _folder(n) and FLOOR[_folder(n)] >= FLOOR[_folder(m)]
     )
     assert not up, up
-    assert "autotune.store.references" in graph["autotune.model.references"]  # the graph sees folders
+    assert "autotune.store.reference_table" in graph["autotune.model.references"]  # the graph sees folders
 
 
 def _loaded(code: str) -> list[str]:
@@ -119,7 +120,7 @@ def test_rendering_and_validating_import_no_optuna() -> None:
 
 
 def test_reading_a_study_imports_neither_torch_nor_optuna() -> None:
-    loaded = _loaded("import autotune.results.reader, autotune.results.schema, autotune.report.table")
+    loaded = _loaded("import autotune.results.reader, autotune.results.recommendations_file, autotune.report.table")
     assert "torch" not in loaded and "optuna" not in loaded
 
 
@@ -146,3 +147,9 @@ def test_pyproject_states_ranges_and_constraints_pin_exactly() -> None:
     assert [d for d in deps if "==" in d] == []  # installing autotune never replaces a serving torch
     pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().split() if "==" in line)
     assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+
+
+def test_no_two_modules_share_a_file_name() -> None:
+    """A newcomer reading ``schema.py`` or ``references.py`` in a traceback knows which one it is."""
+    names = Counter(p.name for p in (ROOT / "autotune").rglob("*.py") if p.name != "__init__.py")
+    assert not [n for n, c in names.items() if c > 1]

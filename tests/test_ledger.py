@@ -18,8 +18,8 @@ from autotune.space.families import FAMILIES, Family
 from autotune.space.schedulers import names
 from autotune.space.settings import Settings, variant_choices
 from autotune.study import ledger
-from autotune.study.objective import Objective
 from autotune.study.run import open_class_study
+from autotune.study.trials import TrialRunner
 
 T0 = datetime.datetime(2026, 11, 26, 22, 0, 0)
 
@@ -108,7 +108,7 @@ def test_a_setting_another_worker_is_rendering_is_left_to_it(study_file: Callabl
     cfg = resolve(load_config(study_file(n_trials=5)), FAMILIES["sd"], names())
     study = open_class_study(cfg, "portrait", storage)
     scorer = _CountingScorer()
-    objective = Objective(cfg, study, "portrait", scorer, target=5)
+    objective = TrialRunner(cfg, study, "portrait", scorer, target=5)
     assert objective.run_one().state == TrialState.COMPLETE  # the baseline
     other = study.ask()  # another worker, mid-render of the setting enqueued next
     setting = Settings.make("euler", 6, 3.0)
@@ -129,7 +129,7 @@ def test_a_variant_equal_to_the_models_default_is_the_default_setting_reused_not
     cfg = resolve(load_config(study_file(n_trials=5)), FAMILIES["sd"], names())
     study = open_class_study(cfg, "portrait", storage)
     scorer = _CountingScorer()
-    objective = Objective(cfg, study, "portrait", scorer, target=5)
+    objective = TrialRunner(cfg, study, "portrait", scorer, target=5)
     objective.run_one()  # the baseline
     searched = variant_choices("dpmpp_2m_karras", cfg.search.variants, cfg.family)
     for spacing in ("default", "leading", "trailing"):

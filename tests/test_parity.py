@@ -12,7 +12,7 @@ import pytest
 
 from autotune import parity
 from autotune.cli import main
-from autotune.results.schema import ClassRecommendation, Recommendations, load_recommendations
+from autotune.results.recommendations_file import ClassRecommendation, Recommendations, load_recommendations
 from autotune.serving.export import export
 from autotune.space.tools import TOOLS
 

@@ -6,7 +6,7 @@ import torch
 
 from autotune.model.references import ReferenceStore, decode_png, encode_png
 from autotune.space.settings import Settings
-from autotune.store.references import reference_key
+from autotune.store.reference_table import reference_key
 
 REF = Settings("dpmpp_2m_karras", 12, 7.5)
 

@@ -278,7 +278,7 @@ def test_numbers_from_random_weights_say_so_wherever_a_user_reads_them(finished_
     from autotune.config import MetricsConfig, ModelConfig
     from autotune.report.table import format_table
     from autotune.results.notes import random_weights_warning
-    from autotune.results.schema import recommendations_data
+    from autotune.results.recommendations_file import recommendations_data
 
     cfg, outcomes = finished_study
     warning = random_weights_warning(outcomes.cfg)

@@ -15,10 +15,10 @@ from PIL import Image
 
 import autotune
 from autotune.model.references import decode_png
-from autotune.results.schema import router_data
+from autotune.results.recommendations_file import router_data
 from autotune.serving.router import Router
 from autotune.store.artifacts import open_store
-from autotune.store.references import image_name
+from autotune.store.reference_table import image_name
 from autotune.store.storage import open_storage
 from autotune.testing.tiny import tiny_pipeline_path
 from autotune.weights.clip import class_embedding, load_text_encoder

@@ -222,7 +222,7 @@ def test_negative_prompt_lora_and_vae_render_as_the_same_diffusers_call(assets: 
 def test_a_study_with_a_class_negative_prompt_and_a_lora_stores_what_diffusers_renders(assets: Path) -> None:
     from autotune.model.references import decode_png
     from autotune.store.artifacts import open_store
-    from autotune.store.references import image_name
+    from autotune.store.reference_table import image_name
     from autotune.store.storage import open_storage
     from autotune.study.run import run_study
 

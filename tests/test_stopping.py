@@ -396,9 +396,9 @@ def test_a_baseline_whose_images_could_not_be_stored_is_rendered_again_and_the_l
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from autotune.cli import main
-    from autotune.study.objective import Objective
+    from autotune.study.trials import TrialRunner
 
-    real = Objective._upload
+    real = TrialRunner._upload
 
     def full(self, trial, images):  # type: ignore[no-untyped-def]
         if trial.number == 0:  # the baseline's images meet an artifact store that does not answer, for a while
@@ -407,7 +407,7 @@ def test_a_baseline_whose_images_could_not_be_stored_is_rendered_again_and_the_l
 
     path = study_file(name="stored", n_trials=2)
     with monkeypatch.context() as m:
-        m.setattr(Objective, "_upload", full)
+        m.setattr(TrialRunner, "_upload", full)
         assert main(["study", str(path), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "the baseline failed (storing the trial's images failed" in err[-1], err  # after each trial's own line

@@ -125,7 +125,7 @@ def test_repeated_setting_reuses_stored_metrics(study_file: Callable[..., Path])
 def test_rough_first_renders_the_other_seeds_only_for_settings_not_clearly_dominated(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autotune.study import objective as study_module
+    from autotune.study import trials as study_module
 
     two = '[classes.portrait]\nprompts = ["a studio portrait of an old fisherman", "a red apple"]\n'
     plain = study_file(name="plain", n_trials=2, classes=two)

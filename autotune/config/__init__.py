@@ -14,8 +14,7 @@ Example:
 from __future__ import annotations
 
 from autotune.config.load import load_config
-from autotune.config.schema import ConfigError, ConfigWarning
-from autotune.config.study import (
+from autotune.config.study_file import (
     CustomMetricConfig,
     MetricsConfig,
     ModelConfig,
@@ -27,6 +26,7 @@ from autotune.config.study import (
     StorageConfig,
     StudyConfig,
 )
+from autotune.config.tables import ConfigError, ConfigWarning
 
 __all__ = [
     "ConfigError",

@@ -1,4 +1,4 @@
-"""Reading a study file: TOML into the dataclasses of :mod:`autotune.config.study`, with every check the
+"""Reading a study file: TOML into the dataclasses of :mod:`autotune.config.study_file`, with every check the
 file gets from itself alone, before any model is known: each key's type and range, the scheduler names
 and options, the searched ranges with the baseline inside them (again on the family's values by
 :func:`autotune.config.resolve.resolve`), local weight paths that exist; and the warnings for what is
@@ -23,7 +23,19 @@ from typing import Any
 
 from autotune.config.objectives import BUILT_IN, UNITS, Objective, register
 from autotune.config.prompts import call_table, class_tables
-from autotune.config.schema import (
+from autotune.config.study_file import (
+    CustomMetricConfig,
+    MetricsConfig,
+    ModelConfig,
+    RecommendConfig,
+    ReportConfig,
+    SearchConfig,
+    ServingConfig,
+    SettingConfig,
+    StorageConfig,
+    StudyConfig,
+)
+from autotune.config.tables import (
     WEIGHT_FILES,
     ConfigError,
     ConfigWarning,
@@ -35,18 +47,6 @@ from autotune.config.schema import (
     read_utf8,
     require,
     section,
-)
-from autotune.config.study import (
-    CustomMetricConfig,
-    MetricsConfig,
-    ModelConfig,
-    RecommendConfig,
-    ReportConfig,
-    SearchConfig,
-    ServingConfig,
-    SettingConfig,
-    StorageConfig,
-    StudyConfig,
 )
 from autotune.micro import MODELS
 from autotune.space import schedulers, variants

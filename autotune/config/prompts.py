@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from autotune.config.schema import ConfigError, ConfigWarning
+from autotune.config.tables import ConfigError, ConfigWarning
 
 __all__ = ["MANY_PROMPTS", "MAX_PROMPT", "RESERVED_CALL", "call_table", "class_tables", "same_prompt"]
 

@@ -17,8 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from autotune.config.load import check_space
-from autotune.config.schema import ConfigError
-from autotune.config.study import SearchConfig, SettingConfig, StudyConfig
+from autotune.config.study_file import SearchConfig, SettingConfig, StudyConfig
+from autotune.config.tables import ConfigError
 from autotune.space import schedulers
 from autotune.space.families import Family
 from autotune.space.settings import Settings, takes_ays

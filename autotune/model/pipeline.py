@@ -26,7 +26,7 @@ from autotune.config.resolve import ResolvedStudy, resolve
 from autotune.model import sources
 from autotune.space import families
 from autotune.space.families import Family
-from autotune.store.references import model_identity
+from autotune.store.reference_table import model_identity
 
 __all__ = [
     "Calls",

@@ -22,7 +22,7 @@ from autotune.model.pipeline import Pipeline
 from autotune.model.render import generate, render_pairs
 from autotune.space import schedulers
 from autotune.space.settings import Settings
-from autotune.store.references import ReferenceTable, generator_kind, reference_key
+from autotune.store.reference_table import ReferenceTable, generator_kind, reference_key
 
 __all__ = ["CONVERGENCE_LIMIT", "ReferenceStore", "check_reference", "convergence", "decode_png", "encode_png"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.config import ConfigError, ModelConfig, StudyConfig
-from autotune.config.schema import WEIGHT_FILES, first_line, local_weights
+from autotune.config.tables import WEIGHT_FILES, first_line, local_weights
 from autotune.weights.net import hub_unreachable
 
 __all__ = ["build", "hub_error", "located", "model_index", "source", "weights_digest"]

@@ -19,7 +19,7 @@ from autotune.config import ConfigError
 from autotune.config.resolve import ResolvedStudy
 from autotune.results.notes import speedup_text
 from autotune.results.reader import ClassOutcome
-from autotune.results.schema import recommendations_data
+from autotune.results.recommendations_file import recommendations_data
 from autotune.store.optuna_api import TrialHandle
 
 if TYPE_CHECKING:

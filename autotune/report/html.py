@@ -41,7 +41,7 @@ from autotune.results.notes import (
     tolerance_text,
 )
 from autotune.results.reader import ClassOutcome, settings_of
-from autotune.results.schema import RULE_TEXT, recommendations_data
+from autotune.results.recommendations_file import RULE_TEXT, recommendations_data
 from autotune.store.artifacts import reader_store
 
 __all__ = ["GridImages", "recommended_guidance", "spread", "write_report"]

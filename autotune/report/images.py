@@ -16,7 +16,7 @@ from typing import Any
 from autotune.config.resolve import ResolvedStudy, reference_setting
 from autotune.results.reader import ClassOutcome
 from autotune.store.optuna_api import artifact_files
-from autotune.store.references import ReferenceTable, generator_kind, image_name, model_identity, reference_key
+from autotune.store.reference_table import ReferenceTable, generator_kind, image_name, model_identity, reference_key
 
 __all__ = ["StoredImages"]
 

@@ -23,7 +23,7 @@ from autotune.decision.rule import collapsed_text
 from autotune.files import WriteFailed, atomic_write, write_failure
 from autotune.results.notes import fleet_text, random_weights_warning, speedup_text
 from autotune.results.reader import ClassOutcome, Outcomes, settings_of
-from autotune.results.schema import recommendations_data
+from autotune.results.recommendations_file import recommendations_data
 from autotune.space import schedulers
 
 __all__ = ["format_table", "write_all", "write_outputs", "write_recommendations"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from autotune.results.schema import ClassRecommendation
+from autotune.results.recommendations_file import ClassRecommendation
 
 __all__ = ["apply"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autotune.config.schema import ConfigError, read_text
+from autotune.config.tables import ConfigError, read_text
 from autotune.weights.clip import TextEncoder, centroid
 
 __all__ = ["Suggested", "SuggestedClass", "holdout_text", "read_log", "study_text", "suggest", "suggest_file"]

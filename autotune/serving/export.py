@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.config.prompts import RESERVED_CALL as SEARCHED_CALL
-from autotune.results.schema import DEFAULT_CLASS, ClassRecommendation, Recommendations
+from autotune.results.recommendations_file import DEFAULT_CLASS, ClassRecommendation, Recommendations
 from autotune.space import schedulers
 from autotune.space.tools import TOOLS
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autotune.results.schema import DEFAULT_CLASS, Recommendations, load_recommendations
+from autotune.results.recommendations_file import DEFAULT_CLASS, Recommendations, load_recommendations
 from autotune.weights.clip import TextEncoder, load_text_encoder
 
 __all__ = ["Router"]

@@ -2,7 +2,7 @@
 start created.
 
 Storage is Optuna's RDB storage (SQLite beside the study file by default, PostgreSQL for shared
-studies); reference images live beside it (:mod:`autotune.store.references`); trial images are
+studies); reference images live beside it (:mod:`autotune.store.reference_table`); trial images are
 Optuna artifacts (:mod:`autotune.store.artifacts`: a folder or a bucket). Optuna loads on first use:
 the results reader needs only SQLAlchemy.
 

@@ -45,7 +45,7 @@ from autotune.noise import noise_seed
 from autotune.space import schedulers
 from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
-from autotune.study.objective import Objective
+from autotune.study.trials import TrialRunner
 
 __all__ = ["ClassRun", "check_reach"]
 
@@ -74,7 +74,9 @@ def check_reach(cfg: ResolvedStudy) -> None:
 class ClassRun:
     """A class's study, its evidence, and the next unit of work."""
 
-    def __init__(self, cfg: ResolvedStudy, study: optuna.Study, class_name: str, scorer: Scorer, objective: Objective):
+    def __init__(
+        self, cfg: ResolvedStudy, study: optuna.Study, class_name: str, scorer: Scorer, objective: TrialRunner
+    ):
         self.cfg, self.study, self.class_name, self.scorer, self.objective = cfg, study, class_name, scorer, objective
         r = cfg.recommend
         self.prompts = cfg.classes[class_name]

@@ -39,9 +39,9 @@ from autotune.store.storage import check_not_emptied, nothing_left_on_refusal, o
 from autotune.store.versions import find_version, fingerprint, study_name
 from autotune.study import ledger
 from autotune.study.decide import ClassRun, check_reach
-from autotune.study.objective import Objective
 from autotune.study.progress import Progress
 from autotune.study.sampling import class_seed, make_sampler
+from autotune.study.trials import TrialRunner
 
 __all__ = ["StudyAborted", "open_class_study", "run_study"]
 
@@ -195,7 +195,7 @@ def run_study(
                 _prepare(study, c, evaluator, deadline)
                 seed = class_seed(cfg.search.seed, c)
                 seeded = None if seed is None else random.Random(seed)  # fresh draws too
-                objective = Objective(resolved, study, c, evaluator, target, artifacts, rng=seeded)
+                objective = TrialRunner(resolved, study, c, evaluator, target, artifacts, rng=seeded)
                 runs[c] = ClassRun(resolved, study, c, evaluator, objective) if decide else _TrialsOnly(objective)
             _loop(cfg, runs, deadline, evaluator.pipeline.device, url, workers, progress)
         except _TimeUp:
@@ -252,7 +252,7 @@ def _say(line: str) -> None:
 class _TrialsOnly:
     """A helper worker's share of a class: trials up to the study's ``target`` rendered settings, no decision."""
 
-    def __init__(self, objective: Objective) -> None:
+    def __init__(self, objective: TrialRunner) -> None:
         self.objective, self.study = objective, objective.study
         self.settled = False
         self.last: FrozenTrial | None = None

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from autotune.config.schema import WEIGHT_FILES, ConfigError, first_line, study_path
+from autotune.config.tables import WEIGHT_FILES, ConfigError, first_line, study_path
 
 __all__ = [
     "TextEncoder",

@@ -27,7 +27,7 @@ import torch
 
 from autotune.config import ConfigError
 from autotune.config.objectives import OBJECTIVES
-from autotune.config.schema import first_line, study_path
+from autotune.config.tables import first_line, study_path
 
 __all__ = ["Metric", "import_metric", "load_metric"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from autotune.config.schema import ConfigError, first_line, study_path
+from autotune.config.tables import ConfigError, first_line, study_path
 
 __all__ = ["Lpips", "lpips_distance"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.config.schema import (
+from autotune.config.tables import (
     ConfigError,
     ConfigWarning,
 )

@@ -6,7 +6,7 @@ Rough first: with two or more seeds, the other seeds render only when the first 
 are not clearly dominated by a setting already rendered.
 
 Example:
-    >>> objective = Objective(cfg, study, "portrait", Evaluator(cfg, url, None), target=30)
+    >>> objective = TrialRunner(cfg, study, "portrait", Evaluator(cfg, url, None), target=30)
     >>> objective.run_one().state
     TrialState.COMPLETE
 """
@@ -38,11 +38,11 @@ from autotune.space import schedulers
 from autotune.space.settings import Settings, resample, suggest
 from autotune.store.artifacts import is_bucket
 from autotune.store.optuna_api import fail_stale_trials, heartbeat, reset_connections
-from autotune.store.references import image_name
+from autotune.store.reference_table import image_name
 from autotune.study import ledger
 from autotune.study.sampling import fresh_params
 
-__all__ = ["Objective", "TrialFailed"]
+__all__ = ["TrialFailed", "TrialRunner"]
 
 T = TypeVar("T")
 _TRACEBACK_CHARS = 8000  # the end of a failed trial's traceback kept in its ``fail_traceback`` attribute
@@ -76,7 +76,7 @@ def _values(e: Evaluation) -> dict[str, list[float]]:
     return {**e.per_image, **({COST: e.seconds} if e.seconds else {})}
 
 
-class Objective:
+class TrialRunner:
     """A class's study, one trial at a time; ``scorer`` renders and scores (or a cache stands in)."""
 
     def __init__(
