@@ -153,3 +153,18 @@ def test_no_two_modules_share_a_file_name() -> None:
     """A newcomer reading ``schema.py`` or ``references.py`` in a traceback knows which one it is."""
     names = Counter(p.name for p in (ROOT / "autotune").rglob("*.py") if p.name != "__init__.py")
     assert not [n for n, c in names.items() if c > 1]
+
+
+def test_optunas_private_api_is_used_in_store_alone() -> None:
+    """``_storage``, ``_trial_id``, ``_study_id``: one module (store/optuna_api.py) to fix when Optuna moves them."""
+    import re
+
+    private = re.compile(r"\._(storage|trial_id|study_id)\b")
+    outside = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if "store" not in p.relative_to(PACKAGE).parts
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert not outside, outside

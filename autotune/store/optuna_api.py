@@ -39,10 +39,13 @@ __all__ = [
     "artifact_files",
     "external_param",
     "fail_stale_trials",
+    "fail_trial",
     "heartbeat",
     "hypervolume",
     "reset_connections",
+    "storage_of",
     "stored_value",
+    "trial_id",
 ]
 
 _META = MetaData()  # the columns autotune reads of Optuna 5's tables (optuna/storages/_rdb/models.py)
@@ -175,3 +178,24 @@ def artifact_files(system_attrs: dict[str, Any]) -> dict[str, str]:
 
     metas = (json.loads(v) for k, v in system_attrs.items() if k.startswith("artifacts:"))
     return {m["filename"]: m["artifact_id"] for m in metas}
+
+
+def trial_id(trial: Any) -> int:
+    """The storage's id of a trial (``optuna.Trial`` or ``FrozenTrial``): unique across the storage's studies."""
+    return int(trial._trial_id)
+
+
+def storage_of(study: Any) -> Any:
+    """The storage a study object reads and writes through."""
+    return study._storage
+
+
+def fail_trial(study: Any, trial: Any, **attrs: Any) -> None:
+    """Fail another worker's trial (or one queued and never begun) with ``attrs`` as its user attributes:
+    ``tell`` belongs to the trial's own worker."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial._trial_id, key, value)
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)

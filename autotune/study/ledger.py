@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.decision.evidence import interrupted, is_baseline, reused
 from autotune.process import alive, worker_id
+from autotune.store.optuna_api import fail_trial, trial_id
 
 __all__ = [
     "MAX_INTERRUPTIONS",
@@ -61,7 +62,7 @@ def claimed(trials: Sequence[FrozenTrial]) -> int:
 
 
 def _claim_order(t: FrozenTrial) -> tuple[datetime.datetime, int]:
-    return (t.datetime_start or _LATEST, t._trial_id)
+    return (t.datetime_start or _LATEST, trial_id(t))
 
 
 def surplus(trials: Sequence[FrozenTrial], me: FrozenTrial, target: int) -> bool:
@@ -73,7 +74,7 @@ def surplus(trials: Sequence[FrozenTrial], me: FrozenTrial, target: int) -> bool
     before = [
         t
         for t in rendering(trials)
-        if t._trial_id != me._trial_id and (t.state != TrialState.RUNNING or _claim_order(t) < _claim_order(me))
+        if trial_id(t) != trial_id(me) and (t.state != TrialState.RUNNING or _claim_order(t) < _claim_order(me))
     ]
     return len(before) >= target
 
@@ -118,13 +119,10 @@ def enqueue(study: optuna.Study, params: dict[str, Any], **attrs: Any) -> None:
 def withdraw(study: optuna.Study, why: str) -> None:
     """Fail the trials this process queued and no worker began: a stopped run leaves none WAITING.
     :func:`recover` queues them again, and a withdrawal is no interruption of their setting."""
-    storage, me = study._storage, worker_id()
+    me = worker_id()
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         if t.user_attrs.get("enqueued_by") == me:
-            storage.set_trial_user_attr(t._trial_id, "withdrawn", True)
-            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"withdrawn: {why} before it began")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            fail_trial(study, t, withdrawn=True, interrupted=True, fail_reason=f"withdrawn: {why} before it began")
 
 
 def _intended(t: FrozenTrial) -> dict[str, Any]:
@@ -150,13 +148,10 @@ def recover(study: optuna.Study) -> int:
     again, except the baseline while none has completed: without it nothing is decided, so each run
     renders it again. Returns the number of trials enqueued.
     """
-    storage = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
         if worker and not alive(worker):
-            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: its worker {worker} is gone")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            fail_trial(study, t, interrupted=True, fail_reason=f"interrupted: its worker {worker} is gone")
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     times = Counter(_params_key(t) for t in trials if interrupted(t) and not t.user_attrs.get("withdrawn"))

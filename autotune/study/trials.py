@@ -37,7 +37,7 @@ from autotune.process import deferred, why, worker_id
 from autotune.space import schedulers
 from autotune.space.settings import Settings, resample, suggest
 from autotune.store.artifacts import is_bucket
-from autotune.store.optuna_api import fail_stale_trials, heartbeat, reset_connections
+from autotune.store.optuna_api import fail_stale_trials, heartbeat, reset_connections, storage_of, trial_id
 from autotune.store.reference_table import image_name
 from autotune.study import ledger
 from autotune.study.sampling import fresh_params
@@ -99,7 +99,7 @@ class TrialRunner:
 
         SIGINT or SIGTERM marks the trial interrupted (it is retried on the next run) and is raised again.
         """
-        storage = self.study._storage
+        storage = storage_of(self.study)
         fail_stale_trials(self.study)  # other hosts' dead workers' trials, as optimize does first
         values: list[float] | None = None
         trial: optuna.Trial | None = None
@@ -120,7 +120,7 @@ class TrialRunner:
             if trial is None:
                 raise
             with deferred():
-                reset_connections(self.study._storage)  # the signal may have landed inside a commit
+                reset_connections(storage_of(self.study))  # the signal may have landed inside a commit
                 trial.set_user_attr("interrupted", True)
                 trial.set_user_attr("fail_reason", why(e))
                 self.study.tell(trial, state=TrialState.FAIL)
@@ -134,7 +134,7 @@ class TrialRunner:
         except Exception as e:
             self._stop_if_unwritable(trial, e)
             raise
-        return storage.get_trial(trial._trial_id)
+        return storage.get_trial(trial_id(trial))
 
     def _stop_if_unwritable(self, trial: optuna.Trial | None, e: Exception) -> None:
         """A full disk or a database gone is no fault of the setting, and the next trial would meet it too:
@@ -146,7 +146,7 @@ class TrialRunner:
         where = f"{self.class_name} trial {trial.number}" if trial is not None else f"{self.class_name}: a new trial"
         marked = trial is None
         with deferred(), contextlib.suppress(Exception):
-            reset_connections(self.study._storage)
+            reset_connections(storage_of(self.study))
             if trial is not None:
                 trial.set_user_attr("infrastructure", True)
                 trial.set_user_attr("fail_reason", f"could not be written: {reason}")
@@ -163,7 +163,7 @@ class TrialRunner:
 
     def _run(self, trial: optuna.Trial) -> list[float]:
         trials = self._trials()
-        me = next(t for t in trials if t._trial_id == trial._trial_id)
+        me = next(t for t in trials if trial_id(t) == trial_id(trial))
         if ledger.surplus(trials, me, self.target):
             trial.set_user_attr("surplus", True)  # workers claimed the last trials at the same moment
             raise optuna.TrialPruned(f"other workers already claimed the study's {self.target} trials")
