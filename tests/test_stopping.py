@@ -525,3 +525,32 @@ def test_a_full_disk_stops_in_one_line_keeps_every_trial_and_the_next_run_recove
     assert {"RUNNING", "WAITING"}.isdisjoint(freed["states"]) and freed["states"].count("COMPLETE") >= 12
     # the trial the disk stopped: failed as the infrastructure's, or as its dead worker's, and rendered again
     assert all(r.startswith(("could not be written", "interrupted: its worker")) for r in freed["fail_reasons"])
+
+
+def test_what_counts_as_a_failure_to_write_however_optuna_and_sqlalchemy_wrap_it() -> None:
+    """The classification the stop rests on: no room (or a read-only, failing disk) and a database that
+    refuses or went away stop the run; a setting's own error (a scheduler's, out of memory) does not."""
+    import errno
+
+    from sqlalchemy.exc import OperationalError
+
+    from autotune.files import write_failure
+
+    def wrapped(cause: BaseException) -> BaseException:  # as Optuna's RDB storage raises it
+        try:
+            try:
+                raise cause
+            except Exception as e:
+                raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from e
+        except optuna.exceptions.StorageInternalError as outer:
+            return outer
+
+    full = OperationalError("COMMIT", {}, Exception("database or disk is full"))
+    gone = OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly\nmore"))
+    assert write_failure(wrapped(full)) == "database or disk is full"
+    assert write_failure(wrapped(gone)) == "server closed the connection unexpectedly"
+    assert write_failure(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+    assert write_failure(OSError(errno.EROFS, "Read-only file system")) == "Read-only file system"
+    assert write_failure(RuntimeError("CUDA out of memory")) is None  # the setting's: the study goes on
+    assert write_failure(FileNotFoundError(errno.ENOENT, "No such file")) is None
+    assert write_failure(ConnectionError("the artifact store did not answer")) is None  # retried as infrastructure
