@@ -48,18 +48,27 @@ def test_a_fitted_schedule_under_any_spacing_is_one_setting() -> None:
     assert named.options == (("timestep_spacing", "trailing"),)  # a named spacing is kept
 
 
-@pytest.mark.slow
-def test_a_fitted_schedule_round_trips_from_the_study_to_the_export(study_file) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_serving import fresh_pipe, render, trial_image
+FITTED = {"scheduler": "dpmpp_2m", "steps": 4, "guidance": 7.5, "dpmpp_2m.sigmas": "fitted"}
 
+
+def _baseline_then_a_fit(study_file):  # type: ignore[no-untyped-def]
+    """A study of DPM++ 2M with fitted schedules: its baseline run, and a fitted setting queued next (the
+    decision's walk would come to it too, at its own pace)."""
     path = study_file(n_trials=1)
     text = path.read_text().replace('schedulers = ["euler", "dpmpp_2m_karras", "ddim"]', 'schedulers = ["dpmpp_2m"]')
     path.write_text(text.replace("[search]\n", '[search]\nfitted_schedules = true\nvariants = ["sigmas"]\n'))
     cfg = load_config(path)
     run_study(cfg, progress=False)  # the baseline
     study = optuna.load_study(study_name="small.portrait", storage=cfg.default_storage)
-    fitted = {"scheduler": "dpmpp_2m", "steps": 4, "guidance": 7.5, "dpmpp_2m.sigmas": "fitted"}
-    study.enqueue_trial(fitted)  # the next setting (the decision's walk would come to it too, at its own pace)
+    study.enqueue_trial(FITTED)
+    return cfg, study
+
+
+@pytest.mark.slow
+def test_a_fitted_schedule_round_trips_from_the_study_to_the_export(study_file) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_serving import fresh_pipe, render, trial_image
+
+    cfg, study = _baseline_then_a_fit(study_file)
     outcome = run_study(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=2)), progress=False)
     fits = study.user_attrs["fitted_schedules"]
     (t,) = [t for t in outcome["portrait"].trials if t.params.get("dpmpp_2m.sigmas") == "fitted"]
@@ -84,7 +93,7 @@ def test_a_fitted_schedule_round_trips_from_the_study_to_the_export(study_file) 
     assert a1111(rec)["no_equivalent"] == ["sigmas=fitted"] and comfyui(rec)["no_equivalent"] == ["sigmas=fitted"]
 
     # resumed, another guidance at those steps renders with the schedule stored, and fits nothing new
-    study.enqueue_trial({**fitted, "guidance": 5.0})
+    study.enqueue_trial({**FITTED, "guidance": 5.0})
     again = run_study(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=3)), progress=False)
     later = again["portrait"].load_study()
     assert later.user_attrs["fitted_schedules"] == fits
@@ -99,13 +108,7 @@ def test_a_fit_stops_at_the_deadline_and_what_it_reached_is_this_trials_alone(st
     from autotune.model import fit as fit_module
     from autotune.study import run
 
-    path = study_file(n_trials=1)
-    text = path.read_text().replace('schedulers = ["euler", "dpmpp_2m_karras", "ddim"]', 'schedulers = ["dpmpp_2m"]')
-    path.write_text(text.replace("[search]\n", '[search]\nfitted_schedules = true\nvariants = ["sigmas"]\n'))
-    cfg = load_config(path)
-    run_study(cfg, progress=False)  # the baseline
-    study = optuna.load_study(study_name="small.portrait", storage=cfg.default_storage)
-    study.enqueue_trial({"scheduler": "dpmpp_2m", "steps": 4, "guidance": 7.5, "dpmpp_2m.sigmas": "fitted"})
+    cfg, study = _baseline_then_a_fit(study_file)
     clock, real = {"t": 1000.0}, fit_module.generate
 
     def ten_seconds(*args, **kwargs):  # type: ignore[no-untyped-def]
