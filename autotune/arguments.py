@@ -66,6 +66,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"autotune: error: {message} (see: {self.prog} --help)\n")
 
 
+def _reads_a_study(p: argparse.ArgumentParser, artifacts: bool = False) -> None:
+    """The study file, where its storage is and (``artifacts``) where its trial images are."""
+    p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    if artifacts:
+        p.add_argument("--artifacts", help=ARTIFACTS_HELP)
+
+
 def parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) -> argparse.ArgumentParser:
     """The ``autotune`` command line; each subcommand runs ``commands[its name]`` (``"classes suggest"``)."""
     from autotune.serving.export import FORMATS
@@ -76,9 +84,7 @@ def parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) -> argpa
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("study", help="run or resume the study of a study file (every prompt class)")
-    p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
-    p.add_argument("--artifacts", help=ARTIFACTS_HELP)
+    _reads_a_study(p, artifacts=True)
     p.add_argument(
         "--n-trials",
         type=positive_int,
@@ -107,9 +113,7 @@ def parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) -> argpa
     p.set_defaults(func=commands["study"])
 
     p = sub.add_parser("report", help="write studies/NAME/report.html: Pareto plots, image comparisons, grids")
-    p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
-    p.add_argument("--artifacts", help=ARTIFACTS_HELP)
+    _reads_a_study(p, artifacts=True)
     p.add_argument(
         "--render-grid",
         action="store_true",
@@ -119,9 +123,7 @@ def parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) -> argpa
     p.set_defaults(func=commands["report"])
 
     p = sub.add_parser("dashboard", help="open the study in optuna-dashboard, with trial images")
-    p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
-    p.add_argument("--artifacts", help=ARTIFACTS_HELP)
+    _reads_a_study(p, artifacts=True)
     p.add_argument("--port", type=port, default=8080, help="port to serve on (default: 8080)")
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 exposes it to the network)"
@@ -175,8 +177,7 @@ def parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) -> argpa
     p.set_defaults(func=commands["schedulers"])
 
     p = sub.add_parser("recommend", help="print the recommended setting per prompt class")
-    p.add_argument("config", type=Path, help="study file, e.g. studies/demo.toml")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<study dir>/<name>.db)")
+    _reads_a_study(p)
     p.add_argument("--format", choices=("table", "json"), default="table", help="a table, or the JSON")
     p.set_defaults(func=commands["recommend"])
 

@@ -163,9 +163,9 @@ class ClassRun:
         """Called as each unit of work starts, with what it is (the study's progress bar shows it)."""
 
     def in_time(self) -> bool:
-        """Whether the run's deadline is still ahead (the run sets it): a long unit of work looks between
-        its chunks, and stops there; what it rendered is kept, the rest waits for the next run."""
-        return True
+        """Whether the run's deadline is still ahead (the trial runner's: the run sets it there): a long unit
+        of work looks between its chunks, and stops there; what it rendered is kept, the rest waits."""
+        return self.objective.in_time()
 
     def step(self) -> bool:
         """Do the next unit of work; False when the class has nothing left to do."""

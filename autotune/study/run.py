@@ -301,10 +301,9 @@ def _loop(
     helpers = _spawn_workers(cfg, url, target, deadline - now() if deadline < math.inf else None, device, workers - 1)
     bar = Progress(cfg, runs, target, deadline, progress, clock=lambda: now())  # now() as tests step it
     for c, run in runs.items():
-        run.objective.in_time = lambda: now() < deadline  # a fit looks between its renders
+        run.objective.in_time = lambda: now() < deadline  # a fit, a race, a confirmation look between chunks
         if isinstance(run, ClassRun):
             run.announce = functools.partial(bar.now_doing, c)  # type: ignore[method-assign]
-            run.in_time = lambda: now() < deadline  # type: ignore[method-assign]
     failures = _Failures()
     stopped = False
     try:

@@ -143,16 +143,16 @@ class TrialRunner:
         reason = write_failure(e)
         if reason is None:
             return
-        where = f"{self.class_name} trial {trial.number}" if trial is not None else f"{self.class_name}: a new trial"
-        marked = trial is None
+        then = "goes on"  # no trial was asked for: nothing of this one to render again
         with deferred(), contextlib.suppress(Exception):
             reset_connections(storage_of(self.study))
             if trial is not None:
+                then = "fails it and renders it again"  # unless the FAIL below is stored
                 trial.set_user_attr("infrastructure", True)
                 trial.set_user_attr("fail_reason", f"could not be written: {reason}")
                 self.study.tell(trial, state=TrialState.FAIL)
-                marked = True
-        then = "renders it again" if marked else "fails it and renders it again"
+                then = "renders it again"
+        where = f"{self.class_name} trial {trial.number}" if trial is not None else f"{self.class_name}: a new trial"
         raise WriteFailed(
             f"{where} could not be stored ({reason}): stopped, every finished trial kept; make room (or bring the "
             f"database back) and run the same command: it {then}"
@@ -232,7 +232,8 @@ class TrialRunner:
         return settings
 
     def in_time(self) -> bool:
-        """Whether the run's deadline is still ahead (the run sets it): a fit looks between its renders."""
+        """Whether the run's deadline is still ahead (the run sets it): a fit looks between its renders, the
+        decision's races and confirmations between their chunks (:meth:`ClassRun.in_time`)."""
         return True
 
     def _enqueue_fresh(self, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> None:
