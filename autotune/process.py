@@ -28,7 +28,7 @@ from typing import NoReturn
 
 __all__ = [
     "STOPS", "Interrupted", "alive", "deferred", "die_with_parent", "exit_code", "importing", "install", "preload",
-    "run_main", "said", "why", "worker_id",
+    "run_main", "said", "signals_kept", "why", "worker_id",
 ]  # fmt: skip
 
 
@@ -73,6 +73,7 @@ def said(e: KeyboardInterrupt) -> int:
 
 
 _pending: list[int] = []  # a signal that arrived while deferred
+_raised: list[int] = []  # every stop signal raised as Interrupted, in order (see signals_kept)
 _depth = 0
 _at_once = False  # importing, before anything is written: a signal exits there and then
 
@@ -88,6 +89,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         again.daemon = True
         again.start()
         return
+    _raised.append(signum)
     raise Interrupted(signum)
 
 
@@ -135,6 +137,21 @@ def deferred() -> Iterator[None]:
         signum = _pending[0]
         _pending.clear()
         raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_kept() -> Iterator[None]:
+    """A stop signal raised inside the block stays a stop, whatever a library made of it on the way out:
+    diffusers reads weights through safetensors and reports any failure there, a Ctrl-C included, as
+    ``OSError: Unable to load weights from checkpoint file`` (which autotune would call unloadable weights,
+    exit 2). Whatever the block raises after a signal was raised in it becomes that signal again."""
+    mark = len(_raised)
+    try:
+        yield
+    except BaseException as e:
+        if len(_raised) > mark and not isinstance(e, Interrupted):
+            raise Interrupted(_raised[-1]) from None
+        raise
 
 
 def run_main(main: Callable[[], int]) -> NoReturn:

@@ -487,3 +487,18 @@ def test_what_counts_as_a_failure_to_write_however_optuna_and_sqlalchemy_wrap_it
     assert write_failure(RuntimeError("CUDA out of memory")) is None  # the setting's: the study goes on
     assert write_failure(FileNotFoundError(errno.ENOENT, "No such file")) is None
     assert write_failure(ConnectionError("the artifact store did not answer")) is None  # retried as infrastructure
+
+
+def test_a_signal_that_a_library_turns_into_its_own_error_stays_a_stop() -> None:
+    """diffusers reports a Ctrl-C inside a safetensors read as ``OSError: Unable to load weights``: seen as
+    exit 2 "cannot load" in test_sigint_and_sigterm_... under load. Inside ``signals_kept`` it is the stop."""
+    from autotune import process
+
+    with pytest.raises(process.Interrupted) as stop, process.signals_kept():
+        try:
+            process._handler(signal.SIGTERM, None)  # the signal, raised where the weights are read
+        except BaseException as e:
+            raise OSError("Unable to load weights from checkpoint file for 'vae.safetensors'") from e
+    assert stop.value.signum == signal.SIGTERM
+    with pytest.raises(OSError, match="Unable to load weights"), process.signals_kept():
+        raise OSError("Unable to load weights from checkpoint file for 'vae.safetensors'")  # no signal: as it is

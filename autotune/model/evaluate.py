@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from autotune.config import ConfigError
 from autotune.config.objectives import OBJECTIVES, cost_of, quality
 from autotune.config.resolve import ResolvedStudy, reference_setting
+from autotune.process import signals_kept
 from autotune.space.families import Family
 from autotune.space.settings import Settings
 
@@ -87,15 +88,16 @@ class Evaluator:
 
         self.cfg = cfg
         home = str(cfg.directory)
-        try:
-            self.pipeline = load_pipeline(
-                cfg.model, device, cfg.serving.safety_checker, described=described, calls=Calls.of(cfg, routed)
-            )
-            check_calls(self.pipeline, cfg)
-            dev = self.pipeline.device
-            self.metrics = {m: load_metric(m, cfg.metrics, dev, home) for m in quality(cfg.metrics.objectives)}
-        except ConfigError as e:
-            raise ConfigError(str(e) if str(e).startswith(str(cfg.path)) else f"{cfg.path}: {e}") from None
+        with signals_kept():  # a Ctrl-C inside a weights read is a stop, not weights that cannot load
+            try:
+                self.pipeline = load_pipeline(
+                    cfg.model, device, cfg.serving.safety_checker, described=described, calls=Calls.of(cfg, routed)
+                )
+                check_calls(self.pipeline, cfg)
+                dev = self.pipeline.device
+                self.metrics = {m: load_metric(m, cfg.metrics, dev, home) for m in quality(cfg.metrics.objectives)}
+            except ConfigError as e:
+                raise ConfigError(str(e) if str(e).startswith(str(cfg.path)) else f"{cfg.path}: {e}") from None
         self.store = ReferenceStore(storage_url)
 
     @property
