@@ -27,8 +27,8 @@ from types import FrameType
 from typing import NoReturn
 
 __all__ = [
-    "STOPS", "Interrupted", "alive", "deferred", "die_with_parent", "exit_code", "importing", "install", "preload",
-    "run_main", "said", "signals_kept", "why", "worker_id",
+    "STOPS", "Interrupted", "alive", "deferred", "die_with_parent", "exit_code", "heard", "importing", "install",
+    "preload", "received", "run_main", "said", "signals_kept", "why", "worker_id",
 ]  # fmt: skip
 
 
@@ -73,7 +73,7 @@ def said(e: KeyboardInterrupt) -> int:
 
 
 _pending: list[int] = []  # a signal that arrived while deferred
-_raised: list[int] = []  # every stop signal raised as Interrupted, in order (see signals_kept)
+_received: list[int] = []  # every stop signal this process took (held or raised), in order: see heard
 _depth = 0
 _at_once = False  # importing, before anything is written: a signal exits there and then
 
@@ -81,15 +81,15 @@ _at_once = False  # importing, before anything is written: a signal exits there 
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _at_once:
         os._exit(said(Interrupted(signum)))  # no teardown: modules are half imported, nothing is open for writing
-    if _depth:
-        _pending.append(signum)
-        return
-    if importing(frame):  # raising here would leave a module half imported for the code that handles the stop
+    if importing(frame) and not _depth:  # raising here would leave a module half imported for the handler's code
         again = threading.Timer(_AGAIN, os.kill, (os.getpid(), signum))
         again.daemon = True
         again.start()
         return
-    _raised.append(signum)
+    _received.append(signum)
+    if _depth:
+        _pending.append(signum)
+        return
     raise Interrupted(signum)
 
 
@@ -139,18 +139,32 @@ def deferred() -> Iterator[None]:
         raise Interrupted(signum)
 
 
+def received() -> int:
+    """How many stop signals this process has taken so far: the mark :func:`heard` counts from."""
+    return len(_received)
+
+
+def heard(mark: int) -> None:
+    """Raise a stop signal taken since ``mark`` again, if anything swallowed it on its way up: a signal that
+    lands in a ``__del__`` or a weakref callback is printed as "Exception ignored" and dropped, and a held
+    one is lost when its block ends in an error. A loop calls this between units of work, so a stop
+    always stops it."""
+    if len(_received) > mark:
+        raise Interrupted(_received[-1]) from None
+
+
 @contextlib.contextmanager
 def signals_kept() -> Iterator[None]:
     """A stop signal raised inside the block stays a stop, whatever a library made of it on the way out:
     diffusers reads weights through safetensors and reports any failure there, a Ctrl-C included, as
     ``OSError: Unable to load weights from checkpoint file`` (which autotune would call unloadable weights,
     exit 2). Whatever the block raises after a signal was raised in it becomes that signal again."""
-    mark = len(_raised)
+    mark = received()
     try:
         yield
     except BaseException as e:
-        if len(_raised) > mark and not isinstance(e, Interrupted):
-            raise Interrupted(_raised[-1]) from None
+        if not isinstance(e, Interrupted):
+            heard(mark)
         raise
 
 

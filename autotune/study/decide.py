@@ -42,6 +42,7 @@ from autotune.decision.rule import TIMED_TOGETHER, Schedule, decide, excess, mar
 from autotune.decision.tolerance import tolerance
 from autotune.model.evaluate import Scorer, in_turn
 from autotune.noise import noise_seed
+from autotune.process import signals_kept
 from autotune.space import schedulers
 from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
@@ -222,7 +223,8 @@ class ClassRun:
         pair = [rec.baseline.number, rec.chosen.number]
         settings, prompt, seed = self.settings(), self.prompts[0], self.cfg.search.seeds[0]
         try:
-            seconds = in_turn(self.scorer, [settings[n] for n in pair], prompt, seed, self.cfg.serving.repeats)
+            with signals_kept():  # a stop, not a failed timing, whatever a library made of it
+                seconds = in_turn(self.scorer, [settings[n] for n in pair], prompt, seed, self.cfg.serving.repeats)
         except Exception as e:  # out of memory, say: the decision stands, its speed-up reads the trials' timings
             why = f"{type(e).__name__}: {e}"
             print(

@@ -29,7 +29,7 @@ from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import reused
 from autotune.files import WriteFailed, check_writable, write_failure
 from autotune.model.evaluate import Evaluator
-from autotune.process import Interrupted, deferred, why, worker_id
+from autotune.process import Interrupted, deferred, heard, received, why, worker_id
 from autotune.results.reader import Outcomes, recommend
 from autotune.space.settings import Settings, searched_params
 from autotune.store.artifacts import check as check_artifacts
@@ -306,9 +306,11 @@ def _loop(
             run.announce = functools.partial(bar.now_doing, c)  # type: ignore[method-assign]
     failures = _Failures()
     stopped = False
+    signals = received()
     try:
         while now() < deadline and (active := [c for c, r in runs.items() if not r.settled]):
             for c in active:
+                heard(signals)  # a stop that something swallowed on its way up still stops the run
                 if ledger.dead_sibling(runs[c].study):  # a worker of this machine died mid-trial
                     ledger.recover(runs[c].study)
                 if not runs[c].step():

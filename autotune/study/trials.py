@@ -33,7 +33,7 @@ from autotune.decision.pareto import clearly_dominated
 from autotune.files import WriteFailed, write_failure
 from autotune.model.evaluate import Evaluation, Scorer
 from autotune.noise import noise_seed
-from autotune.process import deferred, why, worker_id
+from autotune.process import deferred, signals_kept, why, worker_id
 from autotune.space import schedulers
 from autotune.space.settings import Settings, resample, suggest
 from autotune.store.artifacts import is_bucket
@@ -185,9 +185,10 @@ class TrialRunner:
             self._enqueue_fresh(trial, trials)
             raise optuna.TrialPruned(f"trial {busy.number} is rendering the same setting")
         try:
-            if settings.fitted:
-                settings = self._fitted(trial, settings)
-            evaluation = self._render(trial, settings)
+            with signals_kept():  # a signal a library reported as its own error is a stop, not the setting's failure
+                if settings.fitted:
+                    settings = self._fitted(trial, settings)
+                evaluation = self._render(trial, settings)
         except optuna.TrialPruned:
             raise
         except Exception as e:  # any render or metric failure fails this trial, not the study
