@@ -556,3 +556,19 @@ def test_a_signal_that_a_library_turns_into_its_own_error_stays_a_stop() -> None
     assert stop.value.signum == signal.SIGTERM
     with pytest.raises(OSError, match="Unable to load weights"), process.signals_kept():
         raise OSError("Unable to load weights from checkpoint file for 'vae.safetensors'")  # no signal: as it is
+
+
+def test_a_helper_that_does_not_stop_after_sigterm_is_killed_and_said(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The parent waits for its helpers after a stop, but not for ever: one that ignores SIGTERM (hung in a
+    driver call, say) is killed after the grace period, with a warning naming it."""
+    from autotune.study import run
+
+    monkeypatch.setattr(run, "_GRACE", 0.5)
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(600)"
+    deaf = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert deaf.stdout is not None and deaf.stdout.readline() == b"1\n"  # SIGTERM ignored from here on
+    run._join([deaf], stopped=True)
+    assert deaf.returncode == -signal.SIGKILL
+    assert f"worker process {deaf.pid} had not stopped 0.5 s after SIGTERM: killed" in capsys.readouterr().err

@@ -236,6 +236,8 @@ def _stopped(studies: dict[str, optuna.Study], runs: dict[str, Any], why: str, d
     """Classes whose decision is not settled say why it stopped (a kill leaves no reason); the trials this
     process queued and nobody began are withdrawn (the next run queues them again)."""
     for c, study in studies.items():
+        if ledger.dead_sibling(study):  # a helper that had to be killed (see _join): its trial is retried
+            ledger.recover(study)
         ledger.withdraw(study, why)
         if decide and not (c in runs and runs[c].settled):
             study.set_user_attr("decision", {"state": "deciding", "stopped": why})
@@ -370,15 +372,29 @@ def _spawn_workers(
 
 def _join(procs: list[subprocess.Popen[bytes]], stopped: bool = False) -> None:
     """Wait for the helper workers; when this process was ``stopped`` (a signal to it alone: SIGTERM from a
-    scheduler, SIGHUP), or is stopped while waiting, they are sent SIGTERM first (each marks its trial)."""
+    scheduler, SIGHUP), or is stopped while waiting, they are sent SIGTERM first (each marks its trial), and
+    one still going ``_GRACE`` seconds later is killed (its trial is failed and retried, see _stopped)."""
     for p in procs:
         try:
             if stopped:
-                p.terminate()
+                _terminate(p)
             code = p.wait()
         except KeyboardInterrupt:
-            p.terminate()
-            p.wait()
+            _terminate(p)
             raise
         if code not in (0, 130, 143):
             print(f"autotune: warning: worker process {p.pid} exited with code {code}", file=sys.stderr)
+
+
+_GRACE = 60.0  # seconds a helper has to stop after SIGTERM: its render's current step, marking its trial
+
+
+def _terminate(p: subprocess.Popen[bytes]) -> None:
+    p.terminate()
+    try:
+        p.wait(_GRACE)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        print(f"autotune: warning: worker process {p.pid} had not stopped {_GRACE:g} s after SIGTERM: killed",
+              file=sys.stderr)  # fmt: skip
