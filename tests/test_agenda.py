@@ -84,6 +84,24 @@ def test_two_near_identical_finalists_are_not_both_confirmed_when_a_distinct_one
     assert capped is None
 
 
+def test_the_last_slot_while_the_baseline_stands_goes_to_a_candidate_with_room_not_the_cheapest_luck() -> None:
+    """The cheapest of many passes is the likeliest to be luck (many settings just beyond the tolerance tempt
+    the search): with one slot left and nothing confirmed, the slot goes to the cheapest candidate at least
+    ``LAST_SLOT_ROOM`` tolerances inside on its search images, else the one with the most room."""
+    from autotune.decision import agenda
+
+    failed = Candidate(1, images({p: 0.0 for p in range(4)}), images({p: -5.0 for p in range(8, 12)}, (1000, 1001)),
+                       (0.2,) * 3, 0.2)  # fmt: skip
+    edge = cand(3, {p: -0.6 + 0.05 * (p % 2) for p in range(4)}, 0.25)  # passes, 0.4 tolerances inside at most
+    roomy = cand(4, {p: 0.0 for p in range(4)}, 0.3)
+    ev = evidence(BASE, failed, edge, roomy)
+    last = next_action(ev, TOL, PANEL, SETTINGS, RecommendConfig(finalists=2), race_spent=0)
+    assert last == Action("confirm", 4, PANEL.confirm_units)
+    two_left = next_action(ev, TOL, PANEL, SETTINGS, RecommendConfig(finalists=3), race_spent=0)
+    assert two_left == Action("confirm", 3, PANEL.confirm_units)  # slots to spare: the cheapest first
+    assert agenda.LAST_SLOT_ROOM > 0.4
+
+
 def test_an_undecided_confirmation_goes_on_over_its_whole_panel_before_it_counts_as_failed() -> None:
     same = {p: 0.0 for p in range(4)}
     split = {8: -1.5, 9: 0.4, 10: -0.8, 11: 0.3}  # four fresh prompts that disagree: undecided
@@ -184,6 +202,23 @@ def test_a_rung_far_from_holding_costs_three_renders_and_the_walk_jumps_the_rung
     assert jumped is not None and jumped.steps == 6  # 2 x 27 ** (1/3): no line is expected to hold at 3 to 5
     tried[jumped.label()] = Tried("fail", -0.5, 1.2)  # close: the next rung is the next step
     assert [s.steps for s in [p.propose(tried, best_cost=30)] if s is not None] == [6]  # the rung's beam goes on
+
+
+def test_rungs_where_every_line_falls_just_short_are_climbed_by_a_doubling_stride() -> None:
+    """Many cheap settings just beyond the tolerance (quality flat in steps there): the power of the steps
+    predicts the next rung, and a beam at every rung would spend the night below the answer. Each rung
+    where every line's mean stayed beyond the tolerance doubles the stride; one that came inside resets it."""
+    lines = [Line(n, (), 5.0) for n in ("euler", "dpmpp_2m", "ddim", "unipc", "lms")]
+    p = Proposer(lines, (2, 30), 1, lambda s: float(s.steps), key=lambda s: s.label(), beam=4)
+    tried: dict[str, Tried] = {}
+    rungs: list[int] = []
+    while (s := p.propose(tried, best_cost=30)) is not None and len(rungs) < 5 * 4:
+        rungs.append(s.steps)
+        tried[s.label()] = Tried("fail", -0.1, 1.05)  # 1.05 tolerances short: s x 1.05 ** (1/3) is the next step
+    assert sorted(set(rungs)) == [2, 3, 5, 9, 17] and rungs == sorted(rungs)  # a beam of 4 at each
+    p2 = Proposer(lines, (2, 30), 1, lambda s: float(s.steps), key=lambda s: s.label(), beam=4)
+    close = {ln.at(2).label(): Tried("undecided", -0.3, 0.8) for ln in lines[:4]}  # inside by their means
+    assert (nxt := p2.propose(close, best_cost=30)) is not None and nxt.steps == 3  # the next step, no stride
 
 
 def test_a_line_that_holds_is_searched_down_by_halves() -> None:

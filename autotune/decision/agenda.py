@@ -18,7 +18,9 @@ first:
    counts: the first at once (a recommendation early, should the night end), each later one only once
    the search has nothing cheaper left to try (``frontier``). Finalists are diverse: one that differs
    from a candidate that failed confirmation only in guidance or in one variant waits until no other
-   passing candidate is left.
+   passing candidate is left. The class's last slot, while the baseline stands, goes to the cheapest
+   candidate with room on its search images (``LAST_SLOT_ROOM``), else the one with the most: the
+   cheapest of many passes is the likeliest to be the search's luck.
 4. the **margin** of the recommendation: its neighbours (one step fewer, the adjacent guidance values)
    on the same images as the recommendation, so the output can say how close it sits to a collapse.
 
@@ -32,11 +34,12 @@ baseline are always compared on the same images.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.decision.bounds import Tolerance
+from autotune.decision.bounds import BROKEN, Bound, Tolerance
 from autotune.decision.evidence import Candidate, Evidence
 from autotune.decision.panel import Panel, Unit
 from autotune.decision.rule import Schedule, decide, overall, ranked, verdicts
@@ -77,12 +80,35 @@ def neighbours(s: Settings, space: SearchSpace) -> list[Settings]:
     return out
 
 
+LAST_SLOT_ROOM = 0.5  # tolerances inside on the search: what the last slot asks of a candidate (see _confirmable)
+
+
+def _room(bounds: Sequence[Bound]) -> float:
+    """How far inside the tolerance a candidate sits on its search images, in tolerances, on its worst count:
+    a metric's worse-side bound; the collapsed share's mean (its bound cannot pass on the search's few
+    images, see :func:`autotune.decision.bounds.broken_bound`)."""
+    values = [1 - b.mean / b.tolerance if b.metric == BROKEN else b.margin for b in bounds]
+    return min((v for v in values if not math.isnan(v)), default=-math.inf)
+
+
 def _confirmable(
-    passing: Sequence[Candidate], tried: Sequence[Candidate], settings: Mapping[int, Settings]
+    passing: Sequence[Candidate],
+    tried: Sequence[Candidate],
+    settings: Mapping[int, Settings],
+    room: Mapping[int, float] | None = None,
 ) -> Candidate | None:
-    """The cheapest passing candidate not near one that failed confirmation, else the cheapest."""
+    """The cheapest passing candidate not near one that failed confirmation, else the cheapest.
+
+    With ``room`` (each one's margin on the search, in tolerances: the class's last slot, while it keeps
+    the baseline): the cheapest with ``LAST_SLOT_ROOM`` of it, else the one with the most. The cheapest
+    pass of many is the likeliest to be the search's luck, and a last slot spent on luck keeps the
+    baseline where a setting that truly holds was found."""
     diverse = [c for c in passing if not any(near(settings[c.number], settings[f.number]) for f in tried)]
-    return (diverse or list(passing))[0] if passing else None
+    pool = diverse or list(passing)
+    if not pool or room is None:
+        return pool[0] if pool else None
+    roomy = [c for c in pool if room[c.number] >= LAST_SLOT_ROOM]
+    return roomy[0] if roomy else max(pool, key=lambda c: room[c.number])
 
 
 def next_action(
@@ -110,8 +136,10 @@ def next_action(
     pending = [c for c in cheaper if verdict[c.number] == "pass" and more.get(c.number)]
     failed = [c for c in cheaper if c.number in fresh and fresh[c.number] != "pass" and c not in pending]
     passing = [c for c in cheaper if verdict[c.number] == "pass" and not c.confirm]
-    slots = len(evidence.confirmed) < recommend.finalists  # a confirmation slot left
-    pick = _confirmable(passing, failed, settings) if slots else None
+    slots = recommend.finalists - len(evidence.confirmed)  # confirmation slots left
+    last = slots == 1 and rec.number == base.number
+    room = {c.number: _room(verdicts(c, base, tol, looks=looks)) for c in passing} if last else None
+    pick = _confirmable(passing, failed, settings, room) if slots > 0 else None
     if pick is not None and not frontier(pick):
         pick = None  # a slot is spent where the search found the cheapest, not on the first pass it meets
     if pending and (pick is None or pending[0].rank_cost <= pick.rank_cost):

@@ -12,6 +12,10 @@ on its own). A rung where the first lines tried fall far short (4 tolerances or 
 three; and the walk jumps the rungs no line is expected to hold at: a sampler's error to the converged
 image falls as a power of its steps, so from a line ``excess`` tolerances short at ``s`` steps the next
 rung worth a render is ``s * excess ** (1 / 3)`` (the third power: the most a multistep solver gains).
+Where quality is flat in steps just beyond the tolerance that jump is one rung, and a beam at every rung
+would spend the night below the answer: each rung in a row where every line's mean stayed beyond the
+tolerance doubles the stride (1, 2, 4, ... rungs up; one that came inside resets it), and a line that
+then holds is searched down by halves between its last failure and its pass.
 
 Example:
     >>> p = Proposer(lines, steps=(2, 30), steps_step=1, cost=cost_of)
@@ -175,6 +179,7 @@ class Proposer:
     ) -> Settings | None:
         results = self._results(lines, tried)
         worth = max(self.rungs[0], start)  # the lowest rung some line may still hold at
+        left = 0  # rungs left in a row with no line holding
         for s in self.rungs:
             here = [line for line in lines if self.cost(line.at(s)) < best_cost]
             if not here:
@@ -190,6 +195,9 @@ class Proposer:
                 decided = [r.excess for r in done if r.verdict != "error" and math.isfinite(r.excess)]
                 if decided:  # the next rung worth a render, from the closest line at this one
                     worth = max(worth, s + 1, math.ceil(s * max(1.0, min(decided)) ** (1 / 3)))
+                left = left + 1 if decided and min(decided) >= 1 else 0  # every line's mean beyond the tolerance
+                if left:  # the stride doubles with each such rung in a row: 1, 2, 4, ... rungs up
+                    worth = max(worth, s + 2 ** (left - 1))
                 continue
             return self._best(open_, s, results)
         return None
