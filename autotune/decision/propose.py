@@ -179,7 +179,7 @@ class Proposer:
     ) -> Settings | None:
         results = self._results(lines, tried)
         worth = max(self.rungs[0], start)  # the lowest rung some line may still hold at
-        left = 0  # rungs left in a row with no line holding
+        left = 0  # rungs in a row where every line tried stayed beyond the tolerance by its mean
         for s in self.rungs:
             here = [line for line in lines if self.cost(line.at(s)) < best_cost]
             if not here:
