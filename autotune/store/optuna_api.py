@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gc
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -139,6 +140,7 @@ def reset_connections(storage: Any) -> None:
     (``StorageInternalError`` on the writes that record the stop). Drop the session and every pooled
     connection: the next call opens a fresh one, and the database rolls the broken transaction back."""
     backend = getattr(storage, "_backend", storage)  # Optuna's cache in front of an RDBStorage
+    gc.collect()  # a signal that landed in a connection's finalizer left it unreturned, its transaction open
     if hasattr(backend, "scoped_session"):
         with contextlib.suppress(Exception):
             backend.scoped_session.remove()

@@ -203,7 +203,13 @@ def run_study(
         except KeyboardInterrupt as e:
             with deferred():
                 reset_connections(rdb)  # the signal may have landed inside a commit
-                _stopped(studies, runs, why(e), decide)
+                try:
+                    _stopped(studies, runs, why(e), decide)
+                except Exception as failed:  # the stop stays the exit; the next run recovers what is unrecorded
+                    if write_failure(failed) is None:
+                        raise
+                    print(f"autotune: warning: the stop could not be recorded ({write_failure(failed)}); the next "
+                          "run recovers its trials", file=sys.stderr)  # fmt: skip
             raise
         except StudyAborted as e:  # the outputs say it, as for a signal: "stopped: 10 trials in a row failed; ..."
             with deferred():
@@ -382,7 +388,7 @@ def _join(procs: list[subprocess.Popen[bytes]], stopped: bool = False) -> None:
         except KeyboardInterrupt:
             _terminate(p)
             raise
-        if code not in (0, 130, 143):
+        if code not in (0, 130, 143, -signal.SIGTERM, -signal.SIGINT):  # a signal before its handlers: as sent
             print(f"autotune: warning: worker process {p.pid} exited with code {code}", file=sys.stderr)
 
 
