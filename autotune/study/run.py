@@ -205,10 +205,10 @@ def run_study(
                 reset_connections(rdb)  # the signal may have landed inside a commit
                 try:
                     _stopped(studies, runs, why(e), decide)
-                except Exception as failed:  # the stop stays the exit; the next run recovers what is unrecorded
-                    if write_failure(failed) is None:
+                except Exception as unrecorded:  # the stop stays the exit; the next run recovers it
+                    if write_failure(unrecorded) is None:
                         raise
-                    print(f"autotune: warning: the stop could not be recorded ({write_failure(failed)}); the next "
+                    print(f"autotune: warning: the stop could not be recorded ({write_failure(unrecorded)}); the next "
                           "run recovers its trials", file=sys.stderr)  # fmt: skip
             raise
         except StudyAborted as e:  # the outputs say it, as for a signal: "stopped: 10 trials in a row failed; ..."
