@@ -571,4 +571,4 @@ def test_a_helper_that_does_not_stop_after_sigterm_is_killed_and_said(
     assert deaf.stdout is not None and deaf.stdout.readline() == b"1\n"  # SIGTERM ignored from here on
     run._join([deaf], stopped=True)
     assert deaf.returncode == -signal.SIGKILL
-    assert f"worker process {deaf.pid} had not stopped 0.5 s after SIGTERM: killed" in capsys.readouterr().err
+    assert f"worker {deaf.pid} still going 0.5 s after SIGTERM: killed" in capsys.readouterr().err

@@ -46,6 +46,7 @@ from autotune.study.trials import TrialRunner
 __all__ = ["StudyAborted", "open_class_study", "run_study"]
 
 _MAX_CONSECUTIVE_FAILURES = 10  # fresh failures in a row (not repeats of a known-bad setting)
+_GRACE = 60.0  # seconds a helper has after SIGTERM (a render's step, marking its trial), then it is killed
 
 
 class StudyAborted(RuntimeError):
@@ -206,10 +207,9 @@ def run_study(
                 try:
                     _stopped(studies, runs, why(e), decide)
                 except Exception as unrecorded:  # the stop stays the exit; the next run recovers it
-                    if write_failure(unrecorded) is None:
+                    if (reason := write_failure(unrecorded)) is None:
                         raise
-                    print(f"autotune: warning: the stop could not be recorded ({write_failure(unrecorded)}); the next "
-                          "run recovers its trials", file=sys.stderr)  # fmt: skip
+                    print(f"autotune: warning: the stop could not be recorded ({reason})", file=sys.stderr)
             raise
         except StudyAborted as e:  # the outputs say it, as for a signal: "stopped: 10 trials in a row failed; ..."
             with deferred():
@@ -377,9 +377,7 @@ def _spawn_workers(
 
 
 def _join(procs: list[subprocess.Popen[bytes]], stopped: bool = False) -> None:
-    """Wait for the helper workers; when this process was ``stopped`` (a signal to it alone: SIGTERM from a
-    scheduler, SIGHUP), or is stopped while waiting, they are sent SIGTERM first (each marks its trial), and
-    one still going ``_GRACE`` seconds later is killed (its trial is failed and retried, see _stopped)."""
+    """Wait for the helpers; SIGTERM first (``_GRACE``) when this process was ``stopped`` or is stopped meanwhile."""
     for p in procs:
         try:
             if stopped:
@@ -392,9 +390,6 @@ def _join(procs: list[subprocess.Popen[bytes]], stopped: bool = False) -> None:
             print(f"autotune: warning: worker process {p.pid} exited with code {code}", file=sys.stderr)
 
 
-_GRACE = 60.0  # seconds a helper has to stop after SIGTERM: its render's current step, marking its trial
-
-
 def _terminate(p: subprocess.Popen[bytes]) -> None:
     p.terminate()
     try:
@@ -402,5 +397,4 @@ def _terminate(p: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait()
-        print(f"autotune: warning: worker process {p.pid} had not stopped {_GRACE:g} s after SIGTERM: killed",
-              file=sys.stderr)  # fmt: skip
+        print(f"autotune: warning: worker {p.pid} still going {_GRACE:g} s after SIGTERM: killed", file=sys.stderr)
