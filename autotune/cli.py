@@ -103,10 +103,16 @@ def _outputs_so_far(cfg: Any, args: argparse.Namespace, warn: bool = True) -> st
             write_all(recommend(cfg, storage=args.storage), args.storage)
         except ConfigError:  # stopped before any study existed: nothing to write
             pass
-        except WriteFailed as e:
+        except Exception as e:  # a full disk; the study's storage, after a stop that cut a write: the stop stays
+            if isinstance(e, WriteFailed):
+                text = str(e)
+            elif (reason := write_failure(e)) is not None:
+                text = f"the outputs could not be written (the study's storage failed: {reason})"
+            else:
+                raise
             if not warn:
-                return str(e)
-            print(f"autotune: warning: {e}", file=sys.stderr)
+                return text
+            print(f"autotune: warning: {text}", file=sys.stderr)
     return None
 
 

@@ -139,3 +139,43 @@ def test_connections_reset_after_a_signal_mid_commit_leave_the_storage_working(t
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         again = optuna.load_study(study_name=study.study_name, storage=url).trials[0]
         assert again.user_attrs["interrupted"] is True and again.state.name == "FAIL"
+
+
+def test_a_stop_while_sqlite_steps_a_statement_leaves_no_lock_once_connections_are_reset(tmp_path: Path) -> None:
+    """A signal that lands while a worker's SELECT is under way (every transaction takes the write lock
+    first): the cursor, held by the interrupted frames, keeps the connection's lock even after SQLAlchemy
+    closes it, and the stop's own writes waited 60 s and failed, "database is locked" (seen in CI). Reset
+    with the stop, the lock is gone at once."""
+    from sqlalchemy import event
+
+    from autotune.store.storage import open_storage
+
+    for release in (False, True):
+        path = tmp_path / f"{release}.sqlite"
+        storage = open_storage(f"sqlite:///{path}", workers=True)
+        study = optuna.create_study(storage=storage)
+        fired: list[str] = []
+
+        def interrupt(conn, cursor, statement, *_, fired=fired):  # type: ignore[no-untyped-def]
+            if not fired and statement.lstrip().upper().startswith("SELECT"):
+                fired.append(statement)
+                raise KeyboardInterrupt
+
+        event.listen(storage.engine, "after_cursor_execute", interrupt)
+        try:
+            study.set_user_attr("k", 1)
+        except KeyboardInterrupt as e:
+            optuna_api.reset_connections(storage, e if release else None)
+            other = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                if not release:
+                    with pytest.raises(sqlite3.OperationalError, match="locked"):
+                        other.execute("BEGIN IMMEDIATE")
+                    continue
+                other.execute("BEGIN IMMEDIATE")  # the write lock, without waiting
+                other.execute("ROLLBACK")
+            finally:
+                other.close()
+        assert fired, "no SELECT was interrupted"
+        study.set_user_attr("k", 2)
+        assert optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{path}").user_attrs["k"] == 2

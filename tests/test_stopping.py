@@ -543,6 +543,49 @@ def test_a_stop_signal_a_library_swallows_or_rewords_mid_render_still_stops_the_
         assert not failed  # the render finished; the next unit of work heard the stop
 
 
+def test_a_stop_that_lands_while_the_database_steps_a_query_is_recorded_at_once(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while SQLite steps a SELECT of the study loop (seen in CI: a parent given SIGTERM exited 74,
+    "database is locked", after waiting twice 60 s on the lock its own cut cursor kept): the stop is recorded
+    and the run ends as the signal's, with the trials it stopped failed as interrupted, none left running."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from autotune import process
+    from autotune.model.evaluate import Evaluator
+
+    real = Evaluator.evaluate
+    armed: list[int] = []
+    fired: list[str] = []
+
+    def rendered(self, settings, prompts, seeds, timed=True):  # type: ignore[no-untyped-def]
+        out = real(self, settings, prompts, seeds, timed)
+        if settings.steps < 8:  # a trial after the baseline: the next query of the loop is cut
+            armed.append(1)
+        return out
+
+    def cut(conn, cursor, statement, *_):  # type: ignore[no-untyped-def]
+        if armed and not fired and not process._depth and statement.lstrip().upper().startswith("SELECT"):
+            fired.append(statement)
+            process._handler(signal.SIGTERM, None)
+
+    path = study_file(name="cut", n_trials=40)
+    path.write_text(path.read_text().replace("seeds = [0]", "seeds = [0]\nseed = 0"))
+    cfg = load_config(path)
+    event.listen(Engine, "after_cursor_execute", cut)
+    try:
+        with monkeypatch.context() as m, pytest.raises(process.Interrupted) as stop:
+            m.setattr(Evaluator, "evaluate", rendered)
+            run_study(cfg, progress=False)
+    finally:
+        event.remove(Engine, "after_cursor_execute", cut)
+    assert stop.value.signum == signal.SIGTERM and fired
+    study = optuna.load_study(study_name=study_name(cfg, "portrait"), storage=cfg.default_storage)
+    assert study.user_attrs["decision"].get("stopped") == "interrupted (SIGTERM)", study.user_attrs["decision"]
+    assert {"RUNNING", "WAITING"}.isdisjoint(t.state.name for t in study.trials)
+
+
 def test_a_signal_that_a_library_turns_into_its_own_error_stays_a_stop() -> None:
     """diffusers reports a Ctrl-C inside a safetensors read as ``OSError: Unable to load weights``: seen as
     exit 2 "cannot load" in test_sigint_and_sigterm_... under load. Inside ``signals_kept`` it is the stop."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -134,17 +135,31 @@ class TrialHandle:
         return cls(study._storage, study, trial_id)
 
 
-def reset_connections(storage: Any) -> None:
+def reset_connections(storage: Any, after: BaseException | None = None) -> None:
     """After a signal landed inside a storage call: Optuna's session rolls back on ``Exception`` only, so
     a ``KeyboardInterrupt`` mid-commit can hand the next call a connection still inside a transaction
     (``StorageInternalError`` on the writes that record the stop). Drop the session and every pooled
-    connection: the next call opens a fresh one, and the database rolls the broken transaction back."""
+    connection: the next call opens a fresh one, and the database rolls the broken transaction back.
+    ``after``: the exception the signal raised; what its frames held (a cursor mid-statement) goes too."""
     backend = getattr(storage, "_backend", storage)  # Optuna's cache in front of an RDBStorage
+    _release_frames(after)
     gc.collect()  # a signal that landed in a connection's finalizer left it unreturned, its transaction open
     if hasattr(backend, "scoped_session"):
         with contextlib.suppress(Exception):
             backend.scoped_session.remove()
         backend.engine.dispose()
+
+
+def _release_frames(e: BaseException | None) -> None:
+    """Drop the locals of the frames ``e`` (and what it interrupted) passed through: a signal that lands
+    while SQLite steps a statement leaves that statement's cursor in the interrupted frame, and the
+    connection, even closed, keeps its lock until the cursor goes (every other writer then waits,
+    "database is locked"). Frames still running keep theirs."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        e = e.__cause__ or e.__context__
 
 
 def fail_stale_trials(study: Any) -> None:

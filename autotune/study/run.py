@@ -29,7 +29,7 @@ from autotune.config.resolve import ResolvedStudy
 from autotune.decision.evidence import reused
 from autotune.files import WriteFailed, check_writable, write_failure
 from autotune.model.evaluate import Evaluator
-from autotune.process import Interrupted, deferred, heard, received, why, worker_id
+from autotune.process import Interrupted, deferred, heard, received, signals_kept, why, worker_id
 from autotune.results.reader import Outcomes, recommend
 from autotune.space.settings import Settings, searched_params
 from autotune.store.artifacts import check as check_artifacts
@@ -184,7 +184,7 @@ def run_study(
             if started is not None:
                 started(recommend(resolved, storage=url, version=version))
             _in_time(deadline)  # start-up counts against the deadline: each render below starts within it
-            tell = _say if progress else lambda _: None
+            tell = functools.partial(print, file=sys.stderr) if progress else lambda _: None
             tell(f"autotune: start-up: loading {cfg.model.id} and the metrics' models ({rt['device']}, {rt['dtype']})")
             evaluator = Evaluator(resolved, url, device, described=described)
             if check_reference and "lpips" in cfg.metrics.objectives:
@@ -203,7 +203,7 @@ def run_study(
             pass
         except KeyboardInterrupt as e:
             with deferred():
-                reset_connections(rdb)  # the signal may have landed inside a commit
+                reset_connections(rdb, e)  # the signal may have landed inside a commit
                 try:
                     _stopped(studies, runs, why(e), decide)
                 except Exception as unrecorded:  # the stop stays the exit; the next run recovers it
@@ -222,7 +222,7 @@ def run_study(
             where = getattr(e, "filename", None) or "the study's storage"  # an output file, or the database
             failed = e if isinstance(e, WriteFailed) else WriteFailed(f"{where} could not be written ({reason})")
             with deferred(), contextlib.suppress(Exception):  # where the storage still takes it
-                reset_connections(rdb)
+                reset_connections(rdb, e)
                 _stopped(studies, runs, f"could not write ({reason})", decide)
             raise failed from None
         _stopped(studies, runs, "the time limit", decide)
@@ -251,10 +251,6 @@ def _stopped(studies: dict[str, optuna.Study], runs: dict[str, Any], why: str, d
 
 def _attrs(rdb: optuna.storages.BaseStorage, name: str) -> dict[str, object]:
     return rdb.get_study_user_attrs(rdb.get_study_id_from_name(name))
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr)
 
 
 class _TrialsOnly:
@@ -315,19 +311,20 @@ def _loop(
     failures = _Failures()
     stopped = False
     signals = received()
-    try:
-        while now() < deadline and (active := [c for c, r in runs.items() if not r.settled]):
-            for c in active:
-                heard(signals)  # a stop that something swallowed on its way up still stops the run
-                if ledger.dead_sibling(runs[c].study):  # a worker of this machine died mid-trial
-                    ledger.recover(runs[c].study)
-                if not runs[c].step():
-                    continue
-                last, runs[c].last = runs[c].last, None
-                failures.count(last)
-                bar.update(_failure_line(c, last) if last is not None else None)
-                if now() >= deadline:
-                    break
+    try:  # what a library made of a stop on its way up (a storage error after its cursor was cut) is the stop
+        with signals_kept():
+            while now() < deadline and (active := [c for c, r in runs.items() if not r.settled]):
+                for c in active:
+                    heard(signals)  # a stop that something swallowed on its way up still stops the run
+                    if ledger.dead_sibling(runs[c].study):  # a worker of this machine died mid-trial
+                        ledger.recover(runs[c].study)
+                    if not runs[c].step():
+                        continue
+                    last, runs[c].last = runs[c].last, None
+                    failures.count(last)
+                    bar.update(_failure_line(c, last) if last is not None else None)
+                    if now() >= deadline:
+                        break
     except KeyboardInterrupt as e:  # Ctrl-C reached the helpers too (one process group); other signals did not
         stopped = isinstance(e, Interrupted) and e.signum != signal.SIGINT
         raise

@@ -120,7 +120,7 @@ class TrialRunner:
             if trial is None:
                 raise
             with deferred():
-                reset_connections(storage_of(self.study))  # the signal may have landed inside a commit
+                reset_connections(storage_of(self.study), e)  # the signal may have landed inside a commit
                 trial.set_user_attr("interrupted", True)
                 trial.set_user_attr("fail_reason", why(e))
                 self.study.tell(trial, state=TrialState.FAIL)
@@ -145,7 +145,7 @@ class TrialRunner:
             return
         then = "goes on"  # no trial was asked for: nothing of this one to render again
         with deferred(), contextlib.suppress(Exception):
-            reset_connections(storage_of(self.study))
+            reset_connections(storage_of(self.study), e)
             if trial is not None:
                 then = "fails it and renders it again"  # unless the FAIL below is stored
                 trial.set_user_attr("infrastructure", True)
