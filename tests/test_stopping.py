@@ -615,3 +615,29 @@ def test_a_helper_that_does_not_stop_after_sigterm_is_killed_and_said(
     run._join([deaf], stopped=True)
     assert deaf.returncode == -signal.SIGKILL
     assert f"worker {deaf.pid} still going 0.5 s after SIGTERM: killed" in capsys.readouterr().err
+
+
+def test_outputs_a_stopped_run_cannot_write_for_its_storage_are_a_warning_and_the_stop_stays(
+    study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a stop, the outputs so far are written from what is stored; a storage that refuses them then (a
+    lock, a server gone) is one warning, and the signal's exit code stays (CI once saw exit 74 instead)."""
+    import argparse
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from autotune import cli
+    from autotune.results import reader
+
+    def locked(*_: object, **__: object) -> None:
+        raise OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(reader, "recommend", locked)
+    cfg = load_config(study_file(name="locked"))
+    assert cli._outputs_so_far(cfg, argparse.Namespace(worker=False, storage=None)) is None
+    said = "autotune: warning: the outputs could not be written (the study's storage failed: database is locked)"
+    assert capsys.readouterr().err.strip() == said
+    monkeypatch.setattr(reader, "recommend", lambda *a, **k: 1 / 0)  # not a storage failure: a bug, raised
+    with pytest.raises(ZeroDivisionError):
+        cli._outputs_so_far(cfg, argparse.Namespace(worker=False, storage=None))
