@@ -172,7 +172,8 @@ class ClassRun:
         """Do the next unit of work; False when the class has nothing left to do."""
         self.refresh()
         base = self.evidence.baseline  # the first trial queued: everything is compared with it
-        action = self._action(base) if base is not None else None
+        rec = self.recommendation()  # the decision as the evidence stands: this step's one reading of it
+        action = self._action(base, rec) if base is not None else None
         if action is not None:
             self.announce(f"{PHASES[action.kind]} trial {action.number} on {len(action.units)} more images")
             self._render(action)
@@ -186,10 +187,9 @@ class ClassRun:
             self.announce("settling")
             return self._settle()
         self.announce("baseline" if base is None else "search: a new setting")
-        return self._trial(self._next_setting(self.recommendation()) if base is not None else None)
+        return self._trial(self._next_setting(rec) if base is not None else None)
 
-    def _action(self, base: Any) -> Action | None:
-        rec = self.recommendation()
+    def _action(self, base: Any, rec: Any) -> Action | None:
         margin_of = self._margin_numbers(rec.chosen.number) if rec.chosen.number != base.number else []
         return next_action(
             self.evidence, self.tolerance(), self.panel, self.settings(), self.cfg.recommend,
