@@ -172,7 +172,7 @@ def parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) -> argpa
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("config", type=Path, nargs="?", help="study file whose [model] to describe")
     group.add_argument(
-        "--model", help='model id: "micro", "glyphs", "tiny", "tiny-sdxl", "tiny-sd3", a hub id or a folder'
+        "--model", help='model id: "micro", "glyphs", "tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", a hub id, a folder'
     )
     p.set_defaults(func=commands["schedulers"])
 

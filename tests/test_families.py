@@ -22,6 +22,7 @@ FAMILY_MODELS = [
     ("tiny", "sd", {"euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"}),
     ("tiny-sdxl", "sdxl", {"euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"}),
     ("tiny-sd3", "sd3", {"flow_euler", "flow_heun"}),
+    ("tiny-flux", "flux", {"flow_euler"}),
 ]
 
 
@@ -180,3 +181,65 @@ def test_study_naming_an_incompatible_scheduler_exits_2_with_the_usable_list(tmp
         "with this sd3 model (it can use: flow_euler, flow_heun)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
+
+
+def test_embedded_guidance_costs_no_second_call_and_classifier_free_guidance_does() -> None:
+    from autotune.space.families import FAMILIES
+    from autotune.space.settings import Settings
+
+    s = Settings.make("flow_euler", 6, 3.5)
+    assert s.guided_share(FAMILIES["flux"]) == 0.0  # Flux's guidance is an input of its one call
+    assert s.guided_share(FAMILIES["sd3"]) == 1.0 and s.guided_share() == 1.0
+    assert Settings.make("flow_euler", 6, 1.0).guided_share(FAMILIES["sd3"]) == 0.0
+
+
+@pytest.mark.slow
+def test_a_flux_study_runs_end_to_end_and_its_diffusers_block_renders_its_image(tmp_path: Path) -> None:
+    """Flux's layout (transformer, CLIP and T5 encoders, embedded guidance) through a whole study: each call
+    counted once, and the recommendation's diffusers block re-renders the study's image in plain diffusers."""
+    import diffusers
+    import optuna
+
+    import autotune
+    from autotune.cli import main
+    from autotune.model.references import decode_png
+    from autotune.results.reader import recommend
+    from autotune.store.artifacts import open_store
+    from autotune.store.reference_table import image_name
+    from autotune.store.storage import open_storage
+    from autotune.testing.tiny import tiny_pipeline_path
+
+    path = tmp_path / "flux.toml"
+    path.write_text(
+        'name = "flux"\n[model]\nid = "tiny-flux"\ndevice = "cpu"\nheight = 32\nwidth = 32\n'
+        "[search]\nsteps = [2, 8]\nn_trials = 4\nseeds = [0]\nguidance = [1.0, 6.0]\n"
+        '[baseline]\nscheduler = "flow_euler"\nsteps = 8\nguidance = 3.5\n'
+        '[reference]\nscheduler = "flow_euler"\nsteps = 20\nguidance = 3.5\n'
+        + SHOWABLE
+        + "confirm_seeds = [1000, 1001]\nfinalists = 1\nrace_seeds = 2\nrace_budget = 0\n"
+        + CLASSES
+    )
+    assert main(["study", str(path), "--quiet"]) == 0
+    cfg = load_config(path)
+    data = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]["portrait"]
+    assert data["model_evaluations"] == data["model_calls"] == data["steps"]  # guidance 3.5, one call a step
+    (outcome,) = recommend(cfg).values()
+    trials = outcome.load_study().trials
+    assert [t.user_attrs["guided_calls"] for t in trials] == [0] * len(trials)
+
+    trial = trials[data["trial"]]
+    metas = optuna.artifacts.get_all_artifact_meta(trial, storage=open_storage(cfg.default_storage))
+    (meta,) = [m for m in metas if m.filename == image_name(0, 0)]
+    with open_store(cfg.artifacts).open_reader(meta.artifact_id) as f:
+        expected = decode_png(f.read())
+    block = data["diffusers"]
+    plain = diffusers.FluxPipeline.from_pretrained(tiny_pipeline_path("tiny-flux"))
+    plain.scheduler = getattr(diffusers, block["scheduler_class"]).from_config(
+        plain.scheduler.config, **block["scheduler_config"]
+    )
+    prompt = "a studio portrait of an old fisherman"
+    out = plain(
+        prompt, **block["call_kwargs"], height=32, width=32, output_type="pt",
+        generator=torch.Generator().manual_seed(autotune.noise_seed(prompt, 0)),
+    )  # fmt: skip
+    assert ((out.images[0] * 255).round() / 255 - expected).abs().max() <= 1 / 255 + 1e-6

@@ -78,10 +78,11 @@ class SearchSpace(Protocol):
     def guidance_cutoff_step(self) -> float: ...
 
 
-def guidance_on(guidance: float) -> bool:
+def guidance_on(guidance: float, family: Family | None = None) -> bool:
     """Whether classifier-free guidance runs (a second, unconditional model call per step): diffusers'
-    pipelines guide when ``guidance_scale > 1``, and so do the renders, the parity check and the cost."""
-    return float(guidance) > 1.0
+    pipelines guide when ``guidance_scale > 1``, and so do the renders, the parity check and the cost; a
+    family without classifier-free guidance inputs (Flux: its guidance is embedded in the one call) never."""
+    return float(guidance) > 1.0 and (family is None or bool(family.cfg_inputs))
 
 
 def guided_steps(timesteps: int, cutoff: float) -> int:
@@ -263,10 +264,10 @@ class Settings:
         """Denoiser calls per image (steps x the sampler's calls per step), guidance or not."""
         return self.steps * schedulers.get(self.scheduler).calls_per_step
 
-    def guided_share(self) -> float:
+    def guided_share(self, family: Family | None = None) -> float:
         """The share of the model evaluations that run with guidance (0 without guidance), as the render
-        counts them; for a setting not rendered yet, from its steps."""
-        if not guidance_on(self.guidance):
+        counts them; for a setting not rendered yet, from its steps (and ``family``: see :func:`guidance_on`)."""
+        if not guidance_on(self.guidance, family):
             return 0.0
         return guided_steps(self.calls, self.cutoff) / self.calls
 

@@ -154,7 +154,7 @@ class ClassRun:
 
     # cost in one unit for rendered and untried settings ----------------------------------------------
     def _cost(self, s: Settings) -> float:
-        return priced(self.evidence.fit, s.calls, s.guided_share())
+        return priced(self.evidence.fit, s.calls, s.guided_share(self.cfg.family))
 
     def _best_cost(self, chosen: Any) -> float:
         return math.inf if chosen.calls is None else priced(self.evidence.fit, chosen.calls, chosen.guided)

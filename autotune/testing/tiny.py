@@ -226,7 +226,53 @@ def build_tiny_sd3() -> Any:
     )
 
 
-TINY_MODELS = {"tiny": build_tiny_pipeline, "tiny-sdxl": build_tiny_sdxl, "tiny-sd3": build_tiny_sd3}
+def _t5_tokenizer() -> Any:
+    """T5's tokenizer over characters (a Unigram vocabulary of printable ASCII), built offline."""
+    from transformers import T5Tokenizer  # transformers 5: the fast one, T5TokenizerFast its alias
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]  # T5's own first four
+    return T5Tokenizer(vocab=pieces + [(chr(i), -5.0) for i in range(33, 127)], extra_ids=0)
+
+
+def build_tiny_flux() -> Any:
+    """Flux's transformer in small: double and single stream blocks, embedded (distilled) guidance, flow
+    matching, a CLIP encoder for the pooled embedding and a T5 encoder for the sequence."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = _byte_tokenizer()
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # the VAE's 4 latent channels, packed 2 x 2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    t5 = T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(shift=0.06),
+        text_encoder=_clip_text(tokenizer),
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=_t5_tokenizer(),
+        transformer=transformer,
+    )
+
+
+TINY_MODELS = {
+    "tiny": build_tiny_pipeline,
+    "tiny-sdxl": build_tiny_sdxl,
+    "tiny-sd3": build_tiny_sd3,
+    "tiny-flux": build_tiny_flux,
+}
 
 
 def _own_rng() -> Any:
@@ -237,7 +283,7 @@ def _own_rng() -> Any:
 
 
 def tiny_pipeline_path(name: str = "tiny") -> Path:
-    """Build a tiny pipeline once (``tiny``, ``tiny-sdxl``, ``tiny-sd3``) and return its folder."""
+    """Build a tiny pipeline once (``tiny``, ``tiny-sdxl``, ``tiny-sd3``, ``tiny-flux``) and return its folder."""
     builder = TINY_MODELS[name]
     folder = cache_dir() / f"{name}-{_VERSION}"
     if not (folder / "model_index.json").exists():
