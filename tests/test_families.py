@@ -193,10 +193,17 @@ def test_embedded_guidance_costs_no_second_call_and_classifier_free_guidance_doe
     assert Settings.make("flow_euler", 6, 1.0).guided_share(FAMILIES["sd3"]) == 0.0
 
 
+FLOW_STUDIES = [("tiny-flux", "FluxPipeline", 1), ("tiny-sd3", "StableDiffusion3Pipeline", 2)]
+
+
 @pytest.mark.slow
-def test_a_flux_study_runs_end_to_end_and_its_diffusers_block_renders_its_image(tmp_path: Path) -> None:
-    """Flux's layout (transformer, CLIP and T5 encoders, embedded guidance) through a whole study: each call
-    counted once, and the recommendation's diffusers block re-renders the study's image in plain diffusers."""
+@pytest.mark.parametrize(("model", "pipeline", "per_step"), FLOW_STUDIES, ids=[m[0] for m in FLOW_STUDIES])
+def test_a_flow_study_runs_end_to_end_and_its_diffusers_block_renders_its_image(
+    tmp_path: Path, model: str, pipeline: str, per_step: int
+) -> None:
+    """Flux's layout (transformer, CLIP and T5 encoders, embedded guidance: one call a step) and SD3's
+    (MMDiT, classifier-free guidance: two) through a whole study: the calls counted as they run, and the
+    recommendation's diffusers block re-renders the study's image in plain diffusers."""
     import diffusers
     import optuna
 
@@ -211,7 +218,7 @@ def test_a_flux_study_runs_end_to_end_and_its_diffusers_block_renders_its_image(
 
     path = tmp_path / "flux.toml"
     path.write_text(
-        'name = "flux"\n[model]\nid = "tiny-flux"\ndevice = "cpu"\nheight = 32\nwidth = 32\n'
+        f'name = "flux"\n[model]\nid = "{model}"\ndevice = "cpu"\nheight = 32\nwidth = 32\n'
         "[search]\nsteps = [2, 8]\nn_trials = 4\nseeds = [0]\nguidance = [1.0, 6.0]\n"
         '[baseline]\nscheduler = "flow_euler"\nsteps = 8\nguidance = 3.5\n'
         '[reference]\nscheduler = "flow_euler"\nsteps = 20\nguidance = 3.5\n'
@@ -222,10 +229,12 @@ def test_a_flux_study_runs_end_to_end_and_its_diffusers_block_renders_its_image(
     assert main(["study", str(path), "--quiet"]) == 0
     cfg = load_config(path)
     data = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]["portrait"]
-    assert data["model_evaluations"] == data["model_calls"] == data["steps"]  # guidance 3.5, one call a step
+    assert data["model_calls"] == data["steps"] and data["model_evaluations"] == per_step * data["steps"]  # CFG 3.5
     (outcome,) = recommend(cfg).values()
     trials = outcome.load_study().trials
-    assert [t.user_attrs["guided_calls"] for t in trials] == [0] * len(trials)
+    assert [t.user_attrs["guided_calls"] for t in trials] == [
+        (per_step - 1) * t.user_attrs["model_calls"] * (t.params["guidance"] > 1) for t in trials
+    ]
 
     trial = trials[data["trial"]]
     metas = optuna.artifacts.get_all_artifact_meta(trial, storage=open_storage(cfg.default_storage))
@@ -233,7 +242,9 @@ def test_a_flux_study_runs_end_to_end_and_its_diffusers_block_renders_its_image(
     with open_store(cfg.artifacts).open_reader(meta.artifact_id) as f:
         expected = decode_png(f.read())
     block = data["diffusers"]
-    plain = diffusers.FluxPipeline.from_pretrained(tiny_pipeline_path("tiny-flux"))
+    index = json.loads((tiny_pipeline_path(model) / "model_index.json").read_text())
+    absent = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}  # tiny-sd3: no T5
+    plain = getattr(diffusers, pipeline).from_pretrained(tiny_pipeline_path(model), **absent)
     plain.scheduler = getattr(diffusers, block["scheduler_class"]).from_config(
         plain.scheduler.config, **block["scheduler_config"]
     )
