@@ -230,7 +230,7 @@ def _t5_tokenizer() -> Any:
     """T5's tokenizer over characters (a Unigram vocabulary of printable ASCII), built offline."""
     from transformers import T5Tokenizer  # transformers 5: the fast one, T5TokenizerFast its alias
 
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]  # T5's own first four
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]  # the minimal T5 vocabulary
     return T5Tokenizer(vocab=pieces + [(chr(i), -5.0) for i in range(33, 127)], extra_ids=0)
 
 
