@@ -205,16 +205,12 @@ def test_a_flow_study_runs_end_to_end_and_its_diffusers_block_renders_its_image(
     (MMDiT, classifier-free guidance: two) through a whole study: the calls counted as they run, and the
     recommendation's diffusers block re-renders the study's image in plain diffusers."""
     import diffusers
-    import optuna
 
     import autotune
     from autotune.cli import main
-    from autotune.model.references import decode_png
     from autotune.results.reader import recommend
-    from autotune.store.artifacts import open_store
-    from autotune.store.reference_table import image_name
-    from autotune.store.storage import open_storage
     from autotune.testing.tiny import tiny_pipeline_path
+    from tests.test_serving import trial_image
 
     path = tmp_path / "flux.toml"
     path.write_text(
@@ -236,11 +232,7 @@ def test_a_flow_study_runs_end_to_end_and_its_diffusers_block_renders_its_image(
         (per_step - 1) * t.user_attrs["model_calls"] * (t.params["guidance"] > 1) for t in trials
     ]
 
-    trial = trials[data["trial"]]
-    metas = optuna.artifacts.get_all_artifact_meta(trial, storage=open_storage(cfg.default_storage))
-    (meta,) = [m for m in metas if m.filename == image_name(0, 0)]
-    with open_store(cfg.artifacts).open_reader(meta.artifact_id) as f:
-        expected = decode_png(f.read())
+    expected = trial_image(cfg, outcome, data["trial"])  # the study's image of its first prompt and seed
     block = data["diffusers"]
     index = json.loads((tiny_pipeline_path(model) / "model_index.json").read_text())
     absent = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}  # tiny-sd3: no T5
