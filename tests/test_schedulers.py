@@ -164,3 +164,16 @@ def test_overrides_of_one_scheduler_do_not_leak_into_the_next(tiny) -> None:  # 
     assert tiny.pipe.scheduler.config.use_karras_sigmas is True
     generate(tiny, Settings("dpmpp_2m", 2, 7.5), ["x"], [0], 32, 32)
     assert tiny.pipe.scheduler.config.use_karras_sigmas is False
+
+
+@pytest.mark.parametrize("name", ["flow_dpmpp_2m", "flow_unipc"])
+def test_a_multistep_solver_on_flow_sigmas_shifts_them_as_the_models_own_scheduler_does(tiny_sd3, name: str) -> None:  # type: ignore[no-untyped-def]
+    base = tiny_sd3.base_scheduler_config
+    built, unshifted = schedulers.build(name, base), schedulers.build(name, {**base, "shift": 1.0})
+    assert built.config.flow_shift == base["shift"] == 3.0  # the FlowMatch schedulers' shift, under its own key
+    built.set_timesteps(8)
+    unshifted.set_timesteps(8)
+    s = unshifted.sigmas[:-1].float()
+    assert torch.allclose(built.sigmas[:-1].float(), 3 * s / (1 + 2 * s), atol=1e-3)  # shifted as FlowMatch shifts
+    handed = schedulers.complete(name, base, schedulers.overrides(name))  # what the recommendation carries
+    assert handed["flow_shift"] == 3.0 and handed["use_flow_sigmas"] and handed["prediction_type"] == "flow_prediction"

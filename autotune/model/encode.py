@@ -17,16 +17,30 @@ __all__ = ["encode_prompt"]
 
 
 def encode_prompt(
-    pipe: Any, prompt: str, device: str, negative: str | None = None, clip_skip: int | None = None
+    pipe: Any,
+    prompt: str,
+    device: str,
+    negative: str | None = None,
+    clip_skip: int | None = None,
+    max_sequence_length: int | None = None,
 ) -> dict[str, Any]:
-    """One prompt's embeddings as the call kwargs the pipeline takes (negative: the empty prompt unless given)."""
+    """One prompt's embeddings as the call kwargs the pipeline takes (negative: the empty prompt unless
+    given; Flux's are used where it is guided with true CFG); ``max_sequence_length``: the T5 tokens read
+    (Flux, SD3), where the call sets it."""
     kind = PIPELINES.get(type(pipe).__name__, "sd")
+    length = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
     if kind == "sd":
         pos, neg = pipe.encode_prompt(prompt, device, 1, True, negative_prompt=negative, clip_skip=clip_skip)
         return {"prompt_embeds": pos, "negative_prompt_embeds": neg}
     if kind == "flux":
-        pos, pooled, _ = pipe.encode_prompt(prompt, None, device=device)
-        return {"prompt_embeds": pos, "pooled_prompt_embeds": pooled}
+        pos, pooled, _ = pipe.encode_prompt(prompt, None, device=device, **length)
+        neg, neg_pooled, _ = pipe.encode_prompt(negative or "", None, device=device, **length)
+        return {
+            "prompt_embeds": pos,
+            "pooled_prompt_embeds": pooled,
+            "negative_prompt_embeds": neg,
+            "negative_pooled_prompt_embeds": neg_pooled,
+        }
     if kind == "sdxl":
         out = pipe.encode_prompt(
             prompt,
@@ -45,6 +59,7 @@ def encode_prompt(
             do_classifier_free_guidance=True,
             negative_prompt=negative,
             clip_skip=clip_skip,
+            **length,
         )
     keys = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
     return dict(zip(keys, out, strict=True))

@@ -82,10 +82,18 @@ class Pipeline:
     warmed: set[tuple[Any, ...]] = field(default_factory=set)  # serving call shapes already warmed up
     forward_passes: int = 0
     guided_passes: int = 0  # of those, the ones with classifier-free guidance on (a doubled batch)
+    _last_step: Any = None  # the timestep of the last denoiser call (true CFG calls twice per step)
     auto_batch: int = 16  # batch_size = "auto": the largest batch tried that fitted (halved on out-of-memory)
     embeds: dict[tuple[Any, ...], dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def _count(self, *_: Any) -> None:
+        """One denoiser call: a call guided in the same batch counts as guided; true CFG's second call of a
+        step (the negative prompt's, at the step's timestep again) counts as the first one's guidance."""
+        step = getattr(self.pipe, "_current_timestep", None)
+        if self.family.true_cfg and step is not None and step is self._last_step:
+            self.guided_passes += 1
+            return
+        self._last_step = step
         self.forward_passes += 1
         self.guided_passes += bool(getattr(self.pipe, "do_classifier_free_guidance", False))
 
@@ -184,7 +192,8 @@ def describe_model(model: ModelConfig) -> ModelDescription:
     pipeline_class = index.get("_class_name", "")
     scheduler_class = (index.get("scheduler") or [None, "PNDMScheduler"])[1]
     try:
-        family = families.detect(pipeline_class, scheduler_class, model.id, model.family)
+        embedded = sources.guidance_embedded(model, index, built)
+        family = families.detect(pipeline_class, scheduler_class, model.id, model.family, embedded)
     except ValueError as e:
         raise ConfigError(f"{'model.id' if model.family == 'auto' else 'model.family'}: {e}") from None
     return ModelDescription(family, families.compatible_schedulers(family, scheduler_class), index, built)

@@ -42,11 +42,12 @@ class Render:
 def _embeddings(p: Pipeline, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
     """The prompts' embeddings (with their negative prompt and clip skip) as call kwargs, computed once
     per prompt (not timed)."""
+    length = p.calls.call.get("max_sequence_length")
     keys = [(q, p.calls.negative(q), p.calls.call.get("clip_skip")) for q in prompts]
     for key in dict.fromkeys(keys):
         if key not in p.embeds:
             with torch.no_grad():
-                p.embeds[key] = encode_prompt(p.pipe, key[0], p.device, key[1], key[2])
+                p.embeds[key] = encode_prompt(p.pipe, key[0], p.device, key[1], key[2], length)
     return {k: torch.cat([p.embeds[key][k] for key in keys]) for k in p.embeds[keys[0]]}
 
 
@@ -75,7 +76,7 @@ def _call(
         p.pipe.scheduler.noise_sampler_seed = [g.initial_seed() for g in generators]
         p.pipe.scheduler.noise_sampler = None
     text: dict[str, Any] = {"prompt": list(prompts)}
-    if encode and any(p.calls.negative(q) for q in prompts):
+    if encode and (p.family.true_cfg or any(p.calls.negative(q) for q in prompts)):
         text["negative_prompt"] = [p.calls.negative(q) or "" for q in prompts]
     out = p.pipe(
         **(text if encode else _embeddings(p, prompts)),

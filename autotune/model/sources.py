@@ -27,7 +27,7 @@ from autotune.config import ConfigError, ModelConfig, StudyConfig
 from autotune.config.tables import WEIGHT_FILES, first_line, local_weights
 from autotune.weights.net import hub_unreachable
 
-__all__ = ["build", "hub_error", "located", "model_index", "source", "weights_digest"]
+__all__ = ["build", "guidance_embedded", "hub_error", "located", "model_index", "source", "weights_digest"]
 
 
 def hub_error(key: str, repo: str) -> ConfigError | None:
@@ -169,6 +169,27 @@ def model_index(model: ModelConfig, dtype: Any) -> tuple[dict[str, Any], Any]:
         key = "model.config" if single_file(model) else "model.id"
         raise ConfigError(f"{key}: cannot read the model's configs at {str(where)!r}: {first_line(e)}") from None
     return dict(index), None
+
+
+def guidance_embedded(model: ModelConfig, index: dict[str, Any], built: Any = None) -> bool:
+    """Whether a Flux transformer embeds guidance (``guidance_embeds``: Flux dev, guidance-distilled) or
+    is guided with true CFG, read from its config without weights (True for every other layout, and where
+    the config cannot be read: the model then fails to load with its own message)."""
+    if built is not None:
+        config = getattr(getattr(built, "transformer", None), "config", None) or {}
+        return bool(config.get("guidance_embeds", True))
+    if (index.get("transformer") or [None, None])[1] != "FluxTransformer2DModel":
+        return True
+    from diffusers import FluxTransformer2DModel
+
+    where = _config_source(model) if single_file(model) else source(model)
+    try:
+        config = FluxTransformer2DModel.load_config(
+            where, subfolder="transformer", revision=model.revision, local_files_only=_offline(where)
+        )
+    except (OSError, ValueError):
+        return True
+    return bool(config.get("guidance_embeds", True))
 
 
 def build(model: ModelConfig, dtype: Any, components: dict[str, Any], index: dict[str, Any], built: Any = None) -> Any:

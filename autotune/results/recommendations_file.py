@@ -212,7 +212,11 @@ def trial_summary(
         "diffusers": {
             "scheduler_class": spec.class_name,
             "scheduler_config": overrides if base is None else schedulers.complete(s.scheduler, base, overrides),
-            "call_kwargs": {**(call or {}), **s.call_kwargs(family)},
+            "call_kwargs": {
+                **({"negative_prompt": ""} if family.true_cfg else {}),
+                **(call or {}),
+                **s.call_kwargs(family),
+            },
             "guidance_cutoff": s.cutoff,  # 1: every step; below: guidance stops after this share of the steps
         },
         "metrics": dict(zip(objectives, t.values, strict=True)),

@@ -24,7 +24,8 @@ def _family_of(pipe: Any) -> str:
     base = getattr(pipe, "_autotune_base_scheduler", None) or (type(pipe.scheduler).__name__, None)
     name_or_path = str(getattr(pipe.config, "_name_or_path", "") or "")
     try:
-        return detect(type(pipe).__name__, base[0], name_or_path).name
+        embedded = getattr(getattr(pipe, "transformer", None), "config", None) or {}
+        return detect(type(pipe).__name__, base[0], name_or_path, embedded=embedded.get("guidance_embeds", True)).name
     except ValueError as e:
         raise ValueError(f"cannot apply a recommendation: {e}") from None
 

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from dataclasses import dataclass
 
@@ -37,9 +39,25 @@ class Family:
     # the call's classifier-free-guidance inputs (unconditional half first), halved when guidance stops
     # part-way (diffusers' SD, SDXL and SD3 CFG cutoff callbacks); empty: no guidance to cut
     cfg_inputs: tuple[str, ...] = ()
+    # its pipeline hands the scheduler a sigma schedule (Flux's): a sampler must take one, or be on flow sigmas
+    sigmas: bool = False
+
+    @property
+    def cfg(self) -> bool:
+        """Classifier-free guidance: each guided step evaluates the model twice, with the prompt and
+        without, batched (``cfg_inputs``: SD, SDXL, SD3) or in two calls (``true_cfg_scale``: Flux
+        trained without guidance distillation); Flux's embedded guidance costs nothing extra."""
+        return bool(self.cfg_inputs) or self.true_cfg
+
+    @property
+    def true_cfg(self) -> bool:
+        """Guided in a second call per step, which diffusers' Flux pipeline makes only when it is given a
+        negative prompt: its calls carry one (the empty prompt unless the study sets its own)."""
+        return self.guidance_param == "true_cfg_scale"
 
 
 _SD_SCHEDULERS = ("euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim")
+_FLUX_SCHEDULERS = ("flow_euler", "flow_dpmpp_2m", "flow_unipc")  # Heun (flow) takes no sigma schedule
 FAMILIES = {
     f.name: f
     for f in (
@@ -70,12 +88,33 @@ FAMILIES = {
             True,
             (4, 40),
             (1.0, 9.0),
-            ("flow_euler", "flow_heun"),
+            ("flow_euler", "flow_heun", "flow_dpmpp_2m", "flow_unipc"),
             ("flow_euler", 28, 7.0),
             ("flow_euler", 100, 7.0),
             cfg_inputs=("prompt_embeds", "pooled_prompt_embeds"),
         ),
-        Family("flux", True, (4, 40), (1.0, 6.0), ("flow_euler",), ("flow_euler", 28, 3.5), ("flow_euler", 100, 3.5)),
+        Family(
+            "flux",
+            True,
+            (4, 40),
+            (1.0, 6.0),
+            _FLUX_SCHEDULERS,
+            ("flow_euler", 28, 3.5),
+            ("flow_euler", 100, 3.5),
+            sigmas=True,
+        ),
+        # Flux's layout without guidance distillation (its transformer has no guidance embedding): true CFG
+        Family(
+            "flux_cfg",
+            True,
+            (4, 40),
+            (1.0, 8.0),
+            _FLUX_SCHEDULERS,
+            ("flow_euler", 28, 4.0),
+            ("flow_euler", 100, 4.0),
+            guidance_param="true_cfg_scale",
+            sigmas=True,
+        ),
         # distilled few-step models (SD/SDXL Turbo, LCM, Lightning, Hyper-SD): 1-8 steps, little or no guidance;
         # their "reference" is their own best few-step render, not a 100-step one
         Family(
@@ -101,16 +140,21 @@ PIPELINES = {
 _DISTILLED = re.compile(r"turbo|lcm|lightning|hyper|schnell", re.IGNORECASE)
 
 
-def detect(pipeline_class: str, scheduler_class: str, model_id: str = "", hint: str = "auto") -> Family:
-    """The family of a model from its pipeline and scheduler class (or ``hint`` when not "auto")."""
+def detect(
+    pipeline_class: str, scheduler_class: str, model_id: str = "", hint: str = "auto", embedded: bool = True
+) -> Family:
+    """The family of a model from its pipeline and scheduler class (or ``hint`` when not "auto");
+    ``embedded``: whether its transformer embeds guidance (``guidance_embeds``: Flux dev), else a Flux
+    layout guides with true CFG."""
     if hint != "auto":
         natural = PIPELINES.get(pipeline_class)
         if natural is not None:
-            fitting = (natural, "distilled_flow" if FAMILIES[natural].flow else "distilled")
+            fitting = (natural, *(("flux_cfg",) if natural == "flux" else ()))
+            fitting += ("distilled_flow" if FAMILIES[natural].flow else "distilled",)
             if hint not in fitting:
                 raise ValueError(
                     f"family {hint!r} does not fit this model: its pipeline is {pipeline_class}, a {natural} model "
-                    f"(expected auto, {' or '.join(fitting)})"
+                    f"(expected auto, {', '.join(fitting[:-1])} or {fitting[-1]})"
                 )
         return FAMILIES[hint]
     if pipeline_class not in PIPELINES:
@@ -119,7 +163,14 @@ def detect(pipeline_class: str, scheduler_class: str, model_id: str = "", hint: 
     base = FAMILIES[PIPELINES[pipeline_class]]
     if scheduler_class in ("LCMScheduler", "TCDScheduler") or _DISTILLED.search(model_id):
         return FAMILIES["distilled_flow" if base.flow else "distilled"]
-    return base
+    return FAMILIES["flux_cfg"] if base.name == "flux" and not embedded else base
+
+
+@functools.cache
+def _takes_sigmas(class_name: str) -> bool:
+    import diffusers
+
+    return "sigmas" in inspect.signature(getattr(diffusers, class_name).set_timesteps).parameters
 
 
 def compatible_schedulers(family: Family, scheduler_class: str) -> list[str]:
@@ -127,7 +178,17 @@ def compatible_schedulers(family: Family, scheduler_class: str) -> list[str]:
     import diffusers
 
     if family.flow:
-        return [n for n in schedulers.names() if schedulers.get(n).flow and schedulers.get(n).available]
+        return [
+            n
+            for n in schedulers.names()
+            if schedulers.get(n).flow
+            and schedulers.get(n).available
+            and (
+                not family.sigmas
+                or _takes_sigmas(schedulers.get(n).class_name)
+                or schedulers.get(n).kwargs.get("use_flow_sigmas")
+            )
+        ]
     compat = {c.__name__ for c in getattr(diffusers, scheduler_class)._get_compatibles()} | {scheduler_class}
     return [
         n

@@ -67,6 +67,7 @@ class SchedulerSpec:
 
 
 _KARRAS = {"use_karras_sigmas": True}
+_FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 _SDE = {"algorithm_type": "sde-dpmsolver++"}
 _SDE3 = {**_SDE, "solver_order": 3}
 _S = SchedulerSpec
@@ -152,6 +153,9 @@ _TABLE = [
     _S("tcd", "TCD", "TCDScheduler", deterministic=False),
     _S("flow_euler", "Euler (flow)", "FlowMatchEulerDiscreteScheduler", {}, None, "euler", flow=True),
     _S("flow_heun", "Heun (flow)", "FlowMatchHeunDiscreteScheduler", {}, None, "heun", calls_per_step=2, flow=True),
+    # diffusers' multistep solvers on flow sigmas (their flow_shift is the model's shift: :func:`from_base`)
+    _S("flow_dpmpp_2m", "DPM++ 2M (flow)", "DPMSolverMultistepScheduler", _FLOW, None, "dpmpp_2m", flow=True),
+    _S("flow_unipc", "UniPC (flow)", "UniPCMultistepScheduler", _FLOW, None, "uni_pc", flow=True),
 ]
 _BY_NAME = {s.name: s for s in _TABLE}
 _ALIASES = {s.class_name.lower(): s.name for s in reversed(_TABLE)}  # class name -> its plain entry
@@ -231,6 +235,8 @@ def variants_of(name: str) -> list[variants.Variant]:
     """The conditional parameters this sampler takes: its class has them and its entry leaves them free."""
     spec = get(name)
     params = _init_params(spec.class_name)
+    if spec.kwargs.get("use_flow_sigmas"):
+        return []  # their sigmas are the flow schedule; no other sigmas or spacing combines with it
     out = []
     for v in variants.VARIANTS.values():
         if v.needs not in params or (v.classes and spec.class_name not in v.classes):
@@ -250,9 +256,17 @@ def overrides(name: str, options: Mapping[str, Any] | None = None) -> dict[str, 
     return out
 
 
+def from_base(name: str, base_config: Mapping[str, Any]) -> dict[str, Any]:
+    """What an entry takes from the model's own scheduler config under another key: a multistep solver on
+    flow sigmas shifts them by ``flow_shift``, the FlowMatch schedulers' ``shift``."""
+    if get(name).kwargs.get("use_flow_sigmas") and "shift" in base_config:
+        return {"flow_shift": base_config["shift"]}
+    return {}
+
+
 def _touched() -> frozenset[str]:
-    """Every config key an entry or a variant value can set."""
-    keys = {k for spec in _TABLE for k in spec.kwargs}
+    """Every config key an entry or a variant value can set, or take from the model's (:func:`from_base`)."""
+    keys = {k for spec in _TABLE for k in spec.kwargs} | {"flow_shift"}
     keys |= {k for v in variants.VARIANTS.values() for c in v.choices[1:] for k in v.to_kwargs(c)}
     return frozenset(keys)
 
@@ -268,7 +282,7 @@ def complete(name: str, base_config: Mapping[str, Any], overrides: Mapping[str, 
     import diffusers
 
     cls = getattr(diffusers, get(name).class_name)
-    built = cls.from_config(base_config, **overrides)
+    built = cls.from_config(base_config, **{**from_base(name, base_config), **overrides})
     return {k: built.config[k] for k in sorted(_touched() & _init_params(cls.__name__))}
 
 
@@ -281,7 +295,7 @@ def build(name: str, base_config: Any, options: Mapping[str, Any] | None = None)
     import diffusers
 
     cls = getattr(diffusers, get(name).class_name)
-    return cls.from_config(base_config, **overrides(name, options))
+    return cls.from_config(base_config, **{**from_base(name, base_config), **overrides(name, options)})
 
 
 def signature(

@@ -81,8 +81,8 @@ class SearchSpace(Protocol):
 def guidance_on(guidance: float, family: Family | None = None) -> bool:
     """Whether classifier-free guidance runs (a second, unconditional model call per step): diffusers'
     pipelines guide when ``guidance_scale > 1``, and so do the renders, the parity check and the cost; a
-    family without classifier-free guidance inputs (Flux: its guidance is embedded in the one call) never."""
-    return float(guidance) > 1.0 and (family is None or bool(family.cfg_inputs))
+    family whose guidance is embedded in the one call (Flux dev) never (:attr:`Family.cfg`)."""
+    return float(guidance) > 1.0 and (family is None or family.cfg)
 
 
 def guided_steps(timesteps: int, cutoff: float) -> int:

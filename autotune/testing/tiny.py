@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 TINY_CLIP = "autotune-tiny-clip"
-_VERSION = "sd-v2"  # bump when the architecture below changes: it names the cache folder
+_VERSION = "sd-v3"  # bump when the architecture below changes: it names the cache folder
 
 _TINY_CLIP_CONFIG = {
     "embed_dim": 32,
@@ -257,7 +257,7 @@ def build_tiny_flux() -> Any:
     )
     t5 = T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
     return FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),  # Flux dev's: by image size
         vae=_vae(shift=0.06),
         text_encoder=_clip_text(tokenizer),
         tokenizer=tokenizer,
