@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/autotune study studies/demo.toml
-	@echo "open studies/demo/report.html, or: $(BIN)/autotune dashboard studies/demo.toml"
+	$(BIN)/autotune study studies/demo_flow.toml
+	@echo "open studies/demo/report.html and studies/demo_flow/report.html, or: $(BIN)/autotune dashboard studies/demo.toml"
 
 # One pytest worker per core, a test file per worker at a time (its module fixtures are built once).
 test: $(STAMP) browser
@@ -53,4 +54,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) studies/*.db studies/demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) studies/*.db studies/demo studies/demo_flow .pytest_cache .mypy_cache .ruff_cache

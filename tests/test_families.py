@@ -21,8 +21,8 @@ SHOWABLE = "[recommend]\nbroken_share = 0.9\n"  # what one prompt's few images c
 FAMILY_MODELS = [
     ("tiny", "sd", {"euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"}),
     ("tiny-sdxl", "sdxl", {"euler", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "ddim"}),
-    ("tiny-sd3", "sd3", {"flow_euler", "flow_heun"}),
-    ("tiny-flux", "flux", {"flow_euler"}),
+    ("tiny-sd3", "sd3", {"flow_euler", "flow_heun", "flow_dpmpp_2m", "flow_unipc"}),
+    ("tiny-flux", "flux", {"flow_euler", "flow_dpmpp_2m", "flow_unipc"}),
 ]
 
 
@@ -159,9 +159,9 @@ def test_schedulers_command_prints_the_models_table() -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "tiny-sd3: sd3 family; 2 schedulers it can use"
+    assert lines[0] == "tiny-sd3: sd3 family; 4 schedulers it can use"
     rows = {line.split()[0]: line for line in lines[4:]}
-    assert set(rows) == {"flow_euler", "flow_heun"}
+    assert set(rows) == {"flow_euler", "flow_heun", "flow_dpmpp_2m", "flow_unipc"}
     assert "FlowMatchHeunDiscreteScheduler" in rows["flow_heun"] and rows["flow_heun"].split()[-2:] == ["2", "shift"]
 
 
@@ -178,46 +178,61 @@ def test_study_naming_an_incompatible_scheduler_exits_2_with_the_usable_list(tmp
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"autotune: error: {path}: search.schedulers: dpmpp_2m_karras cannot be used "
-        "with this sd3 model (it can use: flow_euler, flow_heun)"
+        "with this sd3 model (it can use: flow_euler, flow_heun, flow_dpmpp_2m, flow_unipc)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
 
 
 def test_embedded_guidance_costs_no_second_call_and_classifier_free_guidance_does() -> None:
-    from autotune.space.families import FAMILIES
+    from autotune.space.families import FAMILIES, detect
     from autotune.space.settings import Settings
 
     s = Settings.make("flow_euler", 6, 3.5)
     assert s.guided_share(FAMILIES["flux"]) == 0.0  # Flux's guidance is an input of its one call
     assert s.guided_share(FAMILIES["sd3"]) == 1.0 and s.guided_share() == 1.0
+    assert s.guided_share(FAMILIES["flux_cfg"]) == 1.0  # true CFG: the negative prompt's call each step
+    # a Flux transformer without a guidance embedding is guided with true CFG, under its own argument
+    flux = ("FluxPipeline", "FlowMatchEulerDiscreteScheduler")
+    assert [detect(*flux, embedded=e).name for e in (True, False)] == ["flux", "flux_cfg"]
+    assert detect(*flux, "black-forest-labs/FLUX.1-schnell", embedded=False).name == "distilled_flow"
+    assert detect(*flux, hint="flux_cfg").guidance_param == "true_cfg_scale"
+    with pytest.raises(ValueError, match="expected auto, flux, flux_cfg or distilled_flow"):
+        detect(*flux, hint="sd3")
     assert Settings.make("flow_euler", 6, 1.0).guided_share(FAMILIES["sd3"]) == 0.0
 
 
-FLOW_STUDIES = [("tiny-flux", "FluxPipeline", 1), ("tiny-sd3", "StableDiffusion3Pipeline", 2)]
+FLOW_STUDIES = [
+    ("tiny-flux", "FluxPipeline", 1, ""),
+    ("flow", "FluxPipeline", 2, "[call]\nmax_sequence_length = 16\n"),  # shipped: true CFG, 16 T5 tokens
+    ("tiny-sd3", "StableDiffusion3Pipeline", 2, ""),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "pipeline", "per_step"), FLOW_STUDIES, ids=[m[0] for m in FLOW_STUDIES])
+@pytest.mark.parametrize(("model", "pipeline", "per_step", "call"), FLOW_STUDIES, ids=[m[0] for m in FLOW_STUDIES])
 def test_a_flow_study_runs_end_to_end_and_its_diffusers_block_renders_its_image(
-    tmp_path: Path, model: str, pipeline: str, per_step: int
+    tmp_path: Path, model: str, pipeline: str, per_step: int, call: str
 ) -> None:
-    """Flux's layout (transformer, CLIP and T5 encoders, embedded guidance: one call a step) and SD3's
-    (MMDiT, classifier-free guidance: two) through a whole study: the calls counted as they run, and the
-    recommendation's diffusers block re-renders the study's image in plain diffusers."""
+    """Flux's layout with embedded guidance (one call a step) and with true CFG (the negative prompt's
+    call too: two), and SD3's (MMDiT, classifier-free guidance in one doubled batch: two) through a whole
+    study: the calls counted as they run, and the recommendation's diffusers block re-renders the study's
+    image in plain diffusers."""
     import diffusers
 
     import autotune
     from autotune.cli import main
+    from autotune.micro import MODELS, pipeline_dir
     from autotune.results.reader import recommend
     from autotune.testing.tiny import tiny_pipeline_path
     from tests.test_serving import trial_image
 
+    folder = pipeline_dir(model) if model in MODELS else tiny_pipeline_path(model)
     path = tmp_path / "flux.toml"
     path.write_text(
-        f'name = "flux"\n[model]\nid = "{model}"\ndevice = "cpu"\nheight = 32\nwidth = 32\n'
+        f'name = "flux"\n[model]\nid = "{model}"\ndevice = "cpu"\nheight = 32\nwidth = 32\n{call}'
         "[search]\nsteps = [2, 8]\nn_trials = 4\nseeds = [0]\nguidance = [1.0, 6.0]\n"
         '[baseline]\nscheduler = "flow_euler"\nsteps = 8\nguidance = 3.5\n'
-        '[reference]\nscheduler = "flow_euler"\nsteps = 20\nguidance = 3.5\n'
+        '[reference]\nscheduler = "flow_euler"\nsteps = 40\nguidance = 3.5\n'
         + SHOWABLE
         + "confirm_seeds = [1000, 1001]\nfinalists = 1\nrace_seeds = 2\nrace_budget = 0\n"
         + CLASSES
@@ -227,16 +242,18 @@ def test_a_flow_study_runs_end_to_end_and_its_diffusers_block_renders_its_image(
     data = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]["portrait"]
     assert data["model_calls"] == data["steps"] and data["model_evaluations"] == per_step * data["steps"]  # CFG 3.5
     (outcome,) = recommend(cfg).values()
-    trials = outcome.load_study().trials
+    trials = [t for t in outcome.load_study().trials if t.state == TrialState.COMPLETE]
     assert [t.user_attrs["guided_calls"] for t in trials] == [
         (per_step - 1) * t.user_attrs["model_calls"] * (t.params["guidance"] > 1) for t in trials
     ]
 
     expected = trial_image(cfg, outcome, data["trial"])  # the study's image of its first prompt and seed
     block = data["diffusers"]
-    index = json.loads((tiny_pipeline_path(model) / "model_index.json").read_text())
+    index = json.loads((folder / "model_index.json").read_text())
     absent = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}  # tiny-sd3: no T5
-    plain = getattr(diffusers, pipeline).from_pretrained(tiny_pipeline_path(model), **absent)
+    plain = getattr(diffusers, pipeline).from_pretrained(
+        folder, torch_dtype=torch.float32, **absent
+    )  # shipped: float16
     plain.scheduler = getattr(diffusers, block["scheduler_class"]).from_config(
         plain.scheduler.config, **block["scheduler_config"]
     )

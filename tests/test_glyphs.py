@@ -30,9 +30,9 @@ def clip():  # type: ignore[no-untyped-def]
     return ClipScore("glyphs")
 
 
-def test_both_micro_models_together_are_safetensors_within_16_mb(glyphs) -> None:  # type: ignore[no-untyped-def]
-    files = [f for name in MODELS for d in (pipeline_dir(name), clip_dir(name)) for f in d.rglob("*") if f.is_file()]
-    assert sum(f.stat().st_size for f in files) <= 16_000_000
+def test_the_shipped_models_together_are_safetensors_within_24_mb(glyphs) -> None:  # type: ignore[no-untyped-def]
+    files = {f for name in MODELS for d in (pipeline_dir(name), clip_dir(name)) for f in d.rglob("*") if f.is_file()}
+    assert sum(f.stat().st_size for f in files) <= 24_000_000
     assert all(f.suffix in {".json", ".txt", ".safetensors"} for f in files)  # no pickles
     assert type(glyphs.pipe).__name__ == "StableDiffusionPipeline" and glyphs.family.name == "sd"
     assert glyphs.pipe.unet.dtype == torch.float32 and glyphs.base_scheduler_config["clip_sample"] is False
