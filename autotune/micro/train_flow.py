@@ -177,7 +177,7 @@ def save(out: Path, parts: dict[str, Any]) -> None:
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    pipe = FluxPipeline(**parts)
+    pipe: Any = FluxPipeline(**parts)
     pipe.to(dtype=torch.float16)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
