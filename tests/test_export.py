@@ -44,6 +44,13 @@ def test_what_a_tool_cannot_set_is_named_not_approximated() -> None:
     assert comfyui(_rec("dpmpp_2m", {"solver_order": 3}))["no_equivalent"] == ["solver_order=3"]
     assert comfyui(_rec("pndm"))["no_equivalent"] == ["the sampler pndm"]
     assert a1111(_rec("euler", {"timestep_spacing": "leading"}))["no_equivalent"] == ["timestep_spacing=leading"]
+    # a flow model's schedule is shifted outside the sampler, in nodes or settings the export does not write
+    flow = comfyui(_rec("flow_euler"))["no_equivalent"]
+    assert flow == [
+        "a flow-matching model's shifted sigma schedule (its ModelSamplingFlux node (max_shift, base_shift, by "
+        "image size) or ModelSamplingSD3 node (shift); not exported)"
+    ]
+    assert "Forge runs Flux and SD3 with its own shift" in a1111(_rec("flow_unipc"))["no_equivalent"][-1]
 
 
 def test_export_of_a_finished_study_in_each_format(finished_study, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -68,3 +68,21 @@ def test_two_seeded_smoke_runs_of_the_training_script_write_identical_weights(tm
     files = sorted(f.relative_to(tmp_path / "a") for f in (tmp_path / "a").rglob("*.safetensors"))
     assert len(files) == 4  # transformer, T5, the glyphs text encoder and VAE
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+
+
+def test_a_guidance_cutoff_is_refused_in_one_line_that_says_why(tmp_path: Path) -> None:
+    from autotune.config import ConfigError, load_config
+    from autotune.model.pipeline import resolve_config
+
+    path = tmp_path / "cut.toml"
+    path.write_text(
+        '[model]\nid = "flow"\ndevice = "cpu"\n[search]\nguidance_cutoff = [0.5, 1.0]\n'
+        '[classes.thin]\nprompts = ["a thin green letter A on a white background"]\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        resolve_config(load_config(path))
+    assert str(err.value) == (
+        f"{path}: search.guidance_cutoff: a flux_cfg model cannot stop guidance part-way (its true CFG is a "
+        "second call diffusers' Flux pipeline makes on every step, which no callback stops; the cutoff exists "
+        "for sd, sdxl and sd3); remove the key"
+    )

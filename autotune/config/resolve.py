@@ -120,9 +120,14 @@ def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> Resolve
     guidance = s.guidance or family.guidance
     check_space(s, steps, guidance, baseline.steps, baseline.guidance)
     if s.guidance_cutoff is not None and not family.cfg_inputs:
+        why = (
+            "its true CFG is a second call diffusers' Flux pipeline makes on every step, which no callback stops"
+            if family.true_cfg
+            else "it has no classifier-free guidance to stop"
+        )
         raise ConfigError(
-            f"search.guidance_cutoff: a {family.name} model has no classifier-free guidance to stop part-way "
-            "(it exists for sd, sdxl and sd3); remove the key"
+            f"search.guidance_cutoff: a {family.name} model cannot stop guidance part-way ({why}; the cutoff "
+            "exists for sd, sdxl and sd3); remove the key"
         )
     if baseline.scheduler not in names:  # the baseline is always a point of the space
         names.append(baseline.scheduler)

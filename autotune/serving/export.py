@@ -41,6 +41,8 @@ def _missing(rec: ClassRecommendation, tool: str) -> tuple[str | None, str | Non
     sampler, schedule, missing = schedulers.in_tool(rec.scheduler, rec.options, tool)
     if rec.guidance_cutoff < 1:
         missing.append(f"guidance on the first {rec.guidance_cutoff:g} of the steps only ({TOOLS[tool].cutoff_note})")
+    if schedulers.get(rec.scheduler).flow:  # no reference sampler to check a flow model's schedule against
+        missing.append(f"a flow-matching model's shifted sigma schedule ({TOOLS[tool].flow_note}; not exported)")
     missing += [
         f"call argument {k}={v!r} (no {TOOLS[tool].title} setting carries it)"
         for k, v in fixed_arguments(rec).items()

@@ -30,6 +30,7 @@ class Tool:
     title: str
     column: int  # its column in TOOL_SCHEDULES
     cutoff_note: str  # what it offers instead of stopping guidance after a share of the steps
+    flow_note: str  # where it sets a flow-matching model's shift (not exported, not checked)
     exporter: str  # "module:function" turning a ClassRecommendation into the tool's settings
     parity_samplers: Mapping[str, str]  # its deterministic sampler name -> k-diffusion's sample_<name>
     parity_schedules: tuple[str, ...]  # the schedules the check can render, in the order it tries them as a change
@@ -55,6 +56,7 @@ TOOLS = {
             "a1111", "AUTOMATIC1111", 0,
             "nearest: 'Negative Guidance minimum sigma', which skips the unconditional pass below a sigma "
             "(not after a share of the steps) and, unless its 'all steps' option is on, on every other step only",
+            "Forge runs Flux and SD3 with its own shift, set outside the sampler",
             "autotune.serving.export:a1111",
             MappingProxyType({"Euler": "euler", "Heun": "heun", "LMS": "lms", "DPM2": "dpm_2", "DPM++ 2M": "dpmpp_2m"}),
             ("Karras", "Exponential", "SGM Uniform", "Uniform", "Beta"),
@@ -64,6 +66,7 @@ TOOLS = {
         Tool(
             "comfyui", "ComfyUI", 1,
             "no core node stops guidance after a share of the steps",
+            "its ModelSamplingFlux node (max_shift, base_shift, by image size) or ModelSamplingSD3 node (shift)",
             "autotune.serving.export:comfyui",
             MappingProxyType({"euler": "euler", "heun": "heun", "lms": "lms", "dpm_2": "dpm_2",
                               "dpmpp_2m": "dpmpp_2m", "ddim": "euler"}),  # its ddim is its Euler
