@@ -25,6 +25,7 @@ from typing import Any
 
 from autotune.config import ConfigError, ModelConfig, StudyConfig
 from autotune.config.tables import WEIGHT_FILES, first_line, local_weights
+from autotune.space import families
 from autotune.weights.net import hub_unreachable
 
 __all__ = ["build", "guidance_embedded", "hub_error", "located", "model_index", "source", "weights_digest"]
@@ -176,8 +177,7 @@ def guidance_embedded(model: ModelConfig, index: dict[str, Any], built: Any = No
     is guided with true CFG, read from its config without weights (True for every other layout, and where
     the config cannot be read: the model then fails to load with its own message)."""
     if built is not None:
-        config = getattr(getattr(built, "transformer", None), "config", None) or {}
-        return bool(config.get("guidance_embeds", True))
+        return families.guidance_embedded(built)
     if (index.get("transformer") or [None, None])[1] != "FluxTransformer2DModel":
         return True
     from diffusers import FluxTransformer2DModel

@@ -19,13 +19,12 @@ __all__ = ["apply"]
 
 
 def _family_of(pipe: Any) -> str:
-    from autotune.space.families import detect
+    from autotune.space.families import detect, guidance_embedded
 
     base = getattr(pipe, "_autotune_base_scheduler", None) or (type(pipe.scheduler).__name__, None)
     name_or_path = str(getattr(pipe.config, "_name_or_path", "") or "")
     try:
-        embedded = getattr(getattr(pipe, "transformer", None), "config", None) or {}
-        return detect(type(pipe).__name__, base[0], name_or_path, embedded=embedded.get("guidance_embeds", True)).name
+        return detect(type(pipe).__name__, base[0], name_or_path, embedded=guidance_embedded(pipe)).name
     except ValueError as e:
         raise ValueError(f"cannot apply a recommendation: {e}") from None
 

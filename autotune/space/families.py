@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from autotune.space import schedulers
 
-__all__ = ["FAMILIES", "PIPELINES", "Family", "compatible_schedulers", "detect"]
+__all__ = ["FAMILIES", "PIPELINES", "Family", "compatible_schedulers", "detect", "guidance_embedded"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,13 @@ def detect(
     if scheduler_class in ("LCMScheduler", "TCDScheduler") or _DISTILLED.search(model_id):
         return FAMILIES["distilled_flow" if base.flow else "distilled"]
     return FAMILIES["flux_cfg"] if base.name == "flux" and not embedded else base
+
+
+def guidance_embedded(pipe: object) -> bool:
+    """Whether a loaded pipeline's transformer embeds guidance (``guidance_embeds``: Flux dev); True for
+    every pipeline without one, whose guidance is then whatever its family says."""
+    config = getattr(getattr(pipe, "transformer", None), "config", None) or {}
+    return bool(config.get("guidance_embeds", True))
 
 
 @functools.cache
