@@ -28,7 +28,7 @@ from typing import NoReturn
 
 __all__ = [
     "STOPS", "Interrupted", "alive", "deferred", "die_with_parent", "exit_code", "heard", "importing", "install",
-    "preload", "received", "run_main", "said", "signals_kept", "why", "worker_id",
+    "preload", "received", "run_main", "said", "signals_kept", "swallowed", "why", "worker_id",
 ]  # fmt: skip
 
 
@@ -81,7 +81,8 @@ _at_once = False  # importing, before anything is written: a signal exits there 
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _at_once:
         os._exit(said(Interrupted(signum)))  # no teardown: modules are half imported, nothing is open for writing
-    if importing(frame) and not _depth:  # raising here would leave a module half imported for the handler's code
+    if (importing(frame) or swallowed(frame)) and not _depth:  # raising here: a module left half imported, or
+        # the exception printed as "Exception ignored ..." with its traceback and the signal lost
         again = threading.Timer(_AGAIN, os.kill, (os.getpid(), signum))
         again.daemon = True
         again.start()
@@ -93,13 +94,28 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-_AGAIN = 0.05  # seconds before a signal that landed inside an import is sent again
+_AGAIN = 0.05  # seconds before a signal that landed inside an import (or a finalizer) is sent again
 
 
 def importing(frame: FrameType | None) -> bool:
     """Whether ``frame`` runs inside an import (a module's top level, or importlib's machinery)."""
     while frame is not None:
         if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+_FINALIZERS = ("weakref.py", "_weakrefset.py")  # the standard library's weak-reference callbacks
+
+
+def swallowed(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs where the interpreter swallows an exception: a ``__del__``, or a weak-reference
+    callback (a ``WeakKeyDictionary`` dropping a key as the garbage collector frees it). An exception
+    raised there is printed as "Exception ignored in ..." with a traceback, and the stop is lost."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or os.path.basename(code.co_filename) in _FINALIZERS:
             return True
         frame = frame.f_back
     return False

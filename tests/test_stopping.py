@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import optuna
 import pytest
@@ -262,6 +263,54 @@ def test_a_signal_inside_an_import_is_sent_again_after_it(tmp_path: Path, monkey
     with pytest.raises(process.Interrupted) as stopped:
         process._handler(15, sys._getframe())
     assert stopped.value.exit_code == 143 and stopped.value.why == "interrupted (SIGTERM)"
+
+
+def test_a_signal_inside_a_finalizer_is_sent_again_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raised inside a weak-reference callback or a ``__del__``, the interpreter prints "Exception ignored
+    in ..." with a traceback and drops the stop (CI, stop 53: a SIGHUP landed in a WeakKeyDictionary's
+    callback as the collector freed a key). The handler sends it again a moment later instead."""
+    import gc
+    import weakref
+
+    from autotune import process
+
+    sent: list[tuple[float, tuple[int, int]]] = []
+
+    class Timer:
+        def __init__(self, delay: float, fn: object, args: tuple[int, int]) -> None:
+            sent.append((delay, args))
+
+        def start(self) -> None:
+            pass
+
+    monkeypatch.setattr(process.threading, "Timer", Timer)
+    seen: list[tuple[str, bool]] = []
+
+    def landing(frame: FrameType, event: str, arg: object) -> None:  # the signal lands as a finalizer starts
+        if event == "call" and frame.f_code.co_name in ("__del__", "remove"):
+            seen.append((frame.f_code.co_name, process.swallowed(frame)))
+            process._handler(1, frame)  # SIGHUP
+
+    class Key:
+        def __del__(self) -> None:
+            pass
+
+    keys: weakref.WeakKeyDictionary[Key, int] = weakref.WeakKeyDictionary()
+    key = Key()
+    keys[key] = 1
+    gc.collect()  # nothing else left to free: only the key's finalizers run below
+    gc.disable()
+    sys.setprofile(landing)
+    try:
+        del key  # freed at once (its last reference), as the collector would free it
+    finally:
+        sys.setprofile(None)
+        gc.enable()
+    assert sorted(seen) == [("__del__", True), ("remove", True)] and len(keys) == 0
+    assert sent == [(process._AGAIN, (os.getpid(), 1))] * 2
+    assert not process.swallowed(sys._getframe())
+    with pytest.raises(process.Interrupted):
+        process._handler(1, sys._getframe())
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
