@@ -214,14 +214,14 @@ class _Class:
     ) -> dict[str, Any]:
         """The recommendation's verdict in ``tool``, its difference to autotune's diffusers render of it
         (``in_diffusers()``: rendered once per class, when a tool needs it)."""
-        from autotune.serving.export import in_tools, inexpressible
+        from autotune.serving.export import UNET_ONLY, in_tools, inexpressible
 
         sampler, schedule, missing = in_tools(rec)[tool]
         entry: dict[str, Any] = {"sampler": sampler, "schedule": schedule}
         theirs = in_tools(base)[tool] if base is not None else (None, None, ["no baseline"])
         why = None
         if self.evaluator.family.name != "sd":
-            why = "the check covers SD 1.x/2.x pipelines (it wraps their UNet as k-diffusion wraps it)"
+            why = UNET_ONLY
         elif missing:
             why = inexpressible(tool)
         elif theirs[2]:

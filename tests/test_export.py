@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 
@@ -45,12 +47,78 @@ def test_what_a_tool_cannot_set_is_named_not_approximated() -> None:
     assert comfyui(_rec("pndm"))["no_equivalent"] == ["the sampler pndm"]
     assert a1111(_rec("euler", {"timestep_spacing": "leading"}))["no_equivalent"] == ["timestep_spacing=leading"]
     # a flow model's schedule is shifted outside the sampler, in nodes or settings the export does not write
-    flow = comfyui(_rec("flow_euler"))["no_equivalent"]
+    flow = comfyui(_rec("flow_unipc"))["no_equivalent"]
     assert flow == [
-        "a flow-matching model's shifted sigma schedule (its ModelSamplingFlux node (max_shift, base_shift, by "
-        "image size) or ModelSamplingSD3 node (shift); not exported)"
+        "a flow-matching model's shifted sigma schedule (ComfyUI's export covers Euler (flow) on Flux's own sigmas, "
+        "shifted by its ModelSamplingFlux node; its other samplers and schedules, and SD3's ModelSamplingSD3, were not "
+        "matched to diffusers' on a flow model; not exported)"
     ]
     assert "Forge runs Flux and SD3 with its own shift" in a1111(_rec("flow_unipc"))["no_equivalent"][-1]
+
+
+FLUX_DEV = {  # Flux dev's scheduler config (its scheduler/scheduler_config.json)
+    "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
+    "base_image_seq_len": 256, "max_image_seq_len": 4096,
+}  # fmt: skip
+
+
+def _comfyui_sigmas(node: dict, steps: int) -> list[float]:  # type: ignore[type-arg]
+    """ComfyUI's sigmas for a Flux model under ``node``, written from its source: ModelSamplingFlux's shift at
+    the image's size (comfy_extras/nodes_model_advanced.py), its table of 10,000 shifted timesteps
+    (comfy/model_sampling.py) and the ``simple`` scheduler's picks from it (comfy/samplers.py)."""
+    mm = (node["max_shift"] - node["base_shift"]) / (4096 - 256)
+    mu = node["width"] * node["height"] / (8 * 8 * 2 * 2) * mm + node["base_shift"] - mm * 256
+    table = [math.exp(mu) / (math.exp(mu) + (1 / ((i + 1) / 10000) - 1)) for i in range(10000)]
+    return [table[-(1 + int(x * 10000 / steps))] for x in range(steps)] + [0.0]
+
+
+@pytest.mark.parametrize(("options", "size"), [({}, (1024, 1024)), ({}, (768, 512)), ({"shift": 3.0}, (1024, 768))])
+@pytest.mark.parametrize("steps", [4, 28])
+def test_a_flux_setting_exports_to_comfyui_with_the_node_that_shifts_its_sigmas_as_diffusers_did(
+    options: dict,
+    size: tuple[int, int],
+    steps: int,  # type: ignore[type-arg]
+) -> None:
+    """Euler (flow) on Flux: ComfyUI's euler, ``simple`` and a ModelSamplingFlux node whose shift at the image's
+    size is diffusers' ``mu`` (dynamic) or the fixed shift; ComfyUI then steps through the sigmas diffusers'
+    FluxPipeline sets, each within 5e-4 (ComfyUI picks from a table of 10,000 timesteps), by the same Euler step (its
+    CONST model: x + v (sigma' - sigma))."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from autotune.space import schedulers
+    from autotune.space.settings import Settings
+
+    width, height = size
+    config = schedulers.complete(
+        "flow_euler", FLUX_DEV, Settings.make("flow_euler", steps, 3.5, options).scheduler_overrides()
+    )
+    rec = dataclasses.replace(_rec("flow_euler", options, steps, 3.5), family="flux", scheduler_config=config)
+    out = comfyui(rec, {"width": width, "height": height})
+    assert (out["sampler_name"], out["scheduler"], out["steps"], out["cfg"], out["flux_guidance"]) == (
+        "euler", "simple", steps, 1.0, 3.5
+    )  # fmt: skip
+    assert "no_equivalent" not in out and out["model_sampling"]["node"] == "ModelSamplingFlux"
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+    tokens = (height // 16) * (width // 16)  # FluxPipeline's packed latents: 8x VAE, 2x2 patches
+    mu = calculate_shift(tokens, 256, 4096, 0.5, 1.15)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)  # as FluxPipeline calls it
+    theirs = _comfyui_sigmas(out["model_sampling"], steps)
+    assert max(abs(a - b) for a, b in zip(scheduler.sigmas.tolist(), theirs, strict=True)) < 5e-4
+    true_cfg = comfyui(dataclasses.replace(rec, family="flux_cfg", call_kwargs={"negative_prompt": ""}))
+    assert (true_cfg["cfg"], true_cfg["negative_prompt"], "flux_guidance" in true_cfg) == (3.5, "", False)
+
+
+def test_what_comfyui_cannot_match_on_flux_is_refused_in_one_line() -> None:
+    """Multistep flow solvers, Karras or beta sigmas, and a dynamic shift over other token counts than Flux's."""
+    dpm = dataclasses.replace(_rec("flow_dpmpp_2m"), family="flux", scheduler_config=FLUX_DEV)
+    karras = dataclasses.replace(dpm, scheduler="flow_euler", options={"sigmas": "karras"})
+    other = dataclasses.replace(dpm, scheduler="flow_euler", scheduler_config={**FLUX_DEV, "max_image_seq_len": 8192})
+    for rec in (dpm, karras, other):
+        out = comfyui(rec, {"width": 1024, "height": 1024})
+        assert "model_sampling" not in out and out["no_equivalent"][-1].startswith("a flow-matching model's"), out
+    assert "Forge" in a1111(dpm)["no_equivalent"][-1]
 
 
 def test_export_of_a_finished_study_in_each_format(finished_study, capsys) -> None:  # type: ignore[no-untyped-def]

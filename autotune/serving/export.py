@@ -3,7 +3,8 @@
 ``diffusers``: Python that applies each class's scheduler (the complete config, so any class may
 follow any other). ``a1111``: AUTOMATIC1111's sampler, schedule type, steps and CFG scale, as its
 settings and as an infotext line. ``comfyui``: the KSampler's ``sampler_name``, ``scheduler``,
-``steps`` and ``cfg``. Where the tool has no equivalent of a setting, the export says so instead
+``steps`` and ``cfg`` (on Flux, with the ModelSamplingFlux node that shifts its sigmas, and FluxGuidance
+where guidance is embedded). Where the tool has no equivalent of a setting, the export says so instead
 of naming something close: those images would not be the ones the study measured.
 
 Example:
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,14 @@ from autotune.results.recommendations_file import DEFAULT_CLASS, ClassRecommenda
 from autotune.space import schedulers
 from autotune.space.tools import TOOLS
 
-__all__ = ["FORMATS", "a1111", "comfyui", "export", "in_tools", "inexpressible", "parity_of"]
+__all__ = ["FORMATS", "a1111", "comfyui", "export", "in_tools", "inexpressible", "model_sampling", "parity_of"]
 
 FORMATS = ("diffusers", *TOOLS)
 
 
+FLUX = ("flux", "flux_cfg")  # the families ComfyUI's Flux nodes serve
+FLUX_TOKENS = (256, 4096)  # the image tokens ComfyUI's ModelSamplingFlux interpolates its shift between, as Flux's
+UNET_ONLY = "the check covers SD 1.x/2.x pipelines (it wraps their UNet as k-diffusion wraps it)"
 CARRIED = ("negative_prompt", "clip_skip")  # the fixed call arguments both tools' exports carry
 
 
@@ -37,12 +43,35 @@ def fixed_arguments(rec: ClassRecommendation) -> dict[str, Any]:
     return {k: v for k, v in rec.call_kwargs.items() if k not in SEARCHED_CALL}
 
 
+def model_sampling(rec: ClassRecommendation, model: Mapping[str, Any]) -> dict[str, Any] | None:
+    """ComfyUI's node that shifts a Flux model's sigmas as the study's renders were shifted: ModelSamplingFlux.
+    Its shift at the image's size is ``base_shift`` + (``max_shift`` - ``base_shift``) x (tokens - 256) / (4096
+    - 256), tokens width x height / 256 (Flux's 8x VAE and 2x2 patches), as diffusers' Flux pipeline computes
+    ``mu``; a fixed shift s (dynamic shifting off) is both ends at ln(s). None: the setting is not Euler (flow)
+    on Flux's own sigmas, or its dynamic shift spans other token counts than Flux's."""
+    config = rec.scheduler_config
+    if rec.family not in FLUX or rec.scheduler != "flow_euler" or set(rec.options) - {"shift"}:
+        return None
+    size = {"width": model.get("width"), "height": model.get("height")}
+    if "shift" in rec.options or not config.get("use_dynamic_shifting"):
+        mu = math.log(float(rec.options.get("shift", config.get("shift", 1.0))))
+        if mu < 0:  # the node takes no shift below 1
+            return None
+        return {"node": "ModelSamplingFlux", "max_shift": mu, "base_shift": mu, **size}
+    if (config.get("base_image_seq_len"), config.get("max_image_seq_len")) != FLUX_TOKENS:
+        return None
+    return {"node": "ModelSamplingFlux", "max_shift": config["max_shift"], "base_shift": config["base_shift"], **size}
+
+
 def _missing(rec: ClassRecommendation, tool: str) -> tuple[str | None, str | None, list[str]]:
     sampler, schedule, missing = schedulers.in_tool(rec.scheduler, rec.options, tool)
     if rec.guidance_cutoff < 1:
         missing.append(f"guidance on the first {rec.guidance_cutoff:g} of the steps only ({TOOLS[tool].cutoff_note})")
-    if schedulers.get(rec.scheduler).flow:  # no reference sampler to check a flow model's schedule against
-        missing.append(f"a flow-matching model's shifted sigma schedule ({TOOLS[tool].flow_note}; not exported)")
+    if schedulers.get(rec.scheduler).flow:
+        if tool == "comfyui" and model_sampling(rec, {}) is not None:  # its shift: a node beside the KSampler
+            schedule, missing = "simple", [m for m in missing if not m.startswith("shift=")]
+        else:
+            missing.append(f"a flow-matching model's shifted sigma schedule ({TOOLS[tool].flow_note}; not exported)")
     missing += [
         f"call argument {k}={v!r} (no {TOOLS[tool].title} setting carries it)"
         for k, v in fixed_arguments(rec).items()
@@ -87,13 +116,15 @@ def parity_of(recs: Recommendations, tool: str) -> dict[str, dict[str, Any]]:
             out[c] = {k: v for k, v in entry.items() if k in keep}
         elif in_tools(rec)[tool][2]:
             out[c] = {"parity": "not checked", "why": inexpressible(tool)}
+        elif rec.family != "sd":
+            out[c] = {"parity": "not checked", "why": UNET_ONLY}
         else:
             why = data.get("why") or "run `autotune export STUDY.toml --check` (needs pip install 'autotune[parity]')"
             out[c] = {"parity": "not checked", "why": why}
     return out
 
 
-def a1111(rec: ClassRecommendation) -> dict[str, Any]:
+def a1111(rec: ClassRecommendation, model: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """AUTOMATIC1111's settings for ``rec`` and its infotext line; ``no_equivalent`` lists what it cannot set."""
     sampler, schedule, missing = _missing(rec, "a1111")
     out: dict[str, Any] = {"sampler": sampler, "schedule_type": schedule, "steps": rec.steps, "cfg_scale": rec.guidance}
@@ -110,11 +141,17 @@ def a1111(rec: ClassRecommendation) -> dict[str, Any]:
     return out
 
 
-def comfyui(rec: ClassRecommendation) -> dict[str, Any]:
+def comfyui(rec: ClassRecommendation, model: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The KSampler inputs for ``rec`` (``negative_prompt``: the text of the CLIPTextEncode on its negative
-    input; ``stop_at_clip_layer``: a CLIPSetLastLayer before both); ``no_equivalent`` lists what ComfyUI cannot set."""
+    input; ``stop_at_clip_layer``: a CLIPSetLastLayer before both); ``no_equivalent`` lists what ComfyUI cannot set.
+    A Flux model's: ``model_sampling``, the node on the model before the KSampler (``model``: the study's
+    ``width`` and ``height``); guidance-distilled Flux takes its guidance in a FluxGuidance node, cfg 1."""
     sampler, schedule, missing = _missing(rec, "comfyui")
     out: dict[str, Any] = {"sampler_name": sampler, "scheduler": schedule, "steps": rec.steps, "cfg": rec.guidance}
+    if (node := model_sampling(rec, model or {})) is not None:
+        out["model_sampling"] = node
+        if rec.family == "flux":  # guidance embedded: an input of the model's one call, not CFG's second one
+            out |= {"cfg": 1.0, "flux_guidance": rec.guidance}
     out |= _carried(rec, "stop_at_clip_layer", -1)  # CLIPSetLastLayer: -2 is diffusers' clip_skip=1
     if missing:
         out["no_equivalent"] = missing
@@ -189,5 +226,8 @@ def export(recs: Recommendations, fmt: str) -> str:
         return _diffusers(recs)
     module, _, name = TOOLS[fmt].exporter.partition(":")
     convert, checked = getattr(importlib.import_module(module), name), parity_of(recs, fmt)
-    data = {name: {"setting": rec.setting, **convert(rec), **checked.get(name, {})} for name, rec in recs.items()}
+    data = {
+        name: {"setting": rec.setting, **convert(rec, recs.model), **checked.get(name, {})}
+        for name, rec in recs.items()
+    }
     return json.dumps(data, indent=2) + "\n"

@@ -264,9 +264,13 @@ def from_base(name: str, base_config: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+_DYNAMIC_SHIFT = ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")  # the shift at each size
+
+
 def _touched() -> frozenset[str]:
-    """Every config key an entry or a variant value can set, or take from the model's (:func:`from_base`)."""
-    keys = {k for spec in _TABLE for k in spec.kwargs} | {"flow_shift"}
+    """Every config key an entry or a variant value can set, or take from the model's (:func:`from_base`), and
+    a dynamic shift's line (handed over whole: ComfyUI's export sets it in a node)."""
+    keys = {k for spec in _TABLE for k in spec.kwargs} | {"flow_shift", *_DYNAMIC_SHIFT}
     keys |= {k for v in variants.VARIANTS.values() for c in v.choices[1:] for k in v.to_kwargs(c)}
     return frozenset(keys)
 

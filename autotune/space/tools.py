@@ -30,7 +30,7 @@ class Tool:
     title: str
     column: int  # its column in TOOL_SCHEDULES
     cutoff_note: str  # what it offers instead of stopping guidance after a share of the steps
-    flow_note: str  # where it sets a flow-matching model's shift (not exported, not checked)
+    flow_note: str  # why a flow-matching model's setting is not exported (what the tool's export covers)
     exporter: str  # "module:function" turning a ClassRecommendation into the tool's settings
     parity_samplers: Mapping[str, str]  # its deterministic sampler name -> k-diffusion's sample_<name>
     parity_schedules: tuple[str, ...]  # the schedules the check can render, in the order it tries them as a change
@@ -66,7 +66,8 @@ TOOLS = {
         Tool(
             "comfyui", "ComfyUI", 1,
             "no core node stops guidance after a share of the steps",
-            "its ModelSamplingFlux node (max_shift, base_shift, by image size) or ModelSamplingSD3 node (shift)",
+            "ComfyUI's export covers Euler (flow) on Flux's own sigmas, shifted by its ModelSamplingFlux node; its "
+            "other samplers and schedules, and SD3's ModelSamplingSD3, were not matched to diffusers' on a flow model",
             "autotune.serving.export:comfyui",
             MappingProxyType({"euler": "euler", "heun": "heun", "lms": "lms", "dpm_2": "dpm_2",
                               "dpmpp_2m": "dpmpp_2m", "ddim": "euler"}),  # its ddim is its Euler
