@@ -53,7 +53,7 @@ def test_what_a_tool_cannot_set_is_named_not_approximated() -> None:
         "shifted by its ModelSamplingFlux node; its other samplers and schedules, and SD3's ModelSamplingSD3, were not "
         "matched to diffusers' on a flow model; not exported)"
     ]
-    assert "Forge runs Flux and SD3 with its own shift" in a1111(_rec("flow_unipc"))["no_equivalent"][-1]
+    assert "Forge runs Flux and SD3 (Euler, Simple) with its own" in a1111(_rec("flow_unipc"))["no_equivalent"][-1]
 
 
 FLUX_DEV = {  # Flux dev's scheduler config (its scheduler/scheduler_config.json)

@@ -56,7 +56,7 @@ TOOLS = {
             "a1111", "AUTOMATIC1111", 0,
             "nearest: 'Negative Guidance minimum sigma', which skips the unconditional pass below a sigma "
             "(not after a share of the steps) and, unless its 'all steps' option is on, on every other step only",
-            "Forge runs Flux and SD3 with its own shift, set outside the sampler",
+            "Forge runs Flux and SD3 (Euler, Simple) with its own shift, and its settings have none to set",
             "autotune.serving.export:a1111",
             MappingProxyType({"Euler": "euler", "Heun": "heun", "LMS": "lms", "DPM2": "dpm_2", "DPM++ 2M": "dpmpp_2m"}),
             ("Karras", "Exponential", "SGM Uniform", "Uniform", "Beta"),
