@@ -70,19 +70,27 @@ def test_two_seeded_smoke_runs_of_the_training_script_write_identical_weights(tm
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
 
 
-def test_a_guidance_cutoff_is_refused_in_one_line_that_says_why(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("guidance_cutoff = [0.5, 1.0]", "search.guidance_cutoff: a flux_cfg model cannot stop guidance part-way "
+         "(its true CFG is a second call diffusers' Flux pipeline makes on every step, which no callback stops; the "
+         "cutoff exists for sd, sdxl and sd3); remove the key"),
+        ("fitted_schedules = true", "search.fitted_schedules: a flux_cfg model's pipeline takes a sigma schedule, not "
+         "the list of timesteps a fitted schedule is (fitted schedules exist for sd and sdxl); remove the key"),
+    ],
+)  # fmt: skip
+def test_an_axis_the_flow_pipeline_cannot_take_is_refused_in_one_line_that_says_why(
+    tmp_path: Path, key: str, why: str
+) -> None:
     from autotune.config import ConfigError, load_config
     from autotune.model.pipeline import resolve_config
 
     path = tmp_path / "cut.toml"
     path.write_text(
-        '[model]\nid = "flow"\ndevice = "cpu"\n[search]\nguidance_cutoff = [0.5, 1.0]\n'
+        f'[model]\nid = "flow"\ndevice = "cpu"\n[search]\n{key}\n'
         '[classes.thin]\nprompts = ["a thin green letter A on a white background"]\n'
     )
     with pytest.raises(ConfigError) as err:
         resolve_config(load_config(path))
-    assert str(err.value) == (
-        f"{path}: search.guidance_cutoff: a flux_cfg model cannot stop guidance part-way (its true CFG is a "
-        "second call diffusers' Flux pipeline makes on every step, which no callback stops; the cutoff exists "
-        "for sd, sdxl and sd3); remove the key"
-    )
+    assert str(err.value) == f"{path}: {why}"

@@ -129,6 +129,11 @@ def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> Resolve
             f"search.guidance_cutoff: a {family.name} model cannot stop guidance part-way ({why}; the cutoff "
             "exists for sd, sdxl and sd3); remove the key"
         )
+    if s.fitted_schedules and family.flow:
+        raise ConfigError(
+            f"search.fitted_schedules: a {family.name} model's pipeline takes a sigma schedule, not the list of "
+            "timesteps a fitted schedule is (fitted schedules exist for sd and sdxl); remove the key"
+        )
     if baseline.scheduler not in names:  # the baseline is always a point of the space
         names.append(baseline.scheduler)
     fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
