@@ -1,7 +1,8 @@
 """Search and decision together, through autotune's own loop, judged on prompts and seeds no study used.
 
-    .venv/bin/python benchmarks/decision.py [--studies 8] [--trials 40] [--classes thin,bold]
+    .venv/bin/python benchmarks/decision.py [--studies 8] [--trials 40] [--classes thin,bold] [--model glyphs]
     .venv/bin/python benchmarks/decision.py --summarise   # the summaries of results/decision.json again
+    .venv/bin/python benchmarks/decision.py --model flow  # the flow model: results/decision-flow.json
 
 On the trained ``glyphs`` micro model (32 px colour glyphs, its CLIP; the LPIPS backbone is random)
 and the two classes of studies/demo.toml (20 prompts each), a space of 605 settings (11 lines:
@@ -37,14 +38,22 @@ exhaustive grid's (every setting on every class prompt x 2 seeds). Every speed-u
 its ratio of model evaluations; a benchmark whose timings stray from the calls by more than
 ``PHYSICAL`` refuses them.
 
-Writes benchmarks/results/decision.json; renders are cached in benchmarks/cache/decision-glyphs-*.json,
-named after the shipped weights (retrained weights render anew).
+``--model flow``: the same on the ``flow`` micro model (the glyph world in Flux's layout, true CFG) and
+the classes of studies/demo_flow.toml, a space of 330 settings (6 lines: Euler (flow) with Flux's
+dynamic shift, Karras and beta sigmas and a fixed shift of 3, DPM++ 2M (flow), UniPC (flow); x 11 step
+counts 2..28 x true CFG 2..6), baseline and default Euler (flow) 28 at true CFG 4; the truth on the 13
+held-out prompts per class of studies/demo_flow_holdout.txt (every combination the classes' inks and
+backgrounds allow that training never captioned) x 5 image numbers.
+
+Writes benchmarks/results/decision.json (decision-flow.json); renders are cached in
+benchmarks/cache/decision-<model>-*.json, named after the shipped weights (retrained weights render anew).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import math
 import random
@@ -57,53 +66,91 @@ from typing import Any
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-LINES: list[tuple[str, dict[str, str]]] = [
-    ("euler", {}),
-    ("euler", {"timestep_spacing": "trailing"}),
-    ("euler", {"sigmas": "karras"}),
-    ("dpmpp_2m", {}),
-    ("dpmpp_2m", {"timestep_spacing": "trailing"}),
-    ("unipc", {}),
-    ("unipc", {"timestep_spacing": "trailing"}),
-    ("unipc", {"sigmas": "karras"}),
-    ("ddim", {}),
-    ("ddim", {"timestep_spacing": "trailing"}),
-    ("dpmpp_2m_karras", {}),  # DPM++ 2M [sigmas=karras] under any spacing steps through the same schedule
-]
-STEPS = [2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30]
-GUIDANCE = [3.0, 4.0, 5.0, 6.0, 7.0]
-BASELINE = ("dpmpp_2m_karras", (), 30, 5.0)
+Key = tuple[str, tuple[tuple[str, Any], ...], int, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """A shipped micro model, its demo study, held-out prompts and the benchmark's grid on it."""
+
+    model: str  # autotune's name of the micro model
+    study: str  # its demo study (studies/), whose [model], [call], [metrics], [baseline], [recommend], classes are used
+    holdout: str  # held-out prompts (studies/), routed to a class by its first words ("a thin ...")
+    lines: list[tuple[str, dict[str, Any]]]  # (scheduler, variant options) of the grid
+    steps: list[int]
+    guidance: list[float]
+    baseline: Key
+    search: str  # the study's [search] space, the grid's lines as autotune's options
+    truth_seeds: list[int]  # image numbers no study uses; each image its own noise
+    label: str  # the model as every figure names it
+
+
+GLYPHS = World(
+    "glyphs", "demo.toml", "demo_holdout.txt",
+    [
+        ("euler", {}),
+        ("euler", {"timestep_spacing": "trailing"}),
+        ("euler", {"sigmas": "karras"}),
+        ("dpmpp_2m", {}),
+        ("dpmpp_2m", {"timestep_spacing": "trailing"}),
+        ("unipc", {}),
+        ("unipc", {"timestep_spacing": "trailing"}),
+        ("unipc", {"sigmas": "karras"}),
+        ("ddim", {}),
+        ("ddim", {"timestep_spacing": "trailing"}),
+        ("dpmpp_2m_karras", {}),  # DPM++ 2M [sigmas=karras] under any spacing steps through the same schedule
+    ],
+    [2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30], [3.0, 4.0, 5.0, 6.0, 7.0], ("dpmpp_2m_karras", (), 30, 5.0),
+    'steps = [2, 30]\nschedulers = ["euler", "dpmpp_2m", "unipc", "ddim", "dpmpp_2m_karras"]\nguidance = [3.0, 7.0]\n'
+    'variants = ["sigmas", "timestep_spacing"]',
+    [500, 501, 502, 503], "glyphs model (trained; LPIPS backbone random)",
+)  # fmt: skip
+FLOW = World(
+    "flow", "demo_flow.toml", "demo_flow_holdout.txt",
+    [
+        ("flow_euler", {}),  # Flux's dynamic shift at the model's resolution
+        ("flow_euler", {"sigmas": "karras"}),
+        ("flow_euler", {"sigmas": "beta"}),
+        ("flow_euler", {"shift": 3.0}),  # a fixed shift, dynamic shifting off
+        ("flow_dpmpp_2m", {}),
+        ("flow_unipc", {}),
+    ],
+    [2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 28], [2.0, 3.0, 4.0, 5.0, 6.0], ("flow_euler", (), 28, 4.0),
+    'steps = [2, 28]\nschedulers = ["flow_euler", "flow_dpmpp_2m", "flow_unipc"]\nguidance = [2.0, 6.0]\n'
+    'variants = ["sigmas", "shift"]',
+    [500, 501, 502, 503, 504],  # 13 held-out prompts per class (every one the classes' inks and grounds allow) x 5
+    "flow model (Flux layout, true CFG; trained; LPIPS backbone random)",
+)  # fmt: skip
+WORLDS = {w.model: w for w in (GLYPHS, FLOW)}
+BASELINE, TRUTH_SEEDS = GLYPHS.baseline, GLYPHS.truth_seeds  # the glyphs world's, read by procedure.py and search.py
 SEARCH_POOL = [0, 1, 2, 3, 4, 5]
 CONFIRM_POOL = list(range(20, 36))
-TRUTH_SEEDS = [500, 501, 502, 503]
 NOISE = 0.1  # lognormal sigma of one timed call around the setting's measured cost
 PHYSICAL = 1.25  # refuse a timed speed-up above this factor x its model-call ratio
 PROCEDURES = {"product": 0.34, "optimiser": 1.0}  # front_share of each procedure (see above)
 
 
-def _weights_digest() -> str:
-    """The glyphs pipeline's and its CLIP's weight digests (autotune's own, as a study records them):
-    the cached metrics are theirs."""
+def _weights_digest(world: World) -> str:
+    """The model's and its CLIP's weight digests (autotune's own, as a study records them): the cached
+    metrics are theirs."""
     from autotune.config import ModelConfig
     from autotune.micro import clip_dir
     from autotune.model.sources import weights_digest
 
-    return "-".join(str(weights_digest(ModelConfig(id=m))) for m in ("glyphs", str(clip_dir("glyphs"))))
+    return "-".join(str(weights_digest(ModelConfig(id=m))) for m in (world.model, str(clip_dir(world.model))))
 
 
-CACHE = HERE / "cache" / f"decision-glyphs-{_weights_digest()}-noise-per-image.json"  # renders of (prompt, n)
-Key = tuple[str, tuple[tuple[str, str], ...], int, float]
+def cache_path(world: World) -> Path:
+    """The world's render cache: per-image metrics of (setting, prompt, image number), and timings."""
+    return HERE / "cache" / f"decision-{world.model}-{_weights_digest(world)}-noise-per-image.json"
 
 
-def _study_text(front_share: float, n_trials: int) -> str:
-    demo = (ROOT / "studies" / "demo.toml").read_text()
+def _study_text(front_share: float, n_trials: int, world: World = GLYPHS) -> str:
+    demo = (ROOT / "studies" / world.study).read_text()
     space = f"""
 [search]
-steps = [2, 30]
-schedulers = ["euler", "dpmpp_2m", "unipc", "ddim", "dpmpp_2m_karras"]
-guidance = [3.0, 7.0]
+{world.search}
 guidance_step = 1.0
-variants = ["sigmas", "timestep_spacing"]
 n_trials = {n_trials}
 seeds = [0, 1]
 front_share = {front_share}
@@ -111,7 +158,7 @@ front_share = {front_share}
     keep = [
         part
         for part in demo.split("\n[")
-        if part.split("]")[0] in ("model", "metrics", "baseline", "reference", "recommend")
+        if part.split("]")[0] in ("model", "call", "metrics", "baseline", "reference", "recommend")
         or part.startswith("classes.")
     ]
     text = 'name = "decision"\n' + space + "\n[" + "\n[".join(keep) + "\n"
@@ -122,8 +169,9 @@ class Renders:
     """Per-image CLIP and LPIPS of every (class, setting, prompt, seed), and each setting's serving seconds,
     rendered on demand through autotune's own Evaluator and cached."""
 
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    def __init__(self, world: World = GLYPHS) -> None:
+        self.world, self.cache = world, cache_path(world)
+        self.data: dict[str, Any] = json.loads(self.cache.read_text()) if self.cache.exists() else {}
         self.evaluator: Any = None
         self.dirty = 0
         self.cfg: Any = None
@@ -136,7 +184,7 @@ class Renders:
 
             self.tmp = tempfile.TemporaryDirectory()
             path = Path(self.tmp.name) / "decision.toml"
-            path.write_text(_study_text(0.34, 40).replace('device = "auto"', 'device = "cpu"'))
+            path.write_text(_study_text(0.34, 40, self.world).replace('device = "auto"', 'device = "cpu"'))
             self.cfg = resolve_config(load_config(path))
             self.evaluator = Evaluator(self.cfg, self.cfg.default_storage, "cpu")
         return self.evaluator
@@ -191,19 +239,19 @@ class Renders:
         return float(self.data[name])
 
     def save(self) -> None:
-        CACHE.parent.mkdir(exist_ok=True)
-        CACHE.write_text(json.dumps(self.data))
+        self.cache.parent.mkdir(exist_ok=True)
+        self.cache.write_text(json.dumps(self.data))
         self.dirty = 0
 
 
-def space() -> list[Key]:
-    out = [(n, tuple(sorted(o.items())), s, g) for n, o in LINES for s in STEPS for g in GUIDANCE]
-    return [k for k in out if k != BASELINE] + [BASELINE]
+def space(world: World = GLYPHS) -> list[Key]:
+    out = [(n, tuple(sorted(o.items())), s, g) for n, o in world.lines for s in world.steps for g in world.guidance]
+    return [k for k in out if k != world.baseline] + [world.baseline]
 
 
 def grid_images(r: Renders, c: str) -> int:
     """The exhaustive grid's images for class ``c``: every setting on every class prompt x 2 seeds."""
-    return len(space()) * len(r.config().classes[c]) * 2
+    return len(space(r.world)) * len(r.config().classes[c]) * 2
 
 
 def model_calls(key: Key) -> int:
@@ -262,7 +310,7 @@ def one_study(r: Renders, c: str, seed: int, front_share: float, n_trials: int) 
     base_cfg = r.config()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "decision.toml"
-        path.write_text(_study_text(front_share, n_trials))
+        path.write_text(_study_text(front_share, n_trials, r.world))
         cfg = resolve(load_config(path), base_cfg.family, schedulers.names())
     prompts = list(cfg.classes[c])
     rng.shuffle(prompts)
@@ -288,15 +336,16 @@ def one_study(r: Renders, c: str, seed: int, front_share: float, n_trials: int) 
 
 def truth(r: Renders, c: str, key: Key, holdout: list[str]) -> dict[str, float]:
     """Mean differences to the baseline on the held-out prompts and seeds."""
-    a, b = r.units(key, holdout, TRUTH_SEEDS), r.units(BASELINE, holdout, TRUTH_SEEDS)
+    a, b = r.units(key, holdout, r.world.truth_seeds), r.units(r.world.baseline, holdout, r.world.truth_seeds)
     return {m: statistics.fmean(a[u][m] - b[u][m] for u in a) for m in ("clip_score", "lpips")}
 
 
 def tolerance(r: Renders, c: str, holdout: list[str]) -> dict[str, float]:
     """The demo's tolerances, from the baseline's truth images (its seed-to-seed CLIP spread)."""
-    b = r.units(BASELINE, holdout, TRUTH_SEEDS)
+    b = r.units(r.world.baseline, holdout, r.world.truth_seeds)
     spread = (
-        statistics.fmean(statistics.variance([b[(q, s)]["clip_score"] for s in TRUTH_SEEDS]) for q in holdout) ** 0.5
+        statistics.fmean(statistics.variance([b[(q, s)]["clip_score"] for s in r.world.truth_seeds]) for q in holdout)
+        ** 0.5
     )
     cfg = r.config()
     return {
@@ -324,9 +373,9 @@ def truth_bounds(r: Renders, key: Key, holdout: list[str], rtol: Any) -> list[An
     from autotune.decision.rule import verdicts
 
     def indexed(k: Key) -> dict[tuple[int, int], dict[str, float]]:
-        return {(holdout.index(q), s): v for (q, s), v in r.units(k, holdout, TRUTH_SEEDS).items()}
+        return {(holdout.index(q), s): v for (q, s), v in r.units(k, holdout, r.world.truth_seeds).items()}
 
-    return verdicts(Candidate(1, indexed(key)), Candidate(0, indexed(BASELINE)), rtol)
+    return verdicts(Candidate(1, indexed(key)), Candidate(0, indexed(r.world.baseline)), rtol)
 
 
 def collapsed_on_truth(r: Renders, key: Key, holdout: list[str], rtol: Any) -> list[int]:
@@ -340,15 +389,15 @@ def collapsed_on_truth(r: Renders, key: Key, holdout: list[str], rtol: Any) -> l
 def robust(r: Renders, key: Key, holdout: list[str], rtol: Any) -> bool:
     from autotune.decision.rule import overall
 
-    return key == BASELINE or overall(truth_bounds(r, key, holdout, rtol)) == "pass"
+    return key == r.world.baseline or overall(truth_bounds(r, key, holdout, rtol)) == "pass"
 
 
 def standard_errors(r: Renders, key: Key, holdout: list[str]) -> dict[str, float]:
     """The standard error of the truth's mean difference to the baseline, per metric, over its prompts."""
-    a, b = r.units(key, holdout, TRUTH_SEEDS), r.units(BASELINE, holdout, TRUTH_SEEDS)
+    a, b = r.units(key, holdout, r.world.truth_seeds), r.units(r.world.baseline, holdout, r.world.truth_seeds)
     out = {}
     for m in ("clip_score", "lpips"):
-        means = [statistics.fmean(a[(q, s)][m] - b[(q, s)][m] for s in TRUTH_SEEDS) for q in holdout]
+        means = [statistics.fmean(a[(q, s)][m] - b[(q, s)][m] for s in r.world.truth_seeds) for q in holdout]
         out[m] = statistics.stdev(means) / math.sqrt(len(means))
     return out
 
@@ -357,18 +406,18 @@ def answer(r: Renders, c: str, holdout: list[str], tol: dict[str, float], rtol: 
     """The cheapest setting of the whole space (by measured seconds) whose truth mean is within ``tol``
     (with ``rtol``: whose truth bounds pass the product's rule), visiting the space cheapest first: only
     settings cheaper than it need their truth rendered."""
-    for k in sorted(space(), key=lambda k: (r.seconds(k), model_calls(k))):
-        if k == BASELINE or far_off(r, k, holdout, tol):
+    for k in sorted(space(r.world), key=lambda k: (r.seconds(k), model_calls(k))):
+        if k == r.world.baseline or far_off(r, k, holdout, tol):
             continue
         if robust(r, k, holdout, rtol) if rtol is not None else qualifies(truth(r, c, k, holdout), tol):
             return k
-    return BASELINE
+    return r.world.baseline
 
 
 def far_off(r: Renders, key: Key, holdout: list[str], tol: dict[str, float]) -> bool:
     """A setting 3 tolerances or more outside on the first truth seed, skipped by the answer's search (the
     other two seeds would have to beat the baseline on average to bring it back)."""
-    a, b = r.units(key, holdout, TRUTH_SEEDS[:1]), r.units(BASELINE, holdout, TRUTH_SEEDS[:1])
+    a, b = r.units(key, holdout, r.world.truth_seeds[:1]), r.units(r.world.baseline, holdout, r.world.truth_seeds[:1])
     d = {m: statistics.fmean(a[u][m] - b[u][m] for u in a) for m in ("clip_score", "lpips")}
     return d["clip_score"] < -3 * tol["clip_score"] or d["lpips"] > 3 * tol["lpips"]
 
@@ -389,12 +438,12 @@ def check_physical(r: Renders, keys: list[Key] | None = None) -> None:
     """Refuse timings that break physics: no setting of ``keys`` (the space's by default) is faster than its
     share of the model's evaluations allows (the fixed cost of a call only makes cheap settings less fast),
     give or take ``PHYSICAL``."""
-    keys = space() if keys is None else keys
+    keys = space(r.world) if keys is None else keys
     retime(r, keys)
     r.save()
     for k in keys:
         for attempt in range(2):
-            speedup, calls = r.seconds(BASELINE) / r.seconds(k), model_calls(BASELINE) / model_calls(k)
+            speedup, calls = r.seconds(r.world.baseline) / r.seconds(k), model_calls(r.world.baseline) / model_calls(k)
             if speedup <= calls * PHYSICAL:
                 break
             if attempt:
@@ -403,7 +452,7 @@ def check_physical(r: Renders, keys: list[Key] | None = None) -> None:
                     "twice; another job shared the machine: rerun alone"
                 )
             print(f"{k}: {speedup:.2f}x faster than the baseline with {calls:.2f}x fewer calls: timing both again")
-            for x in (k, BASELINE):
+            for x in (k, r.world.baseline):
                 del r.data[f"{x!r}|seconds"]
                 r.seconds(x)
     r.save()
@@ -414,12 +463,14 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=8)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--classes", default="thin,bold")
+    parser.add_argument("--model", default="glyphs", choices=sorted(WORLDS), help="the shipped micro model studied")
     parser.add_argument("--summarise", action="store_true", help="summarise results/decision.json's studies again")
     args = parser.parse_args()
-    out = HERE / "results" / "decision.json"
+    world = WORLDS[args.model]
+    path = HERE / "results" / ("decision.json" if world is GLYPHS else f"decision-{world.model}.json")
     if args.summarise:
-        results = json.loads(out.read_text())
-        r = Renders()
+        results = json.loads(path.read_text())
+        r = Renders(world)
         held = holdouts(r)
         for c, x in results.items():
             if isinstance(x, dict):
@@ -427,29 +478,30 @@ def main() -> None:
                 for proc in PROCEDURES:
                     for row in x[proc]["studies"]:
                         row["collapsed_on_truth"] = collapsed_on_truth(r, ast.literal_eval(row["pick"]), held[c], rtol)
-                    x[proc] = _summary(x[proc]["studies"], x, grid_images(r, c))
-        out.write_text(json.dumps(results, indent=2) + "\n")
+                    x[proc] = _summary(x[proc]["studies"], x, grid_images(r, c), r.world.baseline)
+        path.write_text(json.dumps(results, indent=2) + "\n")
         return
     import torch
 
     torch.set_num_threads(2)
-    r = Renders()
+    r = Renders(world)
     check_physical(r)
     held = holdouts(r)
     results: dict[str, Any] = {}
+    base = world.baseline
     start = time.monotonic()
     for c in args.classes.split(","):
         tol = tolerance(r, c, held[c])
         rtol = rule_tolerance(r, tol)
         best, sound = answer(r, c, held[c], tol), answer(r, c, held[c], tol, rtol)
-        base_s = r.seconds(BASELINE)
+        base_s = r.seconds(base)
         results[c] = {"tolerance": tol}
         for name, k in (("answer", best), ("robust_answer", sound)):
-            se = standard_errors(r, k, held[c]) if k != BASELINE else {}
+            se = standard_errors(r, k, held[c]) if k != base else {}
             results[c] |= {name: repr(k), f"{name}_speedup": base_s / r.seconds(k),
-                           f"{name}_call_ratio": model_calls(BASELINE) / model_calls(k), f"{name}_se": se}  # fmt: skip
+                           f"{name}_call_ratio": model_calls(base) / model_calls(k), f"{name}_se": se}  # fmt: skip
             ses = ", ".join(f"{m} {v:.3g} (a quarter of its tolerance: {tol[m] / 4:.3g})" for m, v in se.items())
-            print(f"{c} {name}: {k} {base_s / r.seconds(k):.2f}x ({model_calls(BASELINE) / model_calls(k):.2f}x fewer "
+            print(f"{c} {name}: {k} {base_s / r.seconds(k):.2f}x ({model_calls(base) / model_calls(k):.2f}x fewer "
                   f"model calls); standard error of the truth's mean difference: {ses or 'the baseline'}")  # fmt: skip
         for proc, share in PROCEDURES.items():
             rows = []
@@ -460,7 +512,7 @@ def main() -> None:
                 row = {**out, "pick": repr(out["pick"]), "truly_worse": not qualifies(d, tol), "speedup": speed}
                 row["robustly_holds"] = robust(r, out["pick"], held[c], rtol)
                 row["collapsed_on_truth"] = collapsed_on_truth(r, out["pick"], held[c], rtol)
-                row["call_ratio"] = model_calls(BASELINE) / model_calls(out["pick"])
+                row["call_ratio"] = model_calls(base) / model_calls(out["pick"])
                 for name in ("answer", "robust_answer"):
                     holds = row["robustly_holds"] if name == "robust_answer" else not row["truly_worse"]
                     row[f"kept_{name}"] = speed / results[c][f"{name}_speedup"] if holds else 0.0
@@ -474,10 +526,11 @@ def main() -> None:
                     f"{out['images']} images ({grid_share:.1%} of grid)",
                     flush=True,
                 )
-            results[c][proc] = _summary(rows, results[c], grid_images(r, c))
+            results[c][proc] = _summary(rows, results[c], grid_images(r, c), r.world.baseline)
     r.save()
     results["minutes"] = (time.monotonic() - start) / 60
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    results["model"], results["date"] = world.label, time.strftime("%Y-%m-%d")
+    path.write_text(json.dumps(results, indent=2) + "\n")
     print(
         json.dumps(
             {c: {k: v for k, v in x.items() if k != "studies"} for c, x in results.items() if isinstance(x, dict)},
@@ -486,7 +539,7 @@ def main() -> None:
     )
 
 
-def _summary(rows: list[dict[str, Any]], answer: dict[str, Any], grid: int) -> dict[str, Any]:
+def _summary(rows: list[dict[str, Any]], answer: dict[str, Any], grid: int, baseline: Key) -> dict[str, Any]:
     n = len(rows)
     keys = [k for name in ("answer", "robust_answer") for k in (f"kept_{name}_calls", f"kept_{name}")]
     kept = {f"{k}_median": statistics.median(x[k] for x in rows) for k in keys}
@@ -497,7 +550,7 @@ def _summary(rows: list[dict[str, Any]], answer: dict[str, Any], grid: int) -> d
         "robustly_holds": sum(x["robustly_holds"] for x in rows) / n,
         **kept,
         "baseline_kept_when_1.5x_robustly_qualifies": (
-            sum(x["pick"] == repr(BASELINE) for x in rows) / n if answer["robust_answer_speedup"] >= 1.5 else None
+            sum(x["pick"] == repr(baseline) for x in rows) / n if answer["robust_answer_speedup"] >= 1.5 else None
         ),
         "collapsed_on_truth": [sum(x["collapsed_on_truth"][i] for x in rows) for i in range(3)],  # pick, baseline, of
         "images_share_of_grid": statistics.fmean(x["images"] for x in rows) / grid,
@@ -509,10 +562,11 @@ def _summary(rows: list[dict[str, Any]], answer: dict[str, Any], grid: int) -> d
 
 
 def holdouts(r: Renders) -> dict[str, list[str]]:
-    """The held-out prompts of each class: studies/demo_holdout.txt, routed as the demo's validate routes them."""
+    """The held-out prompts of each class (studies/demo_holdout.txt for the glyphs model), routed by their first
+    words ("a thin ...")."""
     lines = [
         x.strip()
-        for x in (ROOT / "studies" / "demo_holdout.txt").read_text().splitlines()
+        for x in (ROOT / "studies" / r.world.holdout).read_text().splitlines()
         if x.strip() and not x.startswith("#")
     ]
     return {c: [q for q in lines if q.startswith(f"a {c} ")] for c in r.config().classes}

@@ -2,6 +2,7 @@
 and whether the study then renders, and picks, the answer a user wants.
 
     .venv/bin/python benchmarks/search.py [--seeds 5] [--samplers tpe,tpe+rough,random,...] [--budgets 0.05,0.1]
+    .venv/bin/python benchmarks/search.py --model flow   # the flow model: results/search-flow.json
 
 On autotune's trained ``glyphs`` micro model (32 px colour glyphs, its glyph CLIP; the LPIPS backbone
 is random) and the two classes of studies/demo.toml (thin and bold, 20 prompts each), a fixed discrete
@@ -9,8 +10,8 @@ space of 385 settings (5 schedulers x 11 step counts 3..33 x 7 guidance values 1
 through benchmarks/decision.py's cache of per-image metrics (benchmarks/cache/; reruns render
 nothing). A study sees what ``autotune study`` renders: each setting on the class's first 4 prompts
 (``prompts_per_trial = "auto"``) x seeds 0 and 1. The truth is rendered on prompts and seeds no study
-uses: each class's held-out prompts (studies/demo_holdout.txt, 12 combinations no class lists) x 3
-seeds (500-502): its Pareto front per class (CLIP score up, LPIPS down, seconds down), and the answer a
+uses: each class's held-out prompts (studies/demo_holdout.txt, 16 combinations no class lists) x 4
+seeds (500-503): its Pareto front per class (CLIP score up, LPIPS down, seconds down), and the answer a
 user wants, the cheapest setting whose mean CLIP and LPIPS differences to the baseline (DPM++ 2M
 Karras, 30 steps, CFG 5) there lie within the demo's tolerances (as decision.py computes them).
 Seconds are each setting's serving call timed alone (median of 3 after a warm-up, decision.py's
@@ -33,6 +34,11 @@ the study's prompts and seeds); at 5, 10, 30 and 50 % we record, per class:
 Also, per class, whether two runs of the same study recommend the same setting when only their
 timings differ (drawn from this grid's own timing noise around the fit), on raw and on fitted
 seconds. Prints mean and worst over seeds and writes benchmarks/results/search.json.
+
+``--model flow``: the same on the ``flow`` micro model (the glyph world in Flux's layout, true CFG) and
+studies/demo_flow.toml's classes: 189 settings (Euler, DPM++ 2M and UniPC on flow sigmas x 9 step
+counts 4..28 x true CFG 1..7; baseline Euler (flow) 28 at 4), its truth on 13 held-out prompts per
+class (studies/demo_flow_holdout.txt) x 5 seeds (500-504), through decision.py's flow cache.
 """
 
 from __future__ import annotations
@@ -45,16 +51,28 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from decision import PHYSICAL, TRUTH_SEEDS, Renders, check_physical, holdouts, tolerance
+from decision import PHYSICAL, WORLDS, Renders, check_physical, holdouts, tolerance
 from optuna.trial import TrialState
 
 from autotune.study import ledger
 
 HERE = Path(__file__).parent
-SCHEDULERS = ["euler", "dpmpp_2m_karras", "dpmpp_2m", "unipc", "ddim"]
-STEPS = list(range(3, 34, 3))
-GUIDANCE = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
-BASELINE = ("dpmpp_2m_karras", 30, 5.0)
+# each model's grid: schedulers, step counts, guidance values (true CFG on the flow model), baseline
+GRIDS: dict[str, tuple[list[str], list[int], list[float], tuple[str, int, float]]] = {
+    "glyphs": (
+        ["euler", "dpmpp_2m_karras", "dpmpp_2m", "unipc", "ddim"],
+        list(range(3, 34, 3)),
+        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        ("dpmpp_2m_karras", 30, 5.0),
+    ),
+    "flow": (
+        ["flow_euler", "flow_dpmpp_2m", "flow_unipc"],
+        list(range(4, 29, 3)),
+        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        ("flow_euler", 28, 4.0),
+    ),
+}
+SCHEDULERS, STEPS, GUIDANCE, BASELINE = GRIDS["glyphs"]  # the grid searched: --model's (see main)
 STUDY_SEEDS = [0, 1]  # what a study sees
 BUDGETS = [0.05, 0.10, 0.30, 0.50]  # the targets are at 10 % and 30 %
 OBJECTIVES = ("clip_score", "lpips", "seconds")
@@ -91,7 +109,7 @@ def render_grid(r: Renders, c: str, holdout: list[str]) -> Grid:
     t0 = time.perf_counter()
     for i, k in enumerate(keys()):
         r.units(as_decision(k), study_prompts(r, c), STUDY_SEEDS)
-        units = r.units(as_decision(k), holdout, TRUTH_SEEDS)
+        units = r.units(as_decision(k), holdout, r.world.truth_seeds)
         grid[k] = {m: statistics.fmean(u[m] for u in units.values()) for m in ("clip_score", "lpips")}
         grid[k].update(seconds=r.seconds(as_decision(k)), model_calls=calls(k))
         if i % 77 == 76:
@@ -335,21 +353,25 @@ def main() -> None:
         "(gp is left out by default: 0.3-0.5 s per suggestion, minutes per seed)",
     )
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="shares of the grid's model calls")
-    parser.add_argument("--out", default=str(HERE / "results" / "search.json"))
+    parser.add_argument("--model", default="glyphs", choices=sorted(GRIDS), help="the shipped micro model searched")
+    parser.add_argument("--out", help="default: results/search.json (the flow model's: results/search-flow.json)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(2)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this script's own process: no "study created" lines
     budgets = [float(b) for b in args.budgets.split(",")]
-    r = Renders()
+    global SCHEDULERS, STEPS, GUIDANCE, BASELINE
+    SCHEDULERS, STEPS, GUIDANCE, BASELINE = GRIDS[args.model]
+    r = Renders(WORLDS[args.model])
     check_physical(r, [as_decision(k) for k in keys()])
     held = holdouts(r)
     out: dict[str, Any] = {
-        "model": "glyphs (trained, 32 px colour glyphs; LPIPS backbone random)",
+        "model": r.world.label,
+        "date": time.strftime("%Y-%m-%d"),
         "settings": len(keys()),
         "study_seeds": STUDY_SEEDS,
-        "truth": f"held-out prompts (studies/demo_holdout.txt) x seeds {TRUTH_SEEDS}",
+        "truth": f"held-out prompts (studies/{r.world.holdout}) x seeds {r.world.truth_seeds}",
         "physical": PHYSICAL,
         "results": {},
     }
@@ -369,7 +391,7 @@ def main() -> None:
             f"95th percentile {st['timing_noise_p95']:.0%}; two runs recommend the same setting "
             f"{st['same_recommendation_fitted_seconds']:.0%} of {st['pairs']} times on fitted seconds "
             f"({st['same_recommendation_raw_seconds']:.0%} on raw timings)\n"
-            f"the answer (cheapest setting qualifying on {len(held[c])} held-out prompts x {len(TRUTH_SEEDS)} "
+            f"the answer (cheapest setting qualifying on {len(held[c])} held-out prompts x {len(r.world.truth_seeds)} "
             f"unseen seeds): {answer}, {speedup:.2f}x faster than the baseline ({ratio:.1f}x fewer model calls)"
         )
         print(
@@ -400,7 +422,9 @@ def main() -> None:
                     flush=True,
                 )
             print(f"{'':17} ({time.perf_counter() - t0:.0f} s for {args.seeds} seeds)", flush=True)
-    path = Path(args.out)
+    path = Path(
+        args.out or HERE / "results" / ("search.json" if args.model == "glyphs" else f"search-{args.model}.json")
+    )
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"\nwrote {path}")
