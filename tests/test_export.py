@@ -8,7 +8,7 @@ import pytest
 
 import autotune
 from autotune.cli import main
-from autotune.serving.export import a1111, comfyui
+from autotune.serving.export import UNET_ONLY, a1111, comfyui, export
 
 
 def _rec(scheduler: str, options: dict | None = None, steps: int = 12, guidance: float = 6.5):  # type: ignore[no-untyped-def, type-arg]
@@ -108,6 +108,13 @@ def test_a_flux_setting_exports_to_comfyui_with_the_node_that_shifts_its_sigmas_
     assert max(abs(a - b) for a, b in zip(scheduler.sigmas.tolist(), theirs, strict=True)) < 5e-4
     true_cfg = comfyui(dataclasses.replace(rec, family="flux_cfg", call_kwargs={"negative_prompt": ""}))
     assert (true_cfg["cfg"], true_cfg["negative_prompt"], "flux_guidance" in true_cfg) == (3.5, "", False)
+    recs = autotune.Recommendations(study="s", model={"width": width, "height": height}, classes={"x": rec})
+    exported = json.loads(export(recs, "comfyui"))["x"]  # the parity check renders no Flux: said, not suggested
+    assert (exported["model_sampling"], exported["parity"], exported["why"]) == (
+        out["model_sampling"],
+        "not checked",
+        UNET_ONLY,
+    )
 
 
 def test_what_comfyui_cannot_match_on_flux_is_refused_in_one_line() -> None:

@@ -125,7 +125,8 @@ def parity_of(recs: Recommendations, tool: str) -> dict[str, dict[str, Any]]:
 
 
 def a1111(rec: ClassRecommendation, model: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """AUTOMATIC1111's settings for ``rec`` and its infotext line; ``no_equivalent`` lists what it cannot set."""
+    """AUTOMATIC1111's settings for ``rec`` and its infotext line; ``no_equivalent`` lists what it cannot set.
+    (``model``, the study's model entry, as every exporter takes it: none of A1111's settings reads it.)"""
     sampler, schedule, missing = _missing(rec, "a1111")
     out: dict[str, Any] = {"sampler": sampler, "schedule_type": schedule, "steps": rec.steps, "cfg_scale": rec.guidance}
     out |= _carried(rec, "clip_skip", 1)  # A1111's "Clip skip: 2" is diffusers' clip_skip=1 (the penultimate layer)
