@@ -232,12 +232,8 @@ def test_a_one_prompt_class_says_what_its_bound_speaks_for() -> None:
     assert "degrees of freedom" not in note and "speaks for that prompt, not for new prompts of the class" in note
 
 
-def test_a_signal_inside_an_import_is_sent_again_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Raising inside a lazy import (SQLAlchemy's, once: "module 'sqlalchemy.orm.loading' has no attribute
-    ...") leaves the module half imported for the code that writes the outputs; the handler sends the
-    signal again a moment later instead, and raises at once anywhere else."""
-    import importlib
-
+def _resent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, tuple[int, int]]]:
+    """The signals the handler sends again, as (delay, (pid, signal)): its timer, recorded instead of started."""
     from autotune import process
 
     sent: list[tuple[float, tuple[int, int]]] = []
@@ -250,6 +246,18 @@ def test_a_signal_inside_an_import_is_sent_again_after_it(tmp_path: Path, monkey
             pass
 
     monkeypatch.setattr(process.threading, "Timer", Timer)
+    return sent
+
+
+def test_a_signal_inside_an_import_is_sent_again_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raising inside a lazy import (SQLAlchemy's, once: "module 'sqlalchemy.orm.loading' has no attribute
+    ...") leaves the module half imported for the code that writes the outputs; the handler sends the
+    signal again a moment later instead, and raises at once anywhere else."""
+    import importlib
+
+    from autotune import process
+
+    sent = _resent(monkeypatch)
     (tmp_path / "half_imported.py").write_text(
         "import sys\nfrom autotune import process\n"
         "INSIDE = process.importing(sys._getframe())\n"
@@ -274,16 +282,7 @@ def test_a_signal_inside_a_finalizer_is_sent_again_not_swallowed(monkeypatch: py
 
     from autotune import process
 
-    sent: list[tuple[float, tuple[int, int]]] = []
-
-    class Timer:
-        def __init__(self, delay: float, fn: object, args: tuple[int, int]) -> None:
-            sent.append((delay, args))
-
-        def start(self) -> None:
-            pass
-
-    monkeypatch.setattr(process.threading, "Timer", Timer)
+    sent = _resent(monkeypatch)
     seen: list[tuple[str, bool]] = []
 
     def landing(frame: FrameType, event: str, arg: object) -> None:  # the signal lands as a finalizer starts
