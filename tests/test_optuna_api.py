@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import sys
 from pathlib import Path
 
 import optuna
@@ -92,6 +93,33 @@ def test_the_heartbeat_runs_around_a_trial_and_stale_trials_fail(tmp_path: Path)
     optuna_api.fail_stale_trials(study)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert optuna.trial.TrialState.FAIL in states
+
+
+def test_a_stop_signal_as_the_heartbeat_starts_leaves_no_heartbeat_beating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal raised between the heartbeat thread's start and the trial's block left the thread (not a
+    daemon) beating, and the interpreter's exit waited on it forever (CI: a SIGHUP, 300 s hung). The signal
+    now waits while the thread starts; raised after, the thread is stopped first."""
+    import threading
+
+    from optuna.storages._heartbeat import HeartbeatThread
+
+    from autotune import process
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=60)
+    study = optuna.create_study(storage=storage)
+    start = HeartbeatThread.start
+
+    def landing(self: HeartbeatThread) -> None:  # SIGHUP arriving as the thread has just started
+        start(self)
+        process._handler(1, sys._getframe())
+
+    monkeypatch.setattr(HeartbeatThread, "start", landing)
+    before = set(threading.enumerate())
+    with pytest.raises(process.Interrupted), optuna_api.heartbeat(study, study.ask()):
+        pytest.fail("the block ran although the signal came first")
+    assert set(threading.enumerate()) == before  # no heartbeat left beating
 
 
 def test_hypervolume_is_optunas_exact_volume() -> None:

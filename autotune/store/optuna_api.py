@@ -114,11 +114,23 @@ def external_param(internal: float, distribution: dict[str, Any]) -> Any:
 
 @contextlib.contextmanager
 def heartbeat(study: Any, trial: Any) -> Iterator[None]:
-    """The trial's heartbeat thread, as ``Study.optimize`` runs it around each trial."""
+    """The trial's heartbeat thread, as ``Study.optimize`` runs it around each trial. A stop signal waits
+    while the thread starts and while it is stopped: raised between its start and the block, the thread
+    (not a daemon) would beat on and hold the interpreter's exit forever (CI: a SIGHUP, 300 s hung)."""
     from optuna.storages._heartbeat import get_heartbeat_thread
 
-    with get_heartbeat_thread(trial._trial_id, study._storage):
+    from autotune.process import deferred
+
+    thread, started = get_heartbeat_thread(trial._trial_id, study._storage), False
+    try:
+        with deferred():
+            thread.start()
+            started = True
         yield
+    finally:
+        if started:
+            with deferred():
+                thread.join()
 
 
 @dataclass(frozen=True)
