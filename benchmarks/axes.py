@@ -1,19 +1,21 @@
-"""The two axes of issue 21 against the named settings alone: the demo's study with and without them,
-each recommendation judged on prompts and seeds no study used.
+"""A searched axis beyond the named settings against the named settings alone: a demo's study with and
+without it, each recommendation judged on prompts and seeds no study used.
 
-    .venv/bin/python benchmarks/axes.py [--studies 3]
+    .venv/bin/python benchmarks/axes.py [--axis cutoff|cache] [--studies 3]
 
-For each study seed 1..N and each arm, ``autotune study`` runs studies/demo.toml (the trained glyphs micro
-model and its CLIP, the LPIPS backbone random; 40 settings per class, on the CPU): ``named`` without
-``guidance_cutoff`` and ``fitted_schedules``, ``axes`` as shipped (both searched). ``autotune validate``
-then renders each class's recommendation and the baseline on the held-out prompts of
-studies/demo_holdout.txt (combinations no class lists) x seeds 500-502 (no study uses them) and times
-both alone, as the study times cost. A pick is *truly worse* where its mean CLIP or LPIPS difference to
+For each study seed 1..N and each arm, ``autotune study`` runs a demo study on the CPU (40 settings per
+class, the LPIPS backbone random). ``--axis cutoff`` (issue 21): studies/demo.toml (the trained glyphs
+micro model and its CLIP), ``named`` without ``guidance_cutoff`` and ``fitted_schedules``, ``axes`` as
+shipped (both searched). ``--axis cache`` (issue 45): studies/demo_flow.toml (the trained flow micro
+model), ``off`` as shipped, ``cache`` with ``cache = ["first_block"]`` (diffusers' First Block Cache, its
+threshold searched). ``autotune validate`` then renders each class's recommendation and the baseline on
+the study's held-out prompts (studies/demo_holdout.txt, demo_flow_holdout.txt: combinations no class
+lists) x seeds 500-502 (no study uses them) and times both alone, as the study times cost. A pick is *truly worse* where its mean CLIP or LPIPS difference to
 the baseline on those images is outside the study's tolerance; validate's own verdict (the one-sided 95 %
 bound within tolerance) is printed beside it. Every speed-up is validate's timing, beside the ratio of
 model evaluations (recommendations.json: denoiser calls x (1 + the guided share)).
 
-Writes benchmarks/results/axes.json after each seed (a pass stopped early keeps its studies). Run it alone on
+Writes benchmarks/results/axes.json (axes_cache.json) after each seed (a pass stopped early keeps its studies). Run it alone on
 the machine (it times settings).
 """
 
@@ -31,17 +33,23 @@ from typing import Any
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 TRUTH_SEEDS = [500, 501, 502]
-ARMS = ("named", "axes")
+# per axis: the study, its held-out prompts, the arms (without, with), the results file
+AXES = {
+    "cutoff": ("demo.toml", "demo_holdout.txt", ("named", "axes"), "axes.json"),
+    "cache": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "cache"), "axes_cache.json"),
+}
 
 
-def study_text(arm: str, seed: int) -> str:
-    text = (ROOT / "studies" / "demo.toml").read_text().replace('device = "auto"', 'device = "cpu"')
+def study_text(axis: str, arm: str, seed: int) -> str:
+    text = (ROOT / "studies" / AXES[axis][0]).read_text().replace('device = "auto"', 'device = "cpu"')
     if arm == "named":
         text = re.sub(r"^(guidance_cutoff|fitted_schedules) = .*$", "", text, flags=re.M)
+    if arm == "cache":
+        text = text.replace("[search]\n", '[search]\ncache = ["first_block"]\n', 1)
     return text.replace("[search]\n", f"[search]\nseed = {seed}\n", 1)
 
 
-def one_study(arm: str, seed: int, held: list[str], folder: Path) -> dict[str, Any]:
+def one_study(axis: str, arm: str, seed: int, held: list[str], folder: Path) -> dict[str, Any]:
     """Run the study, write its outputs, validate each class's pick on the held-out prompts and seeds."""
     from autotune.config import load_config
     from autotune.config.objectives import OBJECTIVES
@@ -49,9 +57,9 @@ def one_study(arm: str, seed: int, held: list[str], folder: Path) -> dict[str, A
     from autotune.study.run import run_study
     from autotune.validate import validate
 
-    path = folder / f"{arm}-{seed}" / "demo.toml"
+    path = folder / f"{arm}-{seed}" / AXES[axis][0]
     path.parent.mkdir()
-    path.write_text(study_text(arm, seed))
+    path.write_text(study_text(axis, arm, seed))
     cfg = load_config(path)
     start = time.monotonic()
     write_all(run_study(cfg, progress=False))
@@ -89,11 +97,12 @@ PHYSICAL = 1.25  # a held-out speed-up above this x its model-evaluation ratio i
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per class and arm: truly worse picks, and the median saving of the picks (a truly worse pick saves
     nothing), timed and in model evaluations; a timing that breaks physics is flagged."""
-    classes = [c for c in runs["axes"][0] if c != "minutes"]
+    without, with_ = list(runs)
+    classes = [c for c in runs[with_][0] if c != "minutes"]
     summary: dict[str, Any] = {}
     for c in classes:
         summary[c] = {}
-        for arm in ARMS:
+        for arm in runs:
             rows = [r[c] for r in runs[arm]]
             holds = [not r["truly_worse"] for r in rows]
             speed = [r["speedup"] for r in rows]
@@ -111,18 +120,20 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 ),
             }
         for kind in ("speedup", "call_ratio"):
-            a, n = (summary[c][arm][f"median_{kind}_that_holds"] for arm in ("axes", "named"))
-            summary[c][f"axes_over_named_{kind}"] = a / n
-    summary["study_minutes"] = {arm: [round(r["minutes"], 1) for r in runs[arm]] for arm in ARMS}
+            a, n = (summary[c][arm][f"median_{kind}_that_holds"] for arm in (with_, without))
+            summary[c][f"{with_}_over_{without}_{kind}"] = a / n
+    summary["study_minutes"] = {arm: [round(r["minutes"], 1) for r in runs[arm]] for arm in runs}
     return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--axis", choices=list(AXES), default="cutoff")
     parser.add_argument("--studies", type=int, default=3)
     parser.add_argument("--summarise", action="store_true", help="summarise results/axes.json's runs again")
     args = parser.parse_args()
-    out = HERE / "results" / "axes.json"
+    study, holdout, arms, results = AXES[args.axis]
+    out = HERE / "results" / results
     if args.summarise:
         runs = json.loads(out.read_text())["runs"]
     else:
@@ -131,12 +142,12 @@ def main() -> None:
         from autotune.validate import read_prompts
 
         torch.set_num_threads(2)
-        held = read_prompts(ROOT / "studies" / "demo_holdout.txt")
-        runs = {arm: [] for arm in ARMS}
+        held = read_prompts(ROOT / "studies" / holdout)
+        runs = {arm: [] for arm in arms}
         with tempfile.TemporaryDirectory() as tmp:
             for seed in range(1, args.studies + 1):
-                for arm in ARMS:
-                    runs[arm].append(one_study(arm, seed, held, Path(tmp)))
+                for arm in arms:
+                    runs[arm].append(one_study(args.axis, arm, seed, held, Path(tmp)))
                 write(out, runs)  # after each seed: a pass stopped early keeps its studies
     print(json.dumps(write(out, runs), indent=2))
 

@@ -50,6 +50,7 @@ from autotune.config.tables import (
 )
 from autotune.micro import MODELS
 from autotune.space import schedulers, variants
+from autotune.space.caches import CACHES
 from autotune.space.families import FAMILIES
 
 __all__ = ["DTYPES", "RULES", "SAMPLERS", "check_space", "load_config", "parse_config"]
@@ -134,6 +135,12 @@ def check_space(
                 f"({s.guidance_cutoff_step:g}), so that guidance on every step stays in the space; got "
                 f"{list(s.guidance_cutoff)}"
             )
+
+    for name in s.cache:
+        if name not in CACHES:
+            raise ConfigError(f"search.cache: expected a list of {', '.join(CACHES)}, got {name!r}")
+    if s.cache_threshold is not None:
+        check_range(s.cache_threshold, 0.0, 1.0, "search.cache_threshold")
 
 
 def _validate(cfg: StudyConfig) -> StudyConfig:

@@ -129,6 +129,11 @@ def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> Resolve
             f"search.guidance_cutoff: a {family.name} model cannot stop guidance part-way ({why}; the cutoff "
             "exists for sd, sdxl and sd3); remove the key"
         )
+    if s.cache and not family.flow:
+        raise ConfigError(
+            f"search.cache: diffusers' caches hook a transformer's blocks, and a {family.name} model denoises "
+            "with a UNet (caches exist here for sd3 and flux models); remove the key"
+        )
     if s.fitted_schedules and family.flow:
         raise ConfigError(
             f"search.fitted_schedules: a {family.name} model's pipeline takes a sigma schedule, not the list of "

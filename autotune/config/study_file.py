@@ -18,6 +18,7 @@ from autotune.config.tables import (
     ConfigError,
     ConfigWarning,
 )
+from autotune.space.caches import CACHES
 
 __all__ = [
     "ConfigError",
@@ -75,6 +76,9 @@ class SearchConfig:
     guidance_step: float = 0.5  # CFG searched in increments of this
     guidance_cutoff: tuple[float, float] | None = None  # [low, 1.0]: share of steps with guidance (unset: every step)
     guidance_cutoff_step: float = 0.1  # the cutoff searched in increments of this
+    cache: tuple[str, ...] = ()  # feature caches searched beside none: "first_block" (transformer models)
+    cache_threshold: tuple[float, float] | None = None  # [low, high] a cache's threshold (unset: the cache's own)
+    cache_threshold_step: float = 0.05  # the threshold searched in increments of this
     steps_step: int = 1  # steps searched from low in increments of this
     variants: tuple[str, ...] | str = ("sigmas", "timestep_spacing")  # conditional parameters, or "all"
     sampler: str = "tpe"  # Optuna sampler: tpe (multivariate), tpe_independent, gp, nsga2 or random
@@ -86,6 +90,13 @@ class SearchConfig:
     prompts_per_trial: int | str = "auto"  # prompts a trial renders (racing adds more); "auto": up to 4
     front_share: float = 0.34  # share of new settings the optimiser picks to map the front (the rest: the decision's)
     seed: int | None = None  # the optimiser's seed (None: a fresh one each run)
+
+    def cache_range(self, name: str) -> tuple[float, float, float]:
+        """The low, high and step of the cache ``name``'s one parameter as searched."""
+        spec = CACHES[name]
+        if self.cache_threshold is not None and spec.param == "threshold":
+            return (*self.cache_threshold, self.cache_threshold_step)
+        return spec.low, spec.high, spec.step
 
     def first_prompts(self, n_prompts: int) -> int:
         """How many of a class's prompts (the first ones) every trial renders."""

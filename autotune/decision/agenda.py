@@ -56,25 +56,37 @@ class Action:
 
 
 def near(a: Settings, b: Settings) -> bool:
-    """Two settings that differ only in guidance, its cutoff or one variant value (same sampler and steps)."""
+    """Two settings that differ only in guidance, its cutoff, their cache or one variant value (same sampler
+    and steps)."""
     if a.scheduler != b.scheduler or a.steps != b.steps:
         return False
     oa, ob = dict(a.options), dict(b.options)
     differing = {k for k in oa.keys() | ob.keys() if oa.get(k) != ob.get(k)}
-    return len(differing) + (a.guidance != b.guidance) + (a.cutoff != b.cutoff) <= 1
+    return len(differing) + (a.guidance != b.guidance) + (a.cutoff != b.cutoff) + (a.cache != b.cache) <= 1
 
 
 def neighbours(s: Settings, space: SearchSpace) -> list[Settings]:
     """One step fewer, the adjacent guidance values at the same steps and, where the space searches a
-    guidance cutoff, guidance stopped one cutoff step sooner (those inside the space)."""
+    guidance cutoff, guidance stopped one cutoff step sooner, and a cache's next values up and down
+    (those inside the space)."""
     out = []
     if s.steps - space.steps_step >= space.steps[0]:  # a fitted list is the steps': the study fits the fewer
-        out.append(Settings.make(s.scheduler, s.steps - space.steps_step, s.guidance, dict(s.options), s.cutoff))
+        fewer = s.steps - space.steps_step
+        out.append(Settings.make(s.scheduler, fewer, s.guidance, dict(s.options), s.cutoff, (), s.cache))
     for g in (s.guidance - space.guidance_step, s.guidance + space.guidance_step):
         if space.guidance[0] - 1e-9 <= g <= space.guidance[1] + 1e-9:
-            out.append(Settings.make(s.scheduler, s.steps, round(g, 6), dict(s.options), s.cutoff))
+            out.append(Settings.make(s.scheduler, s.steps, round(g, 6), dict(s.options), s.cutoff, (), s.cache))
+    if s.cache and s.cache[0] in getattr(space, "cache", ()):
+        low, high, step = space.cache_range(s.cache[0])
+        for v in (s.cache[1] + step, s.cache[1] - step):
+            if low - 1e-9 <= v <= high + 1e-9:
+                cache = (s.cache[0], round(v, 6))
+                options = dict(s.options)
+                out.append(Settings.make(s.scheduler, s.steps, s.guidance, options, s.cutoff, s.timesteps, cache))
     cut, step = getattr(space, "guidance_cutoff", None), getattr(space, "guidance_cutoff_step", 0.1)
-    sooner = Settings.make(s.scheduler, s.steps, s.guidance, dict(s.options), round(s.cutoff - step, 6), s.timesteps)
+    sooner = Settings.make(
+        s.scheduler, s.steps, s.guidance, dict(s.options), round(s.cutoff - step, 6), s.timesteps, s.cache
+    )
     if cut and s.cutoff - step >= cut[0] - 1e-9 and sooner != s:  # a cutoff that still guides every step is none
         out.append(sooner)
     return out

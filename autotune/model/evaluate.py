@@ -38,11 +38,11 @@ class Evaluation:
     seconds per image of each timed serving call (empty: not timed)."""
 
     per_image: dict[str, list[float]]
-    model_calls: int
+    model_calls: float  # per image; a call a cache cut short counts for the share it ran
     images: Any = None
     seconds: list[float] = field(default_factory=list)
     render_seconds: float = 0.0  # device seconds of the quality renders (batched; not the cost objective)
-    guided_calls: int | None = None  # of the denoiser calls, those with guidance on (None: not counted)
+    guided_calls: float | None = None  # of the denoiser calls, those with guidance on (None: not counted)
 
 
 class Scorer(Protocol):

@@ -21,7 +21,7 @@ from autotune.model.encode import encode_prompt
 from autotune.model.pipeline import Pipeline
 from autotune.model.timing import DeviceTimer
 from autotune.noise import noise_seed
-from autotune.space import schedulers
+from autotune.space import caches, schedulers
 from autotune.space.settings import Settings, guidance_on
 
 __all__ = ["Render", "RenderError", "free_memory", "generate", "render_pairs", "seeded", "time_serving"]
@@ -35,8 +35,8 @@ class RenderError(RuntimeError):
 class Render:
     images: torch.Tensor  # (N, 3, H, W) float in [0, 1], on the CPU, quantised to 8 bits
     seconds: list[float]  # device seconds per image (denoising + VAE decode)
-    model_calls: int  # denoiser forward passes for one image
-    guided_calls: int | None = None  # of those, the ones with guidance on (a doubled batch)
+    model_calls: float  # denoiser calls per image (a call a cache cut short: the share it ran; the images' mean)
+    guided_calls: float | None = None  # of those, the ones with guidance on (a doubled batch)
 
 
 def _embeddings(p: Pipeline, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -130,8 +130,16 @@ def render_pairs(
     width: int = 64,
     batch_size: int | str = "auto",
 ) -> Render:
-    """Render (prompt, seed) pairs in batches, as :func:`generate` renders its grid of them."""
+    """Render (prompt, seed) pairs in batches, as :func:`generate` renders its grid of them; with a cache on,
+    one image a call (a cache decides to reuse a step on the whole batch: an image would depend on its batch)."""
     p.pipe.scheduler = schedulers.build(settings.scheduler, p.base_scheduler_config, dict(settings.options))
+    with caches.enabled(p.pipe, settings.cache):
+        return _render_pairs(p, settings, jobs, height, width, 1 if settings.cache else batch_size)
+
+
+def _render_pairs(
+    p: Pipeline, settings: Settings, jobs: Sequence[tuple[str, int]], height: int, width: int, batch_size: int | str
+) -> Render:
     if not p.warm:  # first call in the process: compile/allocate outside the timed region
         _call(
             p,
@@ -142,7 +150,9 @@ def render_pairs(
             width,
         )
         p.warm = True
-    images, seconds, calls, guided = [], [], 0, 0
+    images, seconds = [], []
+    calls: float = 0
+    guided: float = 0
     i = 0
     while i < len(jobs):
         size = p.auto_batch if batch_size == "auto" else int(batch_size)
@@ -158,7 +168,7 @@ def render_pairs(
             free_memory()
             continue
         i += len(batch)
-        calls, guided = p.forward_passes, p.guided_passes
+        calls, guided = calls + p.forward_passes * len(batch), guided + p.guided_passes * len(batch)
         images.append(out.float().cpu())
         seconds += [timer.seconds / len(batch)] * len(batch)
     result = torch.cat(images)
@@ -166,6 +176,9 @@ def render_pairs(
         raise RenderError('NaN in the rendered image (fp16 overflow? try dtype = "float32" or "bfloat16")')
     if (result.flatten(1).amax(1) == 0).any():
         raise RenderError("black image (all zeros)")
+    calls, guided = calls / len(jobs), guided / len(jobs)  # per image: a cache's share differs image to image
+    if calls == int(calls) and guided == int(guided):
+        calls, guided = int(calls), int(guided)
     return Render((result * 255).round() / 255, seconds, calls, guided)
 
 
@@ -189,8 +202,9 @@ def time_serving(
         _call(p, settings.warm_up(), prompts, seeds, height, width, encode=True)
         p.warmed.add(shape)
     out = []
-    for _ in range(repeats):
-        with DeviceTimer(p.device) as timer:
-            _call(p, settings, prompts, seeds, height, width, encode=True)
-        out.append(timer.seconds / batch_size)
+    with caches.enabled(p.pipe, settings.cache):  # as production turns it on: once, before its calls
+        for _ in range(repeats):
+            with DeviceTimer(p.device) as timer:
+                _call(p, settings, prompts, seeds, height, width, encode=True)
+            out.append(timer.seconds / batch_size)
     return out

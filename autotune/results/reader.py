@@ -274,6 +274,8 @@ def _margin(
             else f"CFG {other.guidance:g}"
             if other.guidance != s.guidance
             else f"guidance cutoff {other.cutoff:g}"
+            if other.cutoff != s.cutoff
+            else f"cache {other.cache[1]:g}"
         )
         number = by_key.get(other.key(attrs.get("scheduler_base") or {}))
         if number is None:

@@ -67,6 +67,7 @@ class ClassRecommendation:
     family: str
     speedup: float | None = None
     guidance_cutoff: float = 1.0  # the share of steps with guidance (1: every step)
+    cache: tuple[Any, ...] = ()  # a feature cache on the denoiser, (name, value); () none (autotune.space.caches)
 
     def settings(self) -> Any:
         """The setting to render it with (:class:`autotune.space.settings.Settings`), a fitted schedule's
@@ -74,7 +75,9 @@ class ClassRecommendation:
         from autotune.space.settings import Settings
 
         own = self.call_kwargs.get("timesteps", ())
-        return Settings.make(self.scheduler, self.steps, self.guidance, self.options, self.guidance_cutoff, own)
+        return Settings.make(
+            self.scheduler, self.steps, self.guidance, self.options, self.guidance_cutoff, own, self.cache
+        )
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ def _from_summary(name: str, d: Mapping[str, Any], family: str, speedup: float |
         family=family,
         speedup=speedup,
         guidance_cutoff=float(d.get("guidance_cutoff", 1.0)),
+        cache=(d["cache"]["name"], float(d["cache"]["value"])) if d.get("cache") else (),
     )
 
 
@@ -192,7 +196,7 @@ def trial_summary(
     the recipe's ``call_kwargs`` carry beside the setting's own, so that the recipe renders those images.
     """
     from autotune.decision.cost import evaluations
-    from autotune.space import schedulers
+    from autotune.space import caches, schedulers
     from autotune.space.settings import Settings
 
     s = Settings.of_trial(t)
@@ -208,6 +212,7 @@ def trial_summary(
         "steps": s.steps,
         "guidance": s.guidance,
         "guidance_cutoff": s.cutoff,
+        "cache": _cache(s),
         "deterministic": spec.deterministic,
         "diffusers": {
             "scheduler_class": spec.class_name,
@@ -218,12 +223,20 @@ def trial_summary(
                 **s.call_kwargs(family),
             },
             "guidance_cutoff": s.cutoff,  # 1: every step; below: guidance stops after this share of the steps
+            "cache": caches.as_config(s.cache),  # a config class of diffusers.hooks and its arguments
         },
         "metrics": dict(zip(objectives, t.values, strict=True)),
         "metrics_std": {m: statistics.pstdev(v) if v else None for m, v in spread.items()},
         "model_calls": t.user_attrs.get("model_calls"),
         "model_evaluations": evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), s),
     }
+
+
+def _cache(s: Any) -> dict[str, Any] | None:
+    """The setting's feature cache: its name, parameter and value (None: no cache)."""
+    from autotune.space import caches
+
+    return None if not s.cache else {"name": s.cache[0], "param": caches.CACHES[s.cache[0]].param, "value": s.cache[1]}
 
 
 def _seconds_fit(o: ClassOutcome) -> dict[str, Any] | None:

@@ -32,7 +32,10 @@ def _family_of(pipe: Any) -> str:
 def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
     """Swap ``pipe.scheduler`` to the recommended one and return the kwargs for ``pipe(prompt, ...)``:
     the setting's, the fixed arguments the study rendered the class with (its negative prompt,
-    ``[call]``'s), and the callback that stops guidance part-way where the setting has a cutoff.
+    ``[call]``'s), and the callback that stops guidance part-way where the setting has a cutoff. The
+    recommended feature cache is turned on on the pipeline's denoiser, and a cache an earlier
+    recommendation (or the user) turned on is turned off first: the study validated the setting with
+    its own cache or none.
 
     The new scheduler is ``Cls.from_config(<the pipeline's original scheduler config>,
     **rec.scheduler_config)``: the original config is kept on the pipeline the first time, so
@@ -45,7 +48,7 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
     """
     import diffusers
 
-    from autotune.space import schedulers
+    from autotune.space import caches, schedulers
     from autotune.space.families import FAMILIES, compatible_schedulers
     from autotune.space.settings import cutoff_kwargs
 
@@ -71,5 +74,10 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
         )
     cls = getattr(diffusers, rec.scheduler_class)
     pipe.scheduler = cls.from_config(base_config, **rec.scheduler_config)
+    model = caches.denoiser(pipe)
+    if getattr(model, "is_cache_enabled", False):
+        model.disable_cache()
+    if rec.cache:
+        model.enable_cache(caches.config(rec.cache))
     kwargs = json.loads(json.dumps(rec.call_kwargs))  # a fresh copy the caller may change
     return kwargs | cutoff_kwargs(rec.guidance_cutoff, FAMILIES[family])

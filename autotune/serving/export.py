@@ -23,7 +23,7 @@ from typing import Any
 
 from autotune.config.prompts import RESERVED_CALL as SEARCHED_CALL
 from autotune.results.recommendations_file import DEFAULT_CLASS, ClassRecommendation, Recommendations
-from autotune.space import schedulers
+from autotune.space import caches, schedulers
 from autotune.space.tools import TOOLS
 
 __all__ = ["FORMATS", "a1111", "comfyui", "export", "in_tools", "inexpressible", "model_sampling", "parity_of"]
@@ -67,6 +67,8 @@ def _missing(rec: ClassRecommendation, tool: str) -> tuple[str | None, str | Non
     sampler, schedule, missing = schedulers.in_tool(rec.scheduler, rec.options, tool)
     if rec.guidance_cutoff < 1:
         missing.append(f"guidance on the first {rec.guidance_cutoff:g} of the steps only ({TOOLS[tool].cutoff_note})")
+    if rec.cache:
+        missing.append(f"{caches.label(rec.cache)} on the denoiser ({TOOLS[tool].cache_note})")
     if schedulers.get(rec.scheduler).flow:
         if tool == "comfyui" and model_sampling(rec, {}) is not None:  # its shift: a node beside the KSampler
             schedule, missing = "simple", [m for m in missing if not m.startswith("shift=")]
@@ -181,10 +183,12 @@ def _diffusers(recs: Recommendations) -> str:
     from autotune.space.families import FAMILIES
 
     cut = any(rec.guidance_cutoff < 1 for rec in recs.values())
+    cached = any(rec.cache for rec in recs.values())
     lines = [
         f"# autotune recommendations for study {recs.study!r} (model {recs.model.get('id')!r}).",
         "# Any class may follow any other: each scheduler config is complete, nothing of the last one is kept.",
         "import diffusers",
+        *(["import diffusers.hooks"] if cached else []),
         "",
         "SETTINGS = {",
     ]
@@ -195,6 +199,7 @@ def _diffusers(recs: Recommendations) -> str:
             f"        'scheduler_config': {rec.scheduler_config!r},",
             f"        'call_kwargs': {rec.call_kwargs!r},",
             *([f"        'guidance_cutoff': {rec.guidance_cutoff!r},"] if cut else []),
+            *([f"        'cache': {caches.as_config(rec.cache)!r},"] if cached else []),
             "    },",
         ]
     lines += ["}", *(_STOP_GUIDANCE if cut else [])]
@@ -207,6 +212,15 @@ def _diffusers(recs: Recommendations) -> str:
         "    cls = getattr(diffusers, s['scheduler_class'])",
         "    pipe.scheduler = cls.from_config(pipe.scheduler.config, **s['scheduler_config'])",
     ]
+    if cached:
+        lines += [
+            "    denoiser = pipe.unet if getattr(pipe, 'unet', None) is not None else pipe.transformer",
+            "    if denoiser.is_cache_enabled:  # the last class's: each class renders with its own cache or none",
+            "        denoiser.disable_cache()",
+            "    if s['cache']:",
+            "        config = getattr(diffusers.hooks, s['cache']['config_class'])(**s['cache']['config'])",
+            "        denoiser.enable_cache(config)",
+        ]
     if cut:
         inputs = list(FAMILIES[next(iter(recs.values())).family].cfg_inputs)
         lines += [

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from autotune.space import schedulers
+from autotune.space import caches, schedulers
 from autotune.space.families import Family
 
 __all__ = [
@@ -76,6 +76,9 @@ class SearchSpace(Protocol):
     def guidance_cutoff(self) -> tuple[float, float] | None: ...
     @property
     def guidance_cutoff_step(self) -> float: ...
+    @property
+    def cache(self) -> tuple[str, ...]: ...
+    def cache_range(self, name: str) -> tuple[float, float, float]: ...
 
 
 def guidance_on(guidance: float, family: Family | None = None) -> bool:
@@ -132,6 +135,7 @@ class Settings:
     options: tuple[tuple[str, Any], ...] = ()
     cutoff: float = 1.0
     timesteps: tuple[int, ...] = ()  # ``sigmas = "fitted"``: the class's own schedule (see autotune.model.fit)
+    cache: caches.Cache = ()  # a feature cache on the denoiser: (name, value), see autotune.space.caches
 
     @classmethod
     def make(
@@ -142,10 +146,12 @@ class Settings:
         options: Mapping[str, Any] | None = None,
         cutoff: float = 1.0,
         timesteps: Sequence[int] = (),
+        cache: Sequence[Any] = (),
     ) -> Settings:
         """A setting; variant values of "default" (the model's own config) are left out, a cutoff that
-        cuts nothing (guidance 1 or below, or a cutoff that still guides every step) is none, and
-        ``timesteps`` are kept only for a fitted schedule (which takes no ``timestep_spacing``)."""
+        cuts nothing (guidance 1 or below, or a cutoff that still guides every step) is none,
+        ``timesteps`` are kept only for a fitted schedule (which takes no ``timestep_spacing``), and a
+        cache of value 0 (it never reuses a step) is none."""
         chosen = sorted((k, v) for k, v in (options or {}).items() if v != "default")
         if dict(chosen).get("sigmas") == "fitted":  # its own timesteps: a spacing would place none of them
             chosen = [(k, v) for k, v in chosen if k != "timestep_spacing"]
@@ -154,7 +160,8 @@ class Settings:
         if not guidance_on(guidance) or guided_steps(n, cut) >= n:  # guidance on every step: no cutoff at all
             cut = 1.0
         own = tuple(int(t) for t in timesteps) if dict(chosen).get("sigmas") == "fitted" else ()
-        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own)
+        kept: caches.Cache = (str(cache[0]), round(float(cache[1]), 6)) if cache and float(cache[1]) > 0 else ()
+        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own, kept)
 
     @classmethod
     def of(cls, setting: Setting) -> Settings:
@@ -167,7 +174,9 @@ class Settings:
         prefix = f"{name}."
         options = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
         cut = float(params.get(CUTOFF, 1.0))
-        return cls.make(name, params["steps"], params["guidance"], options, cut, timesteps)
+        kind = params.get(caches.CACHE, caches.OFF)
+        cache = () if kind == caches.OFF else (kind, params[caches.param_name(kind)])
+        return cls.make(name, params["steps"], params["guidance"], options, cut, timesteps, cache)
 
     @classmethod
     def of_trial(cls, t: Any) -> Settings:
@@ -179,9 +188,9 @@ class Settings:
 
         ``searched`` (:func:`searched_params`) names what the study searches besides scheduler, steps and
         guidance: the variants this setting leaves at the model's config are pinned to "default", and
-        the guidance cutoff to 1 where it has none.
+        the guidance cutoff to 1 where it has none, the cache to "off".
         """
-        variants = {k: "default" for k in searched if k != CUTOFF} | dict(self.options)
+        variants = {k: "default" for k in searched if k not in (CUTOFF, caches.CACHE)} | dict(self.options)
         out = {
             "scheduler": self.scheduler,
             "steps": self.steps,
@@ -190,6 +199,10 @@ class Settings:
         }
         if self.cutoff < 1 or CUTOFF in searched:
             out[CUTOFF] = self.cutoff
+        if self.cache or caches.CACHE in searched:
+            out[caches.CACHE] = self.cache[0] if self.cache else caches.OFF
+        if self.cache:
+            out[caches.param_name(self.cache[0])] = self.cache[1]
         return out
 
     @property
@@ -222,7 +235,7 @@ class Settings:
         """The untimed 2-step call that warms a call's shape up: same sampler, variants and guidance (a
         fitted schedule's list has its own length: the warm-up keeps the sampler's default sigmas)."""
         options = tuple(o for o in self.options if o != ("sigmas", "fitted"))
-        return Settings(self.scheduler, 2, self.guidance, options)
+        return Settings(self.scheduler, 2, self.guidance, options, cache=self.cache)
 
     def pipeline_kwargs(self, family: Family) -> dict[str, Any]:
         """Every call argument this setting sets, the guidance cutoff's callback included."""
@@ -236,8 +249,15 @@ class Settings:
         """
         spec = schedulers.get(self.scheduler)
         conf = sorted((k, v) for k, v in self.scheduler_overrides().items() if k not in base or base[k] != v)
-        key = (spec.class_name, conf, "fitted" if self.fitted else self.ays, self.steps, round(self.guidance, 6))
-        return repr(key if self.cutoff >= 1 else (*key, self.cutoff))
+        key: tuple[Any, ...] = (
+            spec.class_name,
+            conf,
+            "fitted" if self.fitted else self.ays,
+            self.steps,
+            round(self.guidance, 6),
+        )
+        key = key if self.cutoff >= 1 else (*key, self.cutoff)
+        return repr(key if not self.cache else (*key, self.cache))
 
     def scheduler_label(self) -> str:
         """The scheduler and its variant values: ``DPM++ 2M [sigmas=exponential]`` (a fitted schedule with its
@@ -257,11 +277,12 @@ class Settings:
         if self.cutoff < 1:
             n = self.calls
             text += f" on {guided_steps(n, self.cutoff)} of {n} steps (cutoff {self.cutoff:g})"
-        return text
+        return text + (f", {caches.label(self.cache)}" if self.cache else "")
 
     @property
     def calls(self) -> int:
-        """Denoiser calls per image (steps x the sampler's calls per step), guidance or not."""
+        """Denoiser calls per image (steps x the sampler's calls per step), guidance or not (a cache's saving
+        is known once rendered: :attr:`autotune.model.render.Render.model_calls`)."""
         return self.steps * schedulers.get(self.scheduler).calls_per_step
 
     def guided_share(self, family: Family | None = None) -> float:
@@ -338,10 +359,12 @@ def _fits(space: SearchSpace) -> bool:
 
 def searched_params(scheduler: str, space: SearchSpace, family: Family | None) -> dict[str, Any]:
     """What the study searches for ``scheduler`` besides its name, steps and guidance: its variants
-    (:func:`variant_choices`) and, where ``space`` has a range for it, the guidance cutoff."""
+    (:func:`variant_choices`) and, where ``space`` has a range for them, the guidance cutoff and the caches."""
     out: dict[str, Any] = dict(variant_choices(scheduler, space.variants, family, _fits(space)))
     if getattr(space, "guidance_cutoff", None):
         out[CUTOFF] = space.guidance_cutoff
+    if getattr(space, "cache", ()):
+        out[caches.CACHE] = (caches.OFF, *space.cache)
     return out
 
 
@@ -353,10 +376,13 @@ def suggest(trial: Any, space: SearchSpace, family: Family | None = None) -> Set
         for k, choices in variant_choices(name, space.variants, family, _fits(space)).items()
     }
     cut = getattr(space, "guidance_cutoff", None)
-    return Settings.make(
-        name,
-        trial.suggest_int("steps", *space.steps, step=space.steps_step),
-        trial.suggest_float("guidance", *space.guidance, step=space.guidance_step),
-        options,
-        trial.suggest_float(CUTOFF, *cut, step=space.guidance_cutoff_step) if cut else 1.0,
-    )
+    steps = trial.suggest_int("steps", *space.steps, step=space.steps_step)
+    guidance = trial.suggest_float("guidance", *space.guidance, step=space.guidance_step)
+    cutoff = trial.suggest_float(CUTOFF, *cut, step=space.guidance_cutoff_step) if cut else 1.0
+    cache: tuple[Any, ...] = ()
+    if getattr(space, "cache", ()):
+        kind = trial.suggest_categorical(caches.CACHE, [caches.OFF, *space.cache])
+        if kind != caches.OFF:
+            low, high, step = space.cache_range(kind)
+            cache = (kind, trial.suggest_float(caches.param_name(kind), low, high, step=step))
+    return Settings.make(name, steps, guidance, options, cutoff, (), cache)
