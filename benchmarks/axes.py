@@ -10,13 +10,14 @@ shipped (both searched). ``--axis cache`` (issue 45): studies/demo_flow.toml (th
 model), ``off`` as shipped, ``cache`` with ``cache = ["first_block"]`` (diffusers' First Block Cache, its
 threshold searched). ``autotune validate`` then renders each class's recommendation and the baseline on
 the study's held-out prompts (studies/demo_holdout.txt, demo_flow_holdout.txt: combinations no class
-lists) x seeds 500-502 (no study uses them) and times both alone, as the study times cost. A pick is *truly worse* where its mean CLIP or LPIPS difference to
-the baseline on those images is outside the study's tolerance; validate's own verdict (the one-sided 95 %
-bound within tolerance) is printed beside it. Every speed-up is validate's timing, beside the ratio of
-model evaluations (recommendations.json: denoiser calls x (1 + the guided share)).
+lists) x seeds 500-502 (no study uses them) and times both alone, as the study times cost. A pick is
+*truly worse* where its mean CLIP or LPIPS difference to the baseline on those images is outside the
+study's tolerance; validate's own verdict (the one-sided 95 % bound within tolerance) is printed beside
+it. Every speed-up is validate's timing, beside the ratio of model evaluations (recommendations.json:
+denoiser calls x (1 + the guided share), a call a cache cut short counted for the share it ran).
 
-Writes benchmarks/results/axes.json (axes_cache.json) after each seed (a pass stopped early keeps its studies). Run it alone on
-the machine (it times settings).
+Writes benchmarks/results/axes.json (axes_cache.json) after each seed (a pass stopped early keeps its
+studies). Run it alone on the machine (it times settings).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=3)
     parser.add_argument("--summarise", action="store_true", help="summarise results/axes.json's runs again")
     args = parser.parse_args()
-    study, holdout, arms, results = AXES[args.axis]
+    _, holdout, arms, results = AXES[args.axis]
     out = HERE / "results" / results
     if args.summarise:
         runs = json.loads(out.read_text())["runs"]
