@@ -1,23 +1,24 @@
-"""A searched axis beyond the named settings against the named settings alone: a demo's study with and
-without it, each recommendation judged on prompts and seeds no study used.
+"""A searched axis beyond the named settings against the named settings alone: a demo's study with and without
+it, each recommendation judged on prompts and seeds no study used.
 
-    .venv/bin/python benchmarks/axes.py [--axis cutoff|cache] [--studies 3]
+    .venv/bin/python benchmarks/axes.py [--axis cutoff|cache|deepcache] [--studies 3]
 
-For each study seed 1..N and each arm, ``autotune study`` runs a demo study on the CPU (40 settings per
-class, the LPIPS backbone random). ``--axis cutoff`` (issue 21): studies/demo.toml (the trained glyphs
-micro model and its CLIP), ``named`` without ``guidance_cutoff`` and ``fitted_schedules``, ``axes`` as
-shipped (both searched). ``--axis cache`` (issue 45): studies/demo_flow.toml (the trained flow micro
-model), ``off`` as shipped, ``cache`` with ``cache = ["first_block"]`` (diffusers' First Block Cache, its
-threshold searched). ``autotune validate`` then renders each class's recommendation and the baseline on
-the study's held-out prompts (studies/demo_holdout.txt, demo_flow_holdout.txt: combinations no class
-lists) x seeds 500-502 (no study uses them) and times both alone, as the study times cost. A pick is
-*truly worse* where its mean CLIP or LPIPS difference to the baseline on those images is outside the
-study's tolerance; validate's own verdict (the one-sided 95 % bound within tolerance) is printed beside
-it. Every speed-up is validate's timing, beside the ratio of model evaluations (recommendations.json:
-denoiser calls x (1 + the guided share), a call a cache cut short counted for the share it ran).
+For each study seed 1..N and each arm, ``autotune study`` runs a demo study on the CPU (40 settings per class,
+the LPIPS backbone random). ``--axis cutoff`` (issue 21): studies/demo.toml (the trained glyphs micro model
+and its CLIP), ``named`` without ``guidance_cutoff`` and ``fitted_schedules``, ``axes`` as shipped (both
+searched). ``--axis cache`` (issue 45): studies/demo_flow.toml (the trained flow micro model), ``off`` as
+shipped, ``cache`` with ``cache = ["first_block"]`` (diffusers' First Block Cache, its threshold searched);
+``--axis deepcache``: studies/demo.toml, ``off`` as shipped, ``cache`` with ``cache = ["deepcache"]``
+(DeepCache's interval searched). ``autotune validate`` then renders each class's recommendation and the
+baseline on the study's held-out prompts (studies/demo_holdout.txt, demo_flow_holdout.txt: combinations no
+class lists) x seeds 500-502 (no study uses them) and times both alone, as the study times cost. A pick is
+*truly worse* where its mean CLIP or LPIPS difference to the baseline on those images is outside the study's
+tolerance; validate's own verdict (the one-sided 95 % bound within tolerance) is printed beside it. Every
+speed-up is validate's timing, beside the ratio of model evaluations (recommendations.json: denoiser calls x
+(1 + the guided share), a call a cache cut short counted for the share it ran).
 
-Writes benchmarks/results/axes.json (axes_cache.json) after each seed (a pass stopped early keeps its
-studies). Run it alone on the machine (it times settings).
+Writes benchmarks/results/axes.json (axes_cache.json, axes_deepcache.json) after each seed (a pass stopped
+early keeps its studies). Run it alone on the machine (it times settings).
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from typing import Any
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 TRUTH_SEEDS = [500, 501, 502]
-# per axis: the study, its held-out prompts, the arms (without, with), the results file
+# per axis: the study, its held-out prompts, the arms (without, with), the results file, the cache searched
 AXES = {
-    "cutoff": ("demo.toml", "demo_holdout.txt", ("named", "axes"), "axes.json"),
-    "cache": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "cache"), "axes_cache.json"),
+    "cutoff": ("demo.toml", "demo_holdout.txt", ("named", "axes"), "axes.json", ""),
+    "cache": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "cache"), "axes_cache.json", "first_block"),
+    "deepcache": ("demo.toml", "demo_holdout.txt", ("off", "cache"), "axes_deepcache.json", "deepcache"),
 }
 
 
@@ -46,7 +48,7 @@ def study_text(axis: str, arm: str, seed: int) -> str:
     if arm == "named":
         text = re.sub(r"^(guidance_cutoff|fitted_schedules) = .*$", "", text, flags=re.M)
     if arm == "cache":
-        text = text.replace("[search]\n", '[search]\ncache = ["first_block"]\n', 1)
+        text = text.replace("[search]\n", f'[search]\ncache = ["{AXES[axis][4]}"]\n', 1)
     return text.replace("[search]\n", f"[search]\nseed = {seed}\n", 1)
 
 
@@ -133,7 +135,7 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=3)
     parser.add_argument("--summarise", action="store_true", help="summarise results/axes.json's runs again")
     args = parser.parse_args()
-    _, holdout, arms, results = AXES[args.axis]
+    _, holdout, arms, results, _ = AXES[args.axis]
     out = HERE / "results" / results
     if args.summarise:
         runs = json.loads(out.read_text())["runs"]

@@ -1,6 +1,7 @@
 """Feature caching as a searched axis: a setting's cache survives Optuna's parameters, the render turns it on
-(one image a call, its saving counted as the share of the denoiser it ran), the study file refuses it
-where diffusers has none, and what a study validated with a cache on, `autotune.apply` renders again."""
+(First Block Cache one image a call; the saving counted as the share of the denoiser's compute that ran),
+the study file refuses a cache on a model it does not fit, and what a study validated with a cache on,
+`autotune.apply` renders again in plain diffusers, on a transformer and on a UNet."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def test_a_cache_is_part_of_the_setting_its_parameters_its_key_and_its_name() ->
     assert cached.key() != plain.key() and cached.label() == "Euler (flow), 12 steps, CFG 4, First Block Cache 0.3"
     assert Settings.make("flow_euler", 12, 4.0, cache=("first_block", 0.0)) == plain  # never reuses: none
     assert caches.code(cached.cache) == "pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.3))"
+    deep = Settings.make("ddim", 10, 5.0, cache=("deepcache", 3.0))
+    assert deep.cache == ("deepcache", 3) and deep.label() == "DDIM, 10 steps, CFG 5, DeepCache 3"
+    assert Settings.make("ddim", 10, 5.0, cache=("deepcache", 1)).cache == ()  # every step whole: none
+    assert caches.as_config(deep.cache) == {
+        "config_class": "DeepCacheSDHelper", "config": {"cache_interval": 3, "cache_branch_id": 0}
+    }  # fmt: skip
 
 
 def test_the_search_suggests_off_or_a_cache_with_its_own_threshold_on_the_studys_grid() -> None:
@@ -49,6 +56,9 @@ def test_the_search_suggests_off_or_a_cache_with_its_own_threshold_on_the_studys
     seen = [suggest(study.ask(), space) for _ in range(40)]
     values = {s.cache[1] for s in seen if s.cache}
     assert values == {0.2, 0.3, 0.4} and sum(not s.cache for s in seen) >= 10
+    unet = SearchConfig(steps=(4, 12), schedulers=("ddim",), guidance=(1.0, 6.0), variants=(), cache=("deepcache",))
+    other = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert {s.cache[1] for s in (suggest(other.ask(), unet) for _ in range(40)) if s.cache} == {2, 3, 4, 5}
 
 
 def test_a_cached_render_counts_the_share_it_ran_and_an_image_does_not_depend_on_its_batch(flow) -> None:  # type: ignore[no-untyped-def]
@@ -64,71 +74,113 @@ def test_a_cached_render_counts_the_share_it_ran_and_an_image_does_not_depend_on
     assert not flow.pipe.transformer.is_cache_enabled  # off again after the render
 
 
-def test_a_cache_on_a_unet_model_or_an_unknown_one_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_deepcache_on_a_unet_runs_the_shallow_branch_between_whole_steps_and_counts_it(tiny) -> None:  # type: ignore[no-untyped-def]
+    plain = generate(tiny, Settings.make("ddim", 12, 5.0), PROMPTS, [0], 32, 32)
+    cached = generate(tiny, Settings.make("ddim", 12, 5.0, cache=("deepcache", 3)), PROMPTS, [0], 32, 32)
+    # 4 of 12 steps whole, 8 the shallow branch (its first resnet, the last up block's, the embeddings and
+    # the outer convolutions: a sizeable share of this tiny UNet's compute at 32 px)
+    assert 4 < cached.model_calls < 10 and cached.guided_calls == cached.model_calls
+    assert 0 < float((cached.images - plain.images).abs().mean()) < 0.2
+    assert getattr(tiny.pipe, "_autotune_deepcache", None) is None  # off again: the UNet's own forwards back
+    again = generate(tiny, Settings.make("ddim", 12, 5.0), PROMPTS, [0], 32, 32)
+    assert torch.equal(again.images, plain.images) and again.model_calls == 12
+
+
+def test_a_cache_on_a_model_it_does_not_fit_or_an_unknown_one_is_refused_in_one_line(tmp_path: Path) -> None:
     from autotune.model.pipeline import resolve_config
 
     path = tmp_path / "cached.toml"
     body = '[model]\nid = "{}"\ndevice = "cpu"\n[search]\ncache = ["{}"]\n[classes.a]\nprompts = ["a cat"]\n'
-    path.write_text(body.format("tiny", "first_block"))
-    with pytest.raises(ConfigError) as err:
-        resolve_config(load_config(path))
-    assert str(err.value) == (
-        f"{path}: search.cache: diffusers' caches hook a transformer's blocks, and a sd model denoises with a "
-        "UNet (caches exist here for sd3 and flux models); remove the key"
-    )
+    for model, cache, why in [
+        (
+            "tiny",
+            "first_block",
+            "first_block works on flux, flux_cfg, distilled_flow models, not sd; expected deepcache",
+        ),
+        ("flow", "deepcache", "deepcache works on sd, sdxl, distilled models, not flux_cfg; expected first_block"),
+    ]:
+        path.write_text(body.format(model, cache))
+        with pytest.raises(ConfigError) as err:
+            resolve_config(load_config(path))
+        assert str(err.value) == f"{path}: search.cache: {why}"
     path.write_text(body.format("flow", "deep"))
     with pytest.raises(ConfigError) as err:
         load_config(path)
-    assert str(err.value) == f"{path}: search.cache: expected a list of first_block, got 'deep'"
+    assert str(err.value) == f"{path}: search.cache: expected a list of first_block, deepcache, got 'deep'"
+
+
+CACHED_STUDIES = [  # model, its [call] and [search] lines, the searched cache, the baseline's sampler and steps
+    ("flow", "[call]\nmax_sequence_length = 16\n", "first_block", "cache_threshold = [0.3, 0.5]\n", "flow_euler", 40),
+    ("tiny", "", "deepcache", "cache_interval = [2, 4]\n", "ddim", 20),
+]
 
 
 @pytest.mark.slow
-def test_apply_renders_the_studys_image_with_the_cache_on_and_the_next_class_turns_it_off(tmp_path: Path) -> None:
-    """A flow study searching the cache: a trial it rendered with First Block Cache, handed to a plain
-    diffusers FluxPipeline through `autotune.apply`, renders the study's image of the same prompt and noise;
-    the baseline applied after it leaves no cache on."""
+@pytest.mark.parametrize(
+    ("model", "call", "cache", "space", "sampler", "reference"), CACHED_STUDIES, ids=["flux", "unet"]
+)
+def test_apply_and_the_diffusers_export_render_the_studys_image_with_the_cache_on_and_the_next_class_turns_it_off(
+    tmp_path: Path, model: str, call: str, cache: str, space: str, sampler: str, reference: int
+) -> None:
+    """A study searching a cache (First Block Cache on the flow model's transformer, DeepCache on the tiny
+    UNet): a trial it rendered with the cache on, handed to a plain diffusers pipeline through
+    `autotune.apply` and through the `diffusers` export's code, renders the study's image of the same prompt
+    and noise; the baseline applied after it leaves no cache on."""
+    import dataclasses
+
     import diffusers
 
     import autotune
     from autotune.cli import main
-    from autotune.micro import pipeline_dir
+    from autotune.micro import MODELS, pipeline_dir
     from autotune.results.reader import recommend
     from autotune.results.recommendations_file import _from_summary, trial_summary
+    from autotune.serving.export import export
     from autotune.space.families import FAMILIES
+    from autotune.testing.tiny import tiny_pipeline_path
     from tests.test_serving import render, trial_image
 
     path = tmp_path / "cached.toml"
     path.write_text(
-        'name = "cached"\n[model]\nid = "flow"\ndevice = "cpu"\nheight = 32\nwidth = 32\n'
-        "[call]\nmax_sequence_length = 16\n"
+        f'name = "cached"\n[model]\nid = "{model}"\ndevice = "cpu"\nheight = 32\nwidth = 32\n{call}'
         '[search]\nsteps = [6, 10]\nn_trials = 4\nseeds = [0]\nguidance = [1.0, 6.0]\nsampler = "random"\nseed = 1\n'
-        'schedulers = ["flow_euler"]\ncache = ["first_block"]\n'
-        "cache_threshold = [0.3, 0.5]\ncache_threshold_step = 0.1\n"
-        '[baseline]\nscheduler = "flow_euler"\nsteps = 10\nguidance = 4.0\n'
-        '[reference]\nscheduler = "flow_euler"\nsteps = 40\nguidance = 4.0\n'
+        f'schedulers = ["{sampler}"]\ncache = ["{cache}"]\n{space}'
+        f'[baseline]\nscheduler = "{sampler}"\nsteps = 10\nguidance = 4.0\n'
+        f'[reference]\nscheduler = "{sampler}"\nsteps = {reference}\nguidance = 4.0\n'
         + SHOWABLE
         + "confirm_seeds = [1000, 1001]\nfinalists = 1\nrace_seeds = 2\nrace_budget = 0\n"
         + CLASSES
     )
-    assert main(["study", str(path), "--quiet"]) == 0
+    assert main(["study", str(path), "--quiet", "--no-reference-check"]) == 0
     cfg = load_config(path)
     (outcome,) = recommend(cfg).values()
-    study = outcome.load_study()
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    cached = [t for t in done if t.params.get("cache") == "first_block"]
-    assert cached and all(t.user_attrs["model_calls"] < t.params["steps"] for t in cached)  # it reused steps
+    done = [t for t in outcome.load_study().trials if t.state == optuna.trial.TrialState.COMPLETE]
+    cached = [t for t in done if t.params.get("cache") == cache]
+    assert cached and all(t.user_attrs["model_calls"] < t.params["steps"] for t in cached)  # it saved compute
     t = cached[0]
-    family = FAMILIES["flux_cfg"]
-    data = trial_summary(t, ("clip_score", "lpips", "seconds"), family, call={"max_sequence_length": 16})
-    assert data["cache"] == {"name": "first_block", "param": "threshold", "value": t.params["cache.first_block"]}
-    assert data["diffusers"]["cache"]["config_class"] == "FirstBlockCacheConfig"
+    recs = autotune.load_recommendations(cfg.path)
+    family = FAMILIES[recs["default"].family]
+    data = trial_summary(t, ("clip_score", "lpips", "seconds"), family, call=recs["default"].call_kwargs)
+    param = caches.CACHES[cache].param
+    assert data["cache"] == {"name": cache, "param": param, "value": t.params[f"cache.{cache}"]}
+    assert data["diffusers"]["cache"]["config_class"] == caches.CACHES[cache].config_class
     rec = _from_summary("portrait", data, family.name, None)
 
-    pipe = diffusers.FluxPipeline.from_pretrained(pipeline_dir("flow"), torch_dtype=torch.float32)
+    folder = pipeline_dir(model) if model in MODELS else tiny_pipeline_path(model)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
+    expected = trial_image(cfg, outcome, t.number)
+    prompt = "a studio portrait of an old fisherman"
     kwargs = autotune.apply(pipe, rec)
-    assert pipe.transformer.is_cache_enabled
-    image = render(pipe, cfg, "a studio portrait of an old fisherman", kwargs)
-    assert (image - trial_image(cfg, outcome, t.number)).abs().max() <= 1 / 255 + 1e-6
-    autotune.apply(pipe, autotune.load_recommendations(cfg.path)["default"])
-    assert not pipe.transformer.is_cache_enabled
+    assert (render(pipe, cfg, prompt, kwargs) - expected).abs().max() <= 1 / 255 + 1e-6
+    autotune.apply(pipe, recs["default"])
+    assert not getattr(caches.denoiser(pipe), "is_cache_enabled", False) and not getattr(
+        pipe, "_autotune_deepcache", None
+    )
+
+    code: dict[str, object] = {}
+    exec(export(dataclasses.replace(recs, classes={"portrait": rec, "default": recs["default"]}), "diffusers"), code)
+    kwargs = code["apply"](pipe, "portrait")  # type: ignore[operator]
+    assert (render(pipe, cfg, prompt, kwargs) - expected).abs().max() <= 1 / 255 + 1e-6
+    code["apply"](pipe, "default")  # type: ignore[operator]
+    assert not getattr(caches.denoiser(pipe), "is_cache_enabled", False) and not getattr(pipe, "_deepcache", None)

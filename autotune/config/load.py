@@ -141,6 +141,8 @@ def check_space(
             raise ConfigError(f"search.cache: expected a list of {', '.join(CACHES)}, got {name!r}")
     if s.cache_threshold is not None:
         check_range(s.cache_threshold, 0.0, 1.0, "search.cache_threshold")
+    if s.cache_interval is not None:
+        check_range(s.cache_interval, 1, 50, "search.cache_interval")
 
 
 def _validate(cfg: StudyConfig) -> StudyConfig:

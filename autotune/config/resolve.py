@@ -20,6 +20,7 @@ from autotune.config.load import check_space
 from autotune.config.study_file import SearchConfig, SettingConfig, StudyConfig
 from autotune.config.tables import ConfigError
 from autotune.space import schedulers
+from autotune.space.caches import CACHES
 from autotune.space.families import Family
 from autotune.space.settings import Settings, takes_ays
 
@@ -129,11 +130,13 @@ def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> Resolve
             f"search.guidance_cutoff: a {family.name} model cannot stop guidance part-way ({why}; the cutoff "
             "exists for sd, sdxl and sd3); remove the key"
         )
-    if s.cache and not family.flow:
-        raise ConfigError(
-            f"search.cache: diffusers' caches hook a transformer's blocks, and a {family.name} model denoises "
-            "with a UNet (caches exist here for sd3 and flux models); remove the key"
-        )
+    for name in s.cache:
+        if family.name not in CACHES[name].families:
+            fits = [n for n, c in CACHES.items() if family.name in c.families]
+            raise ConfigError(
+                f"search.cache: {name} works on {', '.join(CACHES[name].families)} models, not {family.name}; "
+                f"expected {' or '.join(fits) if fits else 'no cache (none works on this family yet)'}"
+            )
     if s.fitted_schedules and family.flow:
         raise ConfigError(
             f"search.fitted_schedules: a {family.name} model's pipeline takes a sigma schedule, not the list of "

@@ -76,9 +76,10 @@ class SearchConfig:
     guidance_step: float = 0.5  # CFG searched in increments of this
     guidance_cutoff: tuple[float, float] | None = None  # [low, 1.0]: share of steps with guidance (unset: every step)
     guidance_cutoff_step: float = 0.1  # the cutoff searched in increments of this
-    cache: tuple[str, ...] = ()  # feature caches searched beside none: "first_block" (transformer models)
-    cache_threshold: tuple[float, float] | None = None  # [low, high] a cache's threshold (unset: the cache's own)
+    cache: tuple[str, ...] = ()  # caches searched beside none: "first_block" (transformers), "deepcache" (UNets)
+    cache_threshold: tuple[float, float] | None = None  # [low, high] First Block Cache's threshold (unset: 0.05-0.5)
     cache_threshold_step: float = 0.05  # the threshold searched in increments of this
+    cache_interval: tuple[int, int] | None = None  # [low, high] DeepCache's cache_interval (unset: 2-5, by 1)
     steps_step: int = 1  # steps searched from low in increments of this
     variants: tuple[str, ...] | str = ("sigmas", "timestep_spacing")  # conditional parameters, or "all"
     sampler: str = "tpe"  # Optuna sampler: tpe (multivariate), tpe_independent, gp, nsga2 or random
@@ -96,6 +97,8 @@ class SearchConfig:
         spec = CACHES[name]
         if self.cache_threshold is not None and spec.param == "threshold":
             return (*self.cache_threshold, self.cache_threshold_step)
+        if self.cache_interval is not None and spec.param == "cache_interval":
+            return (*self.cache_interval, 1)
         return spec.low, spec.high, spec.step
 
     def first_prompts(self, n_prompts: int) -> int:

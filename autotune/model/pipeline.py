@@ -24,6 +24,7 @@ import torch
 from autotune.config import ConfigError, ConfigWarning, ModelConfig, StudyConfig
 from autotune.config.resolve import ResolvedStudy, resolve
 from autotune.model import sources
+from autotune.model.compute import Meter
 from autotune.space import caches, families
 from autotune.space.families import Family
 from autotune.store.reference_table import model_identity
@@ -82,17 +83,18 @@ class Pipeline:
     warmed: set[tuple[Any, ...]] = field(default_factory=set)  # serving call shapes already warmed up
     forward_passes: float = 0  # denoiser calls; a call a cache cut short counts for the share it computed
     guided_passes: float = 0  # of those, the ones with classifier-free guidance on (a doubled batch)
-    _ran: float = 0.0  # the share of the denoiser the current call has run so far (its blocks, counted as they run)
+    meter: Meter | None = None  # the share of each denoiser call that ran (a cache skips parts of it)
     _last_step: Any = None  # the timestep of the last denoiser call (true CFG calls twice per step)
     auto_batch: int = 16  # batch_size = "auto": the largest batch tried that fitted (halved on out-of-memory)
     embeds: dict[tuple[Any, ...], dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def _count(self, *_: Any) -> None:
-        """One denoiser call, counted once it returns, for the share of the denoiser it ran (1 but where a
-        cache skipped blocks: :func:`autotune.space.caches.blocks`): a call guided in the same batch counts as
-        guided; true CFG's second call of a step (the negative prompt's, at the step's timestep again)
+        """One denoiser call, counted once it returns, for the share of its compute that ran (1 but where a
+        cache skipped parts: :class:`autotune.model.compute.Meter`): a call guided in the same batch counts
+        as guided; true CFG's second call of a step (the negative prompt's, at the step's timestep again)
         counts as the first one's guidance."""
-        share = 1 if self._ran > 0.9999 else self._ran
+        ran = self.meter.share() if self.meter is not None else 1.0
+        share = 1 if ran > 0.9999 else ran
         step = getattr(self.pipe, "_current_timestep", None)
         if self.family.true_cfg and step is not None and step is self._last_step:
             self.guided_passes += share
@@ -100,22 +102,6 @@ class Pipeline:
         self._last_step = step
         self.forward_passes += share
         self.guided_passes += share if getattr(self.pipe, "do_classifier_free_guidance", False) else 0
-
-    def _hook(self) -> None:
-        """Count the denoiser's calls and the share of each that ran (its blocks as they run)."""
-        model = caches.denoiser(self.pipe)
-        parts, rest = caches.blocks(model)
-
-        def start(*_: Any) -> None:
-            self._ran = rest
-
-        def ran(weight: float) -> Any:
-            return lambda *_: setattr(self, "_ran", self._ran + weight)
-
-        model.register_forward_pre_hook(start)
-        for first, weight in parts:
-            first.register_forward_pre_hook(ran(weight))
-        model.register_forward_hook(self._count)
 
     def identity(self, prompt: str) -> str:
         """The model as reference keys know it: its id, plus what production adds to this prompt's call."""
@@ -262,5 +248,7 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=True)
     loaded = Pipeline(pipe, model.id, described.family, dev, dtype, pipe.scheduler.config, model.additions())
     loaded.calls = calls or Calls()
-    loaded._hook()
+    denoiser = caches.denoiser(pipe)
+    loaded.meter = Meter(denoiser)
+    denoiser.register_forward_hook(loaded._count)
     return loaded

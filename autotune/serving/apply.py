@@ -74,10 +74,7 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
         )
     cls = getattr(diffusers, rec.scheduler_class)
     pipe.scheduler = cls.from_config(base_config, **rec.scheduler_config)
-    model = caches.denoiser(pipe)
-    if getattr(model, "is_cache_enabled", False):
-        model.disable_cache()
-    if rec.cache:
-        model.enable_cache(caches.config(rec.cache))
+    caches.turn_off(pipe)
+    caches.turn_on(pipe, rec.cache)
     kwargs = json.loads(json.dumps(rec.call_kwargs))  # a fresh copy the caller may change
     return kwargs | cutoff_kwargs(rec.guidance_cutoff, FAMILIES[family])

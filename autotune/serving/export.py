@@ -179,6 +179,31 @@ _STOP_GUIDANCE = [
 ]
 
 
+_SET_CACHE = [
+    "",
+    "",
+    "def set_cache(pipe, cache):",
+    '    """Turn the last class\'s feature cache off (or one left on), then this class\'s on (None: none)."""',
+    "    helper = getattr(pipe, '_deepcache', None)",
+    "    if helper is not None:",
+    "        helper.disable()",
+    "        pipe._deepcache = None",
+    "    denoiser = pipe.unet if getattr(pipe, 'unet', None) is not None else pipe.transformer",
+    "    if getattr(denoiser, 'is_cache_enabled', False):",
+    "        denoiser.disable_cache()",
+    "    if cache is None:",
+    "        return",
+    "    if cache['config_class'] == 'DeepCacheSDHelper':  # pip install DeepCache",
+    "        from DeepCache import DeepCacheSDHelper",
+    "",
+    "        pipe._deepcache = DeepCacheSDHelper(pipe=pipe)",
+    "        pipe._deepcache.set_params(**cache['config'])",
+    "        pipe._deepcache.enable()",
+    "    else:",
+    "        denoiser.enable_cache(getattr(diffusers.hooks, cache['config_class'])(**cache['config']))",
+]
+
+
 def _diffusers(recs: Recommendations) -> str:
     from autotune.space.families import FAMILIES
 
@@ -202,7 +227,7 @@ def _diffusers(recs: Recommendations) -> str:
             *([f"        'cache': {caches.as_config(rec.cache)!r},"] if cached else []),
             "    },",
         ]
-    lines += ["}", *(_STOP_GUIDANCE if cut else [])]
+    lines += ["}", *(_STOP_GUIDANCE if cut else []), *(_SET_CACHE if cached else [])]
     lines += [
         "",
         "",
@@ -213,14 +238,7 @@ def _diffusers(recs: Recommendations) -> str:
         "    pipe.scheduler = cls.from_config(pipe.scheduler.config, **s['scheduler_config'])",
     ]
     if cached:
-        lines += [
-            "    denoiser = pipe.unet if getattr(pipe, 'unet', None) is not None else pipe.transformer",
-            "    if denoiser.is_cache_enabled:  # the last class's: each class renders with its own cache or none",
-            "        denoiser.disable_cache()",
-            "    if s['cache']:",
-            "        config = getattr(diffusers.hooks, s['cache']['config_class'])(**s['cache']['config'])",
-            "        denoiser.enable_cache(config)",
-        ]
+        lines.append("    set_cache(pipe, s['cache'])  # each class renders with its own cache or none")
     if cut:
         inputs = list(FAMILIES[next(iter(recs.values())).family].cfg_inputs)
         lines += [

@@ -1,23 +1,28 @@
-"""Feature caching as a searched axis: the caches a setting may turn on, how the render enables one on the
-denoiser (diffusers' own hooks, ``transformer.enable_cache(config)``), the line that does the same in a
-user's code, and how much of a denoiser call a cached step still computes.
+"""Feature caching as a searched axis: the caches a setting may turn on, how the render turns one on and off
+on the denoiser, the code that does the same in a user's program, and their names.
 
-A setting's cache is a ``(name, value)`` pair (``("first_block", 0.2)``: First Block Cache with threshold
-0.2), or ``()`` for none. Its trial parameters are ``cache`` (the name, or ``"off"``) and, where one is on,
-``cache.<name>`` (its one parameter), so each keeps one distribution for the whole study.
+Two caches, one per kind of denoiser: on a transformer (SD3, Flux), diffusers' own First Block Cache
+(``transformer.enable_cache(FirstBlockCacheConfig(threshold=...))``: a step reuses the blocks after the
+first while the first block's output changed little); on a UNet (SD, SDXL), the DeepCache package's
+``DeepCacheSDHelper`` (every ``cache_interval``-th step runs the whole UNet, the steps between reuse its
+deep features and run the shallow branch only; diffusers ships no cache for UNets).
+
+A setting's cache is a ``(name, value)`` pair (``("first_block", 0.2)``), or ``()`` for none. Its trial
+parameters are ``cache`` (the name, or ``"off"``) and, where one is on, ``cache.<name>`` (its one
+parameter), so each keeps one distribution for the whole study.
 
 Example:
     >>> with enabled(pipe, ("first_block", 0.2)):
     ...     images = pipe(prompt, num_inference_steps=12).images
-    >>> code(("first_block", 0.2))
-    'pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))'
+    >>> code(("deepcache", 3))
+    'helper = DeepCacheSDHelper(pipe=pipe); helper.set_params(cache_interval=3, cache_branch_id=0); helper.enable()'
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -27,13 +32,14 @@ __all__ = [
     "Cache",
     "CacheSpec",
     "as_config",
-    "blocks",
     "code",
-    "config",
     "denoiser",
     "enabled",
     "label",
+    "normal",
     "param_name",
+    "turn_off",
+    "turn_on",
 ]
 
 CACHE = "cache"  # the trial parameter: the cache's name, or OFF
@@ -44,23 +50,34 @@ Cache = tuple[Any, ...]  # () or (name, value of its one parameter)
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """One cache diffusers ships: its hook config class (in ``diffusers.hooks``), its one searched
-    parameter with the range searched by default, and what a user reads."""
+    """One cache: the denoiser it works on, the class that turns it on (a config of ``diffusers.hooks``,
+    or DeepCache's helper) with its fixed arguments, its one searched parameter with the range searched
+    by default, and what a user reads."""
 
     name: str
     title: str
+    families: tuple[str, ...]  # the model families whose denoiser it works on
+    unet: bool  # a UNet's cache (else a transformer's)
     config_class: str
     param: str
     low: float
     high: float
     step: float
-    note: str  # what the parameter does, for the docs and the errors
+    note: str  # what the parameter does
+    none: float  # the value that caches nothing (a setting with it has no cache)
+    fixed: dict[str, Any] = field(default_factory=dict)  # the class's other arguments, as autotune sets them
+
+    @property
+    def integer(self) -> bool:
+        return float(self.step).is_integer() and float(self.low).is_integer()
 
 
 CACHES = {
     "first_block": CacheSpec(
         "first_block",
         "First Block Cache",
+        ("flux", "flux_cfg", "distilled_flow"),  # diffusers' CacheMixin: not SD3's transformer
+        False,
         "FirstBlockCacheConfig",
         "threshold",
         0.05,
@@ -68,6 +85,22 @@ CACHES = {
         0.05,
         "a step reuses the last full step's output of the blocks after the first while the first block's "
         "output residual changed by less than `threshold` (relative L1) since then; 0 never reuses",
+        0,
+    ),
+    "deepcache": CacheSpec(
+        "deepcache",
+        "DeepCache",
+        ("sd", "sdxl", "distilled"),
+        True,
+        "DeepCacheSDHelper",
+        "cache_interval",
+        2,
+        5,
+        1,
+        "every `cache_interval`-th step runs the whole UNet; the steps between reuse its deep features and "
+        "run the shallow branch (the first resnet of the first down block and its skip) only",
+        1,
+        {"cache_branch_id": 0},
     ),
 }
 
@@ -77,30 +110,35 @@ def param_name(name: str) -> str:
     return f"{CACHE}.{name}"
 
 
-def config(cache: Cache) -> Any:
-    """The diffusers hook config that turns ``cache`` on (``FirstBlockCacheConfig(threshold=0.2)``)."""
-    import diffusers.hooks
-
-    spec = CACHES[cache[0]]
-    return getattr(diffusers.hooks, spec.config_class)(**{spec.param: cache[1]})
+def normal(cache: Any) -> Cache:
+    """A cache as a setting holds it: its value as the cache takes it (an interval a whole number), and
+    ``()`` for none or for a value that caches nothing (a threshold of 0, an interval of 1)."""
+    if not cache:
+        return ()
+    spec = CACHES[str(cache[0])]
+    v = round(float(cache[1])) if spec.integer else round(float(cache[1]), 6)
+    return () if v <= spec.none else (spec.name, v)
 
 
 def as_config(cache: Cache) -> dict[str, Any] | None:
-    """The cache as data: its config class in ``diffusers.hooks`` and the class's arguments (None: none)."""
+    """The cache as data: the class that turns it on and its arguments (None: none)."""
     if not cache:
         return None
     spec = CACHES[cache[0]]
-    return {"config_class": spec.config_class, "config": {spec.param: cache[1]}}
+    return {"config_class": spec.config_class, "config": {spec.param: cache[1], **spec.fixed}}
 
 
-def code(cache: Cache, denoiser: str = "transformer") -> str:
-    """The line of a user's code that turns ``cache`` on (its config class imported from ``diffusers.hooks``)."""
-    spec = CACHES[cache[0]]
-    return f"pipe.{denoiser}.enable_cache({spec.config_class}({spec.param}={cache[1]:g}))"
+def code(cache: Cache) -> str:
+    """What turns ``cache`` on in a user's program (its class imported from ``diffusers.hooks`` or
+    ``DeepCache``; DeepCache's helper is then ``.enable()``d)."""
+    spec, args = CACHES[cache[0]], ", ".join(f"{k}={v!r}" for k, v in as_config(cache)["config"].items())  # type: ignore[index]
+    if spec.unet:
+        return f"helper = DeepCacheSDHelper(pipe=pipe); helper.set_params({args}); helper.enable()"
+    return f"pipe.transformer.enable_cache({spec.config_class}({args}))"
 
 
 def label(cache: Cache) -> str:
-    """``First Block Cache 0.2`` (empty for none)."""
+    """``First Block Cache 0.2``, ``DeepCache 3`` (empty for none)."""
     return f"{CACHES[cache[0]].title} {cache[1]:g}" if cache else ""
 
 
@@ -109,37 +147,47 @@ def denoiser(pipe: Any) -> Any:
     return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
-def blocks(model: Any) -> tuple[list[tuple[Any, float]], float]:
-    """How much of a denoiser call ran: each block of its block lists (``transformer_blocks``,
-    ``single_transformer_blocks``) as its first submodule, which runs iff the block computes (a cache's
-    hook skips the block's body, not the call to it), with its share of the denoiser's parameters; and the
-    share outside the blocks, which every call runs. A UNet (no block lists a cache hooks): none, 1."""
-    import torch
+def turn_on(pipe: Any, cache: Cache) -> None:
+    """Turn ``cache`` on on the pipeline's denoiser, with fresh state (none: nothing)."""
+    if not cache:
+        return
+    spec, config = CACHES[cache[0]], as_config(cache)["config"]  # type: ignore[index]
+    if spec.unet:
+        from DeepCache import DeepCacheSDHelper
 
+        helper = DeepCacheSDHelper(pipe=pipe)
+        helper.set_params(**config)
+        helper.enable()
+        pipe._autotune_deepcache = helper
+        return
+    import diffusers.hooks
+
+    model = denoiser(pipe)
     if not hasattr(model, "enable_cache"):
-        return [], 1.0
-    total = sum(p.numel() for p in model.parameters())
-    out = []
-    for name, lst in model.named_children():
-        if isinstance(lst, torch.nn.ModuleList) and name.endswith("blocks"):
-            for block in lst:
-                first = next(iter(block.children()))
-                out.append((first, sum(p.numel() for p in block.parameters()) / total))
-    return out, 1.0 - sum(w for _, w in out)
+        raise ValueError(f"{label(cache)}: {type(model).__name__} takes no diffusers cache (a transformer does)")
+    model.enable_cache(getattr(diffusers.hooks, spec.config_class)(**config))
+
+
+def turn_off(pipe: Any) -> None:
+    """Turn off the cache on the pipeline's denoiser, autotune's or one the user turned on (none: nothing)."""
+    helper = getattr(pipe, "_autotune_deepcache", None)
+    if helper is not None:
+        helper.disable()
+        pipe._autotune_deepcache = None
+    model = denoiser(pipe)
+    if getattr(model, "is_cache_enabled", False):
+        model.disable_cache()
 
 
 @contextlib.contextmanager
 def enabled(pipe: Any, cache: Cache) -> Iterator[None]:
     """``cache`` on the pipeline's denoiser for the calls inside, with fresh state, and off after (none:
-    the denoiser as it is). diffusers refuses a second cache on a denoiser that has one."""
+    the denoiser as it is)."""
     if not cache:
         yield
         return
-    model = denoiser(pipe)
-    if not hasattr(model, "enable_cache"):
-        raise ValueError(f"{label(cache)}: {type(model).__name__} takes no diffusers cache (a transformer does)")
-    model.enable_cache(config(cache))
+    turn_on(pipe, cache)
     try:
         yield
     finally:
-        model.disable_cache()
+        turn_off(pipe)

@@ -151,7 +151,7 @@ class Settings:
         """A setting; variant values of "default" (the model's own config) are left out, a cutoff that
         cuts nothing (guidance 1 or below, or a cutoff that still guides every step) is none,
         ``timesteps`` are kept only for a fitted schedule (which takes no ``timestep_spacing``), and a
-        cache of value 0 (it never reuses a step) is none."""
+        cache that caches nothing (threshold 0, interval 1) is none."""
         chosen = sorted((k, v) for k, v in (options or {}).items() if v != "default")
         if dict(chosen).get("sigmas") == "fitted":  # its own timesteps: a spacing would place none of them
             chosen = [(k, v) for k, v in chosen if k != "timestep_spacing"]
@@ -160,8 +160,7 @@ class Settings:
         if not guidance_on(guidance) or guided_steps(n, cut) >= n:  # guidance on every step: no cutoff at all
             cut = 1.0
         own = tuple(int(t) for t in timesteps) if dict(chosen).get("sigmas") == "fitted" else ()
-        kept: caches.Cache = (str(cache[0]), round(float(cache[1]), 6)) if cache and float(cache[1]) > 0 else ()
-        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own, kept)
+        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own, caches.normal(cache))
 
     @classmethod
     def of(cls, setting: Setting) -> Settings:
@@ -384,5 +383,9 @@ def suggest(trial: Any, space: SearchSpace, family: Family | None = None) -> Set
         kind = trial.suggest_categorical(caches.CACHE, [caches.OFF, *space.cache])
         if kind != caches.OFF:
             low, high, step = space.cache_range(kind)
-            cache = (kind, trial.suggest_float(caches.param_name(kind), low, high, step=step))
+            param = caches.param_name(kind)
+            if caches.CACHES[kind].integer:
+                cache = (kind, trial.suggest_int(param, int(low), int(high), step=int(step)))
+            else:
+                cache = (kind, trial.suggest_float(param, low, high, step=step))
     return Settings.make(name, steps, guidance, options, cutoff, (), cache)

@@ -58,7 +58,7 @@ TOOLS = {
             "nearest: 'Negative Guidance minimum sigma', which skips the unconditional pass below a sigma "
             "(not after a share of the steps) and, unless its 'all steps' option is on, on every other step only",
             "Forge runs Flux and SD3 (Euler, Simple) with its own shift, and its settings have none to set",
-            "no setting of A1111 or Forge caches a transformer's blocks; not exported",
+            "no core setting caches a denoiser's features (third-party extensions do, not checked here); not exported",
             "autotune.serving.export:a1111",
             MappingProxyType({"Euler": "euler", "Heun": "heun", "LMS": "lms", "DPM2": "dpm_2", "DPM++ 2M": "dpmpp_2m"}),
             ("Karras", "Exponential", "SGM Uniform", "Uniform", "Beta"),
@@ -70,8 +70,8 @@ TOOLS = {
             "no core node stops guidance after a share of the steps",
             "ComfyUI's export covers Euler (flow) on Flux's own sigmas, shifted by its ModelSamplingFlux node; its "
             "other samplers and schedules, and SD3's ModelSamplingSD3, were not matched to diffusers' on a flow model",
-            "no core node; the Comfy-WaveSpeed custom nodes' 'Apply First Block Cache' (residual_diff_threshold) "
-            "is the same technique, not checked against diffusers' here; not exported",
+            "no core node; custom nodes do (Comfy-WaveSpeed's 'Apply First Block Cache', DeepCache nodes), not "
+            "checked against diffusers' or DeepCache's here; not exported",
             "autotune.serving.export:comfyui",
             MappingProxyType({"euler": "euler", "heun": "heun", "lms": "lms", "dpm_2": "dpm_2",
                               "dpmpp_2m": "dpmpp_2m", "ddim": "euler"}),  # its ddim is its Euler
