@@ -41,6 +41,7 @@ def test_a_cache_is_part_of_the_setting_its_parameters_its_key_and_its_name() ->
     deep = Settings.make("ddim", 10, 5.0, cache=("deepcache", 3.0))
     assert deep.cache == ("deepcache", 3) and deep.label() == "DDIM, 10 steps, CFG 5, DeepCache 3"
     assert Settings.make("ddim", 10, 5.0, cache=("deepcache", 1)).cache == ()  # every step whole: none
+    assert Settings.make("ddim", 10, 5.0, {}, 0.5, (), ("deepcache", 3)).cutoff == 1  # keeps the guided batch
     assert caches.as_config(deep.cache) == {
         "config_class": "DeepCacheSDHelper", "config": {"cache_interval": 3, "cache_branch_id": 0}
     }  # fmt: skip

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.config import ConfigError
 from autotune.config.objectives import OBJECTIVES, cost_of, quality
 from autotune.results.notes import call_ratio, fleet, prompts_note, random_weights_warning, timing_check
+from autotune.space.caches import normal
 from autotune.space.tools import TOOLS
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def _from_summary(name: str, d: Mapping[str, Any], family: str, speedup: float |
         family=family,
         speedup=speedup,
         guidance_cutoff=float(d.get("guidance_cutoff", 1.0)),
-        cache=(d["cache"]["name"], float(d["cache"]["value"])) if d.get("cache") else (),
+        cache=normal((d["cache"]["name"], d["cache"]["value"])) if d.get("cache") else (),
     )
 
 
@@ -223,7 +224,8 @@ def trial_summary(
                 **s.call_kwargs(family),
             },
             "guidance_cutoff": s.cutoff,  # 1: every step; below: guidance stops after this share of the steps
-            "cache": caches.as_config(s.cache),  # a config class of diffusers.hooks and its arguments
+            # the class that turns the cache on (a config of diffusers.hooks, DeepCacheSDHelper), its arguments
+            "cache": caches.as_config(s.cache),
         },
         "metrics": dict(zip(objectives, t.values, strict=True)),
         "metrics_std": {m: statistics.pstdev(v) if v else None for m, v in spread.items()},

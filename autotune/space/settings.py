@@ -150,8 +150,9 @@ class Settings:
     ) -> Settings:
         """A setting; variant values of "default" (the model's own config) are left out, a cutoff that
         cuts nothing (guidance 1 or below, or a cutoff that still guides every step) is none,
-        ``timesteps`` are kept only for a fitted schedule (which takes no ``timestep_spacing``), and a
-        cache that caches nothing (threshold 0, interval 1) is none."""
+        ``timesteps`` are kept only for a fitted schedule (which takes no ``timestep_spacing``), a
+        cache that caches nothing (threshold 0, interval 1) is none, and with DeepCache guidance runs on
+        every step (its cached deep features are the guided batch's; a cutoff halves the batch)."""
         chosen = sorted((k, v) for k, v in (options or {}).items() if v != "default")
         if dict(chosen).get("sigmas") == "fitted":  # its own timesteps: a spacing would place none of them
             chosen = [(k, v) for k, v in chosen if k != "timestep_spacing"]
@@ -160,7 +161,10 @@ class Settings:
         if not guidance_on(guidance) or guided_steps(n, cut) >= n:  # guidance on every step: no cutoff at all
             cut = 1.0
         own = tuple(int(t) for t in timesteps) if dict(chosen).get("sigmas") == "fitted" else ()
-        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own, caches.normal(cache))
+        kept = caches.normal(cache)
+        if kept and caches.CACHES[kept[0]].unet:  # DeepCache keeps the guided batch's features: no halving it
+            cut = 1.0
+        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own, kept)
 
     @classmethod
     def of(cls, setting: Setting) -> Settings:
