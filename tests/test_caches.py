@@ -163,7 +163,9 @@ def test_apply_and_the_diffusers_export_render_the_studys_image_with_the_cache_o
     family = FAMILIES[recs["default"].family]
     data = trial_summary(t, ("clip_score", "lpips", "seconds"), family, call=recs["default"].call_kwargs)
     param = caches.CACHES[cache].param
-    assert data["cache"] == {"name": cache, "param": param, "value": t.params[f"cache.{cache}"]}
+    value = t.params[f"cache.{cache}"]
+    said = caches.code((cache, value))
+    assert data["cache"] == {"name": cache, "param": param, "value": value, "code": said}
     assert data["diffusers"]["cache"]["config_class"] == caches.CACHES[cache].config_class
     rec = _from_summary("portrait", data, family.name, None)
 

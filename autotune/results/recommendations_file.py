@@ -235,10 +235,17 @@ def trial_summary(
 
 
 def _cache(s: Any) -> dict[str, Any] | None:
-    """The setting's feature cache: its name, parameter and value (None: no cache)."""
+    """The setting's feature cache: its name, parameter and value, and the code that turns it on (None: none)."""
     from autotune.space import caches
 
-    return None if not s.cache else {"name": s.cache[0], "param": caches.CACHES[s.cache[0]].param, "value": s.cache[1]}
+    if not s.cache:
+        return None
+    return {
+        "name": s.cache[0],
+        "param": caches.CACHES[s.cache[0]].param,
+        "value": s.cache[1],
+        "code": caches.code(s.cache),
+    }
 
 
 def _seconds_fit(o: ClassOutcome) -> dict[str, Any] | None:

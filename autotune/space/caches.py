@@ -50,9 +50,9 @@ Cache = tuple[Any, ...]  # () or (name, value of its one parameter)
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """One cache: the denoiser it works on, the class that turns it on (a config of ``diffusers.hooks``,
+    """One cache: the families it works on, the class that turns it on (a config of ``diffusers.hooks``,
     or DeepCache's helper) with its fixed arguments, its one searched parameter with the range searched
-    by default, and what a user reads."""
+    by default and the value that caches nothing."""
 
     name: str
     title: str
@@ -63,7 +63,6 @@ class CacheSpec:
     low: float
     high: float
     step: float
-    note: str  # what the parameter does
     none: float  # the value that caches nothing (a setting with it has no cache)
     fixed: dict[str, Any] = field(default_factory=dict)  # the class's other arguments, as autotune sets them
 
@@ -83,8 +82,6 @@ CACHES = {
         0.05,
         0.5,
         0.05,
-        "a step reuses the last full step's output of the blocks after the first while the first block's "
-        "output residual changed by less than `threshold` (relative L1) since then; 0 never reuses",
         0,
     ),
     "deepcache": CacheSpec(
@@ -97,8 +94,6 @@ CACHES = {
         2,
         5,
         1,
-        "every `cache_interval`-th step runs the whole UNet; the steps between reuse its deep features and "
-        "run the shallow branch (the first resnet of the first down block and its skip) only",
         1,
         {"cache_branch_id": 0},
     ),
