@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.config import ConfigError
 from autotune.config.objectives import OBJECTIVES, cost_of, quality
 from autotune.results.notes import call_ratio, fleet, prompts_note, random_weights_warning, timing_check
-from autotune.space.caches import normal
+from autotune.space import caches
 from autotune.space.tools import TOOLS
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def _from_summary(name: str, d: Mapping[str, Any], family: str, speedup: float |
         family=family,
         speedup=speedup,
         guidance_cutoff=float(d.get("guidance_cutoff", 1.0)),
-        cache=normal((d["cache"]["name"], d["cache"]["value"])) if d.get("cache") else (),
+        cache=caches.normal((d["cache"]["name"], d["cache"]["value"])) if d.get("cache") else (),
     )
 
 
@@ -197,7 +197,7 @@ def trial_summary(
     the recipe's ``call_kwargs`` carry beside the setting's own, so that the recipe renders those images.
     """
     from autotune.decision.cost import evaluations
-    from autotune.space import caches, schedulers
+    from autotune.space import schedulers
     from autotune.space.settings import Settings
 
     s = Settings.of_trial(t)
@@ -213,7 +213,7 @@ def trial_summary(
         "steps": s.steps,
         "guidance": s.guidance,
         "guidance_cutoff": s.cutoff,
-        "cache": _cache(s),
+        "cache": caches.describe(s.cache),
         "deterministic": spec.deterministic,
         "diffusers": {
             "scheduler_class": spec.class_name,
@@ -231,20 +231,6 @@ def trial_summary(
         "metrics_std": {m: statistics.pstdev(v) if v else None for m, v in spread.items()},
         "model_calls": t.user_attrs.get("model_calls"),
         "model_evaluations": evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), s),
-    }
-
-
-def _cache(s: Any) -> dict[str, Any] | None:
-    """The setting's feature cache: its name, parameter and value, and the code that turns it on (None: none)."""
-    from autotune.space import caches
-
-    if not s.cache:
-        return None
-    return {
-        "name": s.cache[0],
-        "param": caches.CACHES[s.cache[0]].param,
-        "value": s.cache[1],
-        "code": caches.code(s.cache),
     }
 
 

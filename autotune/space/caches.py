@@ -1,7 +1,7 @@
 """Feature caching as a searched axis: the caches a setting may turn on, how the render turns one on and off
 on the denoiser, the code that does the same in a user's program, and their names.
 
-Two caches, one per kind of denoiser: on a transformer (SD3, Flux), diffusers' own First Block Cache
+Two caches, one per kind of denoiser: on a Flux transformer, diffusers' own First Block Cache
 (``transformer.enable_cache(FirstBlockCacheConfig(threshold=...))``: a step reuses the blocks after the
 first while the first block's output changed little); on a UNet (SD, SDXL), the DeepCache package's
 ``DeepCacheSDHelper`` (every ``cache_interval``-th step runs the whole UNet, the steps between reuse its
@@ -34,6 +34,7 @@ __all__ = [
     "as_config",
     "code",
     "denoiser",
+    "describe",
     "enabled",
     "label",
     "normal",
@@ -121,6 +122,14 @@ def as_config(cache: Cache) -> dict[str, Any] | None:
         return None
     spec = CACHES[cache[0]]
     return {"config_class": spec.config_class, "config": {spec.param: cache[1], **spec.fixed}}
+
+
+def describe(cache: Cache) -> dict[str, Any] | None:
+    """The cache as a recommendation states it: its name, parameter and value, and the code that turns it
+    on (None: none)."""
+    if not cache:
+        return None
+    return {"name": cache[0], "param": CACHES[cache[0]].param, "value": cache[1], "code": code(cache)}
 
 
 def code(cache: Cache) -> str:
