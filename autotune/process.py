@@ -6,8 +6,9 @@ Signals never land inside an import: a Ctrl-C while torch is half imported crash
 heavy packages first, under :func:`preload`, before it has written anything: a signal there ends the
 process at once (its one line said, nothing to clean up), without waiting seconds for the imports.
 Later, :func:`deferred` holds a signal while a block that must finish runs, and raises it after; and
-a signal that lands inside an import done on first use (SQLAlchemy loads parts of itself lazily) is
-sent again a moment later, once the import is done, so no module is left half imported.
+a signal that lands inside an import done on first use (SQLAlchemy loads parts of itself lazily), a
+finalizer or a database call is sent again a moment later, once it is done, so no module is left half
+imported and no connection is dropped mid-statement.
 
 Example:
     >>> install()                      # SIGINT raises Interrupted(SIGINT), SIGTERM Interrupted(SIGTERM)
@@ -22,13 +23,14 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import NoReturn
 
 __all__ = [
-    "STOPS", "Interrupted", "alive", "deferred", "die_with_parent", "exit_code", "heard", "importing", "install",
-    "preload", "received", "run_main", "said", "signals_kept", "swallowed", "why", "worker_id",
+    "STOPS", "Interrupted", "alive", "deferred", "die_with_parent", "exit_code", "heard", "importing", "in_database",
+    "install", "preload", "received", "run_main", "said", "signals_kept", "swallowed", "why", "worker_id",
 ]  # fmt: skip
 
 
@@ -81,12 +83,12 @@ _at_once = False  # importing, before anything is written: a signal exits there 
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _at_once:
         os._exit(said(Interrupted(signum)))  # no teardown: modules are half imported, nothing is open for writing
-    if (importing(frame) or swallowed(frame)) and not _depth:  # raising here: a module left half imported, or
-        # the exception printed as "Exception ignored ..." with its traceback and the signal lost
+    if _later(signum, frame):
         again = threading.Timer(_AGAIN, os.kill, (os.getpid(), signum))
         again.daemon = True
         again.start()
         return
+    _waiting.clear()
     _received.append(signum)
     if _depth:
         _pending.append(signum)
@@ -95,6 +97,24 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 
 _AGAIN = 0.05  # seconds before a signal that landed inside an import (or a finalizer) is sent again
+_PATIENCE = 10.0  # seconds a signal waits for a database call to return; a hung one is interrupted after
+_waiting: dict[int, float] = {}  # a signal held for a database call: since when
+
+
+def _later(signum: int, frame: FrameType | None) -> bool:
+    """Whether a signal landing at ``frame`` is sent again a moment later instead of raised there: inside
+    an import (a module left half imported), a finalizer (the exception printed as "Exception ignored
+    ..." with its traceback, and the stop lost) or a database call. Raised inside SQLAlchemy, an exit
+    exception invalidates the connection mid-statement, and closing its cursor after logs an error with
+    a traceback ("Error closing cursor ... Cannot operate on a closed database", CI, stop 56)."""
+    if _depth:
+        return False  # held anyway, raised when the block ends
+    if importing(frame) or swallowed(frame):
+        return True
+    if not in_database(frame):
+        return False
+    since = _waiting.setdefault(signum, time.monotonic())
+    return time.monotonic() - since < _PATIENCE
 
 
 def importing(frame: FrameType | None) -> bool:
@@ -106,6 +126,16 @@ def importing(frame: FrameType | None) -> bool:
     return False
 
 
+def in_database(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside SQLAlchemy (every storage call Optuna and autotune make)."""
+    while frame is not None:
+        if _SQLALCHEMY in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+_SQLALCHEMY = f"{os.sep}sqlalchemy{os.sep}"
 _FINALIZERS = ("weakref.py", "_weakrefset.py")  # the standard library's weak-reference callbacks
 
 

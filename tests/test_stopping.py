@@ -312,6 +312,38 @@ def test_a_signal_inside_a_finalizer_is_sent_again_not_swallowed(monkeypatch: py
         process._handler(1, sys._getframe())
 
 
+def test_a_signal_inside_a_database_call_is_sent_again_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raised inside SQLAlchemy, a stop invalidates the connection mid-statement, and closing its cursor
+    then logs "Error closing cursor" with a traceback (CI, stop 56: a Ctrl-C as a trial was read). The
+    handler sends it again a moment later, once the call has returned; a call still hung after
+    ``_PATIENCE`` seconds is interrupted all the same."""
+    import sqlalchemy
+
+    from autotune import process
+
+    sent = _resent(monkeypatch)
+    engine = sqlalchemy.create_engine("sqlite://")
+    landed: list[bool] = []
+
+    @sqlalchemy.event.listens_for(engine, "before_cursor_execute")
+    def landing(*args: object) -> None:  # the signal lands as the statement starts
+        landed.append(process.in_database(sys._getframe()))
+        process._handler(2, sys._getframe())
+
+    with engine.connect() as connection:
+        assert connection.execute(sqlalchemy.text("select 1")).scalar() == 1  # the call ran to its end
+    assert landed == [True] and sent == [(process._AGAIN, (os.getpid(), 2))]
+    assert not process.in_database(sys._getframe())
+    with pytest.raises(process.Interrupted):  # sent again, it lands outside: raised
+        process._handler(2, sys._getframe())
+    clock = iter([0.0, 1.0, 2.0, process._PATIENCE])  # held 1 s into a long call; sent again, still in it
+    monkeypatch.setattr(process.time, "monotonic", lambda: next(clock))  # _PATIENCE s after it first landed
+    with pytest.raises(process.Interrupted), engine.connect() as connection:
+        connection.execute(sqlalchemy.text("select 1"))
+        connection.execute(sqlalchemy.text("select 2"))
+    assert landed == [True, True, True] and len(sent) == 2
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_in_pythons_teardown_leaves_the_exit_code_of_the_finished_work(sig: int) -> None:
     """Python drops its signal handlers while it tears down (a second or more, with torch loaded): a
