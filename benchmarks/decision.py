@@ -1,6 +1,7 @@
 """Search and decision together, through autotune's own loop, judged on prompts and seeds no study used.
 
     .venv/bin/python benchmarks/decision.py [--studies 8] [--trials 40] [--classes thin,bold] [--model glyphs]
+        [--procedures product,optimiser] [--merge]   # --merge keeps what results/ holds for the others
     .venv/bin/python benchmarks/decision.py --summarise   # the summaries of results/decision.json again
     .venv/bin/python benchmarks/decision.py --model flow  # the flow model: results/decision-flow.json
 
@@ -315,7 +316,8 @@ def one_study(r: Renders, c: str, seed: int, front_share: float, n_trials: int) 
     prompts = list(cfg.classes[c])
     rng.shuffle(prompts)
     seeds = tuple(rng.sample(SEARCH_POOL, 2))
-    recommend = dataclasses.replace(cfg.recommend, confirm_seeds=tuple(rng.sample(CONFIRM_POOL, 8)))
+    confirm = rng.sample(CONFIRM_POOL, len(cfg.recommend.confirm_seeds))  # as many as the product's [recommend]
+    recommend = dataclasses.replace(cfg.recommend, confirm_seeds=tuple(confirm))
     search = dataclasses.replace(cfg.search, seeds=seeds, seed=seed)
     cfg = dataclasses.replace(cfg, search=search, recommend=recommend, classes={**cfg.classes, c: tuple(prompts)})
     stand = Stand(r, c, rng, prompts)
@@ -465,6 +467,8 @@ def main() -> None:
     parser.add_argument("--classes", default="thin,bold")
     parser.add_argument("--model", default="glyphs", choices=sorted(WORLDS), help="the shipped micro model studied")
     parser.add_argument("--summarise", action="store_true", help="summarise results/decision.json's studies again")
+    parser.add_argument("--procedures", default=",".join(PROCEDURES), help="of " + ", ".join(PROCEDURES))
+    parser.add_argument("--merge", action="store_true", help="keep the other classes' and procedures' results")
     args = parser.parse_args()
     world = WORLDS[args.model]
     path = HERE / "results" / ("decision.json" if world is GLYPHS else f"decision-{world.model}.json")
@@ -478,7 +482,8 @@ def main() -> None:
                 for proc in PROCEDURES:
                     for row in x[proc]["studies"]:
                         row["collapsed_on_truth"] = collapsed_on_truth(r, ast.literal_eval(row["pick"]), held[c], rtol)
-                    x[proc] = _summary(x[proc]["studies"], x, grid_images(r, c), r.world.baseline)
+                    seeds = {"confirm_seeds": x[proc]["confirm_seeds"]}
+                    x[proc] = _summary(x[proc]["studies"], x, grid_images(r, c), r.world.baseline) | seeds
         path.write_text(json.dumps(results, indent=2) + "\n")
         return
     import torch
@@ -487,7 +492,7 @@ def main() -> None:
     r = Renders(world)
     check_physical(r)
     held = holdouts(r)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = json.loads(path.read_text()) if args.merge and path.exists() else {}
     base = world.baseline
     start = time.monotonic()
     for c in args.classes.split(","):
@@ -495,7 +500,7 @@ def main() -> None:
         rtol = rule_tolerance(r, tol)
         best, sound = answer(r, c, held[c], tol), answer(r, c, held[c], tol, rtol)
         base_s = r.seconds(base)
-        results[c] = {"tolerance": tol}
+        results[c] = {**results.get(c, {}), "tolerance": tol}
         for name, k in (("answer", best), ("robust_answer", sound)):
             se = standard_errors(r, k, held[c]) if k != base else {}
             results[c] |= {name: repr(k), f"{name}_speedup": base_s / r.seconds(k),
@@ -503,7 +508,8 @@ def main() -> None:
             ses = ", ".join(f"{m} {v:.3g} (a quarter of its tolerance: {tol[m] / 4:.3g})" for m, v in se.items())
             print(f"{c} {name}: {k} {base_s / r.seconds(k):.2f}x ({model_calls(base) / model_calls(k):.2f}x fewer "
                   f"model calls); standard error of the truth's mean difference: {ses or 'the baseline'}")  # fmt: skip
-        for proc, share in PROCEDURES.items():
+        for proc in args.procedures.split(","):
+            share = PROCEDURES[proc]
             rows = []
             for i in range(args.studies):
                 out = one_study(r, c, 1000 * i + 7, share, args.trials)
@@ -527,6 +533,7 @@ def main() -> None:
                     flush=True,
                 )
             results[c][proc] = _summary(rows, results[c], grid_images(r, c), r.world.baseline)
+            results[c][proc]["confirm_seeds"] = len(r.config().recommend.confirm_seeds)  # as one_study draws them
     r.save()
     results["minutes"] = (time.monotonic() - start) / 60
     results["model"], results["date"] = world.label, time.strftime("%Y-%m-%d")
