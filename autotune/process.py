@@ -96,7 +96,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-_AGAIN = 0.05  # seconds before a signal that landed inside an import (or a finalizer) is sent again
+_AGAIN = 0.05  # seconds before a signal that landed inside an import, a finalizer or a database call is sent again
 _PATIENCE = 10.0  # seconds a signal waits for a database call to return; a hung one is interrupted after
 _waiting: dict[int, float] = {}  # a signal held for a database call: since when
 
