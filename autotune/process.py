@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from types import FrameType
+from types import CodeType, FrameType
 from typing import NoReturn
 
 __all__ = [
@@ -117,22 +117,23 @@ def _later(signum: int, frame: FrameType | None) -> bool:
     return time.monotonic() - since < _PATIENCE
 
 
-def importing(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs inside an import (a module's top level, or importlib's machinery)."""
+def _on_stack(frame: FrameType | None, found: Callable[[CodeType], bool]) -> bool:
+    """Whether ``found`` holds for the code of ``frame`` or of any frame that called it."""
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
+        if found(frame.f_code):
             return True
         frame = frame.f_back
     return False
+
+
+def importing(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an import (a module's top level, or importlib's machinery)."""
+    return _on_stack(frame, lambda code: code.co_filename.startswith("<frozen importlib"))
 
 
 def in_database(frame: FrameType | None) -> bool:
     """Whether ``frame`` runs inside SQLAlchemy (every storage call Optuna and autotune make)."""
-    while frame is not None:
-        if _SQLALCHEMY in frame.f_code.co_filename:
-            return True
-        frame = frame.f_back
-    return False
+    return _on_stack(frame, lambda code: _SQLALCHEMY in code.co_filename)
 
 
 _SQLALCHEMY = f"{os.sep}sqlalchemy{os.sep}"
@@ -143,12 +144,7 @@ def swallowed(frame: FrameType | None) -> bool:
     """Whether ``frame`` runs where the interpreter swallows an exception: a ``__del__``, or a weak-reference
     callback (a ``WeakKeyDictionary`` dropping a key as the garbage collector frees it). An exception
     raised there is printed as "Exception ignored in ..." with a traceback, and the stop is lost."""
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "__del__" or os.path.basename(code.co_filename) in _FINALIZERS:
-            return True
-        frame = frame.f_back
-    return False
+    return _on_stack(frame, lambda code: code.co_name == "__del__" or os.path.basename(code.co_filename) in _FINALIZERS)
 
 
 def install() -> None:
