@@ -101,20 +101,68 @@ def study_file(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+# The finished study: seeded, its serving calls "timed" as their model evaluations, tolerances a tiny random
+# model's images can pass on a few images, and the optimiser alone proposing (front_share 1) so that guidance
+# cutoffs are tried: its picks are cheaper settings, not the baseline, and `landscape`'s, with its own negative
+# prompt, stops guidance part-way (Euler [AYS sigmas, trailing] 4 steps, guidance on 3 of them).
+FINISHED_STUDY = """
+name = "finished"
+[model]
+id = "tiny"
+device = "cpu"
+height = 32
+width = 32
+[search]
+steps = [2, 8]
+schedulers = ["euler", "dpmpp_2m_karras", "ddim"]
+guidance = [1.0, 9.0]
+guidance_cutoff = [0.5, 1.0]
+n_trials = 8
+seeds = [0, 1]
+seed = 0
+front_share = 1.0
+[baseline]
+scheduler = "dpmpp_2m_karras"
+steps = 8
+guidance = 7.5
+[reference]
+scheduler = "dpmpp_2m_karras"
+steps = 20
+guidance = 7.5
+[recommend]
+confirm_seeds = [1000, 1001, 1002, 1003]
+finalists = 1
+race_seeds = 2
+race_budget = 0
+broken_share = 0.5
+clip_tolerance = 5.0
+lpips_tolerance = 3.0
+[classes.portrait]
+prompts = ["a studio portrait of an old fisherman", "a portrait of a young girl"]
+[classes.landscape]
+prompts = ["a misty mountain lake at dawn", "a desert canyon at noon"]
+negative_prompt = "blurry, lowres"
+"""
+
+
 @pytest.fixture(scope="session")
 def finished_study(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A finished two-class tiny study with every output written, shared read-only by the session.
+    """A finished two-class tiny study with every output written, shared read-only by the session
+    (:data:`FINISHED_STUDY`: both classes pick a cheaper setting; ``landscape``'s stops guidance part-way).
 
     Returns ``(cfg, outcomes)``; the study file, database and ``finished/`` outputs lie in one folder.
     """
     from autotune.config import load_config
+    from autotune.model import render
     from autotune.report.table import write_all
     from autotune.study.run import run_study
 
     path = tmp_path_factory.mktemp("finished") / "finished.toml"
-    path.write_text(SMALL_STUDY.format(name="finished", n_trials=6, classes=TWO_CLASSES))
+    path.write_text(FINISHED_STUDY)
     cfg = load_config(path)
-    outcomes = run_study(cfg, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render, "time_serving", timed_by_evaluations)
+        outcomes = run_study(cfg, progress=False)
     write_all(outcomes)
     return cfg, outcomes
 

@@ -157,8 +157,9 @@ def test_the_table_json_and_report_show_the_recommendations_collapsed_images(fin
     assert "collapsed images (search and confirmation)" in report
     for c, o in outcomes.items():
         rec = o.recommendation
-        search = data[c]["collapsed"]["search"]
+        search, confirmation = data[c]["collapsed"]["search"], data[c]["collapsed"]["confirmation"]
         assert search["images"] == len(rec.chosen.images) and (search["recommended"], search["baseline"]) == (0, 0)
+        assert confirmation["images"] == len(rec.chosen.confirm) == 4  # a pick, not the baseline: confirmed
         assert data[c]["tolerance"]["collapse"]["lpips"] == pytest.approx(5 * data[c]["tolerance"]["lpips"])
         row = next(line for line in format_table(outcomes.cfg, outcomes).splitlines() if line.startswith(f"{c} "))
-        assert f"0/{search['images']} (baseline 0)" in row
+        assert f"0/{search['images'] + 4} (baseline 0)" in row

@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import autotune
 from autotune.cli import main
@@ -144,15 +145,20 @@ def test_export_of_a_finished_study_in_each_format(finished_study, capsys) -> No
     code = capsys.readouterr().out
     namespace: dict = {}  # type: ignore[type-arg]
     exec(compile(code, "export.py", "exec"), namespace)  # the exported module, as serving code imports it
-    from tests.test_serving import fresh_pipe
+    from tests.test_serving import fresh_pipe, render
+
+    def plain(kwargs: dict) -> dict:  # type: ignore[type-arg]
+        return {k: v for k, v in kwargs.items() if not k.startswith("callback")}  # callbacks: objects of their own
 
     exported, applied = fresh_pipe(), fresh_pipe()
     for name in ["portrait", "default", "landscape", "portrait"]:  # in sequence, as a server switches classes
-        kwargs = namespace["apply"](exported, name)
-        assert kwargs == autotune.apply(applied, recs[name])
+        kwargs, ours = namespace["apply"](exported, name), autotune.apply(applied, recs[name])
+        assert plain(kwargs) == plain(ours) and ("callback_on_step_end" in kwargs) == (name == "landscape")
         assert type(exported.scheduler) is type(applied.scheduler)
         for key, value in recs[name].scheduler_config.items():
             assert exported.scheduler.config[key] == applied.scheduler.config[key] == value
+        prompt = cfg.classes.get(name, ["a lighthouse"])[0]  # the same image: the cutoff at the same step
+        assert torch.equal(render(exported, cfg, prompt, kwargs), render(applied, cfg, prompt, ours)), name
 
 
 def test_every_name_recommendations_json_gives_is_the_one_export_gives() -> None:

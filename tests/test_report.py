@@ -38,7 +38,7 @@ def test_report_has_a_pareto_figure_per_class_with_markers_and_images(finished_s
         assert f"{o.n_completed} completed trials" in fig["layout"]["title"]["text"]
         traces = {t["name"]: t for t in fig["data"] if t.get("xaxis", "x") == "x"}
         assert len(traces["dominated"]["x"]) + len(traces["Pareto front"]["x"]) == len(o.trials)  # distinct settings
-        assert len(o.trials) == 6  # distinct settings rendered (n_trials)
+        assert len(o.trials) == 8  # distinct settings rendered (n_trials)
         rec = o.recommendation
         base = {t.number: t for t in o.trials}[rec.baseline.number]
         chosen = {t.number: t for t in o.trials}[rec.chosen.number]
@@ -49,7 +49,7 @@ def test_report_has_a_pareto_figure_per_class_with_markers_and_images(finished_s
             assert f"{c}-{kind}" in figs
         section = page.split(f'<section id="class-{c}">')[1].split("</section>")[0]
         comparison = section.split('<table class="images">')[1].split("</table>")[0]
-        assert comparison.count("data:image/png;base64,") == 3  # baseline, recommended, reference
+        assert comparison.count("data:image/png;base64,") == 2 * 3  # per prompt: baseline, recommended, reference
         assert "not stored" not in comparison
     summary = page.split('<table class="summary">')[1].split("</table>")[0]
     assert f"{outcomes['portrait'].recommendation.speedup:.2f}x" in summary
@@ -190,8 +190,10 @@ def test_dashboard_serves_study_metric_names_images_and_note(finished_study) -> 
         trial = detail["trials"][0]
         assert trial["note"]["body"].startswith(f"### {rec['baseline']['setting']}\n\nTrial 0: **the baseline**.")
         assert "| clip_score |" in trial["note"]["body"]  # its metrics by name
-        (artifact,) = trial["artifacts"]
-        assert artifact["filename"] == "prompt0_seed0.png" and artifact["mimetype"] == "image/png"
+        names = sorted(a["filename"] for a in trial["artifacts"])  # 2 prompts x 2 seeds
+        assert names == ["prompt0_seed0.png", "prompt0_seed1.png", "prompt1_seed0.png", "prompt1_seed1.png"]
+        (artifact,) = [a for a in trial["artifacts"] if a["filename"] == "prompt0_seed0.png"]
+        assert artifact["mimetype"] == "image/png"
         png = _get(f"{base}/artifacts/{trial['study_id']}/{trial['trial_id']}/{artifact['artifact_id']}")
         assert png.startswith(b"\x89PNG")
     finally:

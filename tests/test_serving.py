@@ -56,28 +56,39 @@ def render(pipe, cfg, prompt: str, kwargs: dict) -> torch.Tensor:  # type: ignor
 
 
 def test_apply_sets_the_scheduler_and_renders_the_trials_image(finished_study) -> None:  # type: ignore[no-untyped-def]
-    cfg, outcomes = finished_study
-    recs = autotune.load_recommendations(cfg.path)
-    rec = recs["portrait"]
-    pipe = fresh_pipe()
-    kwargs = autotune.apply(pipe, rec)
-    assert type(pipe.scheduler).__name__ == rec.scheduler_class
-    for key, value in rec.scheduler_config.items():
-        assert pipe.scheduler.config[key] == value
-    assert kwargs == rec.call_kwargs and kwargs["num_inference_steps"] == rec.steps
-    expected = trial_image(cfg, outcomes["portrait"], outcomes["portrait"].recommendation.chosen.number)
-    image = render(pipe, cfg, cfg.classes["portrait"][0], kwargs)
-    assert (image - expected).abs().max() <= 1 / 255 + 1e-6  # at most one 8-bit level, from float rounding
-
-    # the diffusers block alone, without autotune, reproduces it as well
     import diffusers
 
-    block = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]["portrait"]["diffusers"]
-    assert {"timestep_spacing", "use_karras_sigmas"} <= set(block["scheduler_config"])  # complete, not a diff
-    plain = fresh_pipe()
-    cls = getattr(diffusers, block["scheduler_class"])
-    plain.scheduler = cls.from_config(plain.scheduler.config, **block["scheduler_config"])
-    assert torch.equal(render(plain, cfg, cfg.classes["portrait"][0], block["call_kwargs"]), image)
+    cfg, outcomes = finished_study
+    recs = autotune.load_recommendations(cfg.path)
+    blocks = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]
+    cut = recs["landscape"]  # the pick stops guidance part-way, with the class's own negative prompt
+    assert cut.guidance_cutoff < 1 and cut.call_kwargs["negative_prompt"] == "blurry, lowres"
+    for c in ("portrait", "landscape"):
+        rec = recs[c]
+        assert rec.setting != recs["default"].setting  # a cheaper pick, not the baseline
+        pipe = fresh_pipe()
+        kwargs = autotune.apply(pipe, rec)
+        assert type(pipe.scheduler).__name__ == rec.scheduler_class
+        for key, value in rec.scheduler_config.items():
+            assert pipe.scheduler.config[key] == value
+        assert ("callback_on_step_end" in kwargs) == (rec.guidance_cutoff < 1)
+        assert {k: v for k, v in kwargs.items() if not k.startswith("callback")} == rec.call_kwargs
+        assert kwargs["num_inference_steps"] == rec.steps
+        expected = trial_image(cfg, outcomes[c], outcomes[c].recommendation.chosen.number)
+        image = render(pipe, cfg, cfg.classes[c][0], kwargs)
+        assert (image - expected).abs().max() <= 1 / 255 + 1e-6, c  # at most one 8-bit level, from float rounding
+
+        # the diffusers block alone, without autotune, reproduces it as well (the cutoff: diffusers' callback)
+        block = blocks[c]["diffusers"]
+        assert {"timestep_spacing", "use_karras_sigmas"} <= set(block["scheduler_config"])  # complete, not a diff
+        plain = fresh_pipe()
+        plain.scheduler = getattr(diffusers, block["scheduler_class"]).from_config(
+            plain.scheduler.config, **block["scheduler_config"]
+        )
+        call = dict(block["call_kwargs"])
+        if block["guidance_cutoff"] < 1:
+            call["callback_on_step_end"] = diffusers.callbacks.SDCFGCutoffCallback(block["guidance_cutoff"])
+        assert torch.equal(render(plain, cfg, cfg.classes[c][0], call), image), c
 
 
 def test_apply_twice_does_not_carry_the_first_overrides(finished_study) -> None:  # type: ignore[no-untyped-def]
@@ -222,8 +233,12 @@ def test_router_from_study_uses_the_stored_centroids(finished_study) -> None:  #
     cfg, _ = finished_study
     r = Router.from_study(cfg.path)
     assert r.classes == ["portrait", "landscape"]
-    for c, prompts in cfg.classes.items():
-        assert r.route(prompts[0]) == (c, pytest.approx(1.0, abs=1e-4))  # one prompt: it is the centroid
+    encode = load_text_encoder("tiny")  # the study's CLIP model
+    for row, (c, prompts) in zip(r.matrix, cfg.classes.items(), strict=True):
+        centroid = np.array(class_embedding(encode, prompts)["centroid"])
+        assert np.allclose(row, centroid, atol=1e-5)  # each class's prompts' centroid, as stored
+        for p in prompts:
+            assert r.route(p) == (c, pytest.approx(float(encode([p])[0] @ centroid), abs=1e-4))
 
 
 def autotune_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -236,7 +251,7 @@ def autotune_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, s
 
 
 @pytest.mark.slow
-def test_validate_exit_code_follows_the_tolerance(finished_study, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_validate_exit_code_follows_the_tolerance(finished_study, tmp_path: Path, capsys, seconds_by_evaluations) -> None:  # type: ignore[no-untyped-def]
     cfg, _ = finished_study
     holdout = tmp_path / "holdout.txt"
     holdout.write_text("\n".join(p for ps in cfg.classes.values() for p in ps) + "\n")
@@ -246,15 +261,17 @@ def test_validate_exit_code_follows_the_tolerance(finished_study, tmp_path: Path
     result = json.loads((cfg.output_dir / "validation.json").read_text())
     assert result["passed"] is False and result["seeds"] == [3, 4]
     assert set(result["classes"]) == {"portrait", "landscape"}
-    for v in result["classes"].values():
-        assert v["images"] == 2 and not v["within_tolerance"] and "Δclip_score" in v["why_not"][0]
-        b = v["bounds"]["clip_score"]  # 1 prompt: over its 2 images, t on 1 degree of freedom
-        assert b["worst"] <= b["mean"] <= b["best"] and (b["images"], b["prompts"]) == (2, 1)
-        assert b["verdict"] == "fail" and v["speedup"] > 0 and v["speedup_range"][0] <= v["speedup"]
-        assert v["model_call_ratio"] == 1.0 and v["recommended"] == v["baseline"]  # the study kept the baseline
-        assert v["bounds"]["broken"]["collapsed"] == [0, 0]  # the same setting on the same noise: nothing broke
-    assert "FAIL portrait" in out and "), 1x fewer model calls" in out
-    assert "collapsed 0 of 2 (baseline 0;" in out
+    picks = json.loads((cfg.output_dir / "recommendations.json").read_text())["classes"]
+    for c, v in result["classes"].items():
+        assert v["images"] == 4 and not v["within_tolerance"] and "Δclip_score" in v["why_not"][0]
+        b = v["bounds"]["clip_score"]  # the class's 2 prompts (each routed to it) x 2 seeds
+        assert b["worst"] <= b["mean"] <= b["best"] and (b["images"], b["prompts"]) == (4, 2)
+        assert b["verdict"] == "fail" and v["speedup"] == pytest.approx(v["model_call_ratio"])  # timed as evaluations
+        assert v["recommended"] == picks[c]["setting"] != v["baseline"]  # the study's pick against the baseline
+        assert v["model_call_ratio"] == pytest.approx(picks[c]["model_call_ratio"], rel=1e-3) and v["model_call_ratio"] > 1
+        assert v["bounds"]["broken"]["collapsed"] == [0, 0]
+    assert "FAIL portrait" in out and "FAIL landscape" in out
+    assert "collapsed 0 of 4 (baseline 0;" in out
     code, out, err = autotune_cli(
         capsys, *args, "--seeds", "3,4,5", "--clip-tolerance", "1000", "--lpips-tolerance", "1000"
     )
