@@ -15,11 +15,13 @@ In serving code:
 ``import autotune`` is light: the study machinery (Optuna, SQLAlchemy) and the router load on
 first use of ``run_study``, ``recommend`` or ``Router``.
 
-The package is laid out in the order the data flows: ``config`` (study files) and ``space``
-(schedulers, families, settings) at the bottom; ``model`` (weights, pipeline, rendering, metrics);
-``study`` (Optuna: storage, the trial loop, racing); ``decision`` (the rule, pure math); ``results``
-(a study read back, ``recommendations.json``), ``report`` and ``serving`` (apply, route, export);
-``validate``; ``cli``. The read side never imports the model side but for the report's grid.
+The package is laid out on floors, each importing only from its own and lower ones (docs/layout.md;
+``tests/test_layout.py`` keeps it so), bottom first: ``process``, ``testing``, ``noise``, ``records``
+(what a study stores) · ``micro`` · ``space`` (schedulers, families, settings) · ``config`` (study
+files) · ``decision`` (the rule, pure math), ``files`` · ``store`` (Optuna's storage), ``weights`` ·
+``results`` (a study read back, ``recommendations.json``), ``model`` (pipeline, rendering, metrics) ·
+``study`` (the trial loop, racing) · ``report``, ``serving`` (apply, route, export) · ``validate`` ·
+``parity`` · ``arguments`` · ``cli``. The read side never imports the model side but for the report's grid.
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     outcomes = recommend(cfg, storage=url)  # refuses a storage with no study yet, naming the command to run
     bindable(args.host, args.port)  # a port in use: one line, before the server's own traceback
     print(f"optuna-dashboard for {cfg.name} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
-    store = reader_store(cfg, [o.attrs for o in outcomes.values()])
+    store = reader_store(cfg, [o.stored.artifacts for o in outcomes.values()])
     run_server(url, host=args.host, port=args.port, artifact_store=store)
     return 0
 

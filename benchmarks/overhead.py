@@ -77,6 +77,7 @@ def measure(model: str, size: int, trials: int, device: str = "cpu", dtype: str 
     from optuna.trial import TrialState
 
     from autotune.config import load_config
+    from autotune.records import trial_record
     from autotune.study.run import run_study
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,9 +91,9 @@ def measure(model: str, size: int, trials: int, device: str = "cpu", dtype: str 
         new = [
             t
             for t in outcome.study.get_trials(states=(TrialState.COMPLETE,))
-            if t.number > 0 and "reused_from" not in t.user_attrs
+            if t.number > 0 and trial_record(t).reused_from is None
         ]
-        inside = sum(sum(t.user_attrs["seconds_values"]) + t.user_attrs.get("render_seconds", 0.0) for t in new)
+        inside = sum(sum(trial_record(t).values["seconds"]) + (trial_record(t).render_seconds or 0.0) for t in new)
         in_trials = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in new)  # type: ignore[operator]
     return {
         "size": size,

@@ -25,6 +25,7 @@ from typing import Any
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from autotune.records import attributes
 from autotune.study.sampling import RandomDraw
 
 HERE = Path(__file__).parent
@@ -84,19 +85,18 @@ def synthetic_trials(cfg: Any, family: Any, n: int, images: int) -> list[Any]:
         clip = 22 + 4 * (1 - math.exp(-s.steps / 8)) - 0.05 * abs(s.guidance - 7) + rng.gauss(0, 0.3)
         lpips = 0.6 * math.exp(-s.steps / 10) + 0.01 * abs(s.guidance - 7) + abs(rng.gauss(0, 0.02))
         values = {"clip_score": clip, "lpips": lpips, "seconds": seconds}
-        attrs: dict[str, Any] = {
-            "worker": "bench:1",
-            "setting": s.label(),
-            "setting_key": s.key(),
-            "scheduler_class": spec.class_name,
-            "scheduler_config": s.scheduler_overrides(),
-            "deterministic": spec.deterministic,
-            "model_calls": calls,
-            "images": images,
-        }
-        for m, v in values.items():
-            per_image = [round(v + rng.gauss(0, 0.01 * abs(v)), 6) for _ in range(images)]
-            attrs[f"{m}_values"] = per_image
+        per_image = {m: [round(v + rng.gauss(0, 0.01 * abs(v)), 6) for _ in range(images)] for m, v in values.items()}
+        attrs = attributes(
+            worker="bench:1",
+            setting=s.label(),
+            setting_key=s.key(),
+            scheduler_class=spec.class_name,
+            scheduler_config=s.scheduler_overrides(),
+            deterministic=spec.deterministic,
+            model_calls=calls,
+            images=images,
+            values=per_image,
+        )
         out.append(
             optuna.trial.create_trial(
                 params=draw.params,

@@ -54,6 +54,8 @@ import optuna
 from decision import PHYSICAL, WORLDS, Renders, check_physical, holdouts, tolerance
 from optuna.trial import TrialState
 
+from autotune.decision.evidence import reused
+from autotune.records import study_record
 from autotune.study import ledger
 
 HERE = Path(__file__).parent
@@ -279,14 +281,14 @@ def run_sampler(
 
     results = []
     for budget in budgets:
-        while scorer.spent < budget * total and not study.user_attrs.get("exhausted"):
+        while scorer.spent < budget * total and not study_record(study.user_attrs).exhausted:
             if name in SWEEPS and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 break
             t0 = time.perf_counter()
             objective.run_one()
             overhead.append(time.perf_counter() - t0)
         trials = study.get_trials(deepcopy=False)
-        seen = [key(t) for t in trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
+        seen = [key(t) for t in trials if t.state == TrialState.COMPLETE and not reused(t)]
         found = _front({k: rows[k] for k in seen})
         pick = _recommend(seen_rows, seen, tol)
         results.append(
@@ -295,7 +297,7 @@ def run_sampler(
                 "hv_ratio": _normalised_hv([rows[k] for k in found], true_points) / true_hv,
                 "front_found": len(set(found) & set(true_keys)) / len(true_keys),
                 "unique_settings": len(seen),
-                "rough_cut": sum(ledger.rough_cut(t) and "reused_from" not in t.user_attrs for t in trials),
+                "rough_cut": sum(ledger.rough_cut(t) and not reused(t) for t in trials),
                 "suggestions": sum(t.state != TrialState.WAITING for t in trials),
                 "spent": scorer.spent / total,
                 "rendered_answer": answer in seen,

@@ -168,7 +168,6 @@ def test_the_speedup_stated_is_the_recommendation_and_the_baseline_timed_in_turn
     """The baseline's own timing is the study's first serving call: a slow spell then (here 1.5x, as a
     cold machine or another job) sat in every speed-up. Timed again in turn with the recommendation once
     the decision settled, the stated speed-up is the model-call ratio the fake clock charges."""
-    from autotune.decision.rule import TIMED_TOGETHER
     from autotune.model import render
 
     spell = {"calls": 0}
@@ -185,8 +184,8 @@ def test_the_speedup_stated_is_the_recommendation_and_the_baseline_timed_in_turn
     assert out.decision_state == "settled" and rec is not None and rec.chosen.number != rec.baseline.number
     chosen, base = out.evidence.by_number[rec.chosen.number], out.evidence.by_number[rec.baseline.number]
     first = statistics.median(base.seconds) / statistics.median(chosen.seconds)  # as the trials were timed
-    assert out.attrs[TIMED_TOGETHER]["trials"] == [rec.baseline.number, rec.chosen.number]
-    assert [len(s) for s in out.attrs[TIMED_TOGETHER]["seconds"]] == [3, 3]  # [serving] repeats, one call each
+    assert out.stored.timed_together["trials"] == [rec.baseline.number, rec.chosen.number]
+    assert [len(s) for s in out.stored.timed_together["seconds"]] == [3, 3]  # [serving] repeats, one call each
     ratio = base.seconds[0] / 1.5 / chosen.seconds[0]  # the calls the fake clock charges, without the spell
     assert first == pytest.approx(1.5 * ratio) and rec.speedup == pytest.approx(ratio)
     outcomes = recommend(load_config(path))  # as the outputs read it
@@ -219,7 +218,6 @@ def test_a_failed_timing_in_turn_leaves_the_decision_and_says_so(
     study_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     seconds_by_evaluations: None,
 ) -> None:  # fmt: skip
-    from autotune.decision.rule import TIMED_TOGETHER
     from autotune.study import decide
 
     def out_of_memory(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -231,7 +229,7 @@ def test_a_failed_timing_in_turn_leaves_the_decision_and_says_so(
     assert out.decision_state == "settled" and rec is not None and rec.chosen.number != rec.baseline.number
     trial = out.evidence.by_number  # the trials' own timings
     own = statistics.median(trial[rec.baseline.number].seconds) / statistics.median(trial[rec.chosen.number].seconds)
-    assert TIMED_TOGETHER not in out.attrs and rec.speedup == pytest.approx(own)
+    assert "timed_together" not in out.attrs and rec.speedup == pytest.approx(own)
     assert (
         "autotune: warning: portrait: timing the recommendation and the baseline again failed (RuntimeError: CUDA "
         "out of memory); the speed-up reads their trials' own timings"

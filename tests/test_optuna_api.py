@@ -80,6 +80,19 @@ def test_artifact_files_are_read_from_the_system_attributes_as_optuna_lists_them
     assert len(metas) == 2
 
 
+def test_an_enqueued_trials_parameters_are_read_before_it_draws_them() -> None:
+    study = optuna.create_study()
+    study.enqueue_trial({"steps": 12, "scheduler": "euler"})
+    (waiting,) = study.get_trials(deepcopy=False)
+    assert waiting.params == {} and optuna_api.queued_params(waiting) == {"steps": 12, "scheduler": "euler"}
+    trial = study.ask()
+    trial.suggest_int("steps", 2, 30)
+    study.tell(trial, 1.0)
+    assert optuna_api.queued_params(study.trials[0]) == {"steps": 12, "scheduler": "euler"}
+    study.tell(study.ask(), 2.0)
+    assert optuna_api.queued_params(study.trials[1]) == {}  # drawn by the sampler: none
+
+
 def test_the_heartbeat_runs_around_a_trial_and_stale_trials_fail(tmp_path: Path) -> None:
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage)

@@ -24,10 +24,10 @@ from typing import Any
 from autotune.config.objectives import cost_of, quality
 from autotune.decision.bounds import Images
 from autotune.decision.cost import SecondsFit, fit_seconds, guided_share
+from autotune.records import StudyRecord, trial_record
 from autotune.space.settings import Settings
 
 __all__ = [
-    "CONFIRMATIONS",
     "NOISE_SEED",
     "Candidate",
     "Evidence",
@@ -35,17 +35,15 @@ __all__ = [
     "images_of",
     "interrupted",
     "is_baseline",
-    "renders_key",
     "reused",
     "unit_key",
 ]
 
 NOISE_SEED = "noise_seed"  # stored beside an image's metrics: the generator seed it was rendered with
-CONFIRMATIONS = "confirmations"  # the study attribute: trials whose confirmations began, in that order
 
 
 def is_baseline(t: Any) -> bool:
-    return bool(t.user_attrs.get("baseline"))
+    return trial_record(t).baseline
 
 
 def interrupted(t: Any) -> bool:
@@ -53,27 +51,19 @@ def interrupted(t: Any) -> bool:
     failed by the infrastructure (its images could not be stored): the next run renders it again."""
     if t.state.name != "FAIL":
         return False
-    return (
-        bool(t.user_attrs.get("interrupted") or t.user_attrs.get("infrastructure")) or "fail_reason" not in t.user_attrs
-    )
+    r = trial_record(t)
+    return r.interrupted or r.infrastructure or r.fail_reason is None
 
 
 def reused(t: Any) -> bool:
     """A trial that took an earlier trial's verdict on the same setting instead of rendering it."""
-    return "reused_from" in t.user_attrs
+    return trial_record(t).reused_from is not None
 
 
 def distinct(t: Any) -> bool:
     """A completed trial that rendered its setting (one that reused an earlier trial's metrics did not):
     the one definition of "a rendered setting" the rule, the front and the outputs count."""
     return bool(t.state.name == "COMPLETE" and not reused(t))
-
-
-def renders_key(number: int) -> str:
-    """The study attribute holding the decision's extra images of trial ``number``:
-    ``{"prompt:seed": {metric: value, "noise_seed": generator seed}}`` (studies from before prompts were
-    raced: ``{seed: {metric: [value per prompt]}}``)."""
-    return f"renders.{number}"
 
 
 def unit_key(prompt: int, seed: int) -> str:
@@ -136,20 +126,20 @@ class Evidence:
     def of(
         cls,
         trials: Iterable[Any],
-        attrs: Mapping[str, Any],
+        stored: StudyRecord,
         objectives: Sequence[str],
         n_prompts: int,
         seeds: Sequence[int],
         confirm_seeds: Iterable[int],
     ) -> Evidence:
-        """The evidence of a stored class: its distinct trials and the study's ``renders.<n>`` attributes."""
+        """The evidence of a stored class: its distinct trials and the decision's extra images (``renders``)."""
         ev = cls(objectives, n_prompts, seeds, confirm_seeds)
-        ev.confirmed = [int(n) for n in attrs.get(CONFIRMATIONS, [])]
+        ev.confirmed = [int(n) for n in stored.confirmations]
         for t in trials:
             if distinct(t):
                 ev.add_trial(t, refit=False)
         for number in list(ev.by_number):
-            ev.add_renders(number, attrs.get(renders_key(number), {}))
+            ev.add_renders(number, stored.renders.get(number, {}))
         ev.refit()
         return ev
 
@@ -165,16 +155,17 @@ class Evidence:
         """A completed trial's images (search seeds) and timings; ``deterministic`` as its sampler is."""
         from autotune.space import schedulers
 
-        values = {m: t.user_attrs.get(f"{m}_values", []) for m in self.quality}
-        calls = t.user_attrs.get("model_calls")
-        guided = guided_share(calls, t.user_attrs.get("guided_calls"), Settings.of_trial(t))
-        prompts = int(t.user_attrs.get("prompts_rendered", self.n_prompts))  # the first ones
+        r = trial_record(t)
+        values = {m: r.values.get(m, []) for m in self.quality}
+        calls = r.model_calls
+        guided = guided_share(calls, r.guided_calls, Settings.of_trial(t))
+        prompts = self.n_prompts if r.prompts_rendered is None else int(r.prompts_rendered)  # the first ones
         c = Candidate(
             t.number,
             images_of(values, prompts, self.seeds),
-            seconds=tuple(t.user_attrs.get("seconds_values", ())),
+            seconds=tuple(r.values.get("seconds", ())),
             deterministic=deterministic and schedulers.get(t.params["scheduler"]).deterministic,
-            label=str(t.user_attrs.get("setting", "")),
+            label=r.setting,
             calls=float(calls) if calls else None,
             guided=guided,
         )
@@ -188,7 +179,8 @@ class Evidence:
         return self.by_number[t.number]
 
     def add_renders(self, number: int, renders: Mapping[str, Mapping[str, Any]]) -> Candidate:
-        """Images the decision rendered for trial ``number`` (the format of :func:`renders_key`)."""
+        """Images the decision rendered for trial ``number``: ``{"prompt:seed": {metric: value, "noise_seed":
+        generator seed}}`` (studies from before prompts were raced: ``{seed: {metric: [value per prompt]}}``)."""
         c = self.by_number[number]
         images, confirm = dict(c.images), dict(c.confirm)
         for key, per_metric in renders.items():

@@ -32,7 +32,6 @@ from autotune.decision.looks import ALPHA, FUTILITY, clean_images_needed, confir
 from autotune.decision.panel import Panel, Unit
 
 __all__ = [
-    "TIMED_TOGETHER",
     "Recommendation",
     "Schedule",
     "collapsed_images",
@@ -214,13 +213,11 @@ class Recommendation:
         return (s[1], s[2]) if s else None
 
 
-TIMED_TOGETHER = "timed_together"  # the study attribute: {"trials": [baseline, chosen], "seconds": [[...], [...]]}
-
-
-def timed_together(rec: Recommendation, attrs: Mapping[str, Any]) -> Recommendation:
+def timed_together(rec: Recommendation, timed: Mapping[str, Any] | None) -> Recommendation:
     """``rec`` with its setting's seconds and the baseline's as the study timed them in turn once the
-    decision settled (:meth:`autotune.study.decide.ClassRun._time_together`), where that pair was timed."""
-    t = attrs.get(TIMED_TOGETHER) or {}
+    decision settled (:meth:`autotune.study.decide.ClassRun._time_together`: the study record's
+    ``timed_together``), where that pair was timed."""
+    t = timed or {}
     if t.get("trials") != [rec.baseline.number, rec.chosen.number]:
         return rec
     base, mine = (tuple(float(x) for x in s) for s in t["seconds"])

@@ -32,6 +32,7 @@ from autotune.config.resolve import ResolvedStudy, reference_setting
 from autotune.decision.rule import collapsed_images, collapsed_text
 from autotune.files import atomic_write
 from autotune.noise import noise_seed
+from autotune.records import trial_record
 from autotune.report.figures import hypervolume_figure, importance_figure, pareto_figure, steps_figure, title
 from autotune.report.images import StoredImages
 from autotune.results.notes import (
@@ -68,7 +69,7 @@ def _img(png: bytes | None, title: str = "") -> str:
 
 def _paired(rec: Any, base: Any, metric: str) -> str:
     """Recommended minus baseline, per image, as mean ± std (the spread over prompts and seeds)."""
-    a, b = rec.user_attrs.get(f"{metric}_values"), base.user_attrs.get(f"{metric}_values")
+    a, b = trial_record(rec).values.get(metric), trial_record(base).values.get(metric)
     if a and b and len(a) == len(b):
         d = [x - y for x, y in zip(a, b, strict=True)]
         return f"{statistics.fmean(d):+.4g} ± {statistics.pstdev(d):.2g}"
@@ -131,7 +132,8 @@ def _front_table(cfg: ResolvedStudy, o: ClassOutcome) -> str:
     for t in front:
         assert t.values is not None
         mark = []
-        if t.user_attrs.get("baseline"):
+        r = trial_record(t)
+        if r.baseline:
             mark.append("baseline")
         if rec and t.number == rec.chosen.number:
             mark.append("recommended")
@@ -143,7 +145,7 @@ def _front_table(cfg: ResolvedStudy, o: ClassOutcome) -> str:
                 s.steps,
                 f"{s.guidance:g}",
                 *(f"{v:.4g}" for v in t.values),
-                t.user_attrs.get("model_calls", "-"),
+                "-" if r.model_calls is None else r.model_calls,
                 ", ".join(mark),
             ]
         )
@@ -341,7 +343,7 @@ def write_report(
     """Write ``report.html`` (atomically) and return its path."""
     from plotly.offline import get_plotlyjs
 
-    store = reader_store(cfg, [o.attrs for o in outcomes.values()])
+    store = reader_store(cfg, [o.stored.artifacts for o in outcomes.values()])
     images = StoredImages(cfg, storage or cfg.default_storage, store)
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     m = cfg.model

@@ -50,7 +50,7 @@ class StoredImages:
         """The stored reference that the class's images of ``prompt`` rendered at ``guidance`` were compared
         with: same model, call arguments, size, dtype and noise device as the study's (its fingerprint)."""
         cfg, m = self.cfg, self.cfg.model
-        measured = o.attrs.get("fingerprint", {})
+        measured = o.stored.fingerprint
         if "dtype" not in measured:  # a study from before dtypes were recorded: no key to find it by
             return None
         call = cfg.call_for(o.name)

@@ -21,6 +21,7 @@ from autotune.config.objectives import OBJECTIVES, cost_of
 from autotune.config.resolve import ResolvedStudy
 from autotune.decision.rule import collapsed_text
 from autotune.files import WriteFailed, atomic_write, write_failure
+from autotune.records import trial_record
 from autotune.results.notes import fleet_text, random_weights_warning, speedup_text
 from autotune.results.reader import ClassOutcome, Outcomes, settings_of
 from autotune.results.recommendations_file import recommendations_data
@@ -65,9 +66,9 @@ def _pareto_csv(cfg: ResolvedStudy, o: ClassOutcome) -> str:
                 s.steps,
                 s.guidance,
                 *(f"{v:.6g}" for v in t.values),
-                t.user_attrs.get("model_calls", ""),
+                "" if (r := trial_record(t)).model_calls is None else r.model_calls,
                 schedulers.get(s.scheduler).deterministic,
-                bool(t.user_attrs.get("baseline")),
+                r.baseline,
                 t.number == chosen,
             ]
         )

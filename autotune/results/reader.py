@@ -29,6 +29,7 @@ from autotune.decision.panel import Panel
 from autotune.decision.pareto import pareto_front
 from autotune.decision.rule import Recommendation, Schedule, decide, timed_together
 from autotune.decision.tolerance import tolerance
+from autotune.records import StudyRecord, study_record, trial_record
 from autotune.space.families import Family
 from autotune.space.settings import Settings
 from autotune.store import optuna_api as db
@@ -93,12 +94,17 @@ class ClassOutcome:
     margin: tuple[dict[str, Any], ...] = ()  # the recommendation's neighbours on its own images
     baseline_failed: Any = None  # no baseline completed: its last failed trial (None: none failed)
 
+    @property
+    def stored(self) -> StudyRecord:
+        """The study's record (its attributes, typed)."""
+        return study_record(self.attrs)
+
     def no_baseline(self) -> str:
         """Why the class has no recommendation yet, and what to do, in one clause."""
         t = self.baseline_failed
         if t is None:
             return "the baseline trial has not completed yet: nothing to compare against"
-        why = t.user_attrs.get("fail_reason", "interrupted")
+        why = trial_record(t).fail_reason or "interrupted"
         if interrupted(t):  # the ledger's rule: no verdict on the setting, so every run renders it again
             return f"the baseline failed ({why}), not for its setting: the next run renders it again"
         return f"the baseline failed ({why}): change [baseline] or fix what failed, then run again"
@@ -109,7 +115,7 @@ class ClassOutcome:
         or ``interrupted`` (its run was killed mid-decision)."""
         from autotune.process import alive
 
-        d = self.attrs.get("decision") or {"state": "settled"}  # studies from before the state was kept
+        d = self.stored.decision or {"state": "settled"}  # studies from before the state was kept
         if d.get("state") == "settled":
             return "settled"
         if d.get("stopped"):
@@ -211,9 +217,10 @@ def outcome(
 ) -> ClassOutcome:
     """A class's outcome from its stored trials and study attributes (the rule applied; nothing rendered)."""
     objectives, r = cfg.metrics.objectives, cfg.recommend
-    evidence = Evidence.of(trials, attrs, objectives, len(cfg.classes[class_name]), cfg.search.seeds, r.confirm_seeds)
+    stored = study_record(attrs)
+    evidence = Evidence.of(trials, stored, objectives, len(cfg.classes[class_name]), cfg.search.seeds, r.confirm_seeds)
     done = [t for t in trials if distinct(t)]
-    seed_lpips = attrs.get("seed_lpips")
+    seed_lpips = stored.seed_lpips
     base = evidence.baseline
     rec, tol = None, None
     noise: dict[str, float] = {}
@@ -222,9 +229,10 @@ def outcome(
         tol, noise = tolerance(r, objectives, base, seed_lpips)
         panel = Panel.of(len(cfg.classes[class_name]), cfg.search, r)
         looks = Schedule(panel, tuple(evidence.confirmed), r.finalists)
-        rec = timed_together(decide(evidence.candidates, base, tol, stochastic=r.stochastic, looks=looks), attrs)
+        rec = decide(evidence.candidates, base, tol, stochastic=r.stochastic, looks=looks)
+        rec = timed_together(rec, stored.timed_together)
         if rec.chosen.number != base.number:
-            margin = _margin(cfg, attrs, done, evidence, tol, rec.chosen.number, looks)
+            margin = _margin(cfg, stored, done, evidence, tol, rec.chosen.number, looks)
     return ClassOutcome(
         class_name,
         name,
@@ -242,14 +250,14 @@ def outcome(
         noise,
         margin,
         None if base is not None else next(
-            (t for t in reversed(trials) if t.state.name == "FAIL" and t.user_attrs.get("baseline")), None
+            (t for t in reversed(trials) if t.state.name == "FAIL" and trial_record(t).baseline), None
         ),
     )  # fmt: skip
 
 
 def _margin(
     cfg: ResolvedStudy,
-    attrs: Mapping[str, Any],
+    stored: StudyRecord,
     done: list[Any],
     ev: Evidence,
     tol: Tolerance,
@@ -264,7 +272,7 @@ def _margin(
     base = ev.baseline
     assert base is not None
     s, search = settings_of(next(t for t in done if t.number == chosen)), cfg.search
-    by_key = {t.user_attrs.get("setting_key"): t.number for t in done}
+    by_key = {trial_record(t).setting_key: t.number for t in done}
     units = set(ev.by_number[chosen].images)
     out: list[dict[str, Any]] = []
     for other in neighbours(s, search):
@@ -277,7 +285,7 @@ def _margin(
             if other.cutoff != s.cutoff
             else f"cache {other.cache[1]:g}"
         )
-        number = by_key.get(other.key(attrs.get("scheduler_base") or {}))
+        number = by_key.get(other.key(stored.scheduler_base or {}))
         if number is None:
             out.append({"change": change, "setting": other.label(), "verdict": "not rendered"})
             continue

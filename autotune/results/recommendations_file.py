@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.config import ConfigError
 from autotune.config.objectives import OBJECTIVES, cost_of, quality
+from autotune.records import trial_record
 from autotune.results.notes import call_ratio, fleet, prompts_note, random_weights_warning, timing_check
 from autotune.space import caches
 from autotune.space.tools import TOOLS
@@ -203,7 +204,8 @@ def trial_summary(
     s = Settings.of_trial(t)
     overrides = s.scheduler_overrides()
     spec = schedulers.get(s.scheduler)
-    spread = {m: t.user_attrs.get(f"{m}_values") for m in objectives}
+    r = trial_record(t)
+    spread = {m: r.values.get(m) for m in objectives}
     return {
         "trial": t.number,
         "setting": s.label(),
@@ -229,8 +231,8 @@ def trial_summary(
         },
         "metrics": dict(zip(objectives, t.values, strict=True)),
         "metrics_std": {m: statistics.pstdev(v) if v else None for m, v in spread.items()},
-        "model_calls": t.user_attrs.get("model_calls"),
-        "model_evaluations": evaluations(t.user_attrs.get("model_calls"), t.user_attrs.get("guided_calls"), s),
+        "model_calls": r.model_calls,
+        "model_evaluations": evaluations(r.model_calls, r.guided_calls, s),
     }
 
 
@@ -263,7 +265,7 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
     if rec is None:  # the decision's state says why not (the time limit, a signal, a run under way)
         return {**base, "recommended": None, "reason": o.no_baseline(), "decision": {"state": o.decision_state}}
     by_number = {t.number: t for t in o.trials}
-    base_config = o.attrs.get("scheduler_base")
+    base_config = o.stored.scheduler_base
     call = cfg.call_for(o.name)
     chosen = trial_summary(by_number[rec.chosen.number], objectives, o.family, base_config, call)
     baseline = trial_summary(by_number[rec.baseline.number], objectives, o.family, base_config, call)
@@ -307,7 +309,7 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
                 len({p for p, _ in rec.chosen.confirm}),
             ),
             "confirm_seeds": list(r.confirm_seeds),
-            "race_images": o.attrs.get("race_images", 0),
+            "race_images": o.stored.race_images,
             "race_budget": r.race_budget,
             "candidates": list(rec.stages),
         },
@@ -348,7 +350,7 @@ def recommendations_data(cfg: ResolvedStudy, outcomes: Mapping[str, ClassOutcome
         data["random_weights"] = warning
     if (first := next((c for c, d in classes.items() if "baseline" in d), None)) is not None:
         data["default"] = _unclassed(classes[first]["baseline"], cfg.call_for(first), cfg.call_for(None))
-    embedded = {c: o.attrs["router"] for c, o in outcomes.items() if "router" in o.attrs}
+    embedded = {c: r for c, o in outcomes.items() if (r := o.stored.router) is not None}
     if embedded:
         from autotune.weights.clip import clip_source
 

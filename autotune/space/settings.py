@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from autotune.records import trial_record
 from autotune.space import caches, schedulers
 from autotune.space.families import Family
 
@@ -184,7 +185,7 @@ class Settings:
     @classmethod
     def of_trial(cls, t: Any) -> Settings:
         """A trial's setting, with the fitted schedule it rendered (its ``timesteps`` attribute), if any."""
-        return cls.from_params(t.params, t.user_attrs.get("timesteps") or ())
+        return cls.from_params(t.params, trial_record(t).timesteps or ())
 
     def params(self, searched: Mapping[str, Any] = MappingProxyType({})) -> dict[str, Any]:
         """The trial parameters that produce this setting (for ``study.enqueue_trial``).

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -72,11 +72,12 @@ def open_store(location: str) -> Any:
     return FileSystemArtifactStore(location)
 
 
-def reader_store(cfg: StudyConfig, attrs: Iterable[Mapping[str, Any]]) -> Any:
+def reader_store(cfg: StudyConfig, stored: Iterable[str | None]) -> Any:
     """The store a reader (report, dashboard) finds the images in, or None (a folder that does not exist):
-    where the study file or ``--artifacts`` says, else where the study recorded its workers wrote them."""
+    where the study file or ``--artifacts`` says, else where the classes' studies recorded their workers
+    wrote them (``stored``: each one's record's ``artifacts``)."""
     location = cfg.artifacts
-    recorded = next((str(a["artifacts"]) for a in attrs if a.get("artifacts")), None)
+    recorded = next((str(a) for a in stored if a), None)
     if not cfg.storage.artifacts and recorded and (is_bucket(recorded) or not Path(location).is_dir()):
         location = recorded  # a bucket, or the folder the workers wrote (this project's own may have moved)
     return open_store(location) if is_bucket(location) or Path(location).is_dir() else None

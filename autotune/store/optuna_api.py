@@ -5,7 +5,7 @@ Optuna changes it (``tests/test_optuna_api.py``):
 - the RDB schema (Optuna's migrations keep it), read with SQLAlchemy Core by the fast reader
   (:mod:`autotune.results.reader`) without importing Optuna;
 - the exact hypervolume (WFG) Optuna's own samplers use;
-- where a trial's artifact metadata lives among its system attributes;
+- where a trial's artifact metadata lives among its system attributes, and an enqueued trial's parameters;
 - what optuna-dashboard's note functions read of a trial (:class:`TrialHandle`);
 - the SQLAlchemy session and engine behind an RDB storage (:func:`reset_connections`).
 
@@ -44,6 +44,7 @@ __all__ = [
     "fail_trial",
     "heartbeat",
     "hypervolume",
+    "queued_params",
     "reset_connections",
     "storage_of",
     "stored_value",
@@ -219,12 +220,19 @@ def storage_of(study: Any) -> Any:
     return study._storage
 
 
-def fail_trial(study: Any, trial: Any, **attrs: Any) -> None:
-    """Fail another worker's trial (or one queued and never begun) with ``attrs`` as its user attributes:
-    ``tell`` belongs to the trial's own worker."""
+def fail_trial(study: Any, trial: Any, **fields: Any) -> None:
+    """Fail another worker's trial (or one queued and never begun) with ``fields`` of its record
+    (:class:`autotune.records.TrialRecord`): ``tell`` belongs to the trial's own worker."""
     from optuna.trial import TrialState
 
+    from autotune.records import attributes
+
     storage = study._storage
-    for key, value in attrs.items():
+    for key, value in attributes(**fields).items():
         storage.set_trial_user_attr(trial._trial_id, key, value)
     storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+def queued_params(t: Any) -> dict[str, Any]:
+    """The parameters a trial was enqueued with (``study.enqueue_trial``), before it drew them ({}: none)."""
+    return dict(t.system_attrs.get("fixed_params") or {})

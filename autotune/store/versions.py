@@ -18,6 +18,7 @@ from typing import Any
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.resolve import ResolvedStudy, resolve
 from autotune.noise import NOISE
+from autotune.records import study_record
 from autotune.space import schedulers
 from autotune.space.families import FAMILIES
 
@@ -152,12 +153,12 @@ def find_version(
         here: ResolvedStudy | None = resolved
         changes: list[str] = []
         for c, name in existing.items():
-            attrs = attrs_of(name)
-            stored = dict(attrs.get("fingerprint") or {})
+            record = study_record(attrs_of(name))
+            stored = dict(record.fingerprint)
             here = here or resolve(cfg, FAMILIES[stored.get("family") or "sd"], schedulers.names())
             new = fingerprint(here, c, measured)
             if stored and "prompts" not in stored:  # fingerprinted before prompts were: the study's record
-                stored["prompts"] = attrs.get("prompts", new["prompts"])
+                stored["prompts"] = record.prompts or new["prompts"]
             if stored:  # what the stored one lacks was not recorded then (or is measured, and this reads)
                 new = {k: v for k, v in new.items() if k in stored or k not in _LATER}
                 stored = {k: v for k, v in stored.items() if k in new or k not in MEASURED}

@@ -34,15 +34,16 @@ from autotune.config.resolve import ResolvedStudy
 from autotune.decision.agenda import Action, neighbours, next_action
 from autotune.decision.bounds import Tolerance
 from autotune.decision.cost import priced
-from autotune.decision.evidence import CONFIRMATIONS, NOISE_SEED, Evidence, renders_key, reused, unit_key
+from autotune.decision.evidence import NOISE_SEED, Evidence, reused, unit_key
 from autotune.decision.looks import clean_images_needed, confirmation_alpha
 from autotune.decision.panel import Panel
 from autotune.decision.propose import Proposer, Tried, lines_of
-from autotune.decision.rule import TIMED_TOGETHER, Schedule, decide, excess, margin, overall, timed_together, verdicts
+from autotune.decision.rule import Schedule, decide, excess, margin, overall, timed_together, verdicts
 from autotune.decision.tolerance import tolerance
 from autotune.model.evaluate import Scorer, in_turn
 from autotune.noise import noise_seed
 from autotune.process import signals_kept
+from autotune.records import put_study, study_record, trial_record
 from autotune.space import schedulers
 from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
@@ -82,15 +83,15 @@ class ClassRun:
         r = cfg.recommend
         self.prompts = cfg.classes[class_name]
         self.panel = Panel.of(len(self.prompts), cfg.search, r)
-        attrs = study.user_attrs  # one read: each access is a storage query
-        self.seed_lpips = attrs.get("seed_lpips")
-        self.race_spent = int(attrs.get("race_images", 0))
+        stored = study_record(study.user_attrs)  # one read: each access is a storage query
+        self.seed_lpips = stored.seed_lpips
+        self.race_spent = int(stored.race_images)
         self.evidence = Evidence(cfg.metrics.objectives, len(self.prompts), cfg.search.seeds, r.confirm_seeds)
-        self.evidence.confirmed = [int(n) for n in attrs.get(CONFIRMATIONS, [])]
+        self.evidence.confirmed = [int(n) for n in stored.confirmations]
         self.trials: dict[int, FrozenTrial] = {}
         self.stored: dict[int, dict[str, Any]] = {}
         self.errors: set[str] = set()  # setting keys whose trial failed on its own or was cut by rough-first
-        self._attrs = attrs
+        self._stored = stored
         self._tol: tuple[Any, Tolerance] | None = None
         base = scorer.scheduler_config
         self.key = functools.cache(lambda s: s.key(base))  # the walk asks for every line's rungs at each step
@@ -121,12 +122,13 @@ class ClassRun:
             if t.number in self.trials or reused(t):
                 continue
             if t.state != TrialState.COMPLETE:  # failed on its own, or cut by rough-first: not proposed again
-                if ledger.rough_cut(t) or ("fail_reason" in t.user_attrs and not ledger.interrupted(t)):
-                    self.errors.add(t.user_attrs.get("setting_key", ""))
+                r = trial_record(t)
+                if ledger.rough_cut(t) or (r.fail_reason is not None and not ledger.interrupted(t)):
+                    self.errors.add(r.setting_key or "")
                 continue
             self.trials[t.number] = t
             self.evidence.add_trial(t, refit=False)
-            stored = dict(self._attrs.get(renders_key(t.number), {}))
+            stored = dict(self._stored.renders.get(t.number, {}))
             self.stored[t.number] = stored
             self.evidence.add_renders(t.number, stored)
         self.evidence.refit()
@@ -183,7 +185,7 @@ class ClassRun:
             self.announce("baseline")  # a retry of one that failed: rendered whatever the count
             return self._trial(None)
         full = ledger.claimed(trials) >= self.objective.target
-        if full or self.study.user_attrs.get("exhausted"):
+        if full or study_record(self.study.user_attrs).exhausted:
             self.announce("settling")
             return self._settle()
         self.announce("baseline" if base is None else "search: a new setting")
@@ -206,7 +208,7 @@ class ClassRun:
     def _settle(self) -> bool:
         self._time_together()
         self.settled = True
-        self.study.set_user_attr("decision", {"state": "settled"})
+        put_study(self.study, decision={"state": "settled"})
         return False
 
     def _time_together(self) -> None:
@@ -217,7 +219,7 @@ class ClassRun:
         rec = self.recommendation()
         if rec is None or rec.chosen.number == rec.baseline.number or not rec.chosen.seconds:
             return
-        if timed_together(rec, self._attrs) is not rec:  # this pair was timed in turn before (a resumed run)
+        if timed_together(rec, self._stored.timed_together) is not rec:  # timed in turn before (a resumed run)
             return
         self.announce("timing the pick and the baseline in turn")
         pair = [rec.baseline.number, rec.chosen.number]
@@ -233,11 +235,11 @@ class ClassRun:
                 file=sys.stderr,
             )
             return
-        self.study.set_user_attr(TIMED_TOGETHER, {"trials": pair, "seconds": seconds})
+        put_study(self.study, timed_together={"trials": pair, "seconds": seconds})
 
     def _margin_numbers(self, chosen: int) -> list[int]:
         """Trial numbers of the recommendation's neighbours already rendered."""
-        by_key = {t.user_attrs.get("setting_key"): n for n, t in self.trials.items()}
+        by_key = {trial_record(t).setting_key: n for n, t in self.trials.items()}
         return [by_key[k] for k in map(self.key, self._neighbours(chosen)) if k in by_key]
 
     def _neighbours(self, chosen: int) -> list[Settings]:
@@ -250,14 +252,15 @@ class ClassRun:
         done = self.study.get_trials(deepcopy=False)
         if any(t.state == TrialState.WAITING for t in done):
             return None
-        rendered = [t for t in done if "setting_key" in t.user_attrs and not reused(t)]
-        ours = sum(bool(t.user_attrs.get("proposed")) for t in rendered)
+        records = [trial_record(t) for t in done]
+        rendered = [r for t, r in zip(done, records, strict=True) if r.setting_key is not None and not reused(t)]
+        ours = sum(r.proposed for r in rendered)
         if ours >= (1 - self.cfg.search.front_share) * len(rendered):  # the baseline is the optimiser's
             return None
         base = self.evidence.baseline
         assert base is not None
         if rec.chosen.number != base.number:
-            tried = {t.user_attrs.get("setting_key") for t in done}
+            tried = {r.setting_key for r in records}
             for s in self._neighbours(rec.chosen.number):
                 if self.key(s) not in tried:
                     return s
@@ -275,7 +278,7 @@ class ClassRun:
             if fresh and overall(fresh) != "pass":
                 # a pass the fresh images did not bear out holds the walk no more: the rungs above come next
                 verdict, bounds = overall(fresh), fresh
-            out[t.user_attrs["setting_key"]] = Tried(verdict, margin(bounds), excess(bounds))
+            out[str(trial_record(t).setting_key)] = Tried(verdict, margin(bounds), excess(bounds))
         return out
 
     def _trial(self, proposal: Settings | None) -> bool:
@@ -295,7 +298,7 @@ class ClassRun:
         spent = self._render_units(base.number if lacking else action.number, action.units)
         if action.kind == "race":
             self.race_spent += spent
-            self.study.set_user_attr("race_images", self.race_spent)
+            put_study(self.study, race_images=self.race_spent)
 
     def _render_units(self, number: int, units: Sequence[tuple[int, int]]) -> int:
         have = self.stored[number]
@@ -316,9 +319,9 @@ class ClassRun:
                 new[unit_key(p, s)][NOISE_SEED] = noise_seed(self.prompts[p], s)  # re-renders from prompt and this
         if new:
             have.update(new)
-            self.study.set_user_attr(renders_key(number), have)
+            put_study(self.study, renders={number: have})
             begun = len(self.evidence.confirmed)
             self.evidence.add_renders(number, new)
             if len(self.evidence.confirmed) > begun:  # a confirmation began: its place sets the error it may spend
-                self.study.set_user_attr(CONFIRMATIONS, self.evidence.confirmed)
+                put_study(self.study, confirmations=self.evidence.confirmed)
         return len(new)

@@ -22,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.decision.evidence import interrupted, is_baseline, reused
 from autotune.process import alive, worker_id
-from autotune.store.optuna_api import fail_trial, trial_id
+from autotune.records import attributes, trial_record
+from autotune.store.optuna_api import fail_trial, queued_params, trial_id
 
 __all__ = [
     "MAX_INTERRUPTIONS",
@@ -46,7 +47,7 @@ _LATEST = datetime.datetime.max
 
 def rough_cut(t: FrozenTrial) -> bool:
     """Pruned by rough-first after rendering its first seed."""
-    return t.state == TrialState.PRUNED and "rough_dominated_by" in t.user_attrs
+    return t.state == TrialState.PRUNED and trial_record(t).rough_dominated_by is not None
 
 
 def rendering(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
@@ -82,11 +83,12 @@ def surplus(trials: Sequence[FrozenTrial], me: FrozenTrial, target: int) -> bool
 def same_setting(trials: Sequence[FrozenTrial], key: str, number: int) -> FrozenTrial | None:
     """An earlier finished trial of the same setting (completed, cut by rough-first, or failed with a reason)."""
     for t in trials:
-        if t.number == number or t.user_attrs.get("setting_key") != key or reused(t):
+        r = trial_record(t)
+        if t.number == number or r.setting_key != key or reused(t):
             continue
-        if t.user_attrs.get("interrupted") or t.user_attrs.get("infrastructure"):  # no verdict on the setting
+        if r.interrupted or r.infrastructure:  # no verdict on the setting
             continue
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs):
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and r.fail_reason is not None):
             return t
         if rough_cut(t):
             return t
@@ -104,7 +106,7 @@ def rendering_now(trials: Sequence[FrozenTrial], key: str, number: int) -> Froze
         if (
             t.number != number
             and t.state == TrialState.RUNNING
-            and t.user_attrs.get("setting_key") == key
+            and trial_record(t).setting_key == key
             and not reused(t)
         ):
             return t
@@ -113,7 +115,7 @@ def rendering_now(trials: Sequence[FrozenTrial], key: str, number: int) -> Froze
 
 def enqueue(study: optuna.Study, params: dict[str, Any], **attrs: Any) -> None:
     """Queue a trial of ``params``, marked as this process's (see :func:`withdraw`)."""
-    study.enqueue_trial(params, user_attrs={**attrs, "enqueued_by": worker_id()}, skip_if_exists=False)
+    study.enqueue_trial(params, user_attrs=attributes(**attrs, enqueued_by=worker_id()), skip_if_exists=False)
 
 
 def withdraw(study: optuna.Study, why: str) -> None:
@@ -121,13 +123,13 @@ def withdraw(study: optuna.Study, why: str) -> None:
     :func:`recover` queues them again, and a withdrawal is no interruption of their setting."""
     me = worker_id()
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if t.user_attrs.get("enqueued_by") == me:
+        if trial_record(t).enqueued_by == me:
             fail_trial(study, t, withdrawn=True, interrupted=True, fail_reason=f"withdrawn: {why} before it began")
 
 
 def _intended(t: FrozenTrial) -> dict[str, Any]:
     """The setting a trial drew, or was enqueued with when it died before drawing it (the baseline, say)."""
-    return t.params or dict(t.system_attrs.get("fixed_params") or {})
+    return t.params or queued_params(t)
 
 
 def _params_key(t: FrozenTrial) -> str:
@@ -138,7 +140,7 @@ def dead_sibling(study: optuna.Study) -> bool:
     """Whether a trial is RUNNING for a worker of this machine that is gone (killed -9, out of memory):
     :func:`recover` fails it and queues it again, without waiting for the next run."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return any(t.user_attrs.get("worker") and not alive(t.user_attrs["worker"]) for t in running)
+    return any((w := trial_record(t).worker) and not alive(w) for t in running)
 
 
 def recover(study: optuna.Study) -> int:
@@ -149,12 +151,12 @@ def recover(study: optuna.Study) -> int:
     renders it again. Returns the number of trials enqueued.
     """
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
+        worker = trial_record(t).worker
         if worker and not alive(worker):
             fail_trial(study, t, interrupted=True, fail_reason=f"interrupted: its worker {worker} is gone")
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    times = Counter(_params_key(t) for t in trials if interrupted(t) and not t.user_attrs.get("withdrawn"))
+    retried = {trial_record(t).retry_of for t in trials}
+    times = Counter(_params_key(t) for t in trials if interrupted(t) and not trial_record(t).withdrawn)
     enqueued = 0
     lacking = not any(is_baseline(t) and t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
                       for t in trials)  # fmt: skip
@@ -162,7 +164,8 @@ def recover(study: optuna.Study) -> int:
         params = _intended(t)
         again = times[_params_key(t)] < MAX_INTERRUPTIONS or (lacking and is_baseline(t))
         if interrupted(t) and params and t.number not in retried and again:
-            kept = {k: True for k in ("baseline", "proposed") if t.user_attrs.get(k)}
+            r = trial_record(t)
+            kept = {k: True for k, on in (("baseline", r.baseline), ("proposed", r.proposed)) if on}
             enqueue(study, params, retry_of=t.number, **kept)
             enqueued += 1
             lacking = lacking and not is_baseline(t)  # one baseline queued is enough

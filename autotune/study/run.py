@@ -30,6 +30,7 @@ from autotune.decision.evidence import reused
 from autotune.files import WriteFailed, check_writable, write_failure
 from autotune.model.evaluate import Evaluator
 from autotune.process import Interrupted, deferred, heard, received, signals_kept, why, worker_id
+from autotune.records import SCHEMA, put_study, study_record, trial_record
 from autotune.results.reader import Outcomes, recommend
 from autotune.space.settings import Settings, searched_params
 from autotune.store.artifacts import check as check_artifacts
@@ -79,8 +80,8 @@ def open_class_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(cfg.metrics.objectives))
-    study.set_user_attr("fingerprint", fingerprint(cfg, class_name, measured))
-    study.set_user_attr("prompts", list(cfg.classes[class_name]))
+    fp = fingerprint(cfg, class_name, measured)
+    put_study(study, schema=SCHEMA, fingerprint=fp, prompts=list(cfg.classes[class_name]))
     base = Settings.of(cfg.baseline)  # the baseline is the first trial of every class
     searched = searched_params(base.scheduler, cfg.search, cfg.family)
     ledger.enqueue(study, base.params(searched), baseline=True)
@@ -90,18 +91,19 @@ def open_class_study(
 def _prepare(study: optuna.Study, class_name: str, evaluator: Evaluator, deadline: float) -> None:
     """Recover dead workers' trials; store the class's router embedding, the model's scheduler config
     and the seed-to-seed LPIPS (its renders start before ``deadline`` or not at all)."""
-    if study.user_attrs.get("exhausted"):  # the space may have grown since: look again
-        study.set_user_attr("exhausted", False)
+    stored = study_record(study.user_attrs)
+    if stored.exhausted:  # the space may have grown since: look again
+        put_study(study, exhausted=False)
     from autotune.weights.clip import class_embedding
 
     ledger.recover(study)
     prompts = evaluator.cfg.classes[class_name]
-    study.set_user_attr("router", class_embedding(evaluator.text_encoder(), prompts))
-    if "scheduler_base" not in study.user_attrs:  # the model's own: what a complete handoff config starts from
-        study.set_user_attr("scheduler_base", dict(evaluator.scheduler_config))
-    if evaluator.lpips is not None and "seed_lpips" not in study.user_attrs:  # on the prompts every trial renders
+    put_study(study, router=class_embedding(evaluator.text_encoder(), prompts))
+    if stored.scheduler_base is None:  # the model's own: what a complete handoff config starts from
+        put_study(study, scheduler_base=dict(evaluator.scheduler_config))
+    if evaluator.lpips is not None and stored.seed_lpips is None:  # on the prompts every trial renders
         first = prompts[: evaluator.cfg.search.first_prompts(len(prompts))]
-        study.set_user_attr("seed_lpips", evaluator.seed_lpips(first, lambda: _in_time(deadline)))
+        put_study(study, seed_lpips=evaluator.seed_lpips(first, lambda: _in_time(deadline)))
 
 
 def run_study(
@@ -163,7 +165,7 @@ def run_study(
         if cfg.report.images:  # before the model loads: the images go where the study's went, and can
             for c in cfg.classes:  # (a bucket the study or this run names; a moved project's folder may differ)
                 name = study_name(cfg, c, version)
-                recorded = _attrs(rdb, name).get("artifacts") if name in names else None
+                recorded = study_record(_attrs(rdb, name)).artifacts if name in names else None
                 bucket = is_bucket(str(recorded)) or is_bucket(cfg.artifacts)
                 if recorded is not None and recorded != cfg.artifacts and bucket:
                     raise ConfigError(
@@ -177,10 +179,10 @@ def run_study(
         runs: dict[str, Any] = {}
         try:  # from here on a stop withdraws what this run queued (a baseline, at first) and says why
             for study in studies.values():
-                if artifacts is not None and "artifacts" not in study.user_attrs:
-                    study.set_user_attr("artifacts", cfg.artifacts)
+                if artifacts is not None and study_record(study.user_attrs).artifacts is None:
+                    put_study(study, artifacts=cfg.artifacts)
                 if decide:  # deciding, by this process: `autotune recommend` tells a live run from a killed one
-                    study.set_user_attr("decision", {"state": "deciding", "by": worker_id()})
+                    put_study(study, decision={"state": "deciding", "by": worker_id()})
             if started is not None:
                 started(recommend(resolved, storage=url, version=version))
             _in_time(deadline)  # start-up counts against the deadline: each render below starts within it
@@ -246,7 +248,7 @@ def _stopped(studies: dict[str, optuna.Study], runs: dict[str, Any], why: str, d
             ledger.recover(study)
         ledger.withdraw(study, why)
         if decide and not (c in runs and runs[c].settled):
-            study.set_user_attr("decision", {"state": "deciding", "stopped": why})
+            put_study(study, decision={"state": "deciding", "stopped": why})
 
 
 def _attrs(rdb: optuna.storages.BaseStorage, name: str) -> dict[str, object]:
@@ -263,7 +265,7 @@ class _TrialsOnly:
 
     def step(self) -> bool:
         trials = self.study.get_trials(deepcopy=False)
-        if ledger.claimed(trials) >= self.objective.target or self.study.user_attrs.get("exhausted"):
+        if ledger.claimed(trials) >= self.objective.target or study_record(self.study.user_attrs).exhausted:
             self.settled = True
             return False
         self.last = self.objective.run_one()
@@ -285,7 +287,7 @@ class _Failures:
             self.n += 1
         if self.n >= _MAX_CONSECUTIVE_FAILURES:
             raise StudyAborted(
-                f"{self.n} trials in a row failed; the last: {t.user_attrs.get('fail_reason', 'unknown reason')}"
+                f"{self.n} trials in a row failed; the last: {trial_record(t).fail_reason or 'unknown reason'}"
             )
 
 
@@ -344,8 +346,9 @@ def _failure_line(class_name: str, t: FrozenTrial) -> str | None:
     """One line for a trial that failed on its own (not a repeat of a failed setting), else None."""
     if t.state != TrialState.FAIL or reused(t):
         return None
-    setting = t.user_attrs.get("setting", "setting not drawn")
-    return f"autotune: {class_name} trial {t.number} ({setting}) failed: {t.user_attrs.get('fail_reason', 'unknown')}"
+    r = trial_record(t)
+    setting = r.setting or "setting not drawn"
+    return f"autotune: {class_name} trial {t.number} ({setting}) failed: {r.fail_reason or 'unknown'}"
 
 
 def _spawn_workers(

@@ -18,8 +18,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autotune.records import trial_record
 from autotune.space.families import Family
 from autotune.space.settings import SearchSpace, Settings, searched_params, suggest
+from autotune.store.optuna_api import queued_params
 
 __all__ = ["RandomDraw", "class_seed", "fresh_params", "make_sampler"]
 
@@ -71,8 +73,8 @@ def fresh_params(
 ) -> dict[str, Any] | None:
     """Parameters of a setting none of ``trials`` has tried or queued, drawn at random (None: found none);
     ``base``: the model's scheduler config, as for :meth:`Settings.key`."""
-    tried = {t.user_attrs.get("setting_key") for t in trials}
-    queued = (t.system_attrs.get("fixed_params") for t in trials if t.state == TrialState.WAITING)
+    tried = {trial_record(t).setting_key for t in trials}
+    queued = (queued_params(t) for t in trials if t.state == TrialState.WAITING)
     tried |= {Settings.from_params(q).key(base) for q in queued if q and "scheduler" in q}
     rng = rng or random.Random()
     for _ in range(draws):

@@ -34,6 +34,7 @@ from autotune.files import WriteFailed, write_failure
 from autotune.model.evaluate import Evaluation, Scorer
 from autotune.noise import noise_seed
 from autotune.process import deferred, signals_kept, why, worker_id
+from autotune.records import put_study, put_trial, study_record, trial_record
 from autotune.space import schedulers
 from autotune.space.settings import Settings, resample, suggest
 from autotune.store.artifacts import is_bucket
@@ -107,7 +108,7 @@ class TrialRunner:
             with deferred(), warnings.catch_warnings():  # asked and owned in one piece: never RUNNING unowned
                 warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
                 trial = self.study.ask()  # the heartbeat runs below, as in Optuna's own optimize loop
-                trial.set_user_attr("worker", worker_id())
+                put_trial(trial, worker=worker_id())
             with heartbeat(self.study, trial):
                 try:
                     values = self._run(trial)
@@ -121,8 +122,7 @@ class TrialRunner:
                 raise
             with deferred():
                 reset_connections(storage_of(self.study), e)  # the signal may have landed inside a commit
-                trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("fail_reason", why(e))
+                put_trial(trial, interrupted=True, fail_reason=why(e))
                 self.study.tell(trial, state=TrialState.FAIL)
             raise
         except Exception as e:
@@ -148,8 +148,7 @@ class TrialRunner:
             reset_connections(storage_of(self.study), e)
             if trial is not None:
                 then = "fails it and renders it again"  # unless the FAIL below is stored
-                trial.set_user_attr("infrastructure", True)
-                trial.set_user_attr("fail_reason", f"could not be written: {reason}")
+                put_trial(trial, infrastructure=True, fail_reason=f"could not be written: {reason}")
                 self.study.tell(trial, state=TrialState.FAIL)
                 then = "renders it again"
         where = f"{self.class_name} trial {trial.number}" if trial is not None else f"{self.class_name}: a new trial"
@@ -165,23 +164,26 @@ class TrialRunner:
         trials = self._trials()
         me = next(t for t in trials if trial_id(t) == trial_id(trial))
         if ledger.surplus(trials, me, self.target):
-            trial.set_user_attr("surplus", True)  # workers claimed the last trials at the same moment
+            put_trial(trial, surplus=True)  # workers claimed the last trials at the same moment
             raise optuna.TrialPruned(f"other workers already claimed the study's {self.target} trials")
         settings = suggest(trial, self.cfg.search, self.scorer.family)
         spec = schedulers.get(settings.scheduler)
         key = settings.key(self.scorer.scheduler_config)
-        trial.set_user_attr("setting", settings.label())
-        trial.set_user_attr("setting_key", key)
-        trial.set_user_attr("scheduler_class", spec.class_name)
-        trial.set_user_attr("scheduler_config", settings.scheduler_overrides())
-        trial.set_user_attr("deterministic", spec.deterministic)
+        put_trial(
+            trial,
+            setting=settings.label(),
+            setting_key=key,
+            scheduler_class=spec.class_name,
+            scheduler_config=settings.scheduler_overrides(),
+            deterministic=spec.deterministic,
+        )
         trials = self._trials()  # read after writing the key: see ledger.rendering_now
         earlier = ledger.same_setting(trials, key, trial.number)
         if earlier is not None:
             return self._reuse(trial, earlier, trials)
         busy = ledger.rendering_now(trials, key, trial.number)
         if busy is not None:
-            trial.set_user_attr("same_setting_running", busy.number)
+            put_trial(trial, same_setting_running=busy.number)
             self._enqueue_fresh(trial, trials)
             raise optuna.TrialPruned(f"trial {busy.number} is rendering the same setting")
         try:
@@ -194,8 +196,7 @@ class TrialRunner:
         except Exception as e:  # any render or metric failure fails this trial, not the study
             if write_failure(e):  # the disk or the database, not the setting (see run_one)
                 raise
-            trial.set_user_attr("fail_reason", _reason(e))
-            trial.set_user_attr("fail_traceback", traceback.format_exc()[-_TRACEBACK_CHARS:])
+            put_trial(trial, fail_reason=_reason(e), fail_traceback=traceback.format_exc()[-_TRACEBACK_CHARS:])
             from autotune.model.render import free_memory
 
             free_memory()
@@ -209,7 +210,7 @@ class TrialRunner:
         the deadline cut short is this trial's alone, ``fit_stopped``: the next run's trials fit afresh)."""
         from autotune.model.fit import FIT_SHARE
 
-        fits = dict(self.study.user_attrs.get("fitted_schedules", {}))
+        fits = dict(study_record(self.study.user_attrs).fitted_schedules)
         name = f"{settings.scheduler}|{settings.steps}"
         fit = fits.get(name)
         if fit is None:
@@ -223,13 +224,12 @@ class TrialRunner:
                 timesteps, info = resample(own[near]["timesteps"], settings.steps), {"resampled_from": near}
             fit = {"timesteps": timesteps, **info, "trial": trial.number}
             if info.get("stopped"):  # cut short by the deadline: this trial renders it; not kept for later ones
-                trial.set_user_attr("fit_stopped", info["stopped"])
+                put_trial(trial, fit_stopped=info["stopped"])
             else:
                 fits[name] = fit
-                self.study.set_user_attr("fitted_schedules", fits)
+                put_study(self.study, fitted_schedules=fits)
         settings = dataclasses.replace(settings, timesteps=tuple(fit["timesteps"]))
-        trial.set_user_attr("timesteps", fit["timesteps"])
-        trial.set_user_attr("setting", settings.label())  # with its timesteps, as the dashboard shows it
+        put_trial(trial, timesteps=fit["timesteps"], setting=settings.label())  # the label with its timesteps
         return settings
 
     def in_time(self) -> bool:
@@ -241,40 +241,40 @@ class TrialRunner:
         """A sampler that repeats itself has stopped exploring: the next trial tries a new setting."""
         fresh = fresh_params(trials, self.cfg.search, self.scorer.family, self.rng, self.scorer.scheduler_config)
         if fresh is None:
-            self.study.set_user_attr("exhausted", True)
+            put_study(self.study, exhausted=True)
         else:
             ledger.enqueue(self.study, fresh, fresh_after=trial.number)
 
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial, trials: Sequence[FrozenTrial]) -> list[float]:
         """Spend nothing twice: a repeated setting takes the earlier trial's verdict."""
-        trial.set_user_attr("reused_from", earlier.number)
+        put_trial(trial, reused_from=earlier.number)
         self._enqueue_fresh(trial, trials)
         if ledger.rough_cut(earlier):
-            trial.set_user_attr("rough_dominated_by", earlier.user_attrs["rough_dominated_by"])
+            put_trial(trial, rough_dominated_by=trial_record(earlier).rough_dominated_by)
             raise optuna.TrialPruned(f"rough-first cut the same setting in trial {earlier.number}")
         if earlier.state == TrialState.FAIL:
-            reason = f"same setting failed in trial {earlier.number}: {earlier.user_attrs['fail_reason']}"
-            trial.set_user_attr("fail_reason", reason)
+            reason = f"same setting failed in trial {earlier.number}: {trial_record(earlier).fail_reason}"
+            put_trial(trial, fail_reason=reason)
             raise TrialFailed(reason)
-        for key, value in earlier.user_attrs.items():
-            if key.endswith("_values") or key in _KEPT_FROM_EARLIER:
-                trial.set_user_attr(key, value)
+        kept = dataclasses.asdict(trial_record(earlier))
+        put_trial(trial, values=kept["values"], **{k: kept[k] for k in _KEPT_FROM_EARLIER if kept[k] is not None})
         assert earlier.values is not None
         return list(earlier.values)
 
     def _record(self, trial: optuna.Trial, evaluation: Evaluation) -> list[float]:
         """Per-image values as user attributes, images as artifacts; the objectives' values for Optuna."""
         values = _values(evaluation)
-        for name, v in values.items():  # quality: prompt-major, seeds inner; seconds: per timed call
-            trial.set_user_attr(f"{name}_values", [round(x, 6) for x in v])
-        trial.set_user_attr("model_calls", evaluation.model_calls)
-        if evaluation.guided_calls is not None:
-            trial.set_user_attr("guided_calls", evaluation.guided_calls)
-        trial.set_user_attr("render_seconds", round(evaluation.render_seconds, 6))
-        trial.set_user_attr("images", len(self.prompts) * len(self.seeds))
-        trial.set_user_attr("prompts_rendered", len(self.prompts))  # the class's first ones
-        # each image's own generator seed, prompt-major like the values: any image re-renders from its prompt and this
-        trial.set_user_attr("noise_seeds", [noise_seed(q, s) for q in self.prompts for s in self.seeds])
+        put_trial(
+            trial,
+            values={name: [round(x, 6) for x in v] for name, v in values.items()},  # quality: prompt-major; seconds
+            model_calls=evaluation.model_calls,
+            **({} if evaluation.guided_calls is None else {"guided_calls": evaluation.guided_calls}),
+            render_seconds=round(evaluation.render_seconds, 6),
+            images=len(self.prompts) * len(self.seeds),
+            prompts_rendered=len(self.prompts),  # the class's first ones
+            # each image's own generator seed, prompt-major like the values: any image re-renders from its prompt
+            noise_seeds=[noise_seed(q, s) for q in self.prompts for s in self.seeds],
+        )
         if self.artifacts is not None and evaluation.images is not None:
             try:
                 if not is_bucket(self.cfg.artifacts):
@@ -284,8 +284,7 @@ class TrialRunner:
                 if write_failure(e):  # no room left: every next trial would fail alike (see run_one)
                     raise
                 reason = f"storing the trial's images failed ({self.cfg.artifacts}): {_reason(e)}"
-                trial.set_user_attr("fail_reason", reason)
-                trial.set_user_attr("infrastructure", True)  # not the setting's fault: rendered again next run
+                put_trial(trial, fail_reason=reason, infrastructure=True)  # not the setting's fault: rendered again
                 raise TrialFailed(reason) from e
         return [summarise(name, values[name]) for name in self.cfg.metrics.objectives]
 
@@ -312,7 +311,7 @@ class TrialRunner:
         if not self.cfg.search.rough_first or len(seeds) == 1:
             return scorer.evaluate(settings, prompts, seeds)
         first = scorer.evaluate(settings, prompts, seeds[:1])
-        if not trial.user_attrs.get("baseline"):
+        if not trial_record(trial).baseline:
             self._cut_if_dominated(trial, _values(first))
         rest = scorer.evaluate(settings, prompts, seeds[1:], timed=False)
         n = len(seeds)
@@ -334,17 +333,16 @@ class TrialRunner:
     def _cut_if_dominated(self, trial: optuna.Trial, first: dict[str, list[float]]) -> None:
         objectives, n = self.cfg.metrics.objectives, len(self.seeds)
         done = [
-            t
+            (t, values)
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if distinct(t) and all(f"{m}_values" in t.user_attrs for m in objectives)
+            if distinct(t) and set(objectives) <= set(values := trial_record(t).values)
         ]
         rendered = [
-            {m: summarise(m, t.user_attrs[f"{m}_values"][:: 1 if OBJECTIVES[m].cost else n]) for m in objectives}
-            for t in done
+            {m: summarise(m, values[m][:: 1 if OBJECTIVES[m].cost else n]) for m in objectives} for _, values in done
         ]
         rough = {m: summarise(m, first[m]) for m in objectives}
         better = clearly_dominated(rough, rendered, {m: OBJECTIVES[m].higher_is_better for m in objectives})
         if better is not None:
-            trial.set_user_attr("rough_values", rough)
-            trial.set_user_attr("rough_dominated_by", done[better].number)
-            raise optuna.TrialPruned(f"rough-first: its first seed is clearly dominated by trial {done[better].number}")
+            number = done[better][0].number
+            put_trial(trial, rough=rough, rough_dominated_by=number)
+            raise optuna.TrialPruned(f"rough-first: its first seed is clearly dominated by trial {number}")
