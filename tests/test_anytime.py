@@ -169,6 +169,7 @@ def test_the_speedup_stated_is_the_recommendation_and_the_baseline_timed_in_turn
     cold machine or another job) sat in every speed-up. Timed again in turn with the recommendation once
     the decision settled, the stated speed-up is the model-call ratio the fake clock charges."""
     from autotune.model import render
+    from autotune.study.progress import Progress, speedup_label
 
     spell = {"calls": 0}
 
@@ -178,8 +179,10 @@ def test_the_speedup_stated_is_the_recommendation_and_the_baseline_timed_in_turn
         return [slow * 1e-3 * settings.steps * (1 + settings.guided_share())] * repeats
 
     monkeypatch.setattr(render, "time_serving", timed)
+    shown_last: dict[str, str] = {}
+    monkeypatch.setattr(Progress, "close", lambda bar: shown_last.update(bar.post))  # the bar's last line
     path = _study(study_file, "together")
-    out = run_study(load_config(path), progress=False)["portrait"]
+    out = run_study(load_config(path), progress=True)["portrait"]
     rec = out.recommendation
     assert out.decision_state == "settled" and rec is not None and rec.chosen.number != rec.baseline.number
     chosen, base = out.evidence.by_number[rec.chosen.number], out.evidence.by_number[rec.baseline.number]
@@ -194,6 +197,7 @@ def test_the_speedup_stated_is_the_recommendation_and_the_baseline_timed_in_turn
     shown = recommendations_data(outcomes.cfg, outcomes)["classes"]["portrait"]  # the table's seconds: the same
     assert shown["metrics"]["seconds"] == pytest.approx(statistics.median(rec.chosen.seconds))
     assert shown["baseline"]["metrics"]["seconds"] == pytest.approx(base.seconds[0] / 1.5)
+    assert shown_last["pick"] == f"portrait:{speedup_label(stored)}" == f"portrait:{ratio:.1f}x"  # the bar agrees
 
 
 def test_in_turn_times_one_call_of_each_setting_at_a_time() -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "quiet_optuna",
     "retry_schema_race",
     "sqlite_path",
+    "study_attrs",
 ]
 
 T = TypeVar("T")
@@ -98,6 +99,11 @@ def _immediate_transactions(engine: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened before the listeners are not reused
+
+
+def study_attrs(rdb: Any, name: str) -> dict[str, Any]:
+    """A stored study's user attributes, by name (its record: :func:`autotune.records.study_record`)."""
+    return rdb.get_study_user_attrs(rdb.get_study_id_from_name(name))
 
 
 def sqlite_path(url: str) -> Path:

@@ -92,6 +92,7 @@ class ClassRun:
         self.stored: dict[int, dict[str, Any]] = {}
         self.errors: set[str] = set()  # setting keys whose trial failed on its own or was cut by rough-first
         self._stored = stored
+        self._timed = stored.timed_together  # the pick and the baseline timed in turn (see _time_together)
         self._tol: tuple[Any, Tolerance] | None = None
         base = scorer.scheduler_config
         self.key = functools.cache(lambda s: s.key(base))  # the walk asks for every line's rungs at each step
@@ -152,7 +153,8 @@ class ClassRun:
         if base is None:
             return None
         r = self.cfg.recommend
-        return decide(self.evidence.candidates, base, self.tolerance(), stochastic=r.stochastic, looks=self.looks())
+        rec = decide(self.evidence.candidates, base, self.tolerance(), stochastic=r.stochastic, looks=self.looks())
+        return timed_together(rec, self._timed)  # its speed-up as the outputs state it (the progress bar's too)
 
     # cost in one unit for rendered and untried settings ----------------------------------------------
     def _cost(self, s: Settings) -> float:
@@ -219,10 +221,10 @@ class ClassRun:
         rec = self.recommendation()
         if rec is None or rec.chosen.number == rec.baseline.number or not rec.chosen.seconds:
             return
-        if timed_together(rec, self._stored.timed_together) is not rec:  # timed in turn before (a resumed run)
+        pair = [rec.baseline.number, rec.chosen.number]
+        if (self._timed or {}).get("trials") == pair:  # timed in turn before (a resumed run)
             return
         self.announce("timing the pick and the baseline in turn")
-        pair = [rec.baseline.number, rec.chosen.number]
         settings, prompt, seed = self.settings(), self.prompts[0], self.cfg.search.seeds[0]
         try:
             with signals_kept():  # a stop, not a failed timing, whatever a library made of it
@@ -235,7 +237,8 @@ class ClassRun:
                 file=sys.stderr,
             )
             return
-        put_study(self.study, timed_together={"trials": pair, "seconds": seconds})
+        self._timed = {"trials": pair, "seconds": seconds}
+        put_study(self.study, timed_together=self._timed)
 
     def _margin_numbers(self, chosen: int) -> list[int]:
         """Trial numbers of the recommendation's neighbours already rendered."""

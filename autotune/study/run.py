@@ -36,7 +36,7 @@ from autotune.space.settings import Settings, searched_params
 from autotune.store.artifacts import check as check_artifacts
 from autotune.store.artifacts import is_bucket, open_store
 from autotune.store.optuna_api import reset_connections
-from autotune.store.storage import check_not_emptied, nothing_left_on_refusal, open_storage, quiet_optuna
+from autotune.store.storage import check_not_emptied, nothing_left_on_refusal, open_storage, quiet_optuna, study_attrs
 from autotune.store.versions import find_version, fingerprint, study_name
 from autotune.study import ledger
 from autotune.study.decide import ClassRun, check_reach
@@ -159,13 +159,13 @@ def run_study(
         measured = {**rt, "weights": weights_digest(cfg.model)}
         names = optuna.get_all_study_names(rdb)
         version, _ = find_version(
-            cfg, names, lambda n: _attrs(rdb, n), resolved, new_version=new_version, measured=measured
+            cfg, names, lambda n: study_attrs(rdb, n), resolved, new_version=new_version, measured=measured
         )
         check_writable(cfg.output_dir)
         if cfg.report.images:  # before the model loads: the images go where the study's went, and can
             for c in cfg.classes:  # (a bucket the study or this run names; a moved project's folder may differ)
                 name = study_name(cfg, c, version)
-                recorded = study_record(_attrs(rdb, name)).artifacts if name in names else None
+                recorded = study_record(study_attrs(rdb, name)).artifacts if name in names else None
                 bucket = is_bucket(str(recorded)) or is_bucket(cfg.artifacts)
                 if recorded is not None and recorded != cfg.artifacts and bucket:
                     raise ConfigError(
@@ -251,10 +251,6 @@ def _stopped(studies: dict[str, optuna.Study], runs: dict[str, Any], why: str, d
             put_study(study, decision={"state": "deciding", "stopped": why})
 
 
-def _attrs(rdb: optuna.storages.BaseStorage, name: str) -> dict[str, object]:
-    return rdb.get_study_user_attrs(rdb.get_study_id_from_name(name))
-
-
 class _TrialsOnly:
     """A helper worker's share of a class: trials up to the study's ``target`` rendered settings, no decision."""
 
@@ -320,7 +316,8 @@ def _loop(
                     heard(signals)  # a stop that something swallowed on its way up still stops the run
                     if ledger.dead_sibling(runs[c].study):  # a worker of this machine died mid-trial
                         ledger.recover(runs[c].study)
-                    if not runs[c].step():
+                    if not runs[c].step():  # settled: the bar shows its final pick (timed in turn)
+                        bar.update()
                         continue
                     last, runs[c].last = runs[c].last, None
                     failures.count(last)
