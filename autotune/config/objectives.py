@@ -25,7 +25,18 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["COST", "OBJECTIVES", "UNITS", "Objective", "cost_of", "higher", "quality", "register", "summarise"]
+__all__ = [
+    "COLLAPSE",
+    "COST",
+    "OBJECTIVES",
+    "UNITS",
+    "Objective",
+    "cost_of",
+    "higher",
+    "quality",
+    "register",
+    "summarise",
+]
 
 COST = "seconds"  # the cost objective: what the rule minimises, timed as production calls the pipeline
 UNITS = {  # a tolerance's unit -> what a number in it means
@@ -33,6 +44,9 @@ UNITS = {  # a tolerance's unit -> what a number in it means
     "seed_distance": "x the seed-to-seed distance (two noises of one prompt)",
     "absolute": "in the metric's own units",
 }
+
+
+COLLAPSE = 10.0  # the default: an image this many tolerances worse than the baseline's has collapsed
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,7 @@ class Objective:
     reference: bool = False  # scored against the reference image (a stochastic sampler never converges to it)
     unit: str = "absolute"  # its tolerance's unit, one of UNITS
     tolerance: float = 0.0  # how much worse than the baseline a setting may be, in `unit`
-    collapse: float = 10.0  # an image this many tolerances worse than the baseline's has collapsed
+    collapse: float = COLLAPSE  # an image this many tolerances worse than the baseline's has collapsed
     digits: int = 4  # significant digits shown
     tolerance_key: str | None = None  # the [recommend] key that states `tolerance` (built-in rows)
     absolute_key: str | None = None  # the [recommend] key that states it in metric units instead

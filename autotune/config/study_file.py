@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotune.config.objectives import COLLAPSE
 from autotune.config.tables import (
     ConfigError,
     ConfigWarning,
@@ -117,7 +118,7 @@ class CustomMetricConfig:
     higher_is_better: bool = True  # its direction: false where lower is better (a distance, an error rate)
     tolerance: float = 0.0  # how much worse than the baseline a setting may be, in `unit`
     unit: str = "absolute"  # "absolute" (the metric's own units) or "seed_sd" (x the baseline's seed-to-seed SD)
-    collapse: float = 10.0  # an image this many tolerances worse than the baseline's has collapsed
+    collapse: float = COLLAPSE  # an image this many tolerances worse than the baseline's has collapsed
     reference: bool = False  # scored against the high-step reference image (passed as `references`)
     aggregate: str = "mean"  # "mean" or "median" of a trial's per-image values (its Optuna objective)
     title: str = ""  # what the report's axes say ("": the name)
@@ -153,7 +154,7 @@ class RecommendConfig:
     clip_tolerance: float | None = None  # CLIP points instead (overrides clip_tolerance_sd)
     lpips_tolerance: float = 0.1  # x the seed-to-seed LPIPS (two seeds of one prompt)
     stochastic: bool = False  # ancestral/SDE samplers may be recommended (judged against seed-to-seed LPIPS)
-    clip_collapse: float = 10.0  # an image this many CLIP tolerances worse than the baseline's has collapsed
+    clip_collapse: float = COLLAPSE  # an image this many CLIP tolerances worse than the baseline's has collapsed
     lpips_collapse: float = 5.0  # ... LPIPS tolerances further from the reference (5 x 0.1: half a seed-to-seed)
     broken_share: float = 0.05  # share of images that collapse where the baseline's do not, allowed (exact bound)
     finalists: int = 3  # candidates a class confirms on fresh seeds, at most; each spends 5 % / finalists of the error
