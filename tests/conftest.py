@@ -105,44 +105,20 @@ def study_file(tmp_path: Path) -> Callable[..., Path]:
 # model's images can pass on a few images, and the optimiser alone proposing (front_share 1) so that guidance
 # cutoffs are tried: its picks are cheaper settings, not the baseline, and `landscape`'s, with its own negative
 # prompt, stops guidance part-way (Euler [AYS sigmas, trailing] 4 steps, guidance on 3 of them).
-FINISHED_STUDY = """
-name = "finished"
-[model]
-id = "tiny"
-device = "cpu"
-height = 32
-width = 32
-[search]
-steps = [2, 8]
-schedulers = ["euler", "dpmpp_2m_karras", "ddim"]
-guidance = [1.0, 9.0]
-guidance_cutoff = [0.5, 1.0]
-n_trials = 8
-seeds = [0, 1]
-seed = 0
-front_share = 1.0
-[baseline]
-scheduler = "dpmpp_2m_karras"
-steps = 8
-guidance = 7.5
-[reference]
-scheduler = "dpmpp_2m_karras"
-steps = 20
-guidance = 7.5
-[recommend]
-confirm_seeds = [1000, 1001, 1002, 1003]
-finalists = 1
-race_seeds = 2
-race_budget = 0
-broken_share = 0.5
-clip_tolerance = 5.0
-lpips_tolerance = 3.0
-[classes.portrait]
-prompts = ["a studio portrait of an old fisherman", "a portrait of a young girl"]
-[classes.landscape]
-prompts = ["a misty mountain lake at dawn", "a desert canyon at noon"]
-negative_prompt = "blurry, lowres"
-"""
+FINISHED_STUDY = (
+    SMALL_STUDY.format(
+        name="finished",
+        n_trials=8,
+        classes=ONE_CLASS.replace('fisherman"', 'fisherman", "a portrait of a young girl"')
+        + '[classes.landscape]\nprompts = ["a misty mountain lake at dawn", "a desert canyon at noon"]\n'
+        + 'negative_prompt = "blurry, lowres"\n',
+    )
+    .replace("seeds = [0]\n", "seeds = [0, 1]\nseed = 0\nfront_share = 1.0\nguidance_cutoff = [0.5, 1.0]\n")
+    .replace(
+        "confirm_seeds = [1000, 1001]",
+        "confirm_seeds = [1000, 1001, 1002, 1003]\nclip_tolerance = 5.0\nlpips_tolerance = 3.0",
+    )
+)
 
 
 @pytest.fixture(scope="session")
