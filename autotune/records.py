@@ -35,7 +35,7 @@ __all__ = [
 
 SCHEMA = 1  # the records' version, stored as the study attribute ``schema``
 _VALUES = "_values"  # a metric's per-image values: the trial attribute ``<metric>_values``
-_RENDERS = "renders."  # the decision's extra images of a trial: the study attribute ``renders.<trial>``
+_RENDERS = "renders."  # the decision's extra images of a trial: study attributes ``renders.<trial>.<chunk>``
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,13 @@ class StudyRecord:
     confirmations: list[int] = field(default_factory=list)  # trials whose confirmations began, in that order
     timed_together: dict[str, Any] | None = None  # {"trials": [baseline, chosen], "seconds": [[...], [...]]}
     renders: dict[int, dict[str, Any]] = field(default_factory=dict)  # per trial: the decision's extra images
+    # (stored a chunk at a time, each chunk an attribute of its own: a long night appends, never rewrites)
 
 
-def renders_key(number: int) -> str:
-    """The study attribute of trial ``number``'s extra images (one per trial: a chunk rewrites its own only)."""
-    return f"{_RENDERS}{number}"
+def renders_key(number: int, chunk: Mapping[str, Any]) -> str:
+    """The study attribute of one chunk of trial ``number``'s extra images, named by its first image's unit
+    (``renders.12.3:1000``: a chunk renders images not rendered before, so no two chunks share a name)."""
+    return f"{_RENDERS}{number}.{min(chunk)}"
 
 
 _TRIAL = {f.name for f in dataclasses.fields(TrialRecord)}
@@ -119,7 +121,11 @@ def trial_record(t: Any) -> TrialRecord:
 def study_record(attrs: Mapping[str, Any]) -> StudyRecord:
     """The record of a study, from its user attributes (``study.user_attrs``, or as the reader read them)."""
     known = {k: v for k, v in attrs.items() if k in _STUDY and v is not None}
-    known["renders"] = {int(k[len(_RENDERS) :]): v for k, v in attrs.items() if k.startswith(_RENDERS)}
+    renders: dict[int, dict[str, Any]] = {}
+    for k, v in attrs.items():
+        if k.startswith(_RENDERS):  # renders.<trial>.<chunk>; studies stored before chunks: renders.<trial>
+            renders.setdefault(int(k[len(_RENDERS) :].partition(".")[0]), {}).update(v)
+    known["renders"] = renders
     return StudyRecord(**known)
 
 
@@ -132,7 +138,8 @@ def put_trial(trial: Any, **fields: Any) -> None:
 
 
 def put_study(study: Any, **fields: Any) -> None:
-    """Store study record fields on a study, in the order given; ``renders`` as one attribute per trial."""
+    """Store study record fields on a study, in the order given; ``renders`` ({trial: images}) as a new chunk
+    of each trial's images (added to those stored before)."""
     unknown = set(fields) - _STUDY
     if unknown:
         raise TypeError(f"{sorted(unknown)} are no fields of StudyRecord")
@@ -155,5 +162,5 @@ def _attributes(name: str, value: Any) -> list[tuple[str, Any]]:
     if name == "rough":
         return [("rough_values", value)]
     if name == "renders":
-        return [(renders_key(n), v) for n, v in value.items()]
+        return [(renders_key(n, v), v) for n, v in value.items() if v]
     return [(name, value)]

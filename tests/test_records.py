@@ -37,15 +37,22 @@ def test_a_trials_record_round_trips_through_optunas_storage() -> None:
     assert (r.baseline, r.reused_from, r.fail_reason, r.interrupted) == (False, None, None, False)  # the defaults
 
 
-def test_a_studys_record_keeps_each_trials_renders_apart() -> None:
+def test_a_studys_record_appends_each_chunk_of_renders_and_reads_them_together() -> None:
     study = optuna.create_study()
     put_study(study, schema=SCHEMA, race_images=12, renders={3: {"0:1": {"clip_score": 30.0}}})
-    put_study(study, renders={5: {"1:1": {"clip_score": 29.0}}})  # another trial's: the first stays as it was
-    assert set(study.user_attrs) == {"schema", "race_images", "renders.3", "renders.5"}
+    put_study(study, renders={3: {"1:1": {"clip_score": 29.5}, "2:1": {"clip_score": 29.0}}})  # the next chunk
+    put_study(study, renders={5: {"1:1": {"clip_score": 29.0}}})  # another trial's
+    # each chunk an attribute of its own: what was stored is never rewritten
+    assert set(study.user_attrs) == {"schema", "race_images", "renders.3.0:1", "renders.3.1:1", "renders.5.1:1"}
     r = study_record(study.user_attrs)
-    assert r.renders == {3: {"0:1": {"clip_score": 30.0}}, 5: {"1:1": {"clip_score": 29.0}}}
+    assert r.renders == {
+        3: {"0:1": {"clip_score": 30.0}, "1:1": {"clip_score": 29.5}, "2:1": {"clip_score": 29.0}},
+        5: {"1:1": {"clip_score": 29.0}},
+    }
     assert (r.schema, r.race_images, r.exhausted, r.confirmations) == (SCHEMA, 12, False, [])
     assert study_record({}).schema == 0  # a study from before the records were versioned
+    # a study stored before chunks kept a trial's images in one attribute: read the same
+    assert study_record({"renders.3": {"0:1": {"clip_score": 30.0}}}).renders == {3: {"0:1": {"clip_score": 30.0}}}
 
 
 def test_a_field_no_record_has_is_refused_before_anything_is_stored() -> None:

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 
 from autotune.config import load_config
 from autotune.model import render as pipeline_module
+from autotune.records import study_record
 from autotune.store.versions import study_name
 from autotune.study.run import run_study
 
@@ -57,15 +58,15 @@ def test_study_runs_baseline_first_and_records_per_trial_attributes(
     assert study.user_attrs["seed_lpips"] > 0
     # deciding: one prompt, one search seed: no spread, so every bound is undecided until racing adds seeds 1
     # and 2 (the baseline's too); a candidate that passes is confirmed on fresh seeds, the baseline's first
-    renders = {k: v for k, v in study.user_attrs.items() if k.startswith("renders.")}
-    assert 0 < study.user_attrs["race_images"] <= 8 and {"0:1", "0:2"} & set(renders["renders.0"])
+    renders = study_record(study.user_attrs).renders  # each trial's extra images, its chunks together
+    assert 0 < study.user_attrs["race_images"] <= 8 and {"0:1", "0:2"} & set(renders[0])
     rec = outcomes["portrait"].recommendation
     assert rec is not None and rec.confirmed and outcomes["portrait"].spread["clip_score"] > 0
     assert outcomes["portrait"].decision_state == "settled"
     if rec.chosen.number != 0:
         assert max(rec.chosen.seconds) < min(rec.baseline.seconds)
         for n in (0, rec.chosen.number):
-            assert {"0:1000", "0:1001"} <= set(renders[f"renders.{n}"])
+            assert {"0:1000", "0:1001"} <= set(renders[n])
         margin = outcomes["portrait"].margin  # its neighbours, judged on its own images
         assert margin and all(m["change"] == "one step fewer" or m["change"].startswith("CFG ") for m in margin)
         assert all(m["verdict"].split()[0] in ("pass", "fail", "undecided", "not") for m in margin)

@@ -322,7 +322,7 @@ class ClassRun:
                 new[unit_key(p, s)][NOISE_SEED] = noise_seed(self.prompts[p], s)  # re-renders from prompt and this
         if new:
             have.update(new)
-            put_study(self.study, renders={number: have})
+            put_study(self.study, renders={number: new})  # a chunk of its own: stored ones stay as they are
             begun = len(self.evidence.confirmed)
             self.evidence.add_renders(number, new)
             if len(self.evidence.confirmed) > begun:  # a confirmation began: its place sets the error it may spend
