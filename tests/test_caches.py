@@ -38,6 +38,13 @@ def test_a_cache_is_part_of_the_setting_its_parameters_its_key_and_its_name() ->
     assert cached.key() != plain.key() and cached.label() == "Euler (flow), 12 steps, CFG 4, First Block Cache 0.3"
     assert Settings.make("flow_euler", 12, 4.0, cache=("first_block", 0.0)) == plain  # never reuses: none
     assert caches.code(cached.cache) == "pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.3))"
+    seer = Settings.make("flow_euler", 12, 4.0, cache=("taylorseer", 3.0))
+    assert seer.cache == ("taylorseer", 3) and seer.label() == "Euler (flow), 12 steps, CFG 4, TaylorSeer 3"
+    assert caches.code(seer.cache) == (
+        "pipe.transformer.enable_cache(TaylorSeerCacheConfig(cache_interval=3, disable_cache_before_step=3, "
+        "max_order=1, use_lite_mode=True))"
+    )
+    assert Settings.make("flow_euler", 12, 4.0, cache=("taylorseer", 1)).cache == ()  # every step whole: none
     deep = Settings.make("ddim", 10, 5.0, cache=("deepcache", 3.0))
     assert deep.cache == ("deepcache", 3) and deep.label() == "DDIM, 10 steps, CFG 5, DeepCache 3"
     assert Settings.make("ddim", 10, 5.0, cache=("deepcache", 1)).cache == ()  # every step whole: none
@@ -75,6 +82,23 @@ def test_a_cached_render_counts_the_share_it_ran_and_an_image_does_not_depend_on
     assert not flow.pipe.transformer.is_cache_enabled  # off again after the render
 
 
+def test_taylorseer_skips_the_blocks_between_whole_steps_and_counts_it(flow) -> None:  # type: ignore[no-untyped-def]
+    plain = generate(flow, Settings.make("flow_euler", 12, 4.0), PROMPTS, [0, 1], 32, 32)
+    shares = []
+    for interval in (2, 5):
+        cached = Settings.make("flow_euler", 12, 4.0, cache=("taylorseer", interval))
+        both = generate(flow, cached, PROMPTS, [0, 1], 32, 32)
+        alone = generate(flow, cached, PROMPTS[1:], [1], 32, 32)
+        assert torch.equal(both.images[3], alone.images[0])  # its state is one image's: none shared in a batch
+        assert both.guided_calls == both.model_calls  # true CFG: both passes of a step skip alike
+        assert 0.001 < float((both.images - plain.images).abs().mean()) < 0.2
+        shares.append(both.model_calls)
+        assert not flow.pipe.transformer.is_cache_enabled
+    # the first 3 steps whole, then steps 4, 6, 8, 10 (interval 2) or 4 and 9 (interval 5); a skipped step still
+    # runs the embeddings and the output layers (a little of a call)
+    assert 7 < shares[0] < 8 and 5 < shares[1] < 6
+
+
 def test_deepcache_on_a_unet_runs_the_shallow_branch_between_whole_steps_and_counts_it(tiny) -> None:  # type: ignore[no-untyped-def]
     plain = generate(tiny, Settings.make("ddim", 12, 5.0), PROMPTS, [0], 32, 32)
     cached = generate(tiny, Settings.make("ddim", 12, 5.0, cache=("deepcache", 3)), PROMPTS, [0], 32, 32)
@@ -98,7 +122,11 @@ def test_a_cache_on_a_model_it_does_not_fit_or_an_unknown_one_is_refused_in_one_
             "first_block",
             "first_block works on flux, flux_cfg, distilled_flow models, not sd; expected deepcache",
         ),
-        ("flow", "deepcache", "deepcache works on sd, sdxl, distilled models, not flux_cfg; expected first_block"),
+        (
+            "flow",
+            "deepcache",
+            "deepcache works on sd, sdxl, distilled models, not flux_cfg; expected first_block or taylorseer",
+        ),
     ]:
         path.write_text(body.format(model, cache))
         with pytest.raises(ConfigError) as err:
@@ -107,18 +135,19 @@ def test_a_cache_on_a_model_it_does_not_fit_or_an_unknown_one_is_refused_in_one_
     path.write_text(body.format("flow", "deep"))
     with pytest.raises(ConfigError) as err:
         load_config(path)
-    assert str(err.value) == f"{path}: search.cache: expected a list of first_block, deepcache, got 'deep'"
+    assert str(err.value) == f"{path}: search.cache: expected a list of first_block, taylorseer, deepcache, got 'deep'"
 
 
 CACHED_STUDIES = [  # model, its [call] and [search] lines, the searched cache, the baseline's sampler and steps
     ("flow", "[call]\nmax_sequence_length = 16\n", "first_block", "cache_threshold = [0.3, 0.5]\n", "flow_euler", 40),
     ("tiny", "", "deepcache", "cache_interval = [2, 4]\n", "ddim", 20),
+    ("flow", "[call]\nmax_sequence_length = 16\n", "taylorseer", "cache_interval = [2, 3]\n", "flow_euler", 40),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("model", "call", "cache", "space", "sampler", "reference"), CACHED_STUDIES, ids=["flux", "unet"]
+    ("model", "call", "cache", "space", "sampler", "reference"), CACHED_STUDIES, ids=["flux", "unet", "taylorseer"]
 )
 def test_apply_and_the_diffusers_export_render_the_studys_image_with_the_cache_on_and_the_next_class_turns_it_off(
     tmp_path: Path, model: str, call: str, cache: str, space: str, sampler: str, reference: int

@@ -77,10 +77,10 @@ class SearchConfig:
     guidance_step: float = 0.5  # CFG searched in increments of this
     guidance_cutoff: tuple[float, float] | None = None  # [low, 1.0]: share of steps with guidance (unset: every step)
     guidance_cutoff_step: float = 0.1  # the cutoff searched in increments of this
-    cache: tuple[str, ...] = ()  # caches searched beside none: "first_block" (transformers), "deepcache" (UNets)
+    cache: tuple[str, ...] = ()  # caches searched beside none: "first_block", "taylorseer" (transformers), "deepcache"
     cache_threshold: tuple[float, float] | None = None  # [low, high] First Block Cache's threshold (unset: 0.05-0.5)
     cache_threshold_step: float = 0.05  # the threshold searched in increments of this
-    cache_interval: tuple[int, int] | None = None  # [low, high] DeepCache's cache_interval (unset: 2-5, by 1)
+    cache_interval: tuple[int, int] | None = None  # [low, high] DeepCache's or TaylorSeer's interval (unset: 2-5)
     steps_step: int = 1  # steps searched from low in increments of this
     variants: tuple[str, ...] | str = ("sigmas", "timestep_spacing")  # conditional parameters, or "all"
     sampler: str = "tpe"  # Optuna sampler: tpe (multivariate), tpe_independent, gp, nsga2 or random

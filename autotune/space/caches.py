@@ -1,9 +1,12 @@
 """Feature caching as a searched axis: the caches a setting may turn on, how the render turns one on and off
 on the denoiser, the code that does the same in a user's program, and their names.
 
-Two caches, one per kind of denoiser: on a Flux transformer, diffusers' own First Block Cache
+Three caches: on a Flux transformer, diffusers' own First Block Cache
 (``transformer.enable_cache(FirstBlockCacheConfig(threshold=...))``: a step reuses the blocks after the
-first while the first block's output changed little); on a UNet (SD, SDXL), the DeepCache package's
+first while the first block's output changed little) and TaylorSeer's Lite variant
+(``TaylorSeerCacheConfig(cache_interval=..., use_lite_mode=True)``: after the first 3 steps, every
+``cache_interval``-th step runs the blocks and the steps between skip them and extrapolate the output from
+the last ones by a Taylor series); on a UNet (SD, SDXL), the DeepCache package's
 ``DeepCacheSDHelper`` (every ``cache_interval``-th step runs the whole UNet, the steps between reuse its
 deep features and run the shallow branch only; diffusers ships no cache for UNets).
 
@@ -84,6 +87,19 @@ CACHES = {
         0.5,
         0.05,
         0,
+    ),
+    "taylorseer": CacheSpec(  # its Lite variant: on a reused step the blocks skip, the output is extrapolated
+        "taylorseer",
+        "TaylorSeer",
+        ("flux", "flux_cfg", "distilled_flow"),
+        False,
+        "TaylorSeerCacheConfig",
+        "cache_interval",
+        2,
+        5,
+        1,
+        1,
+        {"disable_cache_before_step": 3, "max_order": 1, "use_lite_mode": True},
     ),
     "deepcache": CacheSpec(
         "deepcache",
