@@ -1,7 +1,7 @@
 """A searched axis beyond the named settings against the named settings alone: a demo's study with and without
 it, each recommendation judged on prompts and seeds no study used.
 
-    .venv/bin/python benchmarks/axes.py [--axis cutoff|cache|deepcache] [--studies 3]
+    .venv/bin/python benchmarks/axes.py [--axis cutoff|cache|deepcache|taylorseer] [--studies 3]
 
 For each study seed 1..N and each arm, ``autotune study`` runs a demo study on the CPU (40 settings per class,
 the LPIPS backbone random). ``--axis cutoff`` (issue 21): studies/demo.toml (the trained glyphs micro model
@@ -9,7 +9,8 @@ and its CLIP), ``named`` without ``guidance_cutoff`` and ``fitted_schedules``, `
 searched). ``--axis cache`` (issue 45): studies/demo_flow.toml (the trained flow micro model), ``off`` as
 shipped, ``cache`` with ``cache = ["first_block"]`` (diffusers' First Block Cache, its threshold searched);
 ``--axis deepcache``: studies/demo.toml, ``off`` as shipped, ``cache`` with ``cache = ["deepcache"]``
-(DeepCache's interval searched). ``autotune validate`` then renders each class's recommendation and the
+(DeepCache's interval searched); ``--axis taylorseer``: studies/demo_flow.toml with ``cache = ["taylorseer"]``
+(TaylorSeer Lite's interval searched). ``autotune validate`` then renders each class's recommendation and the
 baseline on the study's held-out prompts (studies/demo_holdout.txt, demo_flow_holdout.txt: combinations no
 class lists) x seeds 500-502 (no study uses them) and times both alone, as the study times cost. A pick is
 *truly worse* where its mean CLIP or LPIPS difference to the baseline on those images is outside the study's
@@ -17,8 +18,8 @@ tolerance; validate's own verdict (the one-sided 95 % bound within tolerance) is
 speed-up is validate's timing, beside the ratio of model evaluations (recommendations.json: denoiser calls x
 (1 + the guided share), a call a cache cut short counted for the share it ran).
 
-Writes benchmarks/results/axes.json (axes_cache.json, axes_deepcache.json) after each seed (a pass stopped
-early keeps its studies). Run it alone on the machine (it times settings).
+Writes benchmarks/results/axes.json (axes_cache.json, axes_deepcache.json, axes_taylorseer.json) after each
+seed (a pass stopped early keeps its studies). Run it alone on the machine (it times settings).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ AXES = {
     "cutoff": ("demo.toml", "demo_holdout.txt", ("named", "axes"), "axes.json", ""),
     "cache": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "cache"), "axes_cache.json", "first_block"),
     "deepcache": ("demo.toml", "demo_holdout.txt", ("off", "cache"), "axes_deepcache.json", "deepcache"),
+    "taylorseer": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "cache"), "axes_taylorseer.json", "taylorseer"),
 }
 
 
