@@ -140,19 +140,20 @@ def put_trial(trial: Any, **fields: Any) -> None:
 def put_study(study: Any, **fields: Any) -> None:
     """Store study record fields on a study, in the order given; ``renders`` ({trial: images}) as a new chunk
     of each trial's images (added to those stored before)."""
-    unknown = set(fields) - _STUDY
-    if unknown:
-        raise TypeError(f"{sorted(unknown)} are no fields of StudyRecord")
-    for name, value in fields.items():
-        for key, v in _attributes(name, value):
-            study.set_user_attr(key, v)
+    for key, value in _stored_as(fields, _STUDY, "StudyRecord").items():
+        study.set_user_attr(key, value)
 
 
 def attributes(**fields: Any) -> dict[str, Any]:
     """Trial record fields as the user attributes that store them (for ``enqueue_trial(user_attrs=...)``)."""
-    unknown = set(fields) - _TRIAL
+    return _stored_as(fields, _TRIAL, "TrialRecord")
+
+
+def _stored_as(fields: Mapping[str, Any], names: set[str], record: str) -> dict[str, Any]:
+    """Record fields as the attributes that store them, in order; a name that is no field of ``record`` refused."""
+    unknown = set(fields) - names
     if unknown:
-        raise TypeError(f"{sorted(unknown)} are no fields of TrialRecord")
+        raise TypeError(f"{sorted(unknown)} are no fields of {record}")
     return dict(kv for name, value in fields.items() for kv in _attributes(name, value))
 
 

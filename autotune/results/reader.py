@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -94,9 +95,9 @@ class ClassOutcome:
     margin: tuple[dict[str, Any], ...] = ()  # the recommendation's neighbours on its own images
     baseline_failed: Any = None  # no baseline completed: its last failed trial (None: none failed)
 
-    @property
+    @functools.cached_property
     def stored(self) -> StudyRecord:
-        """The study's record (its attributes, typed)."""
+        """The study's record (its attributes, typed; read once)."""
         return study_record(self.attrs)
 
     def no_baseline(self) -> str:
