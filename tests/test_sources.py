@@ -15,6 +15,7 @@ import torch
 
 import autotune
 from autotune.config import ConfigError, load_config
+from autotune.model.evaluate import Evaluator
 from autotune.model.pipeline import Calls, check_calls, load_pipeline, resolve_config
 from autotune.model.render import generate
 from autotune.space.settings import Settings
@@ -262,11 +263,18 @@ def test_a_pipeline_function_builds_the_teams_own_pipeline(assets: Path) -> None
     (folder / "team_pipes.py").write_text(
         "import diffusers\n\n"
         "def build(model_id, dtype):\n"
+        "    with open(__file__ + '.built', 'a') as f:\n"
+        "        f.write('x')\n"
         "    cls = diffusers.StableDiffusionPipeline\n"
         "    return cls.from_pretrained(model_id, torch_dtype=dtype, safety_checker=None)\n"
     )
     path = study(folder, id="../models/mine", model='pipeline = "team_pipes:build"')
     assert torch.equal(autotune_render(path), plain_render(assets / "models" / "mine"))
+    # a command builds it once: the pipeline built to describe the model is the one the evaluator loads
+    built = folder / "team_pipes.py.built"
+    built.unlink()
+    Evaluator(resolve_config(load_config(path)), f"sqlite:///{folder / 'built.db'}", "cpu")
+    assert built.read_text() == "x"
     path = study(folder, id="../models/mine", model='pipeline = "team_pipes:missing"')
     with pytest.raises(ConfigError, match=r"model.pipeline: 'team_pipes' has no function 'missing'"):
         resolve_config(load_config(path))

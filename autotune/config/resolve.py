@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from autotune.config.load import check_space
 from autotune.config.study_file import SearchConfig, SettingConfig, StudyConfig
@@ -59,6 +60,9 @@ class ResolvedStudy(StudyConfig):
     baseline: ResolvedSetting
     reference: ResolvedSetting
     family: Family
+    # the model as described when this was resolved (:func:`autotune.model.pipeline.describe_model`): loading
+    # reuses it, so a command reads the model's index, or builds a ``model.pipeline`` function's pipeline, once
+    described: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def _fill(setting: SettingConfig, default: tuple[str, int, float], guidance: float | None = None) -> ResolvedSetting:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from autotune.config import ConfigError
 from autotune.config.objectives import OBJECTIVES, cost_of, quality
@@ -21,9 +21,6 @@ from autotune.config.resolve import ResolvedStudy, reference_setting
 from autotune.process import signals_kept
 from autotune.space.families import Family
 from autotune.space.settings import Settings
-
-if TYPE_CHECKING:
-    from autotune.model.pipeline import ModelDescription
 
 __all__ = ["Evaluation", "Evaluator", "Scorer", "in_turn"]
 
@@ -79,7 +76,6 @@ class Evaluator:
         storage_url: str,
         device: str | None,
         *,
-        described: ModelDescription | None = None,
         routed: Mapping[str, str] = MappingProxyType({}),
     ) -> None:
         from autotune.model.metrics import load_metric
@@ -91,7 +87,7 @@ class Evaluator:
         with signals_kept():  # a Ctrl-C inside a weights read is a stop, not weights that cannot load
             try:
                 self.pipeline = load_pipeline(
-                    cfg.model, device, cfg.serving.safety_checker, described=described, calls=Calls.of(cfg, routed)
+                    cfg.model, device, cfg.serving.safety_checker, described=cfg.described, calls=Calls.of(cfg, routed)
                 )
                 check_calls(self.pipeline, cfg)
                 dev = self.pipeline.device

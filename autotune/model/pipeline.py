@@ -5,13 +5,13 @@ A :class:`Pipeline` belongs to whoever loaded it (an evaluator, the report's gri
 nothing is cached at module level, so no caller sees another's call arguments.
 
 Example:
-    >>> described = describe_model(cfg.model)
-    >>> cfg = resolve_config(cfg, described)
-    >>> p = load_pipeline(cfg.model, described=described, calls=Calls.of(cfg))
+    >>> cfg = resolve_config(cfg)  # describes the model (cfg.described)
+    >>> p = load_pipeline(cfg.model, described=cfg.described, calls=Calls.of(cfg))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Mapping
@@ -215,7 +215,7 @@ def resolve_config(cfg: StudyConfig, described: ModelDescription | None = None) 
         raise ConfigError(f"{cfg.path}: {e}") from None
     if (cls := getattr(diffusers, described.index.get("_class_name", ""), None)) is not None:
         _check_call(cfg, cls)
-    return resolve(cfg, described.family, described.compatible)
+    return dataclasses.replace(resolve(cfg, described.family, described.compatible), described=described)
 
 
 def load_pipeline(

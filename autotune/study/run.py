@@ -145,15 +145,11 @@ def run_study(
     with quiet_optuna(), nothing_left_on_refusal(url, created):
         check_not_emptied(url, cfg.output_dir / "recommendations.json")
         rdb = open_storage(url, workers=True)  # a bad storage URL: refused before the model is looked at
-        from autotune.model.pipeline import describe_model, resolve_config, runtime
+        from autotune.model.pipeline import resolve_config, runtime
         from autotune.model.sources import weights_digest
 
         rt = runtime(cfg, device)  # a CUDA device that is not there: refused, and the new database removed
-        try:
-            described = describe_model(cfg.model)
-        except ConfigError as e:
-            raise ConfigError(f"{cfg.path}: {e}") from None
-        resolved = cfg if isinstance(cfg, ResolvedStudy) else resolve_config(cfg, described)
+        resolved = cfg if isinstance(cfg, ResolvedStudy) else resolve_config(cfg)  # the model described once
         if decide:
             check_reach(resolved)
         measured = {**rt, "weights": weights_digest(cfg.model)}
@@ -188,7 +184,7 @@ def run_study(
             _in_time(deadline)  # start-up counts against the deadline: each render below starts within it
             tell = functools.partial(print, file=sys.stderr) if progress else lambda _: None
             tell(f"autotune: start-up: loading {cfg.model.id} and the metrics' models ({rt['device']}, {rt['dtype']})")
-            evaluator = Evaluator(resolved, url, device, described=described)
+            evaluator = Evaluator(resolved, url, device)
             if check_reference and "lpips" in cfg.metrics.objectives:
                 _in_time(deadline)
                 tell("autotune: start-up: checking that the reference setting converges")
