@@ -6,6 +6,7 @@ import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -15,6 +16,8 @@ from autotune.cli import main
 from autotune.config import load_config
 from autotune.results.reader import recommend
 from autotune.results.recommendations_file import recommendations_data
+from autotune.study import decide as decide_module
+from autotune.study.decide import ClassRun
 from autotune.study.run import run_study
 
 PROMPTS = ["an old fisherman", "a red apple", "a blue car", "a green tree", "a yellow house", "a black cat"]
@@ -181,8 +184,23 @@ def test_the_speedup_stated_is_the_recommendation_and_the_baseline_timed_in_turn
     monkeypatch.setattr(render, "time_serving", timed)
     shown_last: dict[str, str] = {}
     monkeypatch.setattr(Progress, "close", lambda bar: shown_last.update(bar.post))  # the bar's last line
+    count = {"steps": 0, "readings": 0}
+    step, decide = ClassRun.step, decide_module.decide
+
+    def counted(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            count[name] += 1
+            return f(*a, **k)
+
+        return wrapper
+
+    monkeypatch.setattr(ClassRun, "step", counted("steps", step))
+    monkeypatch.setattr(decide_module, "decide", counted("readings", decide))
     path = _study(study_file, "together")
     out = run_study(load_config(path), progress=True)["portrait"]
+    # the decision is read once for each state of the evidence, by the step, the proposer, the settling and the
+    # bar together (each read it again on its own: twice a step and more)
+    assert 0 < count["readings"] <= count["steps"] + 1, count
     rec = out.recommendation
     assert out.decision_state == "settled" and rec is not None and rec.chosen.number != rec.baseline.number
     chosen, base = out.evidence.by_number[rec.chosen.number], out.evidence.by_number[rec.baseline.number]

@@ -38,7 +38,7 @@ from autotune.decision.evidence import NOISE_SEED, Evidence, reused, unit_key
 from autotune.decision.looks import clean_images_needed, confirmation_alpha
 from autotune.decision.panel import Panel
 from autotune.decision.propose import Proposer, Tried, lines_of
-from autotune.decision.rule import Schedule, decide, excess, margin, overall, timed_together, verdicts
+from autotune.decision.rule import Recommendation, Schedule, decide, excess, margin, overall, timed_together, verdicts
 from autotune.decision.tolerance import tolerance
 from autotune.model.evaluate import Scorer, in_turn
 from autotune.noise import noise_seed
@@ -49,7 +49,7 @@ from autotune.space.settings import Settings, searched_params
 from autotune.study import ledger
 from autotune.study.trials import TrialRunner
 
-__all__ = ["ClassRun", "check_reach"]
+__all__ = ["ClassRun", "Snapshot", "check_reach"]
 
 PHASES = {"race": "racing", "confirm": "confirming"}  # an agenda Action's kind
 
@@ -73,6 +73,42 @@ def check_reach(cfg: ResolvedStudy) -> None:
             )
 
 
+class Snapshot:
+    """The decision for a class as its evidence stands: the tolerances, the look schedule, the recommendation
+    (its speed-up as the outputs state it, from the pick and the baseline timed in turn) and every rendered
+    setting's verdict as the proposer walks by them. Built once for each state of the evidence
+    (:attr:`ClassRun.now`) and read by the step, the agenda, the proposer, the settling and the progress bar."""
+
+    def __init__(self, run: ClassRun) -> None:
+        self._run = run
+        base = run.evidence.baseline
+        r = run.cfg.recommend
+        self.looks = Schedule(run.panel, tuple(run.evidence.confirmed), r.finalists)
+        self.tol: Tolerance | None = None
+        self.rec: Recommendation | None = None
+        if base is not None:  # the first trial queued: everything is compared with it
+            self.tol = tol = run.tolerance()
+            rec = decide(run.evidence.candidates, base, tol, stochastic=r.stochastic, looks=self.looks)
+            self.rec = timed_together(rec, run.timed)
+
+    @functools.cached_property
+    def tried(self) -> dict[str, Tried]:
+        """Each rendered (or failed) setting's verdict, margin and excess, by setting key: the proposer's map."""
+        run, base, tol, looks = self._run, self._run.evidence.baseline, self.tol, self.looks
+        assert base is not None and tol is not None
+        out = {k: Tried("error") for k in run.errors}
+        for n, t in run.trials.items():
+            c = run.evidence.by_number[n]
+            bounds = verdicts(c, base, tol, looks=looks)
+            verdict = overall(bounds)
+            fresh = verdicts(c, base, tol, confirm=True, looks=looks) if verdict == "pass" and c.confirm else []
+            if fresh and overall(fresh) != "pass":
+                # a pass the fresh images did not bear out holds the walk no more: the rungs above come next
+                verdict, bounds = overall(fresh), fresh
+            out[str(trial_record(t).setting_key)] = Tried(verdict, margin(bounds), excess(bounds))
+        return out
+
+
 class ClassRun:
     """A class's study, its evidence, and the next unit of work."""
 
@@ -92,7 +128,8 @@ class ClassRun:
         self.stored: dict[int, dict[str, Any]] = {}
         self.errors: set[str] = set()  # setting keys whose trial failed on its own or was cut by rough-first
         self._stored = stored
-        self._timed = stored.timed_together  # the pick and the baseline timed in turn (see _time_together)
+        self.timed = stored.timed_together  # the pick and the baseline timed in turn (see _time_together)
+        self._now: Snapshot | None = None
         self._tol: tuple[Any, Tolerance] | None = None
         base = scorer.scheduler_config
         self.key = functools.cache(lambda s: s.key(base))  # the walk asks for every line's rungs at each step
@@ -124,9 +161,12 @@ class ClassRun:
                 continue
             if t.state != TrialState.COMPLETE:  # failed on its own, or cut by rough-first: not proposed again
                 r = trial_record(t)
-                if ledger.rough_cut(t) or (r.fail_reason is not None and not ledger.interrupted(t)):
+                failed = ledger.rough_cut(t) or (r.fail_reason is not None and not ledger.interrupted(t))
+                if failed and (r.setting_key or "") not in self.errors:
                     self.errors.add(r.setting_key or "")
+                    self._now = None  # the proposer's map moved
                 continue
+            self._now = None  # the evidence moved: the decision is read again
             self.trials[t.number] = t
             self.evidence.add_trial(t, refit=False)
             stored = dict(self._stored.renders.get(t.number, {}))
@@ -145,16 +185,15 @@ class ClassRun:
             self._tol = (base, tolerance(self.cfg.recommend, self.cfg.metrics.objectives, base, self.seed_lpips)[0])
         return self._tol[1]
 
-    def looks(self) -> Schedule:
-        return Schedule(self.panel, tuple(self.evidence.confirmed), self.cfg.recommend.finalists)
+    @property
+    def now(self) -> Snapshot:
+        """The decision as the evidence stands (built again only after the evidence moved)."""
+        if self._now is None:
+            self._now = Snapshot(self)
+        return self._now
 
     def recommendation(self) -> Any:
-        base = self.evidence.baseline
-        if base is None:
-            return None
-        r = self.cfg.recommend
-        rec = decide(self.evidence.candidates, base, self.tolerance(), stochastic=r.stochastic, looks=self.looks())
-        return timed_together(rec, self._timed)  # its speed-up as the outputs state it (the progress bar's too)
+        return self.now.rec
 
     # cost in one unit for rendered and untried settings ----------------------------------------------
     def _cost(self, s: Settings) -> float:
@@ -176,7 +215,7 @@ class ClassRun:
         """Do the next unit of work; False when the class has nothing left to do."""
         self.refresh()
         base = self.evidence.baseline  # the first trial queued: everything is compared with it
-        rec = self.recommendation()  # the decision as the evidence stands: this step's one reading of it
+        rec = self.now.rec  # the decision as the evidence stands: this step's one reading of it
         action = self._action(base, rec) if base is not None else None
         if action is not None:
             self.announce(f"{PHASES[action.kind]} trial {action.number} on {len(action.units)} more images")
@@ -195,8 +234,10 @@ class ClassRun:
 
     def _action(self, base: Any, rec: Any) -> Action | None:
         margin_of = self._margin_numbers(rec.chosen.number) if rec.chosen.number != base.number else []
+        tol = self.now.tol
+        assert tol is not None
         return next_action(
-            self.evidence, self.tolerance(), self.panel, self.settings(), self.cfg.recommend,
+            self.evidence, tol, self.panel, self.settings(), self.cfg.recommend,
             race_spent=self.race_spent, margin_of=margin_of, frontier=self._frontier,
         )  # fmt: skip
 
@@ -205,7 +246,7 @@ class ClassRun:
         cheaper setting to propose (a confirmation slot is then spent on the cheapest it found)."""
         if ledger.claimed(self.study.get_trials(deepcopy=False)) >= self.objective.target:
             return True
-        return self.proposer.propose(self._tried(), self._best_cost(c)) is None
+        return self.proposer.propose(self.now.tried, self._best_cost(c)) is None
 
     def _settle(self) -> bool:
         self._time_together()
@@ -218,11 +259,11 @@ class ClassRun:
         (``[serving] repeats`` of each): the baseline's own timing is the study's first, and a slow spell
         of the machine then (another job, a cold start) would sit in every speed-up of the class. The
         speed-up the outputs state is read from these (:func:`autotune.decision.rule.timed_together`)."""
-        rec = self.recommendation()
+        rec = self.now.rec
         if rec is None or rec.chosen.number == rec.baseline.number or not rec.chosen.seconds:
             return
         pair = [rec.baseline.number, rec.chosen.number]
-        if (self._timed or {}).get("trials") == pair:  # timed in turn before (a resumed run)
+        if (self.timed or {}).get("trials") == pair:  # timed in turn before (a resumed run)
             return
         self.announce("timing the pick and the baseline in turn")
         settings, prompt, seed = self.settings(), self.prompts[0], self.cfg.search.seeds[0]
@@ -237,8 +278,9 @@ class ClassRun:
                 file=sys.stderr,
             )
             return
-        self._timed = {"trials": pair, "seconds": seconds}
-        put_study(self.study, timed_together=self._timed)
+        self.timed = {"trials": pair, "seconds": seconds}
+        self._now = None  # its speed-up is read from these now
+        put_study(self.study, timed_together=self.timed)
 
     def _margin_numbers(self, chosen: int) -> list[int]:
         """Trial numbers of the recommendation's neighbours already rendered."""
@@ -267,22 +309,7 @@ class ClassRun:
             for s in self._neighbours(rec.chosen.number):
                 if self.key(s) not in tried:
                     return s
-        return self.proposer.propose(self._tried(), self._best_cost(rec.chosen))
-
-    def _tried(self) -> dict[str, Tried]:
-        base, tol, looks = self.evidence.baseline, self.tolerance(), self.looks()
-        assert base is not None
-        out = {k: Tried("error") for k in self.errors}
-        for n, t in self.trials.items():
-            c = self.evidence.by_number[n]
-            bounds = verdicts(c, base, tol, looks=looks)
-            verdict = overall(bounds)
-            fresh = verdicts(c, base, tol, confirm=True, looks=looks) if verdict == "pass" and c.confirm else []
-            if fresh and overall(fresh) != "pass":
-                # a pass the fresh images did not bear out holds the walk no more: the rungs above come next
-                verdict, bounds = overall(fresh), fresh
-            out[str(trial_record(t).setting_key)] = Tried(verdict, margin(bounds), excess(bounds))
-        return out
+        return self.proposer.propose(self.now.tried, self._best_cost(rec.chosen))
 
     def _trial(self, proposal: Settings | None) -> bool:
         """Render a new setting: the proposal (enqueued, so that its trial draws it), or the optimiser's."""
@@ -322,6 +349,7 @@ class ClassRun:
                 new[unit_key(p, s)][NOISE_SEED] = noise_seed(self.prompts[p], s)  # re-renders from prompt and this
         if new:
             have.update(new)
+            self._now = None  # the evidence moved: the decision is read again
             put_study(self.study, renders={number: new})  # a chunk of its own: stored ones stay as they are
             begun = len(self.evidence.confirmed)
             self.evidence.add_renders(number, new)
