@@ -165,7 +165,7 @@ def test_apply_and_the_diffusers_export_render_the_studys_image_with_the_cache_o
     from autotune.micro import MODELS, pipeline_dir
     from autotune.results.reader import recommend
     from autotune.results.recommendations_file import _from_summary, trial_summary
-    from autotune.serving.export import export
+    from autotune.serving.export import export, in_tools
     from autotune.space.families import FAMILIES
     from autotune.testing.tiny import tiny_pipeline_path
     from tests.test_serving import render, trial_image
@@ -216,3 +216,9 @@ def test_apply_and_the_diffusers_export_render_the_studys_image_with_the_cache_o
     assert (render(pipe, cfg, prompt, kwargs) - expected).abs().max() <= 1 / 255 + 1e-6
     code["apply"](pipe, "default")  # type: ignore[operator]
     assert not getattr(caches.denoiser(pipe), "is_cache_enabled", False) and not getattr(pipe, "_deepcache", None)
+
+    # the tools' exports say in one line each that the cache is not theirs (ComfyUI's own caches: another rule)
+    said = {tool: [m for m in missing if "on the denoiser" in m] for tool, (_, _, missing) in in_tools(rec).items()}
+    assert [len(lines) for lines in said.values()] == [1, 1]
+    assert all(lines[0].startswith(caches.label(rec.cache)) and "not exported" in lines[0] for lines in said.values())
+    assert "EasyCache" in said["comfyui"][0] and "no core setting" in said["a1111"][0]

@@ -70,8 +70,9 @@ TOOLS = {
             "no core node stops guidance after a share of the steps",
             "ComfyUI's export covers Euler (flow) on Flux's own sigmas, shifted by its ModelSamplingFlux node; its "
             "other samplers and schedules, and SD3's ModelSamplingSD3, were not matched to diffusers' on a flow model",
-            "no core node; custom nodes do (Comfy-WaveSpeed's 'Apply First Block Cache', DeepCache nodes), not "
-            "checked against diffusers' or DeepCache's here; not exported",
+            "its core EasyCache and LazyCache nodes skip steps on a rule of their own (a change threshold between "
+            "start and end percents), not this cache's; custom nodes do this one (Comfy-WaveSpeed's 'Apply First "
+            "Block Cache', DeepCache nodes), not checked against diffusers' or DeepCache's here; not exported",
             "autotune.serving.export:comfyui",
             MappingProxyType({"euler": "euler", "heun": "heun", "lms": "lms", "dpm_2": "dpm_2",
                               "dpmpp_2m": "dpmpp_2m", "ddim": "euler"}),  # its ddim is its Euler
