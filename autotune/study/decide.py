@@ -6,8 +6,8 @@ the recommendation's neighbours; else a new setting, the decision's proposal (:m
 propose`) or, for a share ``search.front_share``, the optimiser's, which maps the Pareto front. The
 evidence is built once from the stored trials and kept up to date with each render.
 
-Every image the decision scores is stored in the class's study as ``renders.<trial>`` (``{"prompt:seed":
-{metric: value, "noise_seed": its generator seed}}``), so a resumed study picks up where it stopped
+Every image the decision scores is stored in the class's study, a chunk at a time (``renders.<trial>.<chunk>``:
+``{"prompt:seed": {metric: value, "noise_seed": its generator seed}}``), so a resumed study picks up where it stopped
 and ``autotune recommend`` reads the verdict without a model. The study's ``decision`` attribute says
 whether the decision finished (``settled``) or is still under way (``deciding``; ``stopped`` says why
 it is not running).
@@ -192,7 +192,7 @@ class ClassRun:
             self._now = Snapshot(self)
         return self._now
 
-    def recommendation(self) -> Any:
+    def recommendation(self) -> Recommendation | None:
         return self.now.rec
 
     # cost in one unit for rendered and untried settings ----------------------------------------------
