@@ -224,10 +224,32 @@ def test_rungs_where_every_line_falls_just_short_are_climbed_by_a_doubling_strid
 def test_a_line_that_holds_is_searched_down_by_halves() -> None:
     line = Line("dpmpp_2m", (("timestep_spacing", "trailing"),), 5.0)
     p = Proposer([line], (2, 30), 1, lambda s: float(s.steps), key=lambda s: s.label())
-    tried = {line.at(8).label(): Tried("fail", -2.0, 5.0), line.at(17).label(): Tried("pass", 0.3, 0.2)}
+    tried = {line.at(8).label(): Tried("fail", -0.2, 1.2), line.at(17).label(): Tried("pass", 0.3, 0.2)}
     assert p.propose(tried, best_cost=17).steps == 12  # type: ignore[union-attr]  # halfway between 8 and 17
     tried[line.at(12).label()] = Tried("pass", 0.1, 0.5)
     assert p.propose(tried, best_cost=12).steps == 10  # type: ignore[union-attr]  # between 8 and 12
+    far = {line.at(8).label(): Tried("fail", -2.0, 5.0), line.at(17).label(): Tried("pass", 0.3, 0.2)}
+    assert p.propose(far, best_cost=17).steps == 15  # type: ignore[union-attr]  # 5 short at 8: not below 8 x 5 ** (1/3)
+
+
+def test_a_line_far_off_is_not_tried_again_where_its_power_of_the_steps_cannot_reach() -> None:
+    """One close line keeps a rung open; its kin, far off below, wait until their own error could have fallen
+    within the tolerance (at most as the third power of the steps)."""
+    lines = [Line("euler", o, 5.0) for o in ((("sigmas", "karras"),), (("sigmas", "beta"),), ())]
+    p = Proposer(lines, (2, 30), 1, lambda s: float(s.steps), key=lambda s: s.label(), beam=4)
+    tried = {
+        lines[0].at(4).label(): Tried("fail", -0.5, 1.1),  # close: the next rung is 5
+        lines[1].at(4).label(): Tried("fail", -9.0, 8.0),  # 8 short: not below 4 x 2 = 8 steps
+        lines[2].at(4).label(): Tried("fail", -2.0, 2.0),  # 2 short: not below ceil(4 x 1.26) = 6
+    }
+    walked = []
+    while (s := p.propose(tried, best_cost=30)) is not None and len(walked) < 6:
+        walked.append((s.options, s.steps))
+        tried[s.label()] = Tried("fail", -0.5, 1.1)
+    karras, beta, default = (ln.options for ln in lines)
+    # rung 5 is karras's alone (default waits for 6, beta for 8), and each rung where all stayed short doubles
+    # the stride: 5, 7, 11; beta joins at 11, never tried below its 8
+    assert walked == [(karras, 5), (karras, 7), (default, 7), (karras, 11), (default, 11), (beta, 11)]
 
 
 def test_two_names_for_one_schedule_are_one_line_and_a_real_difference_stays_two() -> None:

@@ -11,7 +11,9 @@ its neighbouring guidance values join (a different guidance solves a different O
 on its own). A rung where the first lines tried fall far short (4 tolerances or more) is left after
 three; and the walk jumps the rungs no line is expected to hold at: a sampler's error to the converged
 image falls as a power of its steps, so from a line ``excess`` tolerances short at ``s`` steps the next
-rung worth a render is ``s * excess ** (1 / 3)`` (the third power: the most a multistep solver gains).
+rung worth a render is ``s * excess ** (1 / 3)`` (the third power: the most a multistep solver gains), and
+a line is not tried below that rung from its own failures either (:func:`floor`): a sampler's many variant
+lines, most far off, would otherwise each be tried again a rung higher because one of them came close.
 Where quality is flat in steps just beyond the tolerance that jump is one rung, and a beam at every rung
 would spend the night below the answer: each rung in a row where every line's mean stayed beyond the
 tolerance doubles the stride (1, 2, 4, ... rungs up; one that came inside resets it), and a line that
@@ -150,7 +152,7 @@ class Proposer:
         for line in passing:
             rs = results[line]
             top = min(s for s, r in rs.items() if r.verdict == "pass")
-            low = max((s for s, r in rs.items() if r.verdict == "fail" and s < top), default=self.rungs[0] - 1)
+            low = max(floor({s: r for s, r in rs.items() if s < top}), self.rungs[0]) - 1
             between = [s for s in self.rungs if low < s < top and s not in rs]
             if between:
                 mid = between[(len(between) - 1) // 2]
@@ -204,8 +206,8 @@ class Proposer:
 
     @staticmethod
     def _ruled_out(results: Mapping[int, Tried], s: int) -> bool:
-        """Failed at these steps or more (quality is near monotone in steps), or errored at these steps."""
-        return any((r.verdict == "fail" and t >= s) or (r.verdict == "error" and t == s) for t, r in results.items())
+        """Below the line's floor (:func:`floor`), or errored at these steps."""
+        return s < floor(results) or any(r.verdict == "error" and t == s for t, r in results.items())
 
     def _promise(self, line: Line, s: int, results: Mapping[Line, Mapping[int, Tried]]) -> float:
         """How close the line came below ``s`` (its best margin there), else its sampler's other lines' best,
@@ -226,3 +228,12 @@ class Proposer:
     def _best(self, open_: Sequence[Line], s: int, results: Mapping[Line, Mapping[int, Tried]]) -> Settings:
         best = max(open_, key=lambda line: (self._promise(line, s, results), -open_.index(line)))
         return best.at(s)
+
+
+def floor(results: Mapping[int, Tried]) -> int:
+    """The fewest steps a line may hold at, from its failures (0: none): above every rung it failed at (quality
+    is near monotone in steps), and, from one ``excess`` tolerances short at ``t`` steps, at least
+    ``t * excess ** (1 / 3)`` (its error falls at most as the third power of the steps): a line far off at 4
+    steps is not tried at 6 because another line came close there."""
+    fails = [(t, r.excess) for t, r in results.items() if r.verdict == "fail"]
+    return max((max(t + 1, math.ceil(t * e ** (1 / 3)) if math.isfinite(e) else t + 1) for t, e in fails), default=0)
