@@ -102,6 +102,20 @@ def test_the_last_slot_while_the_baseline_stands_goes_to_a_candidate_with_room_n
     assert agenda.LAST_SLOT_ROOM > 0.4
 
 
+def test_the_last_slot_does_not_trade_the_whole_saving_for_a_little_more_room() -> None:
+    """A real thin-class study (glyphs, seed 4): Euler 11 steps passed its search 0.26 tolerances inside,
+    UniPC 27 steps 0.38 inside; the slot went to the 27 steps (1.09x) by room alone, where 11 steps (2.7x)
+    held on fresh prompts in other studies. The slot weighs the saving by the room (up to LAST_SLOT_ROOM)."""
+    from autotune.decision.agenda import _confirmable
+
+    eleven, sixteen, surest = (cand(n, {p: 0.0 for p in range(4)}, c) for n, c in ((1, 0.37), (3, 0.53), (4, 0.92)))
+    room = {1: 0.26, 3: 0.04, 4: 0.38}
+    assert _confirmable([eleven, sixteen, surest], [], SETTINGS, room, base_cost=1.0) is eleven
+    assert _confirmable([eleven, sixteen, surest], [], SETTINGS, {1: 0.05, 3: 0.04, 4: 0.9}, 1.0) is surest
+    roomy = {1: 0.6, 3: 0.7, 4: 0.9}  # every one with room: the cheapest
+    assert _confirmable([eleven, sixteen, surest], [], SETTINGS, roomy, base_cost=1.0) is eleven
+
+
 def test_an_undecided_confirmation_goes_on_over_its_whole_panel_before_it_counts_as_failed() -> None:
     same = {p: 0.0 for p in range(4)}
     split = {8: -1.5, 9: 0.4, 10: -0.8, 11: 0.3}  # four fresh prompts that disagree: undecided
