@@ -45,8 +45,10 @@ AXES = {
 }
 
 
-def study_text(axis: str, arm: str, seed: int) -> str:
+def study_text(axis: str, arm: str, seed: int, classes: tuple[str, ...] = ()) -> str:
     text = (ROOT / "studies" / AXES[axis][0]).read_text().replace('device = "auto"', 'device = "cpu"')
+    for other in set(re.findall(r"^\[classes\.(\w+)\]", text, flags=re.M)) - set(classes or ()) if classes else ():
+        text = re.sub(rf"^\[classes\.{other}\].*?(?=^\[|\Z)", "", text, flags=re.M | re.S)  # the classes asked for
     if arm == "named":
         text = re.sub(r"^(guidance_cutoff|fitted_schedules) = .*$", "", text, flags=re.M)
     if arm == "cache":
@@ -54,7 +56,9 @@ def study_text(axis: str, arm: str, seed: int) -> str:
     return text.replace("[search]\n", f"[search]\nseed = {seed}\n", 1)
 
 
-def one_study(axis: str, arm: str, seed: int, held: list[str], folder: Path) -> dict[str, Any]:
+def one_study(
+    axis: str, arm: str, seed: int, held: list[str], folder: Path, classes: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Run the study, write its outputs, validate each class's pick on the held-out prompts and seeds."""
     from autotune.config import load_config
     from autotune.report.table import write_all
@@ -63,7 +67,7 @@ def one_study(axis: str, arm: str, seed: int, held: list[str], folder: Path) -> 
 
     path = folder / f"{arm}-{seed}" / AXES[axis][0]
     path.parent.mkdir()
-    path.write_text(study_text(axis, arm, seed))
+    path.write_text(study_text(axis, arm, seed, classes))
     cfg = load_config(path)
     start = time.monotonic()
     write_all(run_study(cfg, progress=False))
@@ -84,6 +88,7 @@ def one_study(axis: str, arm: str, seed: int, held: list[str], folder: Path) -> 
             "worse_on": worse,
             "bound_passes": v["within_tolerance"],
             "means": {m: b.get("mean") for m, b in v["bounds"].items()},
+            "reason": recs[c].get("reason"),  # why the study kept what it kept
             "tolerance": {m: b["tolerance"] for m, b in v["bounds"].items()},
         }
         print(
@@ -112,15 +117,15 @@ PHYSICAL = 1.25  # a held-out speed-up above this x its model-evaluation ratio i
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per class and arm: truly worse picks, and the median saving of the picks (a truly worse pick saves
     nothing), timed and in model evaluations; a timing that breaks physics is flagged."""
-    without, with_ = list(runs)
-    classes = [c for c in runs[with_][0] if c != "minutes"]
+    arms = list(runs)  # (without, with), or one arm alone (``--arms``)
+    classes = [c for c in runs[arms[-1]][0] if c != "minutes"]
     summary: dict[str, Any] = {}
     for c in classes:
         summary[c] = {}
         for arm in runs:
             rows = [r[c] for r in runs[arm]]
             holds = [not r["truly_worse"] for r in rows]
-            speed = [r["speedup"] for r in rows]
+            speed = [r["speedup"] or 1.0 for r in rows]  # None: validate withheld a timing that broke physics
             calls = [r["call_ratio"] or 1.0 for r in rows]
             summary[c][arm] = {
                 "truly_worse": f"{sum(not h for h in holds)}/{len(rows)}",
@@ -134,9 +139,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                     x if h else 1.0 for x, h in zip(calls, holds, strict=True)
                 ),
             }
-        for kind in ("speedup", "call_ratio"):
-            a, n = (summary[c][arm][f"median_{kind}_that_holds"] for arm in (with_, without))
-            summary[c][f"{with_}_over_{without}_{kind}"] = a / n
+        for kind in ("speedup", "call_ratio") if len(arms) == 2 else ():
+            a, n = (summary[c][arm][f"median_{kind}_that_holds"] for arm in arms[::-1])
+            summary[c][f"{arms[1]}_over_{arms[0]}_{kind}"] = a / n
     summary["study_minutes"] = {arm: [round(r["minutes"], 1) for r in runs[arm]] for arm in runs}
     return summary
 
@@ -146,9 +151,14 @@ def main() -> None:
     parser.add_argument("--axis", choices=list(AXES), default="cutoff")
     parser.add_argument("--studies", type=int, default=3)
     parser.add_argument("--summarise", action="store_true", help="summarise results/axes.json's runs again")
+    parser.add_argument("--arms", help="these arms only, comma-separated (default: both)")
+    parser.add_argument("--classes", help="these prompt classes only, comma-separated (default: every class)")
+    parser.add_argument("--out", help="the results file (default: the axis's in benchmarks/results/)")
     args = parser.parse_args()
     _, holdout, arms, results, _ = AXES[args.axis]
-    out = HERE / "results" / results
+    arms = tuple(args.arms.split(",")) if args.arms else arms
+    classes = tuple(args.classes.split(",")) if args.classes else ()
+    out = Path(args.out) if args.out else HERE / "results" / results
     if args.summarise:
         runs = json.loads(out.read_text())["runs"]
     else:
@@ -162,7 +172,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for seed in range(1, args.studies + 1):
                 for arm in arms:
-                    runs[arm].append(one_study(args.axis, arm, seed, held, Path(tmp)))
+                    runs[arm].append(one_study(args.axis, arm, seed, held, Path(tmp), classes))
                 write(out, runs)  # after each seed: a pass stopped early keeps its studies
     print(json.dumps(write(out, runs), indent=2))
 

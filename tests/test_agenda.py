@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from autotune.config import RecommendConfig, SearchConfig
 from autotune.decision.agenda import Action, near, neighbours, next_action
 from autotune.decision.bounds import Tolerance
@@ -295,3 +297,19 @@ def test_a_pass_the_confirmation_did_not_bear_out_no_longer_holds_the_walk() -> 
     assert first is not None and first.steps == 9 and first.guidance != 5.0  # cheaper only: guidance neighbours
     tried[line.at(10).label()] = Tried("undecided", -0.3, 0.7)  # what ClassRun passes once the fresh images speak
     assert p.propose(tried, best_cost=30) == line.at(11)  # the rung above, on the line that came close
+
+
+def test_a_rung_where_nothing_holds_costs_at_most_a_fifth_of_the_walks_settings() -> None:
+    """A sampler with many variants makes many lines: a beam of a fifth of them spent 8-10 of a 40-setting
+    study's renders at each low rung of the real thin class (glyphs), and the walk never reached the steps
+    that hold. The beam is also at most a fifth of the settings the walk may propose."""
+    lines = [Line("euler", (("s", i),), 5.0) for i in range(40)]  # 40 lines: a beam of 8 by the lines alone
+
+    def rung_cost(budget: float) -> int:
+        p = Proposer(lines, (2, 30), 1, lambda s: float(s.steps), key=lambda s: s.label(), budget=budget)
+        tried: dict[str, Tried] = {}
+        while (s := p.propose(tried, best_cost=30)) is not None and s.steps == 2:
+            tried[s.label()] = Tried("fail", -0.5, 1.2)  # just short: the rung stays worth its beam
+        return len(tried)
+
+    assert rung_cost(math.inf) == 8 and rung_cost(26.4) == 5 and rung_cost(10) == 3

@@ -5,8 +5,9 @@ deterministic sampler on a line, quality is close to monotone in steps, so a lin
 steps is not tried below them, and the cheapest steps that hold are found by walking the line up from
 its cheapest rung. Lines are walked together, rung by rung (cheapest first): at each rung the lines
 most likely to pass are tried first (ranked by how close each came on the rungs below, sharing what
-a sampler's other lines showed), a beam of them, so that a rung where nothing holds costs a few
-renders, not one per line. The lines start at the baseline's guidance; once a line holds somewhere,
+a sampler's other lines showed), a beam of them (a fifth of the lines, at most a fifth of the settings the
+walk may propose: ``budget``), so that a rung where nothing holds costs a few renders, not one per line.
+The lines start at the baseline's guidance; once a line holds somewhere,
 its neighbouring guidance values join (a different guidance solves a different ODE: it holds or not
 on its own). A rung where the first lines tried fall far short (4 tolerances or more) is left after
 three; and the walk jumps the rungs no line is expected to hold at: a sampler's error to the converged
@@ -117,11 +118,14 @@ class Proposer:
         guidance: tuple[float, float] = (0.0, math.inf),
         guidance_step: float = 0.5,
         beam: int | None = None,
+        budget: float = math.inf,
     ) -> None:
         self.lines, self.cost, self.key = list(lines), cost, key
         self.rungs = list(range(steps[0], steps[1] + 1, steps_step))
         self.guidance, self.guidance_step = guidance, guidance_step
-        self.beam = beam if beam is not None else max(4, math.ceil(len(self.lines) / 5))
+        wide = max(4, math.ceil(len(self.lines) / 5))  # a fifth of the lines, and of the settings it may propose
+        cap = int(budget // 5) if math.isfinite(budget) else wide
+        self.beam = beam if beam is not None else max(3, min(wide, cap))
         self._keys = functools.cache(lambda line: [(s, key(line.at(s))) for s in self.rungs])  # a line's rungs
 
     def _neighbour_lines(self, passing: Sequence[Line]) -> list[Line]:

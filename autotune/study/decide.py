@@ -144,9 +144,11 @@ class ClassRun:
 
         s = cfg.search
         lines = lines_of(s.schedulers, s.variants, cfg.family, g, same, r.stochastic, s.fitted_schedules)
+        walk = s.n_trials * (1 - s.front_share)  # the settings the walk may propose (the rest are the optimiser's)
         self.proposer = Proposer(
-            lines, s.steps, s.steps_step, self._cost, key=self.key, guidance=s.guidance, guidance_step=s.guidance_step
-        )
+            lines, s.steps, s.steps_step, self._cost, key=self.key, guidance=s.guidance,
+            guidance_step=s.guidance_step, budget=walk,
+        )  # fmt: skip
         self.settled = False
         self.last: FrozenTrial | None = None  # the last trial this run rendered (for the progress line)
         self.refresh()
