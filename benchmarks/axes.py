@@ -4,7 +4,7 @@ it, each recommendation judged on prompts and seeds no study used.
     .venv/bin/python benchmarks/axes.py [--axis cutoff|cache|deepcache|taylorseer] [--studies 3]
 
 For each study seed 1..N and each arm, ``autotune study`` runs a demo study on the CPU (40 settings per class,
-the LPIPS backbone random). ``--axis cutoff`` (issue 21): studies/demo.toml (the trained glyphs micro model
+the LPIPS backbone random; each study seed also draws the class's held-out prompts, ``holdout_seed``). ``--axis cutoff`` (issue 21): studies/demo.toml (the trained glyphs micro model
 and its CLIP), ``named`` without ``guidance_cutoff`` and ``fitted_schedules``, ``axes`` as shipped (both
 searched). ``--axis cache`` (issue 45): studies/demo_flow.toml (the trained flow micro model), ``off`` as
 shipped, ``cache`` with ``cache = ["first_block"]`` (diffusers' First Block Cache, its threshold searched);
@@ -47,12 +47,14 @@ AXES = {
 
 def study_text(axis: str, arm: str, seed: int, classes: tuple[str, ...] = ()) -> str:
     text = (ROOT / "studies" / AXES[axis][0]).read_text().replace('device = "auto"', 'device = "cpu"')
-    for other in set(re.findall(r"^\[classes\.(\w+)\]", text, flags=re.M)) - set(classes or ()) if classes else ():
+    for other in set(re.findall(r"^\[classes\.(\w+)\]", text, flags=re.M)) - set(classes) if classes else ():
         text = re.sub(rf"^\[classes\.{other}\].*?(?=^\[|\Z)", "", text, flags=re.M | re.S)  # the classes asked for
     if arm == "named":
         text = re.sub(r"^(guidance_cutoff|fitted_schedules) = .*$", "", text, flags=re.M)
     if arm == "cache":
         text = text.replace("[search]\n", f'[search]\ncache = ["{AXES[axis][4]}"]\n', 1)
+    text = re.sub(r"^holdout_seed = .*$", "", text, flags=re.M)  # each study draws its own held-out prompts
+    text = text.replace("[recommend]", f"[recommend]\nholdout_seed = {seed}", 1)
     return text.replace("[search]\n", f"[search]\nseed = {seed}\n", 1)
 
 

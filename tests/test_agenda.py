@@ -56,6 +56,23 @@ def test_the_first_chunk_races_on_more_prompts_before_more_seeds() -> None:
     assert PANEL.confirm_units == tuple((p, s) for p in range(8, 12) for s in (1000, 1001))  # held out, fresh
 
 
+def test_confirmation_holds_out_a_seeded_draw_of_the_prompts_no_trial_renders() -> None:
+    """A class listed easy-first (or with a theme at its end) confirms on prompts like its others: the held-out
+    prompts are a draw (``holdout_seed``) among those after a trial's own, each equally often, the same on
+    every resume; the search skips them. A small class's held-out prompts were once among a trial's own."""
+    draws = [Panel(20, (0, 1), (2,), 4, FRESH, 8, holdout_seed=s).held_prompts for s in range(400)]
+    assert all(len(d) == 8 and min(d) >= 4 for d in draws) and len(set(draws)) > 380  # of 12870
+    times = [sum(q in d for d in draws) for q in range(4, 20)]  # 200 each in expectation
+    assert min(times) > 160 and max(times) < 240, times
+    p = Panel(20, (0, 1), (2,), 4, FRESH, 8, holdout_seed=3)
+    assert p.held_prompts == draws[3] != tuple(range(12, 20))  # not the class's last prompts
+    assert p.chunks[0] == tuple((q, s) for q in range(4) for s in (0, 1))  # every trial's own prompts
+    assert {q for c in p.chunks for q, _ in c} == set(range(20)) - set(p.held_prompts)
+    assert {q for c in p.confirm_chunks for q, _ in c} == set(p.held_prompts) and len(p.chunks[1]) == 8
+    small = Panel(6, (0, 1), (), 4, FRESH, 8, holdout_seed=0)
+    assert len(small.held_prompts) == 2 and min(small.held_prompts) >= 4  # was 3: prompts 3-5, 3 a trial's own
+
+
 def test_an_undecided_cheap_candidate_races_on_new_prompts() -> None:
     close = cand(1, {0: -1.5, 1: 0.4, 2: -0.8, 3: 0.3}, 0.2)  # four prompts that disagree: undecided
     action = next_action(evidence(BASE, close), TOL, PANEL, SETTINGS, RecommendConfig(), race_spent=0)

@@ -191,6 +191,32 @@ def test_a_changed_prompt_is_named_by_its_entry_in_one_short_line(tmp_path: Path
     assert len(said) - len(str(path)) < 300 and "\n" not in said, said  # the file's path as the user typed it
 
 
+def test_the_held_out_prompts_are_fingerprinted_and_a_study_stored_before_the_draw_keeps_the_last_ones(
+    tmp_path: Path,
+) -> None:
+    from autotune.config import ConfigError
+    from autotune.config.resolve import resolve
+    from autotune.decision.panel import Panel
+    from autotune.space import schedulers
+    from autotune.space.families import FAMILIES
+    from autotune.store.versions import find_version, fingerprint
+
+    demo = Path(__file__).parents[1] / "studies" / "demo.toml"
+    path = tmp_path / "demo.toml"
+    path.write_text(demo.read_text())
+    cfg = resolve(load_config(path), FAMILIES["sd"], schedulers.names())
+    stored = {study_name(cfg, c): {"fingerprint": fingerprint(cfg, c)} for c in cfg.classes}
+    held = Panel.of(20, cfg.search, cfg.recommend).held_prompts
+    assert stored["demo.thin"]["fingerprint"]["held_out"] == list(held) != list(range(12, 20))
+    path.write_text(demo.read_text().replace("holdout_seed = 0 ", "holdout_seed = 5 "))
+    with pytest.raises(ConfigError, match=r"\(classes\.thin\.held_out \[.*\] -> \[.*\], classes\.bold\.held_out"):
+        find_version(load_config(path), stored, stored.__getitem__)  # confirmation images on other prompts
+    before = {n: {"fingerprint": {k: v for k, v in a["fingerprint"].items() if k != "held_out"}}
+              for n, a in stored.items()}  # fmt: skip
+    version, resolved = find_version(load_config(path), before, before.__getitem__)
+    assert version == 1 and Panel.of(20, resolved.search, resolved.recommend).held_prompts == tuple(range(12, 20))
+
+
 def test_gates_do_not_pass_on_a_study_without_a_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A study stopped before its baseline completed: `study`, `recommend`, `validate` and `export` all
     exit 1 and say so (a CI gate fails); a recommendations file of the wrong shape is one line, exit 2."""

@@ -210,7 +210,8 @@ def _validate(cfg: StudyConfig) -> StudyConfig:
     require(0 <= rec.broken_share < 1, "recommend.broken_share", "a share >= 0 and < 1", f"{rec.broken_share:g}")
     for key in ("clip_tolerance", "clip_tolerance_sd", "lpips_tolerance"):
         require((x := getattr(rec, key) or 0) >= 0, f"recommend.{key}", "a number >= 0", f"{x:g}")
-    for key, low in (("finalists", 1), ("race_seeds", 0), ("race_budget", 0), ("confirm_prompts", 1)):
+    at_least = (("finalists", 1), ("race_seeds", 0), ("race_budget", 0), ("confirm_prompts", 1), ("holdout_seed", 0))
+    for key, low in at_least:
         require(getattr(rec, key) >= low, f"recommend.{key}", f"an integer >= {low}", getattr(rec, key))
     if len(set(rec.confirm_seeds)) < 2 or set(rec.confirm_seeds) & set(s.seeds) or min(rec.confirm_seeds) < 0:
         raise ConfigError(

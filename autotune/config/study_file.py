@@ -159,7 +159,8 @@ class RecommendConfig:
     broken_share: float = 0.05  # share of images that collapse where the baseline's do not, allowed (exact bound)
     finalists: int = 3  # candidates a class confirms on fresh seeds, at most; each spends 5 % / finalists of the error
     confirm_seeds: tuple[int, ...] = tuple(range(1000, 1016))  # image numbers confirmation renders (fresh noises)
-    confirm_prompts: int = 8  # prompts held out of the search for confirmation (the last; at most half the class)
+    confirm_prompts: int = 8  # prompts held out of the search for confirmation (at most half the class)
+    holdout_seed: int | None = 0  # draws which prompts are held out (never a trial's first prompts_per_trial)
     race_seeds: int = 8  # seeds racing may add once every prompt is in
     race_budget: int = 2048  # images search racing renders in all, per class (the baseline's too; not confirmations')
 

@@ -9,11 +9,13 @@ The bound is over prompts (production sends new prompts of a class), so the pane
 before seeds: every trial renders the first chunk (``prompts_per_trial`` prompts x the search seeds);
 racing a candidate renders the next chunk (the next prompts x the search seeds), and once every search
 prompt is in, the racing seeds, a chunk of prompts at a time. Candidate and baseline are compared on the
-units both have. Confirmation renders a panel of its own that the search never sees: the class's last
-``confirm_prompts`` prompts (at most half the class), held out of the search, on the confirmation seeds.
+units both have. Confirmation renders a panel of its own that the search never sees: ``confirm_prompts``
+of the class's prompts (at most half the class), held out of the search, on the confirmation seeds.
 New prompts and new noise, as production sends: a search that picked the setting whose errors fell on
 easy prompts picked those prompts' luck, which fresh noise on the same prompts would repeat (a class of
-one prompt confirms on fresh noise alone).
+one prompt confirms on fresh noise alone). Which prompts are held out is a draw seeded by
+``holdout_seed`` among those a trial does not render (the first ``prompts_per_trial`` are the search's):
+a class's list in any order (easy ones first, a theme at the end) confirms on prompts like the rest.
 
 A candidate may *pass* only at the panel's looks, stated in advance and few (each spends a share of the
 error: :mod:`autotune.decision.looks`): the search's after the trial's own chunk, after every prompt is
@@ -31,11 +33,14 @@ Example:
     ((4, 0), (4, 1), (5, 0), (5, 1))
     >>> p.search_sizes, p.confirm_units
     ((8, 12, 24), ((6, 9), (7, 9)))
+    >>> Panel(8, (0, 1), per_chunk=4, confirm_seeds=(9, 10), confirm_prompts=2, holdout_seed=0).held_prompts
+    (4, 7)
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -84,32 +89,45 @@ class Panel:
     per_chunk: int = 4  # prompts per chunk (the first chunk is what every trial renders)
     confirm_seeds: tuple[int, ...] = ()
     confirm_prompts: int = 8
+    holdout_seed: int | None = None  # the draw of the held-out prompts (None: the last ones, as studies did before)
 
     @property
     def held_out(self) -> int:
-        """Prompts the search never renders, the confirmation's: the last ``confirm_prompts``, at most half
-        the class (none in a class of one, or without confirmation seeds)."""
-        return min(self.confirm_prompts, self.n_prompts // 2) if self.confirm_seeds else 0
+        """How many prompts the search never renders, the confirmation's: ``confirm_prompts``, at most half
+        the class and none of the first ``per_chunk``, which every trial renders (none in a class of one, or
+        without confirmation seeds)."""
+        most = min(self.n_prompts // 2, self.n_prompts - min(self.per_chunk, self.n_prompts))
+        return min(self.confirm_prompts, most) if self.confirm_seeds else 0
+
+    @functools.cached_property
+    def held_prompts(self) -> tuple[int, ...]:
+        """The held-out prompts (indices into the class): ``held_out`` of those after the first ``per_chunk``,
+        drawn by ``holdout_seed`` (a hash of seed and index orders them: the same draw on every machine)."""
+        rest = range(min(self.per_chunk, self.n_prompts), self.n_prompts)
+        if not self.held_out:
+            return ()
+        if self.holdout_seed is None:
+            return tuple(rest[-self.held_out :])
+        key = lambda q: hashlib.sha256(f"{self.holdout_seed}:{q}".encode()).digest()  # noqa: E731
+        return tuple(sorted(sorted(rest, key=key)[: self.held_out]))
+
+    @functools.cached_property
+    def search_order(self) -> tuple[int, ...]:
+        """The search's prompts, in the class's order (the first ``per_chunk`` are every trial's)."""
+        held = set(self.held_prompts)
+        return tuple(q for q in range(self.n_prompts) if q not in held)
 
     @property
     def search_prompts(self) -> int:
         return self.n_prompts - self.held_out
 
-    @property
-    def first_prompts(self) -> int:
-        """How many prompts (the first ones) a trial renders."""
-        return min(self.per_chunk, self.search_prompts)
-
     @functools.cached_property
     def chunks(self) -> list[tuple[Unit, ...]]:
         """The search panel: prompts first (every search seed), then each racing seed, a chunk of prompts at a time."""
-        n, out = self.search_prompts, []
-        for p in range(0, n, self.per_chunk):
-            out.append(tuple((q, s) for q in range(p, min(p + self.per_chunk, n)) for s in self.search_seeds))
-        for s in self.race_seeds:
-            for p in range(0, n, self.per_chunk):
-                out.append(tuple((q, s) for q in range(p, min(p + self.per_chunk, n))))
-        return out
+        order, k = self.search_order, self.per_chunk
+        parts = [order[p : p + k] for p in range(0, len(order), k)]
+        out = [tuple((q, s) for q in part for s in self.search_seeds) for part in parts]
+        return out + [tuple((q, s) for q in part) for s in self.race_seeds for part in parts]
 
     def next_chunk(self, have: Collection[Unit]) -> tuple[Unit, ...] | None:
         """The first chunk of the search panel not all in ``have`` (only its missing units), or None."""
@@ -124,7 +142,7 @@ class Panel:
     def confirm_chunks(self) -> list[tuple[Unit, ...]]:
         """The confirmation panel, the held-out prompts (a class of one: its prompt) x the confirmation seeds,
         in two chunks of seeds: a confirmation may fail after the first."""
-        prompts = range(self.search_prompts, self.n_prompts) if self.held_out else range(self.n_prompts)
+        prompts = self.held_prompts or range(self.n_prompts)
         half = max(len(self.confirm_seeds) // 2, 1)
         parts = [self.confirm_seeds[:half], self.confirm_seeds[half:]]
         return [tuple((q, s) for q in prompts for s in seeds) for seeds in parts if seeds]
@@ -142,7 +160,7 @@ class Panel:
         r = recommend
         race = race_seeds(search.seeds, r.confirm_seeds, r.race_seeds)
         return cls(n_prompts, tuple(search.seeds), race, search.first_prompts(n_prompts), tuple(r.confirm_seeds),
-                   r.confirm_prompts)  # fmt: skip
+                   r.confirm_prompts, r.holdout_seed)  # fmt: skip
 
     # the looks ----------------------------------------------------------------------------------------
     @functools.cached_property

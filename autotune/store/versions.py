@@ -17,6 +17,7 @@ from typing import Any
 
 from autotune.config import ConfigError, StudyConfig
 from autotune.config.resolve import ResolvedStudy, resolve
+from autotune.decision.panel import Panel
 from autotune.noise import NOISE
 from autotune.records import study_record
 from autotune.space import schedulers
@@ -27,7 +28,7 @@ __all__ = ["MEASURED", "find_version", "fingerprint", "study_name"]
 # measured where the study runs (no model is loaded to read a study back): compared only when running
 MEASURED = ("device", "dtype", "weights")
 # added to the fingerprint after studies were stored without them: compared when the stored one has them
-_LATER = ("baseline", "revision", *MEASURED)
+_LATER = ("baseline", "revision", "held_out", *MEASURED)
 
 
 def study_name(cfg: StudyConfig, class_name: str, version: int = 1) -> str:
@@ -47,9 +48,11 @@ def _setting(s: Any, follows_trial: bool = False) -> dict[str, Any]:
 def fingerprint(cfg: ResolvedStudy, class_name: str, measured: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What makes two runs' metrics comparable: model (and its revision), size, metrics, family, the
     baseline every candidate is compared with, the reference, seeds, the class's prompts (a trial's
-    metrics are means over them), how production calls the pipeline (the cost objective times that
-    call) and ``measured``: the device kind, dtype and weights digest it renders with."""
+    metrics are means over them), the prompts confirmation holds out of the search, how production calls
+    the pipeline (the cost objective times that call) and ``measured``: the device kind, dtype and weights
+    digest it renders with."""
     ref = cfg.reference
+    prompts = list(cfg.classes[class_name])
     return {
         **{k: v for k, v in (measured or {}).items() if v is not None},
         "serving": dataclasses.asdict(cfg.serving),
@@ -65,7 +68,8 @@ def fingerprint(cfg: ResolvedStudy, class_name: str, measured: Mapping[str, Any]
         "reference": _setting(ref, ref.follows_trial),
         "seeds": list(cfg.search.seeds),
         "noise": NOISE,
-        "prompts": list(cfg.classes[class_name]),
+        "prompts": prompts,
+        "held_out": list(Panel.of(len(prompts), cfg.search, cfg.recommend).held_prompts),
         **_production(cfg, class_name),
     }
 
@@ -156,6 +160,8 @@ def find_version(
             record = study_record(attrs_of(name))
             stored = dict(record.fingerprint)
             here = here or resolve(cfg, FAMILIES[stored.get("family") or "sd"], schedulers.names())
+            if "held_out" not in stored:  # stored before the draw: it held out the class's last prompts, and goes on so
+                here = dataclasses.replace(here, recommend=dataclasses.replace(here.recommend, holdout_seed=None))
             new = fingerprint(here, c, measured)
             if stored and "prompts" not in stored:  # fingerprinted before prompts were: the study's record
                 stored["prompts"] = record.prompts or new["prompts"]
@@ -163,7 +169,8 @@ def find_version(
                 new = {k: v for k, v in new.items() if k in stored or k not in _LATER}
                 stored = {k: v for k, v in stored.items() if k in new or k not in MEASURED}
             if stored:
-                changes += [f"classes.{c}.{x}" if x.startswith("prompts") else x for x in _changes(stored, new)]
+                per_class = ("prompts", "held_out")
+                changes += [f"classes.{c}.{x}" if x.startswith(per_class) else x for x in _changes(stored, new)]
         if not changes:
             assert here is not None
             if resolved is not None:

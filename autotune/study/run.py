@@ -154,7 +154,7 @@ def run_study(
             check_reach(resolved)
         measured = {**rt, "weights": weights_digest(cfg.model)}
         names = optuna.get_all_study_names(rdb)
-        version, _ = find_version(
+        version, resolved = find_version(  # a study stored before a change of the panel goes on as it ran
             cfg, names, lambda n: study_attrs(rdb, n), resolved, new_version=new_version, measured=measured
         )
         check_writable(cfg.output_dir)
