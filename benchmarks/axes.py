@@ -4,7 +4,8 @@ it, each recommendation judged on prompts and seeds no study used.
     .venv/bin/python benchmarks/axes.py [--axis cutoff|cache|deepcache|taylorseer] [--studies 3]
 
 For each study seed 1..N and each arm, ``autotune study`` runs a demo study on the CPU (40 settings per class,
-the LPIPS backbone random; each study seed also draws the class's held-out prompts, ``holdout_seed``). ``--axis cutoff`` (issue 21): studies/demo.toml (the trained glyphs micro model
+the LPIPS backbone random; each study seed also draws the class's held-out prompts, ``holdout_seed``).
+``--axis cutoff`` (issue 21): studies/demo.toml (the trained glyphs micro model
 and its CLIP), ``named`` without ``guidance_cutoff`` and ``fitted_schedules``, ``axes`` as shipped (both
 searched). ``--axis cache`` (issue 45): studies/demo_flow.toml (the trained flow micro model), ``off`` as
 shipped, ``cache`` with ``cache = ["first_block"]`` (diffusers' First Block Cache, its threshold searched);

@@ -113,7 +113,7 @@ FINISHED_STUDY = (
         + '[classes.landscape]\nprompts = ["a misty mountain lake at dawn", "a desert canyon at noon"]\n'
         + 'negative_prompt = "blurry, lowres"\n',
     )
-    .replace("seeds = [0]\n", "seeds = [0, 1]\nseed = 9\nfront_share = 1.0\nguidance_cutoff = [0.5, 1.0]\n")
+    .replace("seeds = [0]\n", "seeds = [0, 1]\nseed = 3\nfront_share = 1.0\nguidance_cutoff = [0.5, 1.0]\n")
     .replace(
         "confirm_seeds = [1000, 1001]",
         "confirm_seeds = [1000, 1001, 1002, 1003]\nclip_tolerance = 5.0\nlpips_tolerance = 3.0",

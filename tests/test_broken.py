@@ -159,7 +159,7 @@ def test_the_table_json_and_report_show_the_recommendations_collapsed_images(fin
         rec = o.recommendation
         search, confirmation = data[c]["collapsed"]["search"], data[c]["collapsed"]["confirmation"]
         assert search["images"] == len(rec.chosen.images) and (search["recommended"], search["baseline"]) == (0, 0)
-        assert confirmation["images"] == len(rec.chosen.confirm) == 4  # a pick, not the baseline: confirmed
+        assert confirmation["images"] == len(rec.chosen.confirm) == 8  # a pick, confirmed: 2 prompts x 4 fresh seeds
         assert data[c]["tolerance"]["collapse"]["lpips"] == pytest.approx(5 * data[c]["tolerance"]["lpips"])
         row = next(line for line in format_table(outcomes.cfg, outcomes).splitlines() if line.startswith(f"{c} "))
-        assert f"0/{search['images'] + 4} (baseline 0)" in row
+        assert f"0/{search['images'] + 8} (baseline 0)" in row

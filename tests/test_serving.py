@@ -80,7 +80,7 @@ def test_apply_sets_the_scheduler_and_renders_the_trials_image(finished_study) -
 
         # the diffusers block alone, without autotune, reproduces it as well (the cutoff: diffusers' callback)
         block = blocks[c]["diffusers"]
-        assert {"timestep_spacing", "use_karras_sigmas"} <= set(block["scheduler_config"])  # complete, not a diff
+        assert {"timestep_spacing", "prediction_type"} <= set(block["scheduler_config"])  # complete, not a diff
         plain = fresh_pipe()
         plain.scheduler = getattr(diffusers, block["scheduler_class"]).from_config(
             plain.scheduler.config, **block["scheduler_config"]

@@ -254,8 +254,10 @@ def test_gates_do_not_pass_on_a_study_without_a_baseline(tmp_path: Path, capsys:
 def test_a_one_prompt_class_says_what_its_bound_speaks_for() -> None:
     from autotune.results.notes import prompts_note
 
-    note = prompts_note(1, 1, confirmed=1)
+    note = prompts_note(1, 1, confirmed={0})
     assert "degrees of freedom" not in note and "speaks for that prompt, not for new prompts of the class" in note
+    drawn = prompts_note(12, 20, confirmed={18, 4, 7})  # which prompts confirmed: a draw, so the note names them
+    assert "12 of the class's 20 prompts" in drawn and "confirmed on 3 prompts (nos. 5, 8, 19 of the class's)" in drawn
 
 
 def _resent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, tuple[int, int]]]:

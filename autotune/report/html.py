@@ -178,7 +178,7 @@ def _decision(cfg: ResolvedStudy, o: ClassOutcome) -> str:
         if o.decision_state == "settled"
         else f" The decision is {o.decision_state}: a cheaper setting may still qualify."
     )
-    used, confirmed = (len({p for p, _ in images}) for images in (rec.chosen.images, rec.chosen.confirm))
+    used, confirmed = len({p for p, _ in rec.chosen.images}), {p for p, _ in rec.chosen.confirm}
     notes = f"{rec.reason}.{state} Prompts: {prompts_note(used, len(cfg.classes[o.name]), confirmed)}."
     margin = ""
     if o.margin:

@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -67,12 +67,13 @@ def speedup_text(d: Mapping[str, Any]) -> str:
     return f"{d['speedup']:.2f}x{lo_hi}" + (f", {calls}" if calls else "")
 
 
-def prompts_note(used: int, total: int, confirmed: int = 0) -> str:
+def prompts_note(used: int, total: int, confirmed: Collection[int] = ()) -> str:
     """What the bounds speak for (new prompts of the class) and how the class's size limits them:
-    ``used`` prompts on the search's images, ``confirmed`` on the confirmation's."""
+    ``used`` prompts on the search's images, ``confirmed`` (their indices) on the confirmation's."""
     from autotune.decision.bounds import t95
 
-    fresh = f"; confirmed on {confirmed} prompts x fresh seeds" if confirmed else ""
+    nos = ", ".join(str(p + 1) for p in sorted(confirmed))
+    fresh = f"; confirmed on {len(confirmed)} prompts (nos. {nos} of the class's) x fresh seeds" if nos else ""
     if total == 1:  # no spread between prompts: the bound is over the one prompt's images (its noises)
         return (
             f"the class has one prompt: the bound is over its images (new noise, the same prompt){fresh}, so it "

@@ -306,7 +306,7 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
             "prompts": prompts_note(
                 len({p for p, _ in rec.chosen.images}),
                 len(cfg.classes[o.name]),
-                len({p for p, _ in rec.chosen.confirm}),
+                {p for p, _ in rec.chosen.confirm},
             ),
             "confirm_seeds": list(r.confirm_seeds),
             "race_images": o.stored.race_images,
