@@ -254,9 +254,10 @@ def test_gates_do_not_pass_on_a_study_without_a_baseline(tmp_path: Path, capsys:
 def test_a_one_prompt_class_says_what_its_bound_speaks_for() -> None:
     from autotune.results.notes import prompts_note
 
-    note = prompts_note(1, 1, confirmed={0})
+    note = prompts_note(1, [(0, 0), (0, 1)], confirm=[(0, 9)])
     assert "degrees of freedom" not in note and "speaks for that prompt, not for new prompts of the class" in note
-    drawn = prompts_note(12, 20, confirmed={18, 4, 7})  # which prompts confirmed: a draw, so the note names them
+    searched = [(p, s) for p in range(12) for s in (0, 1)]
+    drawn = prompts_note(20, searched, confirm=[(18, 9), (4, 9), (7, 9), (4, 10)])  # a draw: the note names them
     assert "12 of the class's 20 prompts" in drawn and "confirmed on 3 prompts (nos. 5, 8, 19 of the class's)" in drawn
 
 

@@ -96,14 +96,19 @@ class Panel:
         """How many prompts the search never renders, the confirmation's: ``confirm_prompts``, at most half
         the class and none of the first ``per_chunk``, which every trial renders (none in a class of one, or
         without confirmation seeds)."""
-        most = min(self.n_prompts // 2, self.n_prompts - min(self.per_chunk, self.n_prompts))
+        most = min(self.n_prompts // 2, self.n_prompts - self.trials_own)
         return min(self.confirm_prompts, most) if self.confirm_seeds else 0
+
+    @property
+    def trials_own(self) -> int:
+        """How many prompts every trial renders: the first ``per_chunk`` (all of a smaller class)."""
+        return min(self.per_chunk, self.n_prompts)
 
     @functools.cached_property
     def held_prompts(self) -> tuple[int, ...]:
         """The held-out prompts (indices into the class): ``held_out`` of those after the first ``per_chunk``,
         drawn by ``holdout_seed`` (a hash of seed and index orders them: the same draw on every machine)."""
-        rest = range(min(self.per_chunk, self.n_prompts), self.n_prompts)
+        rest = range(self.trials_own, self.n_prompts)
         if not self.held_out:
             return ()
         if self.holdout_seed is None:

@@ -178,8 +178,8 @@ def _decision(cfg: ResolvedStudy, o: ClassOutcome) -> str:
         if o.decision_state == "settled"
         else f" The decision is {o.decision_state}: a cheaper setting may still qualify."
     )
-    used, confirmed = len({p for p, _ in rec.chosen.images}), {p for p, _ in rec.chosen.confirm}
-    notes = f"{rec.reason}.{state} Prompts: {prompts_note(used, len(cfg.classes[o.name]), confirmed)}."
+    prompts = prompts_note(len(cfg.classes[o.name]), rec.chosen.images, rec.chosen.confirm)
+    notes = f"{rec.reason}.{state} Prompts: {prompts}."
     margin = ""
     if o.margin:
         margin_rows = [[html.escape(m["change"]), html.escape(m["setting"]), html.escape(m["verdict"]),

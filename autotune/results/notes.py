@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -67,11 +67,12 @@ def speedup_text(d: Mapping[str, Any]) -> str:
     return f"{d['speedup']:.2f}x{lo_hi}" + (f", {calls}" if calls else "")
 
 
-def prompts_note(used: int, total: int, confirmed: Collection[int] = ()) -> str:
-    """What the bounds speak for (new prompts of the class) and how the class's size limits them:
-    ``used`` prompts on the search's images, ``confirmed`` (their indices) on the confirmation's."""
+def prompts_note(total: int, images: Iterable[tuple[int, int]], confirm: Iterable[tuple[int, int]] = ()) -> str:
+    """What the bounds speak for (new prompts of the class of ``total``) and how the class's size limits them:
+    a pick's ``images`` and ``confirm`` images, as (prompt index, seed) units (a candidate's own)."""
     from autotune.decision.bounds import t95
 
+    used, confirmed = len({p for p, _ in images}), {p for p, _ in confirm}
     nos = ", ".join(str(p + 1) for p in sorted(confirmed))
     fresh = f"; confirmed on {len(confirmed)} prompts (nos. {nos} of the class's) x fresh seeds" if nos else ""
     if total == 1:  # no spread between prompts: the bound is over the one prompt's images (its noises)

@@ -303,11 +303,7 @@ def _class_data(cfg: ResolvedStudy, o: ClassOutcome) -> dict[str, Any]:
         "collapsed": collapsed_images(rec.chosen, rec.baseline, tol),
         "decision": {
             "state": o.decision_state,
-            "prompts": prompts_note(
-                len({p for p, _ in rec.chosen.images}),
-                len(cfg.classes[o.name]),
-                {p for p, _ in rec.chosen.confirm},
-            ),
+            "prompts": prompts_note(len(cfg.classes[o.name]), rec.chosen.images, rec.chosen.confirm),
             "confirm_seeds": list(r.confirm_seeds),
             "race_images": o.stored.race_images,
             "race_budget": r.race_budget,
