@@ -285,6 +285,20 @@ def test_a_line_far_off_is_not_tried_again_where_its_power_of_the_steps_cannot_r
     assert walked == [(karras, 5), (karras, 7), (default, 7), (karras, 11), (default, 11), (beta, 11)]
 
 
+def test_a_line_that_failed_on_broken_images_with_better_means_is_tried_above_it() -> None:
+    """A failure by the collapsed share alone can have every mean better than the baseline's (excess below 0):
+    it rules out its own steps and below, as a failure at the tolerance does (a cube root of a negative excess
+    once ended the study)."""
+    from autotune.decision.propose import floor
+
+    assert floor({6: Tried("fail", -0.4, -0.5)}) == 7 and floor({6: Tried("fail", -0.4, 0.3)}) == 7
+    assert floor({4: Tried("fail", -9.0, 8.0), 6: Tried("fail", -0.1, -2.0)}) == 8
+    line = Line("euler", (), 5.0)
+    p = Proposer([line], (2, 30), 1, lambda s: float(s.steps), key=lambda s: s.label())
+    nxt = p.propose({line.at(6).label(): Tried("fail", -0.4, -0.5)}, best_cost=30)
+    assert nxt is not None and nxt.steps == 7
+
+
 def test_two_names_for_one_schedule_are_one_line_and_a_real_difference_stays_two() -> None:
     import json
 

@@ -238,6 +238,10 @@ def floor(results: Mapping[int, Tried]) -> int:
     """The fewest steps a line may hold at, from its failures (0: none): above every rung it failed at (quality
     is near monotone in steps), and, from one ``excess`` tolerances short at ``t`` steps, at least
     ``t * excess ** (1 / 3)`` (its error falls at most as the third power of the steps): a line far off at 4
-    steps is not tried at 6 because another line came close there."""
+    steps is not tried at 6 because another line came close there. A failure with its means inside the tolerance
+    (too many broken images: ``excess`` below 1, or below 0 where the means are better than the baseline's) only
+    rules out its own steps and below."""
     fails = [(t, r.excess) for t, r in results.items() if r.verdict == "fail"]
-    return max((max(t + 1, math.ceil(t * e ** (1 / 3)) if math.isfinite(e) else t + 1) for t, e in fails), default=0)
+    return max(
+        (max(t + 1, math.ceil(t * max(1.0, e) ** (1 / 3))) if math.isfinite(e) else t + 1 for t, e in fails), default=0
+    )
