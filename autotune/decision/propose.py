@@ -200,7 +200,7 @@ class Proposer:
             if len(done) >= self.beam or far or not open_:
                 decided = [r.excess for r in done if r.verdict != "error" and math.isfinite(r.excess)]
                 if decided:  # the next rung worth a render, from the closest line at this one
-                    worth = max(worth, s + 1, math.ceil(s * max(1.0, min(decided)) ** (1 / 3)))
+                    worth = max(worth, reach(s, min(decided)))
                 left = left + 1 if decided and min(decided) >= 1 else 0  # every line's mean beyond the tolerance
                 if left:  # the stride doubles with each such rung in a row: 1, 2, 4, ... rungs up
                     worth = max(worth, s + 2 ** (left - 1))
@@ -236,12 +236,17 @@ class Proposer:
 
 def floor(results: Mapping[int, Tried]) -> int:
     """The fewest steps a line may hold at, from its failures (0: none): above every rung it failed at (quality
-    is near monotone in steps), and, from one ``excess`` tolerances short at ``t`` steps, at least
-    ``t * excess ** (1 / 3)`` (its error falls at most as the third power of the steps): a line far off at 4
-    steps is not tried at 6 because another line came close there. A failure with its means inside the tolerance
-    (too many broken images: ``excess`` below 1, or below 0 where the means are better than the baseline's) only
-    rules out its own steps and below."""
-    fails = [(t, r.excess) for t, r in results.items() if r.verdict == "fail"]
-    return max(
-        (max(t + 1, math.ceil(t * max(1.0, e) ** (1 / 3))) if math.isfinite(e) else t + 1 for t, e in fails), default=0
-    )
+    is near monotone in steps), and as far above as each failure's :func:`reach`: a line far off at 4 steps is not
+    tried at 6 because another line came close there. A failure with its means inside the tolerance (too many
+    broken images: ``excess`` below 1, or below 0 where the means are better than the baseline's) only rules out
+    its own steps and below."""
+    return max((reach(t, r.excess) for t, r in results.items() if r.verdict == "fail"), default=0)
+
+
+def reach(steps: int, excess: float) -> int:
+    """The fewest steps a line ``excess`` tolerances short at ``steps`` could hold at: above ``steps``, and at least
+    ``steps * excess ** (1 / 3)`` (its error falls at most as the third power of the steps); a line short by 1 or
+    less (or not at all by its means, or by an unknown amount) reaches the next step."""
+    if not math.isfinite(excess):
+        return steps + 1
+    return max(steps + 1, math.ceil(steps * max(1.0, excess) ** (1 / 3)))
