@@ -38,7 +38,7 @@ from typing import Any
 
 from autotune.config import StudyConfig
 from autotune.results.recommendations_file import DEFAULT_CLASS, ClassRecommendation, Recommendations
-from autotune.space.settings import guidance_on
+from autotune.space.guidance import guidance_on
 from autotune.space.tools import TOOLS
 
 __all__ = ["NOT_INSTALLED", "SEEDS", "check", "check_file", "k_diffusion", "tool_sigmas"]

@@ -19,7 +19,8 @@ from autotune.results.recommendations_file import _from_summary, trial_summary
 from autotune.serving.export import a1111, comfyui, export
 from autotune.space import schedulers
 from autotune.space.families import FAMILIES
-from autotune.space.settings import Settings, guided_steps
+from autotune.space.guidance import guided_steps
+from autotune.space.settings import Settings
 
 PROMPTS = ["a studio portrait of an old fisherman", "a misty mountain lake at dawn"]
 

@@ -105,9 +105,10 @@ def check_space(
     baseline_steps: int | None,
     baseline_guidance: float | str | None,
 ) -> None:
-    """The searched ranges and the baseline inside them (the baseline is always a point of the space), and
-    the guidance cutoff's range. Checked on what the file states when it loads (a value it leaves to the
-    model's family is None there), and again on the family's values once the model is known."""
+    """The searched ranges and the baseline inside them (the baseline is always a point of the space), the
+    guidance cutoff's range and the guidance interval's ends. Checked on what the file states when it loads
+    (a value it leaves to the model's family is None there), and again on the family's values once the model
+    is known."""
     if steps is not None and (steps[1] - steps[0]) % s.steps_step:
         raise ConfigError(f"search.steps_step: expected a divisor of {steps[1]} - {steps[0]}, got {s.steps_step}")
     if (
@@ -135,6 +136,15 @@ def check_space(
                 f"({s.guidance_cutoff_step:g}), so that guidance on every step stays in the space; got "
                 f"{list(s.guidance_cutoff)}"
             )
+    low, high = s.guidance_sigma_low, s.guidance_sigma_high
+    for name, values in (("guidance_sigma_low", low), ("guidance_sigma_high", high)):
+        if any(v <= 0 for v in values) or len(set(values)) < len(values):
+            raise ConfigError(f"search.{name}: expected distinct noise levels above 0, got {list(values)}")
+    if low and high and max(low) >= min(high):
+        raise ConfigError(
+            f"search.guidance_sigma_low: expected every value below each of search.guidance_sigma_high "
+            f"{list(high)} (an interval guides somewhere), got {list(low)}"
+        )
 
     for name in s.cache:
         if name not in CACHES:

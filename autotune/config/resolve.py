@@ -134,6 +134,12 @@ def _resolve(cfg: StudyConfig, family: Family, compatible: list[str]) -> Resolve
             f"search.guidance_cutoff: a {family.name} model cannot stop guidance part-way ({why}; the cutoff "
             "exists for sd, sdxl and sd3); remove the key"
         )
+    if (s.guidance_sigma_low or s.guidance_sigma_high) and not family.cfg:
+        key = "guidance_sigma_low" if s.guidance_sigma_low else "guidance_sigma_high"
+        raise ConfigError(
+            f"search.{key}: a {family.name} model has no classifier-free guidance to limit to an interval of noise "
+            "levels (its guidance, if any, is embedded in its one call); remove the key"
+        )
     for name in s.cache:
         if family.name not in CACHES[name].families:
             fits = [n for n, c in CACHES.items() if family.name in c.families]

@@ -77,6 +77,8 @@ class SearchConfig:
     guidance_step: float = 0.5  # CFG searched in increments of this
     guidance_cutoff: tuple[float, float] | None = None  # [low, 1.0]: share of steps with guidance (unset: every step)
     guidance_cutoff_step: float = 0.1  # the cutoff searched in increments of this
+    guidance_sigma_low: tuple[float, ...] = ()  # guidance stops at this sigma; searched beside 0 (guided to the end)
+    guidance_sigma_high: tuple[float, ...] = ()  # guidance waits above this sigma; searched beside none (from step 1)
     cache: tuple[str, ...] = ()  # caches searched beside none: "first_block", "taylorseer" (transformers), "deepcache"
     cache_threshold: tuple[float, float] | None = None  # [low, high] First Block Cache's threshold (unset: 0.05-0.5)
     cache_threshold_step: float = 0.05  # the threshold searched in increments of this

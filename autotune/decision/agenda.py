@@ -44,6 +44,7 @@ from autotune.decision.bounds import BROKEN, Bound, Tolerance
 from autotune.decision.evidence import Candidate, Evidence
 from autotune.decision.panel import Panel, Unit
 from autotune.decision.rule import Schedule, decide, overall, ranked, verdicts
+from autotune.space.guidance import INTERVAL, interval_choices
 from autotune.space.settings import SearchSpace, Settings
 
 __all__ = ["Action", "near", "neighbours", "next_action"]
@@ -57,39 +58,51 @@ class Action:
 
 
 def near(a: Settings, b: Settings) -> bool:
-    """Two settings that differ only in guidance, its cutoff, their cache or one variant value (same sampler
-    and steps)."""
+    """Two settings that differ only in guidance, its cutoff or interval, their cache or one variant value
+    (same sampler and steps)."""
     if a.scheduler != b.scheduler or a.steps != b.steps:
         return False
     oa, ob = dict(a.options), dict(b.options)
     differing = {k for k in oa.keys() | ob.keys() if oa.get(k) != ob.get(k)}
-    return len(differing) + (a.guidance != b.guidance) + (a.cutoff != b.cutoff) + (a.cache != b.cache) <= 1
+    changed = (a.guidance != b.guidance) + (a.cutoff != b.cutoff) + (a.cache != b.cache) + (a.interval != b.interval)
+    return len(differing) + changed <= 1
 
 
 def neighbours(s: Settings, space: SearchSpace) -> list[Settings]:
     """One step fewer, the adjacent guidance values at the same steps and, where the space searches a
-    guidance cutoff, guidance stopped one cutoff step sooner, and a cache's next values up and down
-    (those inside the space)."""
+    guidance cutoff, guidance stopped one cutoff step sooner, where it searches a guidance interval, each
+    end moved one value inward, and a cache's next values up and down (those inside the space)."""
+
+    def moved(**change: Any) -> Settings:
+        was: dict[str, Any] = {"guidance": s.guidance, "cutoff": s.cutoff, "timesteps": s.timesteps, "cache": s.cache}
+        was["interval"] = s.interval
+        return Settings.make(s.scheduler, s.steps, options=dict(s.options), **(was | change))
+
     out = []
     if s.steps - space.steps_step >= space.steps[0]:  # a fitted list is the steps': the study fits the fewer
-        fewer = s.steps - space.steps_step
-        out.append(Settings.make(s.scheduler, fewer, s.guidance, dict(s.options), s.cutoff, (), s.cache))
+        out.append(Settings.make(s.scheduler, s.steps - space.steps_step, s.guidance, dict(s.options), s.cutoff,
+                                 (), s.cache, s.interval))  # fmt: skip
     for g in (s.guidance - space.guidance_step, s.guidance + space.guidance_step):
         if space.guidance[0] - 1e-9 <= g <= space.guidance[1] + 1e-9:
-            out.append(Settings.make(s.scheduler, s.steps, round(g, 6), dict(s.options), s.cutoff, (), s.cache))
+            out.append(moved(guidance=round(g, 6), timesteps=()))
     if s.cache and s.cache[0] in getattr(space, "cache", ()):
         low, high, step = space.cache_range(s.cache[0])
         for v in (s.cache[1] + step, s.cache[1] - step):
             if low - 1e-9 <= v <= high + 1e-9:
-                cache = (s.cache[0], round(v, 6))
-                options = dict(s.options)
-                out.append(Settings.make(s.scheduler, s.steps, s.guidance, options, s.cutoff, s.timesteps, cache))
+                out.append(moved(cache=(s.cache[0], round(v, 6))))
     cut, step = getattr(space, "guidance_cutoff", None), getattr(space, "guidance_cutoff_step", 0.1)
-    sooner = Settings.make(
-        s.scheduler, s.steps, s.guidance, dict(s.options), round(s.cutoff - step, 6), s.timesteps, s.cache
-    )
+    sooner = moved(cutoff=round(s.cutoff - step, 6))
     if cut and s.cutoff - step >= cut[0] - 1e-9 and sooner != s:  # a cutoff that still guides every step is none
         out.append(sooner)
+    ends = list(s.interval or (0.0, math.inf))
+    for name, choices in interval_choices(space).items():
+        at = INTERVAL.index(name)
+        inward = [v for v in choices if (v > ends[at] if at == 0 else v < ends[at])]
+        if inward:
+            band = list(ends)
+            band[at] = min(inward) if at == 0 else max(inward)
+            if band[0] < band[1] and (narrower := moved(interval=tuple(band))) != s:
+                out.append(narrower)
     return out
 
 

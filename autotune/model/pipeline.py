@@ -25,7 +25,7 @@ from autotune.config import ConfigError, ConfigWarning, ModelConfig, StudyConfig
 from autotune.config.resolve import ResolvedStudy, resolve
 from autotune.model import sources
 from autotune.model.compute import Meter
-from autotune.space import caches, families
+from autotune.space import caches, families, guidance
 from autotune.space.families import Family
 from autotune.store.reference_table import model_identity
 
@@ -92,16 +92,21 @@ class Pipeline:
         """One denoiser call, counted once it returns, for the share of its compute that ran (1 but where a
         cache skipped parts: :class:`autotune.model.compute.Meter`): a call guided in the same batch counts
         as guided; true CFG's second call of a step (the negative prompt's, at the step's timestep again)
-        counts as the first one's guidance."""
+        counts as the first one's guidance; a call outside the setting's guidance interval counts unguided
+        (:mod:`autotune.space.guidance`: its batch was halved, or true CFG's second call was not made)."""
         ran = self.meter.share() if self.meter is not None else 1.0
         share = 1 if ran > 0.9999 else ran
+        interval = guidance.current(self.pipe)
+        if interval is not None and interval.skipped:
+            return
         step = getattr(self.pipe, "_current_timestep", None)
         if self.family.true_cfg and step is not None and step is self._last_step:
             self.guided_passes += share
             return
         self._last_step = step
         self.forward_passes += share
-        self.guided_passes += share if getattr(self.pipe, "do_classifier_free_guidance", False) else 0
+        unguided = interval is not None and interval.unguided
+        self.guided_passes += share if getattr(self.pipe, "do_classifier_free_guidance", False) and not unguided else 0
 
     def identity(self, prompt: str) -> str:
         """The model as reference keys know it: its id, plus what production adds to this prompt's call."""

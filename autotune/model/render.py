@@ -22,7 +22,8 @@ from autotune.model.pipeline import Pipeline
 from autotune.model.timing import DeviceTimer
 from autotune.noise import noise_seed
 from autotune.space import caches, schedulers
-from autotune.space.settings import Settings, guidance_on
+from autotune.space.guidance import guidance_on, interval_on
+from autotune.space.settings import Settings
 
 __all__ = ["Render", "RenderError", "free_memory", "generate", "render_pairs", "seeded", "time_serving"]
 
@@ -133,7 +134,7 @@ def render_pairs(
     """Render (prompt, seed) pairs in batches, as :func:`generate` renders its grid of them; with a cache on,
     one image a call (a cache decides to reuse a step on the whole batch: an image would depend on its batch)."""
     p.pipe.scheduler = schedulers.build(settings.scheduler, p.base_scheduler_config, dict(settings.options))
-    with caches.enabled(p.pipe, settings.cache):
+    with caches.enabled(p.pipe, settings.cache), interval_on(p.pipe, settings.interval, p.family):
         return _render_pairs(p, settings, jobs, height, width, 1 if settings.cache else batch_size)
 
 
@@ -202,7 +203,8 @@ def time_serving(
         _call(p, settings.warm_up(), prompts, seeds, height, width, encode=True)
         p.warmed.add(shape)
     out = []
-    with caches.enabled(p.pipe, settings.cache):  # as production turns it on: once, before its calls
+    # as production turns them on: once, before its calls
+    with caches.enabled(p.pipe, settings.cache), interval_on(p.pipe, settings.interval, p.family):
         for _ in range(repeats):
             with DeviceTimer(p.device) as timer:
                 _call(p, settings, prompts, seeds, height, width, encode=True)

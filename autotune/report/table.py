@@ -57,6 +57,7 @@ def _pareto_csv(cfg: ResolvedStudy, o: ClassOutcome) -> str:
         assert t.values is not None
         cut = [f"guidance_cutoff={s.cutoff:g}"] if s.cutoff < 1 else []
         cut += [f"cache.{s.cache[0]}={s.cache[1]:g}"] if s.cache else []
+        cut += [f"guidance_sigma=({s.interval[0]:g},{s.interval[1]:g}]"] if s.interval else []
         options = ";".join([*(f"{k}={v}" for k, v in s.options), *cut])
         w.writerow(
             [

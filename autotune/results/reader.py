@@ -269,6 +269,7 @@ def _margin(
     images the recommendation was judged on: a pick one step above a collapse says so."""
     from autotune.decision.agenda import neighbours
     from autotune.decision.rule import overall, unconfirmed, verdicts
+    from autotune.space.guidance import interval_label
 
     base = ev.baseline
     assert base is not None
@@ -284,6 +285,8 @@ def _margin(
             if other.guidance != s.guidance
             else f"guidance cutoff {other.cutoff:g}"
             if other.cutoff != s.cutoff
+            else f"guidance {interval_label(other.interval)}"
+            if other.interval != s.interval
             else f"cache {other.cache[1]:g}"
         )
         number = by_key.get(other.key(stored.scheduler_base or {}))

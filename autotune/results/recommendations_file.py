@@ -25,6 +25,7 @@ from autotune.config.objectives import OBJECTIVES, cost_of, quality
 from autotune.records import trial_record
 from autotune.results.notes import call_ratio, fleet, prompts_note, random_weights_warning, timing_check
 from autotune.space import caches
+from autotune.space.guidance import Interval, interval_from_json, interval_json
 from autotune.space.tools import TOOLS
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class ClassRecommendation:
     speedup: float | None = None
     guidance_cutoff: float = 1.0  # the share of steps with guidance (1: every step)
     cache: tuple[Any, ...] = ()  # a feature cache on the denoiser, (name, value); () none (autotune.space.caches)
+    guidance_interval: Interval = ()  # guidance only for sigma in (low, high]; () every sigma (autotune.space.guidance)
 
     def settings(self) -> Any:
         """The setting to render it with (:class:`autotune.space.settings.Settings`), a fitted schedule's
@@ -78,8 +80,9 @@ class ClassRecommendation:
 
         own = self.call_kwargs.get("timesteps", ())
         return Settings.make(
-            self.scheduler, self.steps, self.guidance, self.options, self.guidance_cutoff, own, self.cache
-        )
+            self.scheduler, self.steps, self.guidance, self.options, self.guidance_cutoff, own, self.cache,
+            self.guidance_interval,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ def _from_summary(name: str, d: Mapping[str, Any], family: str, speedup: float |
         speedup=speedup,
         guidance_cutoff=float(d.get("guidance_cutoff", 1.0)),
         cache=caches.normal((d["cache"]["name"], d["cache"]["value"])) if d.get("cache") else (),
+        guidance_interval=interval_from_json(d.get("guidance_interval")),
     )
 
 
@@ -216,6 +220,7 @@ def trial_summary(
         "guidance": s.guidance,
         "guidance_cutoff": s.cutoff,
         "cache": caches.describe(s.cache),
+        "guidance_interval": interval_json(s.interval),
         "deterministic": spec.deterministic,
         "diffusers": {
             "scheduler_class": spec.class_name,
@@ -228,6 +233,8 @@ def trial_summary(
             "guidance_cutoff": s.cutoff,  # 1: every step; below: guidance stops after this share of the steps
             # the class that turns the cache on (a config of diffusers.hooks, DeepCacheSDHelper), its arguments
             "cache": caches.as_config(s.cache),
+            # guidance only for sigma in (low, high] (null: every sigma; a null high: no upper end), see autotune.apply
+            "guidance_interval": interval_json(s.interval),
         },
         "metrics": dict(zip(objectives, t.values, strict=True)),
         "metrics_std": {m: statistics.pstdev(v) if v else None for m, v in spread.items()},

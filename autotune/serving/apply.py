@@ -33,9 +33,9 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
     """Swap ``pipe.scheduler`` to the recommended one and return the kwargs for ``pipe(prompt, ...)``:
     the setting's, the fixed arguments the study rendered the class with (its negative prompt,
     ``[call]``'s), and the callback that stops guidance part-way where the setting has a cutoff. The
-    recommended feature cache is turned on on the pipeline's denoiser, and a cache an earlier
-    recommendation (or the user) turned on is turned off first: the study validated the setting with
-    its own cache or none.
+    recommended feature cache and guidance interval are set on the pipeline's denoiser, and a cache or
+    interval an earlier recommendation (or the user) set is removed first: the study validated the setting
+    with its own or none.
 
     The new scheduler is ``Cls.from_config(<the pipeline's original scheduler config>,
     **rec.scheduler_config)``: the original config is kept on the pipeline the first time, so
@@ -50,7 +50,7 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
 
     from autotune.space import caches, schedulers
     from autotune.space.families import FAMILIES, compatible_schedulers
-    from autotune.space.settings import cutoff_kwargs
+    from autotune.space.guidance import cutoff_kwargs, set_interval
 
     if not isinstance(rec, ClassRecommendation):
         raise TypeError(
@@ -74,7 +74,9 @@ def apply(pipe: Any, rec: ClassRecommendation) -> dict[str, Any]:
         )
     cls = getattr(diffusers, rec.scheduler_class)
     pipe.scheduler = cls.from_config(base_config, **rec.scheduler_config)
+    set_interval(pipe, (), FAMILIES[family])  # off before a cache wraps the denoiser: then this class's own
     caches.turn_off(pipe)
     caches.turn_on(pipe, rec.cache)
+    set_interval(pipe, rec.guidance_interval, FAMILIES[family])
     kwargs = json.loads(json.dumps(rec.call_kwargs))  # a fresh copy the caller may change
     return kwargs | cutoff_kwargs(rec.guidance_cutoff, FAMILIES[family])

@@ -24,6 +24,7 @@ from typing import Any
 from autotune.config.prompts import RESERVED_CALL as SEARCHED_CALL
 from autotune.results.recommendations_file import DEFAULT_CLASS, ClassRecommendation, Recommendations
 from autotune.space import caches, schedulers
+from autotune.space.guidance import interval_json, interval_label
 from autotune.space.tools import TOOLS
 
 __all__ = ["FORMATS", "a1111", "comfyui", "export", "in_tools", "inexpressible", "model_sampling", "parity_of"]
@@ -69,6 +70,8 @@ def _missing(rec: ClassRecommendation, tool: str) -> tuple[str | None, str | Non
         missing.append(f"guidance on the first {rec.guidance_cutoff:g} of the steps only ({TOOLS[tool].cutoff_note})")
     if rec.cache:
         missing.append(f"{caches.label(rec.cache)} on the denoiser ({TOOLS[tool].cache_note})")
+    if rec.guidance_interval:
+        missing.append(f"guidance {interval_label(rec.guidance_interval)} only ({TOOLS[tool].interval_note})")
     if schedulers.get(rec.scheduler).flow:
         if tool == "comfyui" and model_sampling(rec, {}) is not None:  # its shift: a node beside the KSampler
             schedule, missing = "simple", [m for m in missing if not m.startswith("shift=")]
@@ -179,6 +182,59 @@ _STOP_GUIDANCE = [
 ]
 
 
+_SET_INTERVAL = [
+    "",
+    "",
+    "def set_interval(pipe, interval, flow, passes_sigma, true_cfg):",
+    '    """Guidance only for sigma in (low, high] (None: every sigma; a None high: no upper end), as autotune',
+    "    rendered it: a call outside is made unguided (a CFG batch's conditional half, its prediction twice;",
+    '    true CFG\'s negative-prompt call skipped, its prediction the prompt\'s)."""',
+    "    denoiser = pipe.unet if getattr(pipe, 'unet', None) is not None else pipe.transformer",
+    "    if getattr(denoiser.__dict__.get('forward'), 'autotune_interval', False):",
+    "        del denoiser.forward",
+    "    if interval is None:",
+    "        return",
+    "    low, high = interval[0], math.inf if interval[1] is None else interval[1]",
+    "    inner, last = denoiser.forward, [None, None]",
+    "",
+    "    def sigma(t):",
+    "        t = float(t.flatten()[0]) if hasattr(t, 'flatten') else float(t)",
+    "        table = getattr(pipe.scheduler, 'alphas_cumprod', None)",
+    "        if table is None or flow:",
+    "            return t if passes_sigma else t / float(pipe.scheduler.config.num_train_timesteps)",
+    "        ac = np.asarray(table, dtype=np.float64)",
+    "        return float(np.interp(t, np.arange(len(ac)), np.sqrt((1 - ac) / ac)))",
+    "",
+    "    def halve(x, n):",
+    "        if hasattr(x, 'shape') and x.ndim and x.shape[0] == n:",
+    "            return x[n // 2 :]",
+    "        if isinstance(x, dict):",
+    "            return {k: halve(v, n) for k, v in x.items()}",
+    "        return type(x)(halve(v, n) for v in x) if isinstance(x, (tuple, list)) else x",
+    "",
+    "    def forward(*args, **kwargs):",
+    "        t = kwargs.get('timestep', args[1] if len(args) > 1 else None)",
+    "        guided = low < sigma(t) <= high",
+    "        if true_cfg:",
+    "            step = getattr(pipe, '_current_timestep', None)",
+    "            if not guided and step is not None and step is last[0]:",
+    "                return last[1]",
+    "            last[:] = [step, inner(*args, **kwargs)]",
+    "            return last[1]",
+    "        if guided or not getattr(pipe, 'do_classifier_free_guidance', False):",
+    "            return inner(*args, **kwargs)",
+    "        n = int(kwargs.get('sample', kwargs.get('hidden_states', args[0] if args else None)).shape[0])",
+    "        out = inner(*halve(args, n), **halve(kwargs, n))",
+    "        if isinstance(out, tuple):",
+    "            return tuple(torch.cat([o, o]) if isinstance(o, torch.Tensor) else o for o in out)",
+    "        out.sample = torch.cat([out.sample, out.sample])",
+    "        return out",
+    "",
+    "    forward.autotune_interval = True",
+    "    denoiser.forward = forward",
+]
+
+
 _SET_CACHE = [
     "",
     "",
@@ -209,9 +265,12 @@ def _diffusers(recs: Recommendations) -> str:
 
     cut = any(rec.guidance_cutoff < 1 for rec in recs.values())
     cached = any(rec.cache for rec in recs.values())
+    banded = any(rec.guidance_interval for rec in recs.values())
+    family = FAMILIES[next(iter(recs.values())).family]
     lines = [
         f"# autotune recommendations for study {recs.study!r} (model {recs.model.get('id')!r}).",
         "# Any class may follow any other: each scheduler config is complete, nothing of the last one is kept.",
+        *(["import math", "", "import numpy as np", "import torch"] if banded else []),
         "import diffusers",
         *(["import diffusers.hooks"] if cached else []),
         "",
@@ -225,9 +284,11 @@ def _diffusers(recs: Recommendations) -> str:
             f"        'call_kwargs': {rec.call_kwargs!r},",
             *([f"        'guidance_cutoff': {rec.guidance_cutoff!r},"] if cut else []),
             *([f"        'cache': {caches.as_config(rec.cache)!r},"] if cached else []),
+            *([f"        'guidance_interval': {interval_json(rec.guidance_interval)!r},"] if banded else []),
             "    },",
         ]
     lines += ["}", *(_STOP_GUIDANCE if cut else []), *(_SET_CACHE if cached else [])]
+    lines += _SET_INTERVAL if banded else []
     lines += [
         "",
         "",
@@ -237,10 +298,15 @@ def _diffusers(recs: Recommendations) -> str:
         "    cls = getattr(diffusers, s['scheduler_class'])",
         "    pipe.scheduler = cls.from_config(pipe.scheduler.config, **s['scheduler_config'])",
     ]
+    where = f"{family.flow}, {family.sigmas}, {family.true_cfg}"  # the model's noise levels, its kind of CFG
+    if banded:
+        lines.append(f"    set_interval(pipe, None, {where})  # off before a cache wraps the denoiser")
     if cached:
         lines.append("    set_cache(pipe, s['cache'])  # each class renders with its own cache or none")
+    if banded:
+        lines.append(f"    set_interval(pipe, s['guidance_interval'], {where})")
     if cut:
-        inputs = list(FAMILIES[next(iter(recs.values())).family].cfg_inputs)
+        inputs = list(family.cfg_inputs)
         lines += [
             "    kwargs = dict(s['call_kwargs'])",
             "    if s['guidance_cutoff'] < 1:",

@@ -23,17 +23,23 @@ from typing import Any, Protocol
 from autotune.records import trial_record
 from autotune.space import caches, schedulers
 from autotune.space.families import Family
+from autotune.space.guidance import (
+    INTERVAL,
+    Interval,
+    cutoff_kwargs,
+    guidance_on,
+    guided_steps,
+    interval_choices,
+    interval_label,
+    normal_interval,
+)
 
 __all__ = [
     "CUTOFF",
-    "GuidanceCutoff",
     "SearchSpace",
     "Setting",
     "Settings",
     "ays_timesteps",
-    "cutoff_kwargs",
-    "guidance_on",
-    "guided_steps",
     "resample",
     "searched_params",
     "suggest",
@@ -79,50 +85,11 @@ class SearchSpace(Protocol):
     def guidance_cutoff_step(self) -> float: ...
     @property
     def cache(self) -> tuple[str, ...]: ...
-    def cache_range(self, name: str) -> tuple[float, float, float]: ...
-
-
-def guidance_on(guidance: float, family: Family | None = None) -> bool:
-    """Whether classifier-free guidance runs (a second, unconditional model call per step): diffusers'
-    pipelines guide when ``guidance_scale > 1``, and so do the renders, the parity check and the cost; a
-    family whose guidance is embedded in the one call (Flux dev) never (:attr:`Family.cfg`)."""
-    return float(guidance) > 1.0 and (family is None or family.cfg)
-
-
-def guided_steps(timesteps: int, cutoff: float) -> int:
-    """Of ``timesteps`` denoising steps, how many run with guidance when it stops at ``cutoff``: diffusers'
-    CFG cutoff callbacks turn it off after step ``int(timesteps * cutoff)`` (counting from 0)."""
-    return timesteps if cutoff >= 1 else min(timesteps, int(timesteps * cutoff) + 1)
-
-
-@dataclass(frozen=True)
-class GuidanceCutoff:
-    """A ``callback_on_step_end`` that stops classifier-free guidance part-way, on diffusers' own rule
-    (``SDCFGCutoffCallback``, ``SDXLCFGCutoffCallback``, ``SD3CFGCutoffCallback``: after step ``int(N *
-    cutoff)``), for a batch of any size: it keeps the conditional half of each guidance input, where
-    diffusers' keeps the last row (one prompt's; a batched call then fails on a size mismatch)."""
-
-    cutoff: float
-    inputs: tuple[str, ...]
-
     @property
-    def tensor_inputs(self) -> list[str]:
-        return list(self.inputs)
-
-    def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if step == int(pipe.num_timesteps * self.cutoff):
-            pipe._guidance_scale = 0.0
-            for name in self.inputs:
-                kwargs[name] = kwargs[name].chunk(2)[1]
-        return kwargs
-
-
-def cutoff_kwargs(cutoff: float, family: Family) -> dict[str, Any]:
-    """The pipeline call arguments that stop guidance at ``cutoff`` (none where it runs on every step)."""
-    if cutoff >= 1:
-        return {}
-    callback = GuidanceCutoff(cutoff, family.cfg_inputs)
-    return {"callback_on_step_end": callback, "callback_on_step_end_tensor_inputs": callback.tensor_inputs}
+    def guidance_sigma_low(self) -> tuple[float, ...] | None: ...  # the interval's low ends searched
+    @property
+    def guidance_sigma_high(self) -> tuple[float, ...] | None: ...
+    def cache_range(self, name: str) -> tuple[float, float, float]: ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +104,7 @@ class Settings:
     cutoff: float = 1.0
     timesteps: tuple[int, ...] = ()  # ``sigmas = "fitted"``: the class's own schedule (see autotune.model.fit)
     cache: caches.Cache = ()  # a feature cache on the denoiser: (name, value), see autotune.space.caches
+    interval: Interval = ()  # guidance only for sigma in (low, high] (see autotune.space.guidance); (): every sigma
 
     @classmethod
     def make(
@@ -148,12 +116,15 @@ class Settings:
         cutoff: float = 1.0,
         timesteps: Sequence[int] = (),
         cache: Sequence[Any] = (),
+        interval: Sequence[float] = (),
     ) -> Settings:
         """A setting; variant values of "default" (the model's own config) are left out, a cutoff that
         cuts nothing (guidance 1 or below, or a cutoff that still guides every step) is none,
         ``timesteps`` are kept only for a fitted schedule (which takes no ``timestep_spacing``), a
         cache that caches nothing (threshold 0, interval 1) is none, and with DeepCache guidance runs on
-        every step (its cached deep features are the guided batch's; a cutoff halves the batch)."""
+        every step (its cached deep features are the guided batch's; a cutoff halves the batch). A guidance
+        interval that spans every sigma is none, and so is one without guidance or with a cache on (a cache's
+        state is kept per batch and per call: an interval changes both)."""
         chosen = sorted((k, v) for k, v in (options or {}).items() if v != "default")
         if dict(chosen).get("sigmas") == "fitted":  # its own timesteps: a spacing would place none of them
             chosen = [(k, v) for k, v in chosen if k != "timestep_spacing"]
@@ -165,7 +136,8 @@ class Settings:
         kept = caches.normal(cache)
         if kept and caches.CACHES[kept[0]].unet:  # DeepCache keeps the guided batch's features: no halving it
             cut = 1.0
-        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own, kept)
+        band = normal_interval(interval) if guidance_on(guidance) and not kept else ()
+        return cls(scheduler, int(steps), float(guidance), tuple(chosen), cut, own, kept, band)
 
     @classmethod
     def of(cls, setting: Setting) -> Settings:
@@ -180,7 +152,8 @@ class Settings:
         cut = float(params.get(CUTOFF, 1.0))
         kind = params.get(caches.CACHE, caches.OFF)
         cache = () if kind == caches.OFF else (kind, params[caches.param_name(kind)])
-        return cls.make(name, params["steps"], params["guidance"], options, cut, timesteps, cache)
+        band = tuple(float(params.get(k, d)) for k, d in zip(INTERVAL, (0.0, float("inf")), strict=True))
+        return cls.make(name, params["steps"], params["guidance"], options, cut, timesteps, cache, band)
 
     @classmethod
     def of_trial(cls, t: Any) -> Settings:
@@ -194,7 +167,7 @@ class Settings:
         guidance: the variants this setting leaves at the model's config are pinned to "default", and
         the guidance cutoff to 1 where it has none, the cache to "off".
         """
-        variants = {k: "default" for k in searched if k not in (CUTOFF, caches.CACHE)} | dict(self.options)
+        variants = {k: "default" for k in searched if k not in (CUTOFF, caches.CACHE, *INTERVAL)} | dict(self.options)
         out = {
             "scheduler": self.scheduler,
             "steps": self.steps,
@@ -207,6 +180,9 @@ class Settings:
             out[caches.CACHE] = self.cache[0] if self.cache else caches.OFF
         if self.cache:
             out[caches.param_name(self.cache[0])] = self.cache[1]
+        for name, value, every in zip(INTERVAL, self.interval or (0.0, float("inf")), (0.0, float("inf")), strict=True):
+            if value != every or name in searched:
+                out[name] = value
         return out
 
     @property
@@ -261,7 +237,8 @@ class Settings:
             round(self.guidance, 6),
         )
         key = key if self.cutoff >= 1 else (*key, self.cutoff)
-        return repr(key if not self.cache else (*key, self.cache))
+        key = key if not self.cache else (*key, self.cache)
+        return repr(key if not self.interval else (*key, ("interval", *self.interval)))
 
     def scheduler_label(self) -> str:
         """The scheduler and its variant values: ``DPM++ 2M [sigmas=exponential]`` (a fitted schedule with its
@@ -281,6 +258,7 @@ class Settings:
         if self.cutoff < 1:
             n = self.calls
             text += f" on {guided_steps(n, self.cutoff)} of {n} steps (cutoff {self.cutoff:g})"
+        text += f" {interval_label(self.interval)}" if self.interval else ""
         return text + (f", {caches.label(self.cache)}" if self.cache else "")
 
     @property
@@ -291,7 +269,9 @@ class Settings:
 
     def guided_share(self, family: Family | None = None) -> float:
         """The share of the model evaluations that run with guidance (0 without guidance), as the render
-        counts them; for a setting not rendered yet, from its steps (and ``family``: see :func:`guidance_on`)."""
+        counts them; for a setting not rendered yet, from its steps (and ``family``: see :func:`guidance_on`); a
+        guidance interval's share is known once rendered (which calls fall inside depends on the schedule):
+        until then, every call's."""
         if not guidance_on(self.guidance, family):
             return 0.0
         return guided_steps(self.calls, self.cutoff) / self.calls
@@ -363,13 +343,14 @@ def _fits(space: SearchSpace) -> bool:
 
 def searched_params(scheduler: str, space: SearchSpace, family: Family | None) -> dict[str, Any]:
     """What the study searches for ``scheduler`` besides its name, steps and guidance: its variants
-    (:func:`variant_choices`) and, where ``space`` has a range for them, the guidance cutoff and the caches."""
+    (:func:`variant_choices`) and, where ``space`` has a range for them, the guidance cutoff, the guidance
+    interval's ends and the caches."""
     out: dict[str, Any] = dict(variant_choices(scheduler, space.variants, family, _fits(space)))
     if getattr(space, "guidance_cutoff", None):
         out[CUTOFF] = space.guidance_cutoff
     if getattr(space, "cache", ()):
         out[caches.CACHE] = (caches.OFF, *space.cache)
-    return out
+    return out | interval_choices(space)
 
 
 def suggest(trial: Any, space: SearchSpace, family: Family | None = None) -> Settings:
@@ -393,4 +374,6 @@ def suggest(trial: Any, space: SearchSpace, family: Family | None = None) -> Set
                 cache = (kind, trial.suggest_int(param, int(low), int(high), step=int(step)))
             else:
                 cache = (kind, trial.suggest_float(param, low, high, step=step))
-    return Settings.make(name, steps, guidance, options, cutoff, (), cache)
+    ends = {k: trial.suggest_categorical(k, list(choices)) for k, choices in interval_choices(space).items()}
+    band = (ends.get(INTERVAL[0], 0.0), ends.get(INTERVAL[1], float("inf")))
+    return Settings.make(name, steps, guidance, options, cutoff, (), cache, band)

@@ -32,6 +32,7 @@ class Tool:
     cutoff_note: str  # what it offers instead of stopping guidance after a share of the steps
     flow_note: str  # why a flow-matching model's setting is not exported (what the tool's export covers)
     cache_note: str  # what it offers for a feature cache on the denoiser (autotune.space.caches)
+    interval_note: str  # what it offers for guidance on a range of noise levels only (autotune.space.guidance)
     exporter: str  # "module:function" turning a ClassRecommendation into the tool's settings
     parity_samplers: Mapping[str, str]  # its deterministic sampler name -> k-diffusion's sample_<name>
     parity_schedules: tuple[str, ...]  # the schedules the check can render, in the order it tries them as a change
@@ -59,6 +60,9 @@ TOOLS = {
             "(not after a share of the steps) and, unless its 'all steps' option is on, on every other step only",
             "Forge runs Flux and SD3 (Euler, Simple) with its own shift, and its settings have none to set",
             "no core setting caches a denoiser's features (third-party extensions do, not checked here); not exported",
+            "nearest: 'Negative Guidance minimum sigma' skips the unconditional pass below a sigma (the interval's "
+            "low end, on every other step unless its 'all steps' option is on), and 'Ignore negative prompt during "
+            "early sampling' for a share of the first steps (not above a sigma); neither set here",
             "autotune.serving.export:a1111",
             MappingProxyType({"Euler": "euler", "Heun": "heun", "LMS": "lms", "DPM2": "dpm_2", "DPM++ 2M": "dpmpp_2m"}),
             ("Karras", "Exponential", "SGM Uniform", "Uniform", "Beta"),
@@ -73,6 +77,7 @@ TOOLS = {
             "its core EasyCache and LazyCache nodes skip steps on a rule of their own (a change threshold between "
             "start and end percents), not this cache's; custom nodes do this one (Comfy-WaveSpeed's 'Apply First "
             "Block Cache', DeepCache nodes), not checked against diffusers' or DeepCache's here; not exported",
+            "autotune knows no core node that limits guidance to a range of noise levels; not exported",
             "autotune.serving.export:comfyui",
             MappingProxyType({"euler": "euler", "heun": "heun", "lms": "lms", "dpm_2": "dpm_2",
                               "dpmpp_2m": "dpmpp_2m", "ddim": "euler"}),  # its ddim is its Euler
