@@ -1,7 +1,7 @@
 """A searched axis beyond the named settings against the named settings alone: a demo's study with and without
 it, each recommendation judged on prompts and seeds no study used.
 
-    .venv/bin/python benchmarks/axes.py [--axis cutoff|cache|deepcache|taylorseer] [--studies 3]
+    .venv/bin/python benchmarks/axes.py [--axis cutoff|cache|deepcache|taylorseer|interval] [--studies 3]
 
 For each study seed 1..N and each arm, ``autotune study`` runs a demo study on the CPU (40 settings per class,
 the LPIPS backbone random; each study seed also draws the class's held-out prompts, ``holdout_seed``).
@@ -11,7 +11,8 @@ searched). ``--axis cache`` (issue 45): studies/demo_flow.toml (the trained flow
 shipped, ``cache`` with ``cache = ["first_block"]`` (diffusers' First Block Cache, its threshold searched);
 ``--axis deepcache``: studies/demo.toml, ``off`` as shipped, ``cache`` with ``cache = ["deepcache"]``
 (DeepCache's interval searched); ``--axis taylorseer``: studies/demo_flow.toml with ``cache = ["taylorseer"]``
-(TaylorSeer Lite's interval searched). ``autotune validate`` then renders each class's recommendation and the
+(TaylorSeer Lite's interval searched); ``--axis interval``: studies/demo_flow.toml, ``off`` as shipped,
+``interval`` with a guidance interval searched (:data:`INTERVAL`). ``autotune validate`` then renders each class's recommendation and the
 baseline on the study's held-out prompts (studies/demo_holdout.txt, demo_flow_holdout.txt: combinations no
 class lists) x seeds 500-502 (no study uses them) and times both alone, as the study times cost. A pick is
 *truly worse* where its mean CLIP or LPIPS difference to the baseline on those images is outside the study's
@@ -43,7 +44,10 @@ AXES = {
     "cache": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "cache"), "axes_cache.json", "first_block"),
     "deepcache": ("demo.toml", "demo_holdout.txt", ("off", "cache"), "axes_deepcache.json", "deepcache"),
     "taylorseer": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "cache"), "axes_taylorseer.json", "taylorseer"),
+    "interval": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "interval"), "axes_interval.json", ""),
 }
+# the guidance interval's ends searched on the flow model (sigma: its flow time, 1 at pure noise)
+INTERVAL = "guidance_sigma_low = [0.1, 0.2, 0.3]\nguidance_sigma_high = [0.7, 0.85]\n"
 
 
 def study_text(axis: str, arm: str, seed: int, classes: tuple[str, ...] = ()) -> str:
@@ -54,6 +58,8 @@ def study_text(axis: str, arm: str, seed: int, classes: tuple[str, ...] = ()) ->
         text = re.sub(r"^(guidance_cutoff|fitted_schedules) = .*$", "", text, flags=re.M)
     if arm == "cache":
         text = text.replace("[search]\n", f'[search]\ncache = ["{AXES[axis][4]}"]\n', 1)
+    if arm == "interval":
+        text = text.replace("[search]\n", f"[search]\n{INTERVAL}", 1)
     text = re.sub(r"^holdout_seed = .*$", "", text, flags=re.M)  # each study draws its own held-out prompts
     text = text.replace("[recommend]", f"[recommend]\nholdout_seed = {seed}", 1)
     return text.replace("[search]\n", f"[search]\nseed = {seed}\n", 1)

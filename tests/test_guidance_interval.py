@@ -137,6 +137,41 @@ def test_an_interval_round_trips_through_the_recommendation_apply_and_the_export
     assert any("limits guidance to a range of noise levels" in x for x in comfyui(rec)["no_equivalent"])
 
 
+def test_on_the_flow_model_apply_and_the_export_skip_the_same_negative_calls(flow) -> None:  # type: ignore[no-untyped-def]
+    from diffusers import FluxPipeline
+
+    from autotune.micro import pipeline_dir
+    from autotune.micro.train_flow import SEQUENCE
+
+    prompt = "a bold red circle on white"
+    s = Settings.make("flow_euler", 8, 4.0, interval=(0.3, 0.9))
+    render = generate(flow, s, [prompt], [0], 32, 32)
+    trial = SimpleNamespace(number=2, params=s.params(), user_attrs={"model_calls": 8, "guided_calls": 5}, values=[1.0])
+    call = {"max_sequence_length": SEQUENCE}
+    summary = json.loads(json.dumps(trial_summary(trial, ("seconds",), FAMILIES["flux_cfg"], None, call)))
+    rec = _from_summary("bold", summary, "flux_cfg", None)
+    assert rec.call_kwargs["negative_prompt"] == "" and rec.guidance_interval == (0.3, 0.9)
+
+    def image(pipe, kwargs):  # type: ignore[no-untyped-def]
+        g = torch.Generator().manual_seed(autotune.noise_seed(prompt, 0))
+        return (pipe(prompt, generator=g, height=32, width=32, output_type="pt", **kwargs).images * 255).round() / 255
+
+    pipe = FluxPipeline.from_pretrained(pipeline_dir("flow"), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    calls, handle = _computed(pipe.transformer.x_embedder)
+    try:
+        applied = image(pipe, autotune.apply(pipe, rec))
+    finally:
+        handle.remove()
+    assert len(calls) == 8 + 5 and (applied - render.images).abs().max().item() <= 1 / 255 + 1e-6
+    recs = SimpleNamespace(study="s", model={"id": "flow"}, items=lambda: [("bold", rec)], values=lambda: [rec])
+    namespace: dict = {}  # type: ignore[type-arg]
+    exec(compile(export(recs, "diffusers"), "export.py", "exec"), namespace)  # type: ignore[arg-type]
+    pipe = FluxPipeline.from_pretrained(pipeline_dir("flow"), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    assert torch.equal(image(pipe, namespace["apply"](pipe, "bold")), applied)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -27,6 +27,7 @@ __all__ = [
     "INTERVAL",
     "GuidanceCutoff",
     "Interval",
+    "current",
     "cutoff_kwargs",
     "guidance_on",
     "guided_steps",
@@ -163,7 +164,7 @@ class _Interval:
     module); ``unguided`` says whether the last call was, ``skipped`` whether it computed nothing."""
 
     def __init__(self, pipe: Any, model: Any, interval: Interval, family: Family) -> None:
-        self.pipe, self.model, self.interval, self.family = pipe, model, interval, family
+        self.pipe, self.interval, self.family = pipe, interval, family
         self.inner = model.forward
         self.unguided = self.skipped = False
         self._last: tuple[Any, Any] = (None, None)  # true CFG: the step's first call and its output
