@@ -12,9 +12,10 @@ shipped, ``cache`` with ``cache = ["first_block"]`` (diffusers' First Block Cach
 ``--axis deepcache``: studies/demo.toml, ``off`` as shipped, ``cache`` with ``cache = ["deepcache"]``
 (DeepCache's interval searched); ``--axis taylorseer``: studies/demo_flow.toml with ``cache = ["taylorseer"]``
 (TaylorSeer Lite's interval searched); ``--axis interval``: studies/demo_flow.toml, ``off`` as shipped,
-``interval`` with a guidance interval searched (:data:`INTERVAL`). ``autotune validate`` then renders each class's recommendation and the
-baseline on the study's held-out prompts (studies/demo_holdout.txt, demo_flow_holdout.txt: combinations no
-class lists) x seeds 500-502 (no study uses them) and times both alone, as the study times cost. A pick is
+``interval`` with a guidance interval searched (:data:`INTERVAL`). ``autotune validate`` then renders each
+class's recommendation and the baseline on the study's held-out prompts (studies/demo_holdout.txt,
+demo_flow_holdout.txt: combinations no class lists) x seeds 500-502 (no study uses them) and times both
+alone, as the study times cost. A pick is
 *truly worse* where its mean CLIP or LPIPS difference to the baseline on those images is outside the study's
 tolerance; validate's own verdict (the one-sided 95 % bound within tolerance) is printed beside it. Every
 speed-up is validate's timing, beside the ratio of model evaluations (recommendations.json: denoiser calls x

@@ -66,6 +66,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def flow():  # type: ignore[no-untyped-def]
+    """The shipped flow micro model (Flux layout, true CFG), loaded once for the whole session (CPU)."""
+    from autotune.config import ModelConfig
+    from autotune.micro.train_flow import SEQUENCE
+    from autotune.model.pipeline import Calls, load_pipeline
+
+    return load_pipeline(ModelConfig(id="flow", device="cpu"), calls=Calls({"max_sequence_length": SEQUENCE}))
+
+
+@pytest.fixture(scope="session")
 def tiny():  # type: ignore[no-untyped-def]
     """The tiny SD pipeline, loaded once for the whole session (float32, CPU)."""
     from autotune.config import ModelConfig

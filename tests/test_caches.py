@@ -11,20 +11,14 @@ import optuna
 import pytest
 import torch
 
-from autotune.config import ConfigError, ModelConfig, load_config
+from autotune.config import ConfigError, load_config
 from autotune.config.study_file import SearchConfig
-from autotune.model.pipeline import Calls, load_pipeline
 from autotune.model.render import generate
 from autotune.space import caches
 from autotune.space.settings import Settings, searched_params, suggest
 from tests.test_families import CLASSES, SHOWABLE
 
 PROMPTS = ["a bold yellow letter A on a blue background", "a thin red letter E on a white background"]
-
-
-@pytest.fixture(scope="module")
-def flow():  # type: ignore[no-untyped-def]
-    return load_pipeline(ModelConfig(id="flow", device="cpu"), calls=Calls({"max_sequence_length": 16}))
 
 
 def test_a_cache_is_part_of_the_setting_its_parameters_its_key_and_its_name() -> None:

@@ -12,16 +12,11 @@ import pytest
 from autotune.config import ModelConfig
 from autotune.micro import glyph_data as world
 from autotune.micro import pipeline_dir
-from autotune.micro.train_flow import DEFAULT, SEQUENCE, held_out
-from autotune.model.pipeline import Calls, describe_model, load_pipeline
+from autotune.micro.train_flow import DEFAULT, held_out
+from autotune.model.pipeline import describe_model
 from autotune.model.render import generate
 from autotune.space.settings import Settings
 from tests.test_glyphs import _named
-
-
-@pytest.fixture(scope="module")
-def flow():  # type: ignore[no-untyped-def]
-    return load_pipeline(ModelConfig(id="flow", device="cpu"), calls=Calls({"max_sequence_length": SEQUENCE}))
 
 
 @pytest.fixture(scope="module")

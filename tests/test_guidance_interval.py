@@ -22,7 +22,6 @@ from autotune.serving.export import a1111, comfyui, export
 from autotune.space.families import FAMILIES
 from autotune.space.guidance import INTERVAL, interval_from_json, interval_json
 from autotune.space.settings import Settings, suggest
-from tests.test_flow import flow  # noqa: F401  (the flow model, loaded once for this module)
 
 PROMPTS = ["a studio portrait of an old fisherman", "a misty mountain lake at dawn"]
 
