@@ -124,9 +124,15 @@ def test_the_decision_walks_the_cutoff_down_from_its_recommendation() -> None:
         ("guidance_cutoff = [0.5, 0.9]\n", "search.guidance_cutoff: expected [low, 1.0]"),
         ("guidance_cutoff = [0.55, 1.0]\n", "search.guidance_cutoff: expected [low, 1.0] with 1 - low a multiple"),
         ("guidance_cutoff = [0.0, 1.0]\n", "search.guidance_cutoff: expected [low, high] with 0.05 <= low"),
+        ("guidance_sigma_low = [0.0, 0.5]\n", "search.guidance_sigma_low: expected distinct noise levels above 0"),
+        (
+            "guidance_sigma_low = [0.5, 6.0]\nguidance_sigma_high = [5.0]\n",
+            "search.guidance_sigma_low: expected every value below each of search.guidance_sigma_high [5.0]",
+        ),
+        ('guidance_sigma_high = ["inf"]\n', "search.guidance_sigma_high: expected"),
     ],
 )
-def test_a_bad_cutoff_range_is_one_line_naming_the_key(study_file, capsys, extra, message) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_cutoff_or_interval_is_one_line_naming_the_key(study_file, capsys, extra, message) -> None:  # type: ignore[no-untyped-def]
     path = study_file()
     path.write_text(path.read_text().replace("[search]\n", "[search]\n" + extra))
     assert main(["study", str(path)]) == 2
@@ -134,17 +140,22 @@ def test_a_bad_cutoff_range_is_one_line_naming_the_key(study_file, capsys, extra
     assert message in err and "\n" not in err and str(path) in err
 
 
-@pytest.mark.slow
-def test_a_study_searches_the_cutoff_and_records_what_it_cost(study_file, seconds_by_evaluations) -> None:  # type: ignore[no-untyped-def]
+def searched_study(study_file, keys: str) -> list:  # type: ignore[no-untyped-def, type-arg]
+    """The complete trials of a 6-trial study of the tiny model searching ``keys`` besides the defaults; the
+    optimiser picks every setting after the baseline, from a seeded random sampler: no matter of timing."""
     from autotune.config import load_config
     from autotune.study.run import run_study
 
     path = study_file(n_trials=6)
-    # the optimiser picks every setting after the baseline, from a seeded random sampler: no matter of timing
-    search = '[search]\nguidance_cutoff = [0.5, 1.0]\nseed = 3\nsampler = "random"\nfront_share = 1.0\n'
+    search = f'[search]\n{keys}seed = 3\nsampler = "random"\nfront_share = 1.0\n'
     path.write_text(path.read_text().replace("[search]\n", search))
     outcome = run_study(load_config(path), progress=False)["portrait"]
-    done = [t for t in outcome.trials if t.state.name == "COMPLETE"]
+    return [t for t in outcome.trials if t.state.name == "COMPLETE"]
+
+
+@pytest.mark.slow
+def test_a_study_searches_the_cutoff_and_records_what_it_cost(study_file, seconds_by_evaluations) -> None:  # type: ignore[no-untyped-def]
+    done = searched_study(study_file, "guidance_cutoff = [0.5, 1.0]\n")
     assert all("guidance_cutoff" in t.params for t in done)
     assert done[0].params["guidance_cutoff"] == 1.0  # the baseline: guidance on every step
     for t in done:

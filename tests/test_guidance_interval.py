@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import autotune
-from autotune.cli import main
 from autotune.decision.agenda import neighbours
 from autotune.decision.cost import evaluations
 from autotune.model.render import generate
@@ -171,36 +170,11 @@ def test_on_the_flow_model_apply_and_the_export_skip_the_same_negative_calls(flo
     assert torch.equal(image(pipe, namespace["apply"](pipe, "bold")), applied)
 
 
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        ("guidance_sigma_low = [0.0, 0.5]\n", "search.guidance_sigma_low: expected distinct noise levels above 0"),
-        (
-            "guidance_sigma_low = [0.5, 6.0]\nguidance_sigma_high = [5.0]\n",
-            "search.guidance_sigma_low: expected every value below each of search.guidance_sigma_high [5.0]",
-        ),
-        ('guidance_sigma_high = ["inf"]\n', "search.guidance_sigma_high: expected"),
-    ],
-)
-def test_a_bad_interval_is_one_line_naming_the_key(study_file, capsys, extra, message) -> None:  # type: ignore[no-untyped-def]
-    path = study_file()
-    path.write_text(path.read_text().replace("[search]\n", "[search]\n" + extra))
-    assert main(["study", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err and str(path) in err
-
-
 @pytest.mark.slow
 def test_a_study_searches_the_interval_and_records_what_it_cost(study_file, seconds_by_evaluations) -> None:  # type: ignore[no-untyped-def]
-    from autotune.config import load_config
-    from autotune.study.run import run_study
+    from tests.test_guidance_cutoff import searched_study
 
-    path = study_file(n_trials=6)
-    # the optimiser picks every setting after the baseline, from a seeded random sampler: no matter of timing
-    search = '[search]\nguidance_sigma_low = [1.0, 3.0]\nseed = 3\nsampler = "random"\nfront_share = 1.0\n'
-    path.write_text(path.read_text().replace("[search]\n", search))
-    outcome = run_study(load_config(path), progress=False)["portrait"]
-    done = [t for t in outcome.trials if t.state.name == "COMPLETE"]
+    done = searched_study(study_file, "guidance_sigma_low = [1.0, 3.0]\n")
     assert all(t.params[INTERVAL[0]] in (0.0, 1.0, 3.0) and INTERVAL[1] not in t.params for t in done)
     assert done[0].params[INTERVAL[0]] == 0.0  # the baseline: guidance at every noise level
     limited = [t for t in done if Settings.from_params(t.params).interval]
