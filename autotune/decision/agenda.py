@@ -44,7 +44,7 @@ from autotune.decision.bounds import BROKEN, Bound, Tolerance
 from autotune.decision.evidence import Candidate, Evidence
 from autotune.decision.panel import Panel, Unit
 from autotune.decision.rule import Schedule, decide, overall, ranked, verdicts
-from autotune.space.guidance import INTERVAL, interval_choices
+from autotune.space.guidance import INTERVAL, UNBOUNDED, interval_choices
 from autotune.space.settings import SearchSpace, Settings
 
 __all__ = ["Action", "near", "neighbours", "next_action"]
@@ -74,14 +74,13 @@ def neighbours(s: Settings, space: SearchSpace) -> list[Settings]:
     end moved one value inward, and a cache's next values up and down (those inside the space)."""
 
     def moved(**change: Any) -> Settings:
-        was: dict[str, Any] = {"guidance": s.guidance, "cutoff": s.cutoff, "timesteps": s.timesteps, "cache": s.cache}
-        was["interval"] = s.interval
-        return Settings.make(s.scheduler, s.steps, options=dict(s.options), **(was | change))
+        was: dict[str, Any] = {"steps": s.steps, "guidance": s.guidance, "options": dict(s.options), "cutoff": s.cutoff}
+        was |= {"timesteps": s.timesteps, "cache": s.cache, "interval": s.interval}
+        return Settings.make(s.scheduler, **(was | change))
 
     out = []
     if s.steps - space.steps_step >= space.steps[0]:  # a fitted list is the steps': the study fits the fewer
-        out.append(Settings.make(s.scheduler, s.steps - space.steps_step, s.guidance, dict(s.options), s.cutoff,
-                                 (), s.cache, s.interval))  # fmt: skip
+        out.append(moved(steps=s.steps - space.steps_step, timesteps=()))
     for g in (s.guidance - space.guidance_step, s.guidance + space.guidance_step):
         if space.guidance[0] - 1e-9 <= g <= space.guidance[1] + 1e-9:
             out.append(moved(guidance=round(g, 6), timesteps=()))
@@ -94,7 +93,7 @@ def neighbours(s: Settings, space: SearchSpace) -> list[Settings]:
     sooner = moved(cutoff=round(s.cutoff - step, 6))
     if cut and s.cutoff - step >= cut[0] - 1e-9 and sooner != s:  # a cutoff that still guides every step is none
         out.append(sooner)
-    ends = list(s.interval or (0.0, math.inf))
+    ends = list(s.interval or UNBOUNDED)
     for name, choices in interval_choices(space).items():
         at = INTERVAL.index(name)
         inward = [v for v in choices if (v > ends[at] if at == 0 else v < ends[at])]

@@ -25,6 +25,7 @@ from autotune.space.families import Family
 
 __all__ = [
     "INTERVAL",
+    "UNBOUNDED",
     "GuidanceCutoff",
     "Interval",
     "current",
@@ -42,6 +43,7 @@ __all__ = [
 
 INTERVAL = ("guidance_sigma_low", "guidance_sigma_high")  # the trial parameters: sigma where guidance starts and stops
 Interval = tuple[float, float] | tuple[()]  # (low, high]: guided noise levels; (): every one
+UNBOUNDED = (0.0, math.inf)  # the ends that bound nothing: guidance at every noise level
 
 
 def guidance_on(guidance: float, family: Family | None = None) -> bool:
@@ -100,7 +102,7 @@ def interval_choices(space: Any) -> dict[str, tuple[float, ...]]:
     """The values searched for each end of the interval that ``space`` states (``search.guidance_sigma_low``,
     ``search.guidance_sigma_high``), each with the end that bounds nothing: a low of 0, a high of infinity."""
     out = {}
-    for name, every in zip(INTERVAL, (0.0, math.inf), strict=True):
+    for name, every in zip(INTERVAL, UNBOUNDED, strict=True):
         if stated := getattr(space, name, None):
             out[name] = (every, *stated) if every == 0 else (*stated, every)
     return out
@@ -171,7 +173,7 @@ class _Interval:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        low, high = self.interval or (0.0, math.inf)
+        low, high = self.interval or UNBOUNDED
         self.unguided = not low < _sigma(self.pipe, timestep, self.family) <= high
         self.skipped = False
         if self.family.true_cfg:  # two calls a step: the second (the negative prompt's) repeats the first's

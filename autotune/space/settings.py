@@ -25,6 +25,7 @@ from autotune.space import caches, schedulers
 from autotune.space.families import Family
 from autotune.space.guidance import (
     INTERVAL,
+    UNBOUNDED,
     Interval,
     cutoff_kwargs,
     guidance_on,
@@ -152,7 +153,7 @@ class Settings:
         cut = float(params.get(CUTOFF, 1.0))
         kind = params.get(caches.CACHE, caches.OFF)
         cache = () if kind == caches.OFF else (kind, params[caches.param_name(kind)])
-        band = tuple(float(params.get(k, d)) for k, d in zip(INTERVAL, (0.0, float("inf")), strict=True))
+        band = tuple(float(params.get(k, d)) for k, d in zip(INTERVAL, UNBOUNDED, strict=True))
         return cls.make(name, params["steps"], params["guidance"], options, cut, timesteps, cache, band)
 
     @classmethod
@@ -180,7 +181,7 @@ class Settings:
             out[caches.CACHE] = self.cache[0] if self.cache else caches.OFF
         if self.cache:
             out[caches.param_name(self.cache[0])] = self.cache[1]
-        for name, value, every in zip(INTERVAL, self.interval or (0.0, float("inf")), (0.0, float("inf")), strict=True):
+        for name, value, every in zip(INTERVAL, self.interval or UNBOUNDED, UNBOUNDED, strict=True):
             if value != every or name in searched:
                 out[name] = value
         return out
@@ -375,5 +376,5 @@ def suggest(trial: Any, space: SearchSpace, family: Family | None = None) -> Set
             else:
                 cache = (kind, trial.suggest_float(param, low, high, step=step))
     ends = {k: trial.suggest_categorical(k, list(choices)) for k, choices in interval_choices(space).items()}
-    band = (ends.get(INTERVAL[0], 0.0), ends.get(INTERVAL[1], float("inf")))
+    band = tuple(ends.get(k, every) for k, every in zip(INTERVAL, UNBOUNDED, strict=True))
     return Settings.make(name, steps, guidance, options, cutoff, (), cache, band)
