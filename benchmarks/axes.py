@@ -1,7 +1,8 @@
 """A searched axis beyond the named settings against the named settings alone: a demo's study with and without
 it, each recommendation judged on prompts and seeds no study used.
 
-    .venv/bin/python benchmarks/axes.py [--axis cutoff|cache|deepcache|taylorseer|interval] [--studies 3]
+    .venv/bin/python benchmarks/axes.py [--axis cutoff|cache|deepcache|taylorseer|interval|interval_glyphs]
+        [--studies 3] [--classes bold]
 
 For each study seed 1..N and each arm, ``autotune study`` runs a demo study on the CPU (40 settings per class,
 the LPIPS backbone random; each study seed also draws the class's held-out prompts, ``holdout_seed``).
@@ -12,7 +13,8 @@ shipped, ``cache`` with ``cache = ["first_block"]`` (diffusers' First Block Cach
 ``--axis deepcache``: studies/demo.toml, ``off`` as shipped, ``cache`` with ``cache = ["deepcache"]``
 (DeepCache's interval searched); ``--axis taylorseer``: studies/demo_flow.toml with ``cache = ["taylorseer"]``
 (TaylorSeer Lite's interval searched); ``--axis interval``: studies/demo_flow.toml, ``off`` as shipped,
-``interval`` with a guidance interval searched (:data:`INTERVAL`). ``autotune validate`` then renders each
+``interval`` with a guidance interval's ends searched (:data:`AXES` names them); ``--axis interval_glyphs``:
+the same on studies/demo.toml. ``autotune validate`` then renders each
 class's recommendation and the baseline on the study's held-out prompts (studies/demo_holdout.txt,
 demo_flow_holdout.txt: combinations no class lists) x seeds 500-502 (no study uses them) and times both
 alone, as the study times cost. A pick is
@@ -21,7 +23,7 @@ tolerance; validate's own verdict (the one-sided 95 % bound within tolerance) is
 speed-up is validate's timing, beside the ratio of model evaluations (recommendations.json: denoiser calls x
 (1 + the guided share), a call a cache cut short counted for the share it ran).
 
-Writes benchmarks/results/axes.json (axes_cache.json, axes_deepcache.json, axes_taylorseer.json) after each
+Writes benchmarks/results/axes.json (the other axes: the file :data:`AXES` names) after each
 seed (a pass stopped early keeps its studies). Run it alone on the machine (it times settings).
 """
 
@@ -39,16 +41,30 @@ from typing import Any
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 TRUTH_SEEDS = [500, 501, 502]
-# per axis: the study, its held-out prompts, the arms (without, with), the results file, the cache searched
+FLOW = ("demo_flow.toml", "demo_flow_holdout.txt")  # a study and its held-out prompts
+GLYPHS = ("demo.toml", "demo_holdout.txt")
+# per axis: the study and its held-out prompts, the arms (without, with), the results file, the lines the second
+# arm adds to [search] (the cutoff's arms: the study file searches the axes, "named" removes them)
 AXES = {
-    "cutoff": ("demo.toml", "demo_holdout.txt", ("named", "axes"), "axes.json", ""),
-    "cache": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "cache"), "axes_cache.json", "first_block"),
-    "deepcache": ("demo.toml", "demo_holdout.txt", ("off", "cache"), "axes_deepcache.json", "deepcache"),
-    "taylorseer": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "cache"), "axes_taylorseer.json", "taylorseer"),
-    "interval": ("demo_flow.toml", "demo_flow_holdout.txt", ("off", "interval"), "axes_interval.json", ""),
+    "cutoff": (*GLYPHS, ("named", "axes"), "axes.json", ""),
+    "cache": (*FLOW, ("off", "cache"), "axes_cache.json", 'cache = ["first_block"]'),
+    "deepcache": (*GLYPHS, ("off", "cache"), "axes_deepcache.json", 'cache = ["deepcache"]'),
+    "taylorseer": (*FLOW, ("off", "cache"), "axes_taylorseer.json", 'cache = ["taylorseer"]'),
+    # the guidance interval's ends in the model's own sigma: the flow time on the flow model (1 at pure noise);
+    # sqrt((1 - alphabar) / alphabar) on the glyphs model (14.6 at pure noise; the paper's SDXL ends among them)
+    "interval": (
+        *FLOW,
+        ("off", "interval"),
+        "axes_interval.json",
+        "guidance_sigma_low = [0.1, 0.2, 0.3]\nguidance_sigma_high = [0.7, 0.85]",
+    ),
+    "interval_glyphs": (
+        *GLYPHS,
+        ("off", "interval"),
+        "axes_interval_glyphs.json",
+        "guidance_sigma_low = [0.28, 0.6, 1.0]\nguidance_sigma_high = [3.0, 5.42]",
+    ),
 }
-# the guidance interval's ends searched on the flow model (sigma: its flow time, 1 at pure noise)
-INTERVAL = "guidance_sigma_low = [0.1, 0.2, 0.3]\nguidance_sigma_high = [0.7, 0.85]\n"
 
 
 def study_text(axis: str, arm: str, seed: int, classes: tuple[str, ...] = ()) -> str:
@@ -57,10 +73,8 @@ def study_text(axis: str, arm: str, seed: int, classes: tuple[str, ...] = ()) ->
         text = re.sub(rf"^\[classes\.{other}\].*?(?=^\[|\Z)", "", text, flags=re.M | re.S)  # the classes asked for
     if arm == "named":
         text = re.sub(r"^(guidance_cutoff|fitted_schedules) = .*$", "", text, flags=re.M)
-    if arm == "cache":
-        text = text.replace("[search]\n", f'[search]\ncache = ["{AXES[axis][4]}"]\n', 1)
-    if arm == "interval":
-        text = text.replace("[search]\n", f"[search]\n{INTERVAL}", 1)
+    if arm in ("cache", "interval"):
+        text = text.replace("[search]\n", f"[search]\n{AXES[axis][4]}\n", 1)
     text = re.sub(r"^holdout_seed = .*$", "", text, flags=re.M)  # each study draws its own held-out prompts
     text = text.replace("[recommend]", f"[recommend]\nholdout_seed = {seed}", 1)
     return text.replace("[search]\n", f"[search]\nseed = {seed}\n", 1)
