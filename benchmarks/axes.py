@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--arms", help="these arms only, comma-separated (default: both)")
     parser.add_argument("--classes", help="these prompt classes only, comma-separated (default: every class)")
     parser.add_argument("--out", help="the results file (default: the axis's in benchmarks/results/)")
+    parser.add_argument("--keep", help="keep each study's folder (its database and outputs) under this folder")
     args = parser.parse_args()
     _, holdout, arms, results, _ = AXES[args.axis]
     arms = tuple(args.arms.split(",")) if args.arms else arms
@@ -194,9 +195,11 @@ def main() -> None:
         held = read_prompts(ROOT / "studies" / holdout)
         runs = {arm: [] for arm in arms}
         with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(args.keep or tmp)
+            folder.mkdir(parents=True, exist_ok=True)
             for seed in range(1, args.studies + 1):
                 for arm in arms:
-                    runs[arm].append(one_study(args.axis, arm, seed, held, Path(tmp), classes))
+                    runs[arm].append(one_study(args.axis, arm, seed, held, folder, classes))
                 write(out, runs)  # after each seed: a pass stopped early keeps its studies
     print(json.dumps(write(out, runs), indent=2))
 
