@@ -73,7 +73,7 @@ def study_text(axis: str, arm: str, seed: int, classes: tuple[str, ...] = ()) ->
         text = re.sub(rf"^\[classes\.{other}\].*?(?=^\[|\Z)", "", text, flags=re.M | re.S)  # the classes asked for
     if arm == "named":
         text = re.sub(r"^(guidance_cutoff|fitted_schedules) = .*$", "", text, flags=re.M)
-    if arm in ("cache", "interval"):
+    if AXES[axis][4] and arm == AXES[axis][2][1]:  # the second arm: the lines it adds
         text = text.replace("[search]\n", f"[search]\n{AXES[axis][4]}\n", 1)
     text = re.sub(r"^holdout_seed = .*$", "", text, flags=re.M)  # each study draws its own held-out prompts
     text = text.replace("[recommend]", f"[recommend]\nholdout_seed = {seed}", 1)

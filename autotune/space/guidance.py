@@ -36,6 +36,7 @@ __all__ = [
     "interval_from_json",
     "interval_json",
     "interval_label",
+    "interval_of",
     "interval_on",
     "normal_interval",
     "set_interval",
@@ -106,6 +107,12 @@ def interval_choices(space: Any) -> dict[str, tuple[float, ...]]:
         if stated := getattr(space, name, None):
             out[name] = (every, *stated) if every == 0 else (*stated, every)
     return out
+
+
+def interval_of(params: Any) -> tuple[float, float]:
+    """The interval's ends in trial parameters (:data:`INTERVAL`), an end not among them bounding nothing."""
+    low, high = (float(params.get(name, every)) for name, every in zip(INTERVAL, UNBOUNDED, strict=True))
+    return low, high
 
 
 def interval_json(interval: Interval) -> list[float | None] | None:

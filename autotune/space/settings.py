@@ -32,6 +32,7 @@ from autotune.space.guidance import (
     guided_steps,
     interval_choices,
     interval_label,
+    interval_of,
     normal_interval,
 )
 
@@ -153,7 +154,7 @@ class Settings:
         cut = float(params.get(CUTOFF, 1.0))
         kind = params.get(caches.CACHE, caches.OFF)
         cache = () if kind == caches.OFF else (kind, params[caches.param_name(kind)])
-        band = tuple(float(params.get(k, d)) for k, d in zip(INTERVAL, UNBOUNDED, strict=True))
+        band = interval_of(params)
         return cls.make(name, params["steps"], params["guidance"], options, cut, timesteps, cache, band)
 
     @classmethod
@@ -376,5 +377,4 @@ def suggest(trial: Any, space: SearchSpace, family: Family | None = None) -> Set
             else:
                 cache = (kind, trial.suggest_float(param, low, high, step=step))
     ends = {k: trial.suggest_categorical(k, list(choices)) for k, choices in interval_choices(space).items()}
-    band = tuple(ends.get(k, every) for k, every in zip(INTERVAL, UNBOUNDED, strict=True))
-    return Settings.make(name, steps, guidance, options, cutoff, (), cache, band)
+    return Settings.make(name, steps, guidance, options, cutoff, (), cache, interval_of(ends))
